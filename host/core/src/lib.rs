@@ -1,0 +1,339 @@
+//! Types shared by every kasbah crate (host, CLI, and later the server and the
+//! SDK's native client): content digests, run outcomes and usage records.
+//! Deliberately free of wasmtime/wgpu/axum so clients can depend on it.
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest as _, Sha256};
+use std::fmt;
+use std::str::FromStr;
+use std::time::Duration;
+
+/// A SHA-256 content digest, written `sha256:<64 hex>`.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Digest([u8; 32]);
+
+impl Digest {
+    pub fn of(bytes: &[u8]) -> Self {
+        Digest(Sha256::digest(bytes).into())
+    }
+    pub fn from_bytes(bytes: [u8; 32]) -> Self {
+        Digest(bytes)
+    }
+    pub fn as_bytes(&self) -> &[u8; 32] {
+        &self.0
+    }
+    pub fn hex(&self) -> String {
+        hex::encode(self.0)
+    }
+}
+
+/// Incremental hashing, for streamed uploads.
+#[derive(Default)]
+pub struct Hasher(Sha256);
+
+impl Hasher {
+    pub fn update(&mut self, bytes: &[u8]) {
+        self.0.update(bytes)
+    }
+    pub fn finish(self) -> Digest {
+        Digest(self.0.finalize().into())
+    }
+}
+
+impl fmt::Display for Digest {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "sha256:{}", self.hex())
+    }
+}
+
+impl fmt::Debug for Digest {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(self, f)
+    }
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[error("invalid digest {0:?}: expected `sha256:` followed by 64 lowercase hex digits")]
+pub struct InvalidDigest(pub String);
+
+impl FromStr for Digest {
+    type Err = InvalidDigest;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let bad = || InvalidDigest(s.chars().take(80).collect());
+        let hex_part = s.strip_prefix("sha256:").ok_or_else(bad)?;
+        if hex_part.len() != 64 || hex_part.bytes().any(|b| b.is_ascii_uppercase()) {
+            return Err(bad());
+        }
+        let mut out = [0u8; 32];
+        hex::decode_to_slice(hex_part, &mut out).map_err(|_| bad())?;
+        Ok(Digest(out))
+    }
+}
+
+impl Serialize for Digest {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for Digest {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        s.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+/// What a pipeline returned on success.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Output {
+    pub content_type: String,
+    #[serde(with = "bytes_as_base64_or_text")]
+    pub body: Vec<u8>,
+}
+
+/// The guest's typed error (the `error` variant of `kasbah:pipeline/types`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum GuestErrorKind {
+    InvalidInput,
+    Denied,
+    Unavailable,
+    Failed,
+}
+
+impl GuestErrorKind {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            GuestErrorKind::InvalidInput => "invalid_input",
+            GuestErrorKind::Denied => "denied",
+            GuestErrorKind::Unavailable => "unavailable",
+            GuestErrorKind::Failed => "failed",
+        }
+    }
+}
+
+/// How a run ended. Every variant except `Ok` and `GuestError` is decided by
+/// the host, never by the guest.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Outcome {
+    /// The pipeline returned a response within every limit.
+    Ok { output: Output },
+    /// The pipeline returned its typed error.
+    GuestError {
+        code: GuestErrorKind,
+        message: String,
+    },
+    /// The guest trapped (panic, stack overflow, unreachable, ...) or a host
+    /// call faulted.
+    Trap { message: String },
+    /// The wall-clock limit passed.
+    DeadlineExceeded { limit_ms: u64 },
+    /// The guest tried to grow memory (or tables/instances) past its limit.
+    MemoryLimit { limit_bytes: u64 },
+    /// Fuel ran out.
+    FuelExhausted { limit: u64 },
+    /// The response was larger than the policy allows; it was discarded.
+    OutputTooLarge { size: u64, limit: u64 },
+    /// The run was refused before any guest code ran (e.g. the module needs
+    /// an import the host does not provide).
+    Denied { reason: String },
+}
+
+impl Outcome {
+    /// A stable, short name for tables, metrics and exit messages.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Outcome::Ok { .. } => "ok",
+            Outcome::GuestError { .. } => "guest_error",
+            Outcome::Trap { .. } => "trap",
+            Outcome::DeadlineExceeded { .. } => "deadline_exceeded",
+            Outcome::MemoryLimit { .. } => "memory_limit",
+            Outcome::FuelExhausted { .. } => "fuel_exhausted",
+            Outcome::OutputTooLarge { .. } => "output_too_large",
+            Outcome::Denied { .. } => "denied",
+        }
+    }
+
+    pub fn is_ok(&self) -> bool {
+        matches!(self, Outcome::Ok { .. })
+    }
+
+    /// One human line describing the outcome.
+    pub fn summary(&self) -> String {
+        match self {
+            Outcome::Ok { output } => {
+                format!("ok ({} bytes, {})", output.body.len(), output.content_type)
+            }
+            Outcome::GuestError { code, message } => {
+                format!("guest error {}: {message}", code.as_str())
+            }
+            Outcome::Trap { message } => format!("trap: {message}"),
+            Outcome::DeadlineExceeded { limit_ms } => {
+                format!("deadline exceeded ({limit_ms} ms)")
+            }
+            Outcome::MemoryLimit { limit_bytes } => {
+                format!("memory limit reached ({limit_bytes} bytes)")
+            }
+            Outcome::FuelExhausted { limit } => format!("fuel exhausted ({limit})"),
+            Outcome::OutputTooLarge { size, limit } => {
+                format!("output too large ({size} bytes > {limit})")
+            }
+            Outcome::Denied { reason } => format!("denied: {reason}"),
+        }
+    }
+}
+
+/// Resources one run consumed.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Usage {
+    /// Wall-clock time from store creation to the end of the call.
+    #[serde(with = "duration_micros")]
+    pub wall_time: Duration,
+    /// Fuel consumed, when fuel metering is on.
+    pub fuel_consumed: Option<u64>,
+    /// Largest total linear memory the guest held, in bytes.
+    pub peak_memory_bytes: u64,
+}
+
+/// A bounded capture of one output stream (stdout, stderr).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Captured {
+    #[serde(with = "bytes_as_base64_or_text")]
+    pub bytes: Vec<u8>,
+    /// Bytes the guest wrote beyond the bound; they were dropped.
+    pub dropped_bytes: u64,
+}
+
+impl Captured {
+    pub fn text(&self) -> std::borrow::Cow<'_, str> {
+        String::from_utf8_lossy(&self.bytes)
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LogLevel {
+    Trace,
+    Debug,
+    Info,
+    Warn,
+    Error,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LogRecord {
+    pub level: LogLevel,
+    pub message: String,
+}
+
+/// Logs the guest sent through `kasbah:pipeline/log`, bounded per run.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Logs {
+    pub records: Vec<LogRecord>,
+    /// Records dropped because the per-run log budget was spent.
+    pub dropped: u64,
+}
+
+/// A capability use the policy refused during a run (e.g. a connect to an
+/// address outside the allowlist). The guest saw an error; the host kept a note.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Denial {
+    pub capability: String,
+    pub detail: String,
+}
+
+/// Everything the runner reports about one run.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RunReport {
+    pub module: Digest,
+    pub outcome: Outcome,
+    pub usage: Usage,
+    pub stdout: Captured,
+    pub stderr: Captured,
+    pub logs: Logs,
+    /// Capability uses refused during the run (bounded).
+    pub denials: Vec<Denial>,
+}
+
+mod duration_micros {
+    use serde::{Deserialize, Deserializer, Serializer};
+    use std::time::Duration;
+
+    pub fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_u64(u64::try_from(d.as_micros()).unwrap_or(u64::MAX))
+    }
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        Ok(Duration::from_micros(u64::deserialize(d)?))
+    }
+}
+
+/// Bytes serialize as a UTF-8 string when they are valid UTF-8 (the common
+/// case, readable in JSON) and as `{"base64": "..."}` otherwise.
+mod bytes_as_base64_or_text {
+    use base64::{Engine as _, engine::general_purpose::STANDARD};
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+    #[derive(Serialize, Deserialize)]
+    #[serde(untagged)]
+    enum Repr {
+        Text(String),
+        Base64 { base64: String },
+    }
+
+    pub fn serialize<S: Serializer>(b: &[u8], s: S) -> Result<S::Ok, S::Error> {
+        match std::str::from_utf8(b) {
+            Ok(t) => Repr::Text(t.to_owned()).serialize(s),
+            Err(_) => Repr::Base64 {
+                base64: STANDARD.encode(b),
+            }
+            .serialize(s),
+        }
+    }
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
+        match Repr::deserialize(d)? {
+            Repr::Text(t) => Ok(t.into_bytes()),
+            Repr::Base64 { base64 } => STANDARD.decode(base64).map_err(serde::de::Error::custom),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn digest_round_trips_and_rejects_garbage() {
+        let d = Digest::of(b"abc");
+        assert_eq!(
+            d.to_string(),
+            "sha256:ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+        );
+        assert_eq!(d.to_string().parse::<Digest>(), Ok(d));
+        for bad in [
+            "",
+            "sha256:",
+            "md5:00",
+            "sha256:BA7816BF8F01CFEA414140DE5DAE2223B00361A396177A9CB410FF61F20015AD",
+            "sha256:zz7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad",
+            "sha256:ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015",
+        ] {
+            assert!(bad.parse::<Digest>().is_err(), "{bad} should be rejected");
+        }
+    }
+
+    #[test]
+    fn outcome_json_is_tagged_and_binary_output_is_base64() {
+        let o = Outcome::Ok {
+            output: Output {
+                content_type: "application/octet-stream".into(),
+                body: vec![0xff, 0x00],
+            },
+        };
+        let j = serde_json::to_value(&o).expect("serialize");
+        assert_eq!(j["kind"], "ok");
+        assert_eq!(j["output"]["body"]["base64"], "/wA=");
+        let back: Outcome = serde_json::from_value(j).expect("deserialize");
+        assert_eq!(back, o);
+    }
+}

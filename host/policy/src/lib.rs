@@ -1,0 +1,501 @@
+//! Capability policy: everything a pipeline may touch and every limit it runs
+//! under. Deny by default: an empty policy grants no files, no environment
+//! variables and no network, and applies the default limits.
+//!
+//! The policy is plain data (serde, TOML or JSON, unknown keys rejected) and
+//! has no wasmtime dependency, so the server, the CLI and clients can all
+//! validate it. The sandbox (`kasbah-runtime`) turns it into a WASI context.
+//!
+//! ```toml
+//! [[files]]
+//! host = "/srv/tenant-a/data"
+//! guest = "/data"
+//! mode = "ro"
+//!
+//! [env]
+//! vars = { MODEL = "small" }
+//! inherit = ["LANG"]
+//!
+//! [network]
+//! allow = ["10.0.0.5:443", "api.example.org:443"]
+//!
+//! [limits]
+//! memory_bytes = 67108864
+//! wall_time_ms = 5000
+//! fuel = 5000000000
+//! ```
+
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+
+/// A tenant's capability policy.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Policy {
+    /// Host directories preopened into the guest.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub files: Vec<DirGrant>,
+    /// Environment variables visible to the guest.
+    #[serde(default, skip_serializing_if = "EnvGrant::is_empty")]
+    pub env: EnvGrant,
+    /// Outbound network destinations.
+    #[serde(default, skip_serializing_if = "NetworkGrant::is_empty")]
+    pub network: NetworkGrant,
+    #[serde(default)]
+    pub limits: Limits,
+}
+
+/// One preopened directory.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DirGrant {
+    /// Directory on the host. Everything the guest reaches through this grant
+    /// stays beneath it (cap-std: no `..`, no absolute paths, no symlink escape).
+    pub host: PathBuf,
+    /// Absolute path the guest sees, e.g. `/data`.
+    pub guest: String,
+    #[serde(default)]
+    pub mode: DirMode,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DirMode {
+    /// Read-only: files and directories may be opened for reading only.
+    #[default]
+    Ro,
+    /// Read-write.
+    Rw,
+}
+
+/// Environment variables: explicit values and host variables passed through.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EnvGrant {
+    /// Variables set to fixed values.
+    #[serde(default)]
+    pub vars: BTreeMap<String, String>,
+    /// Names of host variables the guest may read (absent ones are skipped).
+    #[serde(default)]
+    pub inherit: BTreeSet<String>,
+}
+
+impl EnvGrant {
+    pub fn is_empty(&self) -> bool {
+        self.vars.is_empty() && self.inherit.is_empty()
+    }
+}
+
+/// Outbound network allowlist.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NetworkGrant {
+    /// `host:port` destinations the guest may connect to (TCP) or send to
+    /// (UDP). Hosts are IP literals or DNS names; names are resolved by the
+    /// host and only the resulting addresses are allowed.
+    #[serde(default)]
+    pub allow: Vec<NetTarget>,
+}
+
+impl NetworkGrant {
+    pub fn is_empty(&self) -> bool {
+        self.allow.is_empty()
+    }
+}
+
+/// A `host:port` network destination.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct NetTarget {
+    pub host: NetHost,
+    pub port: u16,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum NetHost {
+    Ip(IpAddr),
+    Name(String),
+}
+
+impl fmt::Display for NetTarget {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.host {
+            NetHost::Ip(IpAddr::V6(ip)) => write!(f, "[{ip}]:{}", self.port),
+            NetHost::Ip(ip) => write!(f, "{ip}:{}", self.port),
+            NetHost::Name(n) => write!(f, "{n}:{}", self.port),
+        }
+    }
+}
+
+impl FromStr for NetTarget {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let (host, port) = s
+            .rsplit_once(':')
+            .ok_or_else(|| format!("network target {s:?} must be `host:port`"))?;
+        let port: u16 = port
+            .parse()
+            .map_err(|_| format!("network target {s:?}: invalid port {port:?}"))?;
+        if port == 0 {
+            return Err(format!("network target {s:?}: port 0 is not a destination"));
+        }
+        let host = if let Some(v6) = host.strip_prefix('[').and_then(|h| h.strip_suffix(']')) {
+            NetHost::Ip(IpAddr::V6(v6.parse().map_err(|_| {
+                format!("network target {s:?}: invalid IPv6 address {v6:?}")
+            })?))
+        } else if let Ok(ip) = host.parse::<IpAddr>() {
+            NetHost::Ip(ip)
+        } else if is_dns_name(host) {
+            NetHost::Name(host.to_ascii_lowercase())
+        } else {
+            return Err(format!(
+                "network target {s:?}: {host:?} is neither an IP address nor a DNS name"
+            ));
+        };
+        Ok(NetTarget { host, port })
+    }
+}
+
+fn is_dns_name(h: &str) -> bool {
+    !h.is_empty()
+        && h.len() <= 253
+        && h.split('.').all(|label| {
+            !label.is_empty()
+                && label.len() <= 63
+                && !label.starts_with('-')
+                && !label.ends_with('-')
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-')
+        })
+}
+
+impl Serialize for NetTarget {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for NetTarget {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        String::deserialize(d)?
+            .parse()
+            .map_err(serde::de::Error::custom)
+    }
+}
+
+/// Resource limits for one run.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Limits {
+    /// Total linear memory the guest may hold, in bytes.
+    pub memory_bytes: u64,
+    /// Wall-clock limit for one run, in milliseconds.
+    pub wall_time_ms: u64,
+    /// Fuel (roughly: wasm instructions) for one run; `None` = unmetered.
+    pub fuel: Option<u64>,
+    /// Largest response body accepted from the guest.
+    pub max_output_bytes: u64,
+    /// Bound on each of the captured stdout and stderr.
+    pub max_stdio_bytes: u64,
+    /// Bound on the total size of log messages kept per run.
+    pub max_log_bytes: u64,
+    /// Largest table (elements) the guest may create.
+    pub max_table_elements: u64,
+    /// Largest module accepted at publish time.
+    pub max_module_bytes: u64,
+    /// Runs of this tenant that may execute at once.
+    pub max_concurrent_runs: u32,
+}
+
+pub const MIB: u64 = 1024 * 1024;
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            memory_bytes: 64 * MIB,
+            wall_time_ms: 10_000,
+            fuel: None,
+            max_output_bytes: MIB,
+            max_stdio_bytes: 64 * 1024,
+            max_log_bytes: 64 * 1024,
+            max_table_elements: 100_000,
+            max_module_bytes: 64 * MIB,
+            max_concurrent_runs: 4,
+        }
+    }
+}
+
+impl Limits {
+    /// Absolute ceilings no policy may exceed (what a 32-bit wasm guest and a
+    /// shared host can reasonably be given). Operators get lower ceilings.
+    pub fn hard_ceiling() -> Self {
+        Limits {
+            memory_bytes: 4 * 1024 * MIB,
+            wall_time_ms: 3_600_000,
+            fuel: Some(u64::MAX / 2),
+            max_output_bytes: 1024 * MIB,
+            max_stdio_bytes: 16 * MIB,
+            max_log_bytes: 16 * MIB,
+            max_table_elements: 10_000_000,
+            max_module_bytes: 512 * MIB,
+            max_concurrent_runs: 1024,
+        }
+    }
+
+    /// Every limit that exceeds `ceiling`, as `(field, value, ceiling)`.
+    pub fn exceeding(&self, ceiling: &Limits) -> Vec<(&'static str, u64, u64)> {
+        let mut out = Vec::new();
+        let mut check = |name, v: u64, c: u64| {
+            if v > c {
+                out.push((name, v, c));
+            }
+        };
+        check(
+            "limits.memory_bytes",
+            self.memory_bytes,
+            ceiling.memory_bytes,
+        );
+        check(
+            "limits.wall_time_ms",
+            self.wall_time_ms,
+            ceiling.wall_time_ms,
+        );
+        if let (Some(v), Some(c)) = (self.fuel, ceiling.fuel) {
+            check("limits.fuel", v, c);
+        }
+        check(
+            "limits.max_output_bytes",
+            self.max_output_bytes,
+            ceiling.max_output_bytes,
+        );
+        check(
+            "limits.max_stdio_bytes",
+            self.max_stdio_bytes,
+            ceiling.max_stdio_bytes,
+        );
+        check(
+            "limits.max_log_bytes",
+            self.max_log_bytes,
+            ceiling.max_log_bytes,
+        );
+        check(
+            "limits.max_table_elements",
+            self.max_table_elements,
+            ceiling.max_table_elements,
+        );
+        check(
+            "limits.max_module_bytes",
+            self.max_module_bytes,
+            ceiling.max_module_bytes,
+        );
+        check(
+            "limits.max_concurrent_runs",
+            u64::from(self.max_concurrent_runs),
+            u64::from(ceiling.max_concurrent_runs),
+        );
+        out
+    }
+}
+
+/// Why a policy was rejected: every problem found, not just the first.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid policy: {}", .problems.join("; "))]
+pub struct PolicyError {
+    pub problems: Vec<String>,
+}
+
+impl PolicyError {
+    fn one(p: impl Into<String>) -> Self {
+        PolicyError {
+            problems: vec![p.into()],
+        }
+    }
+}
+
+impl Policy {
+    /// Parse TOML and validate.
+    pub fn from_toml(s: &str) -> Result<Self, PolicyError> {
+        let p: Policy = toml::from_str(s).map_err(|e| PolicyError::one(e.message()))?;
+        p.validate()?;
+        Ok(p)
+    }
+
+    /// Parse JSON and validate.
+    pub fn from_json(s: &str) -> Result<Self, PolicyError> {
+        let p: Policy = serde_json::from_str(s).map_err(|e| PolicyError::one(e.to_string()))?;
+        p.validate()?;
+        Ok(p)
+    }
+
+    /// Load from a file: `.json` is JSON, anything else TOML.
+    pub fn load(path: &Path) -> Result<Self, PolicyError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| PolicyError::one(format!("cannot read {}: {e}", path.display())))?;
+        if path.extension().is_some_and(|e| e == "json") {
+            Self::from_json(&text)
+        } else {
+            Self::from_toml(&text)
+        }
+    }
+
+    /// Structural checks that do not depend on who sets the policy.
+    pub fn validate(&self) -> Result<(), PolicyError> {
+        let mut problems = Vec::new();
+        let mut guests = BTreeSet::new();
+        for (i, d) in self.files.iter().enumerate() {
+            if !d.host.is_absolute() {
+                problems.push(format!("files[{i}].host must be an absolute path"));
+            }
+            if !d.guest.starts_with('/') {
+                problems.push(format!("files[{i}].guest must start with '/'"));
+            }
+            if d.guest.split('/').any(|c| c == ".." || c == ".") {
+                problems.push(format!("files[{i}].guest must not contain '.' or '..'"));
+            }
+            if !guests.insert(d.guest.trim_end_matches('/')) {
+                problems.push(format!("files[{i}].guest {:?} is mounted twice", d.guest));
+            }
+        }
+        for k in self.env.vars.keys().chain(self.env.inherit.iter()) {
+            if k.is_empty() || k.contains('=') || k.contains('\0') {
+                problems.push(format!("env: invalid variable name {k:?}"));
+            }
+        }
+        for v in self.env.vars.values() {
+            if v.contains('\0') {
+                problems.push("env: values must not contain NUL".to_string());
+            }
+        }
+        let l = &self.limits;
+        for (name, v) in [
+            ("limits.memory_bytes", l.memory_bytes),
+            ("limits.wall_time_ms", l.wall_time_ms),
+            (
+                "limits.max_concurrent_runs",
+                u64::from(l.max_concurrent_runs),
+            ),
+            ("limits.max_module_bytes", l.max_module_bytes),
+        ] {
+            if v == 0 {
+                problems.push(format!("{name} must be greater than 0"));
+            }
+        }
+        if l.fuel == Some(0) {
+            problems.push("limits.fuel must be greater than 0 (omit it for no fuel limit)".into());
+        }
+        for (name, v, c) in l.exceeding(&Limits::hard_ceiling()) {
+            problems.push(format!("{name} = {v} exceeds the hard ceiling {c}"));
+        }
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(PolicyError { problems })
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn empty_policy_denies_everything() {
+        let p = Policy::from_toml("").expect("empty policy is valid");
+        assert!(p.files.is_empty());
+        assert!(p.env.is_empty());
+        assert!(p.network.is_empty());
+        assert_eq!(p.limits, Limits::default());
+    }
+
+    #[test]
+    fn full_policy_parses_from_toml_and_json_identically() {
+        let toml = r#"
+            [[files]]
+            host = "/srv/a"
+            guest = "/data"
+            [[files]]
+            host = "/srv/b"
+            guest = "/out"
+            mode = "rw"
+            [env]
+            vars = { MODEL = "small" }
+            inherit = ["LANG"]
+            [network]
+            allow = ["127.0.0.1:8080", "[::1]:443", "API.example.org:443"]
+            [limits]
+            memory_bytes = 1048576
+            fuel = 1000
+        "#;
+        let p = Policy::from_toml(toml).expect("valid");
+        assert_eq!(p.files[0].mode, DirMode::Ro);
+        assert_eq!(p.files[1].mode, DirMode::Rw);
+        assert_eq!(
+            p.network.allow[2].host,
+            NetHost::Name("api.example.org".into())
+        );
+        assert_eq!(p.network.allow[1].to_string(), "[::1]:443");
+        assert_eq!(p.limits.fuel, Some(1000));
+        assert_eq!(p.limits.wall_time_ms, Limits::default().wall_time_ms);
+        let json = serde_json::to_string(&p).expect("serialize");
+        assert_eq!(Policy::from_json(&json).expect("round trip"), p);
+    }
+
+    #[test]
+    fn unknown_keys_are_rejected() {
+        for bad in [
+            "allow_everything = true",
+            "[limits]\nmemory = 5",
+            "[[files]]\nhost = \"/a\"\nguest = \"/a\"\nwritable = true",
+        ] {
+            let e = Policy::from_toml(bad).expect_err(bad);
+            assert!(e.to_string().contains("unknown field"), "{e}");
+        }
+        assert!(Policy::from_json(r#"{"gpu_everything": 1}"#).is_err());
+    }
+
+    #[test]
+    fn invalid_values_are_all_reported() {
+        let e = Policy::from_toml(
+            r#"
+            [[files]]
+            host = "relative"
+            guest = "/a/../b"
+            [limits]
+            memory_bytes = 0
+            wall_time_ms = 99999999999
+        "#,
+        )
+        .expect_err("invalid");
+        assert_eq!(e.problems.len(), 4, "{e}");
+    }
+
+    #[test]
+    fn bad_network_targets_are_rejected() {
+        for bad in [
+            "nohost",
+            "host:0",
+            "host:99999",
+            "bad_host!:80",
+            "[zz]:80",
+            ":80",
+        ] {
+            assert!(bad.parse::<NetTarget>().is_err(), "{bad}");
+        }
+        let t: NetTarget = "10.1.2.3:53".parse().expect("ip target");
+        assert_eq!(t.host, NetHost::Ip("10.1.2.3".parse().expect("ip")));
+    }
+
+    #[test]
+    fn limits_above_a_ceiling_are_listed() {
+        let ceiling = Limits {
+            memory_bytes: MIB,
+            ..Limits::default()
+        };
+        let over = Limits::default().exceeding(&ceiling);
+        assert_eq!(over, vec![("limits.memory_bytes", 64 * MIB, MIB)]);
+    }
+}

@@ -1,0 +1,520 @@
+//! # kasbah-runtime: the capability-isolated sandbox
+//!
+//! One [`Runtime`] per process owns the wasmtime `Engine` (pooling allocator,
+//! epoch interruption, optional fuel), an epoch ticker thread, and a cache of
+//! compiled components and their `InstancePre`, keyed by module sha256.
+//!
+//! Each [`Runtime::run`] gets a fresh `Store` whose WASI context is built
+//! **only** from the tenant's [`Policy`] (see `wasi.rs`): no files, env or
+//! network unless granted; stdout/stderr captured into bounded buffers;
+//! memory/tables limited by a `ResourceLimiter`; wall time enforced by an
+//! epoch-deadline callback (CPU-bound guests) and a tokio timeout (guests
+//! blocked in a host call). The result is a typed [`RunReport`].
+
+mod limits;
+pub mod log;
+pub mod net;
+mod stdio;
+mod wasi;
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+use kasbah_core::{Digest, GuestErrorKind, Outcome, Output, RunReport, Usage};
+use kasbah_policy::Policy;
+use wasmtime::component::{Component, Linker, ResourceTable};
+use wasmtime::{
+    Config, Engine, InstanceAllocationStrategy, PoolConcurrencyLimitError, PoolingAllocationConfig,
+    Store, Trap, UpdateDeadline,
+};
+use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
+
+pub use kasbah_core;
+pub use kasbah_policy;
+
+/// Host bindings for the `kasbah:pipeline/pipeline` world. WASI interfaces
+/// come from wasmtime-wasi; only `kasbah:*` is generated here.
+pub mod bindings {
+    wasmtime::component::bindgen!({
+        path: "../../wit",
+        world: "kasbah:pipeline/pipeline",
+        exports: { default: async },
+        with: { "wasi": wasmtime_wasi::p2::bindings },
+    });
+}
+
+use bindings::kasbah::pipeline::types as wit;
+
+/// The fully-qualified name of the interface every pipeline exports.
+pub const HANDLER_EXPORT: &str = "kasbah:pipeline/handler@0.1.0";
+
+/// Process-wide sandbox settings (host configuration, not tenant policy).
+#[derive(Debug, Clone)]
+pub struct RuntimeConfig {
+    /// Instances that may be alive at once (pooling allocator slots).
+    pub max_concurrent_instances: u32,
+    /// Largest linear memory any policy may grant, in bytes.
+    pub max_memory_bytes: u64,
+    /// Meter fuel in every store (needed for `limits.fuel` and fuel usage).
+    pub fuel_metering: bool,
+    /// Epoch tick: granularity of wall-clock deadlines and async yields.
+    pub epoch_tick: Duration,
+    /// Maximum wasm stack per call; deeper recursion traps.
+    pub max_wasm_stack: usize,
+    /// Compiled modules kept in memory.
+    pub module_cache_entries: usize,
+    /// Forward guest log records to this process's `tracing` output.
+    pub echo_guest_logs: bool,
+    /// How long resolving one allowlisted DNS name may take at run start.
+    pub dns_timeout: Duration,
+}
+
+impl Default for RuntimeConfig {
+    fn default() -> Self {
+        RuntimeConfig {
+            max_concurrent_instances: 128,
+            max_memory_bytes: 4 << 30,
+            fuel_metering: true,
+            epoch_tick: Duration::from_millis(10),
+            max_wasm_stack: 1 << 20,
+            module_cache_entries: 256,
+            echo_guest_logs: false,
+            dns_timeout: Duration::from_secs(2),
+        }
+    }
+}
+
+/// The request handed to a pipeline.
+#[derive(Debug, Clone, Default)]
+pub struct Request {
+    pub content_type: String,
+    pub metadata: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+impl Request {
+    pub fn new(body: impl Into<Vec<u8>>) -> Self {
+        Request {
+            content_type: "application/octet-stream".into(),
+            metadata: Vec::new(),
+            body: body.into(),
+        }
+    }
+    pub fn with_meta(mut self, k: impl Into<String>, v: impl Into<String>) -> Self {
+        self.metadata.push((k.into(), v.into()));
+        self
+    }
+    pub fn with_content_type(mut self, ct: impl Into<String>) -> Self {
+        self.content_type = ct.into();
+        self
+    }
+}
+
+/// Why bytes could not be loaded as a pipeline.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    #[error(
+        "not a WebAssembly component (a core module or other bytes); build with --target wasm32-wasip2"
+    )]
+    NotAComponent,
+    #[error("invalid component: {0}")]
+    Invalid(String),
+    #[error(
+        "the component does not export `{HANDLER_EXPORT}`: it does not target the kasbah pipeline world"
+    )]
+    MissingExport,
+}
+
+/// Host-side failures: not the guest's doing, not a policy decision.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error("sandbox capacity exhausted ({0}); retry later")]
+    Capacity(String),
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+/// A compiled, linked pipeline, ready to instantiate.
+pub struct Module {
+    digest: Digest,
+    size: usize,
+    imports: Vec<String>,
+    pre: Result<bindings::PipelinePre<RunState>, String>,
+}
+
+impl Module {
+    pub fn digest(&self) -> Digest {
+        self.digest
+    }
+    pub fn size(&self) -> usize {
+        self.size
+    }
+    /// Every interface the component imports, by fully-qualified name.
+    pub fn imports(&self) -> &[String] {
+        &self.imports
+    }
+    /// Why this host cannot instantiate the module (an import it does not
+    /// provide), if so. Runs of such a module are `denied`.
+    pub fn link_error(&self) -> Option<&str> {
+        self.pre.as_ref().err().map(String::as_str)
+    }
+}
+
+/// Per-store state: WASI, the limiter, and kasbah's own capabilities.
+pub struct RunState {
+    wasi: WasiCtx,
+    table: ResourceTable,
+    limiter: limits::Limiter,
+    log: log::LogCtx,
+}
+
+impl WasiView for RunState {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView {
+            ctx: &mut self.wasi,
+            table: &mut self.table,
+        }
+    }
+}
+
+struct Inner {
+    engine: Engine,
+    linker: Linker<RunState>,
+    config: RuntimeConfig,
+    modules: Mutex<HashMap<Digest, Arc<Module>>>,
+    stop_ticker: Arc<AtomicBool>,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        self.stop_ticker.store(true, Ordering::Relaxed);
+    }
+}
+
+/// The sandbox runner. Cheap to clone; share one per process.
+#[derive(Clone)]
+pub struct Runtime {
+    inner: Arc<Inner>,
+}
+
+impl Runtime {
+    pub fn new(config: RuntimeConfig) -> wasmtime::Result<Self> {
+        let mut pool = PoolingAllocationConfig::default();
+        let n = config.max_concurrent_instances;
+        pool.total_component_instances(n);
+        pool.total_core_instances(n.saturating_mul(8));
+        pool.total_memories(n.saturating_mul(2));
+        pool.total_tables(n.saturating_mul(4));
+        pool.total_stacks(n);
+        pool.max_memory_size(usize::try_from(config.max_memory_bytes).unwrap_or(usize::MAX));
+
+        let mut cfg = Config::new();
+        cfg.wasm_component_model(true)
+            .epoch_interruption(true)
+            .consume_fuel(config.fuel_metering)
+            .max_wasm_stack(config.max_wasm_stack)
+            .allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
+        let engine = Engine::new(&cfg)?;
+
+        let mut linker = Linker::new(&engine);
+        wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
+        log::add_to_linker(&mut linker, |s: &mut RunState| log::Log(&mut s.log))?;
+
+        let stop_ticker = Arc::new(AtomicBool::new(false));
+        {
+            let engine = engine.clone();
+            let stop = stop_ticker.clone();
+            let tick = config.epoch_tick;
+            std::thread::Builder::new()
+                .name("kasbah-epoch".into())
+                .spawn(move || {
+                    while !stop.load(Ordering::Relaxed) {
+                        std::thread::sleep(tick);
+                        engine.increment_epoch();
+                    }
+                })?;
+        }
+
+        Ok(Runtime {
+            inner: Arc::new(Inner {
+                engine,
+                linker,
+                config,
+                modules: Mutex::default(),
+                stop_ticker,
+            }),
+        })
+    }
+
+    pub fn engine(&self) -> &Engine {
+        &self.inner.engine
+    }
+
+    pub fn config(&self) -> &RuntimeConfig {
+        &self.inner.config
+    }
+
+    /// Compile and link `wasm`, or return the cached module with the same
+    /// sha256. CPU-heavy on a miss (tens of ms): call from a blocking context.
+    pub fn load(&self, wasm: &[u8]) -> Result<Arc<Module>, LoadError> {
+        let digest = Digest::of(wasm);
+        if let Some(m) = self.cached(&digest) {
+            return Ok(m);
+        }
+        let module = Arc::new(self.compile(digest, wasm)?);
+        let mut cache = self
+            .inner
+            .modules
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if cache.len() >= self.inner.config.module_cache_entries {
+            // Evict an arbitrary entry; a re-run recompiles (tens of ms).
+            if let Some(k) = cache.keys().next().copied() {
+                cache.remove(&k);
+            }
+        }
+        Ok(cache.entry(digest).or_insert(module).clone())
+    }
+
+    /// The cached module for `digest`, if loaded.
+    pub fn cached(&self, digest: &Digest) -> Option<Arc<Module>> {
+        let cache = self
+            .inner
+            .modules
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        cache.get(digest).cloned()
+    }
+
+    fn compile(&self, digest: Digest, wasm: &[u8]) -> Result<Module, LoadError> {
+        // A component's preamble is `\0asm` + version 0x0d + layer 1.
+        if wasm.len() < 8 || &wasm[0..4] != b"\0asm" {
+            return Err(LoadError::Invalid("not WebAssembly (bad magic)".into()));
+        }
+        if wasm[4..8] != [0x0d, 0x00, 0x01, 0x00] {
+            return Err(LoadError::NotAComponent);
+        }
+        let engine = &self.inner.engine;
+        let component =
+            Component::new(engine, wasm).map_err(|e| LoadError::Invalid(format!("{e:#}")))?;
+        let ty = component.component_type();
+        if !ty.exports(engine).any(|(name, _)| name == HANDLER_EXPORT) {
+            return Err(LoadError::MissingExport);
+        }
+        let imports = ty
+            .imports(engine)
+            .map(|(name, _)| name.to_string())
+            .collect();
+        let pre = self
+            .inner
+            .linker
+            .instantiate_pre(&component)
+            .map_err(|e| format!("{e:#}"))
+            .and_then(|pre| bindings::PipelinePre::new(pre).map_err(|e| format!("{e:#}")));
+        Ok(Module {
+            digest,
+            size: wasm.len(),
+            imports,
+            pre,
+        })
+    }
+
+    /// Run `module` on `request` under `policy`. Guest behaviour of any kind
+    /// (errors, traps, limits, escapes attempts) ends up in the report's
+    /// outcome; `Err` means the host could not run it at all.
+    pub async fn run(
+        &self,
+        module: &Module,
+        policy: &Policy,
+        request: Request,
+    ) -> Result<RunReport, RunError> {
+        let started = Instant::now();
+        let limits = &policy.limits;
+        let denied = |reason: String| RunReport {
+            module: module.digest,
+            outcome: Outcome::Denied { reason },
+            usage: Usage {
+                wall_time: started.elapsed(),
+                ..Usage::default()
+            },
+            stdout: Default::default(),
+            stderr: Default::default(),
+            logs: Default::default(),
+            denials: Vec::new(),
+        };
+
+        let pre = match &module.pre {
+            Ok(pre) => pre,
+            Err(e) => return Ok(denied(format!("module cannot be linked on this host: {e}"))),
+        };
+        if limits.memory_bytes > self.inner.config.max_memory_bytes {
+            return Ok(denied(format!(
+                "limits.memory_bytes = {} exceeds this host's maximum {}",
+                limits.memory_bytes, self.inner.config.max_memory_bytes
+            )));
+        }
+        if limits.fuel.is_some() && !self.inner.config.fuel_metering {
+            return Ok(denied(
+                "limits.fuel is set but this host runs without fuel metering".into(),
+            ));
+        }
+
+        let denials = net::Denials::default();
+        let allowlist = if policy.network.is_empty() {
+            net::Allowlist::default()
+        } else {
+            net::Allowlist::resolve(&policy.network, self.inner.config.dns_timeout).await
+        };
+        let mut parts = match wasi::build(policy, allowlist, denials.clone()) {
+            Ok(p) => p,
+            Err(e) => return Ok(denied(e.to_string())),
+        };
+
+        let mut store = Store::new(
+            &self.inner.engine,
+            RunState {
+                wasi: parts.builder.build(),
+                table: ResourceTable::new(),
+                limiter: limits::Limiter::new(limits.memory_bytes, limits.max_table_elements),
+                log: log::LogCtx::new(limits.max_log_bytes, self.inner.config.echo_guest_logs),
+            },
+        );
+        store.limiter(|s| &mut s.limiter);
+        let fuel_budget = limits.fuel.unwrap_or(u64::MAX);
+        if self.inner.config.fuel_metering {
+            store
+                .set_fuel(fuel_budget)
+                .map_err(|e| RunError::Internal(format!("set_fuel: {e}")))?;
+        }
+        let wall = Duration::from_millis(limits.wall_time_ms);
+        let deadline = started + wall;
+        store.set_epoch_deadline(1);
+        store.epoch_deadline_callback(move |_| {
+            Ok(if Instant::now() >= deadline {
+                UpdateDeadline::Interrupt
+            } else {
+                // Let other runs on this executor thread make progress.
+                UpdateDeadline::Yield(1)
+            })
+        });
+
+        let wit_request = wit::Request {
+            content_type: request.content_type,
+            metadata: request.metadata,
+            body: request.body,
+        };
+        let call = async {
+            let instance = pre.instantiate_async(&mut store).await?;
+            instance
+                .kasbah_pipeline_handler()
+                .call_run(&mut store, &wit_request)
+                .await
+        };
+        let result = tokio::time::timeout(wall, call).await;
+
+        let wall_time = started.elapsed();
+        let fuel_consumed = if self.inner.config.fuel_metering {
+            store.get_fuel().ok().map(|left| fuel_budget - left)
+        } else {
+            None
+        };
+        let state = store.data_mut();
+        let usage = Usage {
+            wall_time,
+            fuel_consumed,
+            peak_memory_bytes: state.limiter.peak_memory as u64,
+        };
+        let memory_denied = state.limiter.memory_denied || state.limiter.table_denied;
+        let logs = state.log.take();
+
+        let outcome = match result {
+            Err(_elapsed) => Outcome::DeadlineExceeded {
+                limit_ms: limits.wall_time_ms,
+            },
+            Ok(Ok(Ok(resp))) => {
+                let size = resp.body.len() as u64;
+                if size > limits.max_output_bytes {
+                    Outcome::OutputTooLarge {
+                        size,
+                        limit: limits.max_output_bytes,
+                    }
+                } else {
+                    Outcome::Ok {
+                        output: Output {
+                            content_type: resp.content_type,
+                            body: resp.body,
+                        },
+                    }
+                }
+            }
+            Ok(Ok(Err(e))) => {
+                let (code, message) = match e {
+                    wit::Error::InvalidInput(m) => (GuestErrorKind::InvalidInput, m),
+                    wit::Error::Denied(m) => (GuestErrorKind::Denied, m),
+                    wit::Error::Unavailable(m) => (GuestErrorKind::Unavailable, m),
+                    wit::Error::Failed(m) => (GuestErrorKind::Failed, m),
+                };
+                Outcome::GuestError { code, message }
+            }
+            Ok(Err(err)) => {
+                if let Some(e) = err.downcast_ref::<PoolConcurrencyLimitError>() {
+                    return Err(RunError::Capacity(e.to_string()));
+                }
+                classify_error(&err, limits, memory_denied)
+            }
+        };
+        drop(store);
+        Ok(RunReport {
+            module: module.digest,
+            outcome,
+            usage,
+            stdout: parts.stdout.take(),
+            stderr: parts.stderr.take(),
+            logs,
+            denials: std::mem::take(&mut *denials.lock().unwrap_or_else(PoisonError::into_inner)),
+        })
+    }
+}
+
+/// Backtrace lines kept in a trap message.
+const MAX_TRAP_LINES: usize = 12;
+
+fn classify_error(
+    err: &wasmtime::Error,
+    limits: &kasbah_policy::Limits,
+    memory_denied: bool,
+) -> Outcome {
+    match err.downcast_ref::<Trap>() {
+        Some(Trap::Interrupt) => Outcome::DeadlineExceeded {
+            limit_ms: limits.wall_time_ms,
+        },
+        Some(Trap::OutOfFuel) => Outcome::FuelExhausted {
+            limit: limits.fuel.unwrap_or(u64::MAX),
+        },
+        // A refused `memory.grow` makes Rust guests abort; a refused
+        // instantiation (initial memory too large) errors out. Either way the
+        // limit is what stopped the guest.
+        _ if memory_denied => Outcome::MemoryLimit {
+            limit_bytes: limits.memory_bytes,
+        },
+        trap => {
+            // The cause first (e.g. "wasm trap: call stack exhausted"), then
+            // the head of the wasm backtrace, bounded.
+            let cause = match trap {
+                Some(t) => t.to_string(),
+                None => err.root_cause().to_string(),
+            };
+            let context = err.to_string();
+            let mut message = cause.clone();
+            if context != cause {
+                for line in context.lines().take(MAX_TRAP_LINES) {
+                    message.push('\n');
+                    message.push_str(line);
+                }
+            }
+            Outcome::Trap { message }
+        }
+    }
+}

@@ -1,0 +1,68 @@
+//! The `kasbah:pipeline/log` capability: guest log records kept in a bounded
+//! per-run buffer. Same shape as every capability: a context (`LogCtx`), a view
+//! borrowed from the store data (`Log`), and `add_to_linker`.
+
+use kasbah_core::{LogLevel, LogRecord, Logs};
+use wasmtime::component::{HasData, Linker};
+
+use crate::bindings::kasbah::pipeline::log as wit;
+
+/// Per-run log state.
+pub struct LogCtx {
+    budget_bytes: usize,
+    used_bytes: usize,
+    logs: Logs,
+    /// Also forward records to the host's `tracing` output (CLI `--verbose`).
+    echo: bool,
+}
+
+impl LogCtx {
+    pub fn new(budget_bytes: u64, echo: bool) -> Self {
+        LogCtx {
+            budget_bytes: usize::try_from(budget_bytes).unwrap_or(usize::MAX),
+            used_bytes: 0,
+            logs: Logs::default(),
+            echo,
+        }
+    }
+
+    pub fn take(&mut self) -> Logs {
+        std::mem::take(&mut self.logs)
+    }
+}
+
+/// The view the generated bindings call into.
+pub struct Log<'a>(pub &'a mut LogCtx);
+
+impl HasData for Log<'static> {
+    type Data<'a> = Log<'a>;
+}
+
+impl wit::Host for Log<'_> {
+    fn log(&mut self, level: wit::Level, message: String) {
+        let ctx = &mut *self.0;
+        let level = match level {
+            wit::Level::Trace => LogLevel::Trace,
+            wit::Level::Debug => LogLevel::Debug,
+            wit::Level::Info => LogLevel::Info,
+            wit::Level::Warn => LogLevel::Warn,
+            wit::Level::Error => LogLevel::Error,
+        };
+        if ctx.echo {
+            tracing::info!(target: "guest", ?level, "{message}");
+        }
+        if ctx.used_bytes + message.len() > ctx.budget_bytes {
+            ctx.logs.dropped += 1;
+            return;
+        }
+        ctx.used_bytes += message.len();
+        ctx.logs.records.push(LogRecord { level, message });
+    }
+}
+
+pub fn add_to_linker<T: Send + 'static>(
+    linker: &mut Linker<T>,
+    get: fn(&mut T) -> Log<'_>,
+) -> wasmtime::Result<()> {
+    wit::add_to_linker::<T, Log<'static>>(linker, get)
+}

@@ -1,0 +1,73 @@
+//! Builds a run's WASI context from its capability policy, and nothing else:
+//! no inherited stdio, env, args, network or filesystem. Each grant maps to
+//! one builder call here, so this file is the whole WASI attack surface.
+
+use kasbah_policy::{DirMode, Policy};
+use wasmtime_wasi::{FsPerms, WasiCtxBuilder};
+
+use crate::net::{Allowlist, Denials};
+use crate::stdio::BoundedPipe;
+
+pub(crate) struct WasiParts {
+    pub builder: WasiCtxBuilder,
+    pub stdout: BoundedPipe,
+    pub stderr: BoundedPipe,
+}
+
+/// Why a policy could not be applied on this host (the run is refused).
+#[derive(Debug, thiserror::Error)]
+pub enum ApplyError {
+    #[error("files: cannot preopen {host:?} as {guest}: {reason}")]
+    Preopen {
+        host: std::path::PathBuf,
+        guest: String,
+        reason: String,
+    },
+}
+
+pub(crate) fn build(
+    policy: &Policy,
+    allowlist: Allowlist,
+    denials: Denials,
+) -> Result<WasiParts, ApplyError> {
+    let mut b = WasiCtxBuilder::new();
+    // stdin stays closed (the default); the request body is the input.
+    let stdio = usize::try_from(policy.limits.max_stdio_bytes).unwrap_or(usize::MAX);
+    let stdout = BoundedPipe::new(stdio);
+    let stderr = BoundedPipe::new(stdio);
+    b.stdout(stdout.clone());
+    b.stderr(stderr.clone());
+    b.arg("pipeline");
+
+    for (k, v) in &policy.env.vars {
+        b.env(k, v);
+    }
+    for k in &policy.env.inherit {
+        if policy.env.vars.contains_key(k) {
+            continue; // an explicit value wins
+        }
+        if let Ok(v) = std::env::var(k) {
+            b.env(k, v);
+        }
+    }
+
+    for d in &policy.files {
+        let perms = match d.mode {
+            DirMode::Ro => FsPerms::ReadOnly,
+            DirMode::Rw => FsPerms::ReadWrite,
+        };
+        b.preopened_dir(&d.host, &d.guest, perms)
+            .map_err(|e| ApplyError::Preopen {
+                host: d.host.clone(),
+                guest: d.guest.clone(),
+                reason: format!("{e:#}"),
+            })?;
+    }
+
+    allowlist.apply(&mut b, denials);
+    Ok(WasiParts {
+        builder: b,
+        stdout,
+        stderr,
+    })
+}

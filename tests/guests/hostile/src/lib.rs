@@ -1,0 +1,157 @@
+//! A hostile pipeline used by the containment tests. The request's `attack`
+//! metadata picks the attack; the body carries its argument. Every attack
+//! that *succeeds* returns `Ok` with what it obtained, so a test that sees
+//! `Ok` (or the secret anywhere in the report) has found an escape.
+use kasbah_sdk::{Error, Pipeline, Request, Response, log};
+use std::io::Write;
+
+struct Hostile;
+
+fn read_any(paths: &[&str]) -> Result<Response, Error> {
+    let mut errors = Vec::new();
+    for p in paths {
+        match std::fs::read(p) {
+            Ok(bytes) => return Ok(Response::bytes("application/octet-stream", bytes)),
+            Err(e) => errors.push(format!("{p}: {e}")),
+        }
+    }
+    Err(Error::denied(errors.join("; ")))
+}
+
+/// Recursion that lives on the wasm call stack only.
+#[inline(never)]
+fn recurse_wasm_stack(n: u64) -> u64 {
+    if std::hint::black_box(n) == u64::MAX {
+        return 0;
+    }
+    recurse_wasm_stack(n + 1).wrapping_add(n)
+}
+
+/// Recursion whose frames live on the shadow stack in linear memory.
+#[inline(never)]
+#[allow(unconditional_recursion)]
+fn recurse(depth: u64, acc: &mut [u64; 16]) -> u64 {
+    let mut local = *acc;
+    local[(depth % 16) as usize] = depth;
+    std::hint::black_box(&mut local);
+    recurse(depth + 1, &mut local) + local[0]
+}
+
+impl Pipeline for Hostile {
+    fn run(request: Request) -> Result<Response, Error> {
+        let arg = request.text()?.to_string();
+        match request.meta("attack").unwrap_or("") {
+            // Absolute host paths: there is no ambient filesystem in WASI.
+            "read-passwd" => read_any(&["/etc/passwd", "/../etc/passwd", "etc/passwd"]),
+            // `arg` = a host path outside every preopen.
+            "read-outside" => read_any(&[&arg, &format!("/data/../..{arg}")]),
+            // `..` traversal out of the `/data` preopen to `arg` (a relative name).
+            "traversal" => read_any(&[
+                &format!("/data/../{arg}"),
+                &format!("/data/../../{arg}"),
+                &format!("/data/sub/../../{arg}"),
+            ]),
+            // `arg` = a path inside the preopen that is a symlink pointing out.
+            "symlink" => read_any(&[&arg]),
+            // `arg` = a path inside a read-only preopen.
+            "write-ro" => {
+                let mut errors = Vec::new();
+                match std::fs::write(&arg, b"pwned") {
+                    Ok(()) => return Ok(Response::text(format!("wrote {arg}"))),
+                    Err(e) => errors.push(format!("write: {e}")),
+                }
+                match std::fs::OpenOptions::new().append(true).open(&arg) {
+                    Ok(mut f) => {
+                        if f.write_all(b"pwned").is_ok() {
+                            return Ok(Response::text(format!("appended to {arg}")));
+                        }
+                    }
+                    Err(e) => errors.push(format!("append: {e}")),
+                }
+                match std::fs::remove_file(&arg) {
+                    Ok(()) => return Ok(Response::text(format!("removed {arg}"))),
+                    Err(e) => errors.push(format!("remove: {e}")),
+                }
+                match std::fs::create_dir("/data/newdir") {
+                    Ok(()) => return Ok(Response::text("created /data/newdir")),
+                    Err(e) => errors.push(format!("mkdir: {e}")),
+                }
+                Err(Error::denied(errors.join("; ")))
+            }
+            // `arg` = the name of an environment variable not granted.
+            "env" => match std::env::var(&arg) {
+                Ok(v) => Ok(Response::text(v)),
+                Err(_) => {
+                    let all: Vec<String> = std::env::vars().map(|(k, _)| k).collect();
+                    Err(Error::denied(format!(
+                        "{arg} not visible; visible: {all:?}"
+                    )))
+                }
+            },
+            "loop" => {
+                let mut x: u64 = 0;
+                loop {
+                    x = std::hint::black_box(x.wrapping_add(1));
+                }
+            }
+            "sleep" => {
+                std::thread::sleep(std::time::Duration::from_secs(3600));
+                Ok(Response::text("woke up"))
+            }
+            "oom" => {
+                let mut hoard: Vec<Vec<u8>> = Vec::new();
+                loop {
+                    hoard.push(vec![0xA5; 1 << 20]);
+                    std::hint::black_box(&hoard);
+                }
+            }
+            "recursion" => Ok(Response::text(recurse_wasm_stack(0).to_string())),
+            "recursion-shadow" => {
+                let mut acc = [0u64; 16];
+                Ok(Response::text(recurse(0, &mut acc).to_string()))
+            }
+            "panic" => panic!("hostile guest panicked on purpose"),
+            // `arg` = number of bytes to return.
+            "giant-output" => {
+                let n: usize = arg
+                    .trim()
+                    .parse()
+                    .map_err(|_| Error::invalid_input("size"))?;
+                Ok(Response::bytes("application/octet-stream", vec![b'x'; n]))
+            }
+            // `arg` = number of bytes to print to stdout and stderr.
+            "giant-stdout" => {
+                let n: usize = arg
+                    .trim()
+                    .parse()
+                    .map_err(|_| Error::invalid_input("size"))?;
+                let line = [b'o'; 1023];
+                let mut out = std::io::stdout();
+                let mut err = std::io::stderr();
+                for _ in 0..n / 1024 {
+                    out.write_all(&line)
+                        .map_err(|e| Error::failed(e.to_string()))?;
+                    out.write_all(b"\n")
+                        .map_err(|e| Error::failed(e.to_string()))?;
+                    err.write_all(&line)
+                        .map_err(|e| Error::failed(e.to_string()))?;
+                    err.write_all(b"\n")
+                        .map_err(|e| Error::failed(e.to_string()))?;
+                }
+                Ok(Response::text("printed"))
+            }
+            "log-flood" => {
+                for i in 0..100_000 {
+                    log::info(&format!(
+                        "flood line {i} ........................................"
+                    ));
+                }
+                Ok(Response::text("flooded"))
+            }
+            "ok" => Ok(Response::text("still alive")),
+            other => Err(Error::invalid_input(format!("unknown attack {other:?}"))),
+        }
+    }
+}
+
+kasbah_sdk::export!(Hostile);
