@@ -519,3 +519,17 @@ async fn non_components_are_refused_at_load() {
     ));
     assert_hello_still_served().await;
 }
+
+#[tokio::test]
+async fn oversized_input_is_refused_before_the_guest_runs() {
+    let policy = Policy {
+        limits: Limits {
+            max_input_bytes: 4,
+            ..Limits::default()
+        },
+        ..Policy::default()
+    };
+    let r = run("hello", &policy, Request::new("too long")).await;
+    assert_eq!(r.outcome.kind(), "denied", "{:?}", r.outcome);
+    assert!(r.logs.records.is_empty(), "the guest ran");
+}

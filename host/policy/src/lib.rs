@@ -197,6 +197,8 @@ pub struct Limits {
     pub wall_time_ms: u64,
     /// Fuel (roughly: wasm instructions) for one run; `None` = unmetered.
     pub fuel: Option<u64>,
+    /// Largest request body handed to the guest.
+    pub max_input_bytes: u64,
     /// Largest response body accepted from the guest.
     pub max_output_bytes: u64,
     /// Bound on each of the captured stdout and stderr.
@@ -219,6 +221,7 @@ impl Default for Limits {
             memory_bytes: 64 * MIB,
             wall_time_ms: 10_000,
             fuel: None,
+            max_input_bytes: 16 * MIB,
             max_output_bytes: MIB,
             max_stdio_bytes: 64 * 1024,
             max_log_bytes: 64 * 1024,
@@ -237,6 +240,7 @@ impl Limits {
             memory_bytes: 4 * 1024 * MIB,
             wall_time_ms: 3_600_000,
             fuel: Some(u64::MAX / 2),
+            max_input_bytes: 1024 * MIB,
             max_output_bytes: 1024 * MIB,
             max_stdio_bytes: 16 * MIB,
             max_log_bytes: 16 * MIB,
@@ -267,6 +271,11 @@ impl Limits {
         if let (Some(v), Some(c)) = (self.fuel, ceiling.fuel) {
             check("limits.fuel", v, c);
         }
+        check(
+            "limits.max_input_bytes",
+            self.max_input_bytes,
+            ceiling.max_input_bytes,
+        );
         check(
             "limits.max_output_bytes",
             self.max_output_bytes,

@@ -355,6 +355,13 @@ impl Runtime {
                 limits.memory_bytes, self.inner.config.max_memory_bytes
             )));
         }
+        if request.body.len() as u64 > limits.max_input_bytes {
+            return Ok(denied(format!(
+                "input of {} bytes exceeds limits.max_input_bytes = {}",
+                request.body.len(),
+                limits.max_input_bytes
+            )));
+        }
         if limits.fuel.is_some() && !self.inner.config.fuel_metering {
             return Ok(denied(
                 "limits.fuel is set but this host runs without fuel metering".into(),

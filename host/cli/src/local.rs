@@ -1,0 +1,121 @@
+//! `kasbah run`: load a component, apply a policy, run it once, print the
+//! output (stdout) and the outcome and usage (stderr), or the whole report as
+//! JSON with `--json`.
+//!
+//! Exit status: 0 when the pipeline returned a response, 1 for any other
+//! outcome (guest error, trap, limit, denial), 2 when it could not run at all.
+
+use anyhow::Context;
+use clap::Args;
+use kasbah_policy::Policy;
+use kasbah_runtime::{Request, Runtime, RuntimeConfig};
+use std::io::{Read, Write};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+#[derive(Args)]
+pub struct RunArgs {
+    /// The pipeline component (`.wasm`, built for wasm32-wasip2).
+    module: PathBuf,
+    /// Input file, or `-` for stdin.
+    #[arg(short, long, default_value = "-")]
+    input: String,
+    /// Capability policy (TOML, or JSON if the name ends in `.json`).
+    /// Without one, the deny-by-default policy with default limits applies.
+    #[arg(short, long)]
+    policy: Option<PathBuf>,
+    /// Content type of the input.
+    #[arg(long, default_value = "application/octet-stream")]
+    content_type: String,
+    /// Request metadata, `key=value` (repeatable).
+    #[arg(short, long = "meta", value_parser = parse_kv)]
+    meta: Vec<(String, String)>,
+    /// Print the full run report as JSON on stdout.
+    #[arg(long)]
+    json: bool,
+}
+
+fn parse_kv(s: &str) -> Result<(String, String), String> {
+    s.split_once('=')
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .ok_or_else(|| format!("expected key=value, got {s:?}"))
+}
+
+pub fn run(args: RunArgs, echo_logs: bool) -> anyhow::Result<ExitCode> {
+    let policy = match &args.policy {
+        Some(p) => Policy::load(p)?,
+        None => Policy::default(),
+    };
+    let wasm = std::fs::read(&args.module)
+        .with_context(|| format!("cannot read module {}", args.module.display()))?;
+    let body = if args.input == "-" {
+        let mut b = Vec::new();
+        std::io::stdin().read_to_end(&mut b).context("reading stdin")?;
+        b
+    } else {
+        std::fs::read(&args.input).with_context(|| format!("cannot read input {}", args.input))?
+    };
+
+    let runtime = Runtime::new(RuntimeConfig {
+        echo_guest_logs: echo_logs,
+        max_concurrent_instances: 4,
+        ..RuntimeConfig::default()
+    })
+    .map_err(|e| anyhow::anyhow!("cannot start the sandbox: {e:#}"))?;
+    let module = runtime.load(&wasm)?;
+
+    let mut request = Request::new(body).with_content_type(args.content_type);
+    request.metadata = args.meta;
+
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting tokio")?;
+    let report = rt.block_on(runtime.run(&module, &policy, request))?;
+
+    let mut out = std::io::stdout().lock();
+    if args.json {
+        serde_json::to_writer_pretty(&mut out, &report)?;
+        writeln!(out)?;
+    } else {
+        if let kasbah_core::Outcome::Ok { output } = &report.outcome {
+            out.write_all(&output.body)?;
+            if output.content_type.starts_with("text/") && !output.body.ends_with(b"\n") {
+                writeln!(out)?;
+            }
+        }
+        let u = &report.usage;
+        eprintln!("module   {}", report.module);
+        eprintln!("outcome  {}", report.outcome.summary());
+        eprintln!(
+            "usage    wall {:.3} ms, fuel {}, peak memory {} KiB",
+            u.wall_time.as_secs_f64() * 1e3,
+            u.fuel_consumed.map_or("-".to_string(), |f| f.to_string()),
+            u.peak_memory_bytes / 1024
+        );
+        for d in &report.denials {
+            eprintln!("denied   {}: {}", d.capability, d.detail);
+        }
+        if !echo_logs {
+            for l in &report.logs.records {
+                eprintln!("log      {:?} {}", l.level, l.message);
+            }
+        }
+        if report.logs.dropped > 0 {
+            eprintln!("log      ({} records dropped: log budget spent)", report.logs.dropped);
+        }
+        for (name, c) in [("stdout", &report.stdout), ("stderr", &report.stderr)] {
+            if !c.bytes.is_empty() {
+                eprintln!("{name}   {} bytes captured, {} dropped", c.bytes.len(), c.dropped_bytes);
+                for line in c.text().lines().take(5) {
+                    eprintln!("  | {line}");
+                }
+            }
+        }
+    }
+    Ok(if report.outcome.is_ok() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
+}
