@@ -99,7 +99,10 @@ fn main() -> anyhow::Result<()> {
                 table: ResourceTable::new(),
             },
         );
-        let p = pre.instantiate_async(&mut store).await.expect("instantiate");
+        let p = pre
+            .instantiate_async(&mut store)
+            .await
+            .expect("instantiate");
         let req = bindings::kasbah::pipeline::types::Request {
             content_type: "application/octet-stream".into(),
             metadata: vec![],
@@ -134,7 +137,10 @@ fn main() -> anyhow::Result<()> {
         }
     });
     let (mo, mr) = (median(&mut ours), median(&mut raw));
-    println!("hello pipeline, {} runs each, alternating blocks of 100", ours.len());
+    println!(
+        "hello pipeline, {} runs each, alternating blocks of 100",
+        ours.len()
+    );
     println!(
         "kasbah runner : median {:>8.1} µs   p90 {:>8.1} µs",
         mo.as_secs_f64() * 1e6,

@@ -15,24 +15,45 @@ use std::process::ExitCode;
 
 #[derive(Args)]
 pub struct RunArgs {
-    /// The pipeline component (`.wasm`, built for wasm32-wasip2).
-    module: PathBuf,
+    /// The pipeline: a component file (`.wasm`, built for wasm32-wasip2) to
+    /// run locally, or a published module's digest (`sha256:…`) to run on
+    /// the server.
+    pub module: String,
     /// Input file, or `-` for stdin.
     #[arg(short, long, default_value = "-")]
-    input: String,
+    pub input: String,
     /// Capability policy (TOML, or JSON if the name ends in `.json`).
     /// Without one, the deny-by-default policy with default limits applies.
     #[arg(short, long)]
     policy: Option<PathBuf>,
     /// Content type of the input.
     #[arg(long, default_value = "application/octet-stream")]
-    content_type: String,
+    pub content_type: String,
     /// Request metadata, `key=value` (repeatable).
     #[arg(short, long = "meta", value_parser = parse_kv)]
-    meta: Vec<(String, String)>,
-    /// Print the full run report as JSON on stdout.
+    pub meta: Vec<(String, String)>,
+    /// Server runs: return at once with the run id instead of waiting.
     #[arg(long)]
-    json: bool,
+    pub no_wait: bool,
+}
+
+impl RunArgs {
+    pub fn is_remote(&self) -> bool {
+        self.module.starts_with("sha256:")
+    }
+
+    /// The input bytes (`-` = stdin).
+    pub fn read_input(&self) -> anyhow::Result<Vec<u8>> {
+        if self.input == "-" {
+            let mut b = Vec::new();
+            std::io::stdin()
+                .read_to_end(&mut b)
+                .context("reading stdin")?;
+            Ok(b)
+        } else {
+            std::fs::read(&self.input).with_context(|| format!("cannot read input {}", self.input))
+        }
+    }
 }
 
 fn parse_kv(s: &str) -> Result<(String, String), String> {
@@ -41,20 +62,14 @@ fn parse_kv(s: &str) -> Result<(String, String), String> {
         .ok_or_else(|| format!("expected key=value, got {s:?}"))
 }
 
-pub fn run(args: RunArgs, echo_logs: bool) -> anyhow::Result<ExitCode> {
+pub fn run(args: RunArgs, echo_logs: bool, json: bool) -> anyhow::Result<ExitCode> {
     let policy = match &args.policy {
         Some(p) => Policy::load(p)?,
         None => Policy::default(),
     };
     let wasm = std::fs::read(&args.module)
-        .with_context(|| format!("cannot read module {}", args.module.display()))?;
-    let body = if args.input == "-" {
-        let mut b = Vec::new();
-        std::io::stdin().read_to_end(&mut b).context("reading stdin")?;
-        b
-    } else {
-        std::fs::read(&args.input).with_context(|| format!("cannot read input {}", args.input))?
-    };
+        .with_context(|| format!("cannot read module {}", args.module))?;
+    let body = args.read_input()?;
 
     let runtime = Runtime::new(RuntimeConfig {
         echo_guest_logs: echo_logs,
@@ -74,7 +89,7 @@ pub fn run(args: RunArgs, echo_logs: bool) -> anyhow::Result<ExitCode> {
     let report = rt.block_on(runtime.run(&module, &policy, request))?;
 
     let mut out = std::io::stdout().lock();
-    if args.json {
+    if json {
         serde_json::to_writer_pretty(&mut out, &report)?;
         writeln!(out)?;
     } else {
@@ -102,11 +117,18 @@ pub fn run(args: RunArgs, echo_logs: bool) -> anyhow::Result<ExitCode> {
             }
         }
         if report.logs.dropped > 0 {
-            eprintln!("log      ({} records dropped: log budget spent)", report.logs.dropped);
+            eprintln!(
+                "log      ({} records dropped: log budget spent)",
+                report.logs.dropped
+            );
         }
         for (name, c) in [("stdout", &report.stdout), ("stderr", &report.stderr)] {
             if !c.bytes.is_empty() {
-                eprintln!("{name}   {} bytes captured, {} dropped", c.bytes.len(), c.dropped_bytes);
+                eprintln!(
+                    "{name}   {} bytes captured, {} dropped",
+                    c.bytes.len(),
+                    c.dropped_bytes
+                );
                 for line in c.text().lines().take(5) {
                     eprintln!("  | {line}");
                 }

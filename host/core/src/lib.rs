@@ -2,6 +2,8 @@
 //! SDK's native client): content digests, run outcomes and usage records.
 //! Deliberately free of wasmtime/wgpu/axum so clients can depend on it.
 
+pub mod api;
+
 use serde::{Deserialize, Serialize};
 use sha2::{Digest as _, Sha256};
 use std::fmt;

@@ -407,6 +407,48 @@ impl Policy {
     }
 }
 
+/// One import a module needs that its tenant's policy does not grant.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RefusedImport {
+    pub import: String,
+    pub reason: String,
+}
+
+impl Policy {
+    /// Publish-time check: every interface a component imports must be
+    /// granted by this policy. Baseline interfaces (I/O streams, clocks,
+    /// random, stdio/environment/exit, kasbah's types and log) are always
+    /// granted (what they expose is itself shaped by the policy: the
+    /// environment holds only allowlisted variables); filesystem needs a
+    /// `files` grant, sockets a `network` grant; anything else is refused.
+    pub fn refused_imports<'a>(
+        &self,
+        imports: impl IntoIterator<Item = &'a str>,
+    ) -> Vec<RefusedImport> {
+        let mut out = Vec::new();
+        for import in imports {
+            let name = import.split('@').next().unwrap_or(import);
+            let (pkg, _iface) = name.split_once('/').unwrap_or((name, ""));
+            let refusal = match pkg {
+                "wasi:io" | "wasi:clocks" | "wasi:random" | "wasi:cli" => None,
+                "kasbah:pipeline" => None,
+                "wasi:filesystem" if !self.files.is_empty() => None,
+                "wasi:filesystem" => Some("the policy grants no files"),
+                "wasi:sockets" if !self.network.is_empty() => None,
+                "wasi:sockets" => Some("the policy grants no network access"),
+                _ => Some("this interface is not provided to pipelines"),
+            };
+            if let Some(reason) = refusal {
+                out.push(RefusedImport {
+                    import: import.to_string(),
+                    reason: reason.to_string(),
+                });
+            }
+        }
+        out
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -496,6 +538,33 @@ mod tests {
         }
         let t: NetTarget = "10.1.2.3:53".parse().expect("ip target");
         assert_eq!(t.host, NetHost::Ip("10.1.2.3".parse().expect("ip")));
+    }
+
+    #[test]
+    fn imports_are_checked_against_grants() {
+        let hello = [
+            "kasbah:pipeline/log@0.1.0",
+            "kasbah:pipeline/types@0.1.0",
+            "wasi:io/streams@0.2.6",
+            "wasi:cli/environment@0.2.6",
+            "wasi:clocks/wall-clock@0.2.6",
+            "wasi:random/random@0.2.6",
+        ];
+        assert!(Policy::default().refused_imports(hello).is_empty());
+        let net = [
+            "wasi:sockets/tcp@0.2.6",
+            "wasi:filesystem/types@0.2.6",
+            "acme:evil/x",
+        ];
+        let refused = Policy::default().refused_imports(net);
+        assert_eq!(refused.len(), 3, "{refused:?}");
+        let p = Policy::from_toml(
+            "[network]\nallow = [\"10.0.0.1:80\"]\n[[files]]\nhost = \"/x\"\nguest = \"/x\"",
+        )
+        .expect("valid");
+        let refused = p.refused_imports(net);
+        assert_eq!(refused.len(), 1);
+        assert_eq!(refused[0].import, "acme:evil/x");
     }
 
     #[test]

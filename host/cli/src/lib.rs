@@ -1,0 +1,112 @@
+//! `kasbah`: the command line. `kasbah run` runs a pipeline locally (a file)
+//! or on a server (a `sha256:` digest); `kasbah serve` starts the platform;
+//! the other subcommands talk to a server (`KASBAH_URL`, `KASBAH_TOKEN`).
+
+mod local;
+mod remote;
+mod serve;
+
+use clap::{Parser, Subcommand};
+use std::process::ExitCode;
+
+#[derive(Parser)]
+#[command(
+    name = "kasbah",
+    version,
+    about = "Sovereign WebAssembly sandbox platform"
+)]
+struct Cli {
+    /// Log verbosity (also honours RUST_LOG).
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    verbose: u8,
+    /// Server URL for client commands.
+    #[arg(
+        long,
+        global = true,
+        env = "KASBAH_URL",
+        default_value = "http://127.0.0.1:7878"
+    )]
+    url: String,
+    /// Bearer token for client commands.
+    #[arg(long, global = true, env = "KASBAH_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+    /// Machine-readable output.
+    #[arg(long, global = true)]
+    json: bool,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run a pipeline: a `.wasm` file locally, or a published `sha256:…` module on the server.
+    Run(local::RunArgs),
+    /// Start the platform service.
+    Serve(serve::ServeArgs),
+    /// Who the token belongs to.
+    Whoami,
+    /// Operators (admin).
+    #[command(subcommand)]
+    Operator(remote::OperatorCmd),
+    /// Tenants (admin, operator).
+    #[command(subcommand)]
+    Tenant(remote::TenantCmd),
+    /// Tenant capability policies (admin, operator).
+    #[command(subcommand)]
+    Policy(remote::PolicyCmd),
+    /// Auditors (admin).
+    #[command(subcommand)]
+    Auditor(remote::AuditorCmd),
+    /// Publish a component to the registry (developer).
+    Publish(remote::PublishArgs),
+    /// List published modules.
+    Modules,
+    /// Run records.
+    #[command(subcommand)]
+    Runs(remote::RunsCmd),
+    /// Usage totals per tenant and period.
+    Usage(remote::UsageArgs),
+}
+
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let filter = match cli.verbose {
+        0 => "warn,kasbah_server=info",
+        1 => "info,guest=info",
+        _ => "debug",
+    };
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(filter)),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+
+    let ctx = remote::Ctx {
+        url: cli.url,
+        token: cli.token,
+        json: cli.json,
+    };
+    let result = match cli.command {
+        Command::Run(args) if args.is_remote() => remote::block_on(remote::run(&ctx, args)),
+        Command::Run(args) => local::run(args, cli.verbose > 0, ctx.json),
+        Command::Serve(args) => serve::serve(args),
+        Command::Whoami => remote::block_on(remote::whoami(&ctx)),
+        Command::Operator(c) => remote::block_on(remote::operator(&ctx, c)),
+        Command::Tenant(c) => remote::block_on(remote::tenant(&ctx, c)),
+        Command::Policy(c) => remote::block_on(remote::policy(&ctx, c)),
+        Command::Auditor(c) => remote::block_on(remote::auditor(&ctx, c)),
+        Command::Publish(a) => remote::block_on(remote::publish(&ctx, a)),
+        Command::Modules => remote::block_on(remote::modules(&ctx)),
+        Command::Runs(c) => remote::block_on(remote::runs(&ctx, c)),
+        Command::Usage(a) => remote::block_on(remote::usage(&ctx, a)),
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}

@@ -1,0 +1,480 @@
+//! Client subcommands: talk to a kasbah server. Human tables by default,
+//! JSON with `--json`.
+
+use anyhow::{Context, bail};
+use clap::{Args, Subcommand};
+use kasbah_client::Client;
+use kasbah_core::api::*;
+use kasbah_policy::{Limits, Policy};
+use serde::Serialize;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use crate::local::RunArgs;
+
+pub struct Ctx {
+    pub url: String,
+    pub token: Option<String>,
+    pub json: bool,
+}
+
+impl Ctx {
+    fn client(&self) -> anyhow::Result<Client> {
+        let token = self
+            .token
+            .as_deref()
+            .context("no token: set KASBAH_TOKEN or pass --token")?;
+        Ok(Client::new(&self.url, token))
+    }
+
+    fn print<T: Serialize>(&self, value: &T, human: impl FnOnce(&T)) -> anyhow::Result<ExitCode> {
+        if self.json {
+            println!("{}", serde_json::to_string_pretty(value)?);
+        } else {
+            human(value);
+        }
+        Ok(ExitCode::SUCCESS)
+    }
+}
+
+pub fn block_on<F: std::future::Future<Output = anyhow::Result<ExitCode>>>(
+    f: F,
+) -> anyhow::Result<ExitCode> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting tokio")?
+        .block_on(f)
+}
+
+fn table(headers: &[&str], rows: Vec<Vec<String>>) {
+    let mut w: Vec<usize> = headers.iter().map(|h| h.len()).collect();
+    for r in &rows {
+        for (i, c) in r.iter().enumerate() {
+            w[i] = w[i].max(c.chars().count());
+        }
+    }
+    let line = |cells: Vec<String>| {
+        let s: Vec<String> = cells
+            .iter()
+            .enumerate()
+            .map(|(i, c)| format!("{c:<width$}", width = w[i]))
+            .collect();
+        println!("{}", s.join("  ").trim_end());
+    };
+    line(headers.iter().map(|h| h.to_string()).collect());
+    for r in rows {
+        line(r);
+    }
+}
+
+pub async fn whoami(ctx: &Ctx) -> anyhow::Result<ExitCode> {
+    let me = ctx.client()?.whoami().await?;
+    ctx.print(&me, |m| println!("{} {}", m.role.as_str(), m.subject))
+}
+
+#[derive(Subcommand)]
+pub enum OperatorCmd {
+    /// Create an operator with limit ceilings for its tenants.
+    Create {
+        name: String,
+        /// TOML/JSON file with a `[limits]`-shaped table of ceilings.
+        #[arg(long)]
+        ceiling: Option<PathBuf>,
+        #[arg(long, default_value_t = 100)]
+        max_tenants: u32,
+    },
+    List,
+    /// Issue a token for an operator.
+    Token {
+        operator: String,
+    },
+}
+
+pub async fn operator(ctx: &Ctx, c: OperatorCmd) -> anyhow::Result<ExitCode> {
+    let client = ctx.client()?;
+    match c {
+        OperatorCmd::Create {
+            name,
+            ceiling,
+            max_tenants,
+        } => {
+            let ceiling = match ceiling {
+                Some(p) => {
+                    let text = std::fs::read_to_string(&p)?;
+                    Some(if p.extension().is_some_and(|e| e == "json") {
+                        serde_json::from_str::<Limits>(&text)?
+                    } else {
+                        toml::from_str::<Limits>(&text)?
+                    })
+                }
+                None => None,
+            };
+            let op = client
+                .create_operator(&CreateOperator {
+                    name,
+                    ceiling,
+                    max_tenants,
+                })
+                .await?;
+            ctx.print(&op, |o| println!("created operator {} ({})", o.id, o.name))
+        }
+        OperatorCmd::List => {
+            let ops = client.operators().await?;
+            ctx.print(&ops, |ops| {
+                table(
+                    &["ID", "NAME", "MAX TENANTS", "MEMORY CEILING"],
+                    ops.iter()
+                        .map(|o| {
+                            vec![
+                                o.id.clone(),
+                                o.name.clone(),
+                                o.max_tenants.to_string(),
+                                o.ceiling.memory_bytes.to_string(),
+                            ]
+                        })
+                        .collect(),
+                )
+            })
+        }
+        OperatorCmd::Token { operator } => {
+            let t = client.operator_token(&operator).await?;
+            ctx.print(&t, |t| println!("{}", t.token))
+        }
+    }
+}
+
+#[derive(Subcommand)]
+pub enum TenantCmd {
+    Create {
+        name: String,
+        /// Place under this operator (admins only).
+        #[arg(long)]
+        operator: Option<String>,
+        /// Initial policy file (TOML or JSON).
+        #[arg(long)]
+        policy: Option<PathBuf>,
+    },
+    List,
+    /// Issue a developer token for a tenant.
+    Token {
+        tenant: String,
+    },
+}
+
+pub async fn tenant(ctx: &Ctx, c: TenantCmd) -> anyhow::Result<ExitCode> {
+    let client = ctx.client()?;
+    match c {
+        TenantCmd::Create {
+            name,
+            operator,
+            policy,
+        } => {
+            let policy = policy.map(|p| Policy::load(&p)).transpose()?;
+            let t = client
+                .create_tenant(&CreateTenant {
+                    name,
+                    operator_id: operator,
+                    policy,
+                })
+                .await?;
+            ctx.print(&t, |t| println!("created tenant {} ({})", t.id, t.name))
+        }
+        TenantCmd::List => {
+            let ts = client.tenants().await?;
+            ctx.print(&ts, |ts| {
+                table(
+                    &["ID", "NAME", "OPERATOR", "POLICY"],
+                    ts.iter()
+                        .map(|t| {
+                            vec![
+                                t.id.clone(),
+                                t.name.clone(),
+                                t.operator_id.clone().unwrap_or_else(|| "-".into()),
+                                format!("v{}", t.policy_version),
+                            ]
+                        })
+                        .collect(),
+                )
+            })
+        }
+        TenantCmd::Token { tenant } => {
+            let t = client.tenant_token(&tenant).await?;
+            ctx.print(&t, |t| println!("{}", t.token))
+        }
+    }
+}
+
+#[derive(Subcommand)]
+pub enum PolicyCmd {
+    /// Set a tenant's policy from a TOML or JSON file (creates a new version).
+    Set {
+        tenant: String,
+        file: PathBuf,
+    },
+    Show {
+        tenant: String,
+    },
+}
+
+pub async fn policy(ctx: &Ctx, c: PolicyCmd) -> anyhow::Result<ExitCode> {
+    let client = ctx.client()?;
+    let record = match c {
+        PolicyCmd::Set { tenant, file } => {
+            client.set_policy(&tenant, &Policy::load(&file)?).await?
+        }
+        PolicyCmd::Show { tenant } => client.policy(&tenant).await?,
+    };
+    ctx.print(&record, |r| {
+        println!("tenant {} policy v{} {}", r.tenant_id, r.version, r.digest);
+        if let Ok(t) = toml::to_string(&r.policy) {
+            print!("{t}");
+        }
+    })
+}
+
+#[derive(Subcommand)]
+pub enum AuditorCmd {
+    /// Create an auditor for some tenants; prints its token.
+    Create {
+        name: String,
+        #[arg(long = "tenant", required = true)]
+        tenants: Vec<String>,
+    },
+}
+
+pub async fn auditor(ctx: &Ctx, c: AuditorCmd) -> anyhow::Result<ExitCode> {
+    let AuditorCmd::Create { name, tenants } = c;
+    let t = ctx
+        .client()?
+        .create_auditor(&CreateAuditor { name, tenants })
+        .await?;
+    ctx.print(&t, |t| println!("{}", t.token))
+}
+
+#[derive(Args)]
+pub struct PublishArgs {
+    /// The component file.
+    file: PathBuf,
+    #[arg(long)]
+    name: Option<String>,
+    #[arg(long, default_value = "0.1.0")]
+    version: String,
+}
+
+pub async fn publish(ctx: &Ctx, a: PublishArgs) -> anyhow::Result<ExitCode> {
+    let name = match a.name {
+        Some(n) => n,
+        None => a
+            .file
+            .file_stem()
+            .and_then(|s| s.to_str())
+            .map(|s| s.replace('_', "-"))
+            .context("give --name")?,
+    };
+    let bar = if ctx.json {
+        indicatif::ProgressBar::hidden()
+    } else {
+        indicatif::ProgressBar::new(0).with_style(
+            indicatif::ProgressStyle::with_template(
+                "uploading {bytes}/{total_bytes} {wide_bar} {bytes_per_sec}",
+            )
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+        )
+    };
+    let b = bar.clone();
+    let m = ctx
+        .client()?
+        .publish(&a.file, &name, &a.version, move |sent, total| {
+            b.set_length(total);
+            b.set_position(sent);
+        })
+        .await;
+    bar.finish_and_clear();
+    let m = m?;
+    ctx.print(&m, |m| {
+        println!(
+            "published {}@{} {} ({} bytes)",
+            m.name, m.version, m.digest, m.size
+        )
+    })
+}
+
+pub async fn modules(ctx: &Ctx) -> anyhow::Result<ExitCode> {
+    let ms = ctx.client()?.modules().await?;
+    ctx.print(&ms, |ms| {
+        table(
+            &["DIGEST", "NAME", "VERSION", "SIZE", "TENANT"],
+            ms.iter()
+                .map(|m| {
+                    vec![
+                        m.digest.to_string(),
+                        m.name.clone(),
+                        m.version.clone(),
+                        m.size.to_string(),
+                        m.tenant_id.clone(),
+                    ]
+                })
+                .collect(),
+        )
+    })
+}
+
+/// `kasbah run sha256:…`: run a published module on the server.
+pub async fn run(ctx: &Ctx, args: RunArgs) -> anyhow::Result<ExitCode> {
+    let input = args.read_input()?;
+    let (input, input_base64) = match String::from_utf8(input) {
+        Ok(t) => (Some(t), None),
+        Err(e) => (
+            None,
+            Some(base64::Engine::encode(
+                &base64::engine::general_purpose::STANDARD,
+                e.into_bytes(),
+            )),
+        ),
+    };
+    let record = ctx
+        .client()?
+        .run(&CreateRun {
+            module: args.module.clone(),
+            input,
+            input_base64,
+            content_type: Some(args.content_type.clone()),
+            metadata: args.meta.iter().cloned().collect(),
+            wait: !args.no_wait,
+        })
+        .await?;
+    show_run(ctx, &record)
+}
+
+fn show_run(ctx: &Ctx, r: &RunRecord) -> anyhow::Result<ExitCode> {
+    let ok = matches!(&r.outcome, Some(o) if o.is_ok());
+    ctx.print(r, |r| {
+        if let Some(out) = r.output.as_ref().and_then(|o| o.inline.as_ref()) {
+            println!("{}", out.text().trim_end());
+        }
+        eprintln!("run      {} ({})", r.id, r.status.as_str());
+        eprintln!("module   {}  policy v{}", r.module, r.policy_version);
+        match (&r.outcome, &r.output) {
+            // The record keeps the body out of the outcome; the size is in `output`.
+            (Some(o), Some(out)) if o.is_ok() => {
+                eprintln!("outcome  ok ({} bytes, {})", out.size, out.content_type)
+            }
+            (Some(o), _) => eprintln!("outcome  {}", o.summary()),
+            (None, _) => {}
+        }
+        if let Some(u) = &r.usage {
+            eprintln!(
+                "usage    wall {:.3} ms, fuel {}, peak memory {} KiB",
+                u.wall_time.as_secs_f64() * 1e3,
+                u.fuel_consumed.map_or("-".into(), |f| f.to_string()),
+                u.peak_memory_bytes / 1024
+            );
+        }
+        if let Some(out) = &r.output {
+            if out.inline.is_none() {
+                eprintln!("output   {} bytes {} at {}", out.size, out.digest, out.url);
+            }
+        }
+    })?;
+    Ok(
+        if ok || r.status == RunStatus::Queued || r.status == RunStatus::Running {
+            ExitCode::SUCCESS
+        } else {
+            ExitCode::from(1)
+        },
+    )
+}
+
+#[derive(Subcommand)]
+pub enum RunsCmd {
+    Show {
+        id: String,
+    },
+    List {
+        #[arg(long, default_value_t = 20)]
+        limit: u32,
+    },
+    /// Write a run's output bytes to stdout.
+    Output {
+        id: String,
+    },
+}
+
+pub async fn runs(ctx: &Ctx, c: RunsCmd) -> anyhow::Result<ExitCode> {
+    let client = ctx.client()?;
+    match c {
+        RunsCmd::Show { id } => show_run(ctx, &client.get_run(&id).await?),
+        RunsCmd::List { limit } => {
+            let rs = client.runs(limit).await?;
+            ctx.print(&rs, |rs| {
+                table(
+                    &["ID", "STATUS", "OUTCOME", "WALL MS", "MODULE"],
+                    rs.iter()
+                        .map(|r| {
+                            vec![
+                                r.id.clone(),
+                                r.status.as_str().into(),
+                                r.outcome.as_ref().map_or("-", |o| o.kind()).into(),
+                                r.usage.as_ref().map_or("-".into(), |u| {
+                                    format!("{:.3}", u.wall_time.as_secs_f64() * 1e3)
+                                }),
+                                r.module.to_string(),
+                            ]
+                        })
+                        .collect(),
+                )
+            })
+        }
+        RunsCmd::Output { id } => {
+            let bytes = client.run_output(&id).await?;
+            use std::io::Write;
+            std::io::stdout().write_all(&bytes)?;
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+#[derive(Args)]
+pub struct UsageArgs {
+    #[arg(long)]
+    tenant: Option<String>,
+    /// hour, day or month.
+    #[arg(long, default_value = "day")]
+    period: String,
+}
+
+pub async fn usage(ctx: &Ctx, a: UsageArgs) -> anyhow::Result<ExitCode> {
+    if !["hour", "day", "month"].contains(&a.period.as_str()) {
+        bail!("--period must be hour, day or month");
+    }
+    let rows = ctx.client()?.usage(a.tenant.as_deref(), &a.period).await?;
+    ctx.print(&rows, |rows| {
+        table(
+            &[
+                "TENANT",
+                "PERIOD",
+                "RUNS",
+                "OK",
+                "WALL S",
+                "FUEL",
+                "PEAK MEM",
+                "MEM GB·S",
+            ],
+            rows.iter()
+                .map(|u| {
+                    vec![
+                        u.tenant_id.clone(),
+                        u.period.clone(),
+                        u.runs.to_string(),
+                        u.ok_runs.to_string(),
+                        format!("{:.3}", u.wall_time_us as f64 / 1e6),
+                        u.fuel.to_string(),
+                        u.peak_memory_bytes.to_string(),
+                        format!("{:.6}", u.memory_byte_seconds / 1e9),
+                    ]
+                })
+                .collect(),
+        )
+    })
+}

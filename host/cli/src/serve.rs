@@ -1,0 +1,71 @@
+//! `kasbah serve`: config file, then environment and flags on top.
+
+use anyhow::Context;
+use clap::Args;
+use kasbah_server::ServerConfig;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+#[derive(Args)]
+pub struct ServeArgs {
+    /// Config file (TOML; unknown keys are an error).
+    #[arg(long, env = "KASBAH_CONFIG")]
+    config: Option<PathBuf>,
+    /// Listen address (default 127.0.0.1:7878).
+    #[arg(long, env = "KASBAH_LISTEN")]
+    listen: Option<SocketAddr>,
+    /// Data directory: database, blobs, keys (default ./kasbah-data).
+    #[arg(long, env = "KASBAH_DATA_DIR")]
+    data_dir: Option<PathBuf>,
+    /// Runs executing at once.
+    #[arg(long, env = "KASBAH_WORKERS")]
+    workers: Option<usize>,
+    /// Admitted runs waiting for a worker before 429.
+    #[arg(long, env = "KASBAH_QUEUE_DEPTH")]
+    queue_depth: Option<usize>,
+}
+
+pub fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
+    let mut config = match &args.config {
+        Some(p) => ServerConfig::load(p)?,
+        None => ServerConfig::default(),
+    };
+    if let Some(l) = args.listen {
+        config.listen = l;
+    }
+    if let Some(d) = args.data_dir {
+        config.data_dir = d;
+    }
+    if let Some(w) = args.workers {
+        config.workers = w;
+    }
+    if let Some(q) = args.queue_depth {
+        config.queue_depth = q;
+    }
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting tokio")?;
+    rt.block_on(async move {
+        let data_dir = config.data_dir.clone();
+        let server = kasbah_server::start(config).await?;
+        if let Some(token) = &server.admin_token {
+            // Printed once, on the first start of this data dir; only its
+            // hash is stored.
+            println!("admin token: {token}");
+        }
+        if server.interrupted_runs > 0 {
+            tracing::warn!(
+                "{} runs were in flight when the previous process stopped; marked interrupted",
+                server.interrupted_runs
+            );
+        }
+        println!("listening on http://{}", server.addr);
+        println!("data dir {}", data_dir.display());
+        use std::io::Write;
+        let _ = std::io::stdout().flush();
+        server.wait().await
+    })?;
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,289 @@
+//! The JSON shapes of the kasbah HTTP API, shared by the server (which
+//! derives the OpenAPI document from them) and clients (CLI, SDK client).
+
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+use crate::{Captured, Denial, Digest, Logs, Outcome, Usage};
+use kasbah_policy::{Limits, Policy};
+
+#[cfg(feature = "openapi")]
+use utoipa::ToSchema;
+
+/// Caller roles.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(ToSchema))]
+#[serde(rename_all = "snake_case")]
+pub enum Role {
+    /// Runs the platform: creates operators, tenants, auditors; sees everything.
+    Admin,
+    /// White-label reseller: manages its own tenants within its ceilings.
+    Operator,
+    /// A tenant's developer: publishes modules and runs them.
+    Developer,
+    /// Read-only: modules and run records of the tenants it is granted.
+    Auditor,
+}
+
+impl Role {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Role::Admin => "admin",
+            Role::Operator => "operator",
+            Role::Developer => "developer",
+            Role::Auditor => "auditor",
+        }
+    }
+    pub fn parse(s: &str) -> Option<Role> {
+        Some(match s {
+            "admin" => Role::Admin,
+            "operator" => Role::Operator,
+            "developer" => Role::Developer,
+            "auditor" => Role::Auditor,
+            _ => return None,
+        })
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(ToSchema))]
+pub struct WhoAmI {
+    pub role: Role,
+    /// Operator id, tenant id or auditor id (`admin` for admins).
+    pub subject: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(ToSchema))]
+#[serde(deny_unknown_fields)]
+pub struct CreateOperator {
+    pub name: String,
+    /// Upper bounds for every limit in the policies of this operator's tenants.
+    #[cfg_attr(feature = "openapi", schema(value_type = Object))]
+    #[serde(default)]
+    pub ceiling: Option<Limits>,
+    /// How many tenants the operator may create.
+    #[serde(default = "default_max_tenants")]
+    pub max_tenants: u32,
+}
+
+fn default_max_tenants() -> u32 {
+    100
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(ToSchema))]
+pub struct Operator {
+    pub id: String,
+    pub name: String,
+    #[cfg_attr(feature = "openapi", schema(value_type = Object))]
+    pub ceiling: Limits,
+    pub max_tenants: u32,
+    pub created_at: i64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(ToSchema))]
+#[serde(deny_unknown_fields)]
+pub struct CreateTenant {
+    pub name: String,
+    /// Admins may place the tenant under an operator; operators' tenants are
+    /// always their own.
+    #[serde(default)]
+    pub operator_id: Option<String>,
+    /// Initial policy (deny-by-default when absent).
+    #[cfg_attr(feature = "openapi", schema(value_type = Object))]
+    #[serde(default)]
+    pub policy: Option<Policy>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(ToSchema))]
+pub struct Tenant {
+    pub id: String,
+    pub name: String,
+    pub operator_id: Option<String>,
+    pub policy_version: u32,
+    pub created_at: i64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(ToSchema))]
+pub struct PolicyRecord {
+    pub tenant_id: String,
+    pub version: u32,
+    #[cfg_attr(feature = "openapi", schema(value_type = String))]
+    pub digest: Digest,
+    #[cfg_attr(feature = "openapi", schema(value_type = Object))]
+    pub policy: Policy,
+    pub created_at: i64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(ToSchema))]
+#[serde(deny_unknown_fields)]
+pub struct CreateToken {
+    /// A label for the token (who or what holds it).
+    #[serde(default)]
+    pub name: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(ToSchema))]
+pub struct TokenCreated {
+    /// The bearer token. Shown once; the server keeps only its hash.
+    pub token: String,
+    pub role: Role,
+    pub subject: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(ToSchema))]
+#[serde(deny_unknown_fields)]
+pub struct CreateAuditor {
+    pub name: String,
+    /// Tenants whose modules and runs this auditor may read.
+    pub tenants: Vec<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(ToSchema))]
+pub struct Auditor {
+    pub id: String,
+    pub name: String,
+    pub tenants: Vec<String>,
+    pub created_at: i64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(ToSchema))]
+pub struct ModuleRecord {
+    #[cfg_attr(feature = "openapi", schema(value_type = String, example = "sha256:4c44…"))]
+    pub digest: Digest,
+    pub tenant_id: String,
+    pub name: String,
+    pub version: String,
+    pub size: u64,
+    /// Every interface the component imports.
+    pub imports: Vec<String>,
+    pub created_at: i64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(ToSchema))]
+#[serde(deny_unknown_fields)]
+pub struct CreateRun {
+    /// Module digest (`sha256:…`), published by the caller's tenant.
+    pub module: String,
+    /// Input as UTF-8 text…
+    #[serde(default)]
+    pub input: Option<String>,
+    /// …or as base64 bytes.
+    #[serde(default)]
+    pub input_base64: Option<String>,
+    #[serde(default)]
+    pub content_type: Option<String>,
+    #[serde(default)]
+    pub metadata: BTreeMap<String, String>,
+    /// `true` (default): wait for the outcome (bounded by the server's sync
+    /// wait; 202 with the run id if it takes longer). `false`: 202 at once.
+    #[serde(default = "yes")]
+    pub wait: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(ToSchema))]
+#[serde(rename_all = "snake_case")]
+pub enum RunStatus {
+    Queued,
+    Running,
+    Done,
+    /// The server stopped (crash, kill) while the run was queued or running.
+    Interrupted,
+}
+
+impl RunStatus {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            RunStatus::Queued => "queued",
+            RunStatus::Running => "running",
+            RunStatus::Done => "done",
+            RunStatus::Interrupted => "interrupted",
+        }
+    }
+    pub fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "queued" => RunStatus::Queued,
+            "running" => RunStatus::Running,
+            "done" => RunStatus::Done,
+            "interrupted" => RunStatus::Interrupted,
+            _ => return None,
+        })
+    }
+}
+
+/// Where a run's output is: inline when small, otherwise by digest + link.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(ToSchema))]
+pub struct OutputRef {
+    #[cfg_attr(feature = "openapi", schema(value_type = String))]
+    pub digest: Digest,
+    pub size: u64,
+    pub content_type: String,
+    /// `GET` this (same credentials) for the bytes.
+    pub url: String,
+    /// The bytes themselves when small (text, or `{"base64": …}`).
+    #[cfg_attr(feature = "openapi", schema(value_type = Object))]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub inline: Option<Captured>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(ToSchema))]
+pub struct RunRecord {
+    pub id: String,
+    pub tenant_id: String,
+    #[cfg_attr(feature = "openapi", schema(value_type = String))]
+    pub module: Digest,
+    pub policy_version: u32,
+    pub status: RunStatus,
+    #[cfg_attr(feature = "openapi", schema(value_type = String))]
+    pub input_digest: Digest,
+    pub input_size: u64,
+    #[cfg_attr(feature = "openapi", schema(value_type = Object))]
+    pub outcome: Option<Outcome>,
+    pub output: Option<OutputRef>,
+    #[cfg_attr(feature = "openapi", schema(value_type = Object))]
+    pub usage: Option<Usage>,
+    #[cfg_attr(feature = "openapi", schema(value_type = Object))]
+    pub stdout: Option<Captured>,
+    #[cfg_attr(feature = "openapi", schema(value_type = Object))]
+    pub stderr: Option<Captured>,
+    #[cfg_attr(feature = "openapi", schema(value_type = Object))]
+    pub logs: Option<Logs>,
+    #[cfg_attr(feature = "openapi", schema(value_type = Vec<Object>))]
+    pub denials: Vec<Denial>,
+    pub created_at: i64,
+    pub started_at: Option<i64>,
+    pub finished_at: Option<i64>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(ToSchema))]
+pub struct UsageRow {
+    pub tenant_id: String,
+    /// Start of the period, e.g. `2026-11-21` for `period=day`.
+    pub period: String,
+    pub runs: u64,
+    pub ok_runs: u64,
+    pub wall_time_us: u64,
+    pub fuel: u64,
+    /// Largest peak memory of any run in the period.
+    pub peak_memory_bytes: u64,
+    /// Sum of per-run peak memory × wall seconds (byte-seconds), for billing.
+    pub memory_byte_seconds: f64,
+}

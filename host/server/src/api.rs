@@ -1,0 +1,829 @@
+//! HTTP handlers. Every handler authenticates (the `Caller` extractor), then
+//! applies the access rules in `auth.rs`; bad input is a 4xx with a stable
+//! code, never a 500.
+
+use std::time::Duration;
+
+use axum::Json;
+use axum::body::Body;
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use base64::Engine as _;
+use futures_util::StreamExt;
+use kasbah_core::api::*;
+use kasbah_core::{Digest, Outcome, RunReport};
+use kasbah_policy::{Limits, Policy};
+use kasbah_runtime::{LoadError, Request};
+use serde::Deserialize;
+
+use crate::AppState;
+use crate::db::{Caller, Finished, INLINE_OUTPUT_MAX, Period, now_ms};
+use crate::error::{ApiError, ApiResult, ErrorBody};
+use crate::scheduler::{Admission, Refusal};
+
+// ---- identity ---------------------------------------------------------------
+
+#[utoipa::path(get, path = "/v1/whoami", responses((status = 200, body = WhoAmI)))]
+pub async fn whoami(caller: Caller) -> Json<WhoAmI> {
+    Json(WhoAmI {
+        role: caller.role,
+        subject: caller.subject,
+    })
+}
+
+// ---- operators ----------------------------------------------------------------
+
+#[utoipa::path(post, path = "/v1/operators", request_body = CreateOperator,
+    responses((status = 201, body = Operator), (status = 403, body = ErrorBody), (status = 422, body = ErrorBody)))]
+pub async fn create_operator(
+    State(s): State<AppState>,
+    caller: Caller,
+    body: Result<Json<CreateOperator>, axum::extract::rejection::JsonRejection>,
+) -> ApiResult<(StatusCode, Json<Operator>)> {
+    caller.require(&[Role::Admin], "create operators")?;
+    let Json(req) = body.map_err(json_error)?;
+    let name = valid_name(&req.name)?;
+    let ceiling = req.ceiling.unwrap_or_else(Limits::hard_ceiling);
+    let over = ceiling.exceeding(&Limits::hard_ceiling());
+    if !over.is_empty() {
+        return Err(ApiError::unprocessable(
+            "invalid_ceiling",
+            describe_over(&over, "the platform's hard ceiling"),
+        ));
+    }
+    let op =
+        s.db.create_operator(name, &ceiling, req.max_tenants)
+            .map_err(|e| {
+                if is_unique_violation(&e) {
+                    ApiError::conflict("name_taken", format!("an operator named {name:?} exists"))
+                } else {
+                    e.into()
+                }
+            })?;
+    Ok((StatusCode::CREATED, Json(op)))
+}
+
+#[utoipa::path(get, path = "/v1/operators", responses((status = 200, body = Vec<Operator>)))]
+pub async fn list_operators(
+    State(s): State<AppState>,
+    caller: Caller,
+) -> ApiResult<Json<Vec<Operator>>> {
+    match caller.role {
+        Role::Admin => Ok(Json(s.db.operators()?)),
+        Role::Operator => Ok(Json(s.db.operator(&caller.subject)?.into_iter().collect())),
+        _ => Err(ApiError::forbidden(
+            "only admins and operators list operators",
+        )),
+    }
+}
+
+#[utoipa::path(post, path = "/v1/operators/{id}/tokens", request_body = CreateToken,
+    responses((status = 201, body = TokenCreated), (status = 404, body = ErrorBody)))]
+pub async fn create_operator_token(
+    State(s): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+    body: Option<Json<CreateToken>>,
+) -> ApiResult<(StatusCode, Json<TokenCreated>)> {
+    caller.require(&[Role::Admin], "create operator tokens")?;
+    s.db.operator(&id)?
+        .ok_or_else(|| ApiError::not_found("operator"))?;
+    let name = body.and_then(|b| b.0.name);
+    let token = s.db.create_token(Role::Operator, &id, name.as_deref())?;
+    Ok((
+        StatusCode::CREATED,
+        Json(TokenCreated {
+            token,
+            role: Role::Operator,
+            subject: id,
+        }),
+    ))
+}
+
+// ---- tenants & policies -------------------------------------------------------
+
+#[utoipa::path(post, path = "/v1/tenants", request_body = CreateTenant,
+    responses((status = 201, body = Tenant), (status = 422, body = ErrorBody)))]
+pub async fn create_tenant(
+    State(s): State<AppState>,
+    caller: Caller,
+    body: Result<Json<CreateTenant>, axum::extract::rejection::JsonRejection>,
+) -> ApiResult<(StatusCode, Json<Tenant>)> {
+    caller.require(&[Role::Admin, Role::Operator], "create tenants")?;
+    let Json(req) = body.map_err(json_error)?;
+    let name = valid_name(&req.name)?;
+    let operator = match (caller.role, req.operator_id) {
+        (Role::Operator, Some(op)) if op != caller.subject => {
+            return Err(ApiError::not_found("operator"));
+        }
+        (Role::Operator, _) => Some(caller.subject.clone()),
+        (_, op) => op,
+    };
+    let operator = match operator {
+        Some(id) => Some(
+            s.db.operator(&id)?
+                .ok_or_else(|| ApiError::not_found("operator"))?,
+        ),
+        None => None,
+    };
+    let policy = req.policy.unwrap_or_default();
+    check_policy(&policy, operator.as_ref().map(|o| &o.ceiling), caller.role)?;
+    let (tenant, _policy) =
+        s.db.create_tenant(name, operator.as_ref(), &policy)?
+            .map_err(|m| ApiError::unprocessable("tenant_quota_exceeded", m))?;
+    Ok((StatusCode::CREATED, Json(tenant)))
+}
+
+#[utoipa::path(get, path = "/v1/tenants", responses((status = 200, body = Vec<Tenant>)))]
+pub async fn list_tenants(
+    State(s): State<AppState>,
+    caller: Caller,
+) -> ApiResult<Json<Vec<Tenant>>> {
+    Ok(Json(match caller.role {
+        Role::Admin => s.db.tenants(None)?,
+        Role::Operator => s.db.tenants(Some(&caller.subject))?,
+        Role::Developer => s.db.tenant(&caller.subject)?.into_iter().collect(),
+        Role::Auditor => {
+            let mut v = Vec::new();
+            for t in s.db.auditor_grants(&caller.subject)? {
+                v.extend(s.db.tenant(&t)?);
+            }
+            v
+        }
+    }))
+}
+
+#[utoipa::path(get, path = "/v1/tenants/{id}", responses((status = 200, body = Tenant), (status = 404, body = ErrorBody)))]
+pub async fn get_tenant(
+    State(s): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> ApiResult<Json<Tenant>> {
+    Ok(Json(caller.visible_tenant(&s, &id)?))
+}
+
+#[utoipa::path(get, path = "/v1/tenants/{id}/policy", responses((status = 200, body = PolicyRecord), (status = 404, body = ErrorBody)))]
+pub async fn get_policy(
+    State(s): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> ApiResult<Json<PolicyRecord>> {
+    caller.visible_tenant(&s, &id)?;
+    let p =
+        s.db.current_policy(&id)?
+            .ok_or_else(|| ApiError::not_found("policy"))?;
+    Ok(Json(p))
+}
+
+#[utoipa::path(put, path = "/v1/tenants/{id}/policy", request_body(content = Object, description = "A capability policy (JSON)"),
+    responses((status = 200, body = PolicyRecord), (status = 422, body = ErrorBody), (status = 404, body = ErrorBody)))]
+pub async fn put_policy(
+    State(s): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+    body: axum::body::Bytes,
+) -> ApiResult<Json<PolicyRecord>> {
+    let tenant = caller.managed_tenant(&s, &id)?;
+    let text = std::str::from_utf8(&body)
+        .map_err(|_| ApiError::bad_request("invalid_request", "policy body is not UTF-8"))?;
+    let policy = Policy::from_json(text)
+        .map_err(|e| ApiError::unprocessable("invalid_policy", e.to_string()))?;
+    let ceiling = match &tenant.operator_id {
+        Some(op) => s.db.operator(op)?.map(|o| o.ceiling),
+        None => None,
+    };
+    check_policy(&policy, ceiling.as_ref(), caller.role)?;
+    let record = s.db.set_policy(&id, &policy)?;
+    s.forget_policy(&id);
+    Ok(Json(record))
+}
+
+#[utoipa::path(post, path = "/v1/tenants/{id}/tokens", request_body = CreateToken,
+    responses((status = 201, body = TokenCreated), (status = 404, body = ErrorBody)))]
+pub async fn create_tenant_token(
+    State(s): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+    body: Option<Json<CreateToken>>,
+) -> ApiResult<(StatusCode, Json<TokenCreated>)> {
+    caller.managed_tenant(&s, &id)?;
+    let name = body.and_then(|b| b.0.name);
+    let token = s.db.create_token(Role::Developer, &id, name.as_deref())?;
+    Ok((
+        StatusCode::CREATED,
+        Json(TokenCreated {
+            token,
+            role: Role::Developer,
+            subject: id,
+        }),
+    ))
+}
+
+// ---- auditors -------------------------------------------------------------------
+
+#[utoipa::path(post, path = "/v1/auditors", request_body = CreateAuditor,
+    responses((status = 201, body = TokenCreated), (status = 404, body = ErrorBody)))]
+pub async fn create_auditor(
+    State(s): State<AppState>,
+    caller: Caller,
+    body: Result<Json<CreateAuditor>, axum::extract::rejection::JsonRejection>,
+) -> ApiResult<(StatusCode, Json<TokenCreated>)> {
+    caller.require(&[Role::Admin], "create auditors")?;
+    let Json(req) = body.map_err(json_error)?;
+    let name = valid_name(&req.name)?;
+    for t in &req.tenants {
+        s.db.tenant(t)?
+            .ok_or_else(|| ApiError::not_found("tenant"))?;
+    }
+    let a = s.db.create_auditor(name, &req.tenants)?;
+    let token = s.db.create_token(Role::Auditor, &a.id, Some(name))?;
+    Ok((
+        StatusCode::CREATED,
+        Json(TokenCreated {
+            token,
+            role: Role::Auditor,
+            subject: a.id,
+        }),
+    ))
+}
+
+// ---- modules --------------------------------------------------------------------
+
+#[derive(Deserialize, utoipa::IntoParams)]
+pub struct PublishParams {
+    /// Module name (letters, digits, `-_.`).
+    pub name: String,
+    /// Version label, e.g. `1.0.0`.
+    #[serde(default = "default_version")]
+    pub version: String,
+}
+
+fn default_version() -> String {
+    "0.0.0".into()
+}
+
+#[utoipa::path(post, path = "/v1/modules", params(PublishParams),
+    request_body(content = Vec<u8>, content_type = "application/wasm", description = "The component bytes, streamed"),
+    responses((status = 201, body = ModuleRecord), (status = 200, body = ModuleRecord, description = "identical bytes already published"),
+        (status = 413, body = ErrorBody), (status = 422, body = ErrorBody), (status = 409, body = ErrorBody)))]
+pub async fn publish_module(
+    State(s): State<AppState>,
+    caller: Caller,
+    params: Result<Query<PublishParams>, axum::extract::rejection::QueryRejection>,
+    body: Body,
+) -> ApiResult<(StatusCode, Json<ModuleRecord>)> {
+    caller.require(
+        &[Role::Developer],
+        "publish modules (use a tenant developer token)",
+    )?;
+    let Query(p) = params.map_err(|e| ApiError::bad_request("invalid_request", e.body_text()))?;
+    let name = valid_name(&p.name)?.to_string();
+    let version = valid_name(&p.version)?.to_string();
+    let tenant = caller.subject.clone();
+    let policy = s.policy(&tenant)?;
+    let max = policy
+        .policy
+        .limits
+        .max_module_bytes
+        .min(s.config.max_module_bytes);
+
+    let refused = |code: &'static str, e: ApiError| {
+        s.metrics
+            .publishes_refused
+            .get_or_create(&crate::metrics::ReasonLabel {
+                reason: code.to_string(),
+            })
+            .inc();
+        e
+    };
+
+    // Stream to a temp file while hashing; stop at the limit.
+    let mut w = s.blobs.writer().map_err(ApiError::internal)?;
+    let mut stream = body.into_data_stream();
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk
+            .map_err(|e| ApiError::bad_request("invalid_request", format!("upload failed: {e}")))?;
+        if w.size() + chunk.len() as u64 > max {
+            return Err(refused(
+                "module_too_large",
+                ApiError::too_large(
+                    "module_too_large",
+                    format!("module exceeds the limit of {max} bytes"),
+                ),
+            ));
+        }
+        w.write(&chunk).map_err(ApiError::internal)?;
+    }
+    let (digest, size, tmp) = s.blobs.finish(w);
+    if size == 0 {
+        return Err(refused(
+            "empty_module",
+            ApiError::unprocessable("empty_module", "the upload is empty"),
+        ));
+    }
+
+    // Validate: a component exporting the pipeline world, imports granted.
+    let bytes = std::fs::read(tmp.path()).map_err(ApiError::internal)?;
+    let runtime = s.runtime.clone();
+    let module = tokio::task::spawn_blocking(move || runtime.load(&bytes))
+        .await
+        .map_err(ApiError::internal)?
+        .map_err(|e| match e {
+            LoadError::NotAComponent => refused(
+                "not_a_component",
+                ApiError::unprocessable("not_a_component", e.to_string()),
+            ),
+            LoadError::MissingExport => refused(
+                "missing_export",
+                ApiError::unprocessable("missing_export", e.to_string()),
+            ),
+            LoadError::Invalid(_) => refused(
+                "invalid_module",
+                ApiError::unprocessable("invalid_module", e.to_string()),
+            ),
+        })?;
+    let not_granted = policy
+        .policy
+        .refused_imports(module.imports().iter().map(String::as_str));
+    if !not_granted.is_empty() {
+        let list: Vec<String> = not_granted
+            .iter()
+            .map(|r| format!("{} ({})", r.import, r.reason))
+            .collect();
+        return Err(refused(
+            "imports_not_granted",
+            ApiError::unprocessable(
+                "imports_not_granted",
+                format!("the tenant's policy does not grant: {}", list.join(", ")),
+            ),
+        ));
+    }
+    if let Some(e) = module.link_error() {
+        return Err(refused(
+            "imports_not_granted",
+            ApiError::unprocessable(
+                "imports_not_granted",
+                format!("this host cannot link the module: {e}"),
+            ),
+        ));
+    }
+
+    s.blobs.commit(tmp, &digest).map_err(ApiError::internal)?;
+    let record = ModuleRecord {
+        digest,
+        tenant_id: tenant,
+        name,
+        version,
+        size,
+        imports: module.imports().to_vec(),
+        created_at: now_ms(),
+    };
+    match s.db.insert_module(&record)? {
+        Ok(stored) if stored.created_at == record.created_at => {
+            s.metrics.modules_published.inc();
+            Ok((StatusCode::CREATED, Json(stored)))
+        }
+        Ok(existing) => Ok((StatusCode::OK, Json(existing))),
+        Err(other) => Err(ApiError::conflict(
+            "version_exists",
+            format!(
+                "{}@{} is already published with other bytes ({other}); modules are immutable",
+                record.name, record.version
+            ),
+        )),
+    }
+}
+
+#[derive(Deserialize, utoipa::IntoParams)]
+pub struct TenantFilter {
+    /// Restrict to one tenant (admins and auditors).
+    pub tenant: Option<String>,
+}
+
+#[utoipa::path(get, path = "/v1/modules", params(TenantFilter), responses((status = 200, body = Vec<ModuleRecord>)))]
+pub async fn list_modules(
+    State(s): State<AppState>,
+    caller: Caller,
+    Query(f): Query<TenantFilter>,
+) -> ApiResult<Json<Vec<ModuleRecord>>> {
+    let tenants = caller.readable_tenants(&s, f.tenant.as_deref())?;
+    Ok(Json(s.db.modules(&tenants)?))
+}
+
+#[utoipa::path(get, path = "/v1/modules/{digest}", params(TenantFilter),
+    responses((status = 200, body = ModuleRecord), (status = 404, body = ErrorBody)))]
+pub async fn get_module(
+    State(s): State<AppState>,
+    caller: Caller,
+    Path(digest): Path<String>,
+    Query(f): Query<TenantFilter>,
+) -> ApiResult<Json<ModuleRecord>> {
+    let digest = parse_digest(&digest)?;
+    for t in caller.readable_tenants(&s, f.tenant.as_deref())? {
+        if let Some(m) = s.db.module(&t, &digest)? {
+            return Ok(Json(m));
+        }
+    }
+    Err(ApiError::not_found("module"))
+}
+
+// ---- runs -----------------------------------------------------------------------
+
+#[utoipa::path(post, path = "/v1/runs", request_body = CreateRun,
+    responses((status = 200, body = RunRecord, description = "finished (wait = true)"),
+        (status = 202, body = RunRecord, description = "accepted; poll GET /v1/runs/{id}"),
+        (status = 404, body = ErrorBody), (status = 413, body = ErrorBody), (status = 429, body = ErrorBody)))]
+pub async fn create_run(
+    State(s): State<AppState>,
+    caller: Caller,
+    body: Result<Json<CreateRun>, axum::extract::rejection::JsonRejection>,
+) -> ApiResult<(StatusCode, Json<RunRecord>)> {
+    caller.require(
+        &[Role::Developer],
+        "start runs (use a tenant developer token)",
+    )?;
+    let Json(req) = body.map_err(json_error)?;
+    let tenant = caller.subject.clone();
+    let digest = parse_digest(&req.module)?;
+    let input = match (req.input, req.input_base64) {
+        (Some(t), None) => t.into_bytes(),
+        (None, Some(b)) => base64::engine::general_purpose::STANDARD
+            .decode(b)
+            .map_err(|e| ApiError::bad_request("invalid_request", format!("input_base64: {e}")))?,
+        (None, None) => Vec::new(),
+        (Some(_), Some(_)) => {
+            return Err(ApiError::bad_request(
+                "invalid_request",
+                "give `input` or `input_base64`, not both",
+            ));
+        }
+    };
+    s.db.module(&tenant, &digest)?
+        .ok_or_else(|| ApiError::not_found("module"))?;
+    let policy = s.policy(&tenant)?;
+    let limits = &policy.policy.limits;
+    if input.len() as u64 > limits.max_input_bytes {
+        return Err(ApiError::too_large(
+            "input_too_large",
+            format!(
+                "input of {} bytes exceeds limits.max_input_bytes = {}",
+                input.len(),
+                limits.max_input_bytes
+            ),
+        ));
+    }
+    let admission = s
+        .scheduler
+        .admit(&tenant, limits.max_concurrent_runs)
+        .map_err(|r| {
+            let (reason, msg) = match r {
+                Refusal::TenantLimit(n) => (
+                    "tenant_limit",
+                    format!(
+                        "the tenant already has {n} runs in flight (limits.max_concurrent_runs)"
+                    ),
+                ),
+                Refusal::ServerFull(n) => (
+                    "server_full",
+                    format!("the server is at capacity ({n} runs in flight)"),
+                ),
+            };
+            s.metrics
+                .runs_rejected
+                .get_or_create(&crate::metrics::ReasonLabel {
+                    reason: reason.into(),
+                })
+                .inc();
+            ApiError::overloaded(msg, 1)
+        })?;
+
+    let id = crate::db::new_run_id();
+    let input_digest = Digest::of(&input);
+    s.db.insert_run(
+        &id,
+        &tenant,
+        &digest,
+        policy.version,
+        &input_digest,
+        input.len() as u64,
+    )?;
+    let mut request = Request::new(input);
+    if let Some(ct) = req.content_type {
+        request = request.with_content_type(ct);
+    }
+    request.metadata = req.metadata.into_iter().collect();
+
+    let wait = Duration::from_millis(
+        s.config
+            .sync_wait_ms
+            .min(limits.wall_time_ms.saturating_add(5_000)),
+    );
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let task_state = s.clone();
+    let run_id = id.clone();
+    let policy_for_run = policy.clone();
+    s.metrics.runs_in_flight.inc();
+    tokio::spawn(async move {
+        execute(
+            &task_state,
+            &run_id,
+            digest,
+            &policy_for_run.policy,
+            request,
+            admission,
+        )
+        .await;
+        task_state.metrics.runs_in_flight.dec();
+        let _ = tx.send(());
+    });
+
+    if req.wait && tokio::time::timeout(wait, rx).await.is_ok() {
+        let r =
+            s.db.run(&id)?
+                .ok_or_else(|| ApiError::internal("run record vanished"))?;
+        return Ok((StatusCode::OK, Json(r)));
+    }
+    let r =
+        s.db.run(&id)?
+            .ok_or_else(|| ApiError::internal("run record vanished"))?;
+    Ok((StatusCode::ACCEPTED, Json(r)))
+}
+
+/// Run one admitted request to completion and store its record. Never
+/// panics on guest behaviour; host faults end up in the record as outcomes.
+async fn execute(
+    s: &AppState,
+    id: &str,
+    digest: Digest,
+    policy: &Policy,
+    request: Request,
+    admission: Admission,
+) {
+    let _admission = admission;
+    let Some(_worker) = s.scheduler.worker().await else {
+        return;
+    };
+    if let Err(e) = s.db.mark_running(id) {
+        tracing::error!(run = id, "mark running: {e}");
+    }
+    let report = match s.module(&digest).await {
+        Ok(module) => match s.runtime.run(&module, policy, request).await {
+            Ok(r) => r,
+            Err(e) => host_failure(digest, format!("host could not run the module: {e}")),
+        },
+        Err(e) => host_failure(digest, e),
+    };
+    let output = match &report.outcome {
+        Outcome::Ok { output } => {
+            let d = Digest::of(&output.body);
+            if output.body.len() <= INLINE_OUTPUT_MAX {
+                Some((
+                    d,
+                    output.body.len() as u64,
+                    output.content_type.clone(),
+                    Some(output.body.clone()),
+                ))
+            } else {
+                match s.blobs.put(&output.body) {
+                    Ok(_) => Some((
+                        d,
+                        output.body.len() as u64,
+                        output.content_type.clone(),
+                        None,
+                    )),
+                    Err(e) => {
+                        tracing::error!(run = id, "storing output: {e}");
+                        None
+                    }
+                }
+            }
+        }
+        _ => None,
+    };
+    s.metrics
+        .runs
+        .get_or_create(&crate::metrics::OutcomeLabel {
+            outcome: report.outcome.kind().into(),
+        })
+        .inc();
+    s.metrics
+        .run_seconds
+        .observe(report.usage.wall_time.as_secs_f64());
+    if let Err(e) = s.db.finish_run(
+        id,
+        Finished {
+            report: &report,
+            output,
+        },
+    ) {
+        tracing::error!(run = id, "finish run: {e}");
+    }
+}
+
+fn host_failure(module: Digest, reason: String) -> RunReport {
+    tracing::error!("{reason}");
+    RunReport {
+        module,
+        outcome: Outcome::Denied { reason },
+        usage: Default::default(),
+        stdout: Default::default(),
+        stderr: Default::default(),
+        logs: Default::default(),
+        denials: Vec::new(),
+    }
+}
+
+#[utoipa::path(get, path = "/v1/runs/{id}", responses((status = 200, body = RunRecord), (status = 404, body = ErrorBody)))]
+pub async fn get_run(
+    State(s): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> ApiResult<Json<RunRecord>> {
+    Ok(Json(visible_run(&s, &caller, &id)?))
+}
+
+fn visible_run(s: &AppState, caller: &Caller, id: &str) -> ApiResult<RunRecord> {
+    let r = s.db.run(id)?.ok_or_else(|| ApiError::not_found("run"))?;
+    if caller.reads_records(s, &r.tenant_id)? {
+        Ok(r)
+    } else {
+        Err(ApiError::not_found("run"))
+    }
+}
+
+#[utoipa::path(get, path = "/v1/runs/{id}/output", responses((status = 200, content_type = "application/octet-stream"), (status = 404, body = ErrorBody)))]
+pub async fn get_run_output(
+    State(s): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> ApiResult<Response> {
+    let r = visible_run(&s, &caller, &id)?;
+    let out = r.output.ok_or_else(|| ApiError::not_found("output"))?;
+    let bytes = match s.db.run_output_inline(&id)? {
+        Some(b) => b,
+        None => s
+            .blobs
+            .get(&out.digest)
+            .map_err(ApiError::internal)?
+            .ok_or_else(|| ApiError::internal(format!("output blob {} missing", out.digest)))?,
+    };
+    let mut headers = HeaderMap::new();
+    if let Ok(v) = out.content_type.parse() {
+        headers.insert(header::CONTENT_TYPE, v);
+    }
+    if let Ok(v) = out.digest.to_string().parse() {
+        headers.insert("x-kasbah-digest", v);
+    }
+    Ok((headers, bytes).into_response())
+}
+
+#[derive(Deserialize, utoipa::IntoParams)]
+pub struct RunsQuery {
+    pub tenant: Option<String>,
+    /// At most this many, newest first (default 50, max 1000).
+    pub limit: Option<u32>,
+}
+
+#[utoipa::path(get, path = "/v1/runs", params(RunsQuery), responses((status = 200, body = Vec<RunRecord>)))]
+pub async fn list_runs(
+    State(s): State<AppState>,
+    caller: Caller,
+    Query(q): Query<RunsQuery>,
+) -> ApiResult<Json<Vec<RunRecord>>> {
+    let limit = q.limit.unwrap_or(50).clamp(1, 1000);
+    let mut out = Vec::new();
+    for t in caller.readable_tenants(&s, q.tenant.as_deref())? {
+        out.extend(s.db.runs(&t, limit)?);
+    }
+    out.sort_by(|a, b| b.created_at.cmp(&a.created_at));
+    out.truncate(limit as usize);
+    Ok(Json(out))
+}
+
+// ---- usage ----------------------------------------------------------------------
+
+#[derive(Deserialize, utoipa::IntoParams)]
+pub struct UsageQuery {
+    pub tenant: Option<String>,
+    /// `hour`, `day` (default) or `month`.
+    pub period: Option<Period>,
+    /// Unix ms, inclusive (default: 0).
+    pub from: Option<i64>,
+    /// Unix ms, exclusive (default: now + 1 day).
+    pub to: Option<i64>,
+}
+
+#[utoipa::path(get, path = "/v1/usage", params(UsageQuery), responses((status = 200, body = Vec<UsageRow>)))]
+pub async fn usage(
+    State(s): State<AppState>,
+    caller: Caller,
+    q: Result<Query<UsageQuery>, axum::extract::rejection::QueryRejection>,
+) -> ApiResult<Json<Vec<UsageRow>>> {
+    let Query(q) = q.map_err(|e| ApiError::bad_request("invalid_request", e.body_text()))?;
+    let tenants: Vec<String> = match (caller.role, q.tenant.as_deref()) {
+        (Role::Admin, None) => s.db.tenants(None)?.into_iter().map(|t| t.id).collect(),
+        (Role::Operator, None) => {
+            s.db.tenants(Some(&caller.subject))?
+                .into_iter()
+                .map(|t| t.id)
+                .collect()
+        }
+        (Role::Developer, None) => vec![caller.subject.clone()],
+        (Role::Auditor, _) => return Err(ApiError::forbidden("auditors do not read usage")),
+        (_, Some(t)) => vec![caller.visible_tenant(&s, t)?.id],
+    };
+    let rows = s.db.usage(
+        &tenants,
+        q.period.unwrap_or(Period::Day),
+        q.from.unwrap_or(0),
+        q.to.unwrap_or(now_ms() + 86_400_000),
+    )?;
+    Ok(Json(rows))
+}
+
+// ---- metrics --------------------------------------------------------------------
+
+#[utoipa::path(get, path = "/metrics", responses((status = 200, content_type = "text/plain")))]
+pub async fn metrics(State(s): State<AppState>, caller: Caller) -> ApiResult<Response> {
+    caller.require(&[Role::Admin], "read metrics")?;
+    Ok((
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        s.metrics.encode(),
+    )
+        .into_response())
+}
+
+// ---- helpers --------------------------------------------------------------------
+
+fn json_error(e: axum::extract::rejection::JsonRejection) -> ApiError {
+    use axum::extract::rejection::JsonRejection::*;
+    match e {
+        JsonDataError(e) => ApiError::unprocessable("invalid_request", e.body_text()),
+        MissingJsonContentType(_) => ApiError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_media_type",
+            "expected `Content-Type: application/json`",
+        ),
+        other => ApiError::bad_request("invalid_request", other.body_text()),
+    }
+}
+
+fn parse_digest(s: &str) -> ApiResult<Digest> {
+    s.parse().map_err(|e: kasbah_core::InvalidDigest| {
+        ApiError::bad_request("invalid_digest", e.to_string())
+    })
+}
+
+fn valid_name(n: &str) -> ApiResult<&str> {
+    let ok = !n.is_empty()
+        && n.len() <= 128
+        && n.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_.+".contains(&b));
+    if ok {
+        Ok(n)
+    } else {
+        Err(ApiError::unprocessable(
+            "invalid_name",
+            format!("{n:?}: names are 1-128 characters of letters, digits and -_.+"),
+        ))
+    }
+}
+
+fn describe_over(over: &[(&str, u64, u64)], what: &str) -> String {
+    let parts: Vec<String> = over
+        .iter()
+        .map(|(f, v, c)| format!("{f} = {v} > {c}"))
+        .collect();
+    format!("exceeds {what}: {}", parts.join(", "))
+}
+
+/// Structural validation plus the operator's ceiling. Host directories are
+/// the platform's to hand out: only admins may grant `files`.
+fn check_policy(p: &Policy, ceiling: Option<&Limits>, setter: Role) -> ApiResult<()> {
+    p.validate()
+        .map_err(|e| ApiError::unprocessable("invalid_policy", e.to_string()))?;
+    if setter != Role::Admin && !p.files.is_empty() {
+        return Err(ApiError::unprocessable(
+            "policy_exceeds_ceiling",
+            "only platform admins may grant host directories (`files`)",
+        ));
+    }
+    if let Some(c) = ceiling {
+        let over = p.limits.exceeding(c);
+        if !over.is_empty() {
+            return Err(ApiError::unprocessable(
+                "policy_exceeds_ceiling",
+                describe_over(&over, "the operator's ceiling"),
+            ));
+        }
+    }
+    Ok(())
+}
+
+fn is_unique_violation(e: &rusqlite::Error) -> bool {
+    matches!(e, rusqlite::Error::SqliteFailure(f, _) if f.code == rusqlite::ErrorCode::ConstraintViolation)
+}

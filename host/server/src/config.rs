@@ -1,0 +1,52 @@
+//! Server configuration: TOML file (unknown keys rejected), overridden by
+//! flags and environment (see `kasbah serve --help`).
+
+use serde::Deserialize;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerConfig {
+    /// Address to listen on (loopback by default).
+    pub listen: SocketAddr,
+    /// Where the database, blobs and keys live.
+    pub data_dir: PathBuf,
+    /// Runs executing at once.
+    pub workers: usize,
+    /// Admitted runs that may wait for a worker; beyond this, 429.
+    pub queue_depth: usize,
+    /// How long a synchronous `POST /v1/runs` waits before answering 202.
+    pub sync_wait_ms: u64,
+    /// Largest JSON request body (run inputs are also bounded by policy).
+    pub max_request_bytes: usize,
+    /// Largest module upload, whatever a policy says.
+    pub max_module_bytes: u64,
+    /// `fsync` every commit (SQLite `synchronous = FULL`): survives power
+    /// loss, not only process crashes.
+    pub fsync_every_commit: bool,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            listen: SocketAddr::from(([127, 0, 0, 1], 7878)),
+            data_dir: PathBuf::from("kasbah-data"),
+            workers: 8,
+            queue_depth: 64,
+            sync_wait_ms: 30_000,
+            max_request_bytes: 64 << 20,
+            max_module_bytes: 256 << 20,
+            fsync_every_commit: false,
+        }
+    }
+}
+
+impl ServerConfig {
+    pub fn load(path: &std::path::Path) -> anyhow::Result<Self> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| anyhow::anyhow!("cannot read config {}: {e}", path.display()))?;
+        toml::from_str(&text)
+            .map_err(|e| anyhow::anyhow!("config {}: {}", path.display(), e.message()))
+    }
+}

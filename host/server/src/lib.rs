@@ -1,0 +1,244 @@
+//! # kasbah-server: the platform service
+//!
+//! `kasbah serve` = this crate: an axum API over an embedded SQLite database
+//! (metadata) and a content-addressed blob directory (modules, large
+//! outputs), running pipelines on one shared [`kasbah_runtime::Runtime`].
+//! Roles: admin, operator, developer, auditor (see `auth.rs`).
+
+pub mod api;
+pub mod auth;
+pub mod blobs;
+pub mod config;
+pub mod db;
+pub mod error;
+pub mod metrics;
+pub mod scheduler;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::ops::Deref;
+use std::sync::{Arc, Mutex, PoisonError};
+
+use axum::Router;
+use axum::extract::DefaultBodyLimit;
+use axum::routing::{get, post};
+use kasbah_core::Digest;
+use kasbah_core::api::PolicyRecord;
+use kasbah_runtime::{Module, Runtime, RuntimeConfig};
+use utoipa::OpenApi;
+
+pub use config::ServerConfig;
+
+use crate::blobs::Blobs;
+use crate::db::Db;
+use crate::error::{ApiError, ApiResult};
+use crate::metrics::Metrics;
+use crate::scheduler::Scheduler;
+
+pub struct Inner {
+    pub config: ServerConfig,
+    pub db: Db,
+    pub blobs: Blobs,
+    pub runtime: Runtime,
+    pub scheduler: Arc<Scheduler>,
+    pub metrics: Metrics,
+    /// Current policy per tenant (invalidated when a policy is set).
+    policies: Mutex<HashMap<String, Arc<PolicyRecord>>>,
+}
+
+#[derive(Clone)]
+pub struct AppState(Arc<Inner>);
+
+impl Deref for AppState {
+    type Target = Inner;
+    fn deref(&self) -> &Inner {
+        &self.0
+    }
+}
+
+impl AppState {
+    /// The tenant's current policy (cached).
+    pub fn policy(&self, tenant: &str) -> ApiResult<Arc<PolicyRecord>> {
+        if let Some(p) = self
+            .policies
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(tenant)
+        {
+            return Ok(p.clone());
+        }
+        let p = Arc::new(
+            self.db
+                .current_policy(tenant)?
+                .ok_or_else(|| ApiError::not_found("tenant"))?,
+        );
+        self.policies
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(tenant.to_string(), p.clone());
+        Ok(p)
+    }
+
+    pub fn forget_policy(&self, tenant: &str) {
+        self.policies
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(tenant);
+    }
+
+    /// A compiled module by digest: the runtime's cache, or the blob store.
+    pub async fn module(&self, digest: &Digest) -> Result<Arc<Module>, String> {
+        if let Some(m) = self.runtime.cached(digest) {
+            return Ok(m);
+        }
+        let bytes = self
+            .blobs
+            .get(digest)
+            .map_err(|e| format!("reading module {digest}: {e}"))?
+            .ok_or_else(|| format!("module {digest} is missing from the blob store"))?;
+        let rt = self.runtime.clone();
+        tokio::task::spawn_blocking(move || rt.load(&bytes))
+            .await
+            .map_err(|e| format!("loading module {digest}: {e}"))?
+            .map_err(|e| format!("loading module {digest}: {e}"))
+    }
+}
+
+#[derive(OpenApi)]
+#[openapi(
+    info(title = "kasbah", description = "Sovereign WebAssembly sandbox platform API. Every request except this document needs `Authorization: Bearer <token>`. Errors are `{\"error\": {\"code\", \"message\"}}`."),
+    paths(
+        api::whoami,
+        api::create_operator, api::list_operators, api::create_operator_token,
+        api::create_tenant, api::list_tenants, api::get_tenant, api::get_policy, api::put_policy,
+        api::create_tenant_token, api::create_auditor,
+        api::publish_module, api::list_modules, api::get_module,
+        api::create_run, api::get_run, api::get_run_output, api::list_runs,
+        api::usage, api::metrics,
+    ),
+    modifiers(&BearerAuth)
+)]
+pub struct ApiDoc;
+
+struct BearerAuth;
+
+impl utoipa::Modify for BearerAuth {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::security::{
+            HttpAuthScheme, HttpBuilder, SecurityRequirement, SecurityScheme,
+        };
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
+        );
+        openapi.security = Some(vec![SecurityRequirement::new(
+            "bearer",
+            Vec::<String>::new(),
+        )]);
+    }
+}
+
+async fn openapi_json() -> axum::Json<utoipa::openapi::OpenApi> {
+    axum::Json(ApiDoc::openapi())
+}
+
+async fn not_found() -> ApiError {
+    ApiError::not_found("route")
+}
+
+pub fn router(state: AppState) -> Router {
+    let max_body = state.config.max_request_bytes;
+    Router::new()
+        .route("/openapi.json", get(openapi_json))
+        .route("/metrics", get(api::metrics))
+        .route("/v1/whoami", get(api::whoami))
+        .route(
+            "/v1/operators",
+            post(api::create_operator).get(api::list_operators),
+        )
+        .route(
+            "/v1/operators/{id}/tokens",
+            post(api::create_operator_token),
+        )
+        .route(
+            "/v1/tenants",
+            post(api::create_tenant).get(api::list_tenants),
+        )
+        .route("/v1/tenants/{id}", get(api::get_tenant))
+        .route(
+            "/v1/tenants/{id}/policy",
+            get(api::get_policy).put(api::put_policy),
+        )
+        .route("/v1/tenants/{id}/tokens", post(api::create_tenant_token))
+        .route("/v1/auditors", post(api::create_auditor))
+        .route(
+            "/v1/modules",
+            post(api::publish_module).get(api::list_modules),
+        )
+        .route("/v1/modules/{digest}", get(api::get_module))
+        .route("/v1/runs", post(api::create_run).get(api::list_runs))
+        .route("/v1/runs/{id}", get(api::get_run))
+        .route("/v1/runs/{id}/output", get(api::get_run_output))
+        .route("/v1/usage", get(api::usage))
+        .fallback(not_found)
+        .layer(DefaultBodyLimit::max(max_body))
+        .with_state(state)
+}
+
+/// A started server.
+pub struct Server {
+    pub addr: SocketAddr,
+    /// The platform-admin token, only on the very first start of a data dir.
+    pub admin_token: Option<String>,
+    /// Runs found in flight from a previous process and marked interrupted.
+    pub interrupted_runs: usize,
+    pub state: AppState,
+    task: tokio::task::JoinHandle<std::io::Result<()>>,
+}
+
+impl Server {
+    /// Serve until the listener fails.
+    pub async fn wait(self) -> anyhow::Result<()> {
+        self.task.await??;
+        Ok(())
+    }
+}
+
+/// Open (or create) the data dir, recover, bind, and start serving.
+pub async fn start(config: ServerConfig) -> anyhow::Result<Server> {
+    std::fs::create_dir_all(&config.data_dir)?;
+    let db = Db::open(
+        &config.data_dir.join("kasbah.db"),
+        config.fsync_every_commit,
+    )?;
+    let admin_token = db.bootstrap_admin()?;
+    let interrupted_runs = db.interrupt_inflight()?;
+    let blobs = Blobs::open(&config.data_dir.join("blobs"))?;
+    let runtime = Runtime::new(RuntimeConfig {
+        max_concurrent_instances: u32::try_from(config.workers.max(1) * 2).unwrap_or(u32::MAX),
+        ..RuntimeConfig::default()
+    })
+    .map_err(|e| anyhow::anyhow!("starting the sandbox runtime: {e:#}"))?;
+    let scheduler = Scheduler::new(config.workers.max(1), config.queue_depth);
+    let listener = tokio::net::TcpListener::bind(config.listen).await?;
+    let addr = listener.local_addr()?;
+    let state = AppState(Arc::new(Inner {
+        config,
+        db,
+        blobs,
+        runtime,
+        scheduler,
+        metrics: Metrics::new(),
+        policies: Mutex::default(),
+    }));
+    let app = router(state.clone());
+    let task = tokio::spawn(async move { axum::serve(listener, app).await });
+    Ok(Server {
+        addr,
+        admin_token,
+        interrupted_runs,
+        state,
+        task,
+    })
+}

@@ -1,0 +1,89 @@
+//! Prometheus metrics (`GET /metrics`, text exposition format).
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OutcomeLabel {
+    pub outcome: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabel {
+    pub reason: String,
+}
+
+pub struct Metrics {
+    pub registry: Registry,
+    pub runs: Family<OutcomeLabel, Counter>,
+    pub runs_rejected: Family<ReasonLabel, Counter>,
+    pub runs_in_flight: Gauge,
+    pub run_seconds: Histogram,
+    pub modules_published: Counter,
+    pub publishes_refused: Family<ReasonLabel, Counter>,
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("kasbah");
+        let runs = Family::<OutcomeLabel, Counter>::default();
+        registry.register("runs", "Runs finished, by outcome", runs.clone());
+        let runs_rejected = Family::<ReasonLabel, Counter>::default();
+        registry.register(
+            "runs_rejected",
+            "Runs refused at admission (429), by reason",
+            runs_rejected.clone(),
+        );
+        let runs_in_flight = Gauge::default();
+        registry.register(
+            "runs_in_flight",
+            "Runs queued or running",
+            runs_in_flight.clone(),
+        );
+        let run_seconds = Histogram::new(exponential_buckets(0.0001, 4.0, 12));
+        registry.register(
+            "run_duration_seconds",
+            "Wall time of finished runs",
+            run_seconds.clone(),
+        );
+        let modules_published = Counter::default();
+        registry.register(
+            "modules_published",
+            "Modules accepted",
+            modules_published.clone(),
+        );
+        let publishes_refused = Family::<ReasonLabel, Counter>::default();
+        registry.register(
+            "publishes_refused",
+            "Module uploads refused, by error code",
+            publishes_refused.clone(),
+        );
+        Metrics {
+            registry,
+            runs,
+            runs_rejected,
+            runs_in_flight,
+            run_seconds,
+            modules_published,
+            publishes_refused,
+        }
+    }
+
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        if prometheus_client::encoding::text::encode(&mut out, &self.registry).is_err() {
+            out.clear();
+        }
+        out
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
