@@ -49,6 +49,15 @@ pub enum LogError {
     Checkpoint(#[from] CheckpointError),
     #[error("entry bytes do not hash to the leaf stored at index {index}")]
     EntryMismatch { index: u64 },
+    #[error(
+        "the node store is corrupt: the inclusion proof of entry {index} does not lead to the \
+         signed root of size {size} ({reason})"
+    )]
+    ProofFailed {
+        index: u64,
+        size: u64,
+        reason: ProofError,
+    },
 }
 
 /// What [`Log::append`] recorded.
@@ -164,7 +173,9 @@ impl<S: NodeStore> Log<S> {
 
     /// A receipt for the entry with canonical `bytes` at `index`, proven into
     /// `checkpoint` (which must be one of this log's). Checks the bytes
-    /// against the stored leaf hash first.
+    /// against the stored leaf hash and verifies the proof against the
+    /// checkpoint before returning, so a corrupted store is noticed here
+    /// rather than by a client.
     pub fn receipt(
         &self,
         bytes: Vec<u8>,
@@ -177,9 +188,17 @@ impl<S: NodeStore> Log<S> {
             .store
             .node(NodeId::new(0, index))
             .map_err(|e| TreeError::Store(Box::new(e)))?;
-        if stored != Some(Hash::leaf(&bytes)) {
+        let leaf = Hash::leaf(&bytes);
+        if stored != Some(leaf) {
             return Err(LogError::EntryMismatch { index });
         }
+        verify_inclusion(&leaf, index, size, &proof, &checkpoint.checkpoint.root).map_err(
+            |reason| LogError::ProofFailed {
+                index,
+                size,
+                reason,
+            },
+        )?;
         Ok(Receipt::new(bytes, index, proof, checkpoint))
     }
 }
