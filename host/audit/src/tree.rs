@@ -89,6 +89,14 @@ pub trait NodeStore {
     /// The hash of the perfect subtree `id`, or `None` if it was never stored.
     fn node(&self, id: NodeId) -> Result<Option<Hash>, Self::Error>;
 
+    /// The hashes of several nodes, in order. Every tree operation issues
+    /// exactly one such call (at most ~2·log2(n) ids), so a database can
+    /// answer it with one query (`... WHERE pos IN (...)`, with
+    /// [`NodeId::position`] as the key). The default calls `node` per id.
+    fn nodes(&self, ids: &[NodeId]) -> Result<Vec<Option<Hash>>, Self::Error> {
+        ids.iter().map(|id| self.node(*id)).collect()
+    }
+
     /// Record appended leaves: `nodes` are the leaf hashes and the newly
     /// completed perfect subtrees, in append (post-)order (so
     /// `nodes[i].0.position()` is consecutive, starting at
@@ -103,6 +111,9 @@ impl<S: NodeStore + ?Sized> NodeStore for &mut S {
     }
     fn node(&self, id: NodeId) -> Result<Option<Hash>, Self::Error> {
         (**self).node(id)
+    }
+    fn nodes(&self, ids: &[NodeId]) -> Result<Vec<Option<Hash>>, Self::Error> {
+        (**self).nodes(ids)
     }
     fn extend(&mut self, new_size: u64, nodes: &[(NodeId, Hash)]) -> Result<(), Self::Error> {
         (**self).extend(new_size, nodes)
@@ -135,16 +146,30 @@ pub fn size<S: NodeStore + ?Sized>(store: &S) -> Result<u64, TreeError> {
     store.size().map_err(store_err)
 }
 
-fn stored<S: NodeStore + ?Sized>(store: &S, id: NodeId, size: u64) -> Result<Hash, TreeError> {
-    store
-        .node(id)
-        .map_err(store_err)?
-        .ok_or(TreeError::MissingNode(id, size))
+/// Read `ids` with one [`NodeStore::nodes`] call; all must be present.
+fn read_all<S: NodeStore + ?Sized>(
+    store: &S,
+    ids: &[NodeId],
+    size: u64,
+) -> Result<Vec<Hash>, TreeError> {
+    if ids.is_empty() {
+        return Ok(Vec::new());
+    }
+    let got = store.nodes(ids).map_err(store_err)?;
+    if got.len() != ids.len() {
+        return Err(TreeError::Store(
+            format!("asked for {} nodes, got {}", ids.len(), got.len()).into(),
+        ));
+    }
+    ids.iter()
+        .zip(got)
+        .map(|(id, h)| h.ok_or(TreeError::MissingNode(*id, size)))
+        .collect()
 }
 
 /// Append leaves (already leaf-hashed with [`Hash::leaf`]). Returns the index
-/// of the first one. Reads at most one stored hash per level (the left
-/// siblings the new leaves complete) and makes a single
+/// of the first one. Reads, in one batch, only the stored perfect subtrees
+/// the new leaves will merge with (at most one per level), and makes a single
 /// [`NodeStore::extend`] call, so a batch is one write for a file or one
 /// group of inserts in a transaction.
 pub fn append_leaves<S: NodeStore + ?Sized>(
@@ -160,10 +185,20 @@ pub fn append_leaves<S: NodeStore + ?Sized>(
         .checked_add(count)
         .filter(|n| *n < 1 << 62)
         .ok_or(TreeError::Full)?;
-    let mut out = Vec::with_capacity(leaves.len() * 2 + 64);
-    // Last node written at each level during this batch: the left sibling a
-    // merge needs is either there or in the store.
+    // Left siblings from before the batch: the perfect subtree ending at
+    // `first` on each level where `first` has a set bit, if the batch
+    // completes its right sibling.
+    let frontier: Vec<NodeId> = (0..62u8)
+        .filter(|&l| first >> l & 1 == 1 && ((first >> l) + 1) << l <= new_size)
+        .map(|l| NodeId::new(l, (first >> l) - 1))
+        .collect();
+    let frontier_hashes = read_all(store, &frontier, first)?;
+    // Last node known at each level: a merge's left sibling is always there.
     let mut recent: [Option<(u64, Hash)>; 64] = [None; 64];
+    for (id, h) in frontier.iter().zip(frontier_hashes) {
+        recent[usize::from(id.level)] = Some((id.index, h));
+    }
+    let mut out = Vec::with_capacity(leaves.len() * 2 + 64);
     for (k, leaf) in (first..).zip(leaves) {
         let mut id = NodeId::new(0, k);
         let mut h = *leaf;
@@ -172,7 +207,12 @@ pub fn append_leaves<S: NodeStore + ?Sized>(
             let left = match (id.index & 1, *slot) {
                 (0, _) => None,
                 (_, Some((i, lh))) if i + 1 == id.index => Some(lh),
-                _ => Some(stored(store, NodeId::new(id.level, id.index - 1), first)?),
+                _ => {
+                    return Err(TreeError::MissingNode(
+                        NodeId::new(id.level, id.index - 1),
+                        first,
+                    ));
+                }
             };
             out.push((id, h));
             *slot = Some((id.index, h));
@@ -190,45 +230,90 @@ pub fn append_leaf<S: NodeStore + ?Sized>(store: &mut S, leaf: Hash) -> Result<u
     append_leaves(store, std::slice::from_ref(&leaf))
 }
 
-/// Hash of leaves `[start, end)` where `end - start < 2^tz(start)` (or
-/// `start == 0`): the right fold of the perfect subtrees that tile the range,
-/// largest first. One read per set bit of `end - start`.
-fn range_hash<S: NodeStore + ?Sized>(
-    store: &S,
-    start: u64,
-    end: u64,
-    size: u64,
-) -> Result<Hash, TreeError> {
-    debug_assert!(start < end);
-    let mut parts: Vec<Hash> = Vec::with_capacity(64);
-    let mut cur = start;
-    let len = end - start;
-    for level in (0..64u8).rev() {
-        if len & (1u64 << level) != 0 {
-            parts.push(stored(store, NodeId::new(level, cur >> level), size)?);
-            cur += 1u64 << level;
-        }
-    }
-    let mut acc = parts
-        .pop()
-        .ok_or(TreeError::MissingNode(NodeId::new(0, start), size))?;
-    while let Some(left) = parts.pop() {
-        acc = Hash::node(&left, &acc);
-    }
-    Ok(acc)
+/// What a proof or root is made of, before any read: each part is one
+/// stored node or the right fold of a run of stored nodes (an ephemeral
+/// node on the incomplete right edge, or a whole root).
+struct Plan {
+    ids: Vec<NodeId>,
+    /// `(from, to)`: the result is the right fold of `ids[from..to]`.
+    parts: Vec<(usize, usize)>,
 }
 
-/// The hash of node `id` in the tree of size `m`: stored if perfect,
-/// otherwise the ephemeral right-edge node over `[start, m)`.
-fn node_at<S: NodeStore + ?Sized>(
-    store: &S,
-    id: NodeId,
-    m: u64,
-    size: u64,
-) -> Result<Hash, TreeError> {
-    match id.end() {
-        Some(end) if end <= m => stored(store, id, size),
-        _ => range_hash(store, id.start(), m, size),
+impl Plan {
+    fn new() -> Self {
+        // Enough for any tree below 2^62 leaves: no reallocation.
+        Plan {
+            ids: Vec::with_capacity(128),
+            parts: Vec::with_capacity(66),
+        }
+    }
+
+    fn one(&mut self, id: NodeId) {
+        self.ids.push(id);
+        self.parts.push((self.ids.len() - 1, self.ids.len()));
+    }
+
+    /// Leaves `[start, end)` where `end - start < 2^tz(start)` (or
+    /// `start == 0`): the perfect subtrees tiling the range, largest first.
+    fn range(&mut self, start: u64, end: u64) {
+        let from = self.ids.len();
+        let len = end - start;
+        let mut cur = start;
+        for level in (0..64u8).rev() {
+            if len >> level & 1 == 1 {
+                self.ids.push(NodeId::new(level, cur >> level));
+                cur += 1u64 << level;
+            }
+        }
+        self.parts.push((from, self.ids.len()));
+    }
+
+    /// Node `id` in the tree of size `m`: stored if perfect, otherwise the
+    /// ephemeral right-edge node over `[start, m)`.
+    fn node_at(&mut self, id: NodeId, m: u64) {
+        match id.end() {
+            Some(end) if end <= m => self.one(id),
+            _ => self.range(id.start(), m),
+        }
+    }
+
+    /// The audit path from node `(level, index)` to the root of the tree of
+    /// size `m`, bottom to top: for a leaf, RFC 9162 `PATH(index, D[m])`.
+    fn path(&mut self, level: u8, index: u64, m: u64) {
+        let last = (m - 1) >> level;
+        // Below `inner` levels up, the paths to `index` and to the last leaf
+        // differ: every sibling exists (the one holding the last leaf may be
+        // ephemeral). Above, the node is on the right edge and only has a
+        // (perfect) left sibling where it is a right child.
+        let inner = 64 - (index ^ last).leading_zeros();
+        for j in 0..64u8 {
+            let idx = index >> j;
+            if u32::from(j) >= inner && idx == 0 {
+                break;
+            }
+            if u32::from(j) < inner {
+                self.node_at(NodeId::new(level + j, idx ^ 1), m);
+            } else if idx & 1 == 1 {
+                self.one(NodeId::new(level + j, idx - 1));
+            }
+        }
+    }
+
+    /// One batched read, then assemble.
+    fn run<S: NodeStore + ?Sized>(self, store: &S, size: u64) -> Result<Vec<Hash>, TreeError> {
+        let hashes = read_all(store, &self.ids, size)?;
+        Ok(self
+            .parts
+            .iter()
+            .map(|&(from, to)| {
+                let run = &hashes[from..to];
+                let mut acc = run[run.len() - 1];
+                for left in run[..run.len() - 1].iter().rev() {
+                    acc = Hash::node(left, &acc);
+                }
+                acc
+            })
+            .collect())
     }
 }
 
@@ -246,38 +331,11 @@ pub fn root_at<S: NodeStore + ?Sized>(store: &S, m: u64) -> Result<Hash, TreeErr
     if m == 0 {
         return Ok(Hash::empty());
     }
-    range_hash(store, 0, m, size)
-}
-
-/// The audit path from node `(level, index)` up to the root of the tree of
-/// size `m`, bottom to top: for a leaf this is RFC 9162 `PATH(index, D[m])`.
-fn path<S: NodeStore + ?Sized>(
-    store: &S,
-    level: u8,
-    index: u64,
-    m: u64,
-    size: u64,
-) -> Result<Vec<Hash>, TreeError> {
-    let last = (m - 1) >> level;
-    // Below `inner` levels up, the paths to `index` and to the last leaf
-    // differ: every sibling exists (the one holding the last leaf may be
-    // ephemeral). Above it the node is on the right edge and only has a
-    // (perfect) left sibling where it is a right child.
-    let inner = 64 - (index ^ last).leading_zeros();
-    let mut out = Vec::with_capacity(64);
-    for j in 0..64u8 {
-        let idx = index >> j;
-        if u32::from(j) >= inner && idx == 0 {
-            break;
-        }
-        let lvl = level + j;
-        if u32::from(j) < inner {
-            out.push(node_at(store, NodeId::new(lvl, idx ^ 1), m, size)?);
-        } else if idx & 1 == 1 {
-            out.push(stored(store, NodeId::new(lvl, idx - 1), size)?);
-        }
-    }
-    Ok(out)
+    let mut plan = Plan::new();
+    plan.range(0, m);
+    let mut out = plan.run(store, size)?;
+    out.pop()
+        .ok_or(TreeError::MissingNode(NodeId::new(0, 0), size))
 }
 
 /// RFC 9162 §2.1.3.1 inclusion proof of leaf `index` in the tree of size `m`.
@@ -290,7 +348,9 @@ pub fn inclusion_proof<S: NodeStore + ?Sized>(
     if index >= m {
         return Err(TreeError::IndexOutOfRange { index, size: m });
     }
-    path(store, 0, index, m, size)
+    let mut plan = Plan::new();
+    plan.path(0, index, m);
+    plan.run(store, size)
 }
 
 /// RFC 9162 §2.1.4.1 consistency proof between the trees of sizes `old` and
@@ -312,12 +372,12 @@ pub fn consistency_proof<S: NodeStore + ?Sized>(
     // it as the old root); then comes its path to the new root.
     let level = u8::try_from(old.trailing_zeros()).map_err(|_| TreeError::Full)?;
     let index = (old - 1) >> level;
-    let mut out = Vec::with_capacity(65);
+    let mut plan = Plan::new();
     if index != 0 {
-        out.push(stored(store, NodeId::new(level, index), size)?);
+        plan.one(NodeId::new(level, index));
     }
-    out.extend(path(store, level, index, new, size)?);
-    Ok(out)
+    plan.path(level, index, new);
+    plan.run(store, size)
 }
 
 #[cfg(test)]

@@ -305,6 +305,7 @@ fn every_consistency_proof_matches_rfc_subproof_and_verifies_and_any_flip_fails(
 /// Counts reads to prove the tree never walks the leaves.
 struct Counting<'a> {
     inner: &'a MemoryStore,
+    calls: Cell<u64>,
     reads: Cell<u64>,
 }
 
@@ -313,9 +314,13 @@ impl NodeStore for Counting<'_> {
     fn size(&self) -> Result<u64, Self::Error> {
         self.inner.size()
     }
-    fn node(&self, id: NodeId) -> Result<Option<Hash>, Self::Error> {
-        self.reads.set(self.reads.get() + 1);
-        self.inner.node(id)
+    fn node(&self, _: NodeId) -> Result<Option<Hash>, Self::Error> {
+        unreachable!("the tree reads in batches")
+    }
+    fn nodes(&self, ids: &[NodeId]) -> Result<Vec<Option<Hash>>, Self::Error> {
+        self.calls.set(self.calls.get() + 1);
+        self.reads.set(self.reads.get() + ids.len() as u64);
+        self.inner.nodes(ids)
     }
     fn extend(&mut self, _: u64, _: &[(NodeId, Hash)]) -> Result<(), Self::Error> {
         unreachable!("read-only")
@@ -323,17 +328,25 @@ impl NodeStore for Counting<'_> {
 }
 
 #[test]
-fn proofs_and_roots_read_o_log_n_nodes() {
+fn proofs_and_roots_read_o_log_n_nodes_in_one_batch() {
     let n: u64 = 100_003;
     let mut s = MemoryStore::with_capacity(n);
     let leaves: Vec<Hash> = (0..n).map(|i| Hash::leaf(&i.to_be_bytes())).collect();
     tree::append_leaves(&mut s, &leaves).expect("append");
     let c = Counting {
         inner: &s,
+        calls: Cell::new(0),
         reads: Cell::new(0),
     };
     let log2 = 64 - u64::from(n.leading_zeros()); // 17
     let mut worst = 0;
+    let mut check = |f: &dyn Fn(&Counting) -> Result<Vec<Hash>, TreeError>| {
+        c.calls.set(0);
+        c.reads.set(0);
+        f(&c).expect("ok");
+        assert!(c.calls.get() <= 1, "one batched read per operation");
+        worst = worst.max(c.reads.get());
+    };
     for (i, m) in [
         (0, n),
         (n - 1, n),
@@ -341,19 +354,62 @@ fn proofs_and_roots_read_o_log_n_nodes() {
         (12_345, 77_777),
         (65_535, 65_537),
     ] {
-        c.reads.set(0);
-        tree::inclusion_proof(&c, i, m).expect("proof");
-        worst = worst.max(c.reads.get());
-        c.reads.set(0);
-        tree::consistency_proof(&c, i + 1, m).expect("proof");
-        worst = worst.max(c.reads.get());
-        c.reads.set(0);
-        tree::root_at(&c, m).expect("root");
-        worst = worst.max(c.reads.get());
+        check(&|c| tree::inclusion_proof(c, i, m));
+        check(&|c| tree::consistency_proof(c, i + 1, m));
+        check(&|c| tree::root_at(c, m).map(|r| vec![r]));
     }
     // One read per proof hash plus at most one ephemeral node folded from
     // ≤ log2(n) stored subtrees.
     assert!(worst <= 2 * log2 + 2, "{worst} reads for n = {n}");
+}
+
+/// Appends read only the frontier they merge with, in one batch.
+struct AppendCounting {
+    inner: MemoryStore,
+    calls: Cell<u64>,
+    reads: Cell<u64>,
+}
+
+impl NodeStore for AppendCounting {
+    type Error = kasbah_audit::StoreError;
+    fn size(&self) -> Result<u64, Self::Error> {
+        self.inner.size()
+    }
+    fn node(&self, _: NodeId) -> Result<Option<Hash>, Self::Error> {
+        unreachable!("the tree reads in batches")
+    }
+    fn nodes(&self, ids: &[NodeId]) -> Result<Vec<Option<Hash>>, Self::Error> {
+        self.calls.set(self.calls.get() + 1);
+        self.reads.set(self.reads.get() + ids.len() as u64);
+        self.inner.nodes(ids)
+    }
+    fn extend(&mut self, n: u64, nodes: &[(NodeId, Hash)]) -> Result<(), Self::Error> {
+        self.inner.extend(n, nodes)
+    }
+}
+
+#[test]
+fn appends_read_only_the_subtrees_they_complete() {
+    let mut s = AppendCounting {
+        inner: MemoryStore::new(),
+        calls: Cell::new(0),
+        reads: Cell::new(0),
+    };
+    let d = leaves(300);
+    for (k, l) in (0u64..).zip(&d) {
+        s.calls.set(0);
+        s.reads.set(0);
+        tree::append_leaf(&mut s, *l).expect("append");
+        // Leaf k merges with one stored subtree per trailing one bit of k.
+        assert_eq!(s.reads.get(), u64::from(k.trailing_ones()), "leaf {k}");
+        assert!(s.calls.get() <= 1);
+    }
+    // A batch of 37 appended at size 300 needs at most one read per level.
+    s.calls.set(0);
+    s.reads.set(0);
+    tree::append_leaves(&mut s, &leaves(37)).expect("append");
+    assert_eq!(s.calls.get(), 1);
+    assert!(s.reads.get() <= 9, "{}", s.reads.get());
 }
 
 // ---- File-backed store ---------------------------------------------------------
