@@ -13,6 +13,39 @@
 //!
 //! No async runtime, no HTTP, no wasmtime: the SDK's native client reuses the
 //! verifier half as is.
+//!
+//! # Server side
+//!
+//! Implement [`NodeStore`] over the database transaction that records the
+//! state change (a `audit_nodes(pos INTEGER PRIMARY KEY, hash BLOB)` table
+//! keyed by [`NodeId::position`], the size in a one-row table, and the
+//! canonical entry bytes in `audit_entries(idx, bytes)`), wrap it in a
+//! [`Log`] and append inside the same transaction: the entry, its tree nodes
+//! and the change commit or roll back together.
+//!
+//! ```
+//! use kasbah_audit::{Entry, EntryBody, Log, LogSigner, MemoryStore, TenantCreated};
+//!
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let key = LogSigner::from_seed("kasbah.example/audit", &[7; 32])?; // LogSigner::load(path) in production
+//! let mut log = Log::new(MemoryStore::new()); // the SQLite-backed store in the server
+//! let appended = log.append(&Entry::new(
+//!     1_767_225_600_000,
+//!     EntryBody::TenantCreated(TenantCreated { tenant: "acme".into(), operator: "op".into() }),
+//! ))?;
+//! // Store `appended.bytes` at `appended.index`; after commit, sign a checkpoint:
+//! let checkpoint = log.checkpoint(&key)?; // serve `checkpoint.note` as text/plain
+//! let receipt = log.receipt(appended.bytes, appended.index, &checkpoint)?;
+//! let json = serde_json::to_string(&receipt)?;
+//!
+//! // Client side, offline, with only the public key string:
+//! let vkey: kasbah_audit::LogVerifier = key.verifier().to_string().parse()?;
+//! let receipt: kasbah_audit::Receipt = serde_json::from_str(&json)?;
+//! let verified = kasbah_audit::verify_receipt(&receipt, &vkey, None)?;
+//! assert_eq!(verified.entry.body.tenant(), "acme");
+//! # Ok(())
+//! # }
+//! ```
 
 pub mod checkpoint;
 pub mod entry;

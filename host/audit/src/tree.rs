@@ -5,7 +5,8 @@
 //! them are appended. Appending a leaf writes the leaf hash and every perfect
 //! subtree it completes (on average two hashes per leaf, never rewritten).
 //!
-//! Everything else is derived with O(log n) reads: the root at any size `m` is
+//! Everything else is derived with O(log n) reads, issued as a single batched
+//! [`NodeStore::nodes`] call per operation: the root at any size `m` is
 //! the right fold of the ≤ 64 perfect subtrees that make up `[0, m)` (one per
 //! set bit of `m`), and the one *ephemeral* node a proof can need on the
 //! incomplete right edge is folded the same way. Proofs are therefore correct
