@@ -232,6 +232,29 @@ fn every_bit_of_small_inclusion_proofs_matters() {
 }
 
 #[test]
+fn every_bit_of_small_consistency_proofs_matters() {
+    let d = leaves(20);
+    let s = build(&d);
+    let mut rfc = Rfc::new(&d);
+    for n in [3usize, 7, 8, 13, 20] {
+        let new_root = rfc.mth(0, n);
+        for m in 1..n {
+            let old_root = rfc.mth(0, m);
+            let proof = tree::consistency_proof(&s, m as u64, n as u64).expect("proof");
+            for k in 0..proof.len() {
+                for bit in 0..256 {
+                    let mut bad = proof.clone();
+                    bad[k] = flip(&bad[k], bit);
+                    assert!(
+                        verify_consistency(m as u64, n as u64, &old_root, &new_root, &bad).is_err()
+                    );
+                }
+            }
+        }
+    }
+}
+
+#[test]
 fn every_consistency_proof_matches_rfc_subproof_and_verifies_and_any_flip_fails() {
     const M: usize = 200;
     let d = leaves(M);
