@@ -1,0 +1,294 @@
+//! The canonical entry format (version 1) is frozen: these bytes and leaf
+//! hashes must never change. A failure here means a change would make old
+//! receipts unverifiable; add a new format version or entry type instead.
+
+use kasbah_audit::entry::{ENTRY_FORMAT_V1, MAX_SET_LEN, MAX_STR_LEN};
+use kasbah_audit::{
+    Denial, Entry, EntryBody, EntryError, Hash, ModulePublished, PolicySet, RunExecuted,
+    TenantCreated,
+};
+use kasbah_core::Digest;
+
+const T: u64 = 1_767_225_600_000; // 2026-01-01T00:00:00Z
+
+fn samples() -> Vec<Entry> {
+    vec![
+        Entry::new(
+            T,
+            EntryBody::TenantCreated(TenantCreated {
+                tenant: "acme".into(),
+                operator: "op-1".into(),
+            }),
+        ),
+        Entry::new(
+            T + 1,
+            EntryBody::PolicySet(PolicySet {
+                tenant: "acme".into(),
+                policy: Digest::of(b"policy v3"),
+                policy_version: 3,
+            }),
+        ),
+        Entry::new(
+            T + 2,
+            EntryBody::ModulePublished(ModulePublished {
+                tenant: "acme".into(),
+                module: Digest::of(b"module bytes"),
+                size: 12,
+                name: "hello".into(),
+                version: "1.0.0".into(),
+                signer: Some("acme.example/release+1a2b3c4d".into()),
+            }),
+        ),
+        Entry::new(
+            T + 3,
+            EntryBody::RunExecuted(RunExecuted {
+                run_id: "run-1".into(),
+                tenant: "acme".into(),
+                module: Digest::of(b"module bytes"),
+                input: Digest::of(b"input"),
+                datasets: vec![Digest::of(b"weights")],
+                output: Some(Digest::of(b"output")),
+                output_label: vec!["eu-paris-1".into(), "ma-rabat-1".into()],
+                zone: "ma-rabat-1".into(),
+                adapter: Some("llvmpipe-0".into()),
+                policy_version: 3,
+                outcome: "ok".into(),
+                wall_time_us: 1234,
+                fuel: Some(5000),
+                peak_memory_bytes: 65536,
+                gpu_time_us: 77,
+                gpu_bytes: 4096,
+            }),
+        ),
+        Entry::new(
+            T + 4,
+            EntryBody::Denial(Denial {
+                tenant: "acme".into(),
+                module: None,
+                run_id: Some("run-2".into()),
+                action: "run".into(),
+                reason: "residency_violation".into(),
+            }),
+        ),
+    ]
+}
+
+/// Frozen v1 bytes of `samples()`, and their RFC 6962 leaf hashes.
+const GOLDEN: [(&str, &str); 5] = [
+    (
+        "01010000019b76daa8000000000461636d65000000046f702d31",
+        "15904b850c88a7df01db24a0cb203b879ad787a334d3cf4b06d8efdbf7d6d547",
+    ),
+    (
+        "01020000019b76daa8010000000461636d655c935e1cb451d1eb169d9e1342ca0a65e60ff6d5f153cc7206a513d355a9331f0000000000000003",
+        "624919b117d7f73900e6cdfdfab174c3efaf142b1e28c0f1f09625480a8f41c8",
+    ),
+    (
+        "01030000019b76daa8020000000461636d655c073b6de205a83e4df87dcd07111be224ad4435a8c08ca0ba10e68dcf38fe92000000000000000c0000000568656c6c6f00000005312e302e30010000001d61636d652e6578616d706c652f72656c656173652b3161326233633464",
+        "c8121911261208e90d0871de47a6ff01ab211b6132f08e21a361db04ec9b1cd1",
+    ),
+    (
+        "01040000019b76daa8030000000572756e2d310000000461636d655c073b6de205a83e4df87dcd07111be224ad4435a8c08ca0ba10e68dcf38fe92c96c6d5be8d08a12e7b5cdc1b207fa6b2430974c86803d8891675e76fd992c20000000019a129038d9a00aed0cf6a7ea059ca50a813449061ab87848cf1a13eafdf33b2c01e0ee8bb50685e05fa0f47ed04203ae953fdfd055f5bd2892ea186504254f8c3a000000020000000a65752d70617269732d310000000a6d612d72616261742d310000000a6d612d72616261742d31010000000a6c6c766d706970652d300000000000000003000000026f6b00000000000004d20100000000000013880000000000010000000000000000004d0000000000001000",
+        "caa9393b5cad4711f8ac03c7dc8249d8b13a6a5ca5427f9c4e0f90da21cccdf8",
+    ),
+    (
+        "01050000019b76daa8040000000461636d6500010000000572756e2d320000000372756e000000137265736964656e63795f76696f6c6174696f6e",
+        "059fb5bb803781c154b1facc56b33ad215e3fcdc49a1cbc6ea9fafc379287ccd",
+    ),
+];
+
+#[test]
+fn encoding_is_frozen() {
+    for (e, (bytes, leaf)) in samples().iter().zip(GOLDEN) {
+        let b = e.encode().expect("encode");
+        assert_eq!(hex::encode(&b), bytes, "{}", e.body.kind());
+        assert_eq!(Hash::leaf(&b).hex(), leaf);
+        assert_eq!(e.leaf_hash().expect("hash").hex(), leaf);
+        let back = Entry::decode(&b).expect("decode");
+        assert_eq!(&back, e);
+    }
+}
+
+/// The same bytes assembled by hand from the grammar in `entry.rs`, without
+/// the encoder: the golden hex above is the documented format.
+#[test]
+fn golden_bytes_follow_the_documented_grammar() {
+    fn u64(v: u64) -> Vec<u8> {
+        v.to_be_bytes().to_vec()
+    }
+    fn s(v: &str) -> Vec<u8> {
+        let mut o = (v.len() as u32).to_be_bytes().to_vec();
+        o.extend_from_slice(v.as_bytes());
+        o
+    }
+    fn d(v: &[u8]) -> Vec<u8> {
+        Digest::of(v).as_bytes().to_vec()
+    }
+    fn head(tag: u8, t: u64) -> Vec<u8> {
+        let mut o = vec![ENTRY_FORMAT_V1, tag];
+        o.extend(u64(t));
+        o
+    }
+    let expected: Vec<Vec<u8>> = vec![
+        [head(1, T), s("acme"), s("op-1")].concat(),
+        [head(2, T + 1), s("acme"), d(b"policy v3"), u64(3)].concat(),
+        [
+            head(3, T + 2),
+            s("acme"),
+            d(b"module bytes"),
+            u64(12),
+            s("hello"),
+            s("1.0.0"),
+            vec![1],
+            s("acme.example/release+1a2b3c4d"),
+        ]
+        .concat(),
+        [
+            head(4, T + 3),
+            s("run-1"),
+            s("acme"),
+            d(b"module bytes"),
+            d(b"input"),
+            1u32.to_be_bytes().to_vec(),
+            d(b"weights"),
+            vec![1],
+            d(b"output"),
+            2u32.to_be_bytes().to_vec(),
+            s("eu-paris-1"),
+            s("ma-rabat-1"),
+            s("ma-rabat-1"),
+            vec![1],
+            s("llvmpipe-0"),
+            u64(3),
+            s("ok"),
+            u64(1234),
+            vec![1],
+            u64(5000),
+            u64(65536),
+            u64(77),
+            u64(4096),
+        ]
+        .concat(),
+        [
+            head(5, T + 4),
+            s("acme"),
+            vec![0],
+            vec![1],
+            s("run-2"),
+            s("run"),
+            s("residency_violation"),
+        ]
+        .concat(),
+    ];
+    for (want, (golden, _)) in expected.iter().zip(GOLDEN) {
+        assert_eq!(hex::encode(want), golden);
+    }
+}
+
+#[test]
+fn sets_encode_in_canonical_order_whatever_the_input_order() {
+    let mut e = samples().remove(3);
+    let EntryBody::RunExecuted(r) = &mut e.body else {
+        panic!("sample 3 is a run")
+    };
+    r.output_label = vec![
+        "ma-rabat-1".into(),
+        "eu-paris-1".into(),
+        "ma-rabat-1".into(),
+    ];
+    r.datasets = vec![Digest::of(b"b"), Digest::of(b"a"), Digest::of(b"b")];
+    let b = e.encode().expect("encode");
+    let back = Entry::decode(&b).expect("decode");
+    let EntryBody::RunExecuted(r2) = &back.body else {
+        panic!("decoded a run")
+    };
+    assert_eq!(r2.output_label, ["eu-paris-1", "ma-rabat-1"]);
+    let mut ds = vec![Digest::of(b"a"), Digest::of(b"b")];
+    ds.sort();
+    assert_eq!(r2.datasets, ds);
+    // The normalized entry encodes to the same bytes.
+    assert_eq!(back.encode().expect("encode"), b);
+}
+
+#[test]
+fn decoding_is_strict() {
+    for (golden, _) in GOLDEN {
+        let b = hex::decode(golden).expect("hex");
+        // Every strict prefix is truncated; any extra byte is trailing.
+        for n in 0..b.len() {
+            assert!(Entry::decode(&b[..n]).is_err(), "prefix {n} of {golden}");
+        }
+        let mut longer = b.clone();
+        longer.push(0);
+        assert_eq!(Entry::decode(&longer), Err(EntryError::TrailingBytes(1)));
+        let mut v2 = b.clone();
+        v2[0] = 2;
+        assert_eq!(Entry::decode(&v2), Err(EntryError::UnsupportedVersion(2)));
+        let mut ty = b.clone();
+        ty[1] = 9;
+        assert_eq!(Entry::decode(&ty), Err(EntryError::UnknownType(9)));
+    }
+    // Option tag 2 where 0/1 is expected (ModulePublished.signer).
+    let mut b = hex::decode(GOLDEN[2].0).expect("hex");
+    let at = b.len() - (4 + "acme.example/release+1a2b3c4d".len()) - 1;
+    assert_eq!(b[at], 1);
+    b[at] = 2;
+    assert_eq!(
+        Entry::decode(&b),
+        Err(EntryError::BadOptionTag("signer", 2))
+    );
+    // Unsorted set: swap the two labels of the run entry.
+    let g = hex::decode(GOLDEN[3].0).expect("hex");
+    let (a, z) = (b"eu-paris-1", b"ma-rabat-1");
+    let pa = g.windows(10).position(|w| w == a).expect("label");
+    let pz = g.windows(10).position(|w| w == z).expect("label");
+    let mut swapped = g.clone();
+    swapped[pa..pa + 10].copy_from_slice(z);
+    swapped[pz..pz + 10].copy_from_slice(a);
+    assert_eq!(
+        Entry::decode(&swapped),
+        Err(EntryError::UnsortedSet("output_label"))
+    );
+    // Invalid UTF-8 in a string.
+    let mut bad = hex::decode(GOLDEN[0].0).expect("hex");
+    let p = bad.windows(4).position(|w| w == b"acme").expect("tenant");
+    bad[p] = 0xff;
+    assert_eq!(Entry::decode(&bad), Err(EntryError::BadUtf8("tenant")));
+    // A length prefix larger than the limit is refused before allocating.
+    let mut huge = hex::decode(GOLDEN[0].0).expect("hex");
+    huge[10..14].copy_from_slice(&u32::MAX.to_be_bytes());
+    assert_eq!(Entry::decode(&huge), Err(EntryError::TooLong("tenant")));
+}
+
+#[test]
+fn oversized_fields_are_refused_when_encoding() {
+    let e = Entry::new(
+        T,
+        EntryBody::TenantCreated(TenantCreated {
+            tenant: "x".repeat(MAX_STR_LEN + 1),
+            operator: "op".into(),
+        }),
+    );
+    assert_eq!(e.encode(), Err(EntryError::TooLong("tenant")));
+    let mut run = samples().remove(3);
+    if let EntryBody::RunExecuted(r) = &mut run.body {
+        r.output_label = (0..=MAX_SET_LEN).map(|i| format!("z{i}")).collect();
+    }
+    assert_eq!(run.encode(), Err(EntryError::TooLong("output_label")));
+}
+
+#[test]
+fn json_view_round_trips() {
+    for e in samples() {
+        let j = serde_json::to_value(&e).expect("json");
+        assert_eq!(j["type"], e.body.kind());
+        assert!(j["time_unix_ms"].is_u64());
+        let back: Entry = serde_json::from_value(j).expect("parse");
+        assert_eq!(back, e);
+    }
+    let j = serde_json::to_value(&samples()[2]).expect("json");
+    assert_eq!(
+        j["module"],
+        "sha256:5c073b6de205a83e4df87dcd07111be224ad4435a8c08ca0ba10e68dcf38fe92"
+    );
+}
