@@ -101,3 +101,78 @@ pub fn assert_not_leaked(report: &RunReport, needle: &str) {
         "secret {needle:?} leaked into the run report: {json}"
     );
 }
+
+/// A real kasbah server on loopback, in this process, on a temp data dir.
+pub mod platform {
+    use kasbah_client::Client;
+    use kasbah_core::api::{CreateTenant, Tenant};
+    use kasbah_policy::Policy;
+    use kasbah_server::{Server, ServerConfig};
+    use std::path::Path;
+
+    pub struct Platform {
+        pub server: Server,
+        pub url: String,
+        pub admin: Client,
+        pub dir: tempfile::TempDir,
+    }
+
+    pub fn config(dir: &Path) -> ServerConfig {
+        ServerConfig {
+            listen: "127.0.0.1:0".parse().expect("addr"),
+            data_dir: dir.to_path_buf(),
+            ..ServerConfig::default()
+        }
+    }
+
+    impl Platform {
+        pub async fn start() -> Self {
+            Self::start_with(|_| {}).await
+        }
+
+        pub async fn start_with(tweak: impl FnOnce(&mut ServerConfig)) -> Self {
+            let dir = tempfile::tempdir().expect("tempdir");
+            let mut cfg = config(dir.path());
+            tweak(&mut cfg);
+            let server = kasbah_server::start(cfg).await.expect("server starts");
+            let url = format!("http://{}", server.addr);
+            let token = server
+                .admin_token
+                .clone()
+                .expect("first start prints an admin token");
+            Platform {
+                admin: Client::new(&url, &token),
+                server,
+                url,
+                dir,
+            }
+        }
+
+        pub fn client(&self, token: &str) -> Client {
+            Client::new(&self.url, token)
+        }
+
+        /// A tenant (created by the admin) and a developer client for it.
+        pub async fn tenant(&self, name: &str, policy: Option<Policy>) -> (Tenant, Client) {
+            let t = self
+                .admin
+                .create_tenant(&CreateTenant {
+                    name: name.into(),
+                    operator_id: None,
+                    policy,
+                })
+                .await
+                .expect("create tenant");
+            let tok = self.admin.tenant_token(&t.id).await.expect("token");
+            (t, self.client(&tok.token))
+        }
+    }
+
+    /// The `(status, code)` of an API error, for assertions.
+    pub fn api_err<T: std::fmt::Debug>(r: kasbah_client::Result<T>) -> (u16, String) {
+        match r {
+            Err(kasbah_client::Error::Api { status, code, .. }) => (status, code),
+            other => panic!("expected an API error, got {other:?}"),
+        }
+    }
+}

@@ -250,6 +250,9 @@ pub async fn create_auditor(
 
 // ---- modules --------------------------------------------------------------------
 
+/// How much of an oversize upload is read and discarded before answering 413.
+const DRAIN_LIMIT: u64 = 64 << 20;
+
 #[derive(Deserialize, utoipa::IntoParams)]
 pub struct PublishParams {
     /// Module name (letters, digits, `-_.`).
@@ -271,6 +274,7 @@ pub async fn publish_module(
     State(s): State<AppState>,
     caller: Caller,
     params: Result<Query<PublishParams>, axum::extract::rejection::QueryRejection>,
+    headers: HeaderMap,
     body: Body,
 ) -> ApiResult<(StatusCode, Json<ModuleRecord>)> {
     caller.require(
@@ -298,22 +302,42 @@ pub async fn publish_module(
         e
     };
 
-    // Stream to a temp file while hashing; stop at the limit.
+    // Stream to a temp file while hashing; stop storing at the limit. The
+    // rest of an oversize body is read and discarded (up to a bound) so the
+    // client gets the 413 instead of a reset connection.
+    let too_large = || {
+        refused(
+            "module_too_large",
+            ApiError::too_large(
+                "module_too_large",
+                format!("module exceeds the limit of {max} bytes"),
+            ),
+        )
+    };
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > max.saturating_add(DRAIN_LIMIT)) {
+        return Err(too_large());
+    }
     let mut w = s.blobs.writer().map_err(ApiError::internal)?;
     let mut stream = body.into_data_stream();
+    let mut over = 0u64;
     while let Some(chunk) = stream.next().await {
         let chunk = chunk
             .map_err(|e| ApiError::bad_request("invalid_request", format!("upload failed: {e}")))?;
-        if w.size() + chunk.len() as u64 > max {
-            return Err(refused(
-                "module_too_large",
-                ApiError::too_large(
-                    "module_too_large",
-                    format!("module exceeds the limit of {max} bytes"),
-                ),
-            ));
+        if over > 0 || w.size() + chunk.len() as u64 > max {
+            over += chunk.len() as u64;
+            if over > DRAIN_LIMIT {
+                break;
+            }
+            continue;
         }
         w.write(&chunk).map_err(ApiError::internal)?;
+    }
+    if over > 0 {
+        return Err(too_large());
     }
     let (digest, size, tmp) = s.blobs.finish(w);
     if size == 0 {

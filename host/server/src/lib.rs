@@ -198,6 +198,12 @@ pub struct Server {
 }
 
 impl Server {
+    /// Stop accepting connections (runs already started finish in the
+    /// background; their records are written when they do).
+    pub fn stop(self) {
+        self.task.abort();
+    }
+
     /// Serve until the listener fails.
     pub async fn wait(self) -> anyhow::Result<()> {
         self.task.await??;
