@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # The newcomer's first minutes: build the kasbah CLI and the example and
-# hostile guests, run the hello pipeline, then run every hostile guest through
-# the CLI under a deny-by-default policy and print what happened to each.
+# hostile guests; start the platform on embedded defaults (SQLite, local blob
+# store) and go through its main job: an operator and a tenant, a policy,
+# publish, run, refusals, usage. Then run every hostile guest through the CLI
+# under a deny-by-default policy and print what happened to each.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -10,12 +12,48 @@ cargo build -q --target wasm32-wasip2 --profile guest -p hello -p hostile -p net
 KASBAH=target/debug/kasbah
 G=target/wasm32-wasip2/guest
 
-echo "== hello pipeline =="
-echo "hello from kasbah" | $KASBAH run $G/hello.wasm
-echo
-
 work=$(mktemp -d)
-trap 'rm -rf "$work"' EXIT
+server_pid=""
+cleanup() {
+    [ -n "$server_pid" ] && kill "$server_pid" 2>/dev/null
+    rm -rf "$work"
+}
+trap cleanup EXIT
+
+echo "== the platform: kasbah serve on embedded defaults =="
+$KASBAH serve --data-dir "$work/platform" --listen 127.0.0.1:0 > "$work/serve.log" 2>&1 &
+server_pid=$!
+for _ in $(seq 100); do grep -q "listening on" "$work/serve.log" 2>/dev/null && break; sleep 0.1; done
+cat "$work/serve.log" | sed 's/^/  serve| /'
+export KASBAH_URL=$(sed -n 's/^listening on //p' "$work/serve.log")
+ADMIN=$(sed -n 's/^admin token: //p' "$work/serve.log")
+step() { echo; echo "\$ kasbah $*"; }
+
+step operator create telecom --max-tenants 10
+OP=$(KASBAH_TOKEN=$ADMIN $KASBAH operator create telecom --max-tenants 10 --json | python3 -c 'import json,sys; print(json.load(sys.stdin)["id"])')
+echo "  operator $OP"
+OPTOK=$(KASBAH_TOKEN=$ADMIN $KASBAH operator token "$OP")
+step "tenant create ministry-of-health   (as the operator)"
+TN=$(KASBAH_TOKEN=$OPTOK $KASBAH tenant create ministry-of-health --json | python3 -c 'import json,sys; print(json.load(sys.stdin)["id"])')
+echo "  tenant $TN"
+DEV=$(KASBAH_TOKEN=$OPTOK $KASBAH tenant token "$TN")
+step "policy show $TN"
+KASBAH_TOKEN=$OPTOK $KASBAH policy show "$TN" | sed 's/^/  /'
+step "publish hello.wasm   (as the tenant's developer)"
+KASBAH_TOKEN=$DEV $KASBAH publish $G/hello.wasm --version 1.0.0
+HELLO=$(KASBAH_TOKEN=$DEV $KASBAH modules --json | python3 -c 'import json,sys; print(json.load(sys.stdin)[0]["digest"])')
+step "run $HELLO"
+echo "salam, bonjour, hello" | KASBAH_TOKEN=$DEV $KASBAH run "$HELLO"
+step "publish net_probe.wasm   (imports wasi:sockets; the policy grants no network)"
+KASBAH_TOKEN=$DEV $KASBAH publish $G/net_probe.wasm --version 1.0.0 2>&1 | cut -c1-160 || true
+step "runs list"
+KASBAH_TOKEN=$DEV $KASBAH runs list
+step "usage   (as the operator, for billing)"
+KASBAH_TOKEN=$OPTOK $KASBAH usage
+step "runs list   (as the operator: refused, operators see usage only)"
+KASBAH_TOKEN=$OPTOK $KASBAH runs list 2>&1 || true
+kill "$server_pid"; wait "$server_pid" 2>/dev/null || true; server_pid=""
+echo
 mkdir -p "$work/data"
 echo "original" > "$work/data/existing.txt"
 echo "TOP-SECRET" > "$work/secret.txt"
@@ -68,6 +106,6 @@ probe bind         guest_error/denied "127.0.0.1:0" net_probe
 grep -q original "$work/data/existing.txt" || { echo "read-only file was modified!"; fail=1; }
 
 echo
-echo "== after all of that, hello still runs =="
+echo "== after all of that, the same CLI still runs hello =="
 echo "still serving" | $KASBAH run $G/hello.wasm 2>/dev/null
 exit $fail
