@@ -88,10 +88,10 @@ impl AdapterConfig {
             .backend
             .as_deref()
             .is_none_or(|b| b.eq_ignore_ascii_case(backend.to_str()));
-        let name_ok = self.name.as_deref().is_none_or(|n| {
-            name.to_ascii_lowercase()
-                .contains(&n.to_ascii_lowercase())
-        });
+        let name_ok = self
+            .name
+            .as_deref()
+            .is_none_or(|n| name.to_ascii_lowercase().contains(&n.to_ascii_lowercase()));
         backend_ok && name_ok
     }
 }
@@ -127,6 +127,10 @@ mod tests {
                 .matches(vk, name)
         );
         assert!(!AdapterConfig::new("a", "z").backend("gl").matches(vk, name));
-        assert!(!AdapterConfig::new("a", "z").name("nvidia").matches(vk, name));
+        assert!(
+            !AdapterConfig::new("a", "z")
+                .name("nvidia")
+                .matches(vk, name)
+        );
     }
 }

@@ -81,7 +81,7 @@ fn to_wgpu_usage(u: BufferUsage) -> wgpu::BufferUsages {
 
 /// `offset..offset+len` within `size`, both multiples of 4.
 fn check_range(what: &str, offset: u64, len: u64, size: u64) -> Result<(), GpuError> {
-    if offset % 4 != 0 || len % 4 != 0 {
+    if !offset.is_multiple_of(4) || !len.is_multiple_of(4) {
         return Err(invalid(format!(
             "{what}: offset {offset} and length {len} must be multiples of 4"
         )));
@@ -171,7 +171,15 @@ impl Gpu<'_> {
         let mut slots = std::collections::BTreeSet::new();
         for b in &bindings {
             let buf = self.table.get(&b.buffer)?;
-            ranges.push((b.group, b.binding, buf.buffer.clone(), buf.size, buf.usage, b.offset, b.size));
+            ranges.push((
+                b.group,
+                b.binding,
+                buf.buffer.clone(),
+                buf.size,
+                buf.usage,
+                b.offset,
+                b.size,
+            ));
         }
         let bound = guest_try!(self.ctx.get());
         guest_try!(bound.check_dispatch(workgroups, ranges.len()));
@@ -283,7 +291,7 @@ impl wit::Host for Gpu<'_> {
         if usage == BufferUsage::empty() {
             return Ok(Err(invalid("a buffer needs at least one usage")));
         }
-        if size == 0 || size % 4 != 0 {
+        if size == 0 || !size.is_multiple_of(4) {
             return Ok(Err(invalid(format!(
                 "buffer size {size} must be a non-zero multiple of 4"
             ))));
@@ -354,8 +362,9 @@ impl wit::Host for Gpu<'_> {
         guest_try!(bound.reserve_handle());
         bound.acct.kernels_attempted += 1;
         let ep = entry_point.clone();
+        let wg_limit = bound.entry.limits.max_compute_workgroup_storage_size;
         let built = bound
-            .device(move |dev| ops::create_pipeline(dev, &code, &ep))
+            .device(move |dev| ops::create_pipeline(dev, &code, &ep, wg_limit))
             .await;
         let pipeline = match built {
             Ok(Ok(v)) => v,
@@ -405,7 +414,10 @@ impl wit::Host for Gpu<'_> {
         y: u32,
         z: u32,
     ) -> wasmtime::Result<Result<(), GpuError>> {
-        let command = guest_try!(self.prepare_dispatch(&pipeline, bindings, [x, y, z]).await?);
+        let command = guest_try!(
+            self.prepare_dispatch(&pipeline, bindings, [x, y, z])
+                .await?
+        );
         self.run_commands(vec![command]).await
     }
 }
@@ -511,7 +523,10 @@ impl wit::HostCommandEncoder for Gpu<'_> {
                 "an encoder records at most {MAX_COMMANDS_PER_ENCODER} commands"
             ))));
         }
-        let command = guest_try!(self.prepare_dispatch(&pipeline, bindings, [x, y, z]).await?);
+        let command = guest_try!(
+            self.prepare_dispatch(&pipeline, bindings, [x, y, z])
+                .await?
+        );
         self.table.get_mut(&this)?.commands.push(command);
         Ok(Ok(()))
     }
@@ -537,10 +552,14 @@ impl wit::HostCommandEncoder for Gpu<'_> {
             ))));
         }
         if source.rep() == destination.rep() {
-            return Ok(Err(invalid("copy-buffer-to-buffer: source and destination must differ")));
+            return Ok(Err(invalid(
+                "copy-buffer-to-buffer: source and destination must differ",
+            )));
         }
         if !src_usage.contains(BufferUsage::COPY_SRC) {
-            return Ok(Err(invalid("copy-buffer-to-buffer: the source needs copy-src usage")));
+            return Ok(Err(invalid(
+                "copy-buffer-to-buffer: the source needs copy-src usage",
+            )));
         }
         if !dst_usage.contains(BufferUsage::COPY_DST) {
             return Ok(Err(invalid(
@@ -548,7 +567,12 @@ impl wit::HostCommandEncoder for Gpu<'_> {
             )));
         }
         guest_try!(check_range("copy source", source_offset, size, src_size));
-        guest_try!(check_range("copy destination", destination_offset, size, dst_size));
+        guest_try!(check_range(
+            "copy destination",
+            destination_offset,
+            size,
+            dst_size
+        ));
         self.table.get_mut(&this)?.commands.push(Command::Copy {
             source: src_buf,
             source_offset,

@@ -56,7 +56,9 @@
 //! drop). Fresh buffers read as zeros (wgpu's lazy zero-initialisation;
 //! buffers are never mapped at creation). Shaders go through the checked
 //! `create_shader_module` (bounds checks on) and pipelines are created with
-//! `zero_initialize_workgroup_memory: true`. Devices are requested with no
+//! `zero_initialize_workgroup_memory: true`; the host checks the workgroup
+//! storage an entry point uses against the device limit itself, because
+//! wgpu 30 does not (`shader.rs`). Devices are requested with no
 //! optional features and with limits clamped to the adapter's
 //! ([`registry::device_limits`]).
 //!
@@ -72,6 +74,7 @@ mod ctx;
 mod host;
 mod ops;
 pub mod registry;
+mod shader;
 
 pub use config::{AdapterConfig, GpuConfig};
 pub use ctx::{GpuCtx, MAX_LIVE_HANDLES};

@@ -204,7 +204,9 @@ pub(crate) fn read_buffer(
                 })?
             }
         };
-        status.map_err(|e| GpuError::DeviceLost(format!("mapping the read-back buffer failed: {e}")))?;
+        status.map_err(|e| {
+            GpuError::DeviceLost(format!("mapping the read-back buffer failed: {e}"))
+        })?;
         let view = staging
             .get_mapped_range(..)
             .map_err(|e| GpuError::InvalidArgument(format!("read-back: {e}")))?;
@@ -224,7 +226,10 @@ pub(crate) fn create_pipeline(
     dev: &DeviceCtx,
     code: &str,
     entry_point: &str,
+    workgroup_storage_limit: u32,
 ) -> Result<wgpu::ComputePipeline, GpuError> {
+    crate::shader::check_workgroup_storage(code, entry_point, workgroup_storage_limit)
+        .map_err(|e| GpuError::InvalidShader(bounded(e)))?;
     scoped(dev, Blame::Shader, |device, _| {
         let module = device.create_shader_module(wgpu::ShaderModuleDescriptor {
             label: None,

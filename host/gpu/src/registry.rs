@@ -132,7 +132,9 @@ impl GpuRegistry {
                     adapter = e.info.as_ref().map(|i| i.name.as_str()).unwrap_or(""),
                     "GPU adapter entry ready"
                 ),
-                Err(why) => tracing::warn!(label = %e.label, zone = %e.zone, "GPU adapter entry unavailable: {why}"),
+                Err(why) => {
+                    tracing::warn!(label = %e.label, zone = %e.zone, "GPU adapter entry unavailable: {why}")
+                }
             }
         }
         GpuRegistry {
@@ -177,9 +179,7 @@ impl GpuRegistry {
             ));
         };
         if self.entries.is_empty() {
-            return GpuCtx::refused(GpuError::Unavailable(
-                "this host has no GPU adapter".into(),
-            ));
+            return GpuCtx::refused(GpuError::Unavailable("this host has no GPU adapter".into()));
         }
         let in_zone: Vec<&Arc<Entry>> = self
             .entries
@@ -246,7 +246,10 @@ fn resolve(c: &AdapterConfig, adapters: &[wgpu::Adapter], max_idle: usize) -> En
             let adapter = if caps.flags.contains(wgpu::DownlevelFlags::COMPUTE_SHADERS) {
                 Ok(a.clone())
             } else {
-                Err(format!("adapter {:?} cannot run compute shaders", info.name))
+                Err(format!(
+                    "adapter {:?} cannot run compute shaders",
+                    info.name
+                ))
             };
             (adapter, Some(info), limits)
         }
@@ -438,7 +441,9 @@ impl Worker {
         let job: Job = Box::new(move |device| {
             let r = match device {
                 Ok(d) => f(d),
-                Err(e) => Err(GpuError::Unavailable(format!("cannot open the GPU device: {e}"))),
+                Err(e) => Err(GpuError::Unavailable(format!(
+                    "cannot open the GPU device: {e}"
+                ))),
             };
             let _ = reply.send(r);
         });

@@ -386,8 +386,16 @@ impl GpuGrant {
         }
         let c = GpuGrant::hard_ceiling();
         for (name, v, ceiling) in [
-            ("gpu.max_buffer_bytes", self.max_buffer_bytes, c.max_buffer_bytes),
-            ("gpu.max_total_bytes", self.max_total_bytes, c.max_total_bytes),
+            (
+                "gpu.max_buffer_bytes",
+                self.max_buffer_bytes,
+                c.max_buffer_bytes,
+            ),
+            (
+                "gpu.max_total_bytes",
+                self.max_total_bytes,
+                c.max_total_bytes,
+            ),
             ("gpu.max_dispatches", self.max_dispatches, c.max_dispatches),
             (
                 "gpu.max_workgroups_per_dimension",
@@ -421,8 +429,7 @@ pub fn is_zone_name(z: &str) -> bool {
         && z.len() <= 63
         && !z.starts_with('-')
         && !z.ends_with('-')
-        && z
-            .bytes()
+        && z.bytes()
             .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
 }
 
@@ -620,8 +627,8 @@ mod tests {
     #[test]
     fn no_gpu_section_means_no_gpu_and_defaults_apply_when_present() {
         assert_eq!(Policy::from_toml("").expect("valid").gpu, None);
-        let p = Policy::from_toml("[gpu]\nzones = [\"eu-paris-1\"]\nmax_kernels = 3\n")
-            .expect("valid");
+        let p =
+            Policy::from_toml("[gpu]\nzones = [\"eu-paris-1\"]\nmax_kernels = 3\n").expect("valid");
         let gpu = p.gpu.expect("gpu section");
         assert_eq!(gpu.max_kernels, 3);
         assert_eq!(gpu.max_buffer_bytes, GpuGrant::default().max_buffer_bytes);
