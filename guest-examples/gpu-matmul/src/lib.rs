@@ -69,7 +69,7 @@ impl Pipeline for MatMul {
             .bind(1, &b_buf)
             .bind(2, &c_buf)
             .bind(3, &dims)
-            .workgroups(workgroups_for(n, 16), workgroups_for(m, 16), 1)
+            .workgroups(workgroups_for(n, 64), workgroups_for(m, 64), 1)
             .run()?;
         let c: Vec<f32> = c_buf.read()?;
 

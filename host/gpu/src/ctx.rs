@@ -17,7 +17,9 @@ pub const MAX_LIVE_HANDLES: u32 = 4096;
 
 /// A run's GPU capability. Build it with [`crate::GpuRegistry::bind`] (or
 /// [`GpuCtx::refused`]) and keep it in the store data next to the resource
-/// table; dropping it gives the device back.
+/// table; dropping it gives the device back. Declare it *after* the
+/// `ResourceTable` in the store data (fields drop in order) so the run's
+/// buffers are destroyed before its device can serve another run.
 pub struct GpuCtx {
     state: State,
 }

@@ -490,3 +490,40 @@ fn open_device(
         health: Arc::clone(health),
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn device_limits_never_exceed_the_adapter_and_honour_the_buffer_cap() {
+        for adapter in [
+            wgpu::Limits::downlevel_defaults(),
+            wgpu::Limits::default(),
+            wgpu::Limits {
+                max_buffer_size: 1 << 40,
+                max_storage_buffer_binding_size: 1 << 31,
+                max_compute_workgroup_storage_size: 1 << 16,
+                ..wgpu::Limits::default()
+            },
+        ] {
+            let want = device_limits(&adapter, None);
+            assert!(want.check_limits(&adapter), "{want:?} exceeds {adapter:?}");
+            let capped = device_limits(&adapter, Some(1 << 20));
+            assert!(capped.max_buffer_size <= 1 << 20);
+            assert!(capped.max_storage_buffer_binding_size <= 1 << 20);
+            assert!(capped.check_limits(&adapter));
+        }
+    }
+
+    #[test]
+    fn binding_follows_the_grant_and_the_zones() {
+        let empty = GpuRegistry::empty();
+        let mut ctx = empty.bind(None, None);
+        assert!(matches!(ctx.get(), Err(GpuError::Denied(_))));
+        let grant = GpuGrant::in_zones(["zone-a"]);
+        let mut ctx = empty.bind(Some(&grant), None);
+        assert!(matches!(ctx.get(), Err(GpuError::Unavailable(_))));
+        assert_eq!(ctx.usage(), None);
+    }
+}
