@@ -228,6 +228,9 @@ fn short_wall() -> Policy {
 
 #[tokio::test]
 async fn an_infinite_loop_hits_the_deadline() {
+    // Compile first: the clock measures the deadline, not a debug-build
+    // compile on a loaded machine.
+    kasbah_tests::load("hostile");
     let t = Instant::now();
     let r = run("hostile", &short_wall(), attack("loop", "")).await;
     assert_eq!(r.outcome, Outcome::DeadlineExceeded { limit_ms: 300 });
@@ -237,6 +240,9 @@ async fn an_infinite_loop_hits_the_deadline() {
 
 #[tokio::test]
 async fn a_guest_blocked_in_a_host_call_hits_the_deadline() {
+    // Compile first: the clock measures the deadline, not a debug-build
+    // compile on a loaded machine.
+    kasbah_tests::load("hostile");
     let t = Instant::now();
     let r = run("hostile", &short_wall(), attack("sleep", "")).await;
     assert_eq!(r.outcome, Outcome::DeadlineExceeded { limit_ms: 300 });

@@ -3,8 +3,8 @@
 //! Same shape as every kasbah capability: a per-run context ([`GpuCtx`]), a
 //! view borrowed from the store data ([`Gpu`]) and [`add_to_linker`]. The
 //! host configuration lists labelled adapter entries ([`GpuConfig`]); the
-//! [`GpuRegistry`] resolves them once per process (one wgpu `Instance`, see
-//! [`instance`]) and binds each run to one entry in a zone its policy
+//! [`GpuRegistry`] resolves them (one wgpu `Instance` per process, see
+//! [`instance_with`]) and binds each run to one entry in a zone its policy
 //! allows. The guest never chooses a backend or an adapter.
 //!
 //! ## Decisions
@@ -79,7 +79,7 @@ mod shader;
 pub use config::{AdapterConfig, GpuConfig};
 pub use ctx::{GpuCtx, MAX_LIVE_HANDLES};
 pub use host::{BufferRes, EncoderRes, PipelineRes};
-pub use registry::{AdapterStatus, GpuRegistry, instance};
+pub use registry::{AdapterStatus, GpuRegistry, instance, instance_with};
 
 use wasmtime::component::{HasData, Linker, ResourceTable};
 

@@ -20,18 +20,44 @@ use crate::ctx::GpuCtx;
 const WORKER_STACK_BYTES: usize = 16 << 20;
 
 /// The process-wide wgpu instance, created on first use (tens to hundreds of
-/// milliseconds). Every backend compiled in is enabled; `WGPU_BACKEND` and
-/// the other `WGPU_*` variables still apply. Debug and validation-layer
-/// flags are off whatever the build profile: validation that matters to
-/// isolation is wgpu-core's, which is always on.
+/// milliseconds) with every backend compiled in. See [`instance_with`].
 pub fn instance() -> &'static wgpu::Instance {
+    instance_with(wgpu::Backends::all())
+}
+
+/// The process-wide wgpu instance. The first call creates it with
+/// `backends` (a registry asks for the backends its entries name, so a host
+/// configured for Vulkan never probes GL/EGL); later calls get that same
+/// instance whatever they ask for. `WGPU_BACKEND` and the other `WGPU_*`
+/// variables still apply. Debug and validation-layer flags are off whatever
+/// the build profile: the validation that matters to isolation is
+/// wgpu-core's, which is always on.
+pub fn instance_with(backends: wgpu::Backends) -> &'static wgpu::Instance {
     static INSTANCE: OnceLock<wgpu::Instance> = OnceLock::new();
     INSTANCE.get_or_init(|| {
         let mut desc = wgpu::InstanceDescriptor::new_without_display_handle();
-        desc.backends = wgpu::Backends::all();
+        desc.backends = backends;
         desc.flags = wgpu::InstanceFlags::VALIDATION_INDIRECT_CALL;
         wgpu::Instance::new(desc.with_env())
     })
+}
+
+/// The backends a configuration needs: those its entries name, or all when
+/// an entry leaves the backend open.
+fn configured_backends(config: &GpuConfig) -> wgpu::Backends {
+    let mut out = wgpu::Backends::empty();
+    for a in &config.adapters {
+        match a.backend.as_deref().map(str::to_ascii_lowercase).as_deref() {
+            None => return wgpu::Backends::all(),
+            Some("vulkan") => out |= wgpu::Backends::VULKAN,
+            Some("metal") => out |= wgpu::Backends::METAL,
+            Some("dx12") => out |= wgpu::Backends::DX12,
+            Some("gl") => out |= wgpu::Backends::GL,
+            // Matches nothing; the entry will say so.
+            Some(_) => {}
+        }
+    }
+    out
 }
 
 /// Device limits the host asks for on an adapter: WebGPU's defaults, raised
@@ -115,10 +141,11 @@ impl GpuRegistry {
     /// unavailable, and runs bound to its zone get `unavailable`. With no
     /// entries, no wgpu instance is created at all.
     pub fn new(config: &GpuConfig) -> Self {
-        let adapters = if config.adapters.is_empty() {
+        let backends = configured_backends(config);
+        let adapters = if backends.is_empty() {
             Vec::new()
         } else {
-            pollster::block_on(instance().enumerate_adapters(wgpu::Backends::all()))
+            pollster::block_on(instance_with(backends).enumerate_adapters(backends))
         };
         let entries = config
             .adapters
