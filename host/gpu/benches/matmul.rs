@@ -232,12 +232,11 @@ fn main() {
         (took, checksum, gpu_time)
     };
 
+    let status = &runtime.gpu().status()[0];
     println!(
-        "matmul f32, tiled WGSL (64x64 workgroup tiles, 4x4 per invocation), {} (device type cpu = lavapipe), same process",
-        runtime.gpu().status()[0]
-            .adapter_name
-            .clone()
-            .unwrap_or_default()
+        "matmul f32, tiled WGSL (64x64 workgroup tiles, 4x4 per invocation), adapter {:?} on {}, same process",
+        status.adapter_name.clone().unwrap_or_default(),
+        status.backend.clone().unwrap_or_default()
     );
     for n in sizes {
         let runs = if n >= 1024 { 7 } else { 11 };

@@ -62,6 +62,12 @@
 //! optional features and with limits clamped to the adapter's
 //! ([`registry::device_limits`]).
 //!
+//! **Transient host-side memory.** `buffer.read` copies through a staging
+//! buffer of the size read and `buffer.write` through wgpu's staging
+//! memory; both are bounded by the buffer's size (so by
+//! `max_buffer_bytes`), live only for the call, and are not counted in
+//! `max_total_bytes`.
+//!
 //! **Known limit.** A kernel that runs for a very long time cannot be
 //! preempted on a software adapter (lavapipe) or by wgpu. The run still ends
 //! at its deadline and its device is quarantined, but the device's worker
