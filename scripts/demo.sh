@@ -8,7 +8,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 cargo build -q -p kasbah
-cargo build -q --target wasm32-wasip2 --profile guest -p hello -p hostile -p net-probe
+cargo build -q --target wasm32-wasip2 --profile guest -p hello -p gpu-matmul -p hostile -p net-probe
 KASBAH=target/debug/kasbah
 G=target/wasm32-wasip2/guest
 
@@ -44,6 +44,17 @@ KASBAH_TOKEN=$DEV $KASBAH publish $G/hello.wasm --version 1.0.0
 HELLO=$(KASBAH_TOKEN=$DEV $KASBAH modules --json | python3 -c 'import json,sys; print(json.load(sys.stdin)[0]["digest"])')
 step "run $HELLO"
 echo "salam, bonjour, hello" | KASBAH_TOKEN=$DEV $KASBAH run "$HELLO"
+cat > "$work/gpu.toml" <<TOML
+[gpu]
+zones = ["local"]
+TOML
+step "policy set $TN gpu.toml   (as the operator: grant the GPU in zone 'local')"
+KASBAH_TOKEN=$OPTOK $KASBAH policy set "$TN" "$work/gpu.toml" | head -1
+step "publish gpu_matmul.wasm"
+KASBAH_TOKEN=$DEV $KASBAH publish $G/gpu_matmul.wasm --version 1.0.0
+MATMUL=$(KASBAH_TOKEN=$DEV $KASBAH modules --json | python3 -c 'import json,sys; print([m["digest"] for m in json.load(sys.stdin) if m["name"]=="gpu-matmul"][0])')
+step "run $MATMUL   (128x128 f32 matmul on kasbah:gpu, checked against the CPU inside the guest)"
+echo "128" | KASBAH_TOKEN=$DEV $KASBAH run "$MATMUL"
 step "publish net_probe.wasm   (imports wasi:sockets; the policy grants no network)"
 KASBAH_TOKEN=$DEV $KASBAH publish $G/net_probe.wasm --version 1.0.0 2>&1 | cut -c1-160 || true
 step "runs list"

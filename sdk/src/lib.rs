@@ -16,8 +16,11 @@
 //!
 //! Build with `cargo build --target wasm32-wasip2`: the output is a component
 //! that targets the `kasbah:pipeline/pipeline` world (see `wit/pipeline.wit`).
-//! What the pipeline may touch (files, env, network, memory, time) is decided
-//! by the tenant's policy on the host, not by the guest.
+//! What the pipeline may touch (files, env, network, memory, time, GPU) is
+//! decided by the tenant's policy on the host, not by the guest.
+//!
+//! GPU compute goes through [`gpu`]: buffers from slices, kernels from WGSL,
+//! a dispatch builder, batched submissions and typed read-back.
 
 #[doc(hidden)]
 pub mod bindings {
@@ -27,6 +30,8 @@ pub mod bindings {
         pub_export_macro: true,
         export_macro_name: "__export_guest",
         default_bindings_module: "kasbah_sdk::bindings",
+        // kasbah:gpu lives in its own WIT package (wit/deps/kasbah-gpu).
+        generate_all,
     });
 }
 
@@ -103,6 +108,8 @@ impl Error {
         Error::Failed(msg.into())
     }
 }
+
+pub mod gpu;
 
 /// Structured logging to the host (bounded per run by the tenant's policy).
 pub mod log {

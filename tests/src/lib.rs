@@ -5,16 +5,18 @@
 //! for every guest crate; later calls (and later test binaries, through
 //! cargo's own freshness check, ~0.3 s) reuse the artifacts.
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 
 use kasbah_core::{Outcome, RunReport};
 use kasbah_policy::Policy;
+use kasbah_runtime::kasbah_gpu::{AdapterConfig, GpuConfig};
 use kasbah_runtime::{Module, Request, Runtime, RuntimeConfig};
 
 /// Every guest crate the tests use, by package name.
-pub const GUESTS: &[&str] = &["hello", "hostile", "net-probe"];
+pub const GUESTS: &[&str] = &["hello", "hostile", "net-probe", "gpu-matmul", "gpu-hostile"];
 
 pub fn workspace_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -62,16 +64,62 @@ pub fn guest_bytes(name: &str) -> Vec<u8> {
     std::fs::read(&p).unwrap_or_else(|e| panic!("read {}: {e}", p.display()))
 }
 
-/// One runtime per test binary, as in production (one per process).
-pub fn runtime() -> &'static Runtime {
-    static RT: OnceLock<Runtime> = OnceLock::new();
-    RT.get_or_init(|| Runtime::new(RuntimeConfig::default()).expect("create runtime"))
+/// Zones of the test host's GPU adapter entries. All are the same physical
+/// adapter (the first Vulkan one: lavapipe on CI), exposed as several
+/// labelled entries, as a host config may do.
+pub const GPU_ZONES: &[(&str, &str)] = &[
+    ("lavapipe-a", "zone-a"),
+    ("lavapipe-b", "zone-b"),
+    // Used by one test each, so their device counters are predictable.
+    ("lavapipe-reuse", "zone-reuse"),
+    ("lavapipe-hang", "zone-hang"),
+];
+
+/// The test host's GPU configuration (see [`GPU_ZONES`]).
+pub fn gpu_config() -> GpuConfig {
+    GpuConfig {
+        adapters: GPU_ZONES
+            .iter()
+            .map(|(label, zone)| AdapterConfig::new(*label, *zone).backend("vulkan"))
+            .collect(),
+        max_idle_devices: 2,
+    }
 }
 
+/// One runtime per test binary, as in production (one per process), with
+/// the GPU adapter entries of [`gpu_config`].
+pub fn runtime() -> &'static Runtime {
+    static RT: OnceLock<Runtime> = OnceLock::new();
+    RT.get_or_init(|| {
+        Runtime::new(RuntimeConfig {
+            gpu: gpu_config(),
+            ..RuntimeConfig::default()
+        })
+        .expect("create runtime")
+    })
+}
+
+/// Load a guest into the shared runtime. Each guest is compiled once per
+/// test binary: concurrent tests asking for the same guest wait for the
+/// first compile instead of compiling it again (a debug-build compile of a
+/// guest takes seconds on two cores, and tests with tight deadlines measure
+/// from before the load).
 pub fn load(name: &str) -> Arc<Module> {
-    runtime()
-        .load(&guest_bytes(name))
-        .unwrap_or_else(|e| panic!("load {name}: {e}"))
+    type Slot = Arc<OnceLock<Arc<Module>>>;
+    static LOADED: OnceLock<Mutex<HashMap<String, Slot>>> = OnceLock::new();
+    let cell = LOADED
+        .get_or_init(Mutex::default)
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .entry(name.to_string())
+        .or_default()
+        .clone();
+    cell.get_or_init(|| {
+        runtime()
+            .load(&guest_bytes(name))
+            .unwrap_or_else(|e| panic!("load {name}: {e}"))
+    })
+    .clone()
 }
 
 pub async fn run(name: &str, policy: &Policy, request: Request) -> RunReport {

@@ -196,6 +196,32 @@ pub struct Usage {
     pub fuel_consumed: Option<u64>,
     /// Largest total linear memory the guest held, in bytes.
     pub peak_memory_bytes: u64,
+    /// GPU use, when the run was bound to a GPU adapter (its policy has a
+    /// `[gpu]` section and the host placed it on an adapter).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gpu: Option<GpuUsage>,
+}
+
+/// What one run did with its GPU adapter.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GpuUsage {
+    /// The host's label of the adapter entry the run was bound to.
+    pub adapter: String,
+    /// The residency zone of that adapter.
+    pub zone: String,
+    /// Dispatches submitted to the GPU and completed.
+    pub dispatches: u64,
+    /// Compute pipelines compiled.
+    pub kernels: u64,
+    /// Bytes of buffers created over the run (a buffer created and dropped
+    /// twice counts twice).
+    pub bytes_allocated: u64,
+    /// Largest amount of buffer bytes alive at once.
+    pub peak_bytes: u64,
+    /// Wall-clock time the host spent waiting for this run's GPU
+    /// submissions (dispatches, copies and read-backs) to complete.
+    #[serde(with = "duration_micros")]
+    pub gpu_time: Duration,
 }
 
 /// A bounded capture of one output stream (stdout, stderr).

@@ -23,6 +23,14 @@
 //! memory_bytes = 67108864
 //! wall_time_ms = 5000
 //! fuel = 5000000000
+//!
+//! [gpu]                        # absent = no GPU: every kasbah:gpu call is `denied`
+//! zones = ["eu-paris-1"]       # the run is bound to an adapter in one of these
+//! max_buffer_bytes = 67108864  # each limit below has a default; see `GpuGrant`
+//! max_total_bytes = 268435456
+//! max_dispatches = 10000
+//! max_workgroups_per_dimension = 65535
+//! max_kernels = 64
 //! ```
 
 use serde::{Deserialize, Serialize};
@@ -47,6 +55,9 @@ pub struct Policy {
     pub network: NetworkGrant,
     #[serde(default)]
     pub limits: Limits,
+    /// GPU compute (`kasbah:gpu`). `None`: no GPU, every call is denied.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gpu: Option<GpuGrant>,
 }
 
 /// One preopened directory.
@@ -310,6 +321,127 @@ impl Limits {
     }
 }
 
+/// GPU compute grant: where a run's GPU work may happen and how much of it.
+///
+/// Every limit is checked by the host in the GPU call that would exceed it,
+/// which then fails with `out-of-quota` (the guest sees an error value, the
+/// GPU never sees the request).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct GpuGrant {
+    /// Residency zones whose adapters this tenant's runs may be bound to.
+    /// Must not be empty.
+    pub zones: BTreeSet<String>,
+    /// Largest single buffer, in bytes.
+    pub max_buffer_bytes: u64,
+    /// Bytes of GPU buffers alive at once in one run.
+    pub max_total_bytes: u64,
+    /// Dispatches one run may record.
+    pub max_dispatches: u64,
+    /// Workgroups per dimension (x, y and z each) of one dispatch.
+    pub max_workgroups_per_dimension: u32,
+    /// Compute pipelines (compiled kernels) one run may create.
+    pub max_kernels: u32,
+}
+
+impl Default for GpuGrant {
+    fn default() -> Self {
+        GpuGrant {
+            zones: BTreeSet::new(),
+            max_buffer_bytes: 64 * MIB,
+            max_total_bytes: 256 * MIB,
+            max_dispatches: 10_000,
+            max_workgroups_per_dimension: 65_535,
+            max_kernels: 64,
+        }
+    }
+}
+
+impl GpuGrant {
+    /// A grant for `zones` with the default limits.
+    pub fn in_zones<I, S>(zones: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        GpuGrant {
+            zones: zones.into_iter().map(Into::into).collect(),
+            ..GpuGrant::default()
+        }
+    }
+
+    /// Absolute ceilings no GPU grant may exceed.
+    pub fn hard_ceiling() -> Self {
+        GpuGrant {
+            zones: BTreeSet::new(),
+            max_buffer_bytes: 16 * 1024 * MIB,
+            max_total_bytes: 64 * 1024 * MIB,
+            max_dispatches: 100_000_000,
+            max_workgroups_per_dimension: 65_535,
+            max_kernels: 10_000,
+        }
+    }
+
+    fn problems(&self, out: &mut Vec<String>) {
+        if self.zones.is_empty() {
+            out.push("gpu.zones must name at least one zone (omit [gpu] for no GPU)".into());
+        }
+        for z in &self.zones {
+            if !is_zone_name(z) {
+                out.push(format!(
+                    "gpu.zones: {z:?} is not a zone name (lowercase letters, digits and '-')"
+                ));
+            }
+        }
+        let c = GpuGrant::hard_ceiling();
+        for (name, v, ceiling) in [
+            (
+                "gpu.max_buffer_bytes",
+                self.max_buffer_bytes,
+                c.max_buffer_bytes,
+            ),
+            (
+                "gpu.max_total_bytes",
+                self.max_total_bytes,
+                c.max_total_bytes,
+            ),
+            ("gpu.max_dispatches", self.max_dispatches, c.max_dispatches),
+            (
+                "gpu.max_workgroups_per_dimension",
+                u64::from(self.max_workgroups_per_dimension),
+                u64::from(c.max_workgroups_per_dimension),
+            ),
+            (
+                "gpu.max_kernels",
+                u64::from(self.max_kernels),
+                u64::from(c.max_kernels),
+            ),
+        ] {
+            if v == 0 {
+                out.push(format!("{name} must be greater than 0"));
+            } else if v > ceiling {
+                out.push(format!("{name} = {v} exceeds the hard ceiling {ceiling}"));
+            }
+        }
+        if self.max_buffer_bytes > self.max_total_bytes {
+            out.push(format!(
+                "gpu.max_buffer_bytes = {} exceeds gpu.max_total_bytes = {}",
+                self.max_buffer_bytes, self.max_total_bytes
+            ));
+        }
+    }
+}
+
+/// A residency zone label such as `ma-rabat-1`.
+pub fn is_zone_name(z: &str) -> bool {
+    !z.is_empty()
+        && z.len() <= 63
+        && !z.starts_with('-')
+        && !z.ends_with('-')
+        && z.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+}
+
 /// Why a policy was rejected: every problem found, not just the first.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("invalid policy: {}", .problems.join("; "))]
@@ -399,6 +531,9 @@ impl Policy {
         for (name, v, c) in l.exceeding(&Limits::hard_ceiling()) {
             problems.push(format!("{name} = {v} exceeds the hard ceiling {c}"));
         }
+        if let Some(gpu) = &self.gpu {
+            gpu.problems(&mut problems);
+        }
         if problems.is_empty() {
             Ok(())
         } else {
@@ -436,6 +571,8 @@ impl Policy {
                 "wasi:filesystem" => Some("the policy grants no files"),
                 "wasi:sockets" if !self.network.is_empty() => None,
                 "wasi:sockets" => Some("the policy grants no network access"),
+                "kasbah:gpu" if self.gpu.is_some() => None,
+                "kasbah:gpu" => Some("the policy grants no GPU"),
                 _ => Some("this interface is not provided to pipelines"),
             };
             if let Some(reason) = refusal {
@@ -565,6 +702,40 @@ mod tests {
         let refused = p.refused_imports(net);
         assert_eq!(refused.len(), 1);
         assert_eq!(refused[0].import, "acme:evil/x");
+        let gpu = ["kasbah:gpu/compute@0.1.0"];
+        assert_eq!(Policy::default().refused_imports(gpu).len(), 1);
+        let p = Policy::from_toml("[gpu]\nzones = [\"zone-a\"]").expect("valid");
+        assert!(p.refused_imports(gpu).is_empty());
+    }
+
+    #[test]
+    fn no_gpu_section_means_no_gpu_and_defaults_apply_when_present() {
+        assert_eq!(Policy::from_toml("").expect("valid").gpu, None);
+        let p =
+            Policy::from_toml("[gpu]\nzones = [\"eu-paris-1\"]\nmax_kernels = 3\n").expect("valid");
+        let gpu = p.gpu.expect("gpu section");
+        assert_eq!(gpu.max_kernels, 3);
+        assert_eq!(gpu.max_buffer_bytes, GpuGrant::default().max_buffer_bytes);
+        assert!(gpu.zones.contains("eu-paris-1"));
+        let json = serde_json::to_string(&Policy {
+            gpu: Some(gpu.clone()),
+            ..Policy::default()
+        })
+        .expect("serialize");
+        assert_eq!(Policy::from_json(&json).expect("round trip").gpu, Some(gpu));
+    }
+
+    #[test]
+    fn bad_gpu_sections_are_rejected() {
+        let e = Policy::from_toml("[gpu]\nzones = [\"a\"]\nmax_memory = 1\n").expect_err("unknown");
+        assert!(e.to_string().contains("unknown field"), "{e}");
+        let e = Policy::from_toml("[gpu]\n").expect_err("no zones");
+        assert!(e.to_string().contains("gpu.zones"), "{e}");
+        let e = Policy::from_toml(
+            "[gpu]\nzones = [\"Bad Zone\"]\nmax_dispatches = 0\nmax_buffer_bytes = 1000\nmax_total_bytes = 10\n",
+        )
+        .expect_err("invalid");
+        assert_eq!(e.problems.len(), 3, "{e}");
     }
 
     #[test]

@@ -10,6 +10,12 @@
 //! memory/tables limited by a `ResourceLimiter`; wall time enforced by an
 //! epoch-deadline callback (CPU-bound guests) and a tokio timeout (guests
 //! blocked in a host call). The result is a typed [`RunReport`].
+//!
+//! GPU: [`RuntimeConfig::gpu`] lists the node's adapter entries; the runtime
+//! resolves them once ([`kasbah_gpu::GpuRegistry`]) and binds each run whose
+//! policy has a `[gpu]` section to an entry in one of its zones. To pin a run
+//! to the zone a scheduler placed it in, pass a policy whose `gpu.zones` is
+//! that one zone. GPU usage joins the run's [`Usage`].
 
 mod limits;
 pub mod log;
@@ -32,6 +38,7 @@ use wasmtime::{
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
 pub use kasbah_core;
+pub use kasbah_gpu;
 pub use kasbah_policy;
 
 /// Host bindings for the `kasbah:pipeline/pipeline` world. WASI interfaces
@@ -41,7 +48,13 @@ pub mod bindings {
         path: "../../wit",
         world: "kasbah:pipeline/pipeline",
         exports: { default: async },
-        with: { "wasi": wasmtime_wasi::p2::bindings },
+        // kasbah:gpu's host functions are async (see kasbah-gpu), hence Send
+        // store data.
+        require_store_data_send: true,
+        with: {
+            "wasi": wasmtime_wasi::p2::bindings,
+            "kasbah:gpu": kasbah_gpu::bindings::kasbah::gpu,
+        },
     });
 }
 
@@ -69,6 +82,9 @@ pub struct RuntimeConfig {
     pub echo_guest_logs: bool,
     /// How long resolving one allowlisted DNS name may take at run start.
     pub dns_timeout: Duration,
+    /// GPU adapter entries of this node (none by default: GPU calls then
+    /// answer `unavailable`, or `denied` without a `[gpu]` policy).
+    pub gpu: kasbah_gpu::GpuConfig,
 }
 
 impl Default for RuntimeConfig {
@@ -82,6 +98,7 @@ impl Default for RuntimeConfig {
             module_cache_entries: 256,
             echo_guest_logs: false,
             dns_timeout: Duration::from_secs(2),
+            gpu: kasbah_gpu::GpuConfig::default(),
         }
     }
 }
@@ -168,6 +185,9 @@ pub struct RunState {
     table: ResourceTable,
     limiter: limits::Limiter,
     log: log::LogCtx,
+    /// After `table`: fields drop in order, so the run's GPU buffers are
+    /// destroyed before its device goes back to the pool.
+    gpu: kasbah_gpu::GpuCtx,
 }
 
 impl WasiView for RunState {
@@ -185,6 +205,7 @@ struct Inner {
     config: RuntimeConfig,
     modules: Mutex<HashMap<Digest, Arc<Module>>>,
     stop_ticker: Arc<AtomicBool>,
+    gpu: kasbah_gpu::GpuRegistry,
 }
 
 impl Drop for Inner {
@@ -221,6 +242,12 @@ impl Runtime {
         let mut linker = Linker::new(&engine);
         wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
         log::add_to_linker(&mut linker, |s: &mut RunState| log::Log(&mut s.log))?;
+        kasbah_gpu::add_to_linker(&mut linker, |s: &mut RunState| {
+            kasbah_gpu::Gpu::new(&mut s.gpu, &mut s.table)
+        })?;
+        // Resolving adapters opens the GPU drivers once per process (tens of
+        // ms); with no adapter configured nothing is opened.
+        let gpu = kasbah_gpu::GpuRegistry::new(&config.gpu);
 
         let stop_ticker = Arc::new(AtomicBool::new(false));
         {
@@ -244,6 +271,7 @@ impl Runtime {
                 config,
                 modules: Mutex::default(),
                 stop_ticker,
+                gpu,
             }),
         })
     }
@@ -254,6 +282,11 @@ impl Runtime {
 
     pub fn config(&self) -> &RuntimeConfig {
         &self.inner.config
+    }
+
+    /// The node's GPU adapter entries and their state.
+    pub fn gpu(&self) -> &kasbah_gpu::GpuRegistry {
+        &self.inner.gpu
     }
 
     /// Compile and link `wasm`, or return the cached module with the same
@@ -379,6 +412,8 @@ impl Runtime {
             Err(e) => return Ok(denied(e.to_string())),
         };
 
+        let wall = Duration::from_millis(limits.wall_time_ms);
+        let deadline = started + wall;
         let mut store = Store::new(
             &self.inner.engine,
             RunState {
@@ -386,6 +421,7 @@ impl Runtime {
                 table: ResourceTable::new(),
                 limiter: limits::Limiter::new(limits.memory_bytes, limits.max_table_elements),
                 log: log::LogCtx::new(limits.max_log_bytes, self.inner.config.echo_guest_logs),
+                gpu: self.inner.gpu.bind(policy.gpu.as_ref(), Some(deadline)),
             },
         );
         store.limiter(|s| &mut s.limiter);
@@ -395,8 +431,6 @@ impl Runtime {
                 .set_fuel(fuel_budget)
                 .map_err(|e| RunError::Internal(format!("set_fuel: {e}")))?;
         }
-        let wall = Duration::from_millis(limits.wall_time_ms);
-        let deadline = started + wall;
         store.set_epoch_deadline(1);
         store.epoch_deadline_callback(move |_| {
             Ok(if Instant::now() >= deadline {
@@ -432,6 +466,7 @@ impl Runtime {
             wall_time,
             fuel_consumed,
             peak_memory_bytes: state.limiter.peak_memory as u64,
+            gpu: state.gpu.usage(),
         };
         let memory_denied = state.limiter.memory_denied || state.limiter.table_denied;
         let logs = state.log.take();

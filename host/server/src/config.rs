@@ -25,6 +25,10 @@ pub struct ServerConfig {
     /// `fsync` every commit (SQLite `synchronous = FULL`): survives power
     /// loss, not only process crashes.
     pub fsync_every_commit: bool,
+    /// GPU adapter entries (label, zone, backend/name match). The default
+    /// exposes whatever adapter the machine has (lavapipe on CI) as `gpu0`
+    /// in zone `local`; with no adapter, GPU calls answer `unavailable`.
+    pub gpu: kasbah_runtime::kasbah_gpu::GpuConfig,
 }
 
 impl Default for ServerConfig {
@@ -38,6 +42,10 @@ impl Default for ServerConfig {
             max_request_bytes: 64 << 20,
             max_module_bytes: 256 << 20,
             fsync_every_commit: false,
+            gpu: kasbah_runtime::kasbah_gpu::GpuConfig {
+                adapters: vec![kasbah_runtime::kasbah_gpu::AdapterConfig::new("gpu0", "local")],
+                ..Default::default()
+            },
         }
     }
 }

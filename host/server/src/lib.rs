@@ -223,6 +223,7 @@ pub async fn start(config: ServerConfig) -> anyhow::Result<Server> {
     let blobs = Blobs::open(&config.data_dir.join("blobs"))?;
     let runtime = Runtime::new(RuntimeConfig {
         max_concurrent_instances: u32::try_from(config.workers.max(1) * 2).unwrap_or(u32::MAX),
+        gpu: config.gpu.clone(),
         ..RuntimeConfig::default()
     })
     .map_err(|e| anyhow::anyhow!("starting the sandbox runtime: {e:#}"))?;

@@ -1,0 +1,187 @@
+//! Per-run GPU state: which adapter entry the run is bound to, its quota,
+//! what it has used so far, and (after the first GPU call) its device.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use kasbah_core::GpuUsage;
+use kasbah_policy::GpuGrant;
+
+use crate::bindings::kasbah::gpu::compute::GpuError;
+use crate::registry::{DeviceCtx, Entry, Worker, WorkerGone};
+
+/// Live GPU handles (buffers, pipelines, encoders) one run may hold at once.
+/// Bounds the host memory a run can pin through the resource table.
+pub const MAX_LIVE_HANDLES: u32 = 4096;
+
+/// A run's GPU capability. Build it with [`crate::GpuRegistry::bind`] (or
+/// [`GpuCtx::refused`]) and keep it in the store data next to the resource
+/// table; dropping it gives the device back. Declare it *after* the
+/// `ResourceTable` in the store data (fields drop in order) so the run's
+/// buffers are destroyed before its device can serve another run.
+pub struct GpuCtx {
+    state: State,
+}
+
+enum State {
+    /// Every call answers this error (no GPU in the policy, no adapter).
+    Refused(GpuError),
+    Bound(Box<Bound>),
+}
+
+pub(crate) struct Bound {
+    pub entry: Arc<Entry>,
+    pub quota: GpuGrant,
+    deadline: Option<Instant>,
+    worker: Option<Worker>,
+    /// A device call is awaiting its reply. If the run is dropped meanwhile
+    /// (deadline), the device may still be working for this run: it is then
+    /// never handed to another run.
+    busy: bool,
+    pub acct: Accounting,
+}
+
+#[derive(Debug, Default)]
+pub(crate) struct Accounting {
+    pub live_bytes: u64,
+    pub peak_bytes: u64,
+    pub bytes_allocated: u64,
+    /// Dispatches recorded (checked against the quota).
+    pub dispatches_recorded: u64,
+    /// Dispatches submitted and completed (reported as usage).
+    pub dispatches_done: u64,
+    /// Pipelines whose creation was attempted (checked against the quota:
+    /// compiling is the expensive part, successful or not).
+    pub kernels_attempted: u32,
+    pub kernels_built: u64,
+    pub handles: u32,
+    pub gpu_time: Duration,
+}
+
+impl GpuCtx {
+    /// A context whose every call fails with `error`.
+    pub fn refused(error: GpuError) -> Self {
+        GpuCtx {
+            state: State::Refused(error),
+        }
+    }
+
+    /// No GPU for this run (`denied`).
+    pub fn denied(why: impl Into<String>) -> Self {
+        Self::refused(GpuError::Denied(why.into()))
+    }
+
+    pub(crate) fn bound(entry: Arc<Entry>, quota: GpuGrant, deadline: Option<Instant>) -> Self {
+        GpuCtx {
+            state: State::Bound(Box::new(Bound {
+                entry,
+                quota,
+                deadline,
+                worker: None,
+                busy: false,
+                acct: Accounting::default(),
+            })),
+        }
+    }
+
+    /// The state of a run that may use the GPU, or the error every call of
+    /// this run answers.
+    pub(crate) fn get(&mut self) -> Result<&mut Bound, GpuError> {
+        match &mut self.state {
+            State::Refused(e) => Err(e.clone()),
+            State::Bound(b) => {
+                if let Some(why) = b.worker.as_ref().and_then(|w| w.health.lost()) {
+                    return Err(GpuError::DeviceLost(why));
+                }
+                Ok(b)
+            }
+        }
+    }
+
+    /// The adapter entry's label and zone, when the run is bound to one.
+    pub fn placement(&self) -> Option<(&str, &str)> {
+        match &self.state {
+            State::Bound(b) => Some((&b.entry.label, &b.entry.zone)),
+            State::Refused(_) => None,
+        }
+    }
+
+    /// What the run used, when it was bound to an adapter.
+    pub fn usage(&self) -> Option<GpuUsage> {
+        let State::Bound(b) = &self.state else {
+            return None;
+        };
+        Some(GpuUsage {
+            adapter: b.entry.label.clone(),
+            zone: b.entry.zone.clone(),
+            dispatches: b.acct.dispatches_done,
+            kernels: b.acct.kernels_built,
+            bytes_allocated: b.acct.bytes_allocated,
+            peak_bytes: b.acct.peak_bytes,
+            gpu_time: b.acct.gpu_time,
+        })
+    }
+}
+
+impl Bound {
+    /// How long a wait for the GPU may take: until the run's deadline.
+    pub fn wait_budget(&self) -> Option<Duration> {
+        self.deadline
+            .map(|d| d.saturating_duration_since(Instant::now()))
+    }
+
+    /// Run `f` on this run's device thread (taking a device on first use).
+    /// `Err` is a host fault (the call traps); `Ok(Err(_))` goes to the guest.
+    pub async fn device<T, F>(&mut self, f: F) -> wasmtime::Result<Result<T, GpuError>>
+    where
+        T: Send + 'static,
+        F: FnOnce(&DeviceCtx) -> Result<T, GpuError> + Send + 'static,
+    {
+        let worker = match &mut self.worker {
+            Some(w) => w,
+            w @ None => w.insert(self.entry.take_worker()),
+        };
+        self.busy = true;
+        let r = worker.call(f).await;
+        self.busy = false;
+        r.map_err(|WorkerGone(why)| wasmtime::Error::msg(why))
+    }
+
+    pub fn add_bytes(&mut self, size: u64) {
+        let a = &mut self.acct;
+        a.live_bytes = a.live_bytes.saturating_add(size);
+        a.bytes_allocated = a.bytes_allocated.saturating_add(size);
+        a.peak_bytes = a.peak_bytes.max(a.live_bytes);
+    }
+
+    pub fn remove_bytes(&mut self, size: u64) {
+        self.acct.live_bytes = self.acct.live_bytes.saturating_sub(size);
+    }
+
+    /// One more live handle, or `out-of-quota`.
+    pub fn reserve_handle(&mut self) -> Result<(), GpuError> {
+        if self.acct.handles >= MAX_LIVE_HANDLES {
+            return Err(GpuError::OutOfQuota(format!(
+                "a run may hold at most {MAX_LIVE_HANDLES} GPU objects at once"
+            )));
+        }
+        self.acct.handles += 1;
+        Ok(())
+    }
+
+    pub fn release_handle(&mut self) {
+        self.acct.handles = self.acct.handles.saturating_sub(1);
+    }
+}
+
+impl Drop for GpuCtx {
+    fn drop(&mut self) {
+        if let State::Bound(b) = &mut self.state {
+            b.entry.active.fetch_sub(1, Ordering::Relaxed);
+            if let Some(w) = b.worker.take() {
+                b.entry.give_back(w, !b.busy);
+            }
+        }
+    }
+}
