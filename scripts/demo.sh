@@ -49,7 +49,7 @@ cat > "$work/gpu.toml" <<TOML
 zones = ["local"]
 TOML
 step "policy set $TN gpu.toml   (as the operator: grant the GPU in zone 'local')"
-KASBAH_TOKEN=$OPTOK $KASBAH policy set "$TN" "$work/gpu.toml" | head -1
+KASBAH_TOKEN=$OPTOK $KASBAH policy set "$TN" "$work/gpu.toml" | sed "s/^/  /"
 step "publish gpu_matmul.wasm"
 KASBAH_TOKEN=$DEV $KASBAH publish $G/gpu_matmul.wasm --version 1.0.0
 MATMUL=$(KASBAH_TOKEN=$DEV $KASBAH modules --json | python3 -c 'import json,sys; print([m["digest"] for m in json.load(sys.stdin) if m["name"]=="gpu-matmul"][0])')

@@ -108,6 +108,17 @@ pub fn run(args: RunArgs, echo_logs: bool, json: bool) -> anyhow::Result<ExitCod
             u.fuel_consumed.map_or("-".to_string(), |f| f.to_string()),
             u.peak_memory_bytes / 1024
         );
+        if let Some(g) = &u.gpu {
+            eprintln!(
+                "gpu      {} in zone {}: {} dispatches, {} kernels, {} KiB allocated, gpu time {:.3} ms",
+                g.adapter,
+                g.zone,
+                g.dispatches,
+                g.kernels,
+                g.bytes_allocated / 1024,
+                g.gpu_time.as_secs_f64() * 1e3
+            );
+        }
         for d in &report.denials {
             eprintln!("denied   {}: {}", d.capability, d.detail);
         }

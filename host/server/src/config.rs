@@ -43,7 +43,9 @@ impl Default for ServerConfig {
             max_module_bytes: 256 << 20,
             fsync_every_commit: false,
             gpu: kasbah_runtime::kasbah_gpu::GpuConfig {
-                adapters: vec![kasbah_runtime::kasbah_gpu::AdapterConfig::new("gpu0", "local")],
+                adapters: vec![kasbah_runtime::kasbah_gpu::AdapterConfig::new(
+                    "gpu0", "local",
+                )],
                 ..Default::default()
             },
         }
