@@ -250,9 +250,49 @@ async fn client(t: Arc<Target>, end: Instant) -> Tally {
     tally
 }
 
-/// `conns` clients for `dur`; returns the merged tally and the elapsed time
-/// (start to the last answer).
-async fn phase(t: &Arc<Target>, conns: usize, dur: Duration) -> (Tally, Duration) {
+/// Whose CPU time a phase charges to the server under test.
+#[derive(Clone, Copy)]
+enum ServerCpu {
+    /// kasbah, in this process: the process's CPU time minus this (the
+    /// client's) thread's.
+    InProcess,
+    /// `wasmtime serve`: the child's CPU time.
+    Child(u32),
+}
+
+/// User + system CPU time of a `/proc/.../stat` file (Linux; `None`
+/// elsewhere). Ticks are USER_HZ = 100 on Linux.
+fn proc_cpu(path: &str) -> Option<Duration> {
+    let s = std::fs::read_to_string(path).ok()?;
+    // Fields after the command name, which ends at the last ')': state is
+    // field 3, utime 14, stime 15.
+    let rest: Vec<&str> = s.get(s.rfind(')')? + 1..)?.split_whitespace().collect();
+    let ticks = rest.get(11)?.parse::<u64>().ok()? + rest.get(12)?.parse::<u64>().ok()?;
+    Some(Duration::from_millis(ticks * 10))
+}
+
+impl ServerCpu {
+    fn now(self) -> Option<Duration> {
+        match self {
+            ServerCpu::InProcess => {
+                let all = proc_cpu("/proc/self/stat")?;
+                let client = proc_cpu(&format!("/proc/self/task/{}/stat", std::process::id()))?;
+                all.checked_sub(client)
+            }
+            ServerCpu::Child(pid) => proc_cpu(&format!("/proc/{pid}/stat")),
+        }
+    }
+}
+
+/// `conns` clients for `dur`; returns the merged tally, the elapsed time
+/// (start to the last answer) and the server's CPU time meanwhile.
+async fn phase(
+    t: &Arc<Target>,
+    cpu: ServerCpu,
+    conns: usize,
+    dur: Duration,
+) -> (Tally, Duration, Option<Duration>) {
+    let cpu0 = cpu.now();
     let start = Instant::now();
     let end = start + dur;
     let tasks: Vec<_> = (0..conns)
@@ -269,7 +309,8 @@ async fn phase(t: &Arc<Target>, conns: usize, dur: Duration) -> (Tally, Duration
         }
     }
     let elapsed = all.last_done.map_or(dur, |d| d - start);
-    (all, elapsed)
+    let server_cpu = cpu0.zip(cpu.now()).map(|(a, b)| b.saturating_sub(a));
+    (all, elapsed, server_cpu)
 }
 
 /// One request, checked, before any measurement: fail loudly on a broken
@@ -292,12 +333,27 @@ async fn probe(t: &Target) -> anyhow::Result<Bytes> {
 struct Measured {
     tally: Tally,
     elapsed: Duration,
+    server_cpu: Option<Duration>,
+    phases: usize,
 }
 
 impl Measured {
-    fn add(&mut self, (tally, elapsed): (Tally, Duration)) {
+    fn add(&mut self, (tally, elapsed, cpu): (Tally, Duration, Option<Duration>)) {
         self.tally.merge(tally);
         self.elapsed += elapsed;
+        self.server_cpu = match (self.phases, self.server_cpu, cpu) {
+            (0, _, c) => c,
+            (_, Some(a), Some(b)) => Some(a + b),
+            _ => None,
+        };
+        self.phases += 1;
+    }
+
+    /// Server CPU time per correct answer, in µs: robust to a busy machine,
+    /// unlike requests/s.
+    fn cpu_us_per_request(&self) -> Option<f64> {
+        let cpu = self.server_cpu?;
+        (self.tally.ok > 0).then(|| cpu.as_secs_f64() * 1e6 / self.tally.ok as f64)
     }
 
     fn rps(&self) -> f64 {
@@ -316,9 +372,12 @@ impl Measured {
 
     fn print(&mut self, conc: usize, side: &str) {
         let (p50, p99) = (self.percentile_ms(0.50), self.percentile_ms(0.99));
+        let cpu = self
+            .cpu_us_per_request()
+            .map_or("n/a".to_string(), |c| format!("{c:.0}"));
         let t = &self.tally;
         println!(
-            "{conc:>5}  {side:<9} {:>9.0} {:>9.2} {:>9.2} {:>9} {:>6} {:>7}",
+            "{conc:>5}  {side:<9} {:>9.0} {:>9.2} {:>9.2} {cpu:>10} {:>9} {:>6} {:>7}",
             self.rps(),
             p50,
             p99,
@@ -620,8 +679,8 @@ fn main() -> anyhow::Result<()> {
         }
         println!();
         println!(
-            "{:>5}  {:<9} {:>9} {:>9} {:>9} {:>9} {:>6} {:>7}",
-            "conc", "side", "req/s", "p50 ms", "p99 ms", "ok", "429", "errors"
+            "{:>5}  {:<9} {:>9} {:>9} {:>9} {:>10} {:>9} {:>6} {:>7}",
+            "conc", "side", "req/s", "p50 ms", "p99 ms", "cpu µs/req", "ok", "429", "errors"
         );
 
         let mut summary = Vec::new();
@@ -629,19 +688,19 @@ fn main() -> anyhow::Result<()> {
             let mut ours = Measured::default();
             let mut base = Measured::default();
             for round in 0..args.rounds {
-                let mut order: Vec<(&Arc<Target>, &mut Measured)> = Vec::new();
+                let mut order: Vec<(&Arc<Target>, ServerCpu, &mut Measured)> = Vec::new();
                 if let Some(k) = &kasbah {
-                    order.push((&k.target, &mut ours));
+                    order.push((&k.target, ServerCpu::InProcess, &mut ours));
                 }
                 if let Some(w) = &wasmtime {
-                    order.push((&w.target, &mut base));
+                    order.push((&w.target, ServerCpu::Child(w.child.id()), &mut base));
                 }
                 if round % 2 == 1 {
                     order.reverse();
                 }
-                for (target, result) in order {
-                    let _ = phase(target, conc, args.warmup).await;
-                    result.add(phase(target, conc, args.duration).await);
+                for (target, cpu, result) in order {
+                    let _ = phase(target, cpu, conc, args.warmup).await;
+                    result.add(phase(target, cpu, conc, args.duration).await);
                 }
             }
             if kasbah.is_some() {
