@@ -696,7 +696,7 @@ pub async fn list_runs(
     for t in caller.readable_tenants(&s, q.tenant.as_deref())? {
         out.extend(s.db.runs(&t, limit)?);
     }
-    out.sort_by(|a, b| b.created_at.cmp(&a.created_at));
+    out.sort_by_key(|r| std::cmp::Reverse(r.created_at));
     out.truncate(limit as usize);
     Ok(Json(out))
 }
