@@ -371,10 +371,10 @@ fn show_run(ctx: &Ctx, r: &RunRecord) -> anyhow::Result<ExitCode> {
                 u.peak_memory_bytes / 1024
             );
         }
-        if let Some(out) = &r.output {
-            if out.inline.is_none() {
-                eprintln!("output   {} bytes {} at {}", out.size, out.digest, out.url);
-            }
+        if let Some(out) = &r.output
+            && out.inline.is_none()
+        {
+            eprintln!("output   {} bytes {} at {}", out.size, out.digest, out.url);
         }
     })?;
     Ok(
