@@ -59,10 +59,17 @@ use kasbah_policy::Policy;
 use kasbah_server::ServerConfig;
 
 /// `wasmtime serve` flags of the baseline (besides `--addr 127.0.0.1:PORT`):
-/// the pooling allocator, as kasbah uses, so both sides take instances from
-/// a pool; everything else at wasmtime's defaults (a fresh instance per
-/// request, no timeout/epoch, no fuel, no memory limiter).
-const DEFAULT_WASMTIME_FLAGS: &[&str] = &["-O", "pooling-allocator=y"];
+/// - `-O pooling-allocator=y`: instances from a pool, as in kasbah (serve
+///   picks it by default only where it can reserve enough address space);
+/// - `-S cli`: link all of WASI p2 besides wasi:http, as kasbah links all of
+///   WASI p2; a Rust `std` guest imports `wasi:cli/environment` and does not
+///   link without it.
+///
+/// Everything else is at wasmtime's defaults: a fresh instance per request
+/// (`--max-instance-reuse-count` is 1 for WASIp2 components), at most 1000
+/// concurrent requests and connections, no timeout (so no epoch
+/// interruption), no fuel, no memory limit.
+const DEFAULT_WASMTIME_FLAGS: &[&str] = &["-O", "pooling-allocator=y", "-S", "cli"];
 
 struct Args {
     concurrency: Vec<usize>,
