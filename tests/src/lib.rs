@@ -59,6 +59,30 @@ pub fn guest_path(name: &str) -> PathBuf {
     guest_dir().join(format!("{}.wasm", name.replace('-', "_")))
 }
 
+/// Build one guest crate that is *not* in [`GUESTS`] (e.g. the load bench's
+/// `http-hello` baseline, which the tests never need) and return the path of
+/// its component. Cheap when it is already built (cargo's freshness check).
+pub fn build_extra_guest(name: &str) -> anyhow::Result<PathBuf> {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let status = Command::new(cargo)
+        .current_dir(workspace_root())
+        .args([
+            "build",
+            "--target",
+            "wasm32-wasip2",
+            "--profile",
+            "guest",
+            "-p",
+            name,
+        ])
+        .status()?;
+    anyhow::ensure!(status.success(), "building guest {name} failed");
+    Ok(target_dir()
+        .join("wasm32-wasip2")
+        .join("guest")
+        .join(format!("{}.wasm", name.replace('-', "_"))))
+}
+
 pub fn guest_bytes(name: &str) -> Vec<u8> {
     let p = guest_path(name);
     std::fs::read(&p).unwrap_or_else(|e| panic!("read {}: {e}", p.display()))

@@ -218,12 +218,9 @@ impl Db {
 
     pub fn caller(&self, token: &str) -> rusqlite::Result<Option<Caller>> {
         let row: Option<(String, String)> = self.with(|c| {
-            c.query_row(
-                "SELECT role, subject FROM tokens WHERE hash = ?1",
-                [hash_token(token)],
-                |r| Ok((r.get(0)?, r.get(1)?)),
-            )
-            .optional()
+            c.prepare_cached("SELECT role, subject FROM tokens WHERE hash = ?1")?
+                .query_row([hash_token(token)], |r| Ok((r.get(0)?, r.get(1)?)))
+                .optional()
         })?;
         Ok(row.and_then(|(role, subject)| Role::parse(&role).map(|role| Caller { role, subject })))
     }
@@ -510,21 +507,19 @@ impl Db {
     ) -> rusqlite::Result<i64> {
         let now = now_ms();
         self.with(|c| {
-            c.execute(
+            c.prepare_cached(
                 "INSERT INTO runs(id, tenant_id, module_digest, policy_version, status, input_digest, input_size, created_at)
                  VALUES (?1, ?2, ?3, ?4, 'queued', ?5, ?6, ?7)",
-                params![id, tenant_id, module.to_string(), policy_version, input_digest.to_string(), input_size as i64, now],
-            )
+            )?
+            .execute(params![id, tenant_id, module.to_string(), policy_version, input_digest.to_string(), input_size as i64, now])
         })?;
         Ok(now)
     }
 
     pub fn mark_running(&self, id: &str) -> rusqlite::Result<()> {
         self.with(|c| {
-            c.execute(
-                "UPDATE runs SET status = 'running', started_at = ?1 WHERE id = ?2",
-                params![now_ms(), id],
-            )
+            c.prepare_cached("UPDATE runs SET status = 'running', started_at = ?1 WHERE id = ?2")?
+                .execute(params![now_ms(), id])
         })?;
         Ok(())
     }
@@ -541,12 +536,13 @@ impl Db {
             None => (None, None, None, None),
         };
         self.with(|c| {
-            c.execute(
+            c.prepare_cached(
                 "UPDATE runs SET status = 'done', outcome_kind = ?1, outcome_json = ?2,
                     output_digest = ?3, output_size = ?4, output_content_type = ?5, output_inline = ?6,
                     wall_us = ?7, fuel = ?8, peak_memory = ?9, report_json = ?10, finished_at = ?11
                  WHERE id = ?12",
-                params![
+            )?
+            .execute(params![
                     r.outcome.kind(),
                     json(&slim.outcome)?,
                     od,
@@ -578,7 +574,8 @@ impl Db {
 
     pub fn run(&self, id: &str) -> rusqlite::Result<Option<RunRecord>> {
         self.with(|c| {
-            c.query_row(&format!("{RUN_COLUMNS} WHERE id = ?1"), [id], row_run)
+            c.prepare_cached(&format!("{RUN_COLUMNS} WHERE id = ?1"))?
+                .query_row([id], row_run)
                 .optional()
         })
     }
@@ -728,12 +725,11 @@ fn module_row(
     tenant_id: &str,
     digest: &Digest,
 ) -> rusqlite::Result<Option<ModuleRecord>> {
-    c.query_row(
+    c.prepare_cached(
         "SELECT tenant_id, digest, name, version, size, imports_json, created_at
          FROM modules WHERE tenant_id = ?1 AND digest = ?2",
-        params![tenant_id, digest.to_string()],
-        row_module,
-    )
+    )?
+    .query_row(params![tenant_id, digest.to_string()], row_module)
     .optional()
 }
 
