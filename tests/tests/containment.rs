@@ -458,7 +458,7 @@ async fn tcp_to_a_non_allowlisted_address_is_denied_and_nothing_arrives() {
     assert_denied(&r.outcome);
     let r = run(
         "net-probe",
-        &allow(&[target.clone()]),
+        &allow(std::slice::from_ref(&target)),
         attack("bind", "127.0.0.1:0"),
     )
     .await;
@@ -475,7 +475,7 @@ async fn tcp_to_a_non_allowlisted_address_is_denied_and_nothing_arrives() {
     // sees exactly one connection.
     let r = run(
         "net-probe",
-        &allow(&[target.clone()]),
+        &allow(std::slice::from_ref(&target)),
         attack("tcp", target.as_str()),
     )
     .await;

@@ -1,0 +1,617 @@
+//! The audit log inside the platform's SQLite database.
+//!
+//! Three tables, written only by the group-commit writer (`writer.rs`), in
+//! the same transaction as the state changes the entries record:
+//!
+//! * `audit_nodes(pos, hash)`: every perfect-subtree hash of the RFC 6962
+//!   tree, keyed by its dense append position ([`NodeId::position`]); on
+//!   average two rows per entry, never updated. Proofs and roots read
+//!   O(log n) of them with one query.
+//! * `audit_entries(idx, bytes, tenant_id, kind, subject)`: the canonical
+//!   entry bytes (what the leaf hash covers) plus columns to filter on:
+//!   the tenant the entry concerns, its type, and for module and run
+//!   entries the module digest or run id (indexed, for receipts).
+//! * `audit_size`: one row, the number of entries.
+//!
+//! Triggers make the three tables append-only for any SQL run through
+//! the database (a bug cannot rewrite history; someone with the file can,
+//! which is what signed checkpoints and watchers are for).
+//!
+//! The log's Ed25519 key ([`AuditKey`]) lives in the data dir (0600) and
+//! signs C2SP checkpoints on demand; the latest one is cached.
+
+use std::ops::Range;
+use std::path::Path;
+use std::sync::{Mutex, PoisonError};
+
+use kasbah_audit::tree::nodes_for_size;
+use kasbah_audit::{
+    Entry, EntryBody, EntryError, Hash, Log, LogError, LogSigner, LogVerifier, NodeId, NodeStore,
+    Receipt, SignedCheckpoint, TreeError,
+};
+use rusqlite::{Connection, OptionalExtension, params, params_from_iter};
+
+pub const SCHEMA: &str = r#"
+CREATE TABLE IF NOT EXISTS audit_nodes (
+    pos INTEGER PRIMARY KEY,
+    hash BLOB NOT NULL
+);
+CREATE TABLE IF NOT EXISTS audit_entries (
+    idx INTEGER PRIMARY KEY,
+    bytes BLOB NOT NULL,
+    tenant_id TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    subject TEXT
+);
+CREATE INDEX IF NOT EXISTS audit_entries_by_subject ON audit_entries(subject) WHERE subject IS NOT NULL;
+CREATE TABLE IF NOT EXISTS audit_size (
+    id INTEGER PRIMARY KEY CHECK (id = 0),
+    size INTEGER NOT NULL
+);
+INSERT OR IGNORE INTO audit_size(id, size) VALUES (0, 0);
+CREATE TRIGGER IF NOT EXISTS audit_nodes_no_update BEFORE UPDATE ON audit_nodes
+    BEGIN SELECT RAISE(ABORT, 'the audit log is append-only'); END;
+CREATE TRIGGER IF NOT EXISTS audit_nodes_no_delete BEFORE DELETE ON audit_nodes
+    BEGIN SELECT RAISE(ABORT, 'the audit log is append-only'); END;
+CREATE TRIGGER IF NOT EXISTS audit_entries_no_update BEFORE UPDATE ON audit_entries
+    BEGIN SELECT RAISE(ABORT, 'the audit log is append-only'); END;
+CREATE TRIGGER IF NOT EXISTS audit_entries_no_delete BEFORE DELETE ON audit_entries
+    BEGIN SELECT RAISE(ABORT, 'the audit log is append-only'); END;
+CREATE TRIGGER IF NOT EXISTS audit_size_only_grows BEFORE UPDATE ON audit_size
+    WHEN NEW.size < OLD.size
+    BEGIN SELECT RAISE(ABORT, 'the audit log is append-only'); END;
+CREATE TRIGGER IF NOT EXISTS audit_size_no_delete BEFORE DELETE ON audit_size
+    BEGIN SELECT RAISE(ABORT, 'the audit log is append-only'); END;
+"#;
+
+/// Why the SQLite node store failed.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("database: {0}")]
+    Sql(#[from] rusqlite::Error),
+    #[error("the audit log in the database is corrupt: {0}")]
+    Corrupt(String),
+}
+
+fn to_i64(v: u64) -> Result<i64, StoreError> {
+    i64::try_from(v).map_err(|_| StoreError::Corrupt(format!("{v} does not fit in SQLite")))
+}
+
+/// The number of entries recorded in `conn`'s view of the database.
+pub fn stored_size(conn: &Connection) -> Result<u64, StoreError> {
+    let n: i64 = conn
+        .prepare_cached("SELECT size FROM audit_size WHERE id = 0")?
+        .query_row([], |r| r.get(0))?;
+    u64::try_from(n).map_err(|_| StoreError::Corrupt(format!("negative log size {n}")))
+}
+
+/// [`NodeStore`] over a SQLite connection (or transaction) at a known size.
+///
+/// The size is passed in rather than read on every call: the writer knows
+/// it (it is the only writer), readers read it once per request in the
+/// same read transaction as everything else they look at.
+pub struct SqliteStore<'c> {
+    conn: &'c Connection,
+    size: u64,
+}
+
+impl<'c> SqliteStore<'c> {
+    pub fn new(conn: &'c Connection, size: u64) -> Self {
+        SqliteStore { conn, size }
+    }
+
+    /// A store at the size recorded in the database.
+    pub fn open(conn: &'c Connection) -> Result<Self, StoreError> {
+        Ok(SqliteStore {
+            conn,
+            size: stored_size(conn)?,
+        })
+    }
+}
+
+/// `SELECT pos, hash FROM audit_nodes WHERE pos IN (?, ?, ...)` for `n` ids.
+fn nodes_query(n: usize) -> String {
+    let mut sql = String::with_capacity(64 + 2 * n);
+    sql.push_str("SELECT pos, hash FROM audit_nodes WHERE pos IN (?");
+    for _ in 1..n {
+        sql.push_str(",?");
+    }
+    sql.push(')');
+    sql
+}
+
+impl NodeStore for SqliteStore<'_> {
+    type Error = StoreError;
+
+    fn size(&self) -> Result<u64, StoreError> {
+        Ok(self.size)
+    }
+
+    fn node(&self, id: NodeId) -> Result<Option<Hash>, StoreError> {
+        Ok(self.nodes(&[id])?.pop().flatten())
+    }
+
+    /// One query for all ids (the tree issues one call per operation).
+    fn nodes(&self, ids: &[NodeId]) -> Result<Vec<Option<Hash>>, StoreError> {
+        let limit = nodes_for_size(self.size);
+        let positions: Vec<Option<u64>> = ids
+            .iter()
+            .map(|id| id.position().filter(|p| *p < limit))
+            .collect();
+        let mut want: Vec<i64> = positions
+            .iter()
+            .flatten()
+            .map(|p| to_i64(*p))
+            .collect::<Result<_, _>>()?;
+        want.sort_unstable();
+        want.dedup();
+        if want.is_empty() {
+            return Ok(vec![None; ids.len()]);
+        }
+        let mut st = self.conn.prepare_cached(&nodes_query(want.len()))?;
+        let mut rows = st.query(params_from_iter(want.iter()))?;
+        let mut found: Vec<(u64, Hash)> = Vec::with_capacity(want.len());
+        while let Some(row) = rows.next()? {
+            let pos: i64 = row.get(0)?;
+            let blob = row.get_ref(1)?.as_blob().map_err(rusqlite::Error::from)?;
+            let hash = Hash::from_slice(blob)
+                .ok_or_else(|| StoreError::Corrupt(format!("node {pos} is not a 32-byte hash")))?;
+            let pos = u64::try_from(pos)
+                .map_err(|_| StoreError::Corrupt(format!("negative node position {pos}")))?;
+            found.push((pos, hash));
+        }
+        found.sort_unstable_by_key(|f| f.0);
+        Ok(positions
+            .iter()
+            .map(|p| {
+                p.and_then(|p| {
+                    found
+                        .binary_search_by_key(&p, |f| f.0)
+                        .ok()
+                        .map(|i| found[i].1)
+                })
+            })
+            .collect())
+    }
+
+    fn extend(&mut self, new_size: u64, nodes: &[(NodeId, Hash)]) -> Result<(), StoreError> {
+        let mut next = nodes_for_size(self.size);
+        let mut positions: Vec<i64> = Vec::with_capacity(nodes.len());
+        for (id, _) in nodes {
+            if id.position() != Some(next) {
+                return Err(StoreError::Corrupt(format!(
+                    "out-of-order append: {id:?} at position {next}"
+                )));
+            }
+            positions.push(to_i64(next)?);
+            next += 1;
+        }
+        {
+            // Multi-row inserts: far fewer statement executions per batch.
+            const ROWS: usize = 64;
+            let mut full = self.conn.prepare_cached(&format!(
+                "INSERT INTO audit_nodes(pos, hash) VALUES {}",
+                vec!["(?,?)"; ROWS].join(",")
+            ))?;
+            let mut one = self
+                .conn
+                .prepare_cached("INSERT INTO audit_nodes(pos, hash) VALUES (?1, ?2)")?;
+            let hashes: Vec<&[u8]> = nodes.iter().map(|(_, h)| &h.0[..]).collect();
+            for (ps, hs) in positions.chunks(ROWS).zip(hashes.chunks(ROWS)) {
+                if ps.len() == ROWS {
+                    let mut args: Vec<&dyn rusqlite::ToSql> = Vec::with_capacity(2 * ROWS);
+                    for (p, h) in ps.iter().zip(hs) {
+                        args.push(p);
+                        args.push(h);
+                    }
+                    full.execute(args.as_slice())?;
+                } else {
+                    for (p, h) in ps.iter().zip(hs) {
+                        one.execute(params![p, h])?;
+                    }
+                }
+            }
+        }
+        if next != nodes_for_size(new_size) {
+            return Err(StoreError::Corrupt(format!(
+                "extend to size {new_size} left {next} nodes, expected {}",
+                nodes_for_size(new_size)
+            )));
+        }
+        self.conn
+            .prepare_cached("UPDATE audit_size SET size = ?1 WHERE id = 0")?
+            .execute([to_i64(new_size)?])?;
+        self.size = new_size;
+        Ok(())
+    }
+}
+
+/// An entry ready to append: canonical bytes, leaf hash and the columns the
+/// server filters on. Encoding and hashing happen in the caller's task, not
+/// on the writer thread.
+#[derive(Debug, Clone)]
+pub struct Encoded {
+    pub bytes: Vec<u8>,
+    pub leaf: Hash,
+    pub tenant: String,
+    pub kind: &'static str,
+    pub subject: Option<String>,
+}
+
+impl Encoded {
+    pub fn new(entry: &Entry) -> Result<Self, EntryError> {
+        let bytes = entry.encode()?;
+        let subject = match &entry.body {
+            EntryBody::ModulePublished(m) => Some(m.module.to_string()),
+            EntryBody::RunExecuted(r) => Some(r.run_id.clone()),
+            _ => None,
+        };
+        Ok(Encoded {
+            leaf: Hash::leaf(&bytes),
+            bytes,
+            tenant: entry.body.tenant().to_string(),
+            kind: entry.body.kind(),
+            subject,
+        })
+    }
+}
+
+/// Why an append failed (the whole batch transaction is rolled back).
+#[derive(Debug, thiserror::Error)]
+pub enum AppendError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Tree(#[from] TreeError),
+    #[error("database: {0}")]
+    Sql(#[from] rusqlite::Error),
+}
+
+/// Append `entries` to the log of `size` entries inside the caller's
+/// transaction (tree nodes, entry rows, size). Returns the new size.
+pub fn append(conn: &Connection, size: u64, entries: &[Encoded]) -> Result<u64, AppendError> {
+    if entries.is_empty() {
+        return Ok(size);
+    }
+    let leaves: Vec<Hash> = entries.iter().map(|e| e.leaf).collect();
+    let mut log = Log::new(SqliteStore::new(conn, size));
+    let first = log.append_leaf_hashes(&leaves)?;
+    if first != size {
+        return Err(StoreError::Corrupt(format!("appended at {first}, expected {size}")).into());
+    }
+    const ROWS: usize = 32;
+    let mut full = conn.prepare_cached(&format!(
+        "INSERT INTO audit_entries(idx, bytes, tenant_id, kind, subject) VALUES {}",
+        vec!["(?,?,?,?,?)"; ROWS].join(",")
+    ))?;
+    let mut one = conn.prepare_cached(
+        "INSERT INTO audit_entries(idx, bytes, tenant_id, kind, subject) VALUES (?1, ?2, ?3, ?4, ?5)",
+    )?;
+    let mut idx = size;
+    for chunk in entries.chunks(ROWS) {
+        if chunk.len() == ROWS {
+            let mut args: Vec<&dyn rusqlite::ToSql> = Vec::with_capacity(ROWS * 5);
+            let idxs: Vec<i64> = (idx..idx + ROWS as u64)
+                .map(to_i64)
+                .collect::<Result<_, _>>()?;
+            for (e, i) in chunk.iter().zip(&idxs) {
+                args.push(i);
+                args.push(&e.bytes);
+                args.push(&e.tenant);
+                args.push(&e.kind);
+                args.push(&e.subject);
+            }
+            full.execute(args.as_slice())?;
+        } else {
+            for (e, i) in chunk.iter().zip(idx..) {
+                one.execute(params![to_i64(i)?, e.bytes, e.tenant, e.kind, e.subject])?;
+            }
+        }
+        idx += chunk.len() as u64;
+    }
+    Ok(size + entries.len() as u64)
+}
+
+/// At start-up: the recorded size, after checking that the tables agree
+/// with it and that the tree's root can be computed. A mismatch means the
+/// database was edited outside the server; refuse to serve rather than sign
+/// checkpoints over a damaged log.
+pub fn check(conn: &Connection) -> Result<u64, StoreError> {
+    let size = stored_size(conn)?;
+    let entries: i64 = conn.query_row(
+        "SELECT COALESCE(MAX(idx) + 1, 0) FROM audit_entries",
+        [],
+        |r| r.get(0),
+    )?;
+    let nodes: i64 = conn.query_row(
+        "SELECT COALESCE(MAX(pos) + 1, 0) FROM audit_nodes",
+        [],
+        |r| r.get(0),
+    )?;
+    if entries != to_i64(size)? || nodes != to_i64(nodes_for_size(size))? {
+        return Err(StoreError::Corrupt(format!(
+            "the log records {size} entries, but audit_entries ends at {entries} and \
+             audit_nodes at {nodes} (expected {})",
+            nodes_for_size(size)
+        )));
+    }
+    Log::new(SqliteStore::new(conn, size))
+        .root()
+        .map_err(|e| StoreError::Corrupt(format!("cannot compute the root: {e}")))?;
+    Ok(size)
+}
+
+/// One stored entry.
+#[derive(Debug, Clone)]
+pub struct StoredEntry {
+    pub index: u64,
+    pub bytes: Vec<u8>,
+    pub tenant: String,
+}
+
+/// Entries with index in `range`, restricted to `tenants` when given.
+pub fn entries(
+    conn: &Connection,
+    range: Range<u64>,
+    tenants: Option<&[String]>,
+) -> Result<Vec<StoredEntry>, StoreError> {
+    let mut st = conn.prepare_cached(
+        "SELECT idx, bytes, tenant_id FROM audit_entries WHERE idx >= ?1 AND idx < ?2 ORDER BY idx",
+    )?;
+    let rows = st.query_map(params![to_i64(range.start)?, to_i64(range.end)?], |r| {
+        Ok((
+            r.get::<_, i64>(0)?,
+            r.get::<_, Vec<u8>>(1)?,
+            r.get::<_, String>(2)?,
+        ))
+    })?;
+    let mut out = Vec::new();
+    for row in rows {
+        let (idx, bytes, tenant) = row?;
+        if tenants.is_some_and(|ts| !ts.contains(&tenant)) {
+            continue;
+        }
+        out.push(StoredEntry {
+            index: u64::try_from(idx)
+                .map_err(|_| StoreError::Corrupt(format!("negative entry index {idx}")))?,
+            bytes,
+            tenant,
+        });
+    }
+    Ok(out)
+}
+
+/// The first entry of `kind` about `subject` (a module digest or run id)
+/// for `tenant`.
+pub fn entry_about(
+    conn: &Connection,
+    kind: &str,
+    subject: &str,
+    tenant: &str,
+) -> Result<Option<StoredEntry>, StoreError> {
+    let row = conn
+        .prepare_cached(
+            "SELECT idx, bytes FROM audit_entries
+             WHERE subject = ?1 AND kind = ?2 AND tenant_id = ?3 ORDER BY idx LIMIT 1",
+        )?
+        .query_row(params![subject, kind, tenant], |r| {
+            Ok((r.get::<_, i64>(0)?, r.get::<_, Vec<u8>>(1)?))
+        })
+        .optional()?;
+    row.map(|(idx, bytes)| {
+        Ok(StoredEntry {
+            index: u64::try_from(idx)
+                .map_err(|_| StoreError::Corrupt(format!("negative entry index {idx}")))?,
+            bytes,
+            tenant: tenant.to_string(),
+        })
+    })
+    .transpose()
+}
+
+/// The log's signing key and the latest checkpoint it signed.
+pub struct AuditKey {
+    signer: LogSigner,
+    latest: Mutex<Option<SignedCheckpoint>>,
+}
+
+/// File name of the log's private key in the data dir.
+pub const KEY_FILE: &str = "audit-log.key";
+
+impl AuditKey {
+    /// Load `<data_dir>/audit-log.key`, or create it (mode 0600) on first
+    /// start. Its name (the checkpoint origin) must be `origin`.
+    pub fn load_or_create(data_dir: &Path, origin: &str) -> anyhow::Result<Self> {
+        let path = data_dir.join(KEY_FILE);
+        let signer = if path.exists() {
+            let s = LogSigner::load(&path)
+                .map_err(|e| anyhow::anyhow!("audit log key {}: {e}", path.display()))?;
+            if s.name() != origin {
+                anyhow::bail!(
+                    "audit log key {} is for origin {:?}, but the configuration says \
+                     audit_origin = {origin:?}; the origin of a log never changes",
+                    path.display(),
+                    s.name()
+                );
+            }
+            s
+        } else {
+            let s = LogSigner::generate(origin)
+                .map_err(|e| anyhow::anyhow!("creating the audit log key: {e}"))?;
+            s.save(&path)
+                .map_err(|e| anyhow::anyhow!("saving the audit log key: {e}"))?;
+            tracing::info!(key = %s.verifier(), "created the audit log key {}", path.display());
+            s
+        };
+        Ok(AuditKey {
+            signer,
+            latest: Mutex::new(None),
+        })
+    }
+
+    pub fn from_signer(signer: LogSigner) -> Self {
+        AuditKey {
+            signer,
+            latest: Mutex::new(None),
+        }
+    }
+
+    pub fn verifier(&self) -> LogVerifier {
+        self.signer.verifier()
+    }
+
+    /// A signed checkpoint of the tree at `size` (the size a reader saw in
+    /// its transaction on `conn`), reusing the cached one when it matches.
+    /// Only committed sizes are ever signed: the writer commits with
+    /// `synchronous = FULL` before any reader can see the new size.
+    pub fn checkpoint(&self, conn: &Connection, size: u64) -> Result<SignedCheckpoint, LogError> {
+        let mut latest = self.latest.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(c) = latest.as_ref()
+            && c.checkpoint.size == size
+        {
+            return Ok(c.clone());
+        }
+        let signed = Log::new(SqliteStore::new(conn, size)).checkpoint_at(size, &self.signer)?;
+        if latest
+            .as_ref()
+            .is_none_or(|c| c.checkpoint.size < signed.checkpoint.size)
+        {
+            *latest = Some(signed.clone());
+        }
+        Ok(signed)
+    }
+
+    /// A receipt for `entry` proven into a checkpoint of the tree at `size`
+    /// (`entry.index < size`). The log checks the bytes against the stored
+    /// leaf and the proof against the checkpoint before handing it out.
+    pub fn receipt(
+        &self,
+        conn: &Connection,
+        size: u64,
+        entry: StoredEntry,
+    ) -> Result<Receipt, LogError> {
+        // The cached checkpoint is good if it already covers the entry.
+        let cached = self
+            .latest
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+            .filter(|c| c.checkpoint.size > entry.index && c.checkpoint.size <= size);
+        let checkpoint = match cached {
+            Some(c) => c,
+            None => self.checkpoint(conn, size)?,
+        };
+        Log::new(SqliteStore::new(conn, checkpoint.checkpoint.size)).receipt(
+            entry.bytes,
+            entry.index,
+            &checkpoint,
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use kasbah_audit::{MemoryStore, TenantCreated};
+
+    fn db() -> Connection {
+        let c = Connection::open_in_memory().expect("open");
+        c.execute_batch(SCHEMA).expect("schema");
+        c
+    }
+
+    fn entry(i: u64) -> Entry {
+        Entry::new(
+            i,
+            EntryBody::TenantCreated(TenantCreated {
+                tenant: format!("t{i}"),
+                operator: String::new(),
+            }),
+        )
+    }
+
+    #[test]
+    fn sqlite_store_matches_the_memory_store_and_is_append_only() {
+        let mut c = db();
+        let mut mem = Log::new(MemoryStore::new());
+        let mut size = 0;
+        // Batches of varied sizes, including ones larger than the multi-row chunks.
+        for batch in [1usize, 2, 3, 70, 1, 200, 5] {
+            let es: Vec<Entry> = (size..size + batch as u64).map(entry).collect();
+            let enc: Vec<Encoded> = es.iter().map(|e| Encoded::new(e).expect("enc")).collect();
+            let tx = c.transaction().expect("tx");
+            size = append(&tx, size, &enc).expect("append");
+            tx.commit().expect("commit");
+            mem.append_batch(&es).expect("mem");
+        }
+        assert_eq!(check(&c).expect("check"), size);
+        let log = Log::new(SqliteStore::open(&c).expect("open"));
+        for m in [1, 2, 3, 64, 100, 255, size] {
+            assert_eq!(log.root_at(m).expect("root"), mem.root_at(m).expect("root"));
+            for i in [0, m / 2, m - 1] {
+                assert_eq!(
+                    log.inclusion_proof(i, m).expect("proof"),
+                    mem.inclusion_proof(i, m).expect("proof")
+                );
+            }
+            assert_eq!(
+                log.consistency_proof(1.max(m / 3), m).expect("proof"),
+                mem.consistency_proof(1.max(m / 3), m).expect("proof")
+            );
+        }
+        for sql in [
+            "UPDATE audit_entries SET bytes = x'00' WHERE idx = 1",
+            "DELETE FROM audit_entries WHERE idx = 1",
+            "UPDATE audit_nodes SET hash = x'00' WHERE pos = 1",
+            "DELETE FROM audit_nodes WHERE pos = 1",
+            "UPDATE audit_size SET size = 1",
+        ] {
+            let e = c.execute(sql, []).expect_err(sql);
+            assert!(e.to_string().contains("append-only"), "{sql}: {e}");
+        }
+    }
+
+    #[test]
+    fn check_notices_tables_out_of_step() {
+        let mut c = db();
+        let enc: Vec<Encoded> = (0..5)
+            .map(|i| Encoded::new(&entry(i)).expect("enc"))
+            .collect();
+        let tx = c.transaction().expect("tx");
+        append(&tx, 0, &enc).expect("append");
+        tx.commit().expect("commit");
+        c.execute_batch(
+            "DROP TRIGGER audit_entries_no_delete; DELETE FROM audit_entries WHERE idx = 4;",
+        )
+        .expect("tamper");
+        let e = check(&c).expect_err("corrupt");
+        assert!(e.to_string().contains("audit_entries ends at 4"), "{e}");
+    }
+
+    #[test]
+    fn receipts_and_checkpoints_verify() {
+        let mut c = db();
+        let key =
+            AuditKey::from_signer(LogSigner::from_seed("kasbah.test/log", &[3; 32]).expect("k"));
+        let enc: Vec<Encoded> = (0..9)
+            .map(|i| Encoded::new(&entry(i)).expect("enc"))
+            .collect();
+        let tx = c.transaction().expect("tx");
+        append(&tx, 0, &enc).expect("append");
+        tx.commit().expect("commit");
+        let stored = entries(&c, 3..4, None).expect("entries").remove(0);
+        let r = key.receipt(&c, 9, stored).expect("receipt");
+        let v = kasbah_audit::verify_receipt(&r, &key.verifier(), None).expect("verify");
+        assert_eq!(v.entry, entry(3));
+        assert_eq!(v.checkpoint.checkpoint.size, 9);
+        // Bytes that do not match the stored leaf are refused server-side.
+        let mut bad = entries(&c, 3..4, None).expect("entries").remove(0);
+        bad.bytes = Encoded::new(&entry(99)).expect("enc").bytes;
+        assert!(matches!(
+            key.receipt(&c, 9, bad),
+            Err(LogError::EntryMismatch { index: 3 })
+        ));
+        let only = entries(&c, 0..9, Some(&["t2".to_string(), "t5".to_string()])).expect("e");
+        assert_eq!(only.iter().map(|e| e.index).collect::<Vec<_>>(), [2, 5]);
+    }
+}
