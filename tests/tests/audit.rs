@@ -739,7 +739,8 @@ fn tamper(db: &Path, sql: &str) {
 }
 
 /// Rewrite every tree node from the stored entries, as an attacker who
-/// changed an entry would to make the tree match again.
+/// changed an entry would to make the tree match again. (Rows of
+/// `audit_nodes` hold a leaf's hash and those of the subtrees it completes.)
 fn rebuild_nodes(db: &Path) {
     let c = rusqlite::Connection::open(db).expect("open db");
     let entries: Vec<Vec<u8>> = c
@@ -755,30 +756,27 @@ fn rebuild_nodes(db: &Path) {
         .map(|b| kasbah_audit::Hash::leaf(b))
         .collect();
     log.append_leaf_hashes(&leaves).expect("rebuild");
-    let n = nodes_for_size(entries.len() as u64);
     tamper(db, "DELETE FROM audit_nodes;");
     let mut ins = c
-        .prepare("INSERT INTO audit_nodes(pos, hash) VALUES (?1, ?2)")
+        .prepare("INSERT INTO audit_nodes(leaf, hashes) VALUES (?1, ?2)")
         .expect("prepare");
-    // Walk every node id in append order and store it at its position.
     let mut written = 0;
     for k in 0..entries.len() as u64 {
+        let mut blob = Vec::new();
         let mut id = NodeId::new(0, k);
         loop {
             let h = log.store().node(id).expect("node").expect("present");
-            ins.execute(rusqlite::params![
-                id.position().expect("pos") as i64,
-                &h.0[..]
-            ])
-            .expect("insert");
+            blob.extend_from_slice(&h.0);
             written += 1;
             if id.index & 1 == 0 {
                 break;
             }
             id = NodeId::new(id.level + 1, id.index >> 1);
         }
+        ins.execute(rusqlite::params![k as i64, blob])
+            .expect("insert");
     }
-    assert_eq!(written, n);
+    assert_eq!(written, nodes_for_size(entries.len() as u64));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -928,12 +926,9 @@ async fn dropped_entries_are_a_rollback_and_a_torn_log_does_not_start() {
     std::fs::copy(&backup, f.db_path()).expect("restore");
     tamper(
         &f.db_path(),
-        &format!(
-            "DELETE FROM audit_entries WHERE idx >= 4;
-             DELETE FROM audit_nodes WHERE pos >= {};
-             UPDATE audit_size SET size = 4;",
-            nodes_for_size(4)
-        ),
+        "DELETE FROM audit_entries WHERE idx >= 4;
+         DELETE FROM audit_nodes WHERE leaf >= 4;
+         UPDATE audit_size SET size = 4;",
     );
     f.restart();
     let e = dev.run_receipt(&runs[2].id).await.expect_err("entry gone");

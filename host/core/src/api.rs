@@ -315,7 +315,8 @@ pub struct AuditEntries {
     pub size: u64,
     /// First index examined.
     pub start: u64,
-    /// One past the last index examined: ask for `start = end` next.
+    /// One past the last index examined: ask for `start = end` next
+    /// (done when `end == size`).
     pub end: u64,
     /// The entries in `[start, end)` the caller may read (its own tenants',
     /// or all for admins), in index order.

@@ -101,7 +101,9 @@ pub async fn checkpoint(State(s): State<AppState>, _caller: Caller) -> ApiResult
 pub struct EntriesQuery {
     /// First index.
     pub start: u64,
-    /// One past the last index (default and cap: `start` + the server's page size).
+    /// One past the last index (default: the log size). At most a page
+    /// (the server's `audit_page`, 1000 by default) is returned: of indices
+    /// for admins, of the caller's own entries for everyone else.
     pub end: Option<u64>,
     /// Only this tenant's entries.
     pub tenant: Option<String>,
@@ -128,6 +130,7 @@ pub async fn entries(
         (_, t) => Some(caller.readable_tenants(&s, t)?),
     };
     let page = s.config.audit_page.max(1);
+    let limit = usize::try_from(page).unwrap_or(usize::MAX);
     let (size, end, rows) = s.db.audit_read(|c, size| {
         if q.start > size {
             return Err(ApiError::bad_request(
@@ -138,13 +141,24 @@ pub async fn entries(
                 ),
             ));
         }
-        let end = q
-            .end
-            .unwrap_or(u64::MAX)
-            .min(size)
-            .min(q.start.saturating_add(page));
-        let rows = audit::entries(c, q.start..end, filter.as_deref())?;
-        Ok((size, end, rows))
+        let end = q.end.unwrap_or(size).min(size);
+        Ok(match &filter {
+            // Everything: a page of indices.
+            None => {
+                let end = end.min(q.start.saturating_add(page));
+                (size, end, audit::entries(c, q.start..end, None, limit)?)
+            }
+            // The caller's tenants: up to a page of *their* entries, found
+            // through the tenant index; `end` is where the next page starts.
+            Some(ts) => {
+                let rows = audit::entries(c, q.start..end, Some(ts), limit)?;
+                let end = match rows.last() {
+                    Some(last) if rows.len() == limit => last.index + 1,
+                    _ => end,
+                };
+                (size, end, rows)
+            }
+        })
     })??;
     let entries = rows
         .into_iter()

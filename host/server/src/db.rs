@@ -258,6 +258,12 @@ impl Db {
         conn.pragma_update(None, "foreign_keys", "ON")?;
         conn.busy_timeout(std::time::Duration::from_secs(5))?;
         conn.set_prepared_statement_cache_capacity(256);
+        conn.pragma_update(None, "cache_size", -65_536)?; // 64 MiB
+        conn.pragma_update(
+            None,
+            "wal_autocheckpoint",
+            crate::writer::WAL_AUTOCHECKPOINT_PAGES,
+        )?;
         conn.execute_batch(SCHEMA)?;
         conn.execute_batch(audit::SCHEMA)?;
         let size = audit::check(&conn)
@@ -272,10 +278,13 @@ impl Db {
             r.busy_timeout(std::time::Duration::from_secs(5))?;
             r.set_prepared_statement_cache_capacity(256);
             r.pragma_update(None, "mmap_size", 1i64 << 30)?;
+            r.pragma_update(None, "cache_size", -16_384)?; // 16 MiB
             readers.push(Mutex::new(r));
         }
+        let checkpointer = Connection::open(path)?;
+        checkpointer.busy_timeout(std::time::Duration::from_secs(5))?;
         let stats = WriterStats::default();
-        let writer = Writer::spawn(conn, size, stats.clone())?;
+        let writer = Writer::spawn(conn, checkpointer, size, stats.clone())?;
         Ok(Db {
             readers: Readers {
                 conns: readers,

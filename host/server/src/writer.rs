@@ -18,6 +18,12 @@
 //! load, thousands of appends share one fsync, and with no load a lone job
 //! commits at once (no timer, no added latency). If the batch transaction
 //! itself fails, every job in it gets the error and nothing was written.
+//!
+//! WAL checkpoints (copying committed pages into the main database file)
+//! run on a second thread with its own connection (`PASSIVE`: never blocks
+//! the writer or readers), so the writer does not pay for them inline; the
+//! writer only checkpoints itself if the WAL grows past
+//! [`WAL_AUTOCHECKPOINT_PAGES`] anyway.
 
 use std::ops::Range;
 use std::sync::{Arc, Mutex, PoisonError};
@@ -37,6 +43,13 @@ pub const MAX_BATCH: usize = 8192;
 
 /// Jobs that may wait for the writer before submitters wait (backpressure).
 pub const QUEUE: usize = 4 * MAX_BATCH;
+
+/// The writer checkpoints inline only past this many WAL pages (SQLite's
+/// default is 1000); the background checkpointer normally keeps it below.
+pub const WAL_AUTOCHECKPOINT_PAGES: u32 = 16_384;
+
+/// How often the background checkpointer runs.
+const CHECKPOINT_EVERY: std::time::Duration = std::time::Duration::from_millis(100);
 
 /// Called after the batch commits (with the job's entry indices) or fails.
 pub type Reply = Box<dyn FnOnce(Result<Range<u64>, DbError>) + Send>;
@@ -90,12 +103,27 @@ pub struct Writer {
 }
 
 impl Writer {
-    /// Start the writer thread on `conn`, whose audit log has `size` entries.
-    pub fn spawn(conn: Connection, size: u64, stats: WriterStats) -> std::io::Result<Self> {
+    /// Start the writer thread on `conn`, whose audit log has `size`
+    /// entries, and the checkpointer thread on `checkpointer` (another
+    /// connection to the same database).
+    pub fn spawn(
+        conn: Connection,
+        checkpointer: Connection,
+        size: u64,
+        stats: WriterStats,
+    ) -> std::io::Result<Self> {
         let (tx, rx) = mpsc::channel(QUEUE);
+        let (stop_cp, stopped) = std::sync::mpsc::channel::<()>();
+        let cp = std::thread::Builder::new()
+            .name("kasbah-db-checkpoint".into())
+            .spawn(move || checkpoint_loop(checkpointer, stopped))?;
         let thread = std::thread::Builder::new()
             .name("kasbah-db-writer".into())
-            .spawn(move || writer_loop(conn, size, rx, stats))?;
+            .spawn(move || {
+                writer_loop(conn, size, rx, stats);
+                drop(stop_cp);
+                let _ = cp.join();
+            })?;
         Ok(Writer {
             tx,
             thread: Mutex::new(Some(thread)),
@@ -142,23 +170,7 @@ fn writer_loop(
             }
         }
         let stop = jobs.iter().any(|j| matches!(j, Job::Stop));
-        let n = jobs.len();
-        let started = Instant::now();
-        let appended = commit_batch(&mut conn, &mut size, std::mem::take(&mut jobs));
-        stats.batches.inc();
-        stats.jobs.inc_by(n as u64);
-        stats.batch_jobs.observe(n as f64);
-        stats
-            .commit_seconds
-            .observe(started.elapsed().as_secs_f64());
-        match appended {
-            Some(k) => {
-                stats.entries.inc_by(k);
-            }
-            None => {
-                stats.failed_batches.inc();
-            }
-        }
+        commit_batch(&mut conn, &mut size, std::mem::take(&mut jobs), &stats);
         if stop {
             rx.close();
             // Answer anything that raced in after the stop.
@@ -166,6 +178,15 @@ fn writer_loop(
                 refuse(j);
             }
             return;
+        }
+    }
+}
+
+fn checkpoint_loop(conn: Connection, stop: std::sync::mpsc::Receiver<()>) {
+    use std::sync::mpsc::RecvTimeoutError;
+    while let Err(RecvTimeoutError::Timeout) = stop.recv_timeout(CHECKPOINT_EVERY) {
+        if let Err(e) = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())) {
+            tracing::warn!("background WAL checkpoint: {e}");
         }
     }
 }
@@ -178,33 +199,39 @@ fn refuse(job: Job) {
     }
 }
 
-/// Run one batch; `Some(entries appended)` if it committed.
-fn commit_batch(conn: &mut Connection, size: &mut u64, jobs: Vec<Job>) -> Option<u64> {
-    let mut ok: Vec<(Reply, Range<u64>)> = Vec::with_capacity(jobs.len());
+/// Run one batch, count it, then answer its callers.
+fn commit_batch(conn: &mut Connection, size: &mut u64, jobs: Vec<Job>, stats: &WriterStats) {
+    let n = jobs.len();
+    let started = Instant::now();
+    let mut ok: Vec<(Reply, Range<u64>)> = Vec::with_capacity(n);
     let mut failed: Vec<(Fail, DbError)> = Vec::new();
     let result = stage_and_commit(conn, *size, jobs, &mut ok, &mut failed);
-    let appended = match result {
+    stats.batches.inc();
+    stats.jobs.inc_by(n as u64);
+    stats.batch_jobs.observe(n as f64);
+    stats
+        .commit_seconds
+        .observe(started.elapsed().as_secs_f64());
+    match result {
         Ok(new_size) => {
-            let k = new_size - *size;
+            stats.entries.inc_by(new_size - *size);
             *size = new_size;
             for (reply, range) in ok {
                 reply(Ok(range));
             }
-            Some(k)
         }
         Err(e) => {
+            stats.failed_batches.inc();
             tracing::error!("database write batch rolled back: {e}");
             let msg: Arc<str> = Arc::from(e.to_string());
             for (reply, _) in ok {
                 reply(Err(DbError::Batch(msg.clone())));
             }
-            None
         }
-    };
+    }
     for (fail, e) in failed {
         fail(e);
     }
-    appended
 }
 
 fn stage_and_commit(
