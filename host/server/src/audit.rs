@@ -179,7 +179,7 @@ impl NodeStore for SqliteStore<'_> {
                 .map_err(|_| StoreError::Corrupt(format!("negative node row {leaf}")))?;
             found.push((leaf, row.get(1)?));
         }
-        found.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+        found.sort_unstable_by_key(|f| f.0);
         slots
             .iter()
             .zip(ids)
