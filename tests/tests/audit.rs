@@ -1128,3 +1128,49 @@ async fn kill_9_under_load_loses_no_acknowledged_entry() {
          {interrupted} runs interrupted; all verified after restart"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn in_process_server_shuts_down_and_reopens_the_same_log() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let config = || kasbah_server::ServerConfig {
+        listen: "127.0.0.1:0".parse().expect("addr"),
+        data_dir: tmp.path().to_path_buf(),
+        ..Default::default()
+    };
+    let tenant = |name: &str| CreateTenant {
+        name: name.into(),
+        operator_id: None,
+        policy: None,
+    };
+    let s = kasbah_server::start(config()).await.expect("start");
+    let token = s.admin_token.clone().expect("admin token");
+    let key = s.state.audit.verifier();
+    let c = Client::new(&format!("http://{}", s.addr), &token);
+    assert_eq!(c.audit_key().await.expect("key"), key);
+    c.create_tenant(&tenant("one")).await.expect("tenant");
+    let note = c.checkpoint().await.expect("checkpoint");
+    assert!(note.starts_with("kasbah.local/log\n2\n"), "{note}");
+    tokio::time::timeout(Duration::from_secs(30), s.shutdown())
+        .await
+        .expect("shutdown in time")
+        .expect("shutdown");
+
+    let s = kasbah_server::start(config()).await.expect("restart");
+    assert!(s.admin_token.is_none());
+    assert_eq!(
+        s.state.audit.verifier(),
+        key,
+        "the log key survives restarts"
+    );
+    let c = Client::new(&format!("http://{}", s.addr), &token);
+    c.create_tenant(&tenant("two")).await.expect("tenant");
+    let mut w = Watcher::new(key, &note).expect("watcher");
+    assert_eq!(
+        c.watch(&mut w).await.expect("consistent"),
+        kasbah_audit::WatchOutcome::Advanced { from: 2, to: 4 }
+    );
+    tokio::time::timeout(Duration::from_secs(30), s.shutdown())
+        .await
+        .expect("shutdown in time")
+        .expect("shutdown");
+}

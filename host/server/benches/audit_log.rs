@@ -310,19 +310,15 @@ async fn proofs(module: Digest) {
 
         // Warm the page cache the way a running server would be.
         for &(i, s) in q.iter().take(2000) {
-            db.audit_read(|conn, size| {
-                black_box(Log::new(SqliteStore::new(conn, size)).inclusion_proof(i, s))
-            })
-            .expect("read")
-            .expect("proof");
+            db.audit_read(|snap| black_box(snap.log().inclusion_proof(i, s)))
+                .expect("read")
+                .expect("proof");
         }
 
         let mut lens = Vec::with_capacity(SAMPLES);
         let st = measure(|k| {
             let p = db
-                .audit_read(|conn, size| {
-                    Log::new(SqliteStore::new(conn, size)).inclusion_proof(q[k].0, q[k].1)
-                })
+                .audit_read(|snap| snap.log().inclusion_proof(q[k].0, q[k].1))
                 .expect("read")
                 .expect("proof");
             lens.push(p.len());
@@ -341,9 +337,7 @@ async fn proofs(module: Digest) {
         let mut clens = Vec::with_capacity(SAMPLES);
         let st = measure(|k| {
             let p = db
-                .audit_read(|conn, size| {
-                    Log::new(SqliteStore::new(conn, size)).consistency_proof(c[k].0, c[k].1)
-                })
+                .audit_read(|snap| snap.log().consistency_proof(c[k].0, c[k].1))
                 .expect("read")
                 .expect("proof");
             clens.push(p.len());
@@ -364,7 +358,7 @@ async fn proofs(module: Digest) {
         conn.set_prepared_statement_cache_capacity(256);
         let log = Log::new(SqliteStore::new(&conn, n));
         line(
-            "inclusion proof (bare connection):",
+            "inclusion proof (1 conn, no cache):",
             measure(|k| {
                 black_box(log.inclusion_proof(q[k].0, q[k].1).expect("proof"));
             }),
@@ -396,11 +390,11 @@ async fn proofs(module: Digest) {
         let st = measure(|k| {
             let idx = q[k].0;
             let r = db
-                .audit_read(|conn, size| {
-                    let e = audit::entries(conn, idx..idx + 1, None, 1)
+                .audit_read(|snap| {
+                    let e = audit::entries(snap.conn, idx..idx + 1, None, 1)
                         .expect("entry")
                         .remove(0);
-                    key.receipt(conn, size, e)
+                    key.receipt(snap, e)
                 })
                 .expect("read")
                 .expect("receipt");
@@ -448,11 +442,11 @@ async fn proofs(module: Digest) {
             "",
         );
         let receipt = db
-            .audit_read(|conn, size| {
-                let e = audit::entries(conn, n / 2..n / 2 + 1, None, 1)
+            .audit_read(|snap| {
+                let e = audit::entries(snap.conn, n / 2..n / 2 + 1, None, 1)
                     .expect("entry")
                     .remove(0);
-                key.receipt(conn, size, e)
+                key.receipt(snap, e)
             })
             .expect("read")
             .expect("receipt");

@@ -99,19 +99,94 @@ pub fn stored_size(conn: &Connection) -> Result<u64, StoreError> {
 pub struct SqliteStore<'c> {
     conn: &'c Connection,
     size: u64,
+    cache: Option<&'c NodeCache>,
 }
 
 impl<'c> SqliteStore<'c> {
     pub fn new(conn: &'c Connection, size: u64) -> Self {
-        SqliteStore { conn, size }
+        SqliteStore {
+            conn,
+            size,
+            cache: None,
+        }
     }
 
     /// A store at the size recorded in the database.
     pub fn open(conn: &'c Connection) -> Result<Self, StoreError> {
-        Ok(SqliteStore {
-            conn,
-            size: stored_size(conn)?,
-        })
+        Ok(Self::new(conn, stored_size(conn)?))
+    }
+
+    /// Read upper-level nodes through `cache` (readers only: the writer's
+    /// nodes are not committed yet when it reads them).
+    pub fn with_cache(mut self, cache: &'c NodeCache) -> Self {
+        self.cache = Some(cache);
+        self
+    }
+}
+
+/// Upper-level tree nodes kept in memory once read. Every proof at size `n`
+/// needs about log2(n) nodes, one per level, and the high levels are few and
+/// shared by all proofs: nodes at level >= [`NodeCache::MIN_LEVEL`] (one per
+/// 1024 entries, about 10k hashes at 10M entries) are served from here,
+/// leaving ~10 row lookups per proof. Nodes never change once committed, so
+/// the cache is never invalidated; only readers fill it, from committed data.
+#[derive(Default)]
+pub struct NodeCache {
+    map: std::sync::RwLock<std::collections::HashMap<NodeId, Hash>>,
+}
+
+impl NodeCache {
+    pub const MIN_LEVEL: u8 = 10;
+
+    fn get(&self, id: &NodeId) -> Option<Hash> {
+        self.map
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(id)
+            .copied()
+    }
+
+    fn put(&self, found: &[(NodeId, Hash)]) {
+        if !found.is_empty() {
+            let mut m = self.map.write().unwrap_or_else(PoisonError::into_inner);
+            m.extend(found.iter().copied());
+        }
+    }
+
+    /// Number of cached nodes.
+    pub fn len(&self) -> usize {
+        self.map
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// A reader's consistent view of the log: a read transaction and the size
+/// it saw (see `Db::audit_read`).
+pub struct Snapshot<'a> {
+    pub conn: &'a Connection,
+    pub size: u64,
+    pub cache: Option<&'a NodeCache>,
+}
+
+impl<'a> Snapshot<'a> {
+    /// The tree at `size` (at most the snapshot's size).
+    pub fn store_at(&self, size: u64) -> SqliteStore<'a> {
+        let s = SqliteStore::new(self.conn, size.min(self.size));
+        match self.cache {
+            Some(c) => s.with_cache(c),
+            None => s,
+        }
+    }
+
+    /// The log as of this snapshot.
+    pub fn log(&self) -> Log<SqliteStore<'a>> {
+        Log::new(self.store_at(self.size))
     }
 }
 
@@ -159,7 +234,21 @@ impl NodeStore for SqliteStore<'_> {
 
     /// One query for all ids (the tree issues one call per operation).
     fn nodes(&self, ids: &[NodeId]) -> Result<Vec<Option<Hash>>, StoreError> {
-        let slots: Vec<Option<(u64, usize)>> = ids.iter().map(|id| slot(*id, self.size)).collect();
+        let mut cached: Vec<Option<Hash>> = vec![None; ids.len()];
+        let slots: Vec<Option<(u64, usize)>> = ids
+            .iter()
+            .zip(cached.iter_mut())
+            .map(|(id, c)| {
+                let s = slot(*id, self.size)?;
+                if let Some(cache) = self.cache.filter(|_| id.level >= NodeCache::MIN_LEVEL) {
+                    *c = cache.get(id);
+                }
+                match c {
+                    Some(_) => None,
+                    None => Some(s),
+                }
+            })
+            .collect();
         let mut want: Vec<i64> = slots
             .iter()
             .flatten()
@@ -168,7 +257,7 @@ impl NodeStore for SqliteStore<'_> {
         want.sort_unstable();
         want.dedup();
         if want.is_empty() {
-            return Ok(vec![None; ids.len()]);
+            return Ok(cached);
         }
         let mut st = self.conn.prepare_cached(&nodes_query(want.len()))?;
         let mut rows = st.query(params_from_iter(want.iter()))?;
@@ -180,12 +269,13 @@ impl NodeStore for SqliteStore<'_> {
             found.push((leaf, row.get(1)?));
         }
         found.sort_unstable_by_key(|f| f.0);
-        slots
+        let out: Vec<Option<Hash>> = slots
             .iter()
             .zip(ids)
-            .map(|(s, id)| {
+            .zip(cached)
+            .map(|((s, id), c)| {
                 let Some((leaf, level)) = s else {
-                    return Ok(None);
+                    return Ok(c);
                 };
                 let Ok(i) = found.binary_search_by_key(leaf, |f| f.0) else {
                     return Ok(None);
@@ -199,7 +289,18 @@ impl NodeStore for SqliteStore<'_> {
                     ))),
                 }
             })
-            .collect()
+            .collect::<Result<_, _>>()?;
+        if let Some(cache) = self.cache {
+            let upper: Vec<(NodeId, Hash)> = ids
+                .iter()
+                .zip(&slots)
+                .zip(&out)
+                .filter(|((id, s), _)| s.is_some() && id.level >= NodeCache::MIN_LEVEL)
+                .filter_map(|((id, _), h)| h.map(|h| (*id, h)))
+                .collect();
+            cache.put(&upper);
+        }
+        Ok(out)
     }
 
     /// Nodes arrive in append (post-)order: a leaf, then the subtrees it
@@ -520,18 +621,19 @@ impl AuditKey {
         self.signer.verifier()
     }
 
-    /// A signed checkpoint of the tree at `size` (the size a reader saw in
-    /// its transaction on `conn`), reusing the cached one when it matches.
+    /// A signed checkpoint of the tree at the snapshot's size (what a reader
+    /// saw in its transaction), reusing the cached one when it matches.
     /// Only committed sizes are ever signed: the writer commits with
     /// `synchronous = FULL` before any reader can see the new size.
-    pub fn checkpoint(&self, conn: &Connection, size: u64) -> Result<SignedCheckpoint, LogError> {
+    pub fn checkpoint(&self, snap: &Snapshot<'_>) -> Result<SignedCheckpoint, LogError> {
+        let size = snap.size;
         let mut latest = self.latest.lock().unwrap_or_else(PoisonError::into_inner);
         if let Some(c) = latest.as_ref()
             && c.checkpoint.size == size
         {
             return Ok(c.clone());
         }
-        let signed = Log::new(SqliteStore::new(conn, size)).checkpoint_at(size, &self.signer)?;
+        let signed = snap.log().checkpoint_at(size, &self.signer)?;
         if latest
             .as_ref()
             .is_none_or(|c| c.checkpoint.size < signed.checkpoint.size)
@@ -541,15 +643,12 @@ impl AuditKey {
         Ok(signed)
     }
 
-    /// A receipt for `entry` proven into a checkpoint of the tree at `size`
-    /// (`entry.index < size`). The log checks the bytes against the stored
-    /// leaf and the proof against the checkpoint before handing it out.
-    pub fn receipt(
-        &self,
-        conn: &Connection,
-        size: u64,
-        entry: StoredEntry,
-    ) -> Result<Receipt, LogError> {
+    /// A receipt for `entry` (read in the same snapshot) proven into a
+    /// checkpoint that covers it. The log checks the bytes against the
+    /// stored leaf and the proof against the checkpoint before handing it
+    /// out.
+    pub fn receipt(&self, snap: &Snapshot<'_>, entry: StoredEntry) -> Result<Receipt, LogError> {
+        let size = snap.size;
         // The cached checkpoint is good if it already covers the entry.
         let cached = self
             .latest
@@ -559,9 +658,9 @@ impl AuditKey {
             .filter(|c| c.checkpoint.size > entry.index && c.checkpoint.size <= size);
         let checkpoint = match cached {
             Some(c) => c,
-            None => self.checkpoint(conn, size)?,
+            None => self.checkpoint(snap)?,
         };
-        Log::new(SqliteStore::new(conn, checkpoint.checkpoint.size)).receipt(
+        Log::new(snap.store_at(checkpoint.checkpoint.size)).receipt(
             entry.bytes,
             entry.index,
             &checkpoint,
@@ -660,7 +759,13 @@ mod tests {
         append(&tx, 0, &enc).expect("append");
         tx.commit().expect("commit");
         let stored = entries(&c, 3..4, None, 10).expect("entries").remove(0);
-        let r = key.receipt(&c, 9, stored).expect("receipt");
+        let cache = NodeCache::default();
+        let snap = Snapshot {
+            conn: &c,
+            size: 9,
+            cache: Some(&cache),
+        };
+        let r = key.receipt(&snap, stored).expect("receipt");
         let v = kasbah_audit::verify_receipt(&r, &key.verifier(), None).expect("verify");
         assert_eq!(v.entry, entry(3));
         assert_eq!(v.checkpoint.checkpoint.size, 9);
@@ -668,7 +773,7 @@ mod tests {
         let mut bad = entries(&c, 3..4, None, 10).expect("entries").remove(0);
         bad.bytes = Encoded::new(&entry(99)).expect("enc").bytes;
         assert!(matches!(
-            key.receipt(&c, 9, bad),
+            key.receipt(&snap, bad),
             Err(LogError::EntryMismatch { index: 3 })
         ));
         let ts = ["t5".to_string(), "t2".to_string(), "t7".to_string()];

@@ -9,7 +9,7 @@ use axum::extract::{Path, Query, State};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use base64::Engine as _;
-use kasbah_audit::{Entry, Hash, Log, LogError, Receipt, TreeError};
+use kasbah_audit::{Entry, Hash, LogError, Receipt, TreeError};
 use kasbah_core::api::{
     AuditEntries, AuditEntryRecord, AuditReceipt, ConsistencyProof, InclusionProof, Role, RunStatus,
 };
@@ -17,7 +17,7 @@ use serde::Deserialize;
 
 use crate::AppState;
 use crate::api::{parse_digest, visible_run};
-use crate::audit::{self, SqliteStore, StoreError};
+use crate::audit::{self, StoreError};
 use crate::db::Caller;
 use crate::error::{ApiError, ApiResult, ErrorBody};
 
@@ -88,7 +88,7 @@ pub async fn key(State(s): State<AppState>, _caller: Caller) -> Response {
             in a C2SP signed note, signed with the log's Ed25519 key.")))]
 pub async fn checkpoint(State(s): State<AppState>, _caller: Caller) -> ApiResult<Response> {
     let signed =
-        s.db.audit_read(|c, size| s.audit.checkpoint(c, size))?
+        s.db.audit_read(|snap| s.audit.checkpoint(snap))?
             .map_err(log_error)?;
     Ok((
         [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
@@ -131,7 +131,8 @@ pub async fn entries(
     };
     let page = s.config.audit_page.max(1);
     let limit = usize::try_from(page).unwrap_or(usize::MAX);
-    let (size, end, rows) = s.db.audit_read(|c, size| {
+    let (size, end, rows) = s.db.audit_read(|snap| {
+        let (c, size) = (snap.conn, snap.size);
         if q.start > size {
             return Err(ApiError::bad_request(
                 "out_of_range",
@@ -196,10 +197,9 @@ pub async fn inclusion(
     q: Result<Query<InclusionQuery>, QueryRejection>,
 ) -> ApiResult<Json<InclusionProof>> {
     let q = query(q)?;
-    let proof = s
-        .db
-        .audit_read(|c, size| Log::new(SqliteStore::new(c, size)).inclusion_proof(q.index, q.size))?
-        .map_err(tree_error)?;
+    let proof =
+        s.db.audit_read(|snap| snap.log().inclusion_proof(q.index, q.size))?
+            .map_err(tree_error)?;
     Ok(Json(InclusionProof {
         index: q.index,
         size: q.size,
@@ -224,10 +224,9 @@ pub async fn consistency(
     q: Result<Query<ConsistencyQuery>, QueryRejection>,
 ) -> ApiResult<Json<ConsistencyProof>> {
     let q = query(q)?;
-    let proof = s
-        .db
-        .audit_read(|c, size| Log::new(SqliteStore::new(c, size)).consistency_proof(q.old, q.new))?
-        .map_err(tree_error)?;
+    let proof =
+        s.db.audit_read(|snap| snap.log().consistency_proof(q.old, q.new))?
+            .map_err(tree_error)?;
     Ok(Json(ConsistencyProof {
         old: q.old,
         new: q.new,
@@ -242,11 +241,11 @@ fn receipt_for(
     subject: &str,
     tenant: &str,
 ) -> ApiResult<Option<Receipt>> {
-    s.db.audit_read(|c, size| {
-        let Some(e) = audit::entry_about(c, kind, subject, tenant)? else {
+    s.db.audit_read(|snap| {
+        let Some(e) = audit::entry_about(snap.conn, kind, subject, tenant)? else {
             return Ok(None);
         };
-        s.audit.receipt(c, size, e).map(Some).map_err(log_error)
+        s.audit.receipt(snap, e).map(Some).map_err(log_error)
     })?
 }
 
@@ -301,6 +300,7 @@ pub async fn module_receipt(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use kasbah_audit::Log;
 
     #[test]
     fn documented_receipt_shape_is_the_real_one() {

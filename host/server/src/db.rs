@@ -205,6 +205,7 @@ pub struct Db {
     readers: Readers,
     writer: Writer,
     stats: WriterStats,
+    nodes: audit::NodeCache,
 }
 
 fn json<T: serde::Serialize>(v: &T) -> rusqlite::Result<String> {
@@ -277,8 +278,8 @@ impl Db {
             )?;
             r.busy_timeout(std::time::Duration::from_secs(5))?;
             r.set_prepared_statement_cache_capacity(256);
-            r.pragma_update(None, "mmap_size", 1i64 << 30)?;
-            r.pragma_update(None, "cache_size", -16_384)?; // 16 MiB
+            r.pragma_update(None, "mmap_size", 0i64)?;
+            r.pragma_update(None, "cache_size", -65_536)?; // 64 MiB
             readers.push(Mutex::new(r));
         }
         let checkpointer = Connection::open(path)?;
@@ -292,6 +293,7 @@ impl Db {
             },
             writer,
             stats,
+            nodes: audit::NodeCache::default(),
         })
     }
 
@@ -388,12 +390,17 @@ impl Db {
     }
 
     /// Run `f` on a consistent snapshot of the audit log: a read
-    /// transaction on a reader connection, with the log size it sees.
-    pub fn audit_read<R>(&self, f: impl FnOnce(&Connection, u64) -> R) -> DbResult<R> {
+    /// transaction on a reader connection, the log size it sees, and the
+    /// shared cache of upper tree nodes.
+    pub fn audit_read<R>(&self, f: impl FnOnce(&audit::Snapshot<'_>) -> R) -> DbResult<R> {
         self.readers.with(|c| {
             let tx = c.transaction()?;
             let size = audit::stored_size(&tx)?;
-            Ok(f(&tx, size))
+            Ok(f(&audit::Snapshot {
+                conn: &tx,
+                size,
+                cache: Some(&self.nodes),
+            }))
         })
     }
 
