@@ -423,6 +423,13 @@ async fn refusals_are_audited() {
         .expect_err("refused");
     assert_eq!(api_code(&e), (422, "imports_not_granted".into()));
     let denial = all_entries(&dev1).await.pop().expect("entry");
+    // The tenant can take the refusal away as a receipt.
+    let r = dev1
+        .entry_receipt(denial.index)
+        .await
+        .expect("denial receipt");
+    let v = verify_receipt(&r, &f.vkey, Some(Digest::of(&probe))).expect("verifies");
+    assert_eq!(v.entry, denial.entry);
     match denial.entry.body {
         EntryBody::Denial(d) => {
             assert_eq!(d.tenant, t1);
@@ -567,6 +574,15 @@ async fn entries_and_receipts_are_scoped_to_the_callers_tenants() {
     assert_eq!(nf(aud.module_receipt(&mb.digest.to_string()).await), 404);
     assert_eq!(nf(deva.run_receipt(&rb.id).await), 404);
     assert_eq!(nf(devb.module_receipt(&ma.digest.to_string()).await), 404);
+    let a_entry = all_entries(&deva).await[0].index;
+    assert_eq!(nf(devb.entry_receipt(a_entry).await), 404);
+    assert_eq!(nf(aud.entry_receipt(999).await), 404);
+    verify_receipt(
+        &aud.entry_receipt(a_entry).await.expect("own"),
+        &f.vkey,
+        None,
+    )
+    .expect("verify");
     verify_receipt(&aud.run_receipt(&ra.id).await.expect("own"), &f.vkey, None).expect("verify");
     let hidden = reqwest::Client::new()
         .get(format!("{}/v1/audit/entries?start=0&tenant={tb}", f.url()))
@@ -696,6 +712,10 @@ async fn bad_audit_parameters_are_400_with_stable_codes() {
         ("/v1/audit/entries?start=0&tenant=tn_nope", 200, ""),
         ("/v1/modules/sha256:zz/receipt", 400, "invalid_digest"),
         ("/v1/runs/run_nope/receipt", 404, "not_found"),
+        ("/v1/audit/entries/1/receipt", 200, ""),
+        ("/v1/audit/entries/2/receipt", 404, "not_found"),
+        ("/v1/audit/entries/-1/receipt", 400, "invalid_request"),
+        ("/v1/audit/entries/x/receipt", 400, "invalid_request"),
     ];
     for (path, status, code) in cases {
         assert_eq!(get(path).await, (status, code.to_string()), "{path}");
@@ -709,7 +729,22 @@ async fn bad_audit_parameters_are_400_with_stable_codes() {
         .json()
         .await
         .expect("json");
+    // The writer's group-commit counters are exported.
+    let metrics = http
+        .get(format!("{}/metrics", f.url()))
+        .bearer_auth(&f.admin_token)
+        .send()
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("text");
+    assert!(
+        metrics.contains("kasbah_audit_entries_appended_total 2"),
+        "{metrics}"
+    );
     for p in [
+        "/v1/audit/entries/{index}/receipt",
         "/v1/audit/checkpoint",
         "/v1/audit/entries",
         "/v1/audit/proof/inclusion",

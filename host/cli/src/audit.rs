@@ -37,6 +37,13 @@ pub enum AuditCmd {
         #[arg(long)]
         end: Option<u64>,
     },
+    /// Download the receipt of any entry you may read, by index.
+    Receipt {
+        index: u64,
+        /// Write it here instead of stdout.
+        #[arg(short, long)]
+        output: Option<PathBuf>,
+    },
     /// Verify a receipt offline: signature, inclusion, and what it names.
     Verify {
         /// Receipt JSON file (`-` for stdin), from `kasbah runs receipt` or
@@ -139,6 +146,10 @@ pub async fn audit(ctx: &Ctx, c: AuditCmd) -> anyhow::Result<ExitCode> {
                 page.start, page.end, page.size, page.end
             );
             Ok(ExitCode::SUCCESS)
+        }
+        AuditCmd::Receipt { index, output } => {
+            let r = ctx.client()?.entry_receipt(index).await?;
+            crate::remote::save_receipt(&r, output)
         }
         AuditCmd::Verify {
             receipt,

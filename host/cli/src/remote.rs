@@ -321,7 +321,7 @@ pub enum ModulesCmd {
 }
 
 /// Write a receipt as pretty JSON to `output` or stdout.
-fn save_receipt(
+pub(crate) fn save_receipt(
     receipt: &kasbah_client::Receipt,
     output: Option<PathBuf>,
 ) -> anyhow::Result<ExitCode> {

@@ -297,6 +297,33 @@ pub async fn module_receipt(
     Err(ApiError::not_found("module"))
 }
 
+#[utoipa::path(get, path = "/v1/audit/entries/{index}/receipt", tag = "audit",
+    params(("index" = u64, Path, description = "Entry index")),
+    responses((status = 200, body = AuditReceipt, description = "Any entry the caller may read (e.g. a denial), proven into the latest checkpoint"),
+        (status = 400, body = ErrorBody, description = "`invalid_request` (not a number)"),
+        (status = 404, body = ErrorBody, description = "no such entry, or another tenant's")))]
+pub async fn entry_receipt(
+    State(s): State<AppState>,
+    caller: Caller,
+    index: Result<Path<u64>, axum::extract::rejection::PathRejection>,
+) -> ApiResult<Json<Receipt>> {
+    let Path(index) = index.map_err(|e| ApiError::bad_request("invalid_request", e.body_text()))?;
+    let readable = match caller.role {
+        Role::Admin => None,
+        _ => Some(caller.readable_tenants(&s, None)?),
+    };
+    s.db.audit_read(|snap| {
+        let Some(e) = audit::entries(snap.conn, index..index.saturating_add(1), None, 1)?.pop()
+        else {
+            return Err(ApiError::not_found("audit entry"));
+        };
+        if readable.as_ref().is_some_and(|ts| !ts.contains(&e.tenant)) {
+            return Err(ApiError::not_found("audit entry"));
+        }
+        s.audit.receipt(snap, e).map(Json).map_err(log_error)
+    })?
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -129,7 +129,7 @@ impl AppState {
         api::usage, api::metrics,
         audit_api::key, audit_api::checkpoint, audit_api::entries,
         audit_api::inclusion, audit_api::consistency,
-        audit_api::run_receipt, audit_api::module_receipt,
+        audit_api::run_receipt, audit_api::module_receipt, audit_api::entry_receipt,
     ),
     modifiers(&BearerAuth)
 )]
@@ -203,6 +203,10 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/audit/key", get(audit_api::key))
         .route("/v1/audit/checkpoint", get(audit_api::checkpoint))
         .route("/v1/audit/entries", get(audit_api::entries))
+        .route(
+            "/v1/audit/entries/{index}/receipt",
+            get(audit_api::entry_receipt),
+        )
         .route("/v1/audit/proof/inclusion", get(audit_api::inclusion))
         .route("/v1/audit/proof/consistency", get(audit_api::consistency))
         .route("/v1/usage", get(api::usage))

@@ -334,6 +334,16 @@ impl Client {
         .await
     }
 
+    /// The receipt of any entry the caller may read, by index (e.g. a
+    /// denial found with [`Self::audit_entries`]).
+    pub async fn entry_receipt(&self, index: u64) -> Result<Receipt> {
+        Self::send(self.req(
+            reqwest::Method::GET,
+            &format!("/v1/audit/entries/{index}/receipt"),
+        ))
+        .await
+    }
+
     /// Fetch the newest checkpoint and, if it is larger than the watcher's
     /// trusted one, a consistency proof from the trusted size; the watcher
     /// checks signature and proof and advances only on success. A fork or
