@@ -1189,3 +1189,77 @@ fn row_run(r: &rusqlite::Row<'_>) -> rusqlite::Result<RunRecord> {
         id,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_failing_or_panicking_write_rolls_back_alone() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let db = Arc::new(Db::open(&dir.path().join("kasbah.db"), false).expect("open"));
+        let mut tasks = Vec::new();
+        for i in 0..60u32 {
+            let db = db.clone();
+            tasks.push(tokio::spawn(async move {
+                db.write(move |c| {
+                    c.execute(
+                        "INSERT INTO operators(id, name, ceiling_json, max_tenants, created_at)
+                         VALUES (?1, ?2, '{}', 1, 0)",
+                        params![format!("op{i}"), format!("name{i}")],
+                    )?;
+                    match i % 10 {
+                        3 => Err(DbError::Closed),
+                        7 => panic!("job {i} panics on purpose"),
+                        _ => Ok((
+                            i,
+                            vec![entry(EntryBody::TenantCreated(TenantCreated {
+                                tenant: format!("t{i}"),
+                                operator: String::new(),
+                            }))],
+                        )),
+                    }
+                })
+                .await
+            }));
+        }
+        let mut ok = Vec::new();
+        for t in tasks {
+            if let Ok((i, range)) = t.await.expect("task") {
+                assert_eq!(range.end - range.start, 1);
+                ok.push((range.start, i));
+            }
+        }
+        assert_eq!(ok.len(), 48);
+        let (ops, size, tenants) = db
+            .audit_read(|snap| {
+                let ops: i64 = snap
+                    .conn
+                    .query_row("SELECT COUNT(*) FROM operators", [], |r| r.get(0))
+                    .expect("count");
+                let tenants: Vec<String> = audit::entries(snap.conn, 0..snap.size, None, 100)
+                    .expect("entries")
+                    .into_iter()
+                    .map(|e| e.tenant)
+                    .collect();
+                (ops, snap.size, tenants)
+            })
+            .expect("read");
+        // Only the successful jobs' changes and entries are there, each at
+        // the index its caller was told.
+        assert_eq!((ops, size), (48, 48));
+        for (idx, i) in ok {
+            assert_eq!(tenants[idx as usize], format!("t{i}"));
+        }
+        // The writer survived the panics.
+        db.append(&[entry(EntryBody::TenantCreated(TenantCreated {
+            tenant: "after".into(),
+            operator: String::new(),
+        }))])
+        .await
+        .expect("still writing");
+        tokio::task::spawn_blocking(move || db.close())
+            .await
+            .expect("close");
+    }
+}

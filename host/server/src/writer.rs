@@ -256,7 +256,17 @@ fn stage_and_commit(
             Job::Append(e, reply) => take(e, reply, &mut entries),
             Job::Work(work) => {
                 tx.prepare_cached("SAVEPOINT job")?.execute([])?;
-                match work(&tx) {
+                // A panicking job must not take the writer (and with it every
+                // later write) down: roll it back like a failed one.
+                let staged = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| work(&tx)))
+                    .unwrap_or_else(|_| {
+                        tracing::error!("a database write job panicked; rolled back");
+                        Staged::Failed(
+                            DbError::Batch(Arc::from("the write panicked")),
+                            Box::new(|_| {}),
+                        )
+                    });
+                match staged {
                     Staged::Done(e, reply) => {
                         tx.prepare_cached("RELEASE job")?.execute([])?;
                         take(e, reply, &mut entries);
