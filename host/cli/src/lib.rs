@@ -2,6 +2,7 @@
 //! or on a server (a `sha256:` digest); `kasbah serve` starts the platform;
 //! the other subcommands talk to a server (`KASBAH_URL`, `KASBAH_TOKEN`).
 
+mod audit;
 mod local;
 mod remote;
 mod serve;
@@ -59,13 +60,16 @@ enum Command {
     Auditor(remote::AuditorCmd),
     /// Publish a component to the registry (developer).
     Publish(remote::PublishArgs),
-    /// List published modules.
-    Modules,
+    /// Published modules (lists them without a subcommand).
+    Modules(remote::ModulesArgs),
     /// Run records.
     #[command(subcommand)]
     Runs(remote::RunsCmd),
     /// Usage totals per tenant and period.
     Usage(remote::UsageArgs),
+    /// The audit log: key, checkpoints, entries, offline receipt verification, fork watcher.
+    #[command(subcommand)]
+    Audit(audit::AuditCmd),
 }
 
 pub fn main() -> ExitCode {
@@ -98,9 +102,10 @@ pub fn main() -> ExitCode {
         Command::Policy(c) => remote::block_on(remote::policy(&ctx, c)),
         Command::Auditor(c) => remote::block_on(remote::auditor(&ctx, c)),
         Command::Publish(a) => remote::block_on(remote::publish(&ctx, a)),
-        Command::Modules => remote::block_on(remote::modules(&ctx)),
+        Command::Modules(a) => remote::block_on(remote::modules(&ctx, a)),
         Command::Runs(c) => remote::block_on(remote::runs(&ctx, c)),
         Command::Usage(a) => remote::block_on(remote::usage(&ctx, a)),
+        Command::Audit(c) => remote::block_on(audit::audit(&ctx, c)),
     };
     match result {
         Ok(code) => code,

@@ -19,7 +19,7 @@ pub struct Ctx {
 }
 
 impl Ctx {
-    fn client(&self) -> anyhow::Result<Client> {
+    pub(crate) fn client(&self) -> anyhow::Result<Client> {
         let token = self
             .token
             .as_deref()
@@ -300,7 +300,52 @@ pub async fn publish(ctx: &Ctx, a: PublishArgs) -> anyhow::Result<ExitCode> {
     })
 }
 
-pub async fn modules(ctx: &Ctx) -> anyhow::Result<ExitCode> {
+#[derive(Args)]
+pub struct ModulesArgs {
+    #[command(subcommand)]
+    cmd: Option<ModulesCmd>,
+}
+
+#[derive(Subcommand)]
+pub enum ModulesCmd {
+    /// List published modules (the default).
+    List,
+    /// Download the receipt of a module's publication (verify it with
+    /// `kasbah audit verify --module DIGEST`).
+    Receipt {
+        digest: String,
+        /// Write it here instead of stdout.
+        #[arg(short, long)]
+        output: Option<PathBuf>,
+    },
+}
+
+/// Write a receipt as pretty JSON to `output` or stdout.
+pub(crate) fn save_receipt(
+    receipt: &kasbah_client::Receipt,
+    output: Option<PathBuf>,
+) -> anyhow::Result<ExitCode> {
+    let json = serde_json::to_string_pretty(receipt)?;
+    match output {
+        Some(p) => {
+            std::fs::write(&p, format!("{json}\n"))
+                .with_context(|| format!("writing {}", p.display()))?;
+            eprintln!(
+                "receipt for entry #{} written to {}",
+                receipt.index,
+                p.display()
+            );
+        }
+        None => println!("{json}"),
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+pub async fn modules(ctx: &Ctx, a: ModulesArgs) -> anyhow::Result<ExitCode> {
+    if let Some(ModulesCmd::Receipt { digest, output }) = a.cmd {
+        let r = ctx.client()?.module_receipt(&digest).await?;
+        return save_receipt(&r, output);
+    }
     let ms = ctx.client()?.modules().await?;
     ctx.print(&ms, |ms| {
         table(
@@ -408,6 +453,13 @@ pub enum RunsCmd {
     Output {
         id: String,
     },
+    /// Download the receipt of a run (verify it with `kasbah audit verify`).
+    Receipt {
+        id: String,
+        /// Write it here instead of stdout.
+        #[arg(short, long)]
+        output: Option<PathBuf>,
+    },
 }
 
 pub async fn runs(ctx: &Ctx, c: RunsCmd) -> anyhow::Result<ExitCode> {
@@ -441,6 +493,7 @@ pub async fn runs(ctx: &Ctx, c: RunsCmd) -> anyhow::Result<ExitCode> {
             std::io::stdout().write_all(&bytes)?;
             Ok(ExitCode::SUCCESS)
         }
+        RunsCmd::Receipt { id, output } => save_receipt(&client.run_receipt(&id).await?, output),
     }
 }
 

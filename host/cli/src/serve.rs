@@ -24,6 +24,10 @@ pub struct ServeArgs {
     /// Admitted runs waiting for a worker before 429.
     #[arg(long, env = "KASBAH_QUEUE_DEPTH")]
     queue_depth: Option<usize>,
+    /// Audit log origin (checkpoint first line, key name), e.g.
+    /// `kasbah.example.org/log`; fixed once the log key exists.
+    #[arg(long, env = "KASBAH_AUDIT_ORIGIN")]
+    audit_origin: Option<String>,
 }
 
 pub fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
@@ -42,6 +46,9 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
     }
     if let Some(q) = args.queue_depth {
         config.queue_depth = q;
+    }
+    if let Some(o) = args.audit_origin {
+        config.audit_origin = o;
     }
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -63,6 +70,7 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
         }
         println!("listening on http://{}", server.addr);
         println!("data dir {}", data_dir.display());
+        println!("audit log key {}", server.state.audit.verifier());
         use std::io::Write;
         let _ = std::io::stdout().flush();
         server.wait().await

@@ -287,3 +287,77 @@ pub struct UsageRow {
     /// Sum of per-run peak memory × wall seconds (byte-seconds), for billing.
     pub memory_byte_seconds: f64,
 }
+
+// ---- audit log ----------------------------------------------------------------
+
+/// One audit log entry, as `GET /v1/audit/entries` returns it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(ToSchema))]
+pub struct AuditEntryRecord {
+    /// Position in the log (the Merkle leaf index).
+    pub index: u64,
+    /// The canonical entry bytes, base64. The Merkle leaf is
+    /// `SHA-256(0x00 ‖ bytes)`; these bytes, not the decoded form, are what
+    /// proofs cover.
+    pub bytes: String,
+    /// The same entry decoded: `type` (`tenant_created`, `policy_set`,
+    /// `module_published`, `run_executed`, `denial`), `time_unix_ms` and the
+    /// record's fields. `null` if the stored bytes do not decode.
+    #[cfg_attr(feature = "openapi", schema(value_type = Object))]
+    pub entry: serde_json::Value,
+}
+
+/// A page of the audit log.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(ToSchema))]
+pub struct AuditEntries {
+    /// Number of entries in the log when it was read.
+    pub size: u64,
+    /// First index examined.
+    pub start: u64,
+    /// One past the last index examined: ask for `start = end` next
+    /// (done when `end == size`).
+    pub end: u64,
+    /// The entries in `[start, end)` the caller may read (its own tenants',
+    /// or all for admins), in index order.
+    pub entries: Vec<AuditEntryRecord>,
+}
+
+/// `GET /v1/audit/proof/inclusion`: RFC 9162 §2.1.3 inclusion proof.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(ToSchema))]
+pub struct InclusionProof {
+    pub index: u64,
+    pub size: u64,
+    /// Base64 SHA-256 hashes, from the leaf's sibling up to the root.
+    pub proof: Vec<String>,
+}
+
+/// `GET /v1/audit/proof/consistency`: RFC 9162 §2.1.4 consistency proof.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(ToSchema))]
+pub struct ConsistencyProof {
+    pub old: u64,
+    pub new: u64,
+    /// Base64 SHA-256 hashes.
+    pub proof: Vec<String>,
+}
+
+/// A receipt: one entry proven into a signed checkpoint, verifiable offline
+/// with only the log's public key (`kasbah audit verify`). The JSON of
+/// `kasbah_audit::Receipt`, described here for the API document.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(ToSchema))]
+#[serde(deny_unknown_fields)]
+pub struct AuditReceipt {
+    /// Receipt format version (1).
+    pub version: u32,
+    /// The canonical entry bytes, base64.
+    pub entry: String,
+    /// The entry's index in the log.
+    pub index: u64,
+    /// Base64 hashes from the leaf to the checkpoint's root.
+    pub inclusion_proof: Vec<String>,
+    /// The C2SP signed checkpoint (a signed note) the proof leads to.
+    pub checkpoint: String,
+}

@@ -54,8 +54,9 @@ pub async fn create_operator(
     }
     let op =
         s.db.create_operator(name, &ceiling, req.max_tenants)
+            .await
             .map_err(|e| {
-                if is_unique_violation(&e) {
+                if e.is_unique_violation() {
                     ApiError::conflict("name_taken", format!("an operator named {name:?} exists"))
                 } else {
                     e.into()
@@ -90,7 +91,9 @@ pub async fn create_operator_token(
     s.db.operator(&id)?
         .ok_or_else(|| ApiError::not_found("operator"))?;
     let name = body.and_then(|b| b.0.name);
-    let token = s.db.create_token(Role::Operator, &id, name.as_deref())?;
+    let token =
+        s.db.create_token(Role::Operator, &id, name.as_deref())
+            .await?;
     Ok((
         StatusCode::CREATED,
         Json(TokenCreated {
@@ -130,7 +133,8 @@ pub async fn create_tenant(
     let policy = req.policy.unwrap_or_default();
     check_policy(&policy, operator.as_ref().map(|o| &o.ceiling), caller.role)?;
     let (tenant, _policy) =
-        s.db.create_tenant(name, operator.as_ref(), &policy)?
+        s.db.create_tenant(name, operator.as_ref(), &policy)
+            .await?
             .map_err(|m| ApiError::unprocessable("tenant_quota_exceeded", m))?;
     Ok((StatusCode::CREATED, Json(tenant)))
 }
@@ -194,7 +198,7 @@ pub async fn put_policy(
         None => None,
     };
     check_policy(&policy, ceiling.as_ref(), caller.role)?;
-    let record = s.db.set_policy(&id, &policy)?;
+    let record = s.db.set_policy(&id, &policy).await?;
     s.forget_policy(&id);
     Ok(Json(record))
 }
@@ -209,7 +213,9 @@ pub async fn create_tenant_token(
 ) -> ApiResult<(StatusCode, Json<TokenCreated>)> {
     caller.managed_tenant(&s, &id)?;
     let name = body.and_then(|b| b.0.name);
-    let token = s.db.create_token(Role::Developer, &id, name.as_deref())?;
+    let token =
+        s.db.create_token(Role::Developer, &id, name.as_deref())
+            .await?;
     Ok((
         StatusCode::CREATED,
         Json(TokenCreated {
@@ -236,8 +242,8 @@ pub async fn create_auditor(
         s.db.tenant(t)?
             .ok_or_else(|| ApiError::not_found("tenant"))?;
     }
-    let a = s.db.create_auditor(name, &req.tenants)?;
-    let token = s.db.create_token(Role::Auditor, &a.id, Some(name))?;
+    let a = s.db.create_auditor(name, &req.tenants).await?;
+    let token = s.db.create_token(Role::Auditor, &a.id, Some(name)).await?;
     Ok((
         StatusCode::CREATED,
         Json(TokenCreated {
@@ -370,26 +376,38 @@ pub async fn publish_module(
     let not_granted = policy
         .policy
         .refused_imports(module.imports().iter().map(String::as_str));
-    if !not_granted.is_empty() {
+    let import_refusal = if !not_granted.is_empty() {
         let list: Vec<String> = not_granted
             .iter()
             .map(|r| format!("{} ({})", r.import, r.reason))
             .collect();
+        Some(format!(
+            "the tenant's policy does not grant: {}",
+            list.join(", ")
+        ))
+    } else {
+        module
+            .link_error()
+            .map(|e| format!("this host cannot link the module: {e}"))
+    };
+    if let Some(message) = import_refusal {
+        // The refusal is a policy decision: audit it (durably, before
+        // answering). If the log cannot record it, the publish is refused
+        // all the same.
+        if let Err(e) =
+            s.db.record_denial(
+                &tenant,
+                Some(digest),
+                "publish",
+                &format!("imports_not_granted: {message}"),
+            )
+            .await
+        {
+            tracing::error!("auditing a refused publish: {e}");
+        }
         return Err(refused(
             "imports_not_granted",
-            ApiError::unprocessable(
-                "imports_not_granted",
-                format!("the tenant's policy does not grant: {}", list.join(", ")),
-            ),
-        ));
-    }
-    if let Some(e) = module.link_error() {
-        return Err(refused(
-            "imports_not_granted",
-            ApiError::unprocessable(
-                "imports_not_granted",
-                format!("this host cannot link the module: {e}"),
-            ),
+            ApiError::unprocessable("imports_not_granted", message),
         ));
     }
 
@@ -403,7 +421,7 @@ pub async fn publish_module(
         imports: module.imports().to_vec(),
         created_at: now_ms(),
     };
-    match s.db.insert_module(&record)? {
+    match s.db.insert_module(&record).await? {
         Ok(stored) if stored.created_at == record.created_at => {
             s.metrics.modules_published.inc();
             Ok((StatusCode::CREATED, Json(stored)))
@@ -497,10 +515,9 @@ pub async fn create_run(
             ),
         ));
     }
-    let admission = s
-        .scheduler
-        .admit(&tenant, limits.max_concurrent_runs)
-        .map_err(|r| {
+    let admission = match s.scheduler.admit(&tenant, limits.max_concurrent_runs) {
+        Ok(a) => a,
+        Err(r) => {
             let (reason, msg) = match r {
                 Refusal::TenantLimit(n) => (
                     "tenant_limit",
@@ -519,8 +536,20 @@ pub async fn create_run(
                     reason: reason.into(),
                 })
                 .inc();
-            ApiError::overloaded(msg, 1)
-        })?;
+            if let Err(e) =
+                s.db.record_denial(
+                    &tenant,
+                    Some(digest),
+                    "run",
+                    &format!("rate_limited: {reason}: {msg}"),
+                )
+                .await
+            {
+                tracing::error!("auditing a refused run: {e}");
+            }
+            return Err(ApiError::overloaded(msg, 1));
+        }
+    };
 
     let id = crate::db::new_run_id();
     let input_digest = Digest::of(&input);
@@ -531,7 +560,8 @@ pub async fn create_run(
         policy.version,
         &input_digest,
         input.len() as u64,
-    )?;
+    )
+    .await?;
     let mut request = Request::new(input);
     if let Some(ct) = req.content_type {
         request = request.with_content_type(ct);
@@ -588,7 +618,7 @@ async fn execute(
     let Some(_worker) = s.scheduler.worker().await else {
         return;
     };
-    if let Err(e) = s.db.mark_running(id) {
+    if let Err(e) = s.db.mark_running(id).await {
         tracing::error!(run = id, "mark running: {e}");
     }
     let report = match s.module(&digest).await {
@@ -634,13 +664,7 @@ async fn execute(
     s.metrics
         .run_seconds
         .observe(report.usage.wall_time.as_secs_f64());
-    if let Err(e) = s.db.finish_run(
-        id,
-        Finished {
-            report: &report,
-            output,
-        },
-    ) {
+    if let Err(e) = s.db.finish_run(id, Finished { report, output }).await {
         tracing::error!(run = id, "finish run: {e}");
     }
 }
@@ -667,7 +691,7 @@ pub async fn get_run(
     Ok(Json(visible_run(&s, &caller, &id)?))
 }
 
-fn visible_run(s: &AppState, caller: &Caller, id: &str) -> ApiResult<RunRecord> {
+pub(crate) fn visible_run(s: &AppState, caller: &Caller, id: &str) -> ApiResult<RunRecord> {
     let r = s.db.run(id)?.ok_or_else(|| ApiError::not_found("run"))?;
     if caller.reads_records(s, &r.tenant_id)? {
         Ok(r)
@@ -796,7 +820,7 @@ fn json_error(e: axum::extract::rejection::JsonRejection) -> ApiError {
     }
 }
 
-fn parse_digest(s: &str) -> ApiResult<Digest> {
+pub(crate) fn parse_digest(s: &str) -> ApiResult<Digest> {
     s.parse().map_err(|e: kasbah_core::InvalidDigest| {
         ApiError::bad_request("invalid_digest", e.to_string())
     })
@@ -846,8 +870,4 @@ fn check_policy(p: &Policy, ceiling: Option<&Limits>, setter: Role) -> ApiResult
         }
     }
     Ok(())
-}
-
-fn is_unique_violation(e: &rusqlite::Error) -> bool {
-    matches!(e, rusqlite::Error::SqliteFailure(f, _) if f.code == rusqlite::ErrorCode::ConstraintViolation)
 }

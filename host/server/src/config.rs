@@ -23,12 +23,19 @@ pub struct ServerConfig {
     /// Largest module upload, whatever a policy says.
     pub max_module_bytes: u64,
     /// `fsync` every commit (SQLite `synchronous = FULL`): survives power
-    /// loss, not only process crashes.
+    /// loss, not only process crashes. Writes are group-committed, so this
+    /// costs one fsync per batch, not per request. On by default: a signed
+    /// checkpoint must never cover entries a power loss could take back.
     pub fsync_every_commit: bool,
     /// GPU adapter entries (label, zone, backend/name match). The default
     /// exposes whatever adapter the machine has (lavapipe on CI) as `gpu0`
     /// in zone `local`; with no adapter, GPU calls answer `unavailable`.
     pub gpu: kasbah_runtime::kasbah_gpu::GpuConfig,
+    /// The audit log's origin: the first line of its checkpoints and the
+    /// name of its key. Fixed when the key is created on first start.
+    pub audit_origin: String,
+    /// Most entries one `GET /v1/audit/entries` examines.
+    pub audit_page: u64,
 }
 
 impl Default for ServerConfig {
@@ -41,13 +48,15 @@ impl Default for ServerConfig {
             sync_wait_ms: 30_000,
             max_request_bytes: 64 << 20,
             max_module_bytes: 256 << 20,
-            fsync_every_commit: false,
             gpu: kasbah_runtime::kasbah_gpu::GpuConfig {
                 adapters: vec![kasbah_runtime::kasbah_gpu::AdapterConfig::new(
                     "gpu0", "local",
                 )],
                 ..Default::default()
             },
+            fsync_every_commit: true,
+            audit_origin: "kasbah.local/log".into(),
+            audit_page: 1000,
         }
     }
 }

@@ -1,12 +1,20 @@
 //! Metadata store: one embedded SQLite database (WAL) in the data dir.
 //!
-//! Every acknowledged write is committed before the response is sent
-//! (`synchronous = NORMAL` in WAL mode survives a process crash / kill -9;
-//! `FULL` can be configured for power-loss durability).
+//! Writes go through the group-commit writer (`writer.rs`): one thread owns
+//! the only writing connection and commits queued writes together, with
+//! their audit log entries, in one transaction and one fsync. A write is
+//! acknowledged only after its batch committed. Reads use a small pool of
+//! read-only connections (WAL readers never block the writer or each other).
 
+use std::ops::Range;
 use std::path::Path;
-use std::sync::{Mutex, PoisonError};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, PoisonError, TryLockError};
 
+use kasbah_audit::{
+    Denial as DenialEntry, Entry, EntryBody, EntryError, ModulePublished, PolicySet, RunExecuted,
+    TenantCreated,
+};
 use kasbah_core::api::{
     Auditor, ModuleRecord, Operator, OutputRef, PolicyRecord, Role, RunRecord, RunStatus, Tenant,
     UsageRow,
@@ -14,6 +22,10 @@ use kasbah_core::api::{
 use kasbah_core::{Digest, RunReport};
 use kasbah_policy::{Limits, Policy};
 use rusqlite::{Connection, OptionalExtension, params};
+use tokio::sync::oneshot;
+
+use crate::audit::{self, Encoded};
+use crate::writer::{Job, Staged, Writer, WriterStats};
 
 const SCHEMA: &str = r#"
 CREATE TABLE IF NOT EXISTS operators (
@@ -129,13 +141,71 @@ pub struct Caller {
 }
 
 /// What the run worker stores when a run ends.
-pub struct Finished<'a> {
-    pub report: &'a RunReport,
+pub struct Finished {
+    pub report: RunReport,
     pub output: Option<(Digest, u64, String, Option<Vec<u8>>)>,
 }
 
+/// Why a database operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum DbError {
+    #[error("database: {0}")]
+    Sql(#[from] rusqlite::Error),
+    #[error("cannot encode audit entry: {0}")]
+    Entry(#[from] EntryError),
+    #[error(transparent)]
+    Audit(#[from] audit::StoreError),
+    #[error("appending to the audit log: {0}")]
+    Append(#[from] audit::AppendError),
+    /// The batch this write was part of could not commit; nothing of it
+    /// was written.
+    #[error("database write failed: {0}")]
+    Batch(Arc<str>),
+    #[error("the database writer has stopped")]
+    Closed,
+}
+
+impl DbError {
+    pub fn is_unique_violation(&self) -> bool {
+        matches!(self, DbError::Sql(rusqlite::Error::SqliteFailure(f, _))
+            if f.code == rusqlite::ErrorCode::ConstraintViolation)
+    }
+}
+
+pub type DbResult<T> = Result<T, DbError>;
+
+/// Read-only connections, handed out round-robin.
+struct Readers {
+    conns: Vec<Mutex<Connection>>,
+    next: AtomicUsize,
+}
+
+impl Readers {
+    fn with<R>(&self, f: impl FnOnce(&mut Connection) -> R) -> R {
+        let n = self.conns.len();
+        let first = self.next.fetch_add(1, Ordering::Relaxed) % n;
+        for i in 0..n {
+            match self.conns[(first + i) % n].try_lock() {
+                Ok(mut c) => return f(&mut c),
+                Err(TryLockError::Poisoned(p)) => return f(&mut p.into_inner()),
+                Err(TryLockError::WouldBlock) => {}
+            }
+        }
+        let mut c = self.conns[first]
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        f(&mut c)
+    }
+}
+
+/// Read connections in the pool.
+const READERS: usize = 4;
+
 pub struct Db {
-    conn: Mutex<Connection>,
+    readers: Readers,
+    writer: Writer,
+    stats: WriterStats,
+    nodes: audit::NodeCache,
 }
 
 fn json<T: serde::Serialize>(v: &T) -> rusqlite::Result<String> {
@@ -154,7 +224,30 @@ fn parse_digest(s: &str) -> rusqlite::Result<Digest> {
     })
 }
 
+fn entry(body: EntryBody) -> Entry {
+    Entry::new(u64::try_from(now_ms()).unwrap_or(0), body)
+}
+
+/// Longest free-text field (denial reasons) put in an audit entry.
+const MAX_REASON: usize = 4096;
+
+fn bounded(s: &str) -> String {
+    if s.len() <= MAX_REASON {
+        return s.to_string();
+    }
+    let mut end = MAX_REASON;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}…", &s[..end])
+}
+
 impl Db {
+    /// Open (creating if needed) the database at `path` and start its
+    /// writer. `synchronous_full`: fsync the WAL on every commit (one per
+    /// batch); without it a commit survives a process crash but not a power
+    /// loss, and a power loss could then make the audit log fork (see
+    /// ARCHITECTURE.md).
     pub fn open(path: &Path, synchronous_full: bool) -> anyhow::Result<Self> {
         let conn = Connection::open(path)?;
         conn.pragma_update(None, "journal_mode", "WAL")?;
@@ -165,43 +258,182 @@ impl Db {
         )?;
         conn.pragma_update(None, "foreign_keys", "ON")?;
         conn.busy_timeout(std::time::Duration::from_secs(5))?;
+        conn.set_prepared_statement_cache_capacity(256);
+        conn.pragma_update(None, "cache_size", -65_536)?; // 64 MiB
+        conn.pragma_update(
+            None,
+            "wal_autocheckpoint",
+            crate::writer::WAL_AUTOCHECKPOINT_PAGES,
+        )?;
         conn.execute_batch(SCHEMA)?;
+        conn.execute_batch(audit::SCHEMA)?;
+        let size = audit::check(&conn)
+            .map_err(|e| anyhow::anyhow!("{}: {e}; refusing to start", path.display()))?;
+        let mut readers = Vec::with_capacity(READERS);
+        for _ in 0..READERS {
+            let r = Connection::open_with_flags(
+                path,
+                rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY
+                    | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
+            )?;
+            r.busy_timeout(std::time::Duration::from_secs(5))?;
+            r.set_prepared_statement_cache_capacity(256);
+            r.pragma_update(None, "mmap_size", 0i64)?;
+            r.pragma_update(None, "cache_size", -65_536)?; // 64 MiB
+            readers.push(Mutex::new(r));
+        }
+        let checkpointer = Connection::open(path)?;
+        checkpointer.busy_timeout(std::time::Duration::from_secs(5))?;
+        let stats = WriterStats::default();
+        let writer = Writer::spawn(conn, checkpointer, size, stats.clone())?;
         Ok(Db {
-            conn: Mutex::new(conn),
+            readers: Readers {
+                conns: readers,
+                next: AtomicUsize::new(0),
+            },
+            writer,
+            stats,
+            nodes: audit::NodeCache::default(),
         })
+    }
+
+    /// The writer's counters (for `/metrics`).
+    pub fn writer_stats(&self) -> &WriterStats {
+        &self.stats
+    }
+
+    /// Commit what is queued and stop the writer (see [`Writer::stop`]).
+    pub fn close(&self) {
+        self.writer.stop();
     }
 
     fn with<R>(
         &self,
         f: impl FnOnce(&mut Connection) -> rusqlite::Result<R>,
     ) -> rusqlite::Result<R> {
-        let mut c = self.conn.lock().unwrap_or_else(PoisonError::into_inner);
-        f(&mut c)
+        self.readers.with(f)
+    }
+
+    /// Run `f` in the writer's next batch transaction (in its own
+    /// savepoint) and append the entries it returns in the same
+    /// transaction. Returns once the batch is durable, with the entries'
+    /// log indices. An error from `f` rolls back `f`'s changes only.
+    pub async fn write<R: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Connection) -> DbResult<(R, Vec<Entry>)> + Send + 'static,
+    ) -> DbResult<(R, Range<u64>)> {
+        let (tx, rx) = oneshot::channel::<DbResult<(R, Range<u64>)>>();
+        let work = Box::new(move |conn: &Connection| -> Staged {
+            let staged = f(conn).and_then(|(r, entries)| {
+                let enc = entries
+                    .iter()
+                    .map(Encoded::new)
+                    .collect::<Result<Vec<_>, _>>()?;
+                Ok((r, enc))
+            });
+            match staged {
+                Ok((r, enc)) => Staged::Done(
+                    enc,
+                    Box::new(move |res| {
+                        let _ = tx.send(res.map(|range| (r, range)));
+                    }),
+                ),
+                Err(e) => Staged::Failed(
+                    e,
+                    Box::new(move |e| {
+                        let _ = tx.send(Err(e));
+                    }),
+                ),
+            }
+        });
+        self.writer.submit(Job::Work(work)).await?;
+        rx.await.map_err(|_| abandoned())?
+    }
+
+    /// Queue a write and return without waiting for its commit (status
+    /// hints whose loss in a crash is harmless).
+    pub async fn write_nowait(
+        &self,
+        f: impl FnOnce(&Connection) -> DbResult<()> + Send + 'static,
+    ) -> DbResult<()> {
+        let work = Box::new(move |conn: &Connection| -> Staged {
+            match f(conn) {
+                Ok(()) => Staged::Done(Vec::new(), Box::new(|_| {})),
+                Err(e) => Staged::Failed(
+                    e,
+                    Box::new(|e| tracing::error!("background write failed: {e}")),
+                ),
+            }
+        });
+        self.writer.submit(Job::Work(work)).await
+    }
+
+    /// Append audit entries that record no other state change (denials).
+    /// Encoding and hashing happen here, in the caller's task. Returns once
+    /// they are durable, with their indices.
+    pub async fn append(&self, entries: &[Entry]) -> DbResult<Range<u64>> {
+        let enc = entries
+            .iter()
+            .map(Encoded::new)
+            .collect::<Result<Vec<_>, _>>()?;
+        self.append_encoded(enc).await
+    }
+
+    /// [`Self::append`] for entries already encoded.
+    pub async fn append_encoded(&self, entries: Vec<Encoded>) -> DbResult<Range<u64>> {
+        let (tx, rx) = oneshot::channel();
+        let reply = Box::new(move |res| {
+            let _ = tx.send(res);
+        });
+        self.writer.submit(Job::Append(entries, reply)).await?;
+        rx.await.map_err(|_| abandoned())?
+    }
+
+    /// Run `f` on a consistent snapshot of the audit log: a read
+    /// transaction on a reader connection, the log size it sees, and the
+    /// shared cache of upper tree nodes.
+    pub fn audit_read<R>(&self, f: impl FnOnce(&audit::Snapshot<'_>) -> R) -> DbResult<R> {
+        self.readers.with(|c| {
+            let tx = c.transaction()?;
+            let size = audit::stored_size(&tx)?;
+            Ok(f(&audit::Snapshot {
+                conn: &tx,
+                size,
+                cache: Some(&self.nodes),
+            }))
+        })
     }
 
     // ---- tokens ---------------------------------------------------------
 
     /// Create a token for `role`/`subject`; returns the secret (shown once).
-    pub fn create_token(
+    pub async fn create_token(
         &self,
         role: Role,
         subject: &str,
         name: Option<&str>,
-    ) -> rusqlite::Result<String> {
+    ) -> DbResult<String> {
         let mut b = [0u8; 32];
         fill_random(&mut b);
         let token = format!("kbh_{}", hex::encode(b));
-        self.with(|c| {
+        let (hash, subject, name) = (
+            hash_token(&token),
+            subject.to_string(),
+            name.map(str::to_string),
+        );
+        self.write(move |c| {
             c.execute(
                 "INSERT INTO tokens(hash, role, subject, name, created_at) VALUES (?1, ?2, ?3, ?4, ?5)",
-                params![hash_token(&token), role.as_str(), subject, name, now_ms()],
-            )
-        })?;
+                params![hash, role.as_str(), subject, name, now_ms()],
+            )?;
+            Ok(((), Vec::new()))
+        })
+        .await?;
         Ok(token)
     }
 
     /// On first start, create the platform-admin token; `None` afterwards.
-    pub fn bootstrap_admin(&self) -> rusqlite::Result<Option<String>> {
+    pub async fn bootstrap_admin(&self) -> DbResult<Option<String>> {
         let has_admin: bool = self.with(|c| {
             c.query_row(
                 "SELECT EXISTS(SELECT 1 FROM tokens WHERE role = 'admin')",
@@ -213,6 +445,7 @@ impl Db {
             return Ok(None);
         }
         self.create_token(Role::Admin, "admin", Some("bootstrap"))
+            .await
             .map(Some)
     }
 
@@ -227,12 +460,12 @@ impl Db {
 
     // ---- operators ------------------------------------------------------
 
-    pub fn create_operator(
+    pub async fn create_operator(
         &self,
         name: &str,
         ceiling: &Limits,
         max_tenants: u32,
-    ) -> rusqlite::Result<Operator> {
+    ) -> DbResult<Operator> {
         let op = Operator {
             id: new_id("op"),
             name: name.to_string(),
@@ -240,12 +473,15 @@ impl Db {
             max_tenants,
             created_at: now_ms(),
         };
-        self.with(|c| {
+        let row = op.clone();
+        self.write(move |c| {
             c.execute(
                 "INSERT INTO operators(id, name, ceiling_json, max_tenants, created_at) VALUES (?1, ?2, ?3, ?4, ?5)",
-                params![op.id, op.name, json(&op.ceiling)?, op.max_tenants, op.created_at],
-            )
-        })?;
+                params![row.id, row.name, json(&row.ceiling)?, row.max_tenants, row.created_at],
+            )?;
+            Ok(((), Vec::new()))
+        })
+        .await?;
         Ok(op)
     }
 
@@ -271,14 +507,15 @@ impl Db {
 
     // ---- tenants and policies -------------------------------------------
 
-    /// Create a tenant with policy version 1, atomically; refuses when the
+    /// Create a tenant with policy version 1, atomically, with its
+    /// `tenant_created` and `policy_set` audit entries; refuses when the
     /// operator is at its tenant quota.
-    pub fn create_tenant(
+    pub async fn create_tenant(
         &self,
         name: &str,
         operator: Option<&Operator>,
         policy: &Policy,
-    ) -> rusqlite::Result<Result<(Tenant, PolicyRecord), String>> {
+    ) -> DbResult<Result<(Tenant, PolicyRecord), String>> {
         let now = now_ms();
         let tenant = Tenant {
             id: new_id("tn"),
@@ -288,29 +525,40 @@ impl Db {
             created_at: now,
         };
         let record = policy_record(&tenant.id, 1, policy, now)?;
-        self.with(|c| {
-            let tx = c.transaction()?;
-            if let Some(op) = operator {
-                let n: u32 = tx.query_row(
-                    "SELECT COUNT(*) FROM tenants WHERE operator_id = ?1",
-                    [&op.id],
-                    |r| r.get(0),
-                )?;
-                if n >= op.max_tenants {
-                    return Ok(Err(format!(
-                        "operator {} already has {n} tenants (max_tenants = {})",
-                        op.id, op.max_tenants
-                    )));
+        let quota = operator.map(|o| (o.id.clone(), o.max_tenants));
+        let (result, _) = self
+            .write(move |tx| {
+                if let Some((op, max)) = &quota {
+                    let n: u32 = tx.query_row(
+                        "SELECT COUNT(*) FROM tenants WHERE operator_id = ?1",
+                        [op],
+                        |r| r.get(0),
+                    )?;
+                    if n >= *max {
+                        return Ok((
+                            Err(format!(
+                                "operator {op} already has {n} tenants (max_tenants = {max})"
+                            )),
+                            Vec::new(),
+                        ));
+                    }
                 }
-            }
-            tx.execute(
-                "INSERT INTO tenants(id, name, operator_id, policy_version, created_at) VALUES (?1, ?2, ?3, 1, ?4)",
-                params![tenant.id, tenant.name, tenant.operator_id, now],
-            )?;
-            insert_policy(&tx, &record)?;
-            tx.commit()?;
-            Ok(Ok((tenant.clone(), record.clone())))
-        })
+                tx.execute(
+                    "INSERT INTO tenants(id, name, operator_id, policy_version, created_at) VALUES (?1, ?2, ?3, 1, ?4)",
+                    params![tenant.id, tenant.name, tenant.operator_id, now],
+                )?;
+                insert_policy(tx, &record)?;
+                let entries = vec![
+                    entry(EntryBody::TenantCreated(TenantCreated {
+                        tenant: tenant.id.clone(),
+                        operator: tenant.operator_id.clone().unwrap_or_default(),
+                    })),
+                    policy_entry(&record),
+                ];
+                Ok((Ok((tenant, record)), entries))
+            })
+            .await?;
+        Ok(result)
     }
 
     pub fn tenant(&self, id: &str) -> rusqlite::Result<Option<Tenant>> {
@@ -340,25 +588,29 @@ impl Db {
         })
     }
 
-    /// Store a new policy version and make it current.
-    pub fn set_policy(&self, tenant_id: &str, policy: &Policy) -> rusqlite::Result<PolicyRecord> {
+    /// Store a new policy version and make it current, with its
+    /// `policy_set` audit entry.
+    pub async fn set_policy(&self, tenant_id: &str, policy: &Policy) -> DbResult<PolicyRecord> {
         let now = now_ms();
-        self.with(|c| {
-            let tx = c.transaction()?;
-            let v: u32 = tx.query_row(
-                "SELECT policy_version FROM tenants WHERE id = ?1",
-                [tenant_id],
-                |r| r.get(0),
-            )?;
-            let record = policy_record(tenant_id, v + 1, policy, now)?;
-            insert_policy(&tx, &record)?;
-            tx.execute(
-                "UPDATE tenants SET policy_version = ?1 WHERE id = ?2",
-                params![record.version, tenant_id],
-            )?;
-            tx.commit()?;
-            Ok(record)
-        })
+        let (tenant_id, policy) = (tenant_id.to_string(), policy.clone());
+        let (record, _) = self
+            .write(move |tx| {
+                let v: u32 = tx.query_row(
+                    "SELECT policy_version FROM tenants WHERE id = ?1",
+                    [&tenant_id],
+                    |r| r.get(0),
+                )?;
+                let record = policy_record(&tenant_id, v + 1, &policy, now)?;
+                insert_policy(tx, &record)?;
+                tx.execute(
+                    "UPDATE tenants SET policy_version = ?1 WHERE id = ?2",
+                    params![record.version, tenant_id],
+                )?;
+                let e = policy_entry(&record);
+                Ok((record, vec![e]))
+            })
+            .await?;
+        Ok(record)
     }
 
     /// The tenant's current policy.
@@ -385,27 +637,28 @@ impl Db {
 
     // ---- auditors -------------------------------------------------------
 
-    pub fn create_auditor(&self, name: &str, tenants: &[String]) -> rusqlite::Result<Auditor> {
+    pub async fn create_auditor(&self, name: &str, tenants: &[String]) -> DbResult<Auditor> {
         let a = Auditor {
             id: new_id("au"),
             name: name.to_string(),
             tenants: tenants.to_vec(),
             created_at: now_ms(),
         };
-        self.with(|c| {
-            let tx = c.transaction()?;
+        let row = a.clone();
+        self.write(move |tx| {
             tx.execute(
                 "INSERT INTO auditors(id, name, created_at) VALUES (?1, ?2, ?3)",
-                params![a.id, a.name, a.created_at],
+                params![row.id, row.name, row.created_at],
             )?;
-            for t in tenants {
+            for t in &row.tenants {
                 tx.execute(
                     "INSERT OR IGNORE INTO auditor_grants(auditor_id, tenant_id) VALUES (?1, ?2)",
-                    params![a.id, t],
+                    params![row.id, t],
                 )?;
             }
-            tx.commit()
-        })?;
+            Ok(((), Vec::new()))
+        })
+        .await?;
         Ok(a)
     }
 
@@ -431,43 +684,51 @@ impl Db {
 
     // ---- modules --------------------------------------------------------
 
-    /// Record a module for a tenant. Same digest again → the existing record;
+    /// Record a module for a tenant, with its `module_published` audit
+    /// entry. Same digest again → the existing record (no new entry);
     /// same name+version with other bytes → `Err(existing digest)`.
-    pub fn insert_module(
-        &self,
-        m: &ModuleRecord,
-    ) -> rusqlite::Result<Result<ModuleRecord, Digest>> {
-        self.with(|c| {
-            let tx = c.transaction()?;
-            if let Some(existing) = module_row(&tx, &m.tenant_id, &m.digest)? {
-                return Ok(Ok(existing));
-            }
-            let clash: Option<String> = tx
-                .query_row(
-                    "SELECT digest FROM modules WHERE tenant_id = ?1 AND name = ?2 AND version = ?3",
-                    params![m.tenant_id, m.name, m.version],
-                    |r| r.get(0),
-                )
-                .optional()?;
-            if let Some(d) = clash {
-                return Ok(Err(parse_digest(&d)?));
-            }
-            tx.execute(
-                "INSERT INTO modules(tenant_id, digest, name, version, size, imports_json, created_at)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-                params![
-                    m.tenant_id,
-                    m.digest.to_string(),
-                    m.name,
-                    m.version,
-                    m.size as i64,
-                    json(&m.imports)?,
-                    m.created_at
-                ],
-            )?;
-            tx.commit()?;
-            Ok(Ok(m.clone()))
-        })
+    pub async fn insert_module(&self, m: &ModuleRecord) -> DbResult<Result<ModuleRecord, Digest>> {
+        let m = m.clone();
+        let (result, _) = self
+            .write(move |tx| {
+                if let Some(existing) = module_row(tx, &m.tenant_id, &m.digest)? {
+                    return Ok((Ok(existing), Vec::new()));
+                }
+                let clash: Option<String> = tx
+                    .query_row(
+                        "SELECT digest FROM modules WHERE tenant_id = ?1 AND name = ?2 AND version = ?3",
+                        params![m.tenant_id, m.name, m.version],
+                        |r| r.get(0),
+                    )
+                    .optional()?;
+                if let Some(d) = clash {
+                    return Ok((Err(parse_digest(&d)?), Vec::new()));
+                }
+                tx.execute(
+                    "INSERT INTO modules(tenant_id, digest, name, version, size, imports_json, created_at)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                    params![
+                        m.tenant_id,
+                        m.digest.to_string(),
+                        m.name,
+                        m.version,
+                        m.size as i64,
+                        json(&m.imports)?,
+                        m.created_at
+                    ],
+                )?;
+                let e = entry(EntryBody::ModulePublished(ModulePublished {
+                    tenant: m.tenant_id.clone(),
+                    module: m.digest,
+                    size: m.size,
+                    name: m.name.clone(),
+                    version: m.version.clone(),
+                    signer: None,
+                }));
+                Ok((Ok(m), vec![e]))
+            })
+            .await?;
+        Ok(result)
     }
 
     pub fn module(
@@ -496,7 +757,7 @@ impl Db {
 
     // ---- runs -----------------------------------------------------------
 
-    pub fn insert_run(
+    pub async fn insert_run(
         &self,
         id: &str,
         tenant_id: &str,
@@ -504,72 +765,157 @@ impl Db {
         policy_version: u32,
         input_digest: &Digest,
         input_size: u64,
-    ) -> rusqlite::Result<i64> {
+    ) -> DbResult<i64> {
         let now = now_ms();
-        self.with(|c| {
-            c.prepare_cached(
+        let (id, tenant_id, module, input_digest) = (
+            id.to_string(),
+            tenant_id.to_string(),
+            module.to_string(),
+            input_digest.to_string(),
+        );
+        self.write(move |c| {
+            c.execute(
                 "INSERT INTO runs(id, tenant_id, module_digest, policy_version, status, input_digest, input_size, created_at)
                  VALUES (?1, ?2, ?3, ?4, 'queued', ?5, ?6, ?7)",
-            )?
-            .execute(params![id, tenant_id, module.to_string(), policy_version, input_digest.to_string(), input_size as i64, now])
-        })?;
+                params![id, tenant_id, module, policy_version, input_digest, input_size as i64, now],
+            )?;
+            Ok(((), Vec::new()))
+        })
+        .await?;
         Ok(now)
     }
 
-    pub fn mark_running(&self, id: &str) -> rusqlite::Result<()> {
-        self.with(|c| {
-            c.prepare_cached("UPDATE runs SET status = 'running', started_at = ?1 WHERE id = ?2")?
-                .execute(params![now_ms(), id])
-        })?;
-        Ok(())
+    /// Mark a run as running. Not waited for: a status hint only (a crash
+    /// turns `queued` and `running` alike into `interrupted`).
+    pub async fn mark_running(&self, id: &str) -> DbResult<()> {
+        let id = id.to_string();
+        self.write_nowait(move |c| {
+            c.execute(
+                "UPDATE runs SET status = 'running', started_at = ?1 WHERE id = ?2",
+                params![now_ms(), id],
+            )?;
+            Ok(())
+        })
+        .await
     }
 
-    pub fn finish_run(&self, id: &str, f: Finished<'_>) -> rusqlite::Result<()> {
-        let r = f.report;
-        // The report minus the output body (stored separately).
-        let mut slim = r.clone();
-        if let kasbah_core::Outcome::Ok { output } = &mut slim.outcome {
-            output.body.clear();
-        }
-        let (od, os, oct, inline) = match f.output {
-            Some((d, s, ct, inline)) => (Some(d.to_string()), Some(s as i64), Some(ct), inline),
-            None => (None, None, None, None),
-        };
-        self.with(|c| {
-            c.prepare_cached(
-                "UPDATE runs SET status = 'done', outcome_kind = ?1, outcome_json = ?2,
-                    output_digest = ?3, output_size = ?4, output_content_type = ?5, output_inline = ?6,
-                    wall_us = ?7, fuel = ?8, peak_memory = ?9, report_json = ?10, finished_at = ?11
-                 WHERE id = ?12",
-            )?
-            .execute(params![
-                    r.outcome.kind(),
-                    json(&slim.outcome)?,
-                    od,
-                    os,
-                    oct,
-                    inline,
-                    r.usage.wall_time.as_micros() as i64,
-                    r.usage.fuel_consumed.map(|f| f as i64),
-                    r.usage.peak_memory_bytes as i64,
-                    json(&slim)?,
-                    now_ms(),
-                    id
-                ],
-            )
-        })?;
-        Ok(())
+    /// Store a run's result with its `run_executed` audit entry and one
+    /// `denial` entry per capability use the policy refused during the run,
+    /// all in one transaction. Returns the index of the run entry.
+    pub async fn finish_run(&self, id: &str, f: Finished) -> DbResult<u64> {
+        let id = id.to_string();
+        let (_, range) = self
+            .write(move |c| {
+                let r = &f.report;
+                // The report minus the output body (stored separately).
+                let mut slim = r.clone();
+                if let kasbah_core::Outcome::Ok { output } = &mut slim.outcome {
+                    output.body.clear();
+                }
+                let output_digest = f.output.as_ref().map(|o| o.0);
+                let (od, os, oct, inline) = match f.output {
+                    Some((d, s, ct, inline)) => {
+                        (Some(d.to_string()), Some(s as i64), Some(ct), inline)
+                    }
+                    None => (None, None, None, None),
+                };
+                c.execute(
+                    "UPDATE runs SET status = 'done', outcome_kind = ?1, outcome_json = ?2,
+                        output_digest = ?3, output_size = ?4, output_content_type = ?5, output_inline = ?6,
+                        wall_us = ?7, fuel = ?8, peak_memory = ?9, report_json = ?10, finished_at = ?11
+                     WHERE id = ?12",
+                    params![
+                        r.outcome.kind(),
+                        json(&slim.outcome)?,
+                        od,
+                        os,
+                        oct,
+                        inline,
+                        r.usage.wall_time.as_micros() as i64,
+                        r.usage.fuel_consumed.map(|f| f as i64),
+                        r.usage.peak_memory_bytes as i64,
+                        json(&slim)?,
+                        now_ms(),
+                        id
+                    ],
+                )?;
+                let run = run_facts(c, &id)?;
+                let mut entries = vec![run_entry(&id, &run, output_digest, r)];
+                entries.extend(r.denials.iter().map(|d| {
+                    entry(EntryBody::Denial(DenialEntry {
+                        tenant: run.tenant.clone(),
+                        module: Some(run.module),
+                        run_id: Some(id.clone()),
+                        action: bounded(&d.capability),
+                        reason: bounded(&d.detail),
+                    }))
+                }));
+                Ok(((), entries))
+            })
+            .await?;
+        Ok(range.start)
     }
 
     /// At start-up: runs that were queued or running when the last process
-    /// died are marked `interrupted`. Returns how many.
-    pub fn interrupt_inflight(&self) -> rusqlite::Result<usize> {
-        self.with(|c| {
-            c.execute(
-                "UPDATE runs SET status = 'interrupted', finished_at = ?1 WHERE status IN ('queued', 'running')",
-                [now_ms()],
-            )
-        })
+    /// died are marked `interrupted`, each with a `run_executed` entry of
+    /// outcome `interrupted` (so every run the API ever accepted has an
+    /// entry). Returns how many.
+    pub async fn interrupt_inflight(&self) -> DbResult<usize> {
+        let (n, _) = self
+            .write(|c| {
+                let ids: Vec<String> = c
+                    .prepare("SELECT id FROM runs WHERE status IN ('queued', 'running') ORDER BY created_at")?
+                    .query_map([], |r| r.get(0))?
+                    .collect::<rusqlite::Result<_>>()?;
+                let mut entries = Vec::with_capacity(ids.len());
+                for id in &ids {
+                    c.execute(
+                        "UPDATE runs SET status = 'interrupted', finished_at = ?1 WHERE id = ?2",
+                        params![now_ms(), id],
+                    )?;
+                    let run = run_facts(c, id)?;
+                    entries.push(entry(EntryBody::RunExecuted(RunExecuted {
+                        run_id: id.clone(),
+                        tenant: run.tenant,
+                        module: run.module,
+                        input: run.input,
+                        datasets: Vec::new(),
+                        output: None,
+                        output_label: Vec::new(),
+                        zone: String::new(),
+                        adapter: None,
+                        policy_version: run.policy_version,
+                        outcome: RunStatus::Interrupted.as_str().to_string(),
+                        wall_time_us: 0,
+                        fuel: None,
+                        peak_memory_bytes: 0,
+                        gpu_time_us: 0,
+                        gpu_bytes: 0,
+                    })));
+                }
+                Ok((ids.len(), entries))
+            })
+            .await?;
+        Ok(n)
+    }
+
+    /// Record a refusal that changed no other state (a publish refused
+    /// for its imports, a run refused at admission). Returns its index.
+    pub async fn record_denial(
+        &self,
+        tenant: &str,
+        module: Option<Digest>,
+        action: &str,
+        reason: &str,
+    ) -> DbResult<u64> {
+        let e = entry(EntryBody::Denial(DenialEntry {
+            tenant: tenant.to_string(),
+            module,
+            run_id: None,
+            action: bounded(action),
+            reason: bounded(reason),
+        }));
+        Ok(self.append(&[e]).await?.start)
     }
 
     pub fn run(&self, id: &str) -> rusqlite::Result<Option<RunRecord>> {
@@ -663,6 +1009,64 @@ impl Period {
 
 pub fn hash_token(token: &str) -> String {
     Digest::of(token.as_bytes()).hex()
+}
+
+fn abandoned() -> DbError {
+    DbError::Batch(Arc::from(
+        "the write was abandoned when its batch failed (see the server log)",
+    ))
+}
+
+fn policy_entry(r: &PolicyRecord) -> Entry {
+    entry(EntryBody::PolicySet(PolicySet {
+        tenant: r.tenant_id.clone(),
+        policy: r.digest,
+        policy_version: u64::from(r.version),
+    }))
+}
+
+/// What a run's audit entry needs from its row.
+struct RunFacts {
+    tenant: String,
+    module: Digest,
+    input: Digest,
+    policy_version: u64,
+}
+
+fn run_facts(c: &Connection, id: &str) -> rusqlite::Result<RunFacts> {
+    c.prepare_cached(
+        "SELECT tenant_id, module_digest, input_digest, policy_version FROM runs WHERE id = ?1",
+    )?
+    .query_row([id], |r| {
+        Ok(RunFacts {
+            tenant: r.get(0)?,
+            module: parse_digest(&r.get::<_, String>(1)?)?,
+            input: parse_digest(&r.get::<_, String>(2)?)?,
+            policy_version: u64::from(r.get::<_, u32>(3)?),
+        })
+    })
+}
+
+fn run_entry(id: &str, run: &RunFacts, output: Option<Digest>, r: &RunReport) -> Entry {
+    entry(EntryBody::RunExecuted(RunExecuted {
+        run_id: id.to_string(),
+        tenant: run.tenant.clone(),
+        module: run.module,
+        input: run.input,
+        datasets: Vec::new(),
+        output,
+        // Residency labels, zones and GPU adapters are not modelled yet: empty.
+        output_label: Vec::new(),
+        zone: String::new(),
+        adapter: None,
+        policy_version: run.policy_version,
+        outcome: r.outcome.kind().to_string(),
+        wall_time_us: u64::try_from(r.usage.wall_time.as_micros()).unwrap_or(u64::MAX),
+        fuel: r.usage.fuel_consumed,
+        peak_memory_bytes: r.usage.peak_memory_bytes,
+        gpu_time_us: 0,
+        gpu_bytes: 0,
+    }))
 }
 
 fn policy_record(
@@ -781,4 +1185,78 @@ fn row_run(r: &rusqlite::Row<'_>) -> rusqlite::Result<RunRecord> {
         finished_at: r.get(14)?,
         id,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_failing_or_panicking_write_rolls_back_alone() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let db = Arc::new(Db::open(&dir.path().join("kasbah.db"), false).expect("open"));
+        let mut tasks = Vec::new();
+        for i in 0..60u32 {
+            let db = db.clone();
+            tasks.push(tokio::spawn(async move {
+                db.write(move |c| {
+                    c.execute(
+                        "INSERT INTO operators(id, name, ceiling_json, max_tenants, created_at)
+                         VALUES (?1, ?2, '{}', 1, 0)",
+                        params![format!("op{i}"), format!("name{i}")],
+                    )?;
+                    match i % 10 {
+                        3 => Err(DbError::Closed),
+                        7 => panic!("job {i} panics on purpose"),
+                        _ => Ok((
+                            i,
+                            vec![entry(EntryBody::TenantCreated(TenantCreated {
+                                tenant: format!("t{i}"),
+                                operator: String::new(),
+                            }))],
+                        )),
+                    }
+                })
+                .await
+            }));
+        }
+        let mut ok = Vec::new();
+        for t in tasks {
+            if let Ok((i, range)) = t.await.expect("task") {
+                assert_eq!(range.end - range.start, 1);
+                ok.push((range.start, i));
+            }
+        }
+        assert_eq!(ok.len(), 48);
+        let (ops, size, tenants) = db
+            .audit_read(|snap| {
+                let ops: i64 = snap
+                    .conn
+                    .query_row("SELECT COUNT(*) FROM operators", [], |r| r.get(0))
+                    .expect("count");
+                let tenants: Vec<String> = audit::entries(snap.conn, 0..snap.size, None, 100)
+                    .expect("entries")
+                    .into_iter()
+                    .map(|e| e.tenant)
+                    .collect();
+                (ops, snap.size, tenants)
+            })
+            .expect("read");
+        // Only the successful jobs' changes and entries are there, each at
+        // the index its caller was told.
+        assert_eq!((ops, size), (48, 48));
+        for (idx, i) in ok {
+            assert_eq!(tenants[idx as usize], format!("t{i}"));
+        }
+        // The writer survived the panics.
+        db.append(&[entry(EntryBody::TenantCreated(TenantCreated {
+            tenant: "after".into(),
+            operator: String::new(),
+        }))])
+        .await
+        .expect("still writing");
+        tokio::task::spawn_blocking(move || db.close())
+            .await
+            .expect("close");
+    }
 }

@@ -100,4 +100,10 @@ impl From<rusqlite::Error> for ApiError {
     }
 }
 
+impl From<crate::db::DbError> for ApiError {
+    fn from(e: crate::db::DbError) -> Self {
+        ApiError::internal(e)
+    }
+}
+
 pub type ApiResult<T> = Result<T, ApiError>;

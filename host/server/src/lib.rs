@@ -4,8 +4,16 @@
 //! (metadata) and a content-addressed blob directory (modules, large
 //! outputs), running pipelines on one shared [`kasbah_runtime::Runtime`].
 //! Roles: admin, operator, developer, auditor (see `auth.rs`).
+//!
+//! Every state change goes through one group-commit writer thread
+//! (`writer.rs`) and is committed in the same SQLite transaction as the
+//! audit log entry recording it (`audit.rs`): nothing is acknowledged before
+//! its entry is durable. `audit_api.rs` serves checkpoints, proofs, entries
+//! and receipts.
 
 pub mod api;
+pub mod audit;
+pub mod audit_api;
 pub mod auth;
 pub mod blobs;
 pub mod config;
@@ -13,6 +21,7 @@ pub mod db;
 pub mod error;
 pub mod metrics;
 pub mod scheduler;
+pub mod writer;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -29,6 +38,7 @@ use utoipa::OpenApi;
 
 pub use config::ServerConfig;
 
+use crate::audit::AuditKey;
 use crate::blobs::Blobs;
 use crate::db::Db;
 use crate::error::{ApiError, ApiResult};
@@ -42,6 +52,8 @@ pub struct Inner {
     pub runtime: Runtime,
     pub scheduler: Arc<Scheduler>,
     pub metrics: Metrics,
+    /// The audit log's signing key and latest checkpoint.
+    pub audit: AuditKey,
     /// Current policy per tenant (invalidated when a policy is set).
     policies: Mutex<HashMap<String, Arc<PolicyRecord>>>,
 }
@@ -115,6 +127,9 @@ impl AppState {
         api::publish_module, api::list_modules, api::get_module,
         api::create_run, api::get_run, api::get_run_output, api::list_runs,
         api::usage, api::metrics,
+        audit_api::key, audit_api::checkpoint, audit_api::entries,
+        audit_api::inclusion, audit_api::consistency,
+        audit_api::run_receipt, audit_api::module_receipt, audit_api::entry_receipt,
     ),
     modifiers(&BearerAuth)
 )]
@@ -177,9 +192,23 @@ pub fn router(state: AppState) -> Router {
             post(api::publish_module).get(api::list_modules),
         )
         .route("/v1/modules/{digest}", get(api::get_module))
+        .route(
+            "/v1/modules/{digest}/receipt",
+            get(audit_api::module_receipt),
+        )
         .route("/v1/runs", post(api::create_run).get(api::list_runs))
         .route("/v1/runs/{id}", get(api::get_run))
         .route("/v1/runs/{id}/output", get(api::get_run_output))
+        .route("/v1/runs/{id}/receipt", get(audit_api::run_receipt))
+        .route("/v1/audit/key", get(audit_api::key))
+        .route("/v1/audit/checkpoint", get(audit_api::checkpoint))
+        .route("/v1/audit/entries", get(audit_api::entries))
+        .route(
+            "/v1/audit/entries/{index}/receipt",
+            get(audit_api::entry_receipt),
+        )
+        .route("/v1/audit/proof/inclusion", get(audit_api::inclusion))
+        .route("/v1/audit/proof/consistency", get(audit_api::consistency))
         .route("/v1/usage", get(api::usage))
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(max_body))
@@ -195,6 +224,7 @@ pub struct Server {
     pub interrupted_runs: usize,
     pub state: AppState,
     task: tokio::task::JoinHandle<std::io::Result<()>>,
+    stop: tokio::sync::oneshot::Sender<()>,
 }
 
 impl Server {
@@ -209,17 +239,34 @@ impl Server {
         self.task.await??;
         Ok(())
     }
+
+    /// Stop accepting requests, let in-flight ones finish, commit what the
+    /// writer has queued and stop it. The data dir can then be reopened.
+    pub async fn shutdown(self) -> anyhow::Result<()> {
+        let _ = self.stop.send(());
+        self.task.await??;
+        let state = self.state;
+        tokio::task::spawn_blocking(move || state.db.close()).await?;
+        Ok(())
+    }
 }
 
 /// Open (or create) the data dir, recover, bind, and start serving.
 pub async fn start(config: ServerConfig) -> anyhow::Result<Server> {
     std::fs::create_dir_all(&config.data_dir)?;
+    let audit = AuditKey::load_or_create(&config.data_dir, &config.audit_origin)?;
+    if !config.fsync_every_commit {
+        tracing::warn!(
+            "fsync_every_commit = false: a power loss may lose acknowledged writes, and the \
+             audit log could then sign a different tree of a size it already signed (a fork)"
+        );
+    }
     let db = Db::open(
         &config.data_dir.join("kasbah.db"),
         config.fsync_every_commit,
     )?;
-    let admin_token = db.bootstrap_admin()?;
-    let interrupted_runs = db.interrupt_inflight()?;
+    let admin_token = db.bootstrap_admin().await?;
+    let interrupted_runs = db.interrupt_inflight().await?;
     let blobs = Blobs::open(&config.data_dir.join("blobs"))?;
     let runtime = Runtime::new(RuntimeConfig {
         max_concurrent_instances: u32::try_from(config.workers.max(1) * 2).unwrap_or(u32::MAX),
@@ -230,22 +277,37 @@ pub async fn start(config: ServerConfig) -> anyhow::Result<Server> {
     let scheduler = Scheduler::new(config.workers.max(1), config.queue_depth);
     let listener = tokio::net::TcpListener::bind(config.listen).await?;
     let addr = listener.local_addr()?;
+    let mut metrics = Metrics::new();
+    metrics.register_writer(db.writer_stats());
     let state = AppState(Arc::new(Inner {
         config,
         db,
         blobs,
         runtime,
         scheduler,
-        metrics: Metrics::new(),
+        metrics,
+        audit,
         policies: Mutex::default(),
     }));
     let app = router(state.clone());
-    let task = tokio::spawn(async move { axum::serve(listener, app).await });
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(async move {
+        axum::serve(listener, app)
+            .with_graceful_shutdown(async move {
+                // Only an explicit `shutdown()` stops the server; dropping
+                // the `Server` handle does not.
+                if stopped.await.is_err() {
+                    std::future::pending::<()>().await;
+                }
+            })
+            .await
+    });
     Ok(Server {
         addr,
         admin_token,
         interrupted_runs,
         state,
         task,
+        stop,
     })
 }

@@ -73,6 +73,37 @@ impl Metrics {
         }
     }
 
+    /// Export the database writer's group-commit counters.
+    pub fn register_writer(&mut self, w: &crate::writer::WriterStats) {
+        let r = &mut self.registry;
+        r.register(
+            "db_write_batches",
+            "Write transactions committed or failed by the group-commit writer",
+            w.batches.clone(),
+        );
+        r.register(
+            "db_write_failed_batches",
+            "Write transactions rolled back",
+            w.failed_batches.clone(),
+        );
+        r.register("db_write_jobs", "Writes submitted", w.jobs.clone());
+        r.register(
+            "audit_entries_appended",
+            "Audit log entries committed",
+            w.entries.clone(),
+        );
+        r.register(
+            "db_write_batch_jobs",
+            "Writes per committed transaction",
+            w.batch_jobs.clone(),
+        );
+        r.register(
+            "db_write_commit_seconds",
+            "Time to run and commit one batch transaction (fsync included)",
+            w.commit_seconds.clone(),
+        );
+    }
+
     pub fn encode(&self) -> String {
         let mut out = String::new();
         if prometheus_client::encoding::text::encode(&mut out, &self.registry).is_err() {

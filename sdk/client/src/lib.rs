@@ -1,5 +1,9 @@
 //! Typed client for the kasbah HTTP API. Used by the `kasbah` CLI and usable
 //! from any Rust program that drives a kasbah server.
+//!
+//! Audit: [`Client::run_receipt`] / [`Client::module_receipt`] download
+//! receipts that [`verify_receipt`] checks offline with only the log's key;
+//! [`Client::watch`] moves a [`Watcher`] forward along consistency proofs.
 
 use std::path::Path;
 
@@ -7,6 +11,11 @@ use futures_util::StreamExt;
 use kasbah_core::api::*;
 use kasbah_policy::Policy;
 use serde::de::DeserializeOwned;
+
+pub use kasbah_audit::{
+    Entry, Hash, LogVerifier, Receipt, VerifiedEntry, VerifyError, WatchError, WatchOutcome,
+    Watcher, verify_receipt,
+};
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -23,6 +32,19 @@ pub enum Error {
     Io(#[from] std::io::Error),
     #[error("unexpected response: {0}")]
     Decode(String),
+    /// The log's answer did not check out (see [`Client::watch`]).
+    #[error(transparent)]
+    Watch(#[from] WatchError),
+}
+
+/// One audit entry with its canonical bytes decoded.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LogEntry {
+    pub index: u64,
+    /// The canonical bytes (the leaf hash covers these).
+    pub bytes: Vec<u8>,
+    /// Decoded from `bytes` (not from the server's JSON rendering).
+    pub entry: Entry,
 }
 
 pub type Result<T> = std::result::Result<T, Error>;
@@ -54,6 +76,16 @@ impl Client {
     }
 
     async fn send<T: DeserializeOwned>(rb: reqwest::RequestBuilder) -> Result<T> {
+        let bytes = Self::send_bytes(rb).await?;
+        serde_json::from_slice(&bytes).map_err(|e| Error::Decode(e.to_string()))
+    }
+
+    async fn send_text(rb: reqwest::RequestBuilder) -> Result<String> {
+        let bytes = Self::send_bytes(rb).await?;
+        String::from_utf8(bytes.to_vec()).map_err(|e| Error::Decode(e.to_string()))
+    }
+
+    async fn send_bytes(rb: reqwest::RequestBuilder) -> Result<Vec<u8>> {
         let resp = rb.send().await?;
         let status = resp.status();
         let bytes = resp.bytes().await?;
@@ -68,7 +100,7 @@ impl Client {
                     .unwrap_or_else(|| String::from_utf8_lossy(&bytes).into_owned()),
             });
         }
-        serde_json::from_slice(&bytes).map_err(|e| Error::Decode(e.to_string()))
+        Ok(bytes.to_vec())
     }
 
     pub async fn whoami(&self) -> Result<WhoAmI> {
@@ -209,4 +241,136 @@ impl Client {
         }
         Self::send(self.req(reqwest::Method::GET, "/v1/usage").query(&q)).await
     }
+
+    // ---- audit log --------------------------------------------------------
+
+    /// The log's verifier key as the server states it. Trust on first use:
+    /// pin the key the operator publishes out of band instead where you can.
+    pub async fn audit_key(&self) -> Result<LogVerifier> {
+        let text = Self::send_text(self.req(reqwest::Method::GET, "/v1/audit/key")).await?;
+        text.trim()
+            .parse()
+            .map_err(|e: kasbah_audit::KeyError| Error::Decode(e.to_string()))
+    }
+
+    /// The latest signed checkpoint (a C2SP signed note), unverified: open
+    /// it with [`kasbah_audit::open_checkpoint`] or hand it to a [`Watcher`].
+    pub async fn checkpoint(&self) -> Result<String> {
+        Self::send_text(self.req(reqwest::Method::GET, "/v1/audit/checkpoint")).await
+    }
+
+    /// Entries in `[start, end)` the caller may read (the server caps the
+    /// page; continue from the returned `end`).
+    pub async fn audit_entries(&self, start: u64, end: Option<u64>) -> Result<AuditEntries> {
+        let mut q = vec![("start", start)];
+        if let Some(e) = end {
+            q.push(("end", e));
+        }
+        Self::send(
+            self.req(reqwest::Method::GET, "/v1/audit/entries")
+                .query(&q),
+        )
+        .await
+    }
+
+    /// [`Self::audit_entries`], with each entry decoded from its bytes.
+    pub async fn audit_log_entries(
+        &self,
+        start: u64,
+        end: Option<u64>,
+    ) -> Result<(AuditEntries, Vec<LogEntry>)> {
+        use base64::Engine as _;
+        let page = self.audit_entries(start, end).await?;
+        let entries = page
+            .entries
+            .iter()
+            .map(|r| {
+                let bytes = base64::engine::general_purpose::STANDARD
+                    .decode(&r.bytes)
+                    .map_err(|e| Error::Decode(format!("entry {}: {e}", r.index)))?;
+                let entry = Entry::decode(&bytes)
+                    .map_err(|e| Error::Decode(format!("entry {}: {e}", r.index)))?;
+                Ok(LogEntry {
+                    index: r.index,
+                    bytes,
+                    entry,
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok((page, entries))
+    }
+
+    /// Inclusion proof of entry `index` in the tree of `size` entries.
+    pub async fn inclusion_proof(&self, index: u64, size: u64) -> Result<Vec<Hash>> {
+        let p: InclusionProof = Self::send(
+            self.req(reqwest::Method::GET, "/v1/audit/proof/inclusion")
+                .query(&[("index", index), ("size", size)]),
+        )
+        .await?;
+        parse_hashes(&p.proof)
+    }
+
+    /// Consistency proof between the trees of `old` and `new` entries.
+    pub async fn consistency_proof(&self, old: u64, new: u64) -> Result<Vec<Hash>> {
+        let p: ConsistencyProof = Self::send(
+            self.req(reqwest::Method::GET, "/v1/audit/proof/consistency")
+                .query(&[("old", old), ("new", new)]),
+        )
+        .await?;
+        parse_hashes(&p.proof)
+    }
+
+    /// The receipt of a run's `run_executed` entry.
+    pub async fn run_receipt(&self, id: &str) -> Result<Receipt> {
+        Self::send(self.req(reqwest::Method::GET, &format!("/v1/runs/{id}/receipt"))).await
+    }
+
+    /// The receipt of a module's `module_published` entry.
+    pub async fn module_receipt(&self, digest: &str) -> Result<Receipt> {
+        Self::send(self.req(
+            reqwest::Method::GET,
+            &format!("/v1/modules/{digest}/receipt"),
+        ))
+        .await
+    }
+
+    /// The receipt of any entry the caller may read, by index (e.g. a
+    /// denial found with [`Self::audit_entries`]).
+    pub async fn entry_receipt(&self, index: u64) -> Result<Receipt> {
+        Self::send(self.req(
+            reqwest::Method::GET,
+            &format!("/v1/audit/entries/{index}/receipt"),
+        ))
+        .await
+    }
+
+    /// Fetch the newest checkpoint and, if it is larger than the watcher's
+    /// trusted one, a consistency proof from the trusted size; the watcher
+    /// checks signature and proof and advances only on success. A fork or
+    /// rollback is [`Error::Watch`].
+    pub async fn watch(&self, watcher: &mut Watcher) -> Result<WatchOutcome> {
+        let note = self.checkpoint().await?;
+        // Parse (unverified) only to learn the size to ask a proof for; the
+        // watcher verifies the signature and the proof.
+        let offered = kasbah_audit::note::parse_note(&note)
+            .ok()
+            .and_then(|n| kasbah_audit::Checkpoint::parse(n.text).ok());
+        let trusted = watcher.trusted().checkpoint.size;
+        let proof = match offered {
+            Some(c) if trusted > 0 && c.size > trusted => {
+                self.consistency_proof(trusted, c.size).await?
+            }
+            _ => Vec::new(),
+        };
+        Ok(watcher.update(&note, &proof)?)
+    }
+}
+
+fn parse_hashes(v: &[String]) -> Result<Vec<Hash>> {
+    v.iter()
+        .map(|h| {
+            h.parse()
+                .map_err(|e: kasbah_audit::hash::InvalidHash| Error::Decode(e.to_string()))
+        })
+        .collect()
 }

@@ -1,0 +1,354 @@
+//! `kasbah audit …`: the log key, offline receipt verification and the
+//! fork/rollback watcher.
+//!
+//! Exit codes: 0 ok; 1 a receipt was rejected; 3 the watcher caught the log
+//! misbehaving (fork, rollback, bad proof or signature); 2 usage or
+//! transport errors.
+
+use anyhow::Context;
+use clap::Subcommand;
+use kasbah_audit::{LogSigner, LogVerifier, Receipt, WatchOutcome, Watcher, verify_receipt};
+use kasbah_core::Digest;
+use std::io::Read as _;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Duration;
+
+use crate::remote::Ctx;
+
+#[derive(Subcommand)]
+pub enum AuditCmd {
+    /// Print the log's verifier key (the string clients pin).
+    ///
+    /// With --data-dir, read it from the server's own key file (run this on
+    /// the server host: it is the trustworthy way to learn the key). Without,
+    /// ask the server (`GET /v1/audit/key`): trust on first use.
+    Key {
+        /// The server's data dir (holds `audit-log.key`).
+        #[arg(long, env = "KASBAH_DATA_DIR")]
+        data_dir: Option<PathBuf>,
+    },
+    /// Print the latest signed checkpoint.
+    Checkpoint,
+    /// List audit entries you may read.
+    Entries {
+        #[arg(long, default_value_t = 0)]
+        start: u64,
+        #[arg(long)]
+        end: Option<u64>,
+    },
+    /// Download the receipt of any entry you may read, by index.
+    Receipt {
+        index: u64,
+        /// Write it here instead of stdout.
+        #[arg(short, long)]
+        output: Option<PathBuf>,
+    },
+    /// Verify a receipt offline: signature, inclusion, and what it names.
+    Verify {
+        /// Receipt JSON file (`-` for stdin), from `kasbah runs receipt` or
+        /// `kasbah modules receipt`.
+        receipt: PathBuf,
+        /// The pinned log key (vkey string, or a file holding it).
+        #[arg(long, env = "KASBAH_AUDIT_KEY")]
+        key: String,
+        /// Require the entry to name this module digest.
+        #[arg(long)]
+        module: Option<Digest>,
+        /// Require the entry to be the record of this run.
+        #[arg(long)]
+        run: Option<String>,
+    },
+    /// Check that the log only grew since the last checkpoint seen.
+    ///
+    /// Keeps the last verified checkpoint in a state file; fetches the newest
+    /// one and a consistency proof from the old size, and refuses (exit 3,
+    /// both signed notes printed as evidence) on a fork, rollback, bad proof
+    /// or bad signature. The first run trusts the current checkpoint.
+    Watch {
+        /// The pinned log key (vkey string, or a file holding it).
+        #[arg(long, env = "KASBAH_AUDIT_KEY")]
+        key: String,
+        /// State file (default: ~/.local/state/kasbah/audit-<key id>.checkpoint).
+        #[arg(long)]
+        state: Option<PathBuf>,
+        /// Keep watching, checking every this many seconds.
+        #[arg(long)]
+        every: Option<u64>,
+    },
+}
+
+/// A vkey string, or a file holding one.
+pub fn load_key(arg: &str) -> anyhow::Result<LogVerifier> {
+    if let Ok(k) = arg.trim().parse::<LogVerifier>() {
+        return Ok(k);
+    }
+    let text = std::fs::read_to_string(arg)
+        .with_context(|| format!("--key {arg:?} is neither a verifier key nor a readable file"))?;
+    text.trim()
+        .parse()
+        .map_err(|e| anyhow::anyhow!("{arg}: not a verifier key: {e}"))
+}
+
+fn read_receipt(path: &Path) -> anyhow::Result<Receipt> {
+    let text = if path == Path::new("-") {
+        let mut s = String::new();
+        std::io::stdin().read_to_string(&mut s)?;
+        s
+    } else {
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?
+    };
+    serde_json::from_str(&text).with_context(|| format!("{} is not a receipt", path.display()))
+}
+
+pub async fn audit(ctx: &Ctx, c: AuditCmd) -> anyhow::Result<ExitCode> {
+    match c {
+        AuditCmd::Key {
+            data_dir: Some(dir),
+        } => {
+            let path = dir.join(kasbah_server::audit::KEY_FILE);
+            let key = LogSigner::load(&path)
+                .map_err(|e| anyhow::anyhow!("{e}"))
+                .with_context(|| format!("reading the log key {}", path.display()))?;
+            println!("{}", key.verifier());
+            Ok(ExitCode::SUCCESS)
+        }
+        AuditCmd::Key { data_dir: None } => {
+            let key = ctx.client()?.audit_key().await?;
+            eprintln!(
+                "note: this key came from the server itself (trust on first use); compare it with \
+                 `kasbah audit key --data-dir` on the server host"
+            );
+            println!("{key}");
+            Ok(ExitCode::SUCCESS)
+        }
+        AuditCmd::Checkpoint => {
+            print!("{}", ctx.client()?.checkpoint().await?);
+            Ok(ExitCode::SUCCESS)
+        }
+        AuditCmd::Entries { start, end } => {
+            let (page, entries) = ctx.client()?.audit_log_entries(start, end).await?;
+            if ctx.json {
+                println!("{}", serde_json::to_string_pretty(&page)?);
+                return Ok(ExitCode::SUCCESS);
+            }
+            for e in &entries {
+                println!(
+                    "{:>8}  {:<16}  {}  {}",
+                    e.index,
+                    e.entry.body.kind(),
+                    e.entry.body.tenant(),
+                    describe(&e.entry.body)
+                );
+            }
+            eprintln!(
+                "[{}, {}) of {} entries; continue with --start {}",
+                page.start, page.end, page.size, page.end
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        AuditCmd::Receipt { index, output } => {
+            let r = ctx.client()?.entry_receipt(index).await?;
+            crate::remote::save_receipt(&r, output)
+        }
+        AuditCmd::Verify {
+            receipt,
+            key,
+            module,
+            run,
+        } => verify(ctx, &receipt, &key, module, run.as_deref()),
+        AuditCmd::Watch { key, state, every } => watch(ctx, &key, state, every).await,
+    }
+}
+
+fn describe(b: &kasbah_audit::EntryBody) -> String {
+    use kasbah_audit::EntryBody::*;
+    match b {
+        TenantCreated(t) => format!("operator {:?}", t.operator),
+        PolicySet(p) => format!("policy v{} {}", p.policy_version, p.policy),
+        ModulePublished(m) => format!("{}@{} {} ({} bytes)", m.name, m.version, m.module, m.size),
+        RunExecuted(r) => format!(
+            "{} {} module {} policy v{}",
+            r.run_id, r.outcome, r.module, r.policy_version
+        ),
+        Denial(d) => format!("{}: {}", d.action, d.reason),
+    }
+}
+
+fn verify(
+    ctx: &Ctx,
+    path: &Path,
+    key: &str,
+    module: Option<Digest>,
+    run: Option<&str>,
+) -> anyhow::Result<ExitCode> {
+    let key = load_key(key)?;
+    let receipt = read_receipt(path)?;
+    let rejected = |reason: String| {
+        eprintln!("receipt REJECTED: {reason}");
+        Ok(ExitCode::from(1))
+    };
+    let v = match verify_receipt(&receipt, &key, module) {
+        Ok(v) => v,
+        Err(e) => return rejected(e.to_string()),
+    };
+    if let Some(want) = run {
+        match &v.entry.body {
+            kasbah_audit::EntryBody::RunExecuted(r) if r.run_id == want => {}
+            kasbah_audit::EntryBody::RunExecuted(r) => {
+                return rejected(format!(
+                    "entry is the record of run {}, not {want}",
+                    r.run_id
+                ));
+            }
+            other => {
+                return rejected(format!(
+                    "entry is a {} record, not the record of run {want}",
+                    other.kind()
+                ));
+            }
+        }
+    }
+    if ctx.json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&serde_json::json!({
+                "ok": true,
+                "index": v.index,
+                "entry": v.entry,
+                "checkpoint": {
+                    "origin": v.checkpoint.checkpoint.origin,
+                    "size": v.checkpoint.checkpoint.size,
+                    "root": v.checkpoint.checkpoint.root,
+                },
+            }))?
+        );
+    } else {
+        println!("receipt OK");
+        println!(
+            "  entry       #{} {} (tenant {})",
+            v.index,
+            v.entry.body.kind(),
+            v.entry.body.tenant()
+        );
+        println!("  record      {}", describe(&v.entry.body));
+        println!(
+            "  checkpoint  {} @ {} signed by {}",
+            v.checkpoint.checkpoint.origin, v.checkpoint.checkpoint.size, key
+        );
+        println!("  keep the checkpoint: `kasbah audit watch` proves later ones extend it");
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn default_state(key: &LogVerifier) -> anyhow::Result<PathBuf> {
+    let home = std::env::var_os("HOME").context("no --state given and HOME is not set")?;
+    Ok(PathBuf::from(home)
+        .join(".local/state/kasbah")
+        .join(format!("audit-{:08x}.checkpoint", key.key_id())))
+}
+
+/// Write `text` to `path` atomically (temp file + rename).
+fn save_state(path: &Path, text: &str) -> anyhow::Result<()> {
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir)?;
+    }
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, text)?;
+    std::fs::rename(&tmp, path)?;
+    Ok(())
+}
+
+async fn watch(
+    ctx: &Ctx,
+    key: &str,
+    state: Option<PathBuf>,
+    every: Option<u64>,
+) -> anyhow::Result<ExitCode> {
+    let key = load_key(key)?;
+    let state = match state {
+        Some(s) => s,
+        None => default_state(&key)?,
+    };
+    let client = ctx.client()?;
+    loop {
+        let code = watch_once(&client, &key, &state).await?;
+        match every {
+            Some(secs) if code == ExitCode::SUCCESS => {
+                tokio::time::sleep(Duration::from_secs(secs.max(1))).await
+            }
+            _ => return Ok(code),
+        }
+    }
+}
+
+async fn watch_once(
+    client: &kasbah_client::Client,
+    key: &LogVerifier,
+    state: &Path,
+) -> anyhow::Result<ExitCode> {
+    let alarm = |what: String, evidence: &[&str]| {
+        eprintln!("ALERT: {what}");
+        for note in evidence {
+            eprintln!("--- signed checkpoint ---\n{note}");
+        }
+        ExitCode::from(3)
+    };
+    let trusted = match std::fs::read_to_string(state) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let note = client.checkpoint().await?;
+            let c = match kasbah_audit::open_checkpoint(key, &note) {
+                Ok(c) => c,
+                Err(e) => return Ok(alarm(format!("checkpoint rejected: {e}"), &[&note])),
+            };
+            save_state(state, &note)?;
+            println!(
+                "trusting {} (first use); saved to {}",
+                c.checkpoint,
+                state.display()
+            );
+            return Ok(ExitCode::SUCCESS);
+        }
+        Err(e) => return Err(e).with_context(|| format!("reading {}", state.display())),
+    };
+    let mut watcher = Watcher::new(key.clone(), &trusted)
+        .map_err(|e| anyhow::anyhow!("the saved checkpoint in {}: {e}", state.display()))?;
+    match client.watch(&mut watcher).await {
+        Ok(WatchOutcome::Unchanged) => {
+            println!("unchanged: {}", watcher.trusted().checkpoint);
+            Ok(ExitCode::SUCCESS)
+        }
+        Ok(WatchOutcome::Advanced { from, to }) => {
+            save_state(state, &watcher.trusted().note)?;
+            println!(
+                "grew from {from} to {to} entries (consistency proven): {}",
+                watcher.trusted().checkpoint
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(kasbah_client::Error::Watch(e)) => {
+            use kasbah_audit::WatchError::*;
+            let evidence: Vec<&str> = match &e {
+                Rollback {
+                    trusted_note,
+                    offered_note,
+                    ..
+                }
+                | Fork {
+                    trusted_note,
+                    offered_note,
+                    ..
+                }
+                | Inconsistent {
+                    trusted_note,
+                    offered_note,
+                    ..
+                } => vec![trusted_note, offered_note],
+                Checkpoint(_) => vec![&trusted],
+            };
+            Ok(alarm(e.to_string(), &evidence))
+        }
+        Err(e) => Err(e.into()),
+    }
+}
