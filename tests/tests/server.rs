@@ -623,7 +623,8 @@ fn spawn_server(dir: &std::path::Path) -> Proc {
     let stdout = child.stdout.take().expect("stdout");
     let mut admin_token = None;
     let mut url = None;
-    for line in BufReader::new(stdout).lines() {
+    let mut lines = BufReader::new(stdout).lines();
+    for line in lines.by_ref() {
         let line = line.expect("read");
         if let Some(t) = line.strip_prefix("admin token: ") {
             admin_token = Some(t.to_string());
@@ -633,6 +634,8 @@ fn spawn_server(dir: &std::path::Path) -> Proc {
             break;
         }
     }
+    // Keep draining stdout so the server never writes into a closed pipe.
+    std::thread::spawn(move || for _ in lines {});
     Proc {
         child,
         url: url.expect("server printed its address"),

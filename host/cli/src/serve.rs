@@ -57,10 +57,14 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
     rt.block_on(async move {
         let data_dir = config.data_dir.clone();
         let server = kasbah_server::start(config).await?;
+        // A server must not die because whoever started it stopped reading
+        // its stdout: write the banner without panicking on a closed pipe.
+        use std::io::Write;
+        let mut out = std::io::stdout().lock();
         if let Some(token) = &server.admin_token {
             // Printed once, on the first start of this data dir; only its
             // hash is stored.
-            println!("admin token: {token}");
+            let _ = writeln!(out, "admin token: {token}");
         }
         if server.interrupted_runs > 0 {
             tracing::warn!(
@@ -68,11 +72,12 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
                 server.interrupted_runs
             );
         }
-        println!("listening on http://{}", server.addr);
-        println!("data dir {}", data_dir.display());
-        println!("audit log key {}", server.state.audit.verifier());
-        use std::io::Write;
-        let _ = std::io::stdout().flush();
+        let _ = writeln!(out, "data dir {}", data_dir.display());
+        let _ = writeln!(out, "audit log key {}", server.state.audit.verifier());
+        // Last: scripts wait for this line.
+        let _ = writeln!(out, "listening on http://{}", server.addr);
+        let _ = out.flush();
+        drop(out);
         server.wait().await
     })?;
     Ok(ExitCode::SUCCESS)

@@ -256,8 +256,20 @@ pub async fn create_auditor(
 
 // ---- modules --------------------------------------------------------------------
 
-/// How much of an oversize upload is read and discarded before answering 413.
+/// How much of a refused upload is read and discarded before answering.
 const DRAIN_LIMIT: u64 = 64 << 20;
+
+/// Read and discard up to `limit` bytes of a request body.
+async fn drain(body: Body, limit: u64) {
+    let mut stream = body.into_data_stream();
+    let mut seen = 0u64;
+    while let Some(Ok(chunk)) = stream.next().await {
+        seen += chunk.len() as u64;
+        if seen > limit {
+            break;
+        }
+    }
+}
 
 #[derive(Deserialize, utoipa::IntoParams)]
 pub struct PublishParams {
@@ -283,15 +295,28 @@ pub async fn publish_module(
     headers: HeaderMap,
     body: Body,
 ) -> ApiResult<(StatusCode, Json<ModuleRecord>)> {
-    caller.require(
-        &[Role::Developer],
-        "publish modules (use a tenant developer token)",
-    )?;
-    let Query(p) = params.map_err(|e| ApiError::bad_request("invalid_request", e.body_text()))?;
-    let name = valid_name(&p.name)?.to_string();
-    let version = valid_name(&p.version)?.to_string();
+    // Refusals before the upload is read still read (and discard) a bounded
+    // amount of it, so the client sees the error instead of a reset.
+    let checked = (|| {
+        caller.require(
+            &[Role::Developer],
+            "publish modules (use a tenant developer token)",
+        )?;
+        let Query(p) =
+            params.map_err(|e| ApiError::bad_request("invalid_request", e.body_text()))?;
+        let name = valid_name(&p.name)?.to_string();
+        let version = valid_name(&p.version)?.to_string();
+        let policy = s.policy(&caller.subject)?;
+        Ok::<_, ApiError>((name, version, policy))
+    })();
+    let (name, version, policy) = match checked {
+        Ok(v) => v,
+        Err(e) => {
+            drain(body, DRAIN_LIMIT).await;
+            return Err(e);
+        }
+    };
     let tenant = caller.subject.clone();
-    let policy = s.policy(&tenant)?;
     let max = policy
         .policy
         .limits
