@@ -168,6 +168,7 @@ fn report(module: Digest, ok: bool) -> RunReport {
             wall_time: Duration::from_micros(1234),
             fuel_consumed: Some(4321),
             peak_memory_bytes: 1 << 20,
+            gpu: None,
         },
         stdout: Default::default(),
         stderr: Default::default(),
