@@ -451,12 +451,9 @@ impl Db {
 
     pub fn caller(&self, token: &str) -> rusqlite::Result<Option<Caller>> {
         let row: Option<(String, String)> = self.with(|c| {
-            c.query_row(
-                "SELECT role, subject FROM tokens WHERE hash = ?1",
-                [hash_token(token)],
-                |r| Ok((r.get(0)?, r.get(1)?)),
-            )
-            .optional()
+            c.prepare_cached("SELECT role, subject FROM tokens WHERE hash = ?1")?
+                .query_row([hash_token(token)], |r| Ok((r.get(0)?, r.get(1)?)))
+                .optional()
         })?;
         Ok(row.and_then(|(role, subject)| Role::parse(&role).map(|role| Caller { role, subject })))
     }
@@ -923,7 +920,8 @@ impl Db {
 
     pub fn run(&self, id: &str) -> rusqlite::Result<Option<RunRecord>> {
         self.with(|c| {
-            c.query_row(&format!("{RUN_COLUMNS} WHERE id = ?1"), [id], row_run)
+            c.prepare_cached(&format!("{RUN_COLUMNS} WHERE id = ?1"))?
+                .query_row([id], row_run)
                 .optional()
         })
     }
@@ -1131,12 +1129,11 @@ fn module_row(
     tenant_id: &str,
     digest: &Digest,
 ) -> rusqlite::Result<Option<ModuleRecord>> {
-    c.query_row(
+    c.prepare_cached(
         "SELECT tenant_id, digest, name, version, size, imports_json, created_at
          FROM modules WHERE tenant_id = ?1 AND digest = ?2",
-        params![tenant_id, digest.to_string()],
-        row_module,
-    )
+    )?
+    .query_row(params![tenant_id, digest.to_string()], row_module)
     .optional()
 }
 
