@@ -21,7 +21,9 @@
 //! keyed by [`NodeId::position`], the size in a one-row table, and the
 //! canonical entry bytes in `audit_entries(idx, bytes)`), wrap it in a
 //! [`Log`] and append inside the same transaction: the entry, its tree nodes
-//! and the change commit or roll back together.
+//! and the change commit or roll back together. (`kasbah-server` does this,
+//! with the nodes a leaf completes stored in that leaf's row: same order,
+//! half the rows; see its `audit` module.)
 //!
 //! ```
 //! use kasbah_audit::{Entry, EntryBody, Log, LogSigner, MemoryStore, TenantCreated};

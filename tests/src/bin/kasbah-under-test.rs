@@ -1,5 +1,4 @@
-//! The `kasbah` CLI, built inside the tests package so integration tests can
-//! spawn it (`env!("CARGO_BIN_EXE_kasbah-under-test")`).
+//! The `kasbah` CLI, unchanged, for tests that need the server as a process.
 fn main() -> std::process::ExitCode {
     kasbah_cli::main()
 }
