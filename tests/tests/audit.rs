@@ -144,6 +144,8 @@ impl Fixture {
     }
 
     /// Restart on the same port, so existing clients keep working.
+    /// (Make new clients afterwards: pooled keep-alive connections to the
+    /// old process are dead, and a request on one fails.)
     fn restart(&mut self) {
         self.kill();
         let (p, token) = Proc::start(self.tmp.path(), self.port);
@@ -852,6 +854,8 @@ async fn a_changed_entry_is_caught_by_verify_and_watch() {
         ),
     );
     f.restart();
+    // A fresh client: pooled connections to the killed process are dead.
+    let dev = f.client(&tok);
 
     // The server notices the entry no longer matches its leaf and refuses
     // to vouch for it.
@@ -879,6 +883,8 @@ async fn a_changed_entry_is_caught_by_verify_and_watch() {
     f.kill();
     rebuild_nodes(&f.db_path());
     f.restart();
+    // A fresh client: pooled connections to the killed process are dead.
+    let dev = f.client(&tok);
     let rewritten = dev
         .run_receipt(&r.id)
         .await
@@ -966,6 +972,8 @@ async fn dropped_entries_are_a_rollback_and_a_torn_log_does_not_start() {
          UPDATE audit_size SET size = 4;",
     );
     f.restart();
+    // A fresh client: pooled connections to the killed process are dead.
+    let dev = f.client(&tok);
     let e = dev.run_receipt(&runs[2].id).await.expect_err("entry gone");
     assert_eq!(api_code(&e).0, 404);
     // The receipt handed out earlier still proves the run was logged…
@@ -1015,6 +1023,8 @@ async fn a_log_re_signed_with_another_key_is_rejected() {
         .save(&key_file)
         .expect("save");
     f.restart();
+    // A fresh client: pooled connections to the killed process are dead.
+    let dev = f.client(&tok);
 
     let r = dev.run(&run_req(&m.digest, "x")).await.expect("run");
     let receipt = dev.run_receipt(&r.id).await.expect("receipt");
@@ -1126,6 +1136,8 @@ async fn kill_9_under_load_loses_no_acknowledged_entry() {
     // Restart: every acknowledged publish and run has its entry, proven
     // into the new checkpoint with the old key…
     f.restart();
+    // A fresh client: pooled connections to the killed process are dead.
+    let dev = f.client(&tok);
     for (kind, id) in &acked {
         let receipt = if *kind == "module" {
             dev.module_receipt(id).await

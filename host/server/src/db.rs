@@ -774,11 +774,11 @@ impl Db {
             input_digest.to_string(),
         );
         self.write(move |c| {
-            c.execute(
+            c.prepare_cached(
                 "INSERT INTO runs(id, tenant_id, module_digest, policy_version, status, input_digest, input_size, created_at)
                  VALUES (?1, ?2, ?3, ?4, 'queued', ?5, ?6, ?7)",
-                params![id, tenant_id, module, policy_version, input_digest, input_size as i64, now],
-            )?;
+            )?
+            .execute(params![id, tenant_id, module, policy_version, input_digest, input_size as i64, now])?;
             Ok(((), Vec::new()))
         })
         .await?;
@@ -790,10 +790,8 @@ impl Db {
     pub async fn mark_running(&self, id: &str) -> DbResult<()> {
         let id = id.to_string();
         self.write_nowait(move |c| {
-            c.execute(
-                "UPDATE runs SET status = 'running', started_at = ?1 WHERE id = ?2",
-                params![now_ms(), id],
-            )?;
+            c.prepare_cached("UPDATE runs SET status = 'running', started_at = ?1 WHERE id = ?2")?
+                .execute(params![now_ms(), id])?;
             Ok(())
         })
         .await
@@ -819,12 +817,13 @@ impl Db {
                     }
                     None => (None, None, None, None),
                 };
-                c.execute(
+                c.prepare_cached(
                     "UPDATE runs SET status = 'done', outcome_kind = ?1, outcome_json = ?2,
                         output_digest = ?3, output_size = ?4, output_content_type = ?5, output_inline = ?6,
                         wall_us = ?7, fuel = ?8, peak_memory = ?9, report_json = ?10, finished_at = ?11
                      WHERE id = ?12",
-                    params![
+                )?
+                .execute(params![
                         r.outcome.kind(),
                         json(&slim.outcome)?,
                         od,
@@ -837,8 +836,7 @@ impl Db {
                         json(&slim)?,
                         now_ms(),
                         id
-                    ],
-                )?;
+                    ])?;
                 let run = run_facts(c, &id)?;
                 let mut entries = vec![run_entry(&id, &run, output_digest, r)];
                 entries.extend(r.denials.iter().map(|d| {
