@@ -62,6 +62,27 @@ fn parse_kv(s: &str) -> Result<(String, String), String> {
         .ok_or_else(|| format!("expected key=value, got {s:?}"))
 }
 
+/// The usage lines both local and server runs print (stderr).
+pub fn print_usage(u: &kasbah_core::Usage) {
+    eprintln!(
+        "usage    wall {:.3} ms, fuel {}, peak memory {} KiB",
+        u.wall_time.as_secs_f64() * 1e3,
+        u.fuel_consumed.map_or("-".to_string(), |f| f.to_string()),
+        u.peak_memory_bytes / 1024
+    );
+    if let Some(g) = &u.gpu {
+        eprintln!(
+            "gpu      {} in zone {}: {} dispatches, {} kernels, {} KiB allocated, gpu time {:.3} ms",
+            g.adapter,
+            g.zone,
+            g.dispatches,
+            g.kernels,
+            g.bytes_allocated / 1024,
+            g.gpu_time.as_secs_f64() * 1e3
+        );
+    }
+}
+
 pub fn run(args: RunArgs, echo_logs: bool, json: bool) -> anyhow::Result<ExitCode> {
     let policy = match &args.policy {
         Some(p) => Policy::load(p)?,
@@ -102,23 +123,7 @@ pub fn run(args: RunArgs, echo_logs: bool, json: bool) -> anyhow::Result<ExitCod
         let u = &report.usage;
         eprintln!("module   {}", report.module);
         eprintln!("outcome  {}", report.outcome.summary());
-        eprintln!(
-            "usage    wall {:.3} ms, fuel {}, peak memory {} KiB",
-            u.wall_time.as_secs_f64() * 1e3,
-            u.fuel_consumed.map_or("-".to_string(), |f| f.to_string()),
-            u.peak_memory_bytes / 1024
-        );
-        if let Some(g) = &u.gpu {
-            eprintln!(
-                "gpu      {} in zone {}: {} dispatches, {} kernels, {} KiB allocated, gpu time {:.3} ms",
-                g.adapter,
-                g.zone,
-                g.dispatches,
-                g.kernels,
-                g.bytes_allocated / 1024,
-                g.gpu_time.as_secs_f64() * 1e3
-            );
-        }
+        print_usage(u);
         for d in &report.denials {
             eprintln!("denied   {}: {}", d.capability, d.detail);
         }

@@ -409,23 +409,7 @@ fn show_run(ctx: &Ctx, r: &RunRecord) -> anyhow::Result<ExitCode> {
             (None, _) => {}
         }
         if let Some(u) = &r.usage {
-            eprintln!(
-                "usage    wall {:.3} ms, fuel {}, peak memory {} KiB",
-                u.wall_time.as_secs_f64() * 1e3,
-                u.fuel_consumed.map_or("-".into(), |f| f.to_string()),
-                u.peak_memory_bytes / 1024
-            );
-            if let Some(g) = &u.gpu {
-                eprintln!(
-                    "gpu      {} in zone {}: {} dispatches, {} kernels, {} KiB allocated, gpu time {:.3} ms",
-                    g.adapter,
-                    g.zone,
-                    g.dispatches,
-                    g.kernels,
-                    g.bytes_allocated / 1024,
-                    g.gpu_time.as_secs_f64() * 1e3
-                );
-            }
+            crate::local::print_usage(u);
         }
         if let Some(out) = r.output.as_ref().filter(|o| o.inline.is_none()) {
             eprintln!("output   {} bytes {} at {}", out.size, out.digest, out.url);
