@@ -44,6 +44,12 @@ KASBAH_TOKEN=$DEV $KASBAH publish $G/hello.wasm --version 1.0.0
 HELLO=$(KASBAH_TOKEN=$DEV $KASBAH modules --json | python3 -c 'import json,sys; print(json.load(sys.stdin)[0]["digest"])')
 step "run $HELLO"
 echo "salam, bonjour, hello" | KASBAH_TOKEN=$DEV $KASBAH run "$HELLO"
+RUN=$(KASBAH_TOKEN=$DEV $KASBAH runs list --json | python3 -c 'import json,sys; print(json.load(sys.stdin)[0]["id"])')
+KEY=$($KASBAH audit key --data-dir "$work/platform")
+step "runs receipt $RUN -o receipt.json; audit verify receipt.json --key … --module $HELLO   (offline, as a sovereign client)"
+KASBAH_TOKEN=$DEV $KASBAH runs receipt "$RUN" -o "$work/receipt.json"
+$KASBAH audit verify "$work/receipt.json" --key "$KEY" --module "$HELLO"
+
 cat > "$work/gpu.toml" <<TOML
 [gpu]
 zones = ["local"]
