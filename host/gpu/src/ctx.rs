@@ -170,6 +170,18 @@ impl Bound {
         Ok(())
     }
 
+    /// The result of a device call made under a reserved handle: the handle
+    /// is given back unless the call produced a resource.
+    pub(crate) fn settle_handle<T>(
+        &mut self,
+        r: wasmtime::Result<Result<T, GpuError>>,
+    ) -> wasmtime::Result<Result<T, GpuError>> {
+        if !matches!(r, Ok(Ok(_))) {
+            self.release_handle();
+        }
+        r
+    }
+
     pub fn release_handle(&mut self) {
         self.acct.handles = self.acct.handles.saturating_sub(1);
     }

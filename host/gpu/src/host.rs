@@ -321,16 +321,9 @@ impl wit::Host for Gpu<'_> {
         let created = bound
             .device(move |dev| ops::create_buffer(dev, size, wgpu_usage))
             .await;
-        let buffer = match created {
-            Ok(Ok(v)) => v,
-            Ok(Err(e)) => {
-                bound.release_handle();
-                return Ok(Err(e));
-            }
-            Err(trap) => {
-                bound.release_handle();
-                return Err(trap);
-            }
+        let buffer = match bound.settle_handle(created)? {
+            Ok(v) => v,
+            Err(e) => return Ok(Err(e)),
         };
         bound.add_bytes(size);
         let res = self.table.push(BufferRes {
@@ -366,16 +359,9 @@ impl wit::Host for Gpu<'_> {
         let built = bound
             .device(move |dev| ops::create_pipeline(dev, &code, &ep, wg_limit))
             .await;
-        let pipeline = match built {
-            Ok(Ok(v)) => v,
-            Ok(Err(e)) => {
-                bound.release_handle();
-                return Ok(Err(e));
-            }
-            Err(trap) => {
-                bound.release_handle();
-                return Err(trap);
-            }
+        let pipeline = match bound.settle_handle(built)? {
+            Ok(v) => v,
+            Err(e) => return Ok(Err(e)),
         };
         bound.acct.kernels_built += 1;
         let res = self.table.push(PipelineRes {

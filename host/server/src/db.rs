@@ -88,7 +88,6 @@ CREATE TABLE IF NOT EXISTS runs (
     input_digest TEXT NOT NULL,
     input_size INTEGER NOT NULL,
     outcome_kind TEXT,
-    outcome_json TEXT,
     output_digest TEXT,
     output_size INTEGER,
     output_content_type TEXT,
@@ -818,14 +817,13 @@ impl Db {
                     None => (None, None, None, None),
                 };
                 c.prepare_cached(
-                    "UPDATE runs SET status = 'done', outcome_kind = ?1, outcome_json = ?2,
-                        output_digest = ?3, output_size = ?4, output_content_type = ?5, output_inline = ?6,
-                        wall_us = ?7, fuel = ?8, peak_memory = ?9, report_json = ?10, finished_at = ?11
-                     WHERE id = ?12",
+                    "UPDATE runs SET status = 'done', outcome_kind = ?1,
+                        output_digest = ?2, output_size = ?3, output_content_type = ?4, output_inline = ?5,
+                        wall_us = ?6, fuel = ?7, peak_memory = ?8, report_json = ?9, finished_at = ?10
+                     WHERE id = ?11",
                 )?
                 .execute(params![
                         r.outcome.kind(),
-                        json(&slim.outcome)?,
                         od,
                         os,
                         oct,
