@@ -18,7 +18,7 @@ use kasbah_runtime::{LoadError, Request};
 use serde::Deserialize;
 
 use crate::AppState;
-use crate::db::{Caller, Finished, INLINE_OUTPUT_MAX, Period, now_ms};
+use crate::db::{Caller, Finished, INLINE_OUTPUT_MAX, NewRun, Period, now_ms};
 use crate::error::{ApiError, ApiResult, ErrorBody};
 use crate::scheduler::{Admission, Refusal};
 
@@ -526,8 +526,9 @@ pub async fn create_run(
             ));
         }
     };
-    s.db.module(&tenant, &digest)?
-        .ok_or_else(|| ApiError::not_found("module"))?;
+    if !s.db.has_module(&tenant, &digest)? {
+        return Err(ApiError::not_found("module"));
+    }
     let policy = s.policy(&tenant)?;
     let limits = &policy.policy.limits;
     if input.len() as u64 > limits.max_input_bytes {
@@ -576,17 +577,19 @@ pub async fn create_run(
         }
     };
 
-    let id = crate::db::new_run_id();
-    let input_digest = Digest::of(&input);
-    s.db.insert_run(
-        &id,
-        &tenant,
-        &digest,
-        policy.version,
-        &input_digest,
-        input.len() as u64,
-    )
-    .await?;
+    let run = NewRun {
+        id: crate::db::new_run_id(),
+        tenant_id: tenant,
+        module: digest,
+        policy_version: policy.version,
+        input_digest: Digest::of(&input),
+        input_size: input.len() as u64,
+        created_at: now_ms(),
+    };
+    // The insert is queued, not waited for: the run starts while it
+    // commits, and nobody hears of the run before it is durable (below).
+    // The result's commit, later in the same writer, implies it.
+    let inserted = s.db.insert_run(&run).await?;
     let mut request = Request::new(input);
     if let Some(ct) = req.content_type {
         request = request.with_content_type(ct);
@@ -600,52 +603,66 @@ pub async fn create_run(
     );
     let (tx, rx) = tokio::sync::oneshot::channel();
     let task_state = s.clone();
-    let run_id = id.clone();
     let policy_for_run = policy.clone();
+    let accepted = assemble_queued(&run);
     s.metrics.runs_in_flight.inc();
     tokio::spawn(async move {
-        execute(
-            &task_state,
-            &run_id,
-            digest,
-            &policy_for_run.policy,
-            request,
-            admission,
-        )
-        .await;
+        let record = execute(&task_state, run, &policy_for_run.policy, request, admission).await;
         task_state.metrics.runs_in_flight.dec();
-        let _ = tx.send(());
+        let _ = tx.send(record);
     });
 
-    if req.wait && tokio::time::timeout(wait, rx).await.is_ok() {
-        let r =
-            s.db.run(&id)?
-                .ok_or_else(|| ApiError::internal("run record vanished"))?;
-        return Ok((StatusCode::OK, Json(r)));
+    if req.wait
+        && let Ok(done) = tokio::time::timeout(wait, rx).await
+    {
+        return match done {
+            Ok(Some(record)) => Ok((StatusCode::OK, Json(record))),
+            Ok(None) | Err(_) => Err(ApiError::internal("the run's result could not be stored")),
+        };
     }
-    let r =
-        s.db.run(&id)?
-            .ok_or_else(|| ApiError::internal("run record vanished"))?;
+    inserted.durable().await?;
+    let r = s.db.run(&accepted.id)?.unwrap_or(accepted);
     Ok((StatusCode::ACCEPTED, Json(r)))
 }
 
-/// Run one admitted request to completion and store its record. Never
-/// panics on guest behaviour; host faults end up in the record as outcomes.
+/// The record of a run just accepted (what a read would give).
+fn assemble_queued(run: &NewRun) -> RunRecord {
+    RunRecord {
+        id: run.id.clone(),
+        tenant_id: run.tenant_id.clone(),
+        module: run.module,
+        policy_version: run.policy_version,
+        status: RunStatus::Queued,
+        input_digest: run.input_digest,
+        input_size: run.input_size,
+        outcome: None,
+        output: None,
+        usage: None,
+        stdout: None,
+        stderr: None,
+        logs: None,
+        denials: Vec::new(),
+        created_at: run.created_at,
+        started_at: None,
+        finished_at: None,
+    }
+}
+
+/// Run one admitted request to completion and store its record; returns
+/// the stored record (`None` if storing failed, logged). Never panics on
+/// guest behaviour; host faults end up in the record as outcomes.
 async fn execute(
     s: &AppState,
-    id: &str,
-    digest: Digest,
+    run: NewRun,
     policy: &Policy,
     request: Request,
     admission: Admission,
-) {
+) -> Option<RunRecord> {
     let _admission = admission;
-    let Some(_worker) = s.scheduler.worker().await else {
-        return;
-    };
-    if let Err(e) = s.db.mark_running(id).await {
-        tracing::error!(run = id, "mark running: {e}");
-    }
+    let _worker = s.scheduler.worker().await?;
+    let id = run.id.as_str();
+    let digest = run.module;
+    let started_at = s.db.mark_running(id);
     let report = match s.module(&digest).await {
         Ok(module) => match s.runtime.run(&module, policy, request).await {
             Ok(r) => r,
@@ -689,8 +706,16 @@ async fn execute(
     s.metrics
         .run_seconds
         .observe(report.usage.wall_time.as_secs_f64());
-    if let Err(e) = s.db.finish_run(id, Finished { report, output }).await {
-        tracing::error!(run = id, "finish run: {e}");
+    match s
+        .db
+        .finish_run(&run, started_at, Finished { report, output })
+        .await
+    {
+        Ok((record, _)) => Some(record),
+        Err(e) => {
+            tracing::error!(run = id, "finish run: {e}");
+            None
+        }
     }
 }
 
