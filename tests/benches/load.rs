@@ -461,6 +461,7 @@ async fn start_kasbah(
             content_type: None,
             metadata: Default::default(),
             wait: true,
+            ..CreateRun::default()
         })
         .await?;
     anyhow::ensure!(

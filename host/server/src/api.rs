@@ -257,10 +257,10 @@ pub async fn create_auditor(
 // ---- modules --------------------------------------------------------------------
 
 /// How much of a refused upload is read and discarded before answering.
-const DRAIN_LIMIT: u64 = 64 << 20;
+pub(crate) const DRAIN_LIMIT: u64 = 64 << 20;
 
 /// Read and discard up to `limit` bytes of a request body.
-async fn drain(body: Body, limit: u64) {
+pub(crate) async fn drain(body: Body, limit: u64) {
     let mut stream = body.into_data_stream();
     let mut seen = 0u64;
     while let Some(Ok(chunk)) = stream.next().await {
@@ -500,7 +500,8 @@ pub async fn get_module(
 #[utoipa::path(post, path = "/v1/runs", request_body = CreateRun,
     responses((status = 200, body = RunRecord, description = "finished (wait = true)"),
         (status = 202, body = RunRecord, description = "accepted; poll GET /v1/runs/{id}"),
-        (status = 404, body = ErrorBody), (status = 413, body = ErrorBody), (status = 429, body = ErrorBody)))]
+        (status = 403, body = ErrorBody, description = "`residency_violation`: no zone satisfies the tenant's zones, the input label, every dataset label and (for GPU modules) a usable adapter"),
+        (status = 404, body = ErrorBody), (status = 409, body = ErrorBody), (status = 413, body = ErrorBody), (status = 429, body = ErrorBody)))]
 pub async fn create_run(
     State(s): State<AppState>,
     caller: Caller,
@@ -526,8 +527,9 @@ pub async fn create_run(
             ));
         }
     };
-    s.db.module(&tenant, &digest)?
-        .ok_or_else(|| ApiError::not_found("module"))?;
+    let module =
+        s.db.module(&tenant, &digest)?
+            .ok_or_else(|| ApiError::not_found("module"))?;
     let policy = s.policy(&tenant)?;
     let limits = &policy.policy.limits;
     if input.len() as u64 > limits.max_input_bytes {
@@ -540,6 +542,17 @@ pub async fn create_run(
             ),
         ));
     }
+    // Residency: refused (403, audited) before anything is admitted or run.
+    let placed = crate::placement::place_run(
+        &s,
+        &tenant,
+        &policy.policy,
+        &module,
+        &req.datasets,
+        req.input_label.as_deref(),
+        req.store_output_as.as_deref(),
+    )
+    .await?;
     let admission = match s.scheduler.admit(&tenant, limits.max_concurrent_runs) {
         Ok(a) => a,
         Err(r) => {
@@ -585,6 +598,7 @@ pub async fn create_run(
         policy.version,
         &input_digest,
         input.len() as u64,
+        Some(placed.row.clone()),
     )
     .await?;
     let mut request = Request::new(input);
@@ -611,6 +625,7 @@ pub async fn create_run(
             &policy_for_run.policy,
             request,
             admission,
+            placed,
         )
         .await;
         task_state.metrics.runs_in_flight.dec();
@@ -638,6 +653,7 @@ async fn execute(
     policy: &Policy,
     request: Request,
     admission: Admission,
+    placed: crate::placement::Placed,
 ) {
     let _admission = admission;
     let Some(_worker) = s.scheduler.worker().await else {
@@ -647,7 +663,11 @@ async fn execute(
         tracing::error!(run = id, "mark running: {e}");
     }
     let report = match s.module(&digest).await {
-        Ok(module) => match s.runtime.run(&module, policy, request).await {
+        Ok(module) => match s
+            .runtime
+            .run_with(&module, policy, request, &placed.options)
+            .await
+        {
             Ok(r) => r,
             Err(e) => host_failure(digest, format!("host could not run the module: {e}")),
         },
@@ -656,6 +676,13 @@ async fn execute(
     let output = match &report.outcome {
         Outcome::Ok { output } => {
             let d = Digest::of(&output.body);
+            // An output stored as a dataset lives in the blob store.
+            if placed.stores_output() {
+                match s.blobs.put(&output.body) {
+                    Ok(_) => crate::datasets::seal_blob(s, &d),
+                    Err(e) => tracing::error!(run = id, "storing output as a dataset: {e}"),
+                }
+            }
             if output.body.len() <= INLINE_OUTPUT_MAX {
                 Some((
                     d,
@@ -713,7 +740,20 @@ pub async fn get_run(
     caller: Caller,
     Path(id): Path<String>,
 ) -> ApiResult<Json<RunRecord>> {
-    Ok(Json(visible_run(&s, &caller, &id)?))
+    let mut r = visible_run(&s, &caller, &id)?;
+    redact_output(&s, &caller, &mut r)?;
+    Ok(Json(r))
+}
+
+/// Output bytes (inline in the record) only for the callers who may
+/// download them; others see the digest and size.
+fn redact_output(s: &AppState, caller: &Caller, r: &mut RunRecord) -> ApiResult<()> {
+    if !caller.reads_outputs(s, &r.tenant_id)?
+        && let Some(out) = r.output.as_mut()
+    {
+        out.inline = None;
+    }
+    Ok(())
 }
 
 pub(crate) fn visible_run(s: &AppState, caller: &Caller, id: &str) -> ApiResult<RunRecord> {
@@ -725,13 +765,19 @@ pub(crate) fn visible_run(s: &AppState, caller: &Caller, id: &str) -> ApiResult<
     }
 }
 
-#[utoipa::path(get, path = "/v1/runs/{id}/output", responses((status = 200, content_type = "application/octet-stream"), (status = 404, body = ErrorBody)))]
+#[utoipa::path(get, path = "/v1/runs/{id}/output", responses((status = 200, content_type = "application/octet-stream"),
+    (status = 403, body = ErrorBody, description = "only the owning tenant and its auditors download outputs"), (status = 404, body = ErrorBody)))]
 pub async fn get_run_output(
     State(s): State<AppState>,
     caller: Caller,
     Path(id): Path<String>,
 ) -> ApiResult<Response> {
     let r = visible_run(&s, &caller, &id)?;
+    if !caller.reads_outputs(&s, &r.tenant_id)? {
+        return Err(ApiError::forbidden(
+            "run outputs are released only to the owning tenant and its auditors",
+        ));
+    }
     let out = r.output.ok_or_else(|| ApiError::not_found("output"))?;
     let bytes = match s.db.run_output_inline(&id)? {
         Some(b) => b,
@@ -771,6 +817,9 @@ pub async fn list_runs(
     }
     out.sort_by_key(|r| std::cmp::Reverse(r.created_at));
     out.truncate(limit as usize);
+    for r in &mut out {
+        redact_output(&s, &caller, r)?;
+    }
     Ok(Json(out))
 }
 

@@ -265,6 +265,8 @@ impl Db {
             crate::writer::WAL_AUTOCHECKPOINT_PAGES,
         )?;
         conn.execute_batch(SCHEMA)?;
+        conn.execute_batch(crate::datasets::SCHEMA)?;
+        conn.execute_batch(crate::placement::SCHEMA)?;
         conn.execute_batch(audit::SCHEMA)?;
         let size = audit::check(&conn)
             .map_err(|e| anyhow::anyhow!("{}: {e}; refusing to start", path.display()))?;
@@ -306,7 +308,7 @@ impl Db {
         self.writer.stop();
     }
 
-    fn with<R>(
+    pub(crate) fn with<R>(
         &self,
         f: impl FnOnce(&mut Connection) -> rusqlite::Result<R>,
     ) -> rusqlite::Result<R> {
@@ -764,6 +766,7 @@ impl Db {
         policy_version: u32,
         input_digest: &Digest,
         input_size: u64,
+        residency: Option<crate::placement::RunResidency>,
     ) -> DbResult<i64> {
         let now = now_ms();
         let (id, tenant_id, module, input_digest) = (
@@ -778,6 +781,9 @@ impl Db {
                  VALUES (?1, ?2, ?3, ?4, 'queued', ?5, ?6, ?7)",
             )?
             .execute(params![id, tenant_id, module, policy_version, input_digest, input_size as i64, now])?;
+            if let Some(r) = &residency {
+                crate::placement::insert_residency(c, &id, r)?;
+            }
             Ok(((), Vec::new()))
         })
         .await?;
@@ -836,7 +842,13 @@ impl Db {
                         id
                     ])?;
                 let run = run_facts(c, &id)?;
-                let mut entries = vec![run_entry(&id, &run, output_digest, r)];
+                let residency = crate::placement::stored_residency(c, &id)?;
+                let mut entries = vec![run_entry(&id, &run, output_digest, r, residency.as_ref())];
+                if let (Some(res), Some(d), Some(size), true) =
+                    (&residency, output_digest, os, r.outcome.is_ok())
+                {
+                    entries.extend(crate::datasets::store_output(c, &id, &run.tenant, res, d, size as u64)?);
+                }
                 entries.extend(r.denials.iter().map(|d| {
                     entry(EntryBody::Denial(DenialEntry {
                         tenant: run.tenant.clone(),
@@ -1043,25 +1055,31 @@ fn run_facts(c: &Connection, id: &str) -> rusqlite::Result<RunFacts> {
     })
 }
 
-fn run_entry(id: &str, run: &RunFacts, output: Option<Digest>, r: &RunReport) -> Entry {
+fn run_entry(
+    id: &str,
+    run: &RunFacts,
+    output: Option<Digest>,
+    r: &RunReport,
+    residency: Option<&crate::placement::RunResidency>,
+) -> Entry {
+    let gpu = r.usage.gpu.as_ref();
     entry(EntryBody::RunExecuted(RunExecuted {
         run_id: id.to_string(),
         tenant: run.tenant.clone(),
         module: run.module,
         input: run.input,
-        datasets: Vec::new(),
+        datasets: residency.map_or_else(Vec::new, |p| p.datasets.iter().map(|d| d.digest).collect()),
         output,
-        // Residency labels, zones and GPU adapters are not modelled yet: empty.
-        output_label: Vec::new(),
-        zone: String::new(),
-        adapter: None,
+        output_label: residency.map_or_else(Vec::new, |p| p.output_label.clone()),
+        zone: residency.map_or_else(String::new, |p| p.zone.clone()),
+        adapter: residency.and_then(|p| p.adapter.clone()),
         policy_version: run.policy_version,
         outcome: r.outcome.kind().to_string(),
         wall_time_us: u64::try_from(r.usage.wall_time.as_micros()).unwrap_or(u64::MAX),
         fuel: r.usage.fuel_consumed,
         peak_memory_bytes: r.usage.peak_memory_bytes,
-        gpu_time_us: 0,
-        gpu_bytes: 0,
+        gpu_time_us: gpu.map_or(0, |g| u64::try_from(g.gpu_time.as_micros()).unwrap_or(u64::MAX)),
+        gpu_bytes: gpu.map_or(0, |g| g.bytes_allocated),
     }))
 }
 
@@ -1134,8 +1152,9 @@ fn module_row(
 }
 
 const RUN_COLUMNS: &str = "SELECT id, tenant_id, module_digest, policy_version, status, input_digest, input_size,
-    output_digest, output_size, output_content_type, output_inline, report_json, created_at, started_at, finished_at
-    FROM runs";
+    output_digest, output_size, output_content_type, output_inline, report_json, created_at, started_at, finished_at,
+    rr.zone, rr.adapter, rr.datasets, rr.input_label, rr.output_label, rr.output_dataset
+    FROM runs LEFT JOIN run_residency rr ON rr.run_id = runs.id";
 
 /// Inline outputs up to this size are returned in the run record itself.
 pub const INLINE_OUTPUT_MAX: usize = 64 * 1024;
@@ -1162,6 +1181,7 @@ fn row_run(r: &rusqlite::Row<'_>) -> rusqlite::Result<RunRecord> {
         None => None,
     };
     let status: String = r.get(4)?;
+    let residency = crate::placement::residency_columns(r, 15)?;
     Ok(RunRecord {
         tenant_id: r.get(1)?,
         module: parse_digest(&r.get::<_, String>(2)?)?,
@@ -1179,6 +1199,12 @@ fn row_run(r: &rusqlite::Row<'_>) -> rusqlite::Result<RunRecord> {
         created_at: r.get(12)?,
         started_at: r.get(13)?,
         finished_at: r.get(14)?,
+        zone: residency.zone,
+        adapter: residency.adapter,
+        datasets: residency.datasets,
+        input_label: residency.input_label,
+        output_label: residency.output_label,
+        output_dataset: residency.output_dataset,
         id,
     })
 }
