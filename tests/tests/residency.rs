@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use kasbah_audit::EntryBody;
 use kasbah_client::{Client, LogEntry};
 use kasbah_core::api::*;
-use kasbah_core::{Digest, Outcome};
+use kasbah_core::{Denial, Digest, Outcome};
 use kasbah_policy::{DirGrant, DirMode, GpuGrant, NetworkGrant, Policy};
 use kasbah_runtime::kasbah_gpu::{AdapterConfig, GpuConfig};
 use kasbah_runtime::{DatasetMount, NetZone, Request, RunOptions, StorageZone, ZonesConfig};
@@ -276,7 +276,7 @@ async fn residency_matrix_places_refuses_and_contains_every_egress() {
         let c = &tenants[i].1;
         for (name, label) in labels {
             let r = c
-                .create_dataset_bytes(content(tname, name), name, Some(&strings(&label)))
+                .create_dataset_bytes(content(tname, name), name, Some(&strings(&label)[..]))
                 .await;
             let allowed: BTreeSet<String> = match tname {
                 "only-a" => zones(&["zone-a"]),
@@ -302,27 +302,29 @@ async fn residency_matrix_places_refuses_and_contains_every_egress() {
         .expect("default label");
     assert_eq!(d.label, strings(&["zone-a"]));
 
-    let ab: &[&str] = &["zone-a", "zone-b"];
+    const A: &[&str] = &["zone-a"];
+    const B: &[&str] = &["zone-b"];
+    const AB: &[&str] = &["zone-a", "zone-b"];
     let cases = [
-        Case { tenant: 0, module: "probe", datasets: &["da"], input_label: None, expect: Some(("zone-a", Some("lavapipe-a"), &["zone-a"])) },
-        Case { tenant: 0, module: "probe", datasets: &["db"], input_label: None, expect: Some(("zone-b", Some("lavapipe-b"), &["zone-b"])) },
-        Case { tenant: 0, module: "probe", datasets: &["dab"], input_label: None, expect: Some(("zone-a", Some("lavapipe-a"), ab)) },
-        Case { tenant: 0, module: "probe", datasets: &["dab"], input_label: Some(&["zone-b"]), expect: Some(("zone-b", Some("lavapipe-b"), &["zone-b"])) },
-        Case { tenant: 0, module: "probe", datasets: &[], input_label: None, expect: Some(("zone-a", Some("lavapipe-a"), ab)) },
+        Case { tenant: 0, module: "probe", datasets: &["da"], input_label: None, expect: Some(("zone-a", Some("lavapipe-a"), A)) },
+        Case { tenant: 0, module: "probe", datasets: &["db"], input_label: None, expect: Some(("zone-b", Some("lavapipe-b"), B)) },
+        Case { tenant: 0, module: "probe", datasets: &["dab"], input_label: None, expect: Some(("zone-a", Some("lavapipe-a"), AB)) },
+        Case { tenant: 0, module: "probe", datasets: &["dab"], input_label: Some(B), expect: Some(("zone-b", Some("lavapipe-b"), B)) },
+        Case { tenant: 0, module: "probe", datasets: &[], input_label: None, expect: Some(("zone-a", Some("lavapipe-a"), AB)) },
         Case { tenant: 0, module: "probe", datasets: &["da", "db"], input_label: None, expect: None },
-        Case { tenant: 0, module: "probe", datasets: &["da"], input_label: Some(&["zone-b"]), expect: None },
-        Case { tenant: 0, module: "probe", datasets: &["dab"], input_label: Some(&["zone-c"]), expect: None },
-        Case { tenant: 1, module: "probe", datasets: &["da"], input_label: None, expect: Some(("zone-a", Some("lavapipe-a"), &["zone-a"])) },
-        Case { tenant: 1, module: "probe", datasets: &[], input_label: Some(&["zone-b"]), expect: None },
-        Case { tenant: 2, module: "probe", datasets: &["db"], input_label: None, expect: Some(("zone-b", Some("lavapipe-b"), &["zone-b"])) },
-        Case { tenant: 2, module: "probe", datasets: &[], input_label: Some(ab), expect: Some(("zone-b", Some("lavapipe-b"), &["zone-b"])) },
+        Case { tenant: 0, module: "probe", datasets: &["da"], input_label: Some(B), expect: None },
+        Case { tenant: 0, module: "probe", datasets: &["dab"], input_label: Some(&["zone-c"][..]), expect: None },
+        Case { tenant: 1, module: "probe", datasets: &["da"], input_label: None, expect: Some(("zone-a", Some("lavapipe-a"), A)) },
+        Case { tenant: 1, module: "probe", datasets: &[], input_label: Some(B), expect: None },
+        Case { tenant: 2, module: "probe", datasets: &["db"], input_label: None, expect: Some(("zone-b", Some("lavapipe-b"), B)) },
+        Case { tenant: 2, module: "probe", datasets: &[], input_label: Some(AB), expect: Some(("zone-b", Some("lavapipe-b"), B)) },
         // GPU only in zone-b: a zone-a dataset cannot meet a GPU module...
         Case { tenant: 3, module: "probe", datasets: &["da"], input_label: None, expect: None },
-        Case { tenant: 3, module: "probe", datasets: &["db"], input_label: None, expect: Some(("zone-b", Some("lavapipe-b"), &["zone-b"])) },
+        Case { tenant: 3, module: "probe", datasets: &["db"], input_label: None, expect: Some(("zone-b", Some("lavapipe-b"), B)) },
         // ...the label stays {a, b} while the GPU pins the run to zone-b...
-        Case { tenant: 3, module: "probe", datasets: &[], input_label: None, expect: Some(("zone-b", Some("lavapipe-b"), ab)) },
+        Case { tenant: 3, module: "probe", datasets: &[], input_label: None, expect: Some(("zone-b", Some("lavapipe-b"), AB)) },
         // ...and a module without GPU imports runs on zone-a data.
-        Case { tenant: 3, module: "hello", datasets: &["da"], input_label: None, expect: Some(("zone-a", None, &["zone-a"])) },
+        Case { tenant: 3, module: "hello", datasets: &["da"], input_label: None, expect: Some(("zone-a", None, A)) },
     ];
 
     let mut refused_runs = [0usize; 4];
@@ -489,7 +491,7 @@ async fn a_chain_keeps_the_tightest_label() {
     let (tenant, c) = w.tenant("chain", &["zone-a", "zone-b"], &[]).await;
     let probe = publish(&c, "residency-probe").await;
     let raw = c
-        .create_dataset_bytes(b"patient records, zone-a only\n".to_vec(), "raw", Some(&strings(&["zone-a"])))
+        .create_dataset_bytes(b"patient records, zone-a only\n".to_vec(), "raw", Some(&strings(&["zone-a"])[..]))
         .await
         .expect("raw");
 
@@ -540,7 +542,7 @@ async fn a_chain_keeps_the_tightest_label() {
     let stage2 = c.dataset(r2.output_dataset.as_deref().expect("stored")).await.expect("stage2");
     assert_eq!(stage2.label, strings(&["zone-a"]));
     // By digest too.
-    let by_digest = probe_req(&probe, &[&stage2.digest.to_string()], None);
+    let by_digest = probe_req(&probe, &[stage2.digest.to_string().as_str()], None);
     let r3 = c.run(&by_digest).await.expect("by digest");
     assert_eq!(r3.datasets[0].name, "stage2");
 
@@ -595,7 +597,7 @@ async fn datasets_are_private_validated_bounded_and_outputs_go_only_to_owner_and
         assert_eq!(api_err(a.create_dataset_bytes(b"x".to_vec(), bad, None).await).0, 422, "{bad:?}");
     }
     assert_eq!(
-        api_err(a.create_dataset_bytes(b"x".to_vec(), "x", Some(&strings(&["Not A Zone"]))).await),
+        api_err(a.create_dataset_bytes(b"x".to_vec(), "x", Some(&strings(&["Not A Zone"])[..])).await),
         (422, "invalid_label".into())
     );
     assert_eq!(
@@ -607,7 +609,7 @@ async fn datasets_are_private_validated_bounded_and_outputs_go_only_to_owner_and
     assert!(b.datasets(None).await.expect("list").is_empty());
     let hello_b = publish(&b, "hello").await;
     assert_eq!(api_err(b.run(&probe_req(&hello_b, &["weights.bin"], None)).await).0, 404);
-    assert_eq!(api_err(b.run(&probe_req(&hello_b, &[&d.digest.to_string()], None)).await).0, 404);
+    assert_eq!(api_err(b.run(&probe_req(&hello_b, &[d.digest.to_string().as_str()], None)).await).0, 404);
     assert_eq!(api_err(b.run(&probe_req(&hello_b, &["nope"], None)).await).0, 404);
     assert_eq!(
         api_err(b.run(&probe_req(&hello_b, &[], Some(&["Bad"]))).await),

@@ -138,7 +138,8 @@ pub fn run(args: RunArgs, echo_logs: bool, json: bool) -> anyhow::Result<ExitCod
         datasets: args
             .datasets
             .iter()
-            .map(|d| local_dataset(d))
+            .map(String::as_str)
+            .map(local_dataset)
             .collect::<anyhow::Result<_>>()?,
         residency: None,
     };

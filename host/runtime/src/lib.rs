@@ -453,8 +453,8 @@ impl Runtime {
                 .scratch_dir
                 .clone()
                 .unwrap_or_else(std::env::temp_dir);
-            let datasets = options.datasets.clone();
-            match tokio::task::spawn_blocking(move || datasets::mount(&scratch, &datasets)).await {
+            let list = options.datasets.clone();
+            match tokio::task::spawn_blocking(move || datasets::mount(&scratch, &list)).await {
                 Ok(Ok(m)) => Some(m),
                 Ok(Err(e)) => return Ok(denied(format!("datasets: {e}"))),
                 Err(e) => return Err(RunError::Internal(format!("mounting datasets: {e}"))),

@@ -74,7 +74,7 @@ pub const DEFAULT_ZONE: &str = "local";
 impl ZonesConfig {
     /// The zones this node serves: `node`, or derived from the entries that
     /// name zones (`gpu_zones` first), or [`DEFAULT_ZONE`].
-    pub fn node_zones<'a>(&self, gpu_zones: impl IntoIterator<Item = &'a str>) -> Vec<String> {
+    pub fn node_zones<'a>(&'a self, gpu_zones: impl IntoIterator<Item = &'a str>) -> Vec<String> {
         if !self.node.is_empty() {
             return self.node.clone();
         }
@@ -96,7 +96,7 @@ impl ZonesConfig {
 
     /// Every problem with this configuration (zone names, relative storage
     /// paths, entries in zones the node does not serve).
-    pub fn problems<'a>(&self, gpu_zones: impl IntoIterator<Item = &'a str>) -> Vec<String> {
+    pub fn problems<'a>(&'a self, gpu_zones: impl IntoIterator<Item = &'a str>) -> Vec<String> {
         let gpu_zones: Vec<&str> = gpu_zones.into_iter().collect();
         let node = self.node_zones(gpu_zones.iter().copied());
         let mut out = Vec::new();
