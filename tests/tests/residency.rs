@@ -265,10 +265,26 @@ async fn residency_matrix_places_refuses_and_contains_every_egress() {
     let content = |t: &str, n: &str| format!("[{t}/{n}]").repeat(200).into_bytes();
     let mut refused_dataset = [0usize; 4];
     for (i, (tname, labels)) in [
-        ("both", vec![("da", vec!["zone-a"]), ("db", vec!["zone-b"]), ("dab", vec!["zone-a", "zone-b"])]),
-        ("only-a", vec![("da", vec!["zone-a"]), ("db", vec!["zone-b"])]),
-        ("only-b", vec![("db", vec!["zone-b"]), ("da", vec!["zone-a"])]),
-        ("gpu-b", vec![("da", vec!["zone-a"]), ("db", vec!["zone-b"])]),
+        (
+            "both",
+            vec![
+                ("da", vec!["zone-a"]),
+                ("db", vec!["zone-b"]),
+                ("dab", vec!["zone-a", "zone-b"]),
+            ],
+        ),
+        (
+            "only-a",
+            vec![("da", vec!["zone-a"]), ("db", vec!["zone-b"])],
+        ),
+        (
+            "only-b",
+            vec![("db", vec!["zone-b"]), ("da", vec!["zone-a"])],
+        ),
+        (
+            "gpu-b",
+            vec![("da", vec!["zone-a"]), ("db", vec!["zone-b"])],
+        ),
     ]
     .into_iter()
     .enumerate()
@@ -289,7 +305,11 @@ async fn residency_matrix_places_refuses_and_contains_every_egress() {
                 assert_eq!(d.digest, Digest::of(&content(tname, name)));
             } else {
                 let (status, code) = api_err(r);
-                assert_eq!((status, code.as_str()), (403, "residency_violation"), "{tname}/{name}");
+                assert_eq!(
+                    (status, code.as_str()),
+                    (403, "residency_violation"),
+                    "{tname}/{name}"
+                );
                 refused_dataset[i] += 1;
             }
         }
@@ -306,38 +326,144 @@ async fn residency_matrix_places_refuses_and_contains_every_egress() {
     const B: &[&str] = &["zone-b"];
     const AB: &[&str] = &["zone-a", "zone-b"];
     let cases = [
-        Case { tenant: 0, module: "probe", datasets: &["da"], input_label: None, expect: Some(("zone-a", Some("lavapipe-a"), A)) },
-        Case { tenant: 0, module: "probe", datasets: &["db"], input_label: None, expect: Some(("zone-b", Some("lavapipe-b"), B)) },
-        Case { tenant: 0, module: "probe", datasets: &["dab"], input_label: None, expect: Some(("zone-a", Some("lavapipe-a"), AB)) },
-        Case { tenant: 0, module: "probe", datasets: &["dab"], input_label: Some(B), expect: Some(("zone-b", Some("lavapipe-b"), B)) },
-        Case { tenant: 0, module: "probe", datasets: &[], input_label: None, expect: Some(("zone-a", Some("lavapipe-a"), AB)) },
-        Case { tenant: 0, module: "probe", datasets: &["da", "db"], input_label: None, expect: None },
-        Case { tenant: 0, module: "probe", datasets: &["da"], input_label: Some(B), expect: None },
-        Case { tenant: 0, module: "probe", datasets: &["dab"], input_label: Some(&["zone-c"][..]), expect: None },
-        Case { tenant: 1, module: "probe", datasets: &["da"], input_label: None, expect: Some(("zone-a", Some("lavapipe-a"), A)) },
-        Case { tenant: 1, module: "probe", datasets: &[], input_label: Some(B), expect: None },
-        Case { tenant: 2, module: "probe", datasets: &["db"], input_label: None, expect: Some(("zone-b", Some("lavapipe-b"), B)) },
-        Case { tenant: 2, module: "probe", datasets: &[], input_label: Some(AB), expect: Some(("zone-b", Some("lavapipe-b"), B)) },
+        Case {
+            tenant: 0,
+            module: "probe",
+            datasets: &["da"],
+            input_label: None,
+            expect: Some(("zone-a", Some("lavapipe-a"), A)),
+        },
+        Case {
+            tenant: 0,
+            module: "probe",
+            datasets: &["db"],
+            input_label: None,
+            expect: Some(("zone-b", Some("lavapipe-b"), B)),
+        },
+        Case {
+            tenant: 0,
+            module: "probe",
+            datasets: &["dab"],
+            input_label: None,
+            expect: Some(("zone-a", Some("lavapipe-a"), AB)),
+        },
+        Case {
+            tenant: 0,
+            module: "probe",
+            datasets: &["dab"],
+            input_label: Some(B),
+            expect: Some(("zone-b", Some("lavapipe-b"), B)),
+        },
+        Case {
+            tenant: 0,
+            module: "probe",
+            datasets: &[],
+            input_label: None,
+            expect: Some(("zone-a", Some("lavapipe-a"), AB)),
+        },
+        Case {
+            tenant: 0,
+            module: "probe",
+            datasets: &["da", "db"],
+            input_label: None,
+            expect: None,
+        },
+        Case {
+            tenant: 0,
+            module: "probe",
+            datasets: &["da"],
+            input_label: Some(B),
+            expect: None,
+        },
+        Case {
+            tenant: 0,
+            module: "probe",
+            datasets: &["dab"],
+            input_label: Some(&["zone-c"][..]),
+            expect: None,
+        },
+        Case {
+            tenant: 1,
+            module: "probe",
+            datasets: &["da"],
+            input_label: None,
+            expect: Some(("zone-a", Some("lavapipe-a"), A)),
+        },
+        Case {
+            tenant: 1,
+            module: "probe",
+            datasets: &[],
+            input_label: Some(B),
+            expect: None,
+        },
+        Case {
+            tenant: 2,
+            module: "probe",
+            datasets: &["db"],
+            input_label: None,
+            expect: Some(("zone-b", Some("lavapipe-b"), B)),
+        },
+        Case {
+            tenant: 2,
+            module: "probe",
+            datasets: &[],
+            input_label: Some(AB),
+            expect: Some(("zone-b", Some("lavapipe-b"), B)),
+        },
         // GPU only in zone-b: a zone-a dataset cannot meet a GPU module...
-        Case { tenant: 3, module: "probe", datasets: &["da"], input_label: None, expect: None },
-        Case { tenant: 3, module: "probe", datasets: &["db"], input_label: None, expect: Some(("zone-b", Some("lavapipe-b"), B)) },
+        Case {
+            tenant: 3,
+            module: "probe",
+            datasets: &["da"],
+            input_label: None,
+            expect: None,
+        },
+        Case {
+            tenant: 3,
+            module: "probe",
+            datasets: &["db"],
+            input_label: None,
+            expect: Some(("zone-b", Some("lavapipe-b"), B)),
+        },
         // ...the label stays {a, b} while the GPU pins the run to zone-b...
-        Case { tenant: 3, module: "probe", datasets: &[], input_label: None, expect: Some(("zone-b", Some("lavapipe-b"), AB)) },
+        Case {
+            tenant: 3,
+            module: "probe",
+            datasets: &[],
+            input_label: None,
+            expect: Some(("zone-b", Some("lavapipe-b"), AB)),
+        },
         // ...and a module without GPU imports runs on zone-a data.
-        Case { tenant: 3, module: "hello", datasets: &["da"], input_label: None, expect: Some(("zone-a", None, A)) },
+        Case {
+            tenant: 3,
+            module: "hello",
+            datasets: &["da"],
+            input_label: None,
+            expect: Some(("zone-a", None, A)),
+        },
     ];
 
     let mut refused_runs = [0usize; 4];
     let mut ok_runs: Vec<(usize, RunRecord)> = Vec::new();
     for (n, case) in cases.iter().enumerate() {
-        let (tname, c) = (&["both", "only-a", "only-b", "gpu-b"][case.tenant], &tenants[case.tenant].1);
-        let module = if case.module == "probe" { &probes[case.tenant] } else { &hellos[case.tenant] };
+        let (tname, c) = (
+            &["both", "only-a", "only-b", "gpu-b"][case.tenant],
+            &tenants[case.tenant].1,
+        );
+        let module = if case.module == "probe" {
+            &probes[case.tenant]
+        } else {
+            &hellos[case.tenant]
+        };
         let mut req = probe_req(module, case.datasets, case.input_label);
         let file = format!("case{n}.bin");
         if case.module == "probe" {
             req.metadata = [
                 ("datasets".to_string(), case.datasets.join(",")),
-                ("send".to_string(), format!("{},{},{}", w.a.addr, w.b.addr, w.nowhere.addr)),
+                (
+                    "send".to_string(),
+                    format!("{},{},{}", w.a.addr, w.b.addr, w.nowhere.addr),
+                ),
                 ("write".to_string(), format!("/out-a/{file},/out-b/{file}")),
                 ("gpu".to_string(), "1".to_string()),
                 ("tamper".to_string(), "1".to_string()),
@@ -354,11 +480,18 @@ async fn residency_matrix_places_refuses_and_contains_every_egress() {
         let before = (w.a.counts(), w.b.counts(), w.nowhere.counts());
         let runs_before = c.runs(1000).await.expect("runs").len();
         let result = c.run(&req).await;
-        let ctx = format!("case {n} ({tname}, {:?}, input {:?})", case.datasets, case.input_label);
+        let ctx = format!(
+            "case {n} ({tname}, {:?}, input {:?})",
+            case.datasets, case.input_label
+        );
         match case.expect {
             None => {
                 let msg = match &result {
-                    Err(kasbah_client::Error::Api { status: 403, code, message }) if code == "residency_violation" => message.clone(),
+                    Err(kasbah_client::Error::Api {
+                        status: 403,
+                        code,
+                        message,
+                    }) if code == "residency_violation" => message.clone(),
                     other => panic!("{ctx}: expected 403 residency_violation, got {other:?}"),
                 };
                 // The message names the labels in conflict.
@@ -368,8 +501,16 @@ async fn residency_matrix_places_refuses_and_contains_every_egress() {
                 assert!(msg.contains("tenant zones"), "{ctx}: {msg}");
                 refused_runs[case.tenant] += 1;
                 // Nothing ran: no run record, nothing reached any listener or file.
-                assert_eq!(c.runs(1000).await.expect("runs").len(), runs_before, "{ctx}");
-                assert_eq!((w.a.counts(), w.b.counts(), w.nowhere.counts()), before, "{ctx}");
+                assert_eq!(
+                    c.runs(1000).await.expect("runs").len(),
+                    runs_before,
+                    "{ctx}"
+                );
+                assert_eq!(
+                    (w.a.counts(), w.b.counts(), w.nowhere.counts()),
+                    before,
+                    "{ctx}"
+                );
                 for z in ["a", "b"] {
                     assert!(!w.out_dir(z, tname).join(&file).exists(), "{ctx}");
                 }
@@ -377,12 +518,19 @@ async fn residency_matrix_places_refuses_and_contains_every_egress() {
             Some((zone, adapter, label)) => {
                 let r = result.unwrap_or_else(|e| panic!("{ctx}: {e}"));
                 assert_eq!(r.status, RunStatus::Done, "{ctx}");
-                assert!(matches!(r.outcome, Some(Outcome::Ok { .. })), "{ctx}: {:?}", r.outcome);
+                assert!(
+                    matches!(r.outcome, Some(Outcome::Ok { .. })),
+                    "{ctx}: {:?}",
+                    r.outcome
+                );
                 assert_eq!(r.zone.as_deref(), Some(zone), "{ctx}");
                 assert_eq!(r.adapter.as_deref(), adapter, "{ctx}");
                 assert_eq!(r.output_label, strings(label), "{ctx}");
                 assert_eq!(
-                    r.datasets.iter().map(|d| d.name.as_str()).collect::<Vec<_>>(),
+                    r.datasets
+                        .iter()
+                        .map(|d| d.name.as_str())
+                        .collect::<Vec<_>>(),
                     case.datasets.to_vec(),
                     "{ctx}"
                 );
@@ -394,9 +542,21 @@ async fn residency_matrix_places_refuses_and_contains_every_egress() {
                 assert_eq!(rep["bytes"], data.len() as u64, "{ctx}: {rep}");
                 // GPU: the data went only to the bound adapter, in the placed zone.
                 assert_eq!(rep["gpu"]["zone"], zone, "{ctx}: {rep}");
-                assert_eq!(rep["gpu"]["adapter"], adapter.expect("adapter"), "{ctx}: {rep}");
-                let gpu = r.usage.as_ref().and_then(|u| u.gpu.as_ref()).expect("gpu usage");
-                assert_eq!((gpu.adapter.as_str(), gpu.zone.as_str()), (adapter.expect("adapter"), zone), "{ctx}");
+                assert_eq!(
+                    rep["gpu"]["adapter"],
+                    adapter.expect("adapter"),
+                    "{ctx}: {rep}"
+                );
+                let gpu = r
+                    .usage
+                    .as_ref()
+                    .and_then(|u| u.gpu.as_ref())
+                    .expect("gpu usage");
+                assert_eq!(
+                    (gpu.adapter.as_str(), gpu.zone.as_str()),
+                    (adapter.expect("adapter"), zone),
+                    "{ctx}"
+                );
                 // Network: bytes reach exactly the listeners in the label.
                 let in_a = label.contains(&"zone-a");
                 let in_b = label.contains(&"zone-b");
@@ -406,26 +566,54 @@ async fn residency_matrix_places_refuses_and_contains_every_egress() {
                 let expect = |inside: bool, b: (u64, u64)| {
                     if inside { (b.0 + 1, b.1 + n_bytes) } else { b }
                 };
-                assert_eq!(after_a, expect(in_a, before.0), "{ctx}: zone-a listener; {rep}");
-                assert_eq!(after_b, expect(in_b, before.1), "{ctx}: zone-b listener; {rep}");
-                assert_eq!(w.nowhere.counts(), before.2, "{ctx}: the zoneless listener got something");
+                assert_eq!(
+                    after_a,
+                    expect(in_a, before.0),
+                    "{ctx}: zone-a listener; {rep}"
+                );
+                assert_eq!(
+                    after_b,
+                    expect(in_b, before.1),
+                    "{ctx}: zone-b listener; {rep}"
+                );
+                assert_eq!(
+                    w.nowhere.counts(),
+                    before.2,
+                    "{ctx}: the zoneless listener got something"
+                );
                 let ok = |v: &serde_json::Value| v == "ok";
                 assert_eq!(ok(&rep["sent"][w.a.addr.to_string()]), in_a, "{ctx}: {rep}");
                 assert_eq!(ok(&rep["sent"][w.b.addr.to_string()]), in_b, "{ctx}: {rep}");
-                assert!(!ok(&rep["sent"][w.nowhere.addr.to_string()]), "{ctx}: {rep}");
+                assert!(
+                    !ok(&rep["sent"][w.nowhere.addr.to_string()]),
+                    "{ctx}: {rep}"
+                );
                 // Files: written only on storage in the label.
                 for (z, inside) in [("a", in_a), ("b", in_b)] {
                     let f = w.out_dir(z, tname).join(&file);
                     if inside {
                         assert_eq!(std::fs::read(&f).expect("written"), data, "{ctx}");
                     } else {
-                        assert!(!f.exists(), "{ctx}: {} written outside the label", f.display());
+                        assert!(
+                            !f.exists(),
+                            "{ctx}: {} written outside the label",
+                            f.display()
+                        );
                     }
-                    assert_eq!(ok(&rep["wrote"][format!("/out-{z}/{file}")]), inside, "{ctx}: {rep}");
+                    assert_eq!(
+                        ok(&rep["wrote"][format!("/out-{z}/{file}")]),
+                        inside,
+                        "{ctx}: {rep}"
+                    );
                 }
                 // Datasets are read-only to the guest.
                 for t in ["overwrite", "create", "delete", "mkdir"] {
-                    assert!(rep["tamper"][t].as_str().is_some_and(|s| s.starts_with("error")), "{ctx}: {rep}");
+                    assert!(
+                        rep["tamper"][t]
+                            .as_str()
+                            .is_some_and(|s| s.starts_with("error")),
+                        "{ctx}: {rep}"
+                    );
                 }
                 // Every refused egress is a denial in the run record.
                 let residency_refusals: Vec<&Denial> = r
@@ -435,7 +623,13 @@ async fn residency_matrix_places_refuses_and_contains_every_egress() {
                     .collect();
                 let expected = 1 + usize::from(!in_a) * 2 + usize::from(!in_b) * 2;
                 assert_eq!(residency_refusals.len(), expected, "{ctx}: {:?}", r.denials);
-                assert!(r.denials.iter().any(|d| d.capability == "network" && d.detail.contains(&w.nowhere.addr.to_string()) && d.detail.contains("no configured zone")), "{ctx}: {:?}", r.denials);
+                assert!(
+                    r.denials.iter().any(|d| d.capability == "network"
+                        && d.detail.contains(&w.nowhere.addr.to_string())
+                        && d.detail.contains("no configured zone")),
+                    "{ctx}: {:?}",
+                    r.denials
+                );
                 ok_runs.push((case.tenant, r));
             }
         }
@@ -445,7 +639,11 @@ async fn residency_matrix_places_refuses_and_contains_every_egress() {
         for d in tenants[i].1.datasets(None).await.expect("datasets") {
             if d.name != "dflt" {
                 let bytes = std::fs::read(
-                    w.p.dir.path().join("blobs/sha256").join(&d.digest.hex()[..2]).join(d.digest.hex()),
+                    w.p.dir
+                        .path()
+                        .join("blobs/sha256")
+                        .join(&d.digest.hex()[..2])
+                        .join(d.digest.hex()),
                 )
                 .expect("blob");
                 assert_eq!(bytes, content(tname, &d.name));
@@ -459,7 +657,11 @@ async fn residency_matrix_places_refuses_and_contains_every_egress() {
         let entries = all_entries(c).await;
         let runs = residency_denials(&entries, "run");
         assert_eq!(runs.len(), refused_runs[i], "tenant {i}: {runs:?}");
-        assert_eq!(residency_denials(&entries, "dataset").len(), refused_dataset[i], "tenant {i}");
+        assert_eq!(
+            residency_denials(&entries, "dataset").len(),
+            refused_dataset[i],
+            "tenant {i}"
+        );
         for (_, r) in ok_runs.iter().filter(|(t, _)| *t == i) {
             let run_entry = entries
                 .iter()
@@ -491,7 +693,11 @@ async fn a_chain_keeps_the_tightest_label() {
     let (tenant, c) = w.tenant("chain", &["zone-a", "zone-b"], &[]).await;
     let probe = publish(&c, "residency-probe").await;
     let raw = c
-        .create_dataset_bytes(b"patient records, zone-a only\n".to_vec(), "raw", Some(&strings(&["zone-a"])[..]))
+        .create_dataset_bytes(
+            b"patient records, zone-a only\n".to_vec(),
+            "raw",
+            Some(&strings(&["zone-a"])[..]),
+        )
         .await
         .expect("raw");
 
@@ -505,13 +711,24 @@ async fn a_chain_keeps_the_tightest_label() {
     p1.input = Some("|stage 1".into());
     p1.store_output_as = Some("stage1".into());
     let r1 = c.run(&p1).await.expect("pipeline 1");
-    assert!(matches!(r1.outcome, Some(Outcome::Ok { .. })), "{:?}", r1.outcome);
+    assert!(
+        matches!(r1.outcome, Some(Outcome::Ok { .. })),
+        "{:?}",
+        r1.outcome
+    );
     assert_eq!(r1.zone.as_deref(), Some("zone-a"));
     assert_eq!(r1.output_label, strings(&["zone-a"]));
-    let stage1_id = r1.output_dataset.clone().expect("output stored as a dataset");
+    let stage1_id = r1
+        .output_dataset
+        .clone()
+        .expect("output stored as a dataset");
     let stage1 = c.dataset(&stage1_id).await.expect("stage1");
     assert_eq!(stage1.name, "stage1");
-    assert_eq!(stage1.label, strings(&["zone-a"]), "the output keeps its inputs' label");
+    assert_eq!(
+        stage1.label,
+        strings(&["zone-a"]),
+        "the output keeps its inputs' label"
+    );
     assert_eq!(stage1.source_run.as_deref(), Some(r1.id.as_str()));
     assert_eq!(stage1.digest, r1.output.as_ref().expect("output").digest);
     // The name is taken now: asking for it again is refused up front.
@@ -526,10 +743,17 @@ async fn a_chain_keeps_the_tightest_label() {
     .into();
     p2.input = Some("|stage 2".into());
     let msg = match c.run(&p2).await {
-        Err(kasbah_client::Error::Api { status: 403, code, message }) if code == "residency_violation" => message,
+        Err(kasbah_client::Error::Api {
+            status: 403,
+            code,
+            message,
+        }) if code == "residency_violation" => message,
         other => panic!("expected 403 residency_violation, got {other:?}"),
     };
-    assert!(msg.contains("dataset stage1 label {zone-a}") && msg.contains("input label {zone-b}"), "{msg}");
+    assert!(
+        msg.contains("dataset stage1 label {zone-a}") && msg.contains("input label {zone-b}"),
+        "{msg}"
+    );
 
     // In zone-a (the default input label, the tenant's zones): it runs, and
     // its stored output is still labelled {zone-a}.
@@ -539,7 +763,10 @@ async fn a_chain_keeps_the_tightest_label() {
     assert_eq!(r2.zone.as_deref(), Some("zone-a"));
     let out = c.run_output(&r2.id).await.expect("output");
     assert_eq!(out, b"patient records, zone-a only\n|stage 1|stage 2");
-    let stage2 = c.dataset(r2.output_dataset.as_deref().expect("stored")).await.expect("stage2");
+    let stage2 = c
+        .dataset(r2.output_dataset.as_deref().expect("stored"))
+        .await
+        .expect("stage2");
     assert_eq!(stage2.label, strings(&["zone-a"]));
     // By digest too.
     let by_digest = probe_req(&probe, &[stage2.digest.to_string().as_str()], None);
@@ -552,7 +779,9 @@ async fn a_chain_keeps_the_tightest_label() {
     let created: Vec<(String, Option<String>, Vec<String>)> = entries
         .iter()
         .filter_map(|e| match &e.entry.body {
-            EntryBody::DatasetCreated(d) if d.tenant == tenant => Some((d.name.clone(), d.run_id.clone(), d.label.clone())),
+            EntryBody::DatasetCreated(d) if d.tenant == tenant => {
+                Some((d.name.clone(), d.run_id.clone(), d.label.clone()))
+            }
             _ => None,
         })
         .collect();
@@ -589,28 +818,60 @@ async fn datasets_are_private_validated_bounded_and_outputs_go_only_to_owner_and
         .expect("create");
     assert_eq!(d.label, strings(&["zone-a", "zone-b"]));
     // Idempotent with the same bytes and label; immutable otherwise.
-    let again = a.create_dataset_bytes(b"weights".to_vec(), "weights.bin", None).await.expect("same");
+    let again = a
+        .create_dataset_bytes(b"weights".to_vec(), "weights.bin", None)
+        .await
+        .expect("same");
     assert_eq!(again.id, d.id);
-    assert_eq!(api_err(a.create_dataset_bytes(b"other".to_vec(), "weights.bin", None).await), (409, "dataset_exists".into()));
+    assert_eq!(
+        api_err(
+            a.create_dataset_bytes(b"other".to_vec(), "weights.bin", None)
+                .await
+        ),
+        (409, "dataset_exists".into())
+    );
     // Validation.
     for bad in ["", "Upper", "../x", ".hidden", "a/b"] {
-        assert_eq!(api_err(a.create_dataset_bytes(b"x".to_vec(), bad, None).await).0, 422, "{bad:?}");
+        assert_eq!(
+            api_err(a.create_dataset_bytes(b"x".to_vec(), bad, None).await).0,
+            422,
+            "{bad:?}"
+        );
     }
     assert_eq!(
-        api_err(a.create_dataset_bytes(b"x".to_vec(), "x", Some(&strings(&["Not A Zone"])[..])).await),
+        api_err(
+            a.create_dataset_bytes(b"x".to_vec(), "x", Some(&strings(&["Not A Zone"])[..]))
+                .await
+        ),
         (422, "invalid_label".into())
     );
     assert_eq!(
-        api_err(a.create_dataset_bytes(vec![0u8; (1 << 20) + 1], "big", None).await),
+        api_err(
+            a.create_dataset_bytes(vec![0u8; (1 << 20) + 1], "big", None)
+                .await
+        ),
         (413, "dataset_too_large".into())
     );
     // Other tenants: 404 everywhere, absent from lists, cannot mount it.
     assert_eq!(api_err(b.dataset(&d.id).await).0, 404);
     assert!(b.datasets(None).await.expect("list").is_empty());
     let hello_b = publish(&b, "hello").await;
-    assert_eq!(api_err(b.run(&probe_req(&hello_b, &["weights.bin"], None)).await).0, 404);
-    assert_eq!(api_err(b.run(&probe_req(&hello_b, &[d.digest.to_string().as_str()], None)).await).0, 404);
-    assert_eq!(api_err(b.run(&probe_req(&hello_b, &["nope"], None)).await).0, 404);
+    assert_eq!(
+        api_err(b.run(&probe_req(&hello_b, &["weights.bin"], None)).await).0,
+        404
+    );
+    assert_eq!(
+        api_err(
+            b.run(&probe_req(&hello_b, &[d.digest.to_string().as_str()], None))
+                .await
+        )
+        .0,
+        404
+    );
+    assert_eq!(
+        api_err(b.run(&probe_req(&hello_b, &["nope"], None)).await).0,
+        404
+    );
     assert_eq!(
         api_err(b.run(&probe_req(&hello_b, &[], Some(&["Bad"]))).await),
         (422, "invalid_label".into())
@@ -622,20 +883,53 @@ async fn datasets_are_private_validated_bounded_and_outputs_go_only_to_owner_and
     let mut req = probe_req(&hello_a, &["weights.bin"], None);
     req.input = Some("labelled output".into());
     let r = a.run(&req).await.expect("run");
-    assert_eq!(a.run_output(&r.id).await.expect("owner"), b"LABELLED OUTPUT");
-    let auditor = w
-        .p
-        .admin
-        .create_auditor(&CreateAuditor { name: "sovereign".into(), tenants: vec![ta.clone()] })
-        .await
-        .expect("auditor");
+    assert_eq!(
+        a.run_output(&r.id).await.expect("owner"),
+        b"LABELLED OUTPUT"
+    );
+    let auditor =
+        w.p.admin
+            .create_auditor(&CreateAuditor {
+                name: "sovereign".into(),
+                tenants: vec![ta.clone()],
+            })
+            .await
+            .expect("auditor");
     let auditor = w.p.client(&auditor.token);
-    assert_eq!(auditor.run_output(&r.id).await.expect("auditor"), b"LABELLED OUTPUT");
-    assert_eq!(auditor.datasets(Some(&ta)).await.expect("auditor lists").len(), 1);
-    assert_eq!(api_err(w.p.admin.run_output(&r.id).await), (403, "forbidden".into()));
-    let seen = w.p.admin.get_run(&r.id).await.expect("admin reads the record");
-    assert!(seen.output.as_ref().expect("output ref").inline.is_none(), "no bytes for the admin");
-    assert!(a.get_run(&r.id).await.expect("owner").output.expect("output").inline.is_some());
+    assert_eq!(
+        auditor.run_output(&r.id).await.expect("auditor"),
+        b"LABELLED OUTPUT"
+    );
+    assert_eq!(
+        auditor
+            .datasets(Some(&ta))
+            .await
+            .expect("auditor lists")
+            .len(),
+        1
+    );
+    assert_eq!(
+        api_err(w.p.admin.run_output(&r.id).await),
+        (403, "forbidden".into())
+    );
+    let seen =
+        w.p.admin
+            .get_run(&r.id)
+            .await
+            .expect("admin reads the record");
+    assert!(
+        seen.output.as_ref().expect("output ref").inline.is_none(),
+        "no bytes for the admin"
+    );
+    assert!(
+        a.get_run(&r.id)
+            .await
+            .expect("owner")
+            .output
+            .expect("output")
+            .inline
+            .is_some()
+    );
     assert_eq!(api_err(b.run_output(&r.id).await).0, 404);
 }
 
@@ -664,13 +958,20 @@ async fn the_runtime_mounts_datasets_read_only_without_a_server() {
         .await
         .expect("runs");
     let out = match &r.outcome {
-        Outcome::Ok { output } => serde_json::from_slice::<serde_json::Value>(&output.body).expect("json"),
+        Outcome::Ok { output } => {
+            serde_json::from_slice::<serde_json::Value>(&output.body).expect("json")
+        }
         other => panic!("{other:?}"),
     };
     assert_eq!(out["read"]["model.bin"], 10);
     assert_eq!(out["bytes"], 11);
     for t in ["overwrite", "create", "delete", "mkdir"] {
-        assert!(out["tamper"][t].as_str().is_some_and(|s| s.starts_with("error")), "{out}");
+        assert!(
+            out["tamper"][t]
+                .as_str()
+                .is_some_and(|s| s.starts_with("error")),
+            "{out}"
+        );
     }
     assert_eq!(std::fs::read(&src).expect("source"), b"0123456789");
     // A bad name is refused before the guest runs.
@@ -682,5 +983,9 @@ async fn the_runtime_mounts_datasets_read_only_without_a_server() {
         .run_with(&module, &policy, Request::new(""), &bad)
         .await
         .expect("runs");
-    assert!(matches!(r.outcome, Outcome::Denied { .. }), "{:?}", r.outcome);
+    assert!(
+        matches!(r.outcome, Outcome::Denied { .. }),
+        "{:?}",
+        r.outcome
+    );
 }

@@ -413,7 +413,12 @@ fn show_run(ctx: &Ctx, r: &RunRecord) -> anyhow::Result<ExitCode> {
             );
         }
         for d in &r.datasets {
-            eprintln!("dataset  {} {} {{{}}}", d.name, d.digest, d.label.join(", "));
+            eprintln!(
+                "dataset  {} {} {{{}}}",
+                d.name,
+                d.digest,
+                d.label.join(", ")
+            );
         }
         if let Some(d) = &r.output_dataset {
             eprintln!("stored   output as dataset {d}");

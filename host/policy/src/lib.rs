@@ -828,7 +828,10 @@ mod tests {
             p.gpu_grant().expect("gpu").zones,
             ["zone-a".to_string(), "zone-b".to_string()].into()
         );
-        assert!(p.refused_imports(["wasi:filesystem/types@0.2.6"]).is_empty());
+        assert!(
+            p.refused_imports(["wasi:filesystem/types@0.2.6"])
+                .is_empty()
+        );
         let p = Policy::from_toml("zones = [\"zone-a\", \"zone-b\"]\n[gpu]\nzones = [\"zone-b\"]")
             .expect("gpu zones within the policy's zones");
         assert_eq!(
@@ -837,7 +840,10 @@ mod tests {
         );
         let node = vec!["zone-a".to_string(), "zone-c".to_string()];
         assert_eq!(p.allowed_zones(&node).len(), 2);
-        assert_eq!(Policy::default().allowed_zones(&node), node.iter().cloned().collect());
+        assert_eq!(
+            Policy::default().allowed_zones(&node),
+            node.iter().cloned().collect()
+        );
         let e = Policy::from_toml("zones = [\"zone-a\", \"Bad\"]\n[gpu]\nzones = [\"zone-c\"]")
             .expect_err("invalid");
         assert_eq!(e.problems.len(), 2, "{e}");

@@ -144,7 +144,10 @@ mod tests {
         let a = src.path().join("a.bin");
         std::fs::write(&a, b"weights").expect("write");
         let m = mount(scratch.path(), &[DatasetMount::new("w.bin", &a)]).expect("mount");
-        assert_eq!(std::fs::read(m.path().join("w.bin")).expect("read"), b"weights");
+        assert_eq!(
+            std::fs::read(m.path().join("w.bin")).expect("read"),
+            b"weights"
+        );
         assert_eq!(m.linked, 1, "same file system: a hard link");
         assert!(
             std::fs::metadata(m.path())

@@ -223,8 +223,7 @@ mod tests {
             zone: "zone-a".into(),
             adapter: None,
         };
-        let l =
-            Allowlist::resolve_zoned(&grant, Duration::from_secs(1), &zones, &residency).await;
+        let l = Allowlist::resolve_zoned(&grant, Duration::from_secs(1), &zones, &residency).await;
         let a = "127.0.0.1:1001".parse().expect("addr");
         let b = "127.0.0.1:1002".parse().expect("addr");
         let none = "[::ffff:127.0.0.1]:1003".parse().expect("addr");
@@ -232,7 +231,11 @@ mod tests {
         assert!(!l.allows(b));
         assert!(!l.allows(none));
         assert!(l.zone_refusal(b).expect("zone b").contains("zone-b"));
-        assert!(l.zone_refusal(none).expect("no zone").contains("no configured zone"));
+        assert!(
+            l.zone_refusal(none)
+                .expect("no zone")
+                .contains("no configured zone")
+        );
         assert_eq!(l.zone_refusal(a), None);
     }
 

@@ -212,7 +212,10 @@ mod tests {
     #[test]
     fn node_zones_are_configured_or_derived() {
         let c = ZonesConfig::default();
-        assert_eq!(c.node_zones(["zone-b", "zone-a", "zone-b"]), ["zone-b", "zone-a"]);
+        assert_eq!(
+            c.node_zones(["zone-b", "zone-a", "zone-b"]),
+            ["zone-b", "zone-a"]
+        );
         assert_eq!(c.node_zones([]), [DEFAULT_ZONE]);
         let c: ZonesConfig = toml::from_str(
             "node = [\"zone-a\", \"zone-b\"]\n[[network]]\ndestination = \"127.0.0.1:80\"\nzone = \"zone-c\"\n",

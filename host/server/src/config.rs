@@ -131,7 +131,10 @@ mod tests {
             "[zones]\nnode = [\"zone-a\"]\n[gpu]\nadapters = [{ label = \"b\", zone = \"zone-b\" }]",
         )
         .expect("parses");
-        assert!(bad.check().is_err(), "an adapter in a zone the node does not serve");
+        assert!(
+            bad.check().is_err(),
+            "an adapter in a zone the node does not serve"
+        );
         assert!(toml::from_str::<ServerConfig>("[zones]\nnodes = []").is_err());
     }
 }

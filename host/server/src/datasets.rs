@@ -197,9 +197,8 @@ pub async fn create_dataset(
         created_at: now_ms(),
     };
     let row = record.clone();
-    let (result, _) = s
-        .db
-        .write(move |c| {
+    let (result, _) =
+        s.db.write(move |c| {
             if let Some(existing) = by_name(c, &row.tenant_id, &row.name)? {
                 return Ok((Err(existing), Vec::new()));
             }
@@ -273,9 +272,8 @@ pub async fn get_dataset(
     caller: Caller,
     Path(id): Path<String>,
 ) -> ApiResult<Json<DatasetRecord>> {
-    let d = s
-        .db
-        .with(|c| {
+    let d =
+        s.db.with(|c| {
             c.prepare_cached(&format!("{COLUMNS} WHERE id = ?1"))?
                 .query_row([&id], row_dataset)
                 .optional()

@@ -1068,7 +1068,8 @@ fn run_entry(
         tenant: run.tenant.clone(),
         module: run.module,
         input: run.input,
-        datasets: residency.map_or_else(Vec::new, |p| p.datasets.iter().map(|d| d.digest).collect()),
+        datasets: residency
+            .map_or_else(Vec::new, |p| p.datasets.iter().map(|d| d.digest).collect()),
         output,
         output_label: residency.map_or_else(Vec::new, |p| p.output_label.clone()),
         zone: residency.map_or_else(String::new, |p| p.zone.clone()),
@@ -1078,7 +1079,9 @@ fn run_entry(
         wall_time_us: u64::try_from(r.usage.wall_time.as_micros()).unwrap_or(u64::MAX),
         fuel: r.usage.fuel_consumed,
         peak_memory_bytes: r.usage.peak_memory_bytes,
-        gpu_time_us: gpu.map_or(0, |g| u64::try_from(g.gpu_time.as_micros()).unwrap_or(u64::MAX)),
+        gpu_time_us: gpu.map_or(0, |g| {
+            u64::try_from(g.gpu_time.as_micros()).unwrap_or(u64::MAX)
+        }),
         gpu_bytes: gpu.map_or(0, |g| g.bytes_allocated),
     }))
 }

@@ -212,7 +212,10 @@ pub async fn place_run(
         if let Some(d) = crate::datasets::exists(s, tenant, name)? {
             return Err(ApiError::conflict(
                 "dataset_exists",
-                format!("dataset {name:?} already exists ({}); datasets are immutable", d.id),
+                format!(
+                    "dataset {name:?} already exists ({}); datasets are immutable",
+                    d.id
+                ),
             ));
         }
     }
@@ -222,13 +225,15 @@ pub async fn place_run(
     } else {
         Vec::new()
     };
-    let (zone, adapter, label) = match place(node, policy, uses_gpu, &adapters, &input_label, &datasets)
-    {
-        Ok(p) => p,
-        Err(message) => {
-            return Err(residency_violation(s, tenant, Some(module.digest), "run", message).await);
-        }
-    };
+    let (zone, adapter, label) =
+        match place(node, policy, uses_gpu, &adapters, &input_label, &datasets) {
+            Ok(p) => p,
+            Err(message) => {
+                return Err(
+                    residency_violation(s, tenant, Some(module.digest), "run", message).await,
+                );
+            }
+        };
     let options = RunOptions {
         datasets: datasets
             .iter()
@@ -270,7 +275,11 @@ fn from_json<T: serde::de::DeserializeOwned>(s: &str) -> rusqlite::Result<T> {
 }
 
 /// In the run's insert transaction.
-pub(crate) fn insert_residency(c: &Connection, run_id: &str, r: &RunResidency) -> rusqlite::Result<()> {
+pub(crate) fn insert_residency(
+    c: &Connection,
+    run_id: &str,
+    r: &RunResidency,
+) -> rusqlite::Result<()> {
     c.prepare_cached(
         "INSERT INTO run_residency(run_id, zone, adapter, datasets, input_label, output_label, store_output_as)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
@@ -288,7 +297,10 @@ pub(crate) fn insert_residency(c: &Connection, run_id: &str, r: &RunResidency) -
 }
 
 /// A run's placement, in its finishing transaction.
-pub(crate) fn stored_residency(c: &Connection, run_id: &str) -> rusqlite::Result<Option<RunResidency>> {
+pub(crate) fn stored_residency(
+    c: &Connection,
+    run_id: &str,
+) -> rusqlite::Result<Option<RunResidency>> {
     c.prepare_cached(
         "SELECT zone, adapter, datasets, input_label, output_label, store_output_as
          FROM run_residency WHERE run_id = ?1",
@@ -320,7 +332,10 @@ pub(crate) struct ResidencyColumns {
 
 /// Read `zone, adapter, datasets, input_label, output_label, output_dataset`
 /// starting at column `at`.
-pub(crate) fn residency_columns(r: &rusqlite::Row<'_>, at: usize) -> rusqlite::Result<ResidencyColumns> {
+pub(crate) fn residency_columns(
+    r: &rusqlite::Row<'_>,
+    at: usize,
+) -> rusqlite::Result<ResidencyColumns> {
     let list = |i: usize| -> rusqlite::Result<Vec<String>> {
         match r.get::<_, Option<String>>(at + i)? {
             Some(s) => from_json(&s),
@@ -399,15 +414,24 @@ mod tests {
             Ok(("zone-b".into(), Some("b2".into()), zones(&["zone-b"])))
         );
         // Input label {zone-a} and a zone-b dataset: refused, naming both.
-        let e = place(&node, &p, false, &adapters, &zones(&["zone-a"]), &[b])
-            .expect_err("conflict");
-        assert!(e.contains("input label {zone-a}") && e.contains("dataset b label {zone-b}"), "{e}");
+        let e =
+            place(&node, &p, false, &adapters, &zones(&["zone-a"]), &[b]).expect_err("conflict");
+        assert!(
+            e.contains("input label {zone-a}") && e.contains("dataset b label {zone-b}"),
+            "{e}"
+        );
         // GPU: only zone-a's adapter is usable and the grant says zone-b.
         let p = Policy::from_toml("zones = [\"zone-a\", \"zone-b\"]\n[gpu]\nzones = [\"zone-b\"]")
             .expect("policy");
-        let broken = [adapter("a1", "zone-a", 0, true), adapter("b1", "zone-b", 0, false)];
+        let broken = [
+            adapter("a1", "zone-a", 0, true),
+            adapter("b1", "zone-b", 0, false),
+        ];
         let e = place(&node, &p, true, &broken, &ab, &[]).expect_err("no adapter");
-        assert!(e.contains("uses the GPU") && e.contains("a1 in zone-a"), "{e}");
+        assert!(
+            e.contains("uses the GPU") && e.contains("a1 in zone-a"),
+            "{e}"
+        );
         // The same module without GPU imports is placed.
         assert!(place(&node, &p, false, &broken, &ab, &[]).is_ok());
         // A tenant zone the node does not serve.

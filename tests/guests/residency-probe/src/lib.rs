@@ -36,8 +36,13 @@ fn esc(s: &str) -> String {
 }
 
 fn list(v: Option<&str>) -> Vec<&str> {
-    v.map(|s| s.split(',').map(str::trim).filter(|s| !s.is_empty()).collect())
-        .unwrap_or_default()
+    v.map(|s| {
+        s.split(',')
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .collect()
+    })
+    .unwrap_or_default()
 }
 
 fn send(target: &str, data: &[u8]) -> Result<(), String> {
@@ -92,8 +97,8 @@ impl Pipeline for Probe {
         let mut read = Vec::new();
         for name in list(request.meta("datasets")) {
             let path = format!("/datasets/{name}");
-            let bytes = std::fs::read(&path)
-                .map_err(|e| Error::failed(format!("reading {path}: {e}")))?;
+            let bytes =
+                std::fs::read(&path).map_err(|e| Error::failed(format!("reading {path}: {e}")))?;
             read.push(format!("{}:{}", esc(name), bytes.len()));
             data.extend_from_slice(&bytes);
         }
@@ -122,7 +127,9 @@ impl Pipeline for Probe {
         };
         let mut tamper = Vec::new();
         if request.meta("tamper") == Some("1") {
-            let first = list(request.meta("datasets")).first().map(|n| n.to_string());
+            let first = list(request.meta("datasets"))
+                .first()
+                .map(|n| n.to_string());
             let attempts: Vec<(&str, Box<dyn Fn() -> std::io::Result<()>>)> = vec![
                 (
                     "overwrite",
