@@ -198,7 +198,7 @@ async fn runs(n: usize) {
             while Instant::now() < stop {
                 let t = Instant::now();
                 let id = kasbah_server::db::new_run_id();
-                db.insert_run(&id, &tenant, &module, 1, &input, 5)
+                db.insert_run(&id, &tenant, &module, 1, &input, 5, None)
                     .await
                     .expect("insert");
                 db.finish_run(

@@ -758,6 +758,9 @@ impl Db {
 
     // ---- runs -----------------------------------------------------------
 
+    /// Insert a `queued` run row and, in the same transaction, its
+    /// placement (`run_residency`), so an acknowledged run always has both.
+    #[allow(clippy::too_many_arguments)]
     pub async fn insert_run(
         &self,
         id: &str,
