@@ -931,6 +931,34 @@ async fn datasets_are_private_validated_bounded_and_outputs_go_only_to_owner_and
             .is_some()
     );
     assert_eq!(api_err(b.run_output(&r.id).await).0, 404);
+
+    // The API document describes the new endpoints and fields.
+    let doc: serde_json::Value = reqwest::get(format!("{}/openapi.json", w.p.url))
+        .await
+        .expect("openapi")
+        .json()
+        .await
+        .expect("json");
+    assert!(
+        doc["paths"]["/v1/datasets"]["post"].is_object(),
+        "{}",
+        doc["paths"]
+    );
+    assert!(doc["paths"]["/v1/datasets/{id}"]["get"].is_object());
+    let schemas = &doc["components"]["schemas"];
+    assert!(schemas["DatasetRecord"].is_object());
+    for field in ["datasets", "input_label", "store_output_as"] {
+        assert!(
+            schemas["CreateRun"]["properties"][field].is_object(),
+            "CreateRun.{field}"
+        );
+    }
+    for field in ["zone", "adapter", "output_label", "output_dataset"] {
+        assert!(
+            schemas["RunRecord"]["properties"][field].is_object(),
+            "RunRecord.{field}"
+        );
+    }
 }
 
 /// The runtime API on its own (what `kasbah run --dataset` uses): datasets

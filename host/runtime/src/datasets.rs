@@ -8,9 +8,14 @@
 //! permissions: the guest can open and read the files, and cannot write,
 //! truncate, create, rename or delete anything (wasmtime-wasi checks the
 //! permissions on every descriptor; the host modes are a second fence). The
-//! directory is removed when the run ends. Hard links share the source's
-//! inode, so their mode is left alone (the platform stores dataset blobs
-//! 0444); copies are made 0444.
+//! directory is removed when no run uses it any more. Hard links share the
+//! source's inode, so their mode is left alone (the platform stores dataset
+//! blobs 0444); copies are made 0444.
+//!
+//! Making and removing a directory costs milliseconds on a busy disk, more
+//! than a small run, and datasets are immutable: runs that mount the same
+//! datasets (same names, same files, unchanged size and mtime) share one
+//! read-only directory, kept in a small cache ([`MountCache`]).
 
 use std::path::{Path, PathBuf};
 
@@ -83,7 +88,64 @@ fn set_mode(p: &Path, mode: u32) -> std::io::Result<()> {
     std::fs::set_permissions(p, perms)
 }
 
-/// Build the run's dataset directory under `scratch`.
+/// One dataset as a cache key: name, file, and what would show a change.
+type Key = Vec<(String, PathBuf, u64, Option<std::time::SystemTime>)>;
+
+/// Dataset directories shared by runs that mount the same datasets.
+pub(crate) struct MountCache {
+    dirs: std::sync::Mutex<std::collections::HashMap<Key, std::sync::Arc<Mounted>>>,
+    max: usize,
+}
+
+impl MountCache {
+    pub fn new(max: usize) -> Self {
+        MountCache {
+            dirs: Default::default(),
+            max,
+        }
+    }
+
+    /// The directory for `datasets`, made under `scratch` on a miss.
+    pub fn get(
+        &self,
+        scratch: &Path,
+        datasets: &[DatasetMount],
+    ) -> Result<std::sync::Arc<Mounted>, MountError> {
+        let mut key = Key::with_capacity(datasets.len());
+        for d in datasets {
+            let meta = std::fs::metadata(&d.path).map_err(|e| MountError::Io {
+                name: d.name.clone(),
+                path: d.path.clone(),
+                reason: e.to_string(),
+            })?;
+            key.push((
+                d.name.clone(),
+                d.path.clone(),
+                meta.len(),
+                meta.modified().ok(),
+            ));
+        }
+        let lock = || {
+            self.dirs
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+        };
+        if let Some(m) = lock().get(&key) {
+            return Ok(m.clone());
+        }
+        let m = std::sync::Arc::new(mount(scratch, datasets)?);
+        let mut dirs = lock();
+        if dirs.len() >= self.max
+            && let Some(k) = dirs.keys().next().cloned()
+        {
+            // Removed from disk once the runs using it end.
+            dirs.remove(&k);
+        }
+        Ok(dirs.entry(key).or_insert(m).clone())
+    }
+}
+
+/// Build a dataset directory under `scratch`.
 pub(crate) fn mount(scratch: &Path, datasets: &[DatasetMount]) -> Result<Mounted, MountError> {
     let io = |d: &DatasetMount, e: std::io::Error| MountError::Io {
         name: d.name.clone(),
@@ -149,6 +211,26 @@ mod tests {
             b"weights"
         );
         assert_eq!(m.linked, 1, "same file system: a hard link");
+        let cache = MountCache::new(1);
+        let list = [DatasetMount::new("w.bin", &a)];
+        let shared = cache.get(scratch.path(), &list).expect("mount");
+        assert!(std::sync::Arc::ptr_eq(
+            &shared,
+            &cache.get(scratch.path(), &list).expect("hit")
+        ));
+        std::fs::write(&a, b"weights, v2").expect("rewrite");
+        let fresh = cache
+            .get(scratch.path(), &list)
+            .expect("changed file: new dir");
+        assert!(!std::sync::Arc::ptr_eq(&shared, &fresh));
+        assert_eq!(
+            std::fs::read(fresh.path().join("w.bin")).expect("read"),
+            b"weights, v2"
+        );
+        let evicted = shared.path().to_path_buf();
+        drop(shared);
+        assert!(!evicted.exists(), "evicted and unused: removed");
+        drop((cache, fresh));
         assert!(
             std::fs::metadata(m.path())
                 .expect("stat")

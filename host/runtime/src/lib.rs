@@ -70,6 +70,9 @@ pub mod bindings {
 
 use bindings::kasbah::pipeline::types as wit;
 
+/// Dataset directories kept for reuse (see `datasets.rs`).
+const MOUNT_CACHE_ENTRIES: usize = 64;
+
 /// The fully-qualified name of the interface every pipeline exports.
 pub const HANDLER_EXPORT: &str = "kasbah:pipeline/handler@0.1.0";
 
@@ -235,6 +238,7 @@ struct Inner {
     modules: Mutex<HashMap<Digest, Arc<Module>>>,
     stop_ticker: Arc<AtomicBool>,
     gpu: kasbah_gpu::GpuRegistry,
+    mounts: datasets::MountCache,
 }
 
 impl Drop for Inner {
@@ -301,6 +305,7 @@ impl Runtime {
                 modules: Mutex::default(),
                 stop_ticker,
                 gpu,
+                mounts: datasets::MountCache::new(MOUNT_CACHE_ENTRIES),
             }),
         })
     }
@@ -453,11 +458,11 @@ impl Runtime {
                 .scratch_dir
                 .clone()
                 .unwrap_or_else(std::env::temp_dir);
-            let list = options.datasets.clone();
-            match tokio::task::spawn_blocking(move || datasets::mount(&scratch, &list)).await {
-                Ok(Ok(m)) => Some(m),
-                Ok(Err(e)) => return Ok(denied(format!("datasets: {e}"))),
-                Err(e) => return Err(RunError::Internal(format!("mounting datasets: {e}"))),
+            // A few metadata operations on a miss (mkdir, link, chmod), a
+            // stat per dataset on a hit: inline, like the policy's preopens.
+            match self.inner.mounts.get(&scratch, &options.datasets) {
+                Ok(m) => Some(m),
+                Err(e) => return Ok(denied(format!("datasets: {e}"))),
             }
         };
 
