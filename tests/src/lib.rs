@@ -16,7 +16,14 @@ use kasbah_runtime::kasbah_gpu::{AdapterConfig, GpuConfig};
 use kasbah_runtime::{Module, Request, Runtime, RuntimeConfig};
 
 /// Every guest crate the tests use, by package name.
-pub const GUESTS: &[&str] = &["hello", "hostile", "net-probe", "gpu-matmul", "gpu-hostile"];
+pub const GUESTS: &[&str] = &[
+    "hello",
+    "hostile",
+    "net-probe",
+    "gpu-matmul",
+    "gpu-hostile",
+    "residency-probe",
+];
 
 pub fn workspace_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))

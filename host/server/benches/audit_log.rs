@@ -206,6 +206,7 @@ async fn runs(n: usize) {
                     input_digest: input,
                     input_size: 5,
                     created_at: kasbah_server::db::now_ms(),
+                    residency: None,
                 };
                 let _inserted = db.insert_run(&run).await.expect("insert");
                 let started = db.mark_running(&run.id);

@@ -257,10 +257,10 @@ pub async fn create_auditor(
 // ---- modules --------------------------------------------------------------------
 
 /// How much of a refused upload is read and discarded before answering.
-const DRAIN_LIMIT: u64 = 64 << 20;
+pub(crate) const DRAIN_LIMIT: u64 = 64 << 20;
 
 /// Read and discard up to `limit` bytes of a request body.
-async fn drain(body: Body, limit: u64) {
+pub(crate) async fn drain(body: Body, limit: u64) {
     let mut stream = body.into_data_stream();
     let mut seen = 0u64;
     while let Some(Ok(chunk)) = stream.next().await {
@@ -500,7 +500,8 @@ pub async fn get_module(
 #[utoipa::path(post, path = "/v1/runs", request_body = CreateRun,
     responses((status = 200, body = RunRecord, description = "finished (wait = true)"),
         (status = 202, body = RunRecord, description = "accepted; poll GET /v1/runs/{id}"),
-        (status = 404, body = ErrorBody), (status = 413, body = ErrorBody), (status = 429, body = ErrorBody)))]
+        (status = 403, body = ErrorBody, description = "`residency_violation`: no zone satisfies the tenant's zones, the input label, every dataset label and (for GPU modules) a usable adapter"),
+        (status = 404, body = ErrorBody), (status = 409, body = ErrorBody), (status = 413, body = ErrorBody), (status = 429, body = ErrorBody)))]
 pub async fn create_run(
     State(s): State<AppState>,
     caller: Caller,
@@ -526,9 +527,9 @@ pub async fn create_run(
             ));
         }
     };
-    if !s.db.has_module(&tenant, &digest)? {
-        return Err(ApiError::not_found("module"));
-    }
+    let module =
+        s.db.module_cached(&tenant, &digest)?
+            .ok_or_else(|| ApiError::not_found("module"))?;
     let policy = s.policy(&tenant)?;
     let limits = &policy.policy.limits;
     if input.len() as u64 > limits.max_input_bytes {
@@ -541,6 +542,17 @@ pub async fn create_run(
             ),
         ));
     }
+    // Residency: refused (403, audited) before anything is admitted or run.
+    let placed = crate::placement::place_run(
+        &s,
+        &tenant,
+        &policy.policy,
+        &module,
+        &req.datasets,
+        req.input_label.as_deref(),
+        req.store_output_as.as_deref(),
+    )
+    .await?;
     let admission = match s.scheduler.admit(&tenant, limits.max_concurrent_runs) {
         Ok(a) => a,
         Err(r) => {
@@ -585,6 +597,7 @@ pub async fn create_run(
         input_digest: Digest::of(&input),
         input_size: input.len() as u64,
         created_at: now_ms(),
+        residency: Some(placed.row.clone()),
     };
     // The insert is queued, not waited for: the run starts while it
     // commits, and nobody hears of the run before it is durable (below).
@@ -604,10 +617,18 @@ pub async fn create_run(
     let (tx, rx) = tokio::sync::oneshot::channel();
     let task_state = s.clone();
     let policy_for_run = policy.clone();
-    let accepted = assemble_queued(&run);
+    let accepted = crate::db::queued_record(&run);
     s.metrics.runs_in_flight.inc();
     tokio::spawn(async move {
-        let record = execute(&task_state, run, &policy_for_run.policy, request, admission).await;
+        let record = execute(
+            &task_state,
+            run,
+            &policy_for_run.policy,
+            request,
+            admission,
+            placed,
+        )
+        .await;
         task_state.metrics.runs_in_flight.dec();
         let _ = tx.send(record);
     });
@@ -625,29 +646,6 @@ pub async fn create_run(
     Ok((StatusCode::ACCEPTED, Json(r)))
 }
 
-/// The record of a run just accepted (what a read would give).
-fn assemble_queued(run: &NewRun) -> RunRecord {
-    RunRecord {
-        id: run.id.clone(),
-        tenant_id: run.tenant_id.clone(),
-        module: run.module,
-        policy_version: run.policy_version,
-        status: RunStatus::Queued,
-        input_digest: run.input_digest,
-        input_size: run.input_size,
-        outcome: None,
-        output: None,
-        usage: None,
-        stdout: None,
-        stderr: None,
-        logs: None,
-        denials: Vec::new(),
-        created_at: run.created_at,
-        started_at: None,
-        finished_at: None,
-    }
-}
-
 /// Run one admitted request to completion and store its record; returns
 /// the stored record (`None` if storing failed, logged). Never panics on
 /// guest behaviour; host faults end up in the record as outcomes.
@@ -657,6 +655,7 @@ async fn execute(
     policy: &Policy,
     request: Request,
     admission: Admission,
+    placed: crate::placement::Placed,
 ) -> Option<RunRecord> {
     let _admission = admission;
     let _worker = s.scheduler.worker().await?;
@@ -664,7 +663,11 @@ async fn execute(
     let digest = run.module;
     let started_at = s.db.mark_running(id);
     let report = match s.module(&digest).await {
-        Ok(module) => match s.runtime.run(&module, policy, request).await {
+        Ok(module) => match s
+            .runtime
+            .run_with(&module, policy, request, &placed.options)
+            .await
+        {
             Ok(r) => r,
             Err(e) => host_failure(digest, format!("host could not run the module: {e}")),
         },
@@ -673,6 +676,13 @@ async fn execute(
     let output = match &report.outcome {
         Outcome::Ok { output } => {
             let d = Digest::of(&output.body);
+            // An output stored as a dataset lives in the blob store.
+            if placed.stores_output() {
+                match s.blobs.put(&output.body) {
+                    Ok(_) => crate::datasets::seal_blob(s, &d),
+                    Err(e) => tracing::error!(run = id, "storing output as a dataset: {e}"),
+                }
+            }
             if output.body.len() <= INLINE_OUTPUT_MAX {
                 Some((
                     d,
@@ -738,7 +748,20 @@ pub async fn get_run(
     caller: Caller,
     Path(id): Path<String>,
 ) -> ApiResult<Json<RunRecord>> {
-    Ok(Json(visible_run(&s, &caller, &id)?))
+    let mut r = visible_run(&s, &caller, &id)?;
+    redact_output(&s, &caller, &mut r)?;
+    Ok(Json(r))
+}
+
+/// Output bytes (inline in the record) only for the callers who may
+/// download them; others see the digest and size.
+fn redact_output(s: &AppState, caller: &Caller, r: &mut RunRecord) -> ApiResult<()> {
+    if !caller.reads_outputs(s, &r.tenant_id)?
+        && let Some(out) = r.output.as_mut()
+    {
+        out.inline = None;
+    }
+    Ok(())
 }
 
 pub(crate) fn visible_run(s: &AppState, caller: &Caller, id: &str) -> ApiResult<RunRecord> {
@@ -750,13 +773,19 @@ pub(crate) fn visible_run(s: &AppState, caller: &Caller, id: &str) -> ApiResult<
     }
 }
 
-#[utoipa::path(get, path = "/v1/runs/{id}/output", responses((status = 200, content_type = "application/octet-stream"), (status = 404, body = ErrorBody)))]
+#[utoipa::path(get, path = "/v1/runs/{id}/output", responses((status = 200, content_type = "application/octet-stream"),
+    (status = 403, body = ErrorBody, description = "only the owning tenant and its auditors download outputs"), (status = 404, body = ErrorBody)))]
 pub async fn get_run_output(
     State(s): State<AppState>,
     caller: Caller,
     Path(id): Path<String>,
 ) -> ApiResult<Response> {
     let r = visible_run(&s, &caller, &id)?;
+    if !caller.reads_outputs(&s, &r.tenant_id)? {
+        return Err(ApiError::forbidden(
+            "run outputs are released only to the owning tenant and its auditors",
+        ));
+    }
     let out = r.output.ok_or_else(|| ApiError::not_found("output"))?;
     let bytes = match s.db.run_output_inline(&id)? {
         Some(b) => b,
@@ -796,6 +825,9 @@ pub async fn list_runs(
     }
     out.sort_by_key(|r| std::cmp::Reverse(r.created_at));
     out.truncate(limit as usize);
+    for r in &mut out {
+        redact_output(&s, &caller, r)?;
+    }
     Ok(Json(out))
 }
 

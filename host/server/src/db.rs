@@ -6,7 +6,7 @@
 //! acknowledged only after its batch committed. Reads use a small pool of
 //! read-only connections (WAL readers never block the writer or each other).
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::ops::Range;
 use std::path::Path;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -26,6 +26,7 @@ use rusqlite::{Connection, OptionalExtension, params};
 use tokio::sync::oneshot;
 
 use crate::audit::{self, Encoded};
+use crate::placement::{ResidencyColumns, RunResidency};
 use crate::writer::{Job, Staged, Writer, WriterStats};
 
 const SCHEMA: &str = r#"
@@ -158,6 +159,9 @@ pub struct NewRun {
     pub input_digest: Digest,
     pub input_size: u64,
     pub created_at: i64,
+    /// Where placement put the run (written with its row, in the same
+    /// transaction, so an acknowledged run always has both).
+    pub residency: Option<RunResidency>,
 }
 
 /// A submitted write not yet known to be durable.
@@ -234,9 +238,9 @@ pub struct Db {
     /// and never deleted (there is no revocation yet: adding one must
     /// evict here).
     callers: Mutex<HashMap<String, Caller>>,
-    /// (tenant, module) pairs known to exist. Modules are immutable and
-    /// never deleted.
-    modules_seen: Mutex<HashSet<(String, Digest)>>,
+    /// (tenant, module) → record, for modules seen before. Modules are
+    /// immutable and never deleted.
+    modules_seen: Mutex<HashMap<(String, Digest), Arc<ModuleRecord>>>,
     /// Runs executing now → their start time. "running" is not written to
     /// the database (a crash turns `queued` and `running` alike into
     /// `interrupted`); reads overlay it on `queued` records.
@@ -308,6 +312,8 @@ impl Db {
             crate::writer::WAL_AUTOCHECKPOINT_PAGES,
         )?;
         conn.execute_batch(SCHEMA)?;
+        conn.execute_batch(crate::datasets::SCHEMA)?;
+        conn.execute_batch(crate::placement::SCHEMA)?;
         conn.execute_batch(audit::SCHEMA)?;
         let size = audit::check(&conn)
             .map_err(|e| anyhow::anyhow!("{}: {e}; refusing to start", path.display()))?;
@@ -352,7 +358,7 @@ impl Db {
         self.writer.stop();
     }
 
-    fn with<R>(
+    pub(crate) fn with<R>(
         &self,
         f: impl FnOnce(&mut Connection) -> rusqlite::Result<R>,
     ) -> rusqlite::Result<R> {
@@ -806,21 +812,26 @@ impl Db {
         self.with(|c| module_row(c, tenant_id, digest))
     }
 
-    /// Whether `tenant_id` has the module `digest` (positive answers cached).
-    pub fn has_module(&self, tenant_id: &str, digest: &Digest) -> rusqlite::Result<bool> {
+    /// [`Self::module`], with found modules cached (they are immutable).
+    pub fn module_cached(
+        &self,
+        tenant_id: &str,
+        digest: &Digest,
+    ) -> rusqlite::Result<Option<Arc<ModuleRecord>>> {
         let key = (tenant_id.to_string(), *digest);
-        if lock(&self.modules_seen).contains(&key) {
-            return Ok(true);
+        if let Some(m) = lock(&self.modules_seen).get(&key) {
+            return Ok(Some(m.clone()));
         }
-        let found = self.module(tenant_id, digest)?.is_some();
-        if found {
-            let mut cache = lock(&self.modules_seen);
-            if cache.len() >= CACHE_MAX {
-                cache.clear();
-            }
-            cache.insert(key);
+        let Some(m) = self.module(tenant_id, digest)? else {
+            return Ok(None);
+        };
+        let m = Arc::new(m);
+        let mut cache = lock(&self.modules_seen);
+        if cache.len() >= CACHE_MAX {
+            cache.clear();
         }
-        Ok(found)
+        cache.insert(key, m.clone());
+        Ok(Some(m))
     }
 
     pub fn modules(&self, tenant_ids: &[String]) -> rusqlite::Result<Vec<ModuleRecord>> {
@@ -862,6 +873,9 @@ impl Db {
                     run.input_size as i64,
                     run.created_at
                 ])?;
+                if let Some(r) = &run.residency {
+                    crate::placement::insert_residency(c, &run.id, r)?;
+                }
                 Ok(((), Vec::new()))
             })
             .await?;
@@ -902,13 +916,17 @@ impl Db {
                 dropped_bytes: 0,
             }),
         });
-        let record = assemble_run(
+        let mut record = assemble_run(
             run.clone(),
             RunStatus::Done,
             Some(slim),
             output_ref,
             Some(started_at),
             Some(finished_at),
+            run.residency
+                .as_ref()
+                .map(ResidencyColumns::placed)
+                .unwrap_or_default(),
         );
         let entries = {
             let r = &record;
@@ -925,6 +943,15 @@ impl Db {
             entries
         };
         let id = run.id.clone();
+        let tenant = run.tenant_id.clone();
+        let residency = run.residency.clone();
+        let stored_output = match (
+            &f.output,
+            record.outcome.as_ref().is_some_and(|o| o.is_ok()),
+        ) {
+            (Some((d, size, _, _)), true) => Some((*d, *size)),
+            _ => None,
+        };
         let (od, os, oct, inline) = match f.output {
             Some((d, s, ct, inline)) => (Some(d.to_string()), Some(s as i64), Some(ct), inline),
             None => (None, None, None, None),
@@ -960,11 +987,19 @@ impl Db {
                         "the run's record is missing (its insert failed)",
                     )));
                 }
-                Ok(((), entries))
+                let mut entries = entries;
+                let mut output_dataset = None;
+                if let (Some(res), Some((d, size))) = (&residency, stored_output) {
+                    let (ds, e) = crate::datasets::store_output(c, &id, &tenant, res, d, size)?;
+                    output_dataset = ds;
+                    entries.extend(e);
+                }
+                Ok((output_dataset, entries))
             })
             .await;
         lock(&self.running).remove(&run.id);
-        let (_, range) = written?;
+        let (output_dataset, range) = written?;
+        record.output_dataset = output_dataset;
         Ok((record, range.start))
     }
 
@@ -975,31 +1010,21 @@ impl Db {
     pub async fn interrupt_inflight(&self) -> DbResult<usize> {
         let (n, _) = self
             .write(|c| {
-                let runs: Vec<NewRun> = c
-                    .prepare(
-                        "SELECT id, tenant_id, module_digest, policy_version, input_digest, input_size, created_at
-                         FROM runs WHERE status IN ('queued', 'running') ORDER BY created_at",
-                    )?
-                    .query_map([], |r| {
-                        Ok(NewRun {
-                            id: r.get(0)?,
-                            tenant_id: r.get(1)?,
-                            module: parse_digest(&r.get::<_, String>(2)?)?,
-                            policy_version: r.get(3)?,
-                            input_digest: parse_digest(&r.get::<_, String>(4)?)?,
-                            input_size: r.get::<_, i64>(5)? as u64,
-                            created_at: r.get(6)?,
-                        })
-                    })?
+                let runs: Vec<RunRecord> = c
+                    .prepare(&format!(
+                        "{RUN_COLUMNS} WHERE status IN ('queued', 'running') ORDER BY created_at"
+                    ))?
+                    .query_map([], row_run)?
                     .collect::<rusqlite::Result<_>>()?;
                 let mut entries = Vec::with_capacity(runs.len());
-                for run in runs {
+                for mut r in runs {
                     let now = now_ms();
                     c.execute(
                         "UPDATE runs SET status = 'interrupted', finished_at = ?1 WHERE id = ?2",
-                        params![now, run.id],
+                        params![now, r.id],
                     )?;
-                    let r = assemble_run(run, RunStatus::Interrupted, None, None, None, Some(now));
+                    r.status = RunStatus::Interrupted;
+                    r.finished_at = Some(now);
                     entries.push(run_entry(&r));
                 }
                 let n = entries.len();
@@ -1150,18 +1175,19 @@ fn policy_entry(r: &PolicyRecord) -> Entry {
 
 fn run_entry(r: &RunRecord) -> Entry {
     let usage = r.usage.clone().unwrap_or_default();
+    let gpu = usage.gpu.as_ref();
     entry(EntryBody::RunExecuted(RunExecuted {
         run_id: r.id.clone(),
         tenant: r.tenant_id.clone(),
         module: r.module,
         input: r.input_digest,
-        datasets: Vec::new(),
+        datasets: r.datasets.iter().map(|d| d.digest).collect(),
         output: r.output.as_ref().map(|o| o.digest),
-        // Residency labels, zones and GPU adapters are not modelled yet: empty.
-        output_label: Vec::new(),
-        zone: String::new(),
-        adapter: None,
+        output_label: r.output_label.clone(),
+        zone: r.zone.clone().unwrap_or_default(),
+        adapter: r.adapter.clone(),
         policy_version: u64::from(r.policy_version),
+        // A run without an outcome never finished: interrupted.
         outcome: r
             .outcome
             .as_ref()
@@ -1170,8 +1196,10 @@ fn run_entry(r: &RunRecord) -> Entry {
         wall_time_us: u64::try_from(usage.wall_time.as_micros()).unwrap_or(u64::MAX),
         fuel: usage.fuel_consumed,
         peak_memory_bytes: usage.peak_memory_bytes,
-        gpu_time_us: 0,
-        gpu_bytes: 0,
+        gpu_time_us: gpu.map_or(0, |g| {
+            u64::try_from(g.gpu_time.as_micros()).unwrap_or(u64::MAX)
+        }),
+        gpu_bytes: gpu.map_or(0, |g| g.bytes_allocated),
     }))
 }
 
@@ -1244,8 +1272,9 @@ fn module_row(
 }
 
 const RUN_COLUMNS: &str = "SELECT id, tenant_id, module_digest, policy_version, status, input_digest, input_size,
-    output_digest, output_size, output_content_type, output_inline, report_json, created_at, started_at, finished_at
-    FROM runs";
+    output_digest, output_size, output_content_type, output_inline, report_json, created_at, started_at, finished_at,
+    rr.zone, rr.adapter, rr.datasets, rr.input_label, rr.output_label, rr.output_dataset
+    FROM runs LEFT JOIN run_residency rr ON rr.run_id = runs.id";
 
 /// Inline outputs up to this size are returned in the run record itself.
 pub const INLINE_OUTPUT_MAX: usize = 64 * 1024;
@@ -1272,6 +1301,7 @@ fn row_run(r: &rusqlite::Row<'_>) -> rusqlite::Result<RunRecord> {
         None => None,
     };
     let status: String = r.get(4)?;
+    let residency = crate::placement::residency_columns(r, 15)?;
     let run = NewRun {
         tenant_id: r.get(1)?,
         module: parse_digest(&r.get::<_, String>(2)?)?,
@@ -1279,6 +1309,7 @@ fn row_run(r: &rusqlite::Row<'_>) -> rusqlite::Result<RunRecord> {
         input_digest: parse_digest(&r.get::<_, String>(5)?)?,
         input_size: r.get::<_, i64>(6)? as u64,
         created_at: r.get(12)?,
+        residency: None,
         id,
     };
     Ok(assemble_run(
@@ -1288,7 +1319,24 @@ fn row_run(r: &rusqlite::Row<'_>) -> rusqlite::Result<RunRecord> {
         output,
         r.get(13)?,
         r.get(14)?,
+        residency,
     ))
+}
+
+/// The record of a run just accepted (what a read of its row gives).
+pub fn queued_record(run: &NewRun) -> RunRecord {
+    assemble_run(
+        run.clone(),
+        RunStatus::Queued,
+        None,
+        None,
+        None,
+        None,
+        run.residency
+            .as_ref()
+            .map(ResidencyColumns::placed)
+            .unwrap_or_default(),
+    )
 }
 
 /// A run record from its parts (a row read back, or a run just finished).
@@ -1299,6 +1347,7 @@ fn assemble_run(
     output: Option<OutputRef>,
     started_at: Option<i64>,
     finished_at: Option<i64>,
+    residency: ResidencyColumns,
 ) -> RunRecord {
     let (outcome, usage, stdout, stderr, logs, denials) = match report {
         Some(r) => (
@@ -1329,6 +1378,12 @@ fn assemble_run(
         created_at: run.created_at,
         started_at,
         finished_at,
+        zone: residency.zone,
+        adapter: residency.adapter,
+        datasets: residency.datasets,
+        input_label: residency.input_label,
+        output_label: residency.output_label,
+        output_dataset: residency.output_dataset,
     }
 }
 
