@@ -62,13 +62,18 @@ fn main() -> anyhow::Result<()> {
     let module = runtime.load(&wasm)?;
     let policy = Policy::default();
 
-    // raw wasmtime
+    // raw wasmtime, with the same pool reset settings as kasbah's runtime
+    let rc = runtime.config();
     let mut pool = PoolingAllocationConfig::default();
     pool.total_component_instances(128)
         .total_core_instances(1024)
         .total_memories(256)
         .total_tables(512)
-        .total_stacks(128);
+        .total_stacks(128)
+        .linear_memory_keep_resident(rc.memory_keep_resident)
+        .table_keep_resident(rc.table_keep_resident)
+        .async_stack_keep_resident(rc.stack_keep_resident)
+        .pagemap_scan(wasmtime::Enabled::Auto);
     let mut cfg = Config::new();
     cfg.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
     let engine = Engine::new(&cfg).map_err(anyhow::Error::msg)?;

@@ -282,6 +282,48 @@ async fn allocating_until_oom_hits_the_memory_limit() {
     assert_hello_still_served().await;
 }
 
+/// Linear memory slots are reused (pooling allocator), and reset between
+/// instances partly by `memset` (the resident part kept for speed, see
+/// `RuntimeConfig::memory_keep_resident`) and partly by `madvise`. A guest
+/// that scans never-initialised heap must never find what the previous
+/// instance of the same module left in the same slot.
+#[tokio::test]
+async fn linear_memory_left_by_one_run_is_not_seen_by_the_next() {
+    let policy = Policy {
+        limits: Limits {
+            memory_bytes: 64 * MIB,
+            ..Limits::default()
+        },
+        ..Policy::default()
+    };
+    let marker = format!("RESIDUE-{}-{:x}", std::process::id(), rand_u64());
+    for i in 0..12 {
+        let r = run("hostile", &policy, attack("residue", marker.as_str())).await;
+        let Outcome::Ok { output } = &r.outcome else {
+            panic!("run {i}: {:?}", r.outcome);
+        };
+        let text = String::from_utf8_lossy(&output.body);
+        let (before, after) = text.split_once(' ').expect("two counts");
+        assert_eq!(
+            before, "0",
+            "run {i} found residue of an earlier run: {text}"
+        );
+        // The control: within one instance the scan does find the marker.
+        assert!(
+            after.parse::<usize>().expect("count") > 1000,
+            "run {i}: {text}"
+        );
+    }
+    assert_hello_still_served().await;
+}
+
+fn rand_u64() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u64(0);
+    h.finish()
+}
+
 #[tokio::test]
 async fn deep_recursion_traps_with_stack_overflow() {
     let r = run("hostile", &Policy::default(), attack("recursion", "")).await;

@@ -105,6 +105,18 @@ pub struct RuntimeConfig {
     /// Where per-run dataset directories are made (hard links need the same
     /// file system as the dataset files). Default: the system temp dir.
     pub scratch_dir: Option<std::path::PathBuf>,
+    /// Bytes at the bottom of each pooled linear memory kept mapped between
+    /// instances and reset to their initial contents by the host (only the
+    /// pages the guest touched, found with Linux's `PAGEMAP_SCAN` where the
+    /// kernel has it, else this whole prefix is `memset`); the rest is
+    /// reset with `madvise`. Every `madvise` is a TLB shootdown across all
+    /// cores, which dominated short runs (see ARCHITECTURE.md). 0 = always
+    /// `madvise`.
+    pub memory_keep_resident: usize,
+    /// The same for tables (function references), in bytes.
+    pub table_keep_resident: usize,
+    /// The same for the async stacks guests run on, in bytes.
+    pub stack_keep_resident: usize,
 }
 
 impl Default for RuntimeConfig {
@@ -121,6 +133,9 @@ impl Default for RuntimeConfig {
             gpu: kasbah_gpu::GpuConfig::default(),
             zones: ZonesConfig::default(),
             scratch_dir: None,
+            memory_keep_resident: 4 << 20,
+            table_keep_resident: 64 << 10,
+            stack_keep_resident: 128 << 10,
         }
     }
 }
@@ -263,6 +278,10 @@ impl Runtime {
         pool.total_tables(n.saturating_mul(4));
         pool.total_stacks(n);
         pool.max_memory_size(usize::try_from(config.max_memory_bytes).unwrap_or(usize::MAX));
+        pool.linear_memory_keep_resident(config.memory_keep_resident);
+        pool.table_keep_resident(config.table_keep_resident);
+        pool.async_stack_keep_resident(config.stack_keep_resident);
+        pool.pagemap_scan(wasmtime::Enabled::Auto);
 
         let mut cfg = Config::new();
         cfg.wasm_component_model(true)

@@ -37,6 +37,29 @@ fn recurse(depth: u64, acc: &mut [u64; 16]) -> u64 {
     recurse(depth + 1, &mut local) + local[0]
 }
 
+/// How many times `marker` occurs in `n` bytes of never-initialised heap
+/// (a fresh `Vec` capacity): whatever an earlier user of that memory left.
+fn residue(n: usize, marker: &[u8]) -> usize {
+    let v: Vec<u8> = Vec::with_capacity(n);
+    let p = v.as_ptr();
+    let mut count = 0;
+    let mut i = 0;
+    while i + marker.len() <= n {
+        // SAFETY: within the allocation's capacity; reading uninitialised
+        // bytes is the point of this attack (volatile so it is not elided).
+        let hit = (0..marker.len())
+            .all(|j| unsafe { core::ptr::read_volatile(p.add(i + j)) } == marker[j]);
+        if hit {
+            count += 1;
+            i += marker.len();
+        } else {
+            i += 1;
+        }
+    }
+    drop(v);
+    count
+}
+
 impl Pipeline for Hostile {
     fn run(request: Request) -> Result<Response, Error> {
         let arg = request.text()?.to_string();
@@ -104,6 +127,26 @@ impl Pipeline for Hostile {
                     hoard.push(vec![0xA5; 1 << 20]);
                     std::hint::black_box(&hoard);
                 }
+            }
+            // Look for what an earlier instance left in linear memory, then
+            // leave `arg` all over 8 MiB of heap and look again in this
+            // instance (the control: the scan does see residue). Answers
+            // "<found before> <found after writing>".
+            "residue" => {
+                let marker = arg.as_bytes();
+                if marker.len() < 8 {
+                    return Err(Error::invalid_input("marker of at least 8 bytes"));
+                }
+                const N: usize = 8 << 20;
+                let before = residue(N, marker);
+                let mut v = vec![0u8; N];
+                for chunk in v.chunks_mut(marker.len()) {
+                    chunk.copy_from_slice(&marker[..chunk.len()]);
+                }
+                std::hint::black_box(&v);
+                drop(v);
+                let after = residue(N, marker);
+                Ok(Response::text(format!("{before} {after}")))
             }
             "recursion" => Ok(Response::text(recurse_wasm_stack(0).to_string())),
             "recursion-shadow" => {
