@@ -16,7 +16,14 @@ use kasbah_runtime::kasbah_gpu::{AdapterConfig, GpuConfig};
 use kasbah_runtime::{Module, Request, Runtime, RuntimeConfig};
 
 /// Every guest crate the tests use, by package name.
-pub const GUESTS: &[&str] = &["hello", "hostile", "net-probe", "gpu-matmul", "gpu-hostile"];
+pub const GUESTS: &[&str] = &[
+    "hello",
+    "hostile",
+    "net-probe",
+    "gpu-matmul",
+    "gpu-hostile",
+    "minilm-embed",
+];
 
 pub fn workspace_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -153,6 +160,60 @@ pub async fn run(name: &str, policy: &Policy, request: Request) -> RunReport {
         .await
         .expect("host could run the module")
 }
+
+/// The all-MiniLM-L6-v2 model directory (`model.safetensors`, `vocab.txt`,
+/// configs), fetched and verified by `scripts/fetch-minilm.sh` (pinned
+/// sha256; nothing is downloaded when it is already in the cache, which
+/// `make setup` fills).
+pub fn minilm_model_dir() -> PathBuf {
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    DIR.get_or_init(|| {
+        let out = Command::new(workspace_root().join("scripts/fetch-minilm.sh"))
+            .output()
+            .expect("run scripts/fetch-minilm.sh");
+        assert!(
+            out.status.success(),
+            "scripts/fetch-minilm.sh failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        PathBuf::from(String::from_utf8_lossy(&out.stdout).trim())
+    })
+    .clone()
+}
+
+/// A directory holding exactly `model.safetensors` and `vocab.txt` of
+/// all-MiniLM-L6-v2: what the `minilm-embed` guest expects to find at
+/// `/datasets` (mount it read-only there). Hard links into the model cache
+/// (copies where links are impossible), next to the model directory;
+/// idempotent and safe for concurrent test processes (each file is put in
+/// place by an atomic rename). The same two files make the weights dataset
+/// of a platform run.
+pub fn minilm_datasets_dir() -> PathBuf {
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    DIR.get_or_init(|| {
+        let model = minilm_model_dir();
+        let dir = model.with_extension("datasets");
+        std::fs::create_dir_all(&dir).expect("create the datasets dir");
+        for f in MINILM_DATASET_FILES {
+            let (src, dst) = (model.join(f), dir.join(f));
+            let len = |p: &Path| std::fs::metadata(p).map(|m| m.len()).ok();
+            if len(&dst).is_some() && len(&dst) == len(&src) {
+                continue;
+            }
+            let tmp = dir.join(format!(".{f}.{}", std::process::id()));
+            let _ = std::fs::remove_file(&tmp);
+            if std::fs::hard_link(&src, &tmp).is_err() {
+                std::fs::copy(&src, &tmp).unwrap_or_else(|e| panic!("copy {}: {e}", src.display()));
+            }
+            std::fs::rename(&tmp, &dst).unwrap_or_else(|e| panic!("rename {}: {e}", dst.display()));
+        }
+        dir
+    })
+    .clone()
+}
+
+/// The files of the all-MiniLM-L6-v2 weights dataset.
+pub const MINILM_DATASET_FILES: [&str; 2] = ["model.safetensors", "vocab.txt"];
 
 /// The liveness check every containment test ends with: the same runtime
 /// still serves the hello pipeline correctly.

@@ -207,6 +207,9 @@ impl Model {
         }
         ops.mean_pool(rec, &x, lens, &pooled, seq)?;
         ops.l2_normalize(rec, &pooled)?;
+        for t in [x, h1, ctx, qkv, inter] {
+            rec.keep(t);
+        }
         Ok(pooled)
     }
 }

@@ -145,11 +145,13 @@ impl Tensor {
 
 /// Records ops into one submission, or (profiling) runs each at once and
 /// times it. Holds the small uniform buffers of the ops it recorded until
-/// it is submitted.
+/// it is submitted; tensors used by recorded ops must stay alive until
+/// then too (see [`Recorder::keep`]).
 pub struct Recorder {
     batch: Option<Batch>,
     profile: bool,
     uniforms: BTreeMap<[u32; 4], Buffer>,
+    kept: Vec<Tensor>,
     timings: BTreeMap<&'static str, OpTiming>,
     dispatches: u64,
 }
@@ -169,6 +171,7 @@ impl Recorder {
             batch: if profile { None } else { Some(Batch::new()?) },
             profile,
             uniforms: BTreeMap::new(),
+            kept: Vec::new(),
             timings: BTreeMap::new(),
             dispatches: 0,
         })
@@ -213,6 +216,13 @@ impl Recorder {
             }
         }
         Ok(())
+    }
+
+    /// Keep `t` alive until the submission: as in WebGPU, a buffer
+    /// dropped (destroyed) before the commands that use it are submitted
+    /// makes the submission fail. Hand intermediate tensors here.
+    pub fn keep(&mut self, t: Tensor) {
+        self.kept.push(t);
     }
 
     pub fn profiling(&self) -> bool {

@@ -1,0 +1,189 @@
+//! all-MiniLM-L6-v2 in a guest (`guest-examples/minilm-embed`) on
+//! `kasbah:gpu` kernels (lavapipe on CI), through the kasbah runtime, with
+//! the weights mounted read-only at `/datasets`, against sentence-transformers'
+//! token ids and embeddings in `tests/fixtures/minilm/reference.json`
+//! (regenerate with `scripts/minilm-reference.py`).
+
+use std::time::Instant;
+
+use kasbah_core::{GuestErrorKind, Outcome, RunReport};
+use kasbah_policy::{DirGrant, DirMode, GpuGrant, Limits, MIB, Policy};
+use kasbah_runtime::Request;
+use kasbah_tests::{minilm_datasets_dir, run, workspace_root};
+use serde_json::{Value, json};
+
+/// The policy a tenant running MiniLM needs: the weights at `/datasets`
+/// (read-only), a GPU in zone-a with room for 90 MB of weights plus the
+/// activations of a 32 × 256-token batch, and time for lavapipe.
+fn minilm_policy() -> Policy {
+    Policy {
+        files: vec![DirGrant {
+            host: minilm_datasets_dir(),
+            guest: "/datasets".into(),
+            mode: DirMode::Ro,
+        }],
+        limits: Limits {
+            memory_bytes: 256 * MIB,
+            wall_time_ms: 300_000,
+            max_output_bytes: 4 * MIB,
+            ..Limits::default()
+        },
+        gpu: Some(GpuGrant {
+            max_total_bytes: 512 * MIB,
+            ..GpuGrant::in_zones(["zone-a"])
+        }),
+        ..Policy::default()
+    }
+}
+
+fn fixture() -> Value {
+    let path = workspace_root().join("tests/fixtures/minilm/reference.json");
+    let text = std::fs::read_to_string(&path).expect("read the reference fixture");
+    serde_json::from_str(&text).expect("fixture is JSON")
+}
+
+fn ok_json(r: &RunReport) -> Value {
+    match &r.outcome {
+        Outcome::Ok { output } => serde_json::from_slice(&output.body).expect("output is JSON"),
+        other => panic!("expected ok, got {other:?}\nlogs: {:?}", r.logs),
+    }
+}
+
+fn floats(v: &Value) -> Vec<f64> {
+    v.as_array()
+        .expect("array of numbers")
+        .iter()
+        .map(|x| x.as_f64().expect("number"))
+        .collect()
+}
+
+fn cosine(a: &[f64], b: &[f64]) -> f64 {
+    assert_eq!(a.len(), b.len());
+    let dot: f64 = a.iter().zip(b).map(|(x, y)| x * y).sum();
+    let na: f64 = a.iter().map(|x| x * x).sum::<f64>().sqrt();
+    let nb: f64 = b.iter().map(|x| x * x).sum::<f64>().sqrt();
+    dot / (na * nb)
+}
+
+#[tokio::test]
+async fn embeddings_and_token_ids_match_sentence_transformers() {
+    let fx = fixture();
+    let sentences = fx["sentences"].as_array().expect("sentences");
+    let texts: Vec<&str> = sentences
+        .iter()
+        .map(|s| s["text"].as_str().expect("text"))
+        .collect();
+    let input = json!({ "sentences": texts, "return_ids": true });
+    let started = Instant::now();
+    let r = run("minilm-embed", &minilm_policy(), Request::new(input.to_string())).await;
+    let wall = started.elapsed();
+    let out = ok_json(&r);
+
+    assert_eq!(out["dim"], 384);
+    assert_eq!(out["adapter"], "lavapipe-a");
+    let embeddings = out["embeddings"].as_array().expect("embeddings");
+    let ids = out["ids"].as_array().expect("ids");
+    assert_eq!(embeddings.len(), sentences.len());
+    let mut min_cos = f64::INFINITY;
+    let mut problems = Vec::new();
+    for (i, s) in sentences.iter().enumerate() {
+        let text = &texts[i];
+        if ids[i] != s["ids"] {
+            problems.push(format!(
+                "{text:?}: token ids\n  got  {}\n  want {}",
+                ids[i], s["ids"]
+            ));
+        }
+        let got = floats(&embeddings[i]);
+        let want = floats(&s["embedding"]);
+        assert_eq!(got.len(), 384);
+        let norm: f64 = got.iter().map(|x| x * x).sum::<f64>().sqrt();
+        assert!((norm - 1.0).abs() < 1e-4, "{text:?}: norm {norm}");
+        let c = cosine(&got, &want);
+        min_cos = min_cos.min(c);
+        if c.is_nan() || c < 0.9999 {
+            problems.push(format!("{text:?}: cosine {c}"));
+        }
+    }
+    assert!(problems.is_empty(), "{}", problems.join("\n"));
+
+    // The batch really mixed lengths: sentences were padded and masked
+    // (the fixture has 2- to 256-token sentences).
+    let tokens: Vec<u64> = out["tokens"]
+        .as_array()
+        .expect("tokens")
+        .iter()
+        .map(|t| t.as_u64().expect("count"))
+        .collect();
+    assert!(tokens.contains(&256) && tokens.contains(&2), "{tokens:?}");
+    let padded: u64 = out["batches"]
+        .as_array()
+        .expect("batches")
+        .iter()
+        .map(|b| b[0].as_u64().expect("n") * b[1].as_u64().expect("seq"))
+        .sum();
+    assert!(padded > tokens.iter().sum::<u64>(), "no batch had padding");
+    assert!(out["batches"].as_array().map(Vec::len) < Some(sentences.len()));
+
+    let gpu = r.usage.gpu.as_ref().expect("GPU usage in the run record");
+    assert!(gpu.dispatches >= 6 * 7, "{} dispatches", gpu.dispatches);
+    eprintln!(
+        "minilm: {} sentences, min cosine {min_cos:.7}, run {:.2} s (GPU {:.2} s), timings {}",
+        sentences.len(),
+        wall.as_secs_f64(),
+        gpu.gpu_time.as_secs_f64(),
+        out["timings"]
+    );
+}
+
+#[tokio::test]
+async fn a_lone_sentence_embeds_as_it_does_in_a_padded_batch() {
+    // Padding must not leak into real tokens: the short sentence alone and
+    // inside a batch padded to a longer one give the same embedding.
+    let short = "A cat sits on the mat.";
+    let long = "A much longer sentence, which forces the short one in the same batch to be padded.";
+    let policy = minilm_policy();
+    let alone = ok_json(&run("minilm-embed", &policy, Request::new(json!([short]).to_string())).await);
+    let input = json!({ "sentences": [long, short], "max_batch_tokens": 8192 });
+    let both = ok_json(&run("minilm-embed", &policy, Request::new(input.to_string())).await);
+    let a = floats(&alone["embeddings"][0]);
+    let b = floats(&both["embeddings"][1]);
+    assert_eq!(alone["batches"], json!([[1, 9]]));
+    assert_eq!(both["tokens"], json!([20, 9]));
+    // One batch of two padded to 20 tokens: the 9-token sentence got 11 pad rows.
+    assert_eq!(both["batches"], json!([[2, 20]]));
+    let c = cosine(&a, &b);
+    assert!(c > 0.99999, "cosine {c}");
+    let max_diff = a
+        .iter()
+        .zip(&b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f64::max);
+    assert!(max_diff < 1e-5, "max difference {max_diff}");
+    // And the long one differs from the short one (the test can fail).
+    assert!(cosine(&a, &floats(&both["embeddings"][0])) < 0.95);
+}
+
+#[tokio::test]
+async fn without_the_weights_mount_or_the_gpu_the_run_is_refused() {
+    let mut no_files = minilm_policy();
+    no_files.files.clear();
+    let r = run("minilm-embed", &no_files, Request::new(r#"["hello"]"#)).await;
+    match &r.outcome {
+        Outcome::GuestError {
+            code: GuestErrorKind::InvalidInput,
+            message,
+        } => assert!(message.contains("/datasets/vocab.txt"), "{message}"),
+        other => panic!("expected invalid_input, got {other:?}"),
+    }
+    let mut no_gpu = minilm_policy();
+    no_gpu.gpu = None;
+    let r = run("minilm-embed", &no_gpu, Request::new(r#"["hello"]"#)).await;
+    match &r.outcome {
+        Outcome::GuestError {
+            code: GuestErrorKind::Denied,
+            ..
+        } => {}
+        other => panic!("expected denied, got {other:?}"),
+    }
+}
