@@ -212,6 +212,32 @@ pub fn minilm_datasets_dir() -> PathBuf {
     .clone()
 }
 
+/// The policy a tenant running `minilm-embed` needs: the weights at
+/// `/datasets` (read-only), a GPU in `zone` with room for 90 MB of weights
+/// plus the activations of a 32 × 256-token batch (≈ 130 MB), and time for
+/// a CPU rasteriser.
+pub fn minilm_policy(zone: &str) -> Policy {
+    use kasbah_policy::{DirGrant, DirMode, GpuGrant, Limits, MIB};
+    Policy {
+        files: vec![DirGrant {
+            host: minilm_datasets_dir(),
+            guest: "/datasets".into(),
+            mode: DirMode::Ro,
+        }],
+        limits: Limits {
+            memory_bytes: 256 * MIB,
+            wall_time_ms: 300_000,
+            max_output_bytes: 4 * MIB,
+            ..Limits::default()
+        },
+        gpu: Some(GpuGrant {
+            max_total_bytes: 512 * MIB,
+            ..GpuGrant::in_zones([zone])
+        }),
+        ..Policy::default()
+    }
+}
+
 /// The files of the all-MiniLM-L6-v2 weights dataset.
 pub const MINILM_DATASET_FILES: [&str; 2] = ["model.safetensors", "vocab.txt"];
 

@@ -7,33 +7,13 @@
 use std::time::Instant;
 
 use kasbah_core::{GuestErrorKind, Outcome, RunReport};
-use kasbah_policy::{DirGrant, DirMode, GpuGrant, Limits, MIB, Policy};
+use kasbah_policy::Policy;
 use kasbah_runtime::Request;
-use kasbah_tests::{minilm_datasets_dir, run, workspace_root};
+use kasbah_tests::{run, workspace_root};
 use serde_json::{Value, json};
 
-/// The policy a tenant running MiniLM needs: the weights at `/datasets`
-/// (read-only), a GPU in zone-a with room for 90 MB of weights plus the
-/// activations of a 32 × 256-token batch, and time for lavapipe.
 fn minilm_policy() -> Policy {
-    Policy {
-        files: vec![DirGrant {
-            host: minilm_datasets_dir(),
-            guest: "/datasets".into(),
-            mode: DirMode::Ro,
-        }],
-        limits: Limits {
-            memory_bytes: 256 * MIB,
-            wall_time_ms: 300_000,
-            max_output_bytes: 4 * MIB,
-            ..Limits::default()
-        },
-        gpu: Some(GpuGrant {
-            max_total_bytes: 512 * MIB,
-            ..GpuGrant::in_zones(["zone-a"])
-        }),
-        ..Policy::default()
-    }
+    kasbah_tests::minilm_policy("zone-a")
 }
 
 fn fixture() -> Value {
