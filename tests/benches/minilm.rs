@@ -2,7 +2,7 @@
 //! host's first GPU adapter entry (lavapipe here), batches of 1, 8 and 32
 //! sentences of `tests/fixtures/minilm/bench-sentences.json`.
 //!
-//!     cargo bench -p kasbah-tests --bench minilm [-- REPS [OUT.json]]
+//!     cargo bench -p kasbah-tests --bench minilm [-- REPS [OUT.json [1,8,32]]]
 //!
 //! `scripts/bench-minilm.sh` runs this and sentence-transformers (torch CPU)
 //! on the same machine and prints the ratios. For each batch size: the
@@ -27,7 +27,11 @@ fn median(mut v: Vec<f64>) -> f64 {
 fn main() -> anyhow::Result<()> {
     let mut args = std::env::args().skip(1).filter(|a| a != "--bench");
     let reps: usize = args.next().and_then(|a| a.parse().ok()).unwrap_or(5).max(1);
-    let out_path = args.next();
+    let out_path = args.next().filter(|p| !p.is_empty());
+    let sizes: Vec<usize> = args
+        .next()
+        .map(|s| s.split(',').filter_map(|b| b.parse().ok()).collect())
+        .unwrap_or_else(|| vec![1, 8, 32]);
     let fixture: Value = serde_json::from_str(&std::fs::read_to_string(
         kasbah_tests::workspace_root().join("tests/fixtures/minilm/bench-sentences.json"),
     )?)?;
@@ -65,7 +69,7 @@ fn main() -> anyhow::Result<()> {
     println!("minilm-embed on {adapter} ({device}), {reps} runs per batch size");
 
     let mut rows = Vec::new();
-    for batch in [1usize, 8, 32] {
+    for &batch in &sizes {
         let input = json!({ "sentences": &sentences[..batch] });
         let (mut whole, mut encode, mut weights) = (Vec::new(), Vec::new(), Vec::new());
         let mut last = Value::Null;
@@ -98,7 +102,7 @@ fn main() -> anyhow::Result<()> {
         }));
     }
 
-    let largest = 32;
+    let largest = sizes.iter().copied().max().unwrap_or(32).min(sentences.len());
     let (prof, _) = run(json!({ "sentences": &sentences[..largest], "profile": true }))?;
     println!("where the time goes (batch {largest}, one submission per kernel, ms):");
     let t = &prof["timings"];

@@ -28,8 +28,9 @@ mod safetensors;
 
 pub use safetensors::{SafeTensors, TensorInfo};
 
-use crate::gpu::{Batch, Buffer, GpuError, Kernel, Result};
-use std::cell::OnceCell;
+use crate::gpu::{Batch, Buffer, BufferUsage, GpuError, Kernel, Result};
+use std::cell::{OnceCell, RefCell};
+use std::rc::Rc;
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
@@ -63,17 +64,24 @@ impl Tensor {
                 data.len()
             )));
         }
-        Ok(Tensor {
-            buf: Buffer::from_slice(data)?,
-            shape: shape.to_vec(),
-        })
+        let t = Tensor::zeros(shape)?;
+        t.buf.write(0, data)?;
+        Ok(t)
     }
 
-    /// A zero-filled tensor of `shape`.
+    /// A zero-filled tensor of `shape`. Its buffer is usable as storage
+    /// and as uniform blocks, with the rows padded (zeros) to a multiple
+    /// of 16, which [`Ops::linear`] needs of its input.
     pub fn zeros(shape: &[usize]) -> Result<Tensor> {
         let n = numel(shape)?;
+        let cols = shape.last().copied().unwrap_or(1);
+        let padded = (n / cols).next_multiple_of(ROW_PAD) * cols;
+        let usage = BufferUsage::STORAGE
+            | BufferUsage::UNIFORM
+            | BufferUsage::COPY_SRC
+            | BufferUsage::COPY_DST;
         Ok(Tensor {
-            buf: Buffer::zeroed::<f32>(n)?,
+            buf: Buffer::new(padded as u64 * 4, usage)?,
             shape: shape.to_vec(),
         })
     }
@@ -151,10 +159,18 @@ pub struct Recorder {
     batch: Option<Batch>,
     profile: bool,
     uniforms: BTreeMap<[u32; 4], Buffer>,
+    /// Per-block parameters of blocked ops: one uniform buffer per
+    /// (params, block count), entry b at b · 256 bytes.
+    block_params: BTreeMap<[u32; 4], (Buffer, u32)>,
     kept: Vec<Tensor>,
+    in_batch: usize,
     timings: BTreeMap<&'static str, OpTiming>,
     dispatches: u64,
 }
+
+/// Dispatches per queue submission (the host accepts 4096 commands per
+/// encoder); a recorder submits and starts a new one when it gets there.
+const MAX_PER_SUBMISSION: usize = 4000;
 
 /// Time spent in one kind of op (only measured when profiling).
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
@@ -171,7 +187,9 @@ impl Recorder {
             batch: if profile { None } else { Some(Batch::new()?) },
             profile,
             uniforms: BTreeMap::new(),
+            block_params: BTreeMap::new(),
             kept: Vec::new(),
+            in_batch: 0,
             timings: BTreeMap::new(),
             dispatches: 0,
         })
@@ -202,19 +220,84 @@ impl Recorder {
         let d = d
             .bind(uniform_binding, u)
             .workgroups(workgroups.0, workgroups.1, workgroups.2);
+        Self::record(&mut self.batch, &mut self.timings, &mut self.in_batch, kind, d)?;
         self.dispatches += 1;
-        match &mut self.batch {
-            Some(batch) => {
-                batch.dispatch(d)?;
+        Ok(())
+    }
+
+    /// Record `d` into `batch` (submitting it first when it is full), or
+    /// run and time it when profiling (`batch` is `None`).
+    fn record(
+        batch: &mut Option<Batch>,
+        timings: &mut BTreeMap<&'static str, OpTiming>,
+        in_batch: &mut usize,
+        kind: &'static str,
+        d: crate::gpu::Dispatch<'_>,
+    ) -> Result<()> {
+        match batch {
+            Some(b) => {
+                if *in_batch >= MAX_PER_SUBMISSION {
+                    let full = std::mem::replace(b, Batch::new()?);
+                    full.submit()?;
+                    *in_batch = 0;
+                }
+                b.dispatch(d)?;
+                *in_batch += 1;
             }
             None => {
                 let start = Instant::now();
                 d.run()?;
-                let t = self.timings.entry(kind).or_default();
+                let t = timings.entry(kind).or_default();
                 t.count += 1;
                 t.total += start.elapsed();
             }
         }
+        Ok(())
+    }
+
+    /// Dispatch `index` of a blocked op: `block` = (buffer, offset, size)
+    /// is bound as the uniform at binding 0, and at binding 4 the op's
+    /// `params` with their last word set to `index · rows` (the block's
+    /// first row), from one parameter buffer per op shape holding every
+    /// block's entry 256 bytes apart.
+    #[allow(clippy::too_many_arguments)]
+    fn run_block(
+        &mut self,
+        kind: &'static str,
+        kernel: &Kernel,
+        bindings: &[(u32, &Buffer)],
+        block: (&Buffer, u64, u64),
+        params: [u32; 3],
+        rows: u32,
+        index: u32,
+        workgroups: (u32, u32, u32),
+    ) -> Result<()> {
+        let key = [params[0], params[1], params[2], rows];
+        if !self.block_params.contains_key(&key) {
+            let slots = params[0].div_ceil(rows.max(1)).max(1);
+            let mut data = vec![0u32; slots as usize * 64];
+            for (s, slot) in data.chunks_exact_mut(64).enumerate() {
+                slot[..4].copy_from_slice(&[params[0], params[1], params[2], s as u32 * rows]);
+            }
+            self.block_params.insert(key, (Buffer::uniform(&data)?, slots));
+        }
+        let Some((pbuf, slots)) = self.block_params.get(&key) else {
+            return Err(invalid("parameter buffer missing"));
+        };
+        if index >= *slots {
+            return Err(invalid("block past the parameter buffer"));
+        }
+        let first = index;
+        let mut d = kernel.dispatch();
+        for &(binding, buffer) in bindings {
+            d = d.bind(binding, buffer);
+        }
+        let d = d
+            .bind_range(0, 0, block.0, block.1, Some(block.2))
+            .bind_range(0, 4, pbuf, u64::from(first) * 256, Some(16))
+            .workgroups(workgroups.0, workgroups.1, workgroups.2);
+        Self::record(&mut self.batch, &mut self.timings, &mut self.in_batch, kind, d)?;
+        self.dispatches += 1;
         Ok(())
     }
 
@@ -242,7 +325,9 @@ impl Recorder {
     /// Submit what was recorded and wait for the GPU; returns the timings
     /// (profiling) or an empty map.
     pub fn submit(self) -> Result<BTreeMap<&'static str, OpTiming>> {
-        if let Some(batch) = self.batch {
+        if let Some(batch) = self.batch
+            && self.in_batch > 0
+        {
             batch.submit()?;
         }
         Ok(self.timings)
@@ -265,9 +350,8 @@ const ERF: &str = include_str!("wgsl/erf.wgsl");
 /// The toolkit's kernels, compiled on first use.
 #[derive(Default)]
 pub struct Ops {
-    linear: OnceCell<Kernel>,
-    linear_gelu: OnceCell<Kernel>,
-    linear_residual: OnceCell<Kernel>,
+    /// Linear kernels by (epilogue, inner size).
+    linear: RefCell<BTreeMap<(u8, usize), Rc<Kernel>>>,
     attention_any: OnceCell<(usize, Kernel)>,
     layer_norm: OnceCell<Kernel>,
     softmax: OnceCell<Kernel>,
@@ -284,6 +368,45 @@ fn kernel<'a>(cell: &'a OnceCell<Kernel>, make: impl FnOnce() -> Result<Kernel>)
     }
     let k = make()?;
     Ok(cell.get_or_init(|| k))
+}
+
+/// Rows of x one linear dispatch covers for inner size `k`: the most of
+/// 16, 8 and 4 whose R · k floats fit a 64 KiB uniform binding, with the
+/// binding offsets staying 256-byte aligned.
+fn linear_rows(k: usize) -> Option<usize> {
+    [16, 8, 4]
+        .into_iter()
+        .find(|&r| r * k * 4 <= 65_536 && (r * k * 4) % 256 == 0)
+}
+
+/// Tensors keep their rows padded to a multiple of this, so that every
+/// linear dispatch can bind a whole R-row block of its input.
+const ROW_PAD: usize = 16;
+
+/// The linear kernel (`wgsl/linear.wgsl`) unrolled for `rows` rows per
+/// dispatch and inner size `k`, with its extra bindings and epilogue.
+fn linear_source(rows: usize, k: usize, extra: &str, epilogue: &str) -> String {
+    use std::fmt::Write;
+    let mut body = String::new();
+    for r in 0..rows {
+        let _ = writeln!(body, "    var acc{r} = 0.0;");
+    }
+    body.push_str("    for (var q = 0u; q < k4; q = q + 1u) {\n        let wv = w[wo + q];\n");
+    for r in 0..rows {
+        let _ = writeln!(body, "        acc{r} = acc{r} + dot(x[{r}u * k4 + q], wv);");
+    }
+    body.push_str("    }\n    if (col >= n) {\n        return;\n    }\n");
+    for r in 0..rows {
+        let _ = writeln!(
+            body,
+            "    if (dims.row0 + {r}u < dims.m) {{\n        let i{r} = (dims.row0 + {r}u) * n + col;\n        y[i{r}] = epilogue(acc{r} + bias[col], i{r});\n    }}"
+        );
+    }
+    include_str!("wgsl/linear.wgsl")
+        .replace("XLEN", &format!("{}", rows * k / 4))
+        .replace("//EXTRA_BINDINGS", extra)
+        .replace("//EPILOGUE", epilogue)
+        .replace("//BODY", &body)
 }
 
 /// Workgroups (x, y) of 64 invocations covering `n` items on the 2-D grid
@@ -307,8 +430,9 @@ impl Ops {
         Ops::default()
     }
 
-    /// `y = epilogue(x · wᵀ + bias)`: x is [m, k], w is [n, k] (nn.Linear's
-    /// weight layout), bias [n], y [m, n]. Tiled 64×64×16.
+    /// `y = epilogue(x · wᵀ + bias)`: x is [m, k] (k a multiple of 4), w
+    /// is [n, k] (nn.Linear's weight layout), bias [n], y [m, n]. One
+    /// dispatch per block of R rows (16 for k ≤ 1024, 8 up to 2048).
     pub fn linear(
         &self,
         rec: &mut Recorder,
@@ -319,9 +443,9 @@ impl Ops {
         epilogue: Epilogue<'_>,
     ) -> Result<()> {
         let (m, k) = (x.rows(), x.cols());
-        if w.shape().len() != 2 || w.shape()[1] != k {
+        if w.shape().len() != 2 || w.shape()[1] != k || k % 4 != 0 {
             return Err(invalid(format!(
-                "linear: weight {:?} does not take {k} inputs",
+                "linear: weight {:?} does not take {k} inputs (a multiple of 4)",
                 w.shape()
             )));
         }
@@ -335,33 +459,27 @@ impl Ops {
                 y.shape()
             )));
         }
-        let src = include_str!("wgsl/linear.wgsl");
-        let (kind, kern) = match epilogue {
+        let rows = linear_rows(k)
+            .ok_or_else(|| invalid(format!("linear: inner size {k} is too large")))?;
+        let blocks = m.div_ceil(rows);
+        let block_bytes = (rows * k * 4) as u64;
+        if x.buffer().size() < blocks as u64 * block_bytes {
+            return Err(invalid(
+                "linear: x must have its rows padded to a multiple of 16 (Tensor::zeros does it)",
+            ));
+        }
+        let (kind, tag, extra, epi) = match epilogue {
             Epilogue::None => (
                 "linear",
-                kernel(&self.linear, || {
-                    Kernel::new(
-                        &src.replace(
-                            "//EPILOGUE",
-                            "fn epilogue(v: f32, i: u32) -> f32 { return v; }",
-                        ),
-                        "linear",
-                    )
-                })?,
+                0u8,
+                "",
+                "fn epilogue(v: f32, i: u32) -> f32 { return v; }".to_string(),
             ),
             Epilogue::Gelu => (
                 "linear+gelu",
-                kernel(&self.linear_gelu, || {
-                    Kernel::new(
-                        &src.replace(
-                            "//EPILOGUE",
-                            &format!(
-                                "{ERF}\nfn epilogue(v: f32, i: u32) -> f32 {{ return gelu_f32(v); }}"
-                            ),
-                        ),
-                        "linear",
-                    )
-                })?,
+                1,
+                "",
+                format!("{ERF}\nfn epilogue(v: f32, i: u32) -> f32 {{ return gelu_f32(v); }}"),
             ),
             Epilogue::Residual(r) => {
                 if r.len() != y.len() {
@@ -373,29 +491,42 @@ impl Ops {
                 }
                 (
                     "linear+residual",
-                    kernel(&self.linear_residual, || {
-                        Kernel::new(
-                            &src.replace(
-                                "//EXTRA_BINDINGS",
-                                "@group(0) @binding(5) var<storage, read> residual: array<f32>;",
-                            )
-                            .replace(
-                                "//EPILOGUE",
-                                "fn epilogue(v: f32, i: u32) -> f32 { return v + residual[i]; }",
-                            ),
-                            "linear",
-                        )
-                    })?,
+                    2,
+                    "@group(0) @binding(5) var<storage, read> residual: array<f32>;",
+                    "fn epilogue(v: f32, i: u32) -> f32 { return v + residual[i]; }".to_string(),
                 )
             }
         };
-        let params = [u32_of(m, "m")?, u32_of(n, "n")?, u32_of(k, "k")?, 0];
-        let mut bindings = vec![(0, x.buffer()), (1, w.buffer()), (2, bias.buffer()), (3, y.buffer())];
+        let kern = {
+            let mut cache = self.linear.borrow_mut();
+            match cache.get(&(tag, k)) {
+                Some(kern) => kern.clone(),
+                None => {
+                    let kern = Rc::new(Kernel::new(&linear_source(rows, k, extra, &epi), "linear")?);
+                    cache.insert((tag, k), kern.clone());
+                    kern
+                }
+            }
+        };
+        let mut bindings = vec![(1, w.buffer()), (2, bias.buffer()), (3, y.buffer())];
         if let Epilogue::Residual(r) = epilogue {
             bindings.push((5, r.buffer()));
         }
-        let wg = (u32_of(n.div_ceil(64), "n")?, u32_of(m.div_ceil(64), "m")?, 1);
-        rec.run(kind, kern, &bindings, 4, params, wg)
+        let wg = (u32_of(n.div_ceil(64), "n")?, 1, 1);
+        let params = [u32_of(m, "m")?, u32_of(n, "n")?, u32_of(k, "k")?];
+        for b in 0..blocks {
+            rec.run_block(
+                kind,
+                &kern,
+                &bindings,
+                (x.buffer(), b as u64 * block_bytes, block_bytes),
+                params,
+                rows as u32,
+                b as u32,
+                wg,
+            )?;
+        }
+        Ok(())
     }
 
     /// Scaled dot-product attention with a padding mask over a batch of
