@@ -255,8 +255,8 @@ impl Recorder {
         Ok(())
     }
 
-    /// Dispatch `index` of a blocked op: `block` = (buffer, offset, size)
-    /// is bound as the uniform at binding 0, and at binding 4 the op's
+    /// Dispatch `index` of a blocked op: `block` = (buffer, [(binding,
+    /// offset, size)]) binds ranges of one buffer as uniforms, and at binding 4 the op's
     /// `params` with their last word set to `index · rows` (the block's
     /// first row), from one parameter buffer per op shape holding every
     /// block's entry 256 bytes apart.
@@ -266,7 +266,7 @@ impl Recorder {
         kind: &'static str,
         kernel: &Kernel,
         bindings: &[(u32, &Buffer)],
-        block: (&Buffer, u64, u64),
+        block: (&Buffer, &[(u32, u64, u64)]),
         params: [u32; 3],
         rows: u32,
         index: u32,
@@ -292,8 +292,10 @@ impl Recorder {
         for &(binding, buffer) in bindings {
             d = d.bind(binding, buffer);
         }
+        for &(binding, offset, size) in block.1 {
+            d = d.bind_range(0, binding, block.0, offset, Some(size));
+        }
         let d = d
-            .bind_range(0, 0, block.0, block.1, Some(block.2))
             .bind_range(0, 4, pbuf, u64::from(first) * 256, Some(16))
             .workgroups(workgroups.0, workgroups.1, workgroups.2);
         Self::record(&mut self.batch, &mut self.timings, &mut self.in_batch, kind, d)?;
@@ -370,30 +372,56 @@ fn kernel<'a>(cell: &'a OnceCell<Kernel>, make: impl FnOnce() -> Result<Kernel>)
     Ok(cell.get_or_init(|| k))
 }
 
-/// Rows of x one linear dispatch covers for inner size `k`: the most of
-/// 16, 8 and 4 whose R · k floats fit a 64 KiB uniform binding, with the
-/// binding offsets staying 256-byte aligned.
-fn linear_rows(k: usize) -> Option<usize> {
+/// How a linear dispatch reads its 16 rows of x for inner size `k`:
+/// `(rows_per_binding, bindings)` with rows_per_binding · k floats within a
+/// 64 KiB uniform binding (and 256-byte aligned offsets), and 16 rows in
+/// all (`None` past k = 4096).
+fn linear_blocks(k: usize) -> Option<(usize, usize)> {
     [16, 8, 4]
         .into_iter()
         .find(|&r| r * k * 4 <= 65_536 && (r * k * 4) % 256 == 0)
+        .map(|r| (r, LINEAR_ROWS / r))
+}
+
+/// Rows of the output one linear dispatch computes (held in registers).
+const LINEAR_ROWS: usize = 16;
+
+/// Uniform bindings of x blocks in the linear kernel (binding 0, then 6..).
+fn x_binding(part: usize) -> u32 {
+    if part == 0 { 0 } else { 5 + part as u32 }
 }
 
 /// Tensors keep their rows padded to a multiple of this, so that every
 /// linear dispatch can bind a whole R-row block of its input.
 const ROW_PAD: usize = 16;
 
-/// The linear kernel (`wgsl/linear.wgsl`) unrolled for `rows` rows per
-/// dispatch and inner size `k`, with its extra bindings and epilogue.
-fn linear_source(rows: usize, k: usize, extra: &str, epilogue: &str) -> String {
+/// The linear kernel (`wgsl/linear.wgsl`) unrolled for 16 rows per
+/// dispatch read from `parts` uniform bindings of `rb` rows each, inner
+/// size `k`, with its extra bindings and epilogue.
+fn linear_source(rb: usize, parts: usize, k: usize, extra: &str, epilogue: &str) -> String {
     use std::fmt::Write;
+    let rows = rb * parts;
+    let mut decl = String::new();
+    for p in 0..parts {
+        let _ = writeln!(
+            decl,
+            "@group(0) @binding({}) var<uniform> x{p}: array<vec4<f32>, {}>;",
+            x_binding(p),
+            rb * k / 4
+        );
+    }
     let mut body = String::new();
     for r in 0..rows {
         let _ = writeln!(body, "    var acc{r} = 0.0;");
     }
     body.push_str("    for (var q = 0u; q < k4; q = q + 1u) {\n        let wv = w[wo + q];\n");
     for r in 0..rows {
-        let _ = writeln!(body, "        acc{r} = acc{r} + dot(x[{r}u * k4 + q], wv);");
+        let _ = writeln!(
+            body,
+            "        acc{r} = acc{r} + dot(x{}[{}u * k4 + q], wv);",
+            r / rb,
+            r % rb
+        );
     }
     body.push_str("    }\n    if (col >= n) {\n        return;\n    }\n");
     for r in 0..rows {
@@ -403,7 +431,7 @@ fn linear_source(rows: usize, k: usize, extra: &str, epilogue: &str) -> String {
         );
     }
     include_str!("wgsl/linear.wgsl")
-        .replace("XLEN", &format!("{}", rows * k / 4))
+        .replace("//X_BINDINGS", &decl)
         .replace("//EXTRA_BINDINGS", extra)
         .replace("//EPILOGUE", epilogue)
         .replace("//BODY", &body)
@@ -432,7 +460,8 @@ impl Ops {
 
     /// `y = epilogue(x · wᵀ + bias)`: x is [m, k] (k a multiple of 4), w
     /// is [n, k] (nn.Linear's weight layout), bias [n], y [m, n]. One
-    /// dispatch per block of R rows (16 for k ≤ 1024, 8 up to 2048).
+    /// dispatch per block of 16 rows of x (read through 1 to 4 uniform
+    /// bindings of at most 64 KiB; k up to 4096).
     pub fn linear(
         &self,
         rec: &mut Recorder,
@@ -459,10 +488,12 @@ impl Ops {
                 y.shape()
             )));
         }
-        let rows = linear_rows(k)
+        let (rb, parts) = linear_blocks(k)
             .ok_or_else(|| invalid(format!("linear: inner size {k} is too large")))?;
+        let rows = LINEAR_ROWS;
         let blocks = m.div_ceil(rows);
         let block_bytes = (rows * k * 4) as u64;
+        let part_bytes = (rb * k * 4) as u64;
         if x.buffer().size() < blocks as u64 * block_bytes {
             return Err(invalid(
                 "linear: x must have its rows padded to a multiple of 16 (Tensor::zeros does it)",
@@ -502,7 +533,10 @@ impl Ops {
             match cache.get(&(tag, k)) {
                 Some(kern) => kern.clone(),
                 None => {
-                    let kern = Rc::new(Kernel::new(&linear_source(rows, k, extra, &epi), "linear")?);
+                    let kern = Rc::new(Kernel::new(
+                        &linear_source(rb, parts, k, extra, &epi),
+                        "linear",
+                    )?);
                     cache.insert((tag, k), kern.clone());
                     kern
                 }
@@ -515,11 +549,14 @@ impl Ops {
         let wg = (u32_of(n.div_ceil(64), "n")?, 1, 1);
         let params = [u32_of(m, "m")?, u32_of(n, "n")?, u32_of(k, "k")?];
         for b in 0..blocks {
+            let x_parts: Vec<(u32, u64, u64)> = (0..parts)
+                .map(|p| (x_binding(p), b as u64 * block_bytes + p as u64 * part_bytes, part_bytes))
+                .collect();
             rec.run_block(
                 kind,
                 &kern,
                 &bindings,
-                (x.buffer(), b as u64 * block_bytes, block_bytes),
+                (x.buffer(), &x_parts),
                 params,
                 rows as u32,
                 b as u32,
