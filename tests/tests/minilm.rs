@@ -145,6 +145,35 @@ async fn a_lone_sentence_embeds_as_it_does_in_a_padded_batch() {
 }
 
 #[tokio::test]
+async fn every_tensor_toolkit_op_matches_the_cpu() {
+    let mut policy = minilm_policy();
+    policy.files.clear(); // no model needed
+    let r = run("minilm-embed", &policy, Request::new(r#"{"selftest": true}"#)).await;
+    let out = ok_json(&r);
+    let errs = out["selftest"].as_object().expect("selftest results");
+    eprintln!("tensor toolkit vs CPU, max abs errors: {errs:?}");
+    for op in [
+        "linear",
+        "linear+gelu",
+        "linear+residual",
+        "linear (5x12x3)",
+        "attention",
+        "layer_norm",
+        "softmax",
+        "bias_add",
+        "gelu",
+        "mean_pool",
+        "l2_normalize",
+    ] {
+        let e = errs[op].as_f64().unwrap_or(f64::INFINITY);
+        // linear sums 1544 products of values in [-1, 1): f32 rounding
+        // reaches ~1e-5 there; everything else is far tighter.
+        let tol = if op.starts_with("linear") { 1e-4 } else { 1e-5 };
+        assert!(e <= tol, "{op}: max error {e} (all: {errs:?})");
+    }
+}
+
+#[tokio::test]
 async fn without_the_weights_mount_or_the_gpu_the_run_is_refused() {
     let mut no_files = minilm_policy();
     no_files.files.clear();

@@ -4,7 +4,8 @@
 //! Input (JSON): a list of sentences, or an object
 //! `{"sentences": [...], "model": "/datasets/model.safetensors",
 //!   "vocab": "/datasets/vocab.txt", "return_ids": false, "profile": false,
-//!   "max_batch_tokens": 8192}`.
+//!   "max_batch_tokens": 8192}`, or `{"selftest": true}` to check every op
+//! of the SDK's tensor toolkit against CPU code (no model needed).
 //! The weights and vocabulary are read from the read-only `/datasets`
 //! directory by default (a preopen, or a dataset mounted there).
 //!
@@ -21,6 +22,8 @@
 //! "ids"?: [[u32]], "batches", "adapter", "timings": {phase: ms},
 //! "ops"?: {kind: {"count", "ms"}}}`. `profile` submits every kernel on its
 //! own and times it, to show where GPU time goes.
+
+mod selftest;
 
 use std::collections::BTreeMap;
 use std::time::Instant;
@@ -50,6 +53,7 @@ enum Input {
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct Options {
+    #[serde(default)]
     sentences: Vec<String>,
     #[serde(default)]
     model: Option<String>,
@@ -61,6 +65,9 @@ struct Options {
     profile: bool,
     #[serde(default)]
     max_batch_tokens: Option<usize>,
+    /// Check every op of the tensor toolkit against the CPU instead.
+    #[serde(default)]
+    selftest: bool,
 }
 
 #[derive(Serialize)]
@@ -260,9 +267,15 @@ impl Pipeline for Embed {
                 return_ids: false,
                 profile: false,
                 max_batch_tokens: None,
+                selftest: false,
             },
             Input::Object(o) => o,
         };
+        if opts.selftest {
+            let errs = selftest::run()?;
+            let body = serde_json::to_vec(&serde_json::json!({ "selftest": errs })).map_err(failed)?;
+            return Ok(Response::bytes("application/json", body));
+        }
         if opts.sentences.len() > MAX_SENTENCES {
             return Err(Error::invalid_input(format!(
                 "at most {MAX_SENTENCES} sentences per request"

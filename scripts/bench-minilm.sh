@@ -1,0 +1,66 @@
+#!/usr/bin/env bash
+# all-MiniLM-L6-v2 sentence embeddings: kasbah (the minilm-embed guest on
+# kasbah:gpu, release build, this host's first GPU adapter: lavapipe on a
+# machine without a GPU) vs sentence-transformers on torch CPU, same machine,
+# same sentences, batches of 1, 8 and 32. Prints both, the ratios, and where
+# kasbah's time goes.
+#
+#   scripts/bench-minilm.sh [REPS]        (default 5)
+#
+# Python side: needs sentence-transformers; set MINILM_PYTHON to an
+# interpreter that has it, or the script makes a venv in
+# ${KASBAH_MODEL_CACHE:-~/.cache/kasbah/models}/venv-st (from PyPI, several
+# minutes and a few GB the first time; torch runs on the CPU here).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+reps="${1:-5}"
+sizes="1,8,32"
+export XDG_RUNTIME_DIR="${XDG_RUNTIME_DIR:-/tmp/kasbah-xdg-$(id -u)}"
+mkdir -p -m 0700 "$XDG_RUNTIME_DIR"
+
+model="$(./scripts/fetch-minilm.sh)"
+cache="$(dirname "$model")"
+
+py="${MINILM_PYTHON:-}"
+if [ -z "$py" ]; then
+    if python3 -c "import sentence_transformers" 2>/dev/null; then
+        py=python3
+    else
+        venv="$cache/venv-st"
+        if [ ! -x "$venv/bin/python" ] || ! "$venv/bin/python" -c "import sentence_transformers" 2>/dev/null; then
+            echo "bench-minilm: installing sentence-transformers (CPU torch) into $venv" >&2
+            python3 -m venv "$venv"
+            "$venv/bin/pip" install -q sentence-transformers
+        fi
+        py="$venv/bin/python"
+    fi
+fi
+
+out="$(mktemp -d)"
+trap 'rm -rf "$out"' EXIT
+echo "== kasbah (release) =="
+cargo bench -q -p kasbah-tests --bench minilm -- "$reps" "$out/kasbah.json" "$sizes"
+echo
+echo "== sentence-transformers (torch CPU) =="
+"$py" scripts/minilm-bench.py "$model" "$reps" "$sizes" > "$out/torch.json"
+
+python3 - "$out/kasbah.json" "$out/torch.json" <<'PY'
+import json, sys
+k = json.load(open(sys.argv[1]))
+t = json.load(open(sys.argv[2]))
+print(f"torch {t['torch']} on {t['threads']} threads; model load {t['model_load_s'] * 1e3:.0f} ms")
+print()
+print(f"kasbah on {k['adapter']} ({k['device']}) vs torch CPU, same machine, median of {k['reps']} runs")
+print(f"{'batch':>5} | {'kasbah run/s':>12} {'kasbah encode/s':>15} | {'torch encode/s':>14} | {'ratio run':>9} {'ratio encode':>12}")
+for kb, tb in zip(k["batches"], t["batches"]):
+    assert kb["batch"] == tb["batch"]
+    r1 = kb["run_sentences_per_s"] / tb["sentences_per_s"]
+    r2 = kb["encode_sentences_per_s"] / tb["sentences_per_s"]
+    print(f"{kb['batch']:>5} | {kb['run_sentences_per_s']:>12.2f} {kb['encode_sentences_per_s']:>15.2f} | "
+          f"{tb['sentences_per_s']:>14.2f} | {r1:>8.3f}x {r2:>11.3f}x")
+print()
+print("sentences/s. kasbah 'run' = a whole kasbah run per batch (instantiate, read the vocabulary,")
+print("read + upload 90 MB of weights, tokenize, encode, read back); 'encode' = tokenize + upload ids +")
+print("GPU forward + read back, timed in the guest, comparable to torch's model.encode with the model")
+print("already loaded. ratio = kasbah / torch (>= 1.0 means kasbah is faster).")
+PY
