@@ -78,7 +78,9 @@ fn main() -> anyhow::Result<()> {
             let t = &out["timings"];
             let f = |k: &str| t[k].as_f64().unwrap_or(0.0);
             whole.push(wall.as_secs_f64());
-            encode.push((f("tokenize") + f("upload_inputs") + f("gpu_forward") + f("readback")) / 1e3);
+            encode.push(
+                (f("tokenize") + f("upload_inputs") + f("gpu_forward") + f("readback")) / 1e3,
+            );
             weights.push((f("load_vocab") + f("load_weights")) / 1e3);
             last = out;
         }
@@ -90,7 +92,10 @@ fn main() -> anyhow::Result<()> {
             e * 1e3,
             batch as f64 / e,
             median(weights) * 1e3,
-            last["tokens"].as_array().map(|t| t.iter().filter_map(Value::as_u64).sum::<u64>()).unwrap_or(0),
+            last["tokens"]
+                .as_array()
+                .map(|t| t.iter().filter_map(Value::as_u64).sum::<u64>())
+                .unwrap_or(0),
         );
         rows.push(json!({
             "batch": batch,
@@ -102,11 +107,23 @@ fn main() -> anyhow::Result<()> {
         }));
     }
 
-    let largest = sizes.iter().copied().max().unwrap_or(32).min(sentences.len());
+    let largest = sizes
+        .iter()
+        .copied()
+        .max()
+        .unwrap_or(32)
+        .min(sentences.len());
     let (prof, _) = run(json!({ "sentences": &sentences[..largest], "profile": true }))?;
     println!("where the time goes (batch {largest}, one submission per kernel, ms):");
     let t = &prof["timings"];
-    for k in ["load_vocab", "load_weights", "tokenize", "upload_inputs", "gpu_forward", "readback"] {
+    for k in [
+        "load_vocab",
+        "load_weights",
+        "tokenize",
+        "upload_inputs",
+        "gpu_forward",
+        "readback",
+    ] {
         println!("  {k:16} {:9.2}", t[k].as_f64().unwrap_or(0.0));
     }
     if let Some(ops) = prof["ops"].as_object() {

@@ -55,7 +55,12 @@ async fn embeddings_and_token_ids_match_sentence_transformers() {
         .collect();
     let input = json!({ "sentences": texts, "return_ids": true });
     let started = Instant::now();
-    let r = run("minilm-embed", &minilm_policy(), Request::new(input.to_string())).await;
+    let r = run(
+        "minilm-embed",
+        &minilm_policy(),
+        Request::new(input.to_string()),
+    )
+    .await;
     let wall = started.elapsed();
     let out = ok_json(&r);
 
@@ -123,7 +128,14 @@ async fn a_lone_sentence_embeds_as_it_does_in_a_padded_batch() {
     let short = "A cat sits on the mat.";
     let long = "A much longer sentence, which forces the short one in the same batch to be padded.";
     let policy = minilm_policy();
-    let alone = ok_json(&run("minilm-embed", &policy, Request::new(json!([short]).to_string())).await);
+    let alone = ok_json(
+        &run(
+            "minilm-embed",
+            &policy,
+            Request::new(json!([short]).to_string()),
+        )
+        .await,
+    );
     let input = json!({ "sentences": [long, short], "max_batch_tokens": 8192 });
     let both = ok_json(&run("minilm-embed", &policy, Request::new(input.to_string())).await);
     let a = floats(&alone["embeddings"][0]);
@@ -148,7 +160,12 @@ async fn a_lone_sentence_embeds_as_it_does_in_a_padded_batch() {
 async fn every_tensor_toolkit_op_matches_the_cpu() {
     let mut policy = minilm_policy();
     policy.files.clear(); // no model needed
-    let r = run("minilm-embed", &policy, Request::new(r#"{"selftest": true}"#)).await;
+    let r = run(
+        "minilm-embed",
+        &policy,
+        Request::new(r#"{"selftest": true}"#),
+    )
+    .await;
     let out = ok_json(&r);
     let errs = out["selftest"].as_object().expect("selftest results");
     eprintln!("tensor toolkit vs CPU, max abs errors: {errs:?}");

@@ -124,14 +124,13 @@ impl Model {
     /// Upload every weight of a BERT encoder (the names Hugging Face
     /// `BertModel` uses) from a safetensors file.
     fn load(path: &str) -> Result<Model, Error> {
-        let mut st = SafeTensors::open(path).map_err(|e| {
-            Error::invalid_input(format!("model {path}: {}", e.message()))
-        })?;
+        let mut st = SafeTensors::open(path)
+            .map_err(|e| Error::invalid_input(format!("model {path}: {}", e.message())))?;
         let mut layers = Vec::new();
-        while st
-            .tensors()
-            .contains_key(&format!("encoder.layer.{}.output.dense.weight", layers.len()))
-        {
+        while st.tensors().contains_key(&format!(
+            "encoder.layer.{}.output.dense.weight",
+            layers.len()
+        )) {
             let p = format!("encoder.layer.{}.", layers.len());
             let n = |s: &str| format!("{p}{s}");
             let a = "attention.self.";
@@ -273,7 +272,8 @@ impl Pipeline for Embed {
         };
         if opts.selftest {
             let errs = selftest::run()?;
-            let body = serde_json::to_vec(&serde_json::json!({ "selftest": errs })).map_err(failed)?;
+            let body =
+                serde_json::to_vec(&serde_json::json!({ "selftest": errs })).map_err(failed)?;
             return Ok(Response::bytes("application/json", body));
         }
         if opts.sentences.len() > MAX_SENTENCES {

@@ -28,7 +28,10 @@ fn max_err(got: &[f32], want: &[f64]) -> f64 {
     got.iter()
         .zip(want)
         .map(|(&g, &w)| (f64::from(g) - w).abs())
-        .fold(0.0, |a, e| if e.is_nan() { f64::INFINITY } else { a.max(e) })
+        .fold(
+            0.0,
+            |a, e| if e.is_nan() { f64::INFINITY } else { a.max(e) },
+        )
 }
 
 fn erf(x: f64) -> f64 {
@@ -142,9 +145,8 @@ pub fn run() -> Result<BTreeMap<&'static str, f64>, Error> {
                 let e: Vec<f64> = scores.iter().map(|s| (s - mx).exp()).collect();
                 let z: f64 = e.iter().sum();
                 for d in 0..hd {
-                    want[(b * seq + i) * hidden + h * hd + d] = (0..len)
-                        .map(|j| e[j] / z * at(b * seq + j, 2, h, d))
-                        .sum();
+                    want[(b * seq + i) * hidden + h * hd + d] =
+                        (0..len).map(|j| e[j] / z * at(b * seq + j, 2, h, d)).sum();
                 }
             }
         }

@@ -51,5 +51,9 @@ fn ids_match_the_reference_tokenizer_for_every_fixture_sentence() {
     }
     assert!(mismatches.is_empty(), "{}", mismatches.join("\n"));
     // The fixture exercises truncation: one sentence hits the limit exactly.
-    assert!(sentences.iter().any(|s| s["ids"].as_array().map(Vec::len) == Some(max_len)));
+    assert!(
+        sentences
+            .iter()
+            .any(|s| s["ids"].as_array().map(Vec::len) == Some(max_len))
+    );
 }

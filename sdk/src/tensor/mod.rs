@@ -30,8 +30,8 @@ pub use safetensors::{SafeTensors, TensorInfo};
 
 use crate::gpu::{Batch, Buffer, BufferUsage, GpuError, Kernel, Result};
 use std::cell::{OnceCell, RefCell};
-use std::rc::Rc;
 use std::collections::BTreeMap;
+use std::rc::Rc;
 use std::time::{Duration, Instant};
 
 fn invalid(msg: impl Into<String>) -> GpuError {
@@ -135,7 +135,8 @@ impl Tensor {
 
     /// Read rows `first .. first + count` of a 2-D view.
     pub fn read_rows(&self, first: usize, count: usize) -> Result<Vec<f32>> {
-        self.buf.read_range::<f32>(first * self.cols(), count * self.cols())
+        self.buf
+            .read_range::<f32>(first * self.cols(), count * self.cols())
     }
 
     /// Overwrite the tensor's contents (the length must match).
@@ -220,7 +221,13 @@ impl Recorder {
         let d = d
             .bind(uniform_binding, u)
             .workgroups(workgroups.0, workgroups.1, workgroups.2);
-        Self::record(&mut self.batch, &mut self.timings, &mut self.in_batch, kind, d)?;
+        Self::record(
+            &mut self.batch,
+            &mut self.timings,
+            &mut self.in_batch,
+            kind,
+            d,
+        )?;
         self.dispatches += 1;
         Ok(())
     }
@@ -279,7 +286,8 @@ impl Recorder {
             for (s, slot) in data.chunks_exact_mut(64).enumerate() {
                 slot[..4].copy_from_slice(&[params[0], params[1], params[2], s as u32 * rows]);
             }
-            self.block_params.insert(key, (Buffer::uniform(&data)?, slots));
+            self.block_params
+                .insert(key, (Buffer::uniform(&data)?, slots));
         }
         let Some((pbuf, slots)) = self.block_params.get(&key) else {
             return Err(invalid("parameter buffer missing"));
@@ -298,7 +306,13 @@ impl Recorder {
         let d = d
             .bind_range(0, 4, pbuf, u64::from(first) * 256, Some(16))
             .workgroups(workgroups.0, workgroups.1, workgroups.2);
-        Self::record(&mut self.batch, &mut self.timings, &mut self.in_batch, kind, d)?;
+        Self::record(
+            &mut self.batch,
+            &mut self.timings,
+            &mut self.in_batch,
+            kind,
+            d,
+        )?;
         self.dispatches += 1;
         Ok(())
     }
@@ -364,7 +378,10 @@ pub struct Ops {
     l2_normalize: OnceCell<Kernel>,
 }
 
-fn kernel<'a>(cell: &'a OnceCell<Kernel>, make: impl FnOnce() -> Result<Kernel>) -> Result<&'a Kernel> {
+fn kernel<'a>(
+    cell: &'a OnceCell<Kernel>,
+    make: impl FnOnce() -> Result<Kernel>,
+) -> Result<&'a Kernel> {
     if let Some(k) = cell.get() {
         return Ok(k);
     }
@@ -550,7 +567,13 @@ impl Ops {
         let params = [u32_of(m, "m")?, u32_of(n, "n")?, u32_of(k, "k")?];
         for b in 0..blocks {
             let x_parts: Vec<(u32, u64, u64)> = (0..parts)
-                .map(|p| (x_binding(p), b as u64 * block_bytes + p as u64 * part_bytes, part_bytes))
+                .map(|p| {
+                    (
+                        x_binding(p),
+                        b as u64 * block_bytes + p as u64 * part_bytes,
+                        part_bytes,
+                    )
+                })
                 .collect();
             rec.run_block(
                 kind,
@@ -591,7 +614,8 @@ impl Ops {
         if head_dim > 256 {
             return Err(invalid("attention: head size above 256"));
         }
-        if seq == 0 || out.rows() % seq != 0 || qkv.rows() != out.rows() || qkv.cols() != 3 * hidden {
+        if seq == 0 || out.rows() % seq != 0 || qkv.rows() != out.rows() || qkv.cols() != 3 * hidden
+        {
             return Err(invalid(format!(
                 "attention: qkv {:?} and out {:?} do not match seq {seq}",
                 qkv.shape(),
@@ -620,7 +644,12 @@ impl Ops {
             )));
         }
         let scale = 1.0f32 / (head_dim as f32).sqrt();
-        let params = [u32_of(seq, "seq")?, u32_of(hidden / 4, "hidden")?, scale.to_bits(), 0];
+        let params = [
+            u32_of(seq, "seq")?,
+            u32_of(hidden / 4, "hidden")?,
+            scale.to_bits(),
+            0,
+        ];
         let wg = (
             u32_of(seq.div_ceil(64), "seq")?,
             u32_of(heads, "heads")?,
@@ -656,7 +685,10 @@ impl Ops {
             )));
         }
         let kern = kernel(&self.layer_norm, || {
-            Kernel::new(&format!("{ROWS}\n{}", include_str!("wgsl/layer_norm.wgsl")), "layer_norm")
+            Kernel::new(
+                &format!("{ROWS}\n{}", include_str!("wgsl/layer_norm.wgsl")),
+                "layer_norm",
+            )
         })?;
         let (gx, gy) = grid(x.rows())?;
         rec.run(
@@ -664,7 +696,12 @@ impl Ops {
             kern,
             &[(0, x.buffer()), (1, gamma.buffer()), (2, beta.buffer())],
             3,
-            [u32_of(x.rows(), "rows")?, u32_of(w / 4, "width")?, eps.to_bits(), 0],
+            [
+                u32_of(x.rows(), "rows")?,
+                u32_of(w / 4, "width")?,
+                eps.to_bits(),
+                0,
+            ],
             (gx, gy, 1),
         )
     }
@@ -672,7 +709,10 @@ impl Ops {
     /// In-place softmax over the last dimension.
     pub fn softmax(&self, rec: &mut Recorder, x: &Tensor) -> Result<()> {
         let kern = kernel(&self.softmax, || {
-            Kernel::new(&format!("{ROWS}\n{}", include_str!("wgsl/softmax.wgsl")), "softmax")
+            Kernel::new(
+                &format!("{ROWS}\n{}", include_str!("wgsl/softmax.wgsl")),
+                "softmax",
+            )
         })?;
         let (gx, gy) = grid(x.rows())?;
         rec.run(
@@ -759,7 +799,10 @@ impl Ops {
             return Err(invalid("embed: fewer ids than rows"));
         }
         let kern = kernel(&self.embed, || {
-            Kernel::new(&format!("{ROWS}\n{}", include_str!("wgsl/embed.wgsl")), "embed")
+            Kernel::new(
+                &format!("{ROWS}\n{}", include_str!("wgsl/embed.wgsl")),
+                "embed",
+            )
         })?;
         let (gx, gy) = grid(out.len() / 4)?;
         rec.run(
@@ -805,7 +848,10 @@ impl Ops {
             return Err(invalid("mean_pool: fewer lengths than sequences"));
         }
         let kern = kernel(&self.mean_pool, || {
-            Kernel::new(&format!("{ROWS}\n{}", include_str!("wgsl/pool.wgsl")), "mean_pool")
+            Kernel::new(
+                &format!("{ROWS}\n{}", include_str!("wgsl/pool.wgsl")),
+                "mean_pool",
+            )
         })?;
         let (gx, gy) = grid(out.len() / 4)?;
         rec.run(
@@ -813,7 +859,12 @@ impl Ops {
             kern,
             &[(0, x.buffer()), (1, lens), (2, out.buffer())],
             3,
-            [u32_of(out.rows(), "batch")?, u32_of(seq, "seq")?, u32_of(w / 4, "width")?, 0],
+            [
+                u32_of(out.rows(), "batch")?,
+                u32_of(seq, "seq")?,
+                u32_of(w / 4, "width")?,
+                0,
+            ],
             (gx, gy, 1),
         )
     }
@@ -835,7 +886,12 @@ impl Ops {
             kern,
             &[(0, x.buffer())],
             1,
-            [u32_of(x.rows(), "rows")?, u32_of(x.cols() / 4, "width")?, 0, 0],
+            [
+                u32_of(x.rows(), "rows")?,
+                u32_of(x.cols() / 4, "width")?,
+                0,
+                0,
+            ],
             (gx, gy, 1),
         )
     }

@@ -76,7 +76,10 @@ impl SafeTensors {
                 continue;
             }
             let bad = |why: &str| invalid(format!("{what}: tensor {name:?}: {why}"));
-            let dtype = entry["dtype"].as_str().ok_or_else(|| bad("no dtype"))?.to_string();
+            let dtype = entry["dtype"]
+                .as_str()
+                .ok_or_else(|| bad("no dtype"))?
+                .to_string();
             let shape = entry["shape"]
                 .as_array()
                 .ok_or_else(|| bad("no shape"))?
