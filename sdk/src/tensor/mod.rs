@@ -208,8 +208,8 @@ impl Recorder {
         params: [u32; 4],
         workgroups: (u32, u32, u32),
     ) -> Result<()> {
-        if !self.uniforms.contains_key(&params) {
-            self.uniforms.insert(params, Buffer::uniform(&params)?);
+        if let std::collections::btree_map::Entry::Vacant(e) = self.uniforms.entry(params) {
+            e.insert(Buffer::uniform(&params)?);
         }
         let Some(u) = self.uniforms.get(&params) else {
             return Err(invalid("uniform buffer missing"));
@@ -280,14 +280,13 @@ impl Recorder {
         workgroups: (u32, u32, u32),
     ) -> Result<()> {
         let key = [params[0], params[1], params[2], rows];
-        if !self.block_params.contains_key(&key) {
+        if let std::collections::btree_map::Entry::Vacant(e) = self.block_params.entry(key) {
             let slots = params[0].div_ceil(rows.max(1)).max(1);
             let mut data = vec![0u32; slots as usize * 64];
             for (s, slot) in data.chunks_exact_mut(64).enumerate() {
                 slot[..4].copy_from_slice(&[params[0], params[1], params[2], s as u32 * rows]);
             }
-            self.block_params
-                .insert(key, (Buffer::uniform(&data)?, slots));
+            e.insert((Buffer::uniform(&data)?, slots));
         }
         let Some((pbuf, slots)) = self.block_params.get(&key) else {
             return Err(invalid("parameter buffer missing"));
@@ -378,10 +377,7 @@ pub struct Ops {
     l2_normalize: OnceCell<Kernel>,
 }
 
-fn kernel<'a>(
-    cell: &'a OnceCell<Kernel>,
-    make: impl FnOnce() -> Result<Kernel>,
-) -> Result<&'a Kernel> {
+fn kernel(cell: &OnceCell<Kernel>, make: impl FnOnce() -> Result<Kernel>) -> Result<&Kernel> {
     if let Some(k) = cell.get() {
         return Ok(k);
     }
@@ -396,7 +392,7 @@ fn kernel<'a>(
 fn linear_blocks(k: usize) -> Option<(usize, usize)> {
     [16, 8, 4]
         .into_iter()
-        .find(|&r| r * k * 4 <= 65_536 && (r * k * 4) % 256 == 0)
+        .find(|&r| r * k * 4 <= 65_536 && (r * k * 4).is_multiple_of(256))
         .map(|r| (r, LINEAR_ROWS / r))
 }
 
@@ -605,7 +601,7 @@ impl Ops {
         heads: usize,
     ) -> Result<()> {
         let hidden = out.cols();
-        if heads == 0 || hidden % heads != 0 || (hidden / heads) % 4 != 0 {
+        if heads == 0 || !hidden.is_multiple_of(heads) || !(hidden / heads).is_multiple_of(4) {
             return Err(invalid(format!(
                 "attention: hidden {hidden} is not heads {heads} × a multiple of 4"
             )));
@@ -614,7 +610,10 @@ impl Ops {
         if head_dim > 256 {
             return Err(invalid("attention: head size above 256"));
         }
-        if seq == 0 || out.rows() % seq != 0 || qkv.rows() != out.rows() || qkv.cols() != 3 * hidden
+        if seq == 0
+            || !out.rows().is_multiple_of(seq)
+            || qkv.rows() != out.rows()
+            || qkv.cols() != 3 * hidden
         {
             return Err(invalid(format!(
                 "attention: qkv {:?} and out {:?} do not match seq {seq}",
@@ -676,7 +675,7 @@ impl Ops {
         eps: f32,
     ) -> Result<()> {
         let w = x.cols();
-        if w % 4 != 0 || gamma.len() != w || beta.len() != w {
+        if !w.is_multiple_of(4) || gamma.len() != w || beta.len() != w {
             return Err(invalid(format!(
                 "layer_norm: x {:?}, gamma {:?}, beta {:?}",
                 x.shape(),
@@ -785,10 +784,10 @@ impl Ops {
         seq: usize,
     ) -> Result<()> {
         let w = out.cols();
-        if w % 4 != 0 || word.cols() != w || pos.cols() != w || typ.cols() != w {
+        if !w.is_multiple_of(4) || word.cols() != w || pos.cols() != w || typ.cols() != w {
             return Err(invalid("embed: widths differ or are not a multiple of 4"));
         }
-        if seq == 0 || seq > pos.rows() || out.rows() % seq != 0 {
+        if seq == 0 || seq > pos.rows() || !out.rows().is_multiple_of(seq) {
             return Err(invalid(format!(
                 "embed: seq {seq} with {} positions and {} rows",
                 pos.rows(),
@@ -837,7 +836,7 @@ impl Ops {
         seq: usize,
     ) -> Result<()> {
         let w = x.cols();
-        if w % 4 != 0 || out.cols() != w || seq == 0 || x.rows() != out.rows() * seq {
+        if !w.is_multiple_of(4) || out.cols() != w || seq == 0 || x.rows() != out.rows() * seq {
             return Err(invalid(format!(
                 "mean_pool: x {:?}, out {:?}, seq {seq}",
                 x.shape(),
@@ -871,7 +870,7 @@ impl Ops {
 
     /// In place: each row divided by its L2 norm (at least 1e-12).
     pub fn l2_normalize(&self, rec: &mut Recorder, x: &Tensor) -> Result<()> {
-        if x.cols() % 4 != 0 {
+        if !x.cols().is_multiple_of(4) {
             return Err(invalid("l2_normalize: width is not a multiple of 4"));
         }
         let kern = kernel(&self.l2_normalize, || {
