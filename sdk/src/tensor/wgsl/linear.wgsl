@@ -5,15 +5,16 @@
 // Shaped for CPU rasterisers such as lavapipe (llvmpipe), which run the
 // invocations of a workgroup in SIMD lanes: a uniform-buffer load whose
 // address is the same in every lane is one scalar load, while storage
-// loads are done lane by lane. So one dispatch covers R = 16 rows of x,
-// bound as uniform-buffer ranges (x0, x1, ...: each at most 64 KiB, so
-// 16 rows of k = 1536 take two) and read with lane-uniform addresses; the 64 invocations of a workgroup compute 64
-// neighbouring columns of those rows, each loading its own row of w one
+// loads are done lane by lane. So one dispatch covers R = 32 (or 16) rows
+// of x, bound as uniform-buffer ranges (x0, x1, ...: each at most 64 KiB,
+// so 32 rows of k = 1536 take four) and read with lane-uniform addresses;
+// the 64 invocations of a workgroup compute 64 neighbouring columns of
+// those rows, each loading its own row of w one
 // vec4 at a time and reusing it for the R rows held in registers. On a
 // discrete GPU this is a reasonable, not an optimal, kernel.
 // `dims.row0` is the first row of the dispatch (x rows past m read the
 // zero padding of the tensor; their results are not written).
-// Dispatch (ceil(n / 64), 1, 1) per 16 rows. The x bindings and k are
+// Dispatch (ceil(n / 64), 1, 1) per R rows. The x bindings and k are
 // fixed when the kernel is generated (see `linear_source`).
 
 struct Dims {
