@@ -71,7 +71,8 @@ fn main() -> anyhow::Result<()> {
     let mut rows = Vec::new();
     for &batch in &sizes {
         let input = json!({ "sentences": &sentences[..batch] });
-        let (mut whole, mut encode, mut weights) = (Vec::new(), Vec::new(), Vec::new());
+        let (mut whole, mut encode, mut weights, mut compile) =
+            (Vec::new(), Vec::new(), Vec::new(), Vec::new());
         let mut last = Value::Null;
         for _ in 0..reps {
             let (out, wall) = run(input.clone())?;
@@ -82,15 +83,17 @@ fn main() -> anyhow::Result<()> {
                 (f("tokenize") + f("upload_inputs") + f("gpu_forward") + f("readback")) / 1e3,
             );
             weights.push((f("load_vocab") + f("load_weights")) / 1e3);
+            compile.push(f("compile_kernels") / 1e3);
             last = out;
         }
         let (w, e) = (median(whole), median(encode));
         println!(
-            "batch {batch:2}: whole run {:8.1} ms ({:7.2} sentences/s)   encode {:8.1} ms ({:7.2} sentences/s)   weights load {:7.1} ms   tokens {}",
+            "batch {batch:2}: whole run {:8.1} ms ({:7.2} sentences/s)   encode {:8.1} ms ({:7.2} sentences/s; kernel compile {:6.1} ms of it)   weights load {:7.1} ms   tokens {}",
             w * 1e3,
             batch as f64 / w,
             e * 1e3,
             batch as f64 / e,
+            median(compile.clone()) * 1e3,
             median(weights) * 1e3,
             last["tokens"]
                 .as_array()
@@ -103,6 +106,7 @@ fn main() -> anyhow::Result<()> {
             "encode_s": e,
             "run_sentences_per_s": batch as f64 / w,
             "encode_sentences_per_s": batch as f64 / e,
+            "compile_s": median(compile),
             "timings_ms": last["timings"],
         }));
     }
@@ -116,15 +120,16 @@ fn main() -> anyhow::Result<()> {
     let (prof, _) = run(json!({ "sentences": &sentences[..largest], "profile": true }))?;
     println!("where the time goes (batch {largest}, one submission per kernel, ms):");
     let t = &prof["timings"];
-    for k in [
-        "load_vocab",
-        "load_weights",
-        "tokenize",
-        "upload_inputs",
-        "gpu_forward",
-        "readback",
+    for (k, label) in [
+        ("load_vocab", "load_vocab"),
+        ("load_weights", "load_weights"),
+        ("tokenize", "tokenize"),
+        ("upload_inputs", "upload_inputs"),
+        ("gpu_forward", "gpu_forward"),
+        ("compile_kernels", "  of which compile"),
+        ("readback", "readback"),
     ] {
-        println!("  {k:16} {:9.2}", t[k].as_f64().unwrap_or(0.0));
+        println!("  {label:18} {:9.2}", t[k].as_f64().unwrap_or(0.0));
     }
     if let Some(ops) = prof["ops"].as_object() {
         for (k, v) in ops {

@@ -89,6 +89,7 @@ struct Output {
     #[serde(skip_serializing_if = "BTreeMap::is_empty")]
     ops: BTreeMap<&'static str, OpMs>,
     dispatches: u64,
+    kernels: u32,
 }
 
 struct Layer {
@@ -346,6 +347,9 @@ impl Pipeline for Embed {
             }
             batches.push([batch, seq]);
         }
+        // Kernels compile on first use, inside the first batch's forward.
+        let (kernels, compile) = ops.compile_stats();
+        timings.insert("compile_kernels", compile.as_secs_f64() * 1e3);
         timings.insert("upload_inputs", upload);
         timings.insert("gpu_forward", forward);
         timings.insert("readback", readback);
@@ -379,6 +383,7 @@ impl Pipeline for Embed {
                 })
                 .collect(),
             dispatches,
+            kernels,
         };
         let body = serde_json::to_vec(&out).map_err(failed)?;
         Ok(Response::bytes("application/json", body))

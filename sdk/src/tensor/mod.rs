@@ -29,7 +29,7 @@ mod safetensors;
 pub use safetensors::{SafeTensors, TensorInfo};
 
 use crate::gpu::{Batch, Buffer, BufferUsage, GpuError, Kernel, Result};
-use std::cell::{OnceCell, RefCell};
+use std::cell::{Cell, OnceCell, RefCell};
 use std::collections::BTreeMap;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
@@ -375,6 +375,8 @@ pub struct Ops {
     embed: OnceCell<Kernel>,
     mean_pool: OnceCell<Kernel>,
     l2_normalize: OnceCell<Kernel>,
+    compiled: Cell<u32>,
+    compile_time: Cell<Duration>,
 }
 
 fn kernel(cell: &OnceCell<Kernel>, make: impl FnOnce() -> Result<Kernel>) -> Result<&Kernel> {
@@ -477,6 +479,22 @@ impl Ops {
         Ops::default()
     }
 
+    /// Compile a kernel, counting it and its compile time.
+    fn compile(&self, wgsl: &str, entry: &str) -> Result<Kernel> {
+        let start = Instant::now();
+        let k = Kernel::new(wgsl, entry)?;
+        self.compiled.set(self.compiled.get() + 1);
+        self.compile_time
+            .set(self.compile_time.get() + start.elapsed());
+        Ok(k)
+    }
+
+    /// Kernels compiled so far and the time that took (on lavapipe, tens of
+    /// milliseconds each: part of the first use of every op in a run).
+    pub fn compile_stats(&self) -> (u32, Duration) {
+        (self.compiled.get(), self.compile_time.get())
+    }
+
     /// `y = epilogue(x · wᵀ + bias)`: x is [m, k] (k a multiple of 4), w
     /// is [n, k] (nn.Linear's weight layout), bias [n], y [m, n]. One
     /// dispatch per block of 32 rows of x (16 for small inputs), read
@@ -552,10 +570,8 @@ impl Ops {
             match cache.get(&(tag, rows, k)) {
                 Some(kern) => kern.clone(),
                 None => {
-                    let kern = Rc::new(Kernel::new(
-                        &linear_source(rb, parts, k, extra, &epi),
-                        "linear",
-                    )?);
+                    let kern =
+                        Rc::new(self.compile(&linear_source(rb, parts, k, extra, &epi), "linear")?);
                     cache.insert((tag, rows, k), kern.clone());
                     kern
                 }
@@ -637,7 +653,7 @@ impl Ops {
             None => {
                 let src = include_str!("wgsl/attention.wgsl")
                     .replace("HEAD_DIM_4u", &format!("{}u", head_dim / 4));
-                let k = Kernel::new(&src, "attention")?;
+                let k = self.compile(&src, "attention")?;
                 let (d4, k) = self.attention_any.get_or_init(|| (head_dim / 4, k));
                 (*d4, k)
             }
@@ -690,7 +706,7 @@ impl Ops {
             )));
         }
         let kern = kernel(&self.layer_norm, || {
-            Kernel::new(
+            self.compile(
                 &format!("{ROWS}\n{}", include_str!("wgsl/layer_norm.wgsl")),
                 "layer_norm",
             )
@@ -714,7 +730,7 @@ impl Ops {
     /// In-place softmax over the last dimension.
     pub fn softmax(&self, rec: &mut Recorder, x: &Tensor) -> Result<()> {
         let kern = kernel(&self.softmax, || {
-            Kernel::new(
+            self.compile(
                 &format!("{ROWS}\n{}", include_str!("wgsl/softmax.wgsl")),
                 "softmax",
             )
@@ -746,7 +762,7 @@ impl Ops {
                     "@group(0) @binding(2) var<storage, read> bias: array<f32>;",
                 )
                 .replace("OP", "x[i] + bias[i % p.b]");
-            Kernel::new(&format!("{ROWS}\n{src}"), "elementwise")
+            self.compile(&format!("{ROWS}\n{src}"), "elementwise")
         })?;
         let (gx, gy) = grid(x.len())?;
         rec.run(
@@ -763,7 +779,7 @@ impl Ops {
     pub fn gelu(&self, rec: &mut Recorder, x: &Tensor) -> Result<()> {
         let kern = kernel(&self.gelu, || {
             let src = include_str!("wgsl/elementwise.wgsl").replace("OP", "gelu_f32(x[i])");
-            Kernel::new(&format!("{ROWS}\n{ERF}\n{src}"), "elementwise")
+            self.compile(&format!("{ROWS}\n{ERF}\n{src}"), "elementwise")
         })?;
         let (gx, gy) = grid(x.len())?;
         rec.run(
@@ -804,7 +820,7 @@ impl Ops {
             return Err(invalid("embed: fewer ids than rows"));
         }
         let kern = kernel(&self.embed, || {
-            Kernel::new(
+            self.compile(
                 &format!("{ROWS}\n{}", include_str!("wgsl/embed.wgsl")),
                 "embed",
             )
@@ -853,7 +869,7 @@ impl Ops {
             return Err(invalid("mean_pool: fewer lengths than sequences"));
         }
         let kern = kernel(&self.mean_pool, || {
-            Kernel::new(
+            self.compile(
                 &format!("{ROWS}\n{}", include_str!("wgsl/pool.wgsl")),
                 "mean_pool",
             )
@@ -880,7 +896,7 @@ impl Ops {
             return Err(invalid("l2_normalize: width is not a multiple of 4"));
         }
         let kern = kernel(&self.l2_normalize, || {
-            Kernel::new(
+            self.compile(
                 &format!("{ROWS}\n{}", include_str!("wgsl/l2_normalize.wgsl")),
                 "l2_normalize",
             )
