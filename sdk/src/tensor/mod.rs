@@ -162,7 +162,7 @@ pub struct Recorder {
     uniforms: BTreeMap<[u32; 4], Buffer>,
     /// Per-block parameters of blocked ops: one uniform buffer per
     /// (params, block count), entry b at b · 256 bytes.
-    block_params: BTreeMap<[u32; 4], (Buffer, u32)>,
+    block_params: BTreeMap<[u32; 5], (Buffer, u32)>,
     kept: Vec<Tensor>,
     in_batch: usize,
     timings: BTreeMap<&'static str, OpTiming>,
@@ -263,10 +263,10 @@ impl Recorder {
     }
 
     /// Dispatch `index` of a blocked op: `block` = (buffer, [(binding,
-    /// offset, size)]) binds ranges of one buffer as uniforms, and at binding 4 the op's
-    /// `params` with their last word set to `index · rows` (the block's
-    /// first row), from one parameter buffer per op shape holding every
-    /// block's entry 256 bytes apart.
+    /// offset, size)]) binds ranges of one buffer as uniforms, and binding 4
+    /// gets `[p0, p1, p2, index · rows (the block's first row), p3, 0, 0,
+    /// 0]` for `params` = [p0, p1, p2, p3], from one parameter buffer per op
+    /// shape holding every block's entry 256 bytes apart.
     #[allow(clippy::too_many_arguments)]
     fn run_block(
         &mut self,
@@ -274,17 +274,23 @@ impl Recorder {
         kernel: &Kernel,
         bindings: &[(u32, &Buffer)],
         block: (&Buffer, &[(u32, u64, u64)]),
-        params: [u32; 3],
+        params: [u32; 4],
         rows: u32,
         index: u32,
         workgroups: (u32, u32, u32),
     ) -> Result<()> {
-        let key = [params[0], params[1], params[2], rows];
+        let key = [params[0], params[1], params[2], params[3], rows];
         if let std::collections::btree_map::Entry::Vacant(e) = self.block_params.entry(key) {
             let slots = params[0].div_ceil(rows.max(1)).max(1);
             let mut data = vec![0u32; slots as usize * 64];
             for (s, slot) in data.chunks_exact_mut(64).enumerate() {
-                slot[..4].copy_from_slice(&[params[0], params[1], params[2], s as u32 * rows]);
+                slot[..5].copy_from_slice(&[
+                    params[0],
+                    params[1],
+                    params[2],
+                    s as u32 * rows,
+                    params[3],
+                ]);
             }
             e.insert((Buffer::uniform(&data)?, slots));
         }
@@ -303,7 +309,7 @@ impl Recorder {
             d = d.bind_range(0, binding, block.0, offset, Some(size));
         }
         let d = d
-            .bind_range(0, 4, pbuf, u64::from(first) * 256, Some(16))
+            .bind_range(0, 4, pbuf, u64::from(first) * 256, Some(32))
             .workgroups(workgroups.0, workgroups.1, workgroups.2);
         Self::record(
             &mut self.batch,
@@ -365,8 +371,8 @@ const ERF: &str = include_str!("wgsl/erf.wgsl");
 /// The toolkit's kernels, compiled on first use.
 #[derive(Default)]
 pub struct Ops {
-    /// Linear kernels by (epilogue, rows per dispatch, inner size).
-    linear: RefCell<BTreeMap<(u8, usize, usize), Rc<Kernel>>>,
+    /// Linear kernels by (rows per dispatch, inner size).
+    linear: RefCell<BTreeMap<(usize, usize), Rc<Kernel>>>,
     attention_any: OnceCell<(usize, Kernel)>,
     layer_norm: OnceCell<Kernel>,
     softmax: OnceCell<Kernel>,
@@ -419,7 +425,7 @@ const ROW_PAD: usize = 32;
 /// The linear kernel (`wgsl/linear.wgsl`) unrolled for rb · parts rows
 /// per dispatch read from `parts` uniform bindings of `rb` rows each, inner
 /// size `k`, with its extra bindings and epilogue.
-fn linear_source(rb: usize, parts: usize, k: usize, extra: &str, epilogue: &str) -> String {
+fn linear_source(rb: usize, parts: usize, k: usize) -> String {
     use std::fmt::Write;
     let rows = rb * parts;
     let mut decl = String::new();
@@ -453,8 +459,7 @@ fn linear_source(rb: usize, parts: usize, k: usize, extra: &str, epilogue: &str)
     }
     include_str!("wgsl/linear.wgsl")
         .replace("//X_BINDINGS", &decl)
-        .replace("//EXTRA_BINDINGS", extra)
-        .replace("//EPILOGUE", epilogue)
+        .replace("//ERF", ERF)
         .replace("//BODY", &body)
 }
 
@@ -536,19 +541,12 @@ impl Ops {
                 "linear: x must have its rows padded to a multiple of 32 (Tensor::zeros does it)",
             ));
         }
-        let (kind, tag, extra, epi) = match epilogue {
-            Epilogue::None => (
-                "linear",
-                0u8,
-                "",
-                "fn epilogue(v: f32, i: u32) -> f32 { return v; }".to_string(),
-            ),
-            Epilogue::Gelu => (
-                "linear+gelu",
-                1,
-                "",
-                format!("{ERF}\nfn epilogue(v: f32, i: u32) -> f32 {{ return gelu_f32(v); }}"),
-            ),
+        // One kernel serves every epilogue (fewer compiles per run): the
+        // mode is a parameter, and without a residual the bias is bound in
+        // its place (two read-only bindings of one buffer are fine).
+        let (kind, mode, residual) = match epilogue {
+            Epilogue::None => ("linear", 0u32, bias),
+            Epilogue::Gelu => ("linear+gelu", 1, bias),
             Epilogue::Residual(r) => {
                 if r.len() != y.len() {
                     return Err(invalid(format!(
@@ -557,32 +555,28 @@ impl Ops {
                         y.shape()
                     )));
                 }
-                (
-                    "linear+residual",
-                    2,
-                    "@group(0) @binding(5) var<storage, read> residual: array<f32>;",
-                    "fn epilogue(v: f32, i: u32) -> f32 { return v + residual[i]; }".to_string(),
-                )
+                ("linear+residual", 2, r)
             }
         };
         let kern = {
             let mut cache = self.linear.borrow_mut();
-            match cache.get(&(tag, rows, k)) {
+            match cache.get(&(rows, k)) {
                 Some(kern) => kern.clone(),
                 None => {
-                    let kern =
-                        Rc::new(self.compile(&linear_source(rb, parts, k, extra, &epi), "linear")?);
-                    cache.insert((tag, rows, k), kern.clone());
+                    let kern = Rc::new(self.compile(&linear_source(rb, parts, k), "linear")?);
+                    cache.insert((rows, k), kern.clone());
                     kern
                 }
             }
         };
-        let mut bindings = vec![(1, w.buffer()), (2, bias.buffer()), (3, y.buffer())];
-        if let Epilogue::Residual(r) = epilogue {
-            bindings.push((5, r.buffer()));
-        }
+        let bindings = [
+            (1, w.buffer()),
+            (2, bias.buffer()),
+            (3, y.buffer()),
+            (5, residual.buffer()),
+        ];
         let wg = (u32_of(n.div_ceil(64), "n")?, 1, 1);
-        let params = [u32_of(m, "m")?, u32_of(n, "n")?, u32_of(k, "k")?];
+        let params = [u32_of(m, "m")?, u32_of(n, "n")?, u32_of(k, "k")?, mode];
         for b in 0..blocks {
             let x_parts: Vec<(u32, u64, u64)> = (0..parts)
                 .map(|p| {

@@ -1,4 +1,4 @@
-// y = x · wᵀ + bias, then an epilogue (none, GELU, or + residual), for
+// y = x · wᵀ + bias, then an epilogue (none, GELU, or + residual: dims.mode), for
 // row-major f32: x is m×k, w is n×k (nn.Linear's weight layout), y is m×n;
 // k is a multiple of 4.
 //
@@ -22,6 +22,11 @@ struct Dims {
     n: u32,
     k: u32,
     row0: u32,
+    // 0: none, 1: GELU, 2: + residual
+    mode: u32,
+    _pad0: u32,
+    _pad1: u32,
+    _pad2: u32,
 }
 
 //X_BINDINGS
@@ -29,9 +34,19 @@ struct Dims {
 @group(0) @binding(2) var<storage, read> bias: array<f32>;
 @group(0) @binding(3) var<storage, read_write> y: array<f32>;
 @group(0) @binding(4) var<uniform> dims: Dims;
-//EXTRA_BINDINGS
+@group(0) @binding(5) var<storage, read> residual: array<f32>;
 
-//EPILOGUE
+//ERF
+
+fn epilogue(v: f32, i: u32) -> f32 {
+    if (dims.mode == 1u) {
+        return gelu_f32(v);
+    }
+    if (dims.mode == 2u) {
+        return v + residual[i];
+    }
+    return v;
+}
 
 @compute @workgroup_size(64, 1, 1)
 fn linear(
