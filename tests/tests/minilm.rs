@@ -113,8 +113,9 @@ async fn embeddings_and_token_ids_match_sentence_transformers() {
     let gpu = r.usage.gpu.as_ref().expect("GPU usage in the run record");
     assert!(gpu.dispatches >= 6 * 7, "{} dispatches", gpu.dispatches);
     eprintln!(
-        "minilm: {} sentences, min cosine {min_cos:.9}, run {:.2} s (GPU {:.2} s), timings {}",
+        "minilm: {} sentences, min cosine {min_cos:.9} (1 - cos = {:.1e}), run {:.2} s (GPU {:.2} s), timings {}",
         sentences.len(),
+        1.0 - min_cos,
         wall.as_secs_f64(),
         gpu.gpu_time.as_secs_f64(),
         out["timings"]
