@@ -214,8 +214,8 @@ pub fn minilm_datasets_dir() -> PathBuf {
 
 /// The policy a tenant running `minilm-embed` needs: the weights at
 /// `/datasets` (read-only), a GPU in `zone` with room for 90 MB of weights
-/// plus the activations of a 32 × 256-token batch (≈ 130 MB), and time for
-/// a CPU rasteriser.
+/// plus the activations of a 32 × 256-token batch (≈ 130 MB) and for many
+/// batches' dispatches, and time for a CPU rasteriser.
 pub fn minilm_policy(zone: &str) -> Policy {
     use kasbah_policy::{DirGrant, DirMode, GpuGrant, Limits, MIB};
     Policy {
@@ -232,6 +232,9 @@ pub fn minilm_policy(zone: &str) -> Policy {
         },
         gpu: Some(GpuGrant {
             max_total_bytes: 512 * MIB,
+            // ~1,100 dispatches per 1,000 tokens (one per 32-row block of
+            // each linear): the default 10,000 covers ~9,000 tokens a run.
+            max_dispatches: 1_000_000,
             ..GpuGrant::in_zones([zone])
         }),
         ..Policy::default()
