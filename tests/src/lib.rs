@@ -232,8 +232,8 @@ pub fn minilm_policy(zone: &str) -> Policy {
         },
         gpu: Some(GpuGrant {
             max_total_bytes: 512 * MIB,
-            // ~1,100 dispatches per 1,000 tokens (one per 32-row block of
-            // each linear): the default 10,000 covers ~9,000 tokens a run.
+            // ~800 dispatches per 1,000 tokens (one per 32-row block of
+            // each of 24 linears): the default 10,000 covers ~12,000 tokens.
             max_dispatches: 1_000_000,
             ..GpuGrant::in_zones([zone])
         }),
