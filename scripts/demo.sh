@@ -9,8 +9,9 @@ cd "$(dirname "$0")/.."
 
 cargo build -q -p kasbah
 cargo build -q --target wasm32-wasip2 --profile guest -p hello -p gpu-matmul -p hostile -p net-probe
-KASBAH=target/debug/kasbah
-G=target/wasm32-wasip2/guest
+T=${CARGO_TARGET_DIR:-target}
+KASBAH=$T/debug/kasbah
+G=$T/wasm32-wasip2/guest
 
 work=$(mktemp -d)
 server_pid=""
@@ -51,16 +52,26 @@ KASBAH_TOKEN=$DEV $KASBAH runs receipt "$RUN" -o "$work/receipt.json"
 $KASBAH audit verify "$work/receipt.json" --key "$KEY" --module "$HELLO"
 
 cat > "$work/gpu.toml" <<TOML
+zones = ["local"]
+datasets = true
+
 [gpu]
 zones = ["local"]
 TOML
-step "policy set $TN gpu.toml   (as the operator: grant the GPU in zone 'local')"
+step "policy set $TN gpu.toml   (as the operator: residency zone 'local', datasets, the GPU in zone 'local')"
 KASBAH_TOKEN=$OPTOK $KASBAH policy set "$TN" "$work/gpu.toml" | sed "s/^/  /"
 step "publish gpu_matmul.wasm"
 KASBAH_TOKEN=$DEV $KASBAH publish $G/gpu_matmul.wasm --version 1.0.0
 MATMUL=$(KASBAH_TOKEN=$DEV $KASBAH modules --json | python3 -c 'import json,sys; print([m["digest"] for m in json.load(sys.stdin) if m["name"]=="gpu-matmul"][0])')
 step "run $MATMUL   (128x128 f32 matmul on kasbah:gpu, checked against the CPU inside the guest)"
 echo "128" | KASBAH_TOKEN=$DEV $KASBAH run "$MATMUL"
+echo "reference notes, to stay in zone local" > "$work/notes.txt"
+step "dataset create notes.txt --name notes --zones local   (a residency-labelled dataset)"
+KASBAH_TOKEN=$DEV $KASBAH dataset create "$work/notes.txt" --name notes --zones local
+step "run $HELLO --dataset notes   (placed in a zone the tenant and the dataset allow; mounted read-only at /datasets/notes)"
+echo "zoned run" | KASBAH_TOKEN=$DEV $KASBAH run "$HELLO" --dataset notes
+step "run $HELLO --dataset notes --input-label eu-paris-1   (refused before anything runs: no zone fits every label)"
+echo "zoned run" | KASBAH_TOKEN=$DEV $KASBAH run "$HELLO" --dataset notes --input-label eu-paris-1 2>&1 | cut -c1-200 || true
 step "publish net_probe.wasm   (imports wasi:sockets; the policy grants no network)"
 KASBAH_TOKEN=$DEV $KASBAH publish $G/net_probe.wasm --version 1.0.0 2>&1 | cut -c1-160 || true
 step "runs list"

@@ -31,10 +31,12 @@
 //! `kasbah serve` builds it; `wasmtime serve` is a child process with its own
 //! multi-threaded tokio runtime. Both instantiate a fresh instance per request
 //! from the pooling allocator. kasbah additionally authenticates the bearer
-//! token (SQLite), checks the module and policy, applies admission control,
-//! meters fuel, enforces an epoch deadline and a memory limiter, records the
-//! run (SQLite insert + 2 updates), and answers a JSON run record instead of
-//! the bare output; the baseline does none of that.
+//! token, checks the module and policy, places the run (residency zones),
+//! applies admission control, meters fuel, enforces an epoch deadline and a
+//! memory limiter, records the run durably with its audit log entry (SQLite
+//! insert + update in group commits with fsync; the caller waits for one
+//! commit), and answers a JSON run record instead of the bare output; the
+//! baseline does none of that.
 //!
 //! Latencies are per request (send to last body byte); requests/s counts only
 //! correct answers (200 with the upper-cased input in the body). 429s,
@@ -461,6 +463,7 @@ async fn start_kasbah(
             content_type: None,
             metadata: Default::default(),
             wait: true,
+            ..CreateRun::default()
         })
         .await?;
     anyhow::ensure!(

@@ -38,16 +38,21 @@ fn main() -> anyhow::Result<()> {
     let sentences: Vec<String> = serde_json::from_value(fixture["sentences"].clone())?;
     let policy = kasbah_tests::minilm_policy(kasbah_tests::GPU_ZONES[0].1);
     let module = kasbah_tests::load("minilm-embed");
+    let options = kasbah_runtime::RunOptions {
+        datasets: kasbah_tests::minilm_datasets(),
+        ..Default::default()
+    };
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
         .enable_all()
         .build()?;
     let run = |input: Value| -> anyhow::Result<(Value, Duration)> {
         let started = Instant::now();
-        let report = rt.block_on(kasbah_tests::runtime().run(
+        let report = rt.block_on(kasbah_tests::runtime().run_with(
             &module,
             &policy,
             Request::new(input.to_string()),
+            &options,
         ))?;
         let wall = started.elapsed();
         match report.outcome {

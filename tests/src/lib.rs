@@ -23,6 +23,7 @@ pub const GUESTS: &[&str] = &[
     "gpu-matmul",
     "gpu-hostile",
     "minilm-embed",
+    "residency-probe",
 ];
 
 pub fn workspace_root() -> PathBuf {
@@ -181,49 +182,27 @@ pub fn minilm_model_dir() -> PathBuf {
     .clone()
 }
 
-/// A directory holding exactly `model.safetensors` and `vocab.txt` of
-/// all-MiniLM-L6-v2: what the `minilm-embed` guest expects to find at
-/// `/datasets` (mount it read-only there). Hard links into the model cache
-/// (copies where links are impossible), next to the model directory;
-/// idempotent and safe for concurrent test processes (each file is put in
-/// place by an atomic rename). The same two files make the weights dataset
-/// of a platform run.
-pub fn minilm_datasets_dir() -> PathBuf {
-    static DIR: OnceLock<PathBuf> = OnceLock::new();
-    DIR.get_or_init(|| {
-        let model = minilm_model_dir();
-        let dir = model.with_extension("datasets");
-        std::fs::create_dir_all(&dir).expect("create the datasets dir");
-        for f in MINILM_DATASET_FILES {
-            let (src, dst) = (model.join(f), dir.join(f));
-            let len = |p: &Path| std::fs::metadata(p).map(|m| m.len()).ok();
-            if len(&dst).is_some() && len(&dst) == len(&src) {
-                continue;
-            }
-            let tmp = dir.join(format!(".{f}.{}", std::process::id()));
-            let _ = std::fs::remove_file(&tmp);
-            if std::fs::hard_link(&src, &tmp).is_err() {
-                std::fs::copy(&src, &tmp).unwrap_or_else(|e| panic!("copy {}: {e}", src.display()));
-            }
-            std::fs::rename(&tmp, &dst).unwrap_or_else(|e| panic!("rename {}: {e}", dst.display()));
-        }
-        dir
-    })
-    .clone()
+/// The all-MiniLM-L6-v2 weights dataset as the runtime mounts it: the
+/// files `model.safetensors` and `vocab.txt` of [`minilm_model_dir`],
+/// which the guest reads as `/datasets/model.safetensors` and
+/// `/datasets/vocab.txt`. On the platform, the same two files uploaded as
+/// datasets of those names.
+pub fn minilm_datasets() -> Vec<kasbah_runtime::DatasetMount> {
+    let dir = minilm_model_dir();
+    MINILM_DATASET_FILES
+        .iter()
+        .map(|f| kasbah_runtime::DatasetMount::new(*f, dir.join(f)))
+        .collect()
 }
 
-/// The policy a tenant running `minilm-embed` needs: the weights at
-/// `/datasets` (read-only), a GPU in `zone` with room for 90 MB of weights
-/// plus the activations of a 32 × 256-token batch (≈ 130 MB) and for many
-/// batches' dispatches, and time for a CPU rasteriser.
+/// The policy a tenant running `minilm-embed` needs: datasets (the weights
+/// at `/datasets`, read-only), a GPU in `zone` with room for 90 MB of
+/// weights plus the activations of a 32 × 256-token batch (≈ 130 MB) and for
+/// many batches' dispatches, and time for a CPU rasteriser.
 pub fn minilm_policy(zone: &str) -> Policy {
-    use kasbah_policy::{DirGrant, DirMode, GpuGrant, Limits, MIB};
+    use kasbah_policy::{GpuGrant, Limits, MIB};
     Policy {
-        files: vec![DirGrant {
-            host: minilm_datasets_dir(),
-            guest: "/datasets".into(),
-            mode: DirMode::Ro,
-        }],
+        datasets: true,
         limits: Limits {
             memory_bytes: 256 * MIB,
             wall_time_ms: 300_000,
@@ -239,6 +218,23 @@ pub fn minilm_policy(zone: &str) -> Policy {
         }),
         ..Policy::default()
     }
+}
+
+/// Run `minilm-embed` in the shared runtime with the weights dataset
+/// mounted (or, `with_weights = false`, nothing at `/datasets`).
+pub async fn run_minilm(policy: &Policy, request: Request, with_weights: bool) -> RunReport {
+    let options = kasbah_runtime::RunOptions {
+        datasets: if with_weights {
+            minilm_datasets()
+        } else {
+            Vec::new()
+        },
+        ..Default::default()
+    };
+    runtime()
+        .run_with(&load("minilm-embed"), policy, request, &options)
+        .await
+        .expect("host could run the module")
 }
 
 /// The files of the all-MiniLM-L6-v2 weights dataset.

@@ -240,6 +240,7 @@ fn run_req(module: &Digest, input: &str) -> CreateRun {
         content_type: None,
         metadata: Default::default(),
         wait: true,
+        ..CreateRun::default()
     }
 }
 

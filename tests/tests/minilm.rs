@@ -1,15 +1,19 @@
 //! all-MiniLM-L6-v2 in a guest (`guest-examples/minilm-embed`) on
-//! `kasbah:gpu` kernels (lavapipe on CI), through the kasbah runtime, with
-//! the weights mounted read-only at `/datasets`, against sentence-transformers'
+//! `kasbah:gpu` kernels (lavapipe on CI), against sentence-transformers'
 //! token ids and embeddings in `tests/fixtures/minilm/reference.json`
-//! (regenerate with `scripts/minilm-reference.py`).
+//! (regenerate with `scripts/minilm-reference.py`): through the runtime with
+//! the weights mounted as datasets at `/datasets`, and through the platform
+//! (publish the module, upload the weights as datasets, run with them).
 
 use std::time::Instant;
 
+use kasbah_core::api::CreateRun;
 use kasbah_core::{GuestErrorKind, Outcome, RunReport};
 use kasbah_policy::Policy;
 use kasbah_runtime::Request;
-use kasbah_tests::{run, workspace_root};
+use kasbah_runtime::kasbah_gpu::{AdapterConfig, GpuConfig};
+use kasbah_tests::platform::Platform;
+use kasbah_tests::{guest_path, minilm_datasets, run_minilm, workspace_root};
 use serde_json::{Value, json};
 
 fn minilm_policy() -> Policy {
@@ -45,27 +49,28 @@ fn cosine(a: &[f64], b: &[f64]) -> f64 {
     dot / (na * nb)
 }
 
-#[tokio::test]
-async fn embeddings_and_token_ids_match_sentence_transformers() {
+/// The whole fixture as one request (object form, ids returned).
+fn fixture_input() -> String {
+    let fx = fixture();
+    let texts: Vec<&str> = fx["sentences"]
+        .as_array()
+        .expect("sentences")
+        .iter()
+        .map(|s| s["text"].as_str().expect("text"))
+        .collect();
+    json!({ "sentences": texts, "return_ids": true }).to_string()
+}
+
+/// Token ids identical and cosine ≥ 0.9999 for every fixture sentence;
+/// returns the smallest cosine.
+fn check_against_reference(out: &Value) -> f64 {
     let fx = fixture();
     let sentences = fx["sentences"].as_array().expect("sentences");
     let texts: Vec<&str> = sentences
         .iter()
         .map(|s| s["text"].as_str().expect("text"))
         .collect();
-    let input = json!({ "sentences": texts, "return_ids": true });
-    let started = Instant::now();
-    let r = run(
-        "minilm-embed",
-        &minilm_policy(),
-        Request::new(input.to_string()),
-    )
-    .await;
-    let wall = started.elapsed();
-    let out = ok_json(&r);
-
     assert_eq!(out["dim"], 384);
-    assert_eq!(out["adapter"], "lavapipe-a");
     let embeddings = out["embeddings"].as_array().expect("embeddings");
     let ids = out["ids"].as_array().expect("ids");
     assert_eq!(embeddings.len(), sentences.len());
@@ -91,6 +96,18 @@ async fn embeddings_and_token_ids_match_sentence_transformers() {
         }
     }
     assert!(problems.is_empty(), "{}", problems.join("\n"));
+    min_cos
+}
+
+#[tokio::test]
+async fn embeddings_and_token_ids_match_sentence_transformers() {
+    let started = Instant::now();
+    let r = run_minilm(&minilm_policy(), Request::new(fixture_input()), true).await;
+    let wall = started.elapsed();
+    let out = ok_json(&r);
+    assert_eq!(out["adapter"], "lavapipe-a");
+    let min_cos = check_against_reference(&out);
+    let sentences = fixture()["sentences"].as_array().map(Vec::len).unwrap_or(0);
 
     // The batch really mixed lengths: sentences were padded and masked
     // (the fixture has 2- to 256-token sentences).
@@ -108,13 +125,13 @@ async fn embeddings_and_token_ids_match_sentence_transformers() {
         .map(|b| b[0].as_u64().expect("n") * b[1].as_u64().expect("seq"))
         .sum();
     assert!(padded > tokens.iter().sum::<u64>(), "no batch had padding");
-    assert!(out["batches"].as_array().map(Vec::len) < Some(sentences.len()));
+    assert!(out["batches"].as_array().map(Vec::len) < Some(sentences));
 
     let gpu = r.usage.gpu.as_ref().expect("GPU usage in the run record");
     assert!(gpu.dispatches >= 6 * 7, "{} dispatches", gpu.dispatches);
     eprintln!(
         "minilm: {} sentences, min cosine {min_cos:.9} (1 - cos = {:.1e}), run {:.2} s (GPU {:.2} s), timings {}",
-        sentences.len(),
+        sentences,
         1.0 - min_cos,
         wall.as_secs_f64(),
         gpu.gpu_time.as_secs_f64(),
@@ -129,16 +146,9 @@ async fn a_lone_sentence_embeds_as_it_does_in_a_padded_batch() {
     let short = "A cat sits on the mat.";
     let long = "A much longer sentence, which forces the short one in the same batch to be padded.";
     let policy = minilm_policy();
-    let alone = ok_json(
-        &run(
-            "minilm-embed",
-            &policy,
-            Request::new(json!([short]).to_string()),
-        )
-        .await,
-    );
+    let alone = ok_json(&run_minilm(&policy, Request::new(json!([short]).to_string()), true).await);
     let input = json!({ "sentences": [long, short], "max_batch_tokens": 8192 });
-    let both = ok_json(&run("minilm-embed", &policy, Request::new(input.to_string())).await);
+    let both = ok_json(&run_minilm(&policy, Request::new(input.to_string()), true).await);
     let a = floats(&alone["embeddings"][0]);
     let b = floats(&both["embeddings"][1]);
     assert_eq!(alone["batches"], json!([[1, 9]]));
@@ -159,12 +169,11 @@ async fn a_lone_sentence_embeds_as_it_does_in_a_padded_batch() {
 
 #[tokio::test]
 async fn every_tensor_toolkit_op_matches_the_cpu() {
-    let mut policy = minilm_policy();
-    policy.files.clear(); // no model needed
-    let r = run(
-        "minilm-embed",
-        &policy,
+    // No model needed.
+    let r = run_minilm(
+        &minilm_policy(),
         Request::new(r#"{"selftest": true}"#),
+        false,
     )
     .await;
     let out = ok_json(&r);
@@ -193,9 +202,7 @@ async fn every_tensor_toolkit_op_matches_the_cpu() {
 
 #[tokio::test]
 async fn without_the_weights_mount_or_the_gpu_the_run_is_refused() {
-    let mut no_files = minilm_policy();
-    no_files.files.clear();
-    let r = run("minilm-embed", &no_files, Request::new(r#"["hello"]"#)).await;
+    let r = run_minilm(&minilm_policy(), Request::new(r#"["hello"]"#), false).await;
     match &r.outcome {
         Outcome::GuestError {
             code: GuestErrorKind::InvalidInput,
@@ -205,7 +212,7 @@ async fn without_the_weights_mount_or_the_gpu_the_run_is_refused() {
     }
     let mut no_gpu = minilm_policy();
     no_gpu.gpu = None;
-    let r = run("minilm-embed", &no_gpu, Request::new(r#"["hello"]"#)).await;
+    let r = run_minilm(&no_gpu, Request::new(r#"["hello"]"#), true).await;
     match &r.outcome {
         Outcome::GuestError {
             code: GuestErrorKind::Denied,
@@ -213,4 +220,60 @@ async fn without_the_weights_mount_or_the_gpu_the_run_is_refused() {
         } => {}
         other => panic!("expected denied, got {other:?}"),
     }
+}
+
+#[tokio::test]
+async fn through_the_platform_with_the_weights_as_datasets() {
+    // A platform with one lavapipe entry in zone-a; a tenant allowed
+    // datasets and that GPU publishes the module, uploads the two weight
+    // files as datasets and runs the fixture with them.
+    let p = Platform::start_with(|c| {
+        c.gpu = GpuConfig {
+            adapters: vec![AdapterConfig::new("lavapipe-a", "zone-a").backend("vulkan")],
+            max_idle_devices: 1,
+        };
+        c.sync_wait_ms = 300_000;
+    })
+    .await;
+    let (_, dev) = p.tenant("minilm", Some(minilm_policy())).await;
+    let module = dev
+        .publish(&guest_path("minilm-embed"), "minilm-embed", "1", |_, _| {})
+        .await
+        .expect("publish minilm-embed");
+    let mut names = Vec::new();
+    for mount in minilm_datasets() {
+        let d = dev
+            .create_dataset(&mount.path, &mount.name, None, |_, _| {})
+            .await
+            .unwrap_or_else(|e| panic!("upload dataset {}: {e}", mount.name));
+        names.push(d.name);
+    }
+    let run = dev
+        .run(&CreateRun {
+            module: module.digest.to_string(),
+            input: Some(fixture_input()),
+            content_type: Some("application/json".into()),
+            wait: true,
+            datasets: names.clone(),
+            ..CreateRun::default()
+        })
+        .await
+        .expect("run");
+    match &run.outcome {
+        Some(Outcome::Ok { .. }) => {}
+        other => panic!("expected ok, got {other:?} ({:?})", run.logs),
+    }
+    assert_eq!(run.zone.as_deref(), Some("zone-a"));
+    assert_eq!(run.adapter.as_deref(), Some("lavapipe-a"));
+    assert_eq!(
+        run.datasets
+            .iter()
+            .map(|d| d.name.clone())
+            .collect::<Vec<_>>(),
+        names
+    );
+    let body = dev.run_output(&run.id).await.expect("run output");
+    let out: Value = serde_json::from_slice(&body).expect("output is JSON");
+    let min_cos = check_against_reference(&out);
+    eprintln!("minilm through the platform: min cosine {min_cos:.9}");
 }

@@ -22,6 +22,7 @@ fn run_req(module: &str, input: &str) -> CreateRun {
         content_type: None,
         metadata: BTreeMap::new(),
         wait: true,
+        ..CreateRun::default()
     }
 }
 

@@ -24,7 +24,11 @@
 //!                         gpu_time_us:u64 gpu_bytes:u64
 //! type 5 denial           tenant:str module:opt<digest> run_id:opt<str>
 //!                         action:str reason:str
+//! type 6 dataset_created  tenant:str dataset:digest size:u64 name:str
+//!                         label:set<str> run_id:opt<str>
 //! ```
+//!
+//! Type 6 was added after types 1–5 were frozen; their bytes are unchanged.
 //!
 //! Decoding is strict (unknown version or type, trailing bytes, non-0/1
 //! option tags, unsorted sets, bad UTF-8 are all errors), so every byte string
@@ -63,6 +67,7 @@ pub enum EntryBody {
     ModulePublished(ModulePublished),
     RunExecuted(RunExecuted),
     Denial(Denial),
+    DatasetCreated(DatasetCreated),
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -129,6 +134,21 @@ pub struct Denial {
     pub reason: String,
 }
 
+/// A tenant stored a dataset (an upload, or a run's output stored as one).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DatasetCreated {
+    pub tenant: String,
+    /// SHA-256 of the dataset's bytes.
+    pub dataset: Digest,
+    pub size: u64,
+    pub name: String,
+    /// Residency label: the zones the dataset may be processed in (a set:
+    /// sorted, no duplicates).
+    pub label: Vec<String>,
+    /// The run whose output this dataset is, if it is one.
+    pub run_id: Option<String>,
+}
+
 impl EntryBody {
     fn tag(&self) -> u8 {
         match self {
@@ -137,6 +157,7 @@ impl EntryBody {
             EntryBody::ModulePublished(_) => 3,
             EntryBody::RunExecuted(_) => 4,
             EntryBody::Denial(_) => 5,
+            EntryBody::DatasetCreated(_) => 6,
         }
     }
 
@@ -148,6 +169,7 @@ impl EntryBody {
             EntryBody::ModulePublished(_) => "module_published",
             EntryBody::RunExecuted(_) => "run_executed",
             EntryBody::Denial(_) => "denial",
+            EntryBody::DatasetCreated(_) => "dataset_created",
         }
     }
 
@@ -159,6 +181,7 @@ impl EntryBody {
             EntryBody::ModulePublished(e) => &e.tenant,
             EntryBody::RunExecuted(e) => &e.tenant,
             EntryBody::Denial(e) => &e.tenant,
+            EntryBody::DatasetCreated(e) => &e.tenant,
         }
     }
 
@@ -168,7 +191,9 @@ impl EntryBody {
             EntryBody::ModulePublished(e) => Some(e.module),
             EntryBody::RunExecuted(e) => Some(e.module),
             EntryBody::Denial(e) => e.module,
-            EntryBody::TenantCreated(_) | EntryBody::PolicySet(_) => None,
+            EntryBody::TenantCreated(_)
+            | EntryBody::PolicySet(_)
+            | EntryBody::DatasetCreated(_) => None,
         }
     }
 }
@@ -422,6 +447,14 @@ impl Entry {
                 w.str("action", &e.action)?;
                 w.str("reason", &e.reason)?;
             }
+            EntryBody::DatasetCreated(e) => {
+                w.str("tenant", &e.tenant)?;
+                w.digest(&e.dataset);
+                w.u64(e.size);
+                w.str("name", &e.name)?;
+                w.str_set("label", &e.label)?;
+                w.opt_str("run_id", e.run_id.as_deref())?;
+            }
         }
         Ok(w.0)
     }
@@ -477,6 +510,14 @@ impl Entry {
                 run_id: r.opt_str("run_id")?,
                 action: r.str("action")?,
                 reason: r.str("reason")?,
+            }),
+            6 => EntryBody::DatasetCreated(DatasetCreated {
+                tenant: r.str("tenant")?,
+                dataset: r.digest("dataset")?,
+                size: r.u64("size")?,
+                name: r.str("name")?,
+                label: r.str_set("label")?,
+                run_id: r.opt_str("run_id")?,
             }),
             t => return Err(EntryError::UnknownType(t)),
         };

@@ -167,11 +167,33 @@ fn describe(b: &kasbah_audit::EntryBody) -> String {
         TenantCreated(t) => format!("operator {:?}", t.operator),
         PolicySet(p) => format!("policy v{} {}", p.policy_version, p.policy),
         ModulePublished(m) => format!("{}@{} {} ({} bytes)", m.name, m.version, m.module, m.size),
-        RunExecuted(r) => format!(
+        RunExecuted(r) if r.zone.is_empty() => format!(
             "{} {} module {} policy v{}",
             r.run_id, r.outcome, r.module, r.policy_version
         ),
+        RunExecuted(r) => format!(
+            "{} {} module {} policy v{} zone {}{} output label {{{}}}",
+            r.run_id,
+            r.outcome,
+            r.module,
+            r.policy_version,
+            r.zone,
+            r.adapter
+                .as_ref()
+                .map_or(String::new(), |a| format!(" adapter {a}")),
+            r.output_label.join(", ")
+        ),
         Denial(d) => format!("{}: {}", d.action, d.reason),
+        DatasetCreated(d) => format!(
+            "{} {} ({} bytes) label {{{}}}{}",
+            d.name,
+            d.dataset,
+            d.size,
+            d.label.join(", "),
+            d.run_id
+                .as_ref()
+                .map_or(String::new(), |r| format!(" from {r}"))
+        ),
     }
 }
 

@@ -62,6 +62,9 @@ enum Command {
     Publish(remote::PublishArgs),
     /// Published modules (lists them without a subcommand).
     Modules(remote::ModulesArgs),
+    /// Datasets with residency labels (developer: create; list/show).
+    #[command(subcommand)]
+    Dataset(remote::DatasetCmd),
     /// Run records.
     #[command(subcommand)]
     Runs(remote::RunsCmd),
@@ -103,6 +106,7 @@ pub fn main() -> ExitCode {
         Command::Auditor(c) => remote::block_on(remote::auditor(&ctx, c)),
         Command::Publish(a) => remote::block_on(remote::publish(&ctx, a)),
         Command::Modules(a) => remote::block_on(remote::modules(&ctx, a)),
+        Command::Dataset(c) => remote::block_on(remote::dataset(&ctx, c)),
         Command::Runs(c) => remote::block_on(remote::runs(&ctx, c)),
         Command::Usage(a) => remote::block_on(remote::usage(&ctx, a)),
         Command::Audit(c) => remote::block_on(audit::audit(&ctx, c)),

@@ -8,7 +8,7 @@
 use anyhow::Context;
 use clap::Args;
 use kasbah_policy::Policy;
-use kasbah_runtime::{Request, Runtime, RuntimeConfig};
+use kasbah_runtime::{DatasetMount, Request, RunOptions, Runtime, RuntimeConfig};
 use std::io::{Read, Write};
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -35,6 +35,19 @@ pub struct RunArgs {
     /// Server runs: return at once with the run id instead of waiting.
     #[arg(long)]
     pub no_wait: bool,
+    /// A dataset to mount read-only at `/datasets/<name>` (repeatable).
+    /// Server runs: a dataset name or `sha256:` digest of the tenant's.
+    /// Local runs: `name=path`, or a file path (named after the file).
+    #[arg(short = 'd', long = "dataset")]
+    pub datasets: Vec<String>,
+    /// Server runs: residency label of the input, comma-separated zones
+    /// (default: the tenant's zones).
+    #[arg(long, value_delimiter = ',')]
+    pub input_label: Option<Vec<String>>,
+    /// Server runs: store the output as a new dataset of this name (it
+    /// carries the run's output label).
+    #[arg(long)]
+    pub store_output_as: Option<String>,
 }
 
 impl RunArgs {
@@ -54,6 +67,27 @@ impl RunArgs {
             std::fs::read(&self.input).with_context(|| format!("cannot read input {}", self.input))
         }
     }
+}
+
+/// `name=path`, or a path whose file name is the dataset name.
+fn local_dataset(arg: &str) -> anyhow::Result<DatasetMount> {
+    let (name, path) = match arg.split_once('=') {
+        Some((n, p)) => (n.to_string(), PathBuf::from(p)),
+        None => {
+            let p = PathBuf::from(arg);
+            let name = p
+                .file_name()
+                .and_then(|n| n.to_str())
+                .with_context(|| format!("--dataset {arg}: no file name"))?
+                .to_string();
+            (name, p)
+        }
+    };
+    anyhow::ensure!(
+        kasbah_policy::is_dataset_name(&name),
+        "--dataset {arg}: {name:?} is not a dataset name ([a-z0-9][a-z0-9._-]{{0,63}}); use name=path"
+    );
+    Ok(DatasetMount::new(name, path))
 }
 
 fn parse_kv(s: &str) -> Result<(String, String), String> {
@@ -100,6 +134,18 @@ pub fn run(args: RunArgs, echo_logs: bool, json: bool) -> anyhow::Result<ExitCod
     .map_err(|e| anyhow::anyhow!("cannot start the sandbox: {e:#}"))?;
     let module = runtime.load(&wasm)?;
 
+    let options = RunOptions {
+        datasets: args
+            .datasets
+            .iter()
+            .map(String::as_str)
+            .map(local_dataset)
+            .collect::<anyhow::Result<_>>()?,
+        residency: None,
+    };
+    if args.input_label.is_some() || args.store_output_as.is_some() {
+        anyhow::bail!("--input-label and --store-output-as apply to server runs (sha256:…)");
+    }
     let mut request = Request::new(body).with_content_type(args.content_type);
     request.metadata = args.meta;
 
@@ -107,7 +153,7 @@ pub fn run(args: RunArgs, echo_logs: bool, json: bool) -> anyhow::Result<ExitCod
         .enable_all()
         .build()
         .context("starting tokio")?;
-    let report = rt.block_on(runtime.run(&module, &policy, request))?;
+    let report = rt.block_on(runtime.run_with(&module, &policy, request, &options))?;
 
     let mut out = std::io::stdout().lock();
     if json {

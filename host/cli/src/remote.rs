@@ -387,6 +387,9 @@ pub async fn run(ctx: &Ctx, args: RunArgs) -> anyhow::Result<ExitCode> {
             content_type: Some(args.content_type.clone()),
             metadata: args.meta.iter().cloned().collect(),
             wait: !args.no_wait,
+            datasets: args.datasets.clone(),
+            input_label: args.input_label.clone(),
+            store_output_as: args.store_output_as.clone(),
         })
         .await?;
     show_run(ctx, &record)
@@ -400,6 +403,29 @@ fn show_run(ctx: &Ctx, r: &RunRecord) -> anyhow::Result<ExitCode> {
         }
         eprintln!("run      {} ({})", r.id, r.status.as_str());
         eprintln!("module   {}  policy v{}", r.module, r.policy_version);
+        if let Some(zone) = &r.zone {
+            eprintln!(
+                "placed   zone {zone}{}  output label {{{}}}",
+                r.adapter
+                    .as_ref()
+                    .map_or(String::new(), |a| format!(", GPU adapter {a}")),
+                r.output_label.join(", ")
+            );
+        }
+        for d in &r.datasets {
+            eprintln!(
+                "dataset  {} {} {{{}}}",
+                d.name,
+                d.digest,
+                d.label.join(", ")
+            );
+        }
+        if let Some(d) = &r.output_dataset {
+            eprintln!("stored   output as dataset {d}");
+        }
+        for d in &r.denials {
+            eprintln!("denied   {}: {}", d.capability, d.detail);
+        }
         match (&r.outcome, &r.output) {
             // The record keeps the body out of the outcome; the size is in `output`.
             (Some(o), Some(out)) if o.is_ok() => {
@@ -478,6 +504,70 @@ pub async fn runs(ctx: &Ctx, c: RunsCmd) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         RunsCmd::Receipt { id, output } => save_receipt(&client.run_receipt(&id).await?, output),
+    }
+}
+
+#[derive(Subcommand)]
+pub enum DatasetCmd {
+    /// Upload a file as a dataset (streamed, hashed) with a residency label.
+    Create {
+        file: PathBuf,
+        /// `[a-z0-9][a-z0-9._-]{0,63}`: the guest sees `/datasets/<name>`.
+        #[arg(long)]
+        name: String,
+        /// Residency label, comma-separated zones (default: the tenant's zones).
+        #[arg(long, value_delimiter = ',')]
+        zones: Option<Vec<String>>,
+    },
+    List {
+        /// Admins and auditors: one tenant's.
+        #[arg(long)]
+        tenant: Option<String>,
+    },
+    Show {
+        id: String,
+    },
+}
+
+pub async fn dataset(ctx: &Ctx, c: DatasetCmd) -> anyhow::Result<ExitCode> {
+    let client = ctx.client()?;
+    let show = |d: &DatasetRecord| {
+        println!(
+            "dataset {} {} {} bytes {} label {{{}}}",
+            d.id,
+            d.name,
+            d.size,
+            d.digest,
+            d.label.join(", ")
+        )
+    };
+    match c {
+        DatasetCmd::Create { file, name, zones } => {
+            let d = client
+                .create_dataset(&file, &name, zones.as_deref(), |_, _| {})
+                .await?;
+            ctx.print(&d, show)
+        }
+        DatasetCmd::Show { id } => ctx.print(&client.dataset(&id).await?, show),
+        DatasetCmd::List { tenant } => {
+            let ds = client.datasets(tenant.as_deref()).await?;
+            ctx.print(&ds, |ds| {
+                table(
+                    &["ID", "NAME", "SIZE", "LABEL", "DIGEST"],
+                    ds.iter()
+                        .map(|d| {
+                            vec![
+                                d.id.clone(),
+                                d.name.clone(),
+                                d.size.to_string(),
+                                d.label.join(","),
+                                d.digest.to_string(),
+                            ]
+                        })
+                        .collect(),
+                )
+            })
+        }
     }
 }
 

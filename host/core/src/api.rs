@@ -189,10 +189,73 @@ pub struct CreateRun {
     /// wait; 202 with the run id if it takes longer). `false`: 202 at once.
     #[serde(default = "yes")]
     pub wait: bool,
+    /// Datasets of the caller's tenant to mount read-only, by name or by
+    /// digest (`sha256:…`). The guest sees each as the file
+    /// `/datasets/<dataset-name>`. The run is placed only in a zone every
+    /// dataset's label allows.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub datasets: Vec<String>,
+    /// Residency label of the input: the zones it may be processed in.
+    /// Default: the tenant's zones.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub input_label: Option<Vec<String>>,
+    /// Store the output (when the run succeeds) as a new dataset of this
+    /// name, labelled with the run's output label.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub store_output_as: Option<String>,
+}
+
+impl Default for CreateRun {
+    fn default() -> Self {
+        CreateRun {
+            module: String::new(),
+            input: None,
+            input_base64: None,
+            content_type: None,
+            metadata: BTreeMap::new(),
+            wait: true,
+            datasets: Vec::new(),
+            input_label: None,
+            store_output_as: None,
+        }
+    }
 }
 
 fn yes() -> bool {
     true
+}
+
+/// A tenant's dataset: immutable bytes (content-addressed) with a name and
+/// a residency label.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(ToSchema))]
+pub struct DatasetRecord {
+    /// `ds_…`
+    pub id: String,
+    pub tenant_id: String,
+    /// `[a-z0-9][a-z0-9._-]{0,63}`, unique per tenant; the file name the
+    /// guest sees under `/datasets/`.
+    pub name: String,
+    #[cfg_attr(feature = "openapi", schema(value_type = String))]
+    pub digest: Digest,
+    pub size: u64,
+    /// Residency label: the zones this dataset may be processed in.
+    pub label: Vec<String>,
+    /// The run whose output this dataset is, if it is one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source_run: Option<String>,
+    pub created_at: i64,
+}
+
+/// A dataset a run mounted.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(ToSchema))]
+pub struct RunDataset {
+    pub id: String,
+    pub name: String,
+    #[cfg_attr(feature = "openapi", schema(value_type = String))]
+    pub digest: Digest,
+    pub label: Vec<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -267,6 +330,25 @@ pub struct RunRecord {
     pub logs: Option<Logs>,
     #[cfg_attr(feature = "openapi", schema(value_type = Vec<Object>))]
     pub denials: Vec<Denial>,
+    /// Zone the run was placed in.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub zone: Option<String>,
+    /// GPU adapter entry the run was bound to (runs of modules that use the GPU).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub adapter: Option<String>,
+    /// Datasets mounted into the run.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub datasets: Vec<RunDataset>,
+    /// Residency label of the input.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub input_label: Vec<String>,
+    /// Residency label of the output: tenant zones ∩ input label ∩ every
+    /// dataset label. Egress (network, writable storage) is limited to it.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub output_label: Vec<String>,
+    /// The dataset the output was stored as (`store_output_as`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub output_dataset: Option<String>,
     pub created_at: i64,
     pub started_at: Option<i64>,
     pub finished_at: Option<i64>,

@@ -250,6 +250,41 @@ impl GpuRegistry {
     }
 }
 
+impl GpuRegistry {
+    /// Bind a run to the adapter entry `label` that a placement step chose.
+    /// Still checked here: the grant must exist and allow the entry's zone
+    /// (else `denied`), and the entry must be usable (else `unavailable`).
+    pub fn bind_entry(
+        &self,
+        label: &str,
+        grant: Option<&GpuGrant>,
+        deadline: Option<Instant>,
+    ) -> GpuCtx {
+        let Some(grant) = grant else {
+            return GpuCtx::refused(GpuError::Denied(
+                "this tenant's policy grants no GPU (no [gpu] section)".into(),
+            ));
+        };
+        let Some(entry) = self.entries.iter().find(|e| e.label == label) else {
+            return GpuCtx::refused(GpuError::Unavailable(format!(
+                "this host has no GPU adapter entry {label:?}"
+            )));
+        };
+        if !grant.zones.contains(&entry.zone) {
+            return GpuCtx::refused(GpuError::Denied(format!(
+                "GPU adapter {label} is in zone {}, which the policy does not allow",
+                entry.zone
+            )));
+        }
+        if let Err(why) = &entry.adapter {
+            return GpuCtx::refused(GpuError::Unavailable(format!("{label}: {why}")));
+        }
+        entry.active.fetch_add(1, Ordering::Relaxed);
+        entry.stats.runs_bound.fetch_add(1, Ordering::Relaxed);
+        GpuCtx::bound(Arc::clone(entry), grant.clone(), deadline)
+    }
+}
+
 fn resolve(c: &AdapterConfig, adapters: &[wgpu::Adapter], max_idle: usize) -> Entry {
     let found = adapters.iter().find(|a| {
         let info = a.get_info();

@@ -7,6 +7,9 @@
 //! validate it. The sandbox (`kasbah-runtime`) turns it into a WASI context.
 //!
 //! ```toml
+//! zones = ["eu-paris-1"]       # residency: where this tenant's data may be processed
+//! datasets = true              # runs may mount the tenant's datasets read-only at /datasets
+//!
 //! [[files]]
 //! host = "/srv/tenant-a/data"
 //! guest = "/data"
@@ -25,7 +28,7 @@
 //! fuel = 5000000000
 //!
 //! [gpu]                        # absent = no GPU: every kasbah:gpu call is `denied`
-//! zones = ["eu-paris-1"]       # the run is bound to an adapter in one of these
+//! zones = ["eu-paris-1"]       # adapters in these zones (default: the policy's `zones`)
 //! max_buffer_bytes = 67108864  # each limit below has a default; see `GpuGrant`
 //! max_total_bytes = 268435456
 //! max_dispatches = 10000
@@ -44,6 +47,16 @@ use std::str::FromStr;
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Policy {
+    /// Residency zones where this tenant's data may be processed (placement
+    /// picks one of them; every dataset label and the output label are
+    /// within them). Empty: every zone the node serves.
+    #[serde(default, skip_serializing_if = "BTreeSet::is_empty")]
+    pub zones: BTreeSet<String>,
+    /// Runs may mount the tenant's datasets read-only under `/datasets`
+    /// (which is what grants a module the `wasi:filesystem` import when the
+    /// policy has no `files`).
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub datasets: bool,
     /// Host directories preopened into the guest.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub files: Vec<DirGrant>,
@@ -58,6 +71,25 @@ pub struct Policy {
     /// GPU compute (`kasbah:gpu`). `None`: no GPU, every call is denied.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub gpu: Option<GpuGrant>,
+}
+
+fn is_false(b: &bool) -> bool {
+    !*b
+}
+
+/// Guest path under which a run's datasets are mounted (read-only), each as
+/// the file `/datasets/<dataset-name>`. Reserved: no `files` grant may use it.
+pub const DATASETS_GUEST_PATH: &str = "/datasets";
+
+/// A dataset name: `[a-z0-9][a-z0-9._-]{0,63}` (it becomes a file name in
+/// the guest, so no `/`, no leading `.`).
+pub fn is_dataset_name(n: &str) -> bool {
+    let b = n.as_bytes();
+    !b.is_empty()
+        && b.len() <= 64
+        && (b[0].is_ascii_lowercase() || b[0].is_ascii_digit())
+        && b.iter()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || b"._-".contains(c))
 }
 
 /// One preopened directory.
@@ -330,7 +362,8 @@ impl Limits {
 #[serde(deny_unknown_fields, default)]
 pub struct GpuGrant {
     /// Residency zones whose adapters this tenant's runs may be bound to.
-    /// Must not be empty.
+    /// Empty: the policy's top-level `zones` (one of the two must be set),
+    /// otherwise a subset of them.
     pub zones: BTreeSet<String>,
     /// Largest single buffer, in bytes.
     pub max_buffer_bytes: u64,
@@ -382,9 +415,20 @@ impl GpuGrant {
         }
     }
 
-    fn problems(&self, out: &mut Vec<String>) {
-        if self.zones.is_empty() {
-            out.push("gpu.zones must name at least one zone (omit [gpu] for no GPU)".into());
+    fn problems(&self, tenant_zones: &BTreeSet<String>, out: &mut Vec<String>) {
+        if self.zones.is_empty() && tenant_zones.is_empty() {
+            out.push(
+                "gpu.zones must name at least one zone (or set the policy's `zones`; omit [gpu] for no GPU)"
+                    .into(),
+            );
+        }
+        if !tenant_zones.is_empty() {
+            for z in self.zones.difference(tenant_zones) {
+                out.push(format!(
+                    "gpu.zones: {z:?} is not one of the policy's zones ({})",
+                    tenant_zones.iter().cloned().collect::<Vec<_>>().join(", ")
+                ));
+            }
         }
         for z in &self.zones {
             if !is_zone_name(z) {
@@ -497,6 +541,13 @@ impl Policy {
             if d.guest.split('/').any(|c| c == ".." || c == ".") {
                 problems.push(format!("files[{i}].guest must not contain '.' or '..'"));
             }
+            let g = d.guest.trim_end_matches('/');
+            if g == DATASETS_GUEST_PATH || g.starts_with(&format!("{DATASETS_GUEST_PATH}/")) {
+                problems.push(format!(
+                    "files[{i}].guest {:?} is reserved for dataset mounts ({DATASETS_GUEST_PATH})",
+                    d.guest
+                ));
+            }
             if !guests.insert(d.guest.trim_end_matches('/')) {
                 problems.push(format!("files[{i}].guest {:?} is mounted twice", d.guest));
             }
@@ -531,13 +582,44 @@ impl Policy {
         for (name, v, c) in l.exceeding(&Limits::hard_ceiling()) {
             problems.push(format!("{name} = {v} exceeds the hard ceiling {c}"));
         }
+        for z in &self.zones {
+            if !is_zone_name(z) {
+                problems.push(format!(
+                    "zones: {z:?} is not a zone name (lowercase letters, digits and '-')"
+                ));
+            }
+        }
         if let Some(gpu) = &self.gpu {
-            gpu.problems(&mut problems);
+            gpu.problems(&self.zones, &mut problems);
         }
         if problems.is_empty() {
             Ok(())
         } else {
             Err(PolicyError { problems })
+        }
+    }
+}
+
+impl Policy {
+    /// The GPU grant with its zones resolved: `gpu.zones`, or the policy's
+    /// `zones` when `gpu.zones` is empty. `None` without a `[gpu]` section.
+    pub fn gpu_grant(&self) -> Option<GpuGrant> {
+        self.gpu.as_ref().map(|g| {
+            let mut g = g.clone();
+            if g.zones.is_empty() {
+                g.zones = self.zones.clone();
+            }
+            g
+        })
+    }
+
+    /// The zones this tenant's data may be processed in, given the zones the
+    /// node serves (`zones`, or all of `node` when the policy sets none).
+    pub fn allowed_zones(&self, node: &[String]) -> BTreeSet<String> {
+        if self.zones.is_empty() {
+            node.iter().cloned().collect()
+        } else {
+            self.zones.clone()
         }
     }
 }
@@ -567,8 +649,8 @@ impl Policy {
             let refusal = match pkg {
                 "wasi:io" | "wasi:clocks" | "wasi:random" | "wasi:cli" => None,
                 "kasbah:pipeline" => None,
-                "wasi:filesystem" if !self.files.is_empty() => None,
-                "wasi:filesystem" => Some("the policy grants no files"),
+                "wasi:filesystem" if !self.files.is_empty() || self.datasets => None,
+                "wasi:filesystem" => Some("the policy grants no files and no datasets"),
                 "wasi:sockets" if !self.network.is_empty() => None,
                 "wasi:sockets" => Some("the policy grants no network access"),
                 "kasbah:gpu" if self.gpu.is_some() => None,
@@ -736,6 +818,55 @@ mod tests {
         )
         .expect_err("invalid");
         assert_eq!(e.problems.len(), 3, "{e}");
+    }
+
+    #[test]
+    fn residency_zones_validate_and_derive_the_gpu_zones() {
+        let p = Policy::from_toml("zones = [\"zone-a\", \"zone-b\"]\ndatasets = true\n[gpu]\n")
+            .expect("gpu zones derived from the policy's zones");
+        assert_eq!(
+            p.gpu_grant().expect("gpu").zones,
+            ["zone-a".to_string(), "zone-b".to_string()].into()
+        );
+        assert!(
+            p.refused_imports(["wasi:filesystem/types@0.2.6"])
+                .is_empty()
+        );
+        let p = Policy::from_toml("zones = [\"zone-a\", \"zone-b\"]\n[gpu]\nzones = [\"zone-b\"]")
+            .expect("gpu zones within the policy's zones");
+        assert_eq!(
+            p.gpu_grant().expect("gpu").zones,
+            ["zone-b".to_string()].into()
+        );
+        let node = vec!["zone-a".to_string(), "zone-c".to_string()];
+        assert_eq!(p.allowed_zones(&node).len(), 2);
+        assert_eq!(
+            Policy::default().allowed_zones(&node),
+            node.iter().cloned().collect()
+        );
+        let e = Policy::from_toml("zones = [\"zone-a\", \"Bad\"]\n[gpu]\nzones = [\"zone-c\"]")
+            .expect_err("invalid");
+        assert_eq!(e.problems.len(), 2, "{e}");
+        let e = Policy::from_toml("[[files]]\nhost = \"/x\"\nguest = \"/datasets/x\"")
+            .expect_err("reserved guest path");
+        assert!(e.to_string().contains("reserved"), "{e}");
+        // Unchanged serialization for policies without the new fields (the
+        // policy digest is over this JSON).
+        assert_eq!(
+            serde_json::to_string(&Policy::default()).expect("json"),
+            r#"{"limits":{"memory_bytes":67108864,"wall_time_ms":10000,"fuel":null,"max_input_bytes":16777216,"max_output_bytes":1048576,"max_stdio_bytes":65536,"max_log_bytes":65536,"max_table_elements":100000,"max_module_bytes":67108864,"max_concurrent_runs":4}}"#
+        );
+    }
+
+    #[test]
+    fn dataset_names_are_file_names() {
+        for ok in ["weights", "minilm-l6.safetensors", "0", "a_b.c-d"] {
+            assert!(is_dataset_name(ok), "{ok}");
+        }
+        let long = "a".repeat(65);
+        for bad in ["", ".hidden", "-x", "A", "a/b", "..", "a b", long.as_str()] {
+            assert!(!is_dataset_name(bad), "{bad}");
+        }
     }
 
     #[test]

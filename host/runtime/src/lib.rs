@@ -13,15 +13,25 @@
 //!
 //! GPU: [`RuntimeConfig::gpu`] lists the node's adapter entries; the runtime
 //! resolves them once ([`kasbah_gpu::GpuRegistry`]) and binds each run whose
-//! policy has a `[gpu]` section to an entry in one of its zones. To pin a run
-//! to the zone a scheduler placed it in, pass a policy whose `gpu.zones` is
-//! that one zone. GPU usage joins the run's [`Usage`].
+//! policy has a `[gpu]` section to an entry in one of its zones. GPU usage
+//! joins the run's [`Usage`].
+//!
+//! Residency and datasets: [`Runtime::run_with`] takes [`RunOptions`] that
+//! do not come from the tenant's policy: the datasets to mount read-only at
+//! `/datasets/<name>` ([`DatasetMount`]) and the run's [`Residency`] (label,
+//! placed zone, bound GPU adapter), enforced at every egress against the
+//! host's [`ZonesConfig`] (see `residency.rs`).
 
+pub mod datasets;
 mod limits;
 pub mod log;
 pub mod net;
+pub mod residency;
 mod stdio;
 mod wasi;
+
+pub use datasets::{DatasetMount, MountError};
+pub use residency::{NetZone, Residency, StorageZone, ZonesConfig};
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -60,6 +70,9 @@ pub mod bindings {
 
 use bindings::kasbah::pipeline::types as wit;
 
+/// Dataset directories kept for reuse (see `datasets.rs`).
+const MOUNT_CACHE_ENTRIES: usize = 64;
+
 /// The fully-qualified name of the interface every pipeline exports.
 pub const HANDLER_EXPORT: &str = "kasbah:pipeline/handler@0.1.0";
 
@@ -85,6 +98,13 @@ pub struct RuntimeConfig {
     /// GPU adapter entries of this node (none by default: GPU calls then
     /// answer `unavailable`, or `denied` without a `[gpu]` policy).
     pub gpu: kasbah_gpu::GpuConfig,
+    /// Zones of network destinations and storage (enforced for runs with a
+    /// [`Residency`]). `node` should hold the node's resolved zones: the
+    /// first one is the zone of storage no entry names.
+    pub zones: ZonesConfig,
+    /// Where per-run dataset directories are made (hard links need the same
+    /// file system as the dataset files). Default: the system temp dir.
+    pub scratch_dir: Option<std::path::PathBuf>,
 }
 
 impl Default for RuntimeConfig {
@@ -99,8 +119,20 @@ impl Default for RuntimeConfig {
             echo_guest_logs: false,
             dns_timeout: Duration::from_secs(2),
             gpu: kasbah_gpu::GpuConfig::default(),
+            zones: ZonesConfig::default(),
+            scratch_dir: None,
         }
     }
+}
+
+/// Per-run inputs decided by the platform rather than the tenant's policy.
+#[derive(Debug, Clone, Default)]
+pub struct RunOptions {
+    /// Mounted read-only, each as the file `/datasets/<name>`.
+    pub datasets: Vec<DatasetMount>,
+    /// Placement and label; `None` (local runs): no residency enforcement,
+    /// GPU bound by the policy's zones.
+    pub residency: Option<Residency>,
 }
 
 /// The request handed to a pipeline.
@@ -206,6 +238,7 @@ struct Inner {
     modules: Mutex<HashMap<Digest, Arc<Module>>>,
     stop_ticker: Arc<AtomicBool>,
     gpu: kasbah_gpu::GpuRegistry,
+    mounts: datasets::MountCache,
 }
 
 impl Drop for Inner {
@@ -272,6 +305,7 @@ impl Runtime {
                 modules: Mutex::default(),
                 stop_ticker,
                 gpu,
+                mounts: datasets::MountCache::new(MOUNT_CACHE_ENTRIES),
             }),
         })
     }
@@ -363,8 +397,22 @@ impl Runtime {
         policy: &Policy,
         request: Request,
     ) -> Result<RunReport, RunError> {
+        self.run_with(module, policy, request, &RunOptions::default())
+            .await
+    }
+
+    /// [`Self::run`] with datasets and a residency (see [`RunOptions`]).
+    pub async fn run_with(
+        &self,
+        module: &Module,
+        policy: &Policy,
+        request: Request,
+        options: &RunOptions,
+    ) -> Result<RunReport, RunError> {
         let started = Instant::now();
         let limits = &policy.limits;
+        let wall = Duration::from_millis(limits.wall_time_ms);
+        let deadline = started + wall;
         let denied = |reason: String| RunReport {
             module: module.digest,
             outcome: Outcome::Denied { reason },
@@ -401,19 +449,54 @@ impl Runtime {
             ));
         }
 
-        let denials = net::Denials::default();
-        let allowlist = if policy.network.is_empty() {
-            net::Allowlist::default()
+        let mounted = if options.datasets.is_empty() {
+            None
         } else {
-            net::Allowlist::resolve(&policy.network, self.inner.config.dns_timeout).await
+            let scratch = self
+                .inner
+                .config
+                .scratch_dir
+                .clone()
+                .unwrap_or_else(std::env::temp_dir);
+            // A few metadata operations on a miss (mkdir, link, chmod), a
+            // stat per dataset on a hit: inline, like the policy's preopens.
+            match self.inner.mounts.get(&scratch, &options.datasets) {
+                Ok(m) => Some(m),
+                Err(e) => return Ok(denied(format!("datasets: {e}"))),
+            }
         };
-        let mut parts = match wasi::build(policy, allowlist, denials.clone()) {
+
+        let denials = net::Denials::default();
+        let zones = &self.inner.config.zones;
+        let dns = self.inner.config.dns_timeout;
+        let allowlist = match (&options.residency, policy.network.is_empty()) {
+            (_, true) => net::Allowlist::default(),
+            (None, false) => net::Allowlist::resolve(&policy.network, dns).await,
+            (Some(r), false) => net::Allowlist::resolve_zoned(&policy.network, dns, zones, r).await,
+        };
+        let mounts = wasi::RunMounts {
+            residency: options.residency.as_ref().map(|r| (zones, r)),
+            datasets: mounted.as_ref().map(|m| m.path()),
+        };
+        let mut parts = match wasi::build(policy, allowlist, denials.clone(), mounts) {
             Ok(p) => p,
             Err(e) => return Ok(denied(e.to_string())),
         };
+        let gpu_grant = policy.gpu_grant();
+        let gpu = match &options.residency {
+            None => self.inner.gpu.bind(gpu_grant.as_ref(), Some(deadline)),
+            Some(r) => match &r.adapter {
+                Some(label) => self
+                    .inner
+                    .gpu
+                    .bind_entry(label, gpu_grant.as_ref(), Some(deadline)),
+                None => kasbah_gpu::GpuCtx::denied(format!(
+                    "this run was placed in zone {} without a GPU adapter",
+                    r.zone
+                )),
+            },
+        };
 
-        let wall = Duration::from_millis(limits.wall_time_ms);
-        let deadline = started + wall;
         let mut store = Store::new(
             &self.inner.engine,
             RunState {
@@ -421,7 +504,7 @@ impl Runtime {
                 table: ResourceTable::new(),
                 limiter: limits::Limiter::new(limits.memory_bytes, limits.max_table_elements),
                 log: log::LogCtx::new(limits.max_log_bytes, self.inner.config.echo_guest_logs),
-                gpu: self.inner.gpu.bind(policy.gpu.as_ref(), Some(deadline)),
+                gpu,
             },
         );
         store.limiter(|s| &mut s.limiter);
@@ -508,6 +591,7 @@ impl Runtime {
             }
         };
         drop(store);
+        drop(mounted);
         Ok(RunReport {
             module: module.digest,
             outcome,

@@ -11,7 +11,7 @@
 
 use kasbah_core::Denial;
 use kasbah_policy::{NetHost, NetworkGrant};
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
@@ -39,6 +39,10 @@ pub(crate) fn record(denials: &Denials, capability: &str, detail: String) {
 #[derive(Debug, Default, Clone)]
 pub struct Allowlist {
     addrs: HashSet<SocketAddr>,
+    /// Allowlisted addresses the run's residency label keeps it from
+    /// reaching, with the reason (their zone is outside the label, or they
+    /// are in no configured zone). Refused like any other address.
+    out_of_zone: HashMap<SocketAddr, String>,
     has_names: bool,
     /// Names that did not resolve (reported, not fatal: the run goes on
     /// without them).
@@ -68,8 +72,62 @@ impl Allowlist {
         out
     }
 
+    /// Resolve the grant, then keep only the addresses that the host
+    /// configuration puts in a zone of `residency.label`; the others are
+    /// refused with a `residency_violation` denial when the guest tries them.
+    pub async fn resolve_zoned(
+        grant: &NetworkGrant,
+        timeout: Duration,
+        zones: &crate::residency::ZonesConfig,
+        residency: &crate::residency::Residency,
+    ) -> Self {
+        let mut list = Self::resolve(grant, timeout).await;
+        let zoned = zones.resolve_network(timeout).await;
+        let label = residency.describe_label();
+        let mut kept = HashSet::new();
+        for addr in list.addrs.drain() {
+            let in_zones = zoned
+                .get(&addr)
+                .or_else(|| zoned.get(&SocketAddr::new(canonical(addr.ip()), addr.port())));
+            match in_zones {
+                Some(z) if z.iter().any(|z| residency.label.contains(z)) => {
+                    kept.insert(addr);
+                }
+                Some(z) => {
+                    list.out_of_zone.insert(
+                        addr,
+                        format!(
+                            "is in zone {}, outside the run's residency label {label}",
+                            crate::residency::describe(z)
+                        ),
+                    );
+                }
+                None => {
+                    list.out_of_zone.insert(
+                        addr,
+                        format!(
+                            "is in no configured zone; labelled data ({label}) may not reach it"
+                        ),
+                    );
+                }
+            }
+        }
+        list.addrs = kept;
+        list
+    }
+
     pub fn is_empty(&self) -> bool {
         self.addrs.is_empty()
+    }
+
+    fn zone_refusal(&self, addr: SocketAddr) -> Option<&str> {
+        self.out_of_zone
+            .get(&addr)
+            .or_else(|| {
+                self.out_of_zone
+                    .get(&SocketAddr::new(canonical(addr.ip()), addr.port()))
+            })
+            .map(String::as_str)
     }
 
     fn allows(&self, addr: SocketAddr) -> bool {
@@ -82,7 +140,9 @@ impl Allowlist {
     /// Configure a WASI context: TCP/UDP only when something is allowed, and
     /// every address checked against the list.
     pub(crate) fn apply(self, builder: &mut WasiCtxBuilder, denials: Denials) {
-        let any = !self.addrs.is_empty();
+        // Sockets stay enabled when only out-of-zone destinations are left,
+        // so the guest's attempt reaches the check and is recorded.
+        let any = !self.addrs.is_empty() || !self.out_of_zone.is_empty();
         builder.allow_tcp(any);
         builder.allow_udp(any);
         builder.allow_ip_name_lookup(any && self.has_names);
@@ -98,11 +158,11 @@ impl Allowlist {
                 SocketAddrUse::TcpListen | SocketAddrUse::TcpAccept => false,
             };
             if !ok {
-                record(
-                    &denials,
-                    "network",
-                    format!("{use_:?} {addr} is not in the policy's allowlist"),
-                );
+                let detail = match list.zone_refusal(addr) {
+                    Some(why) => format!("residency_violation: {use_:?} {addr} {why}"),
+                    None => format!("{use_:?} {addr} is not in the policy's allowlist"),
+                };
+                record(&denials, "network", detail);
             }
             Box::pin(async move { ok }) as Pin<Box<dyn Future<Output = bool> + Send + Sync>>
         });
@@ -132,6 +192,51 @@ mod tests {
         assert!(!l.allows("127.0.0.1:8081".parse().expect("addr")));
         assert!(!l.allows("127.0.0.2:8080".parse().expect("addr")));
         assert!(!l.has_names);
+    }
+
+    #[tokio::test]
+    async fn destinations_outside_the_label_or_in_no_zone_are_refused() {
+        use crate::residency::{NetZone, Residency, ZonesConfig};
+        let grant = NetworkGrant {
+            allow: vec![
+                "127.0.0.1:1001".parse().expect("target"),
+                "127.0.0.1:1002".parse().expect("target"),
+                "127.0.0.1:1003".parse().expect("target"),
+            ],
+        };
+        let zones = ZonesConfig {
+            node: vec!["zone-a".into(), "zone-b".into()],
+            network: vec![
+                NetZone {
+                    destination: "127.0.0.1:1001".parse().expect("target"),
+                    zone: "zone-a".into(),
+                },
+                NetZone {
+                    destination: "127.0.0.1:1002".parse().expect("target"),
+                    zone: "zone-b".into(),
+                },
+            ],
+            storage: Vec::new(),
+        };
+        let residency = Residency {
+            label: ["zone-a".to_string()].into(),
+            zone: "zone-a".into(),
+            adapter: None,
+        };
+        let l = Allowlist::resolve_zoned(&grant, Duration::from_secs(1), &zones, &residency).await;
+        let a = "127.0.0.1:1001".parse().expect("addr");
+        let b = "127.0.0.1:1002".parse().expect("addr");
+        let none = "[::ffff:127.0.0.1]:1003".parse().expect("addr");
+        assert!(l.allows(a));
+        assert!(!l.allows(b));
+        assert!(!l.allows(none));
+        assert!(l.zone_refusal(b).expect("zone b").contains("zone-b"));
+        assert!(
+            l.zone_refusal(none)
+                .expect("no zone")
+                .contains("no configured zone")
+        );
+        assert_eq!(l.zone_refusal(a), None);
     }
 
     #[tokio::test]

@@ -2,10 +2,11 @@
 //! no inherited stdio, env, args, network or filesystem. Each grant maps to
 //! one builder call here, so this file is the whole WASI attack surface.
 
-use kasbah_policy::{DirMode, Policy};
+use kasbah_policy::{DATASETS_GUEST_PATH, DirMode, Policy};
 use wasmtime_wasi::{FsPerms, WasiCtxBuilder};
 
 use crate::net::{Allowlist, Denials};
+use crate::residency::{Residency, ZonesConfig};
 use crate::stdio::BoundedPipe;
 
 pub(crate) struct WasiParts {
@@ -25,10 +26,18 @@ pub enum ApplyError {
     },
 }
 
+/// Per-run inputs that do not come from the policy: where the run's data may
+/// be written (its residency) and its dataset directory.
+pub(crate) struct RunMounts<'a> {
+    pub residency: Option<(&'a ZonesConfig, &'a Residency)>,
+    pub datasets: Option<&'a std::path::Path>,
+}
+
 pub(crate) fn build(
     policy: &Policy,
     allowlist: Allowlist,
     denials: Denials,
+    mounts: RunMounts<'_>,
 ) -> Result<WasiParts, ApplyError> {
     let mut b = WasiCtxBuilder::new();
     // stdin stays closed (the default); the request body is the input.
@@ -52,14 +61,42 @@ pub(crate) fn build(
     }
 
     for d in &policy.files {
-        let perms = match d.mode {
+        let mut perms = match d.mode {
             DirMode::Ro => FsPerms::ReadOnly,
             DirMode::Rw => FsPerms::ReadWrite,
         };
+        // Residency: labelled data may be written only to storage in a zone
+        // of the run's label; elsewhere the grant is mounted read-only.
+        if let (DirMode::Rw, Some((zones, residency))) = (d.mode, mounts.residency) {
+            let zone = zones.storage_zone(&d.host);
+            if !zone.is_some_and(|z| residency.label.contains(z)) {
+                perms = FsPerms::ReadOnly;
+                crate::net::record(
+                    &denials,
+                    "files",
+                    format!(
+                        "residency_violation: {} ({}) is on storage {}, outside the run's residency label {}: mounted read-only",
+                        d.guest,
+                        d.host.display(),
+                        zone.map_or("in no zone".to_string(), |z| format!("in zone {z}")),
+                        residency.describe_label()
+                    ),
+                );
+            }
+        }
         b.preopened_dir(&d.host, &d.guest, perms)
             .map_err(|e| ApplyError::Preopen {
                 host: d.host.clone(),
                 guest: d.guest.clone(),
+                reason: format!("{e:#}"),
+            })?;
+    }
+
+    if let Some(dir) = mounts.datasets {
+        b.preopened_dir(dir, DATASETS_GUEST_PATH, FsPerms::ReadOnly)
+            .map_err(|e| ApplyError::Preopen {
+                host: dir.to_path_buf(),
+                guest: DATASETS_GUEST_PATH.to_string(),
                 reason: format!("{e:#}"),
             })?;
     }

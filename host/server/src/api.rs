@@ -18,7 +18,7 @@ use kasbah_runtime::{LoadError, Request};
 use serde::Deserialize;
 
 use crate::AppState;
-use crate::db::{Caller, Finished, INLINE_OUTPUT_MAX, Period, now_ms};
+use crate::db::{Caller, Finished, INLINE_OUTPUT_MAX, NewRun, Period, now_ms};
 use crate::error::{ApiError, ApiResult, ErrorBody};
 use crate::scheduler::{Admission, Refusal};
 
@@ -257,10 +257,10 @@ pub async fn create_auditor(
 // ---- modules --------------------------------------------------------------------
 
 /// How much of a refused upload is read and discarded before answering.
-const DRAIN_LIMIT: u64 = 64 << 20;
+pub(crate) const DRAIN_LIMIT: u64 = 64 << 20;
 
 /// Read and discard up to `limit` bytes of a request body.
-async fn drain(body: Body, limit: u64) {
+pub(crate) async fn drain(body: Body, limit: u64) {
     let mut stream = body.into_data_stream();
     let mut seen = 0u64;
     while let Some(Ok(chunk)) = stream.next().await {
@@ -500,7 +500,8 @@ pub async fn get_module(
 #[utoipa::path(post, path = "/v1/runs", request_body = CreateRun,
     responses((status = 200, body = RunRecord, description = "finished (wait = true)"),
         (status = 202, body = RunRecord, description = "accepted; poll GET /v1/runs/{id}"),
-        (status = 404, body = ErrorBody), (status = 413, body = ErrorBody), (status = 429, body = ErrorBody)))]
+        (status = 403, body = ErrorBody, description = "`residency_violation`: no zone satisfies the tenant's zones, the input label, every dataset label and (for GPU modules) a usable adapter"),
+        (status = 404, body = ErrorBody), (status = 409, body = ErrorBody), (status = 413, body = ErrorBody), (status = 429, body = ErrorBody)))]
 pub async fn create_run(
     State(s): State<AppState>,
     caller: Caller,
@@ -526,8 +527,9 @@ pub async fn create_run(
             ));
         }
     };
-    s.db.module(&tenant, &digest)?
-        .ok_or_else(|| ApiError::not_found("module"))?;
+    let module =
+        s.db.module_cached(&tenant, &digest)?
+            .ok_or_else(|| ApiError::not_found("module"))?;
     let policy = s.policy(&tenant)?;
     let limits = &policy.policy.limits;
     if input.len() as u64 > limits.max_input_bytes {
@@ -540,6 +542,17 @@ pub async fn create_run(
             ),
         ));
     }
+    // Residency: refused (403, audited) before anything is admitted or run.
+    let placed = crate::placement::place_run(
+        &s,
+        &tenant,
+        &policy.policy,
+        &module,
+        &req.datasets,
+        req.input_label.as_deref(),
+        req.store_output_as.as_deref(),
+    )
+    .await?;
     let admission = match s.scheduler.admit(&tenant, limits.max_concurrent_runs) {
         Ok(a) => a,
         Err(r) => {
@@ -576,17 +589,20 @@ pub async fn create_run(
         }
     };
 
-    let id = crate::db::new_run_id();
-    let input_digest = Digest::of(&input);
-    s.db.insert_run(
-        &id,
-        &tenant,
-        &digest,
-        policy.version,
-        &input_digest,
-        input.len() as u64,
-    )
-    .await?;
+    let run = NewRun {
+        id: crate::db::new_run_id(),
+        tenant_id: tenant,
+        module: digest,
+        policy_version: policy.version,
+        input_digest: Digest::of(&input),
+        input_size: input.len() as u64,
+        created_at: now_ms(),
+        residency: Some(placed.row.clone()),
+    };
+    // The insert is queued, not waited for: the run starts while it
+    // commits, and nobody hears of the run before it is durable (below).
+    // The result's commit, later in the same writer, implies it.
+    let inserted = s.db.insert_run(&run).await?;
     let mut request = Request::new(input);
     if let Some(ct) = req.content_type {
         request = request.with_content_type(ct);
@@ -600,54 +616,58 @@ pub async fn create_run(
     );
     let (tx, rx) = tokio::sync::oneshot::channel();
     let task_state = s.clone();
-    let run_id = id.clone();
     let policy_for_run = policy.clone();
+    let accepted = crate::db::queued_record(&run);
     s.metrics.runs_in_flight.inc();
     tokio::spawn(async move {
-        execute(
+        let record = execute(
             &task_state,
-            &run_id,
-            digest,
+            run,
             &policy_for_run.policy,
             request,
             admission,
+            placed,
         )
         .await;
         task_state.metrics.runs_in_flight.dec();
-        let _ = tx.send(());
+        let _ = tx.send(record);
     });
 
-    if req.wait && tokio::time::timeout(wait, rx).await.is_ok() {
-        let r =
-            s.db.run(&id)?
-                .ok_or_else(|| ApiError::internal("run record vanished"))?;
-        return Ok((StatusCode::OK, Json(r)));
+    if req.wait
+        && let Ok(done) = tokio::time::timeout(wait, rx).await
+    {
+        return match done {
+            Ok(Some(record)) => Ok((StatusCode::OK, Json(record))),
+            Ok(None) | Err(_) => Err(ApiError::internal("the run's result could not be stored")),
+        };
     }
-    let r =
-        s.db.run(&id)?
-            .ok_or_else(|| ApiError::internal("run record vanished"))?;
+    inserted.durable().await?;
+    let r = s.db.run(&accepted.id)?.unwrap_or(accepted);
     Ok((StatusCode::ACCEPTED, Json(r)))
 }
 
-/// Run one admitted request to completion and store its record. Never
-/// panics on guest behaviour; host faults end up in the record as outcomes.
+/// Run one admitted request to completion and store its record; returns
+/// the stored record (`None` if storing failed, logged). Never panics on
+/// guest behaviour; host faults end up in the record as outcomes.
 async fn execute(
     s: &AppState,
-    id: &str,
-    digest: Digest,
+    run: NewRun,
     policy: &Policy,
     request: Request,
     admission: Admission,
-) {
+    placed: crate::placement::Placed,
+) -> Option<RunRecord> {
     let _admission = admission;
-    let Some(_worker) = s.scheduler.worker().await else {
-        return;
-    };
-    if let Err(e) = s.db.mark_running(id).await {
-        tracing::error!(run = id, "mark running: {e}");
-    }
+    let _worker = s.scheduler.worker().await?;
+    let id = run.id.as_str();
+    let digest = run.module;
+    let started_at = s.db.mark_running(id);
     let report = match s.module(&digest).await {
-        Ok(module) => match s.runtime.run(&module, policy, request).await {
+        Ok(module) => match s
+            .runtime
+            .run_with(&module, policy, request, &placed.options)
+            .await
+        {
             Ok(r) => r,
             Err(e) => host_failure(digest, format!("host could not run the module: {e}")),
         },
@@ -656,6 +676,13 @@ async fn execute(
     let output = match &report.outcome {
         Outcome::Ok { output } => {
             let d = Digest::of(&output.body);
+            // An output stored as a dataset lives in the blob store.
+            if placed.stores_output() {
+                match s.blobs.put(&output.body) {
+                    Ok(_) => crate::datasets::seal_blob(s, &d),
+                    Err(e) => tracing::error!(run = id, "storing output as a dataset: {e}"),
+                }
+            }
             if output.body.len() <= INLINE_OUTPUT_MAX {
                 Some((
                     d,
@@ -689,8 +716,16 @@ async fn execute(
     s.metrics
         .run_seconds
         .observe(report.usage.wall_time.as_secs_f64());
-    if let Err(e) = s.db.finish_run(id, Finished { report, output }).await {
-        tracing::error!(run = id, "finish run: {e}");
+    match s
+        .db
+        .finish_run(&run, started_at, Finished { report, output })
+        .await
+    {
+        Ok((record, _)) => Some(record),
+        Err(e) => {
+            tracing::error!(run = id, "finish run: {e}");
+            None
+        }
     }
 }
 
@@ -713,7 +748,20 @@ pub async fn get_run(
     caller: Caller,
     Path(id): Path<String>,
 ) -> ApiResult<Json<RunRecord>> {
-    Ok(Json(visible_run(&s, &caller, &id)?))
+    let mut r = visible_run(&s, &caller, &id)?;
+    redact_output(&s, &caller, &mut r)?;
+    Ok(Json(r))
+}
+
+/// Output bytes (inline in the record) only for the callers who may
+/// download them; others see the digest and size.
+fn redact_output(s: &AppState, caller: &Caller, r: &mut RunRecord) -> ApiResult<()> {
+    if !caller.reads_outputs(s, &r.tenant_id)?
+        && let Some(out) = r.output.as_mut()
+    {
+        out.inline = None;
+    }
+    Ok(())
 }
 
 pub(crate) fn visible_run(s: &AppState, caller: &Caller, id: &str) -> ApiResult<RunRecord> {
@@ -725,13 +773,19 @@ pub(crate) fn visible_run(s: &AppState, caller: &Caller, id: &str) -> ApiResult<
     }
 }
 
-#[utoipa::path(get, path = "/v1/runs/{id}/output", responses((status = 200, content_type = "application/octet-stream"), (status = 404, body = ErrorBody)))]
+#[utoipa::path(get, path = "/v1/runs/{id}/output", responses((status = 200, content_type = "application/octet-stream"),
+    (status = 403, body = ErrorBody, description = "only the owning tenant and its auditors download outputs"), (status = 404, body = ErrorBody)))]
 pub async fn get_run_output(
     State(s): State<AppState>,
     caller: Caller,
     Path(id): Path<String>,
 ) -> ApiResult<Response> {
     let r = visible_run(&s, &caller, &id)?;
+    if !caller.reads_outputs(&s, &r.tenant_id)? {
+        return Err(ApiError::forbidden(
+            "run outputs are released only to the owning tenant and its auditors",
+        ));
+    }
     let out = r.output.ok_or_else(|| ApiError::not_found("output"))?;
     let bytes = match s.db.run_output_inline(&id)? {
         Some(b) => b,
@@ -771,6 +825,9 @@ pub async fn list_runs(
     }
     out.sort_by_key(|r| std::cmp::Reverse(r.created_at));
     out.truncate(limit as usize);
+    for r in &mut out {
+        redact_output(&s, &caller, r)?;
+    }
     Ok(Json(out))
 }
 

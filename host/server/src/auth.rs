@@ -67,6 +67,17 @@ impl Caller {
         })
     }
 
+    /// Who may download a tenant's run outputs (data under its residency
+    /// label): its developers and the auditors granted it. Admins read
+    /// records, not data.
+    pub fn reads_outputs(&self, state: &AppState, tenant_id: &str) -> ApiResult<bool> {
+        Ok(match self.role {
+            Role::Developer => self.subject == tenant_id,
+            Role::Auditor => state.db.auditor_can_read(&self.subject, tenant_id)?,
+            Role::Admin | Role::Operator => false,
+        })
+    }
+
     /// The tenant if the caller may see it at all, else 404.
     pub fn visible_tenant(&self, state: &AppState, tenant_id: &str) -> ApiResult<Tenant> {
         let t = state

@@ -31,6 +31,13 @@ pub struct ServerConfig {
     /// exposes whatever adapter the machine has (lavapipe on CI) as `gpu0`
     /// in zone `local`; with no adapter, GPU calls answer `unavailable`.
     pub gpu: kasbah_runtime::kasbah_gpu::GpuConfig,
+    /// Residency zones: the zones this node serves (`node`, in order of
+    /// preference for placement), and the zone of each network destination
+    /// (`[[zones.network]]`) and storage location (`[[zones.storage]]`).
+    /// See `kasbah_runtime::residency`.
+    pub zones: kasbah_runtime::ZonesConfig,
+    /// Largest dataset upload.
+    pub max_dataset_bytes: u64,
     /// The audit log's origin: the first line of its checkpoints and the
     /// name of its key. Fixed when the key is created on first start.
     pub audit_origin: String,
@@ -54,6 +61,8 @@ impl Default for ServerConfig {
                 )],
                 ..Default::default()
             },
+            zones: kasbah_runtime::ZonesConfig::default(),
+            max_dataset_bytes: 4 << 30,
             fsync_every_commit: true,
             audit_origin: "kasbah.local/log".into(),
             audit_page: 1000,
@@ -65,7 +74,67 @@ impl ServerConfig {
     pub fn load(path: &std::path::Path) -> anyhow::Result<Self> {
         let text = std::fs::read_to_string(path)
             .map_err(|e| anyhow::anyhow!("cannot read config {}: {e}", path.display()))?;
-        toml::from_str(&text)
-            .map_err(|e| anyhow::anyhow!("config {}: {}", path.display(), e.message()))
+        let config: Self = toml::from_str(&text)
+            .map_err(|e| anyhow::anyhow!("config {}: {}", path.display(), e.message()))?;
+        config
+            .check()
+            .map_err(|e| anyhow::anyhow!("config {}: {e}", path.display()))?;
+        Ok(config)
+    }
+
+    /// Zones of the GPU adapter entries, in configuration order.
+    fn gpu_zones(&self) -> impl Iterator<Item = &str> {
+        self.gpu.adapters.iter().map(|a| a.zone.as_str())
+    }
+
+    /// The zones this node serves, in order of preference (see
+    /// [`kasbah_runtime::ZonesConfig::node_zones`]).
+    pub fn node_zones(&self) -> Vec<String> {
+        self.zones.node_zones(self.gpu_zones())
+    }
+
+    /// Every problem with the residency configuration, as one error.
+    pub fn check(&self) -> anyhow::Result<()> {
+        let problems = self.zones.problems(self.gpu_zones());
+        anyhow::ensure!(problems.is_empty(), "{}", problems.join("; "));
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn zones_parse_and_are_checked() {
+        let c: ServerConfig = toml::from_str(
+            r#"
+            [zones]
+            node = ["zone-a", "zone-b"]
+            [[zones.network]]
+            destination = "127.0.0.1:4001"
+            zone = "zone-a"
+            [[zones.storage]]
+            path = "/srv/b"
+            zone = "zone-b"
+            [gpu]
+            adapters = [{ label = "a", zone = "zone-a" }, { label = "b", zone = "zone-b" }]
+            "#,
+        )
+        .expect("parses");
+        c.check().expect("valid");
+        assert_eq!(c.node_zones(), ["zone-a", "zone-b"]);
+        // The default config: the default adapter's zone.
+        assert_eq!(ServerConfig::default().node_zones(), ["local"]);
+        ServerConfig::default().check().expect("default is valid");
+        let bad: ServerConfig = toml::from_str(
+            "[zones]\nnode = [\"zone-a\"]\n[gpu]\nadapters = [{ label = \"b\", zone = \"zone-b\" }]",
+        )
+        .expect("parses");
+        assert!(
+            bad.check().is_err(),
+            "an adapter in a zone the node does not serve"
+        );
+        assert!(toml::from_str::<ServerConfig>("[zones]\nnodes = []").is_err());
     }
 }

@@ -6,6 +6,7 @@
 //! acknowledged only after its batch committed. Reads use a small pool of
 //! read-only connections (WAL readers never block the writer or each other).
 
+use std::collections::HashMap;
 use std::ops::Range;
 use std::path::Path;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -25,6 +26,7 @@ use rusqlite::{Connection, OptionalExtension, params};
 use tokio::sync::oneshot;
 
 use crate::audit::{self, Encoded};
+use crate::placement::{ResidencyColumns, RunResidency};
 use crate::writer::{Job, Staged, Writer, WriterStats};
 
 const SCHEMA: &str = r#"
@@ -145,6 +147,33 @@ pub struct Finished {
     pub output: Option<(Digest, u64, String, Option<Vec<u8>>)>,
 }
 
+/// A run as the API accepted it: what its record and its audit entry need
+/// besides the result. Kept in memory for the run's lifetime so finishing
+/// it needs no read of its row.
+#[derive(Debug, Clone)]
+pub struct NewRun {
+    pub id: String,
+    pub tenant_id: String,
+    pub module: Digest,
+    pub policy_version: u32,
+    pub input_digest: Digest,
+    pub input_size: u64,
+    pub created_at: i64,
+    /// Where placement put the run (written with its row, in the same
+    /// transaction, so an acknowledged run always has both).
+    pub residency: Option<RunResidency>,
+}
+
+/// A submitted write not yet known to be durable.
+pub struct Pending(oneshot::Receiver<DbResult<((), Range<u64>)>>);
+
+impl Pending {
+    /// Wait until the write's batch committed (or failed).
+    pub async fn durable(self) -> DbResult<()> {
+        self.0.await.map_err(|_| abandoned())?.map(|_| ())
+    }
+}
+
 /// Why a database operation failed.
 #[derive(Debug, thiserror::Error)]
 pub enum DbError {
@@ -205,6 +234,24 @@ pub struct Db {
     writer: Writer,
     stats: WriterStats,
     nodes: audit::NodeCache,
+    /// Token hash → caller, for tokens seen before. Tokens are immutable
+    /// and never deleted (there is no revocation yet: adding one must
+    /// evict here).
+    callers: Mutex<HashMap<String, Caller>>,
+    /// (tenant, module) → record, for modules seen before. Modules are
+    /// immutable and never deleted.
+    modules_seen: Mutex<HashMap<(String, Digest), Arc<ModuleRecord>>>,
+    /// Runs executing now → their start time. "running" is not written to
+    /// the database (a crash turns `queued` and `running` alike into
+    /// `interrupted`); reads overlay it on `queued` records.
+    running: Mutex<HashMap<String, i64>>,
+}
+
+/// Bound on each of the in-memory lookup caches; a full cache is cleared.
+const CACHE_MAX: usize = 65_536;
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 fn json<T: serde::Serialize>(v: &T) -> rusqlite::Result<String> {
@@ -265,6 +312,8 @@ impl Db {
             crate::writer::WAL_AUTOCHECKPOINT_PAGES,
         )?;
         conn.execute_batch(SCHEMA)?;
+        conn.execute_batch(crate::datasets::SCHEMA)?;
+        conn.execute_batch(crate::placement::SCHEMA)?;
         conn.execute_batch(audit::SCHEMA)?;
         let size = audit::check(&conn)
             .map_err(|e| anyhow::anyhow!("{}: {e}; refusing to start", path.display()))?;
@@ -293,6 +342,9 @@ impl Db {
             writer,
             stats,
             nodes: audit::NodeCache::default(),
+            callers: Mutex::default(),
+            modules_seen: Mutex::default(),
+            running: Mutex::default(),
         })
     }
 
@@ -306,7 +358,7 @@ impl Db {
         self.writer.stop();
     }
 
-    fn with<R>(
+    pub(crate) fn with<R>(
         &self,
         f: impl FnOnce(&mut Connection) -> rusqlite::Result<R>,
     ) -> rusqlite::Result<R> {
@@ -321,6 +373,15 @@ impl Db {
         &self,
         f: impl FnOnce(&Connection) -> DbResult<(R, Vec<Entry>)> + Send + 'static,
     ) -> DbResult<(R, Range<u64>)> {
+        self.submit(f).await?.await.map_err(|_| abandoned())?
+    }
+
+    /// Queue `f` for the writer's next batch and return a receiver for its
+    /// result, without waiting for the commit (see [`Self::write`]).
+    async fn submit<R: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Connection) -> DbResult<(R, Vec<Entry>)> + Send + 'static,
+    ) -> DbResult<oneshot::Receiver<DbResult<(R, Range<u64>)>>> {
         let (tx, rx) = oneshot::channel::<DbResult<(R, Range<u64>)>>();
         let work = Box::new(move |conn: &Connection| -> Staged {
             let staged = f(conn).and_then(|(r, entries)| {
@@ -346,7 +407,7 @@ impl Db {
             }
         });
         self.writer.submit(Job::Work(work)).await?;
-        rx.await.map_err(|_| abandoned())?
+        Ok(rx)
     }
 
     /// Queue a write and return without waiting for its commit (status
@@ -449,12 +510,25 @@ impl Db {
     }
 
     pub fn caller(&self, token: &str) -> rusqlite::Result<Option<Caller>> {
+        let hash = hash_token(token);
+        if let Some(c) = lock(&self.callers).get(&hash) {
+            return Ok(Some(c.clone()));
+        }
         let row: Option<(String, String)> = self.with(|c| {
             c.prepare_cached("SELECT role, subject FROM tokens WHERE hash = ?1")?
-                .query_row([hash_token(token)], |r| Ok((r.get(0)?, r.get(1)?)))
+                .query_row([&hash], |r| Ok((r.get(0)?, r.get(1)?)))
                 .optional()
         })?;
-        Ok(row.and_then(|(role, subject)| Role::parse(&role).map(|role| Caller { role, subject })))
+        let caller =
+            row.and_then(|(role, subject)| Role::parse(&role).map(|role| Caller { role, subject }));
+        if let Some(c) = &caller {
+            let mut cache = lock(&self.callers);
+            if cache.len() >= CACHE_MAX {
+                cache.clear();
+            }
+            cache.insert(hash, c.clone());
+        }
+        Ok(caller)
     }
 
     // ---- operators ------------------------------------------------------
@@ -738,6 +812,28 @@ impl Db {
         self.with(|c| module_row(c, tenant_id, digest))
     }
 
+    /// [`Self::module`], with found modules cached (they are immutable).
+    pub fn module_cached(
+        &self,
+        tenant_id: &str,
+        digest: &Digest,
+    ) -> rusqlite::Result<Option<Arc<ModuleRecord>>> {
+        let key = (tenant_id.to_string(), *digest);
+        if let Some(m) = lock(&self.modules_seen).get(&key) {
+            return Ok(Some(m.clone()));
+        }
+        let Some(m) = self.module(tenant_id, digest)? else {
+            return Ok(None);
+        };
+        let m = Arc::new(m);
+        let mut cache = lock(&self.modules_seen);
+        if cache.len() >= CACHE_MAX {
+            cache.clear();
+        }
+        cache.insert(key, m.clone());
+        Ok(Some(m))
+    }
+
     pub fn modules(&self, tenant_ids: &[String]) -> rusqlite::Result<Vec<ModuleRecord>> {
         self.with(|c| {
             let mut st = c.prepare(
@@ -756,100 +852,155 @@ impl Db {
 
     // ---- runs -----------------------------------------------------------
 
-    pub async fn insert_run(
-        &self,
-        id: &str,
-        tenant_id: &str,
-        module: &Digest,
-        policy_version: u32,
-        input_digest: &Digest,
-        input_size: u64,
-    ) -> DbResult<i64> {
-        let now = now_ms();
-        let (id, tenant_id, module, input_digest) = (
-            id.to_string(),
-            tenant_id.to_string(),
-            module.to_string(),
-            input_digest.to_string(),
-        );
-        self.write(move |c| {
-            c.prepare_cached(
-                "INSERT INTO runs(id, tenant_id, module_digest, policy_version, status, input_digest, input_size, created_at)
-                 VALUES (?1, ?2, ?3, ?4, 'queued', ?5, ?6, ?7)",
-            )?
-            .execute(params![id, tenant_id, module, policy_version, input_digest, input_size as i64, now])?;
-            Ok(((), Vec::new()))
-        })
-        .await?;
-        Ok(now)
+    /// Record an accepted run as `queued`. Returns once the insert is
+    /// queued for the writer's next batch, not when it is durable: the
+    /// caller may start the run meanwhile and must wait on the returned
+    /// [`Pending`] before telling anyone the run exists.
+    pub async fn insert_run(&self, run: &NewRun) -> DbResult<Pending> {
+        let run = run.clone();
+        let rx = self
+            .submit(move |c| {
+                c.prepare_cached(
+                    "INSERT INTO runs(id, tenant_id, module_digest, policy_version, status, input_digest, input_size, created_at)
+                     VALUES (?1, ?2, ?3, ?4, 'queued', ?5, ?6, ?7)",
+                )?
+                .execute(params![
+                    run.id,
+                    run.tenant_id,
+                    run.module.to_string(),
+                    run.policy_version,
+                    run.input_digest.to_string(),
+                    run.input_size as i64,
+                    run.created_at
+                ])?;
+                if let Some(r) = &run.residency {
+                    crate::placement::insert_residency(c, &run.id, r)?;
+                }
+                Ok(((), Vec::new()))
+            })
+            .await?;
+        Ok(Pending(rx))
     }
 
-    /// Mark a run as running. Not waited for: a status hint only (a crash
-    /// turns `queued` and `running` alike into `interrupted`).
-    pub async fn mark_running(&self, id: &str) -> DbResult<()> {
-        let id = id.to_string();
-        self.write_nowait(move |c| {
-            c.prepare_cached("UPDATE runs SET status = 'running', started_at = ?1 WHERE id = ?2")?
-                .execute(params![now_ms(), id])?;
-            Ok(())
-        })
-        .await
+    /// Note that a run started executing (in memory only; see `running`).
+    pub fn mark_running(&self, id: &str) -> i64 {
+        let now = now_ms();
+        lock(&self.running).insert(id.to_string(), now);
+        now
     }
 
     /// Store a run's result with its `run_executed` audit entry and one
     /// `denial` entry per capability use the policy refused during the run,
-    /// all in one transaction. Returns the index of the run entry.
-    pub async fn finish_run(&self, id: &str, f: Finished) -> DbResult<u64> {
-        let id = id.to_string();
-        let (_, range) = self
+    /// all in one transaction. Returns the stored record, built in memory
+    /// (what a read of the row would give) and the index of the run entry.
+    pub async fn finish_run(
+        &self,
+        run: &NewRun,
+        started_at: i64,
+        f: Finished,
+    ) -> DbResult<(RunRecord, u64)> {
+        let finished_at = now_ms();
+        // The report minus the output body (stored separately).
+        let mut slim = f.report;
+        if let kasbah_core::Outcome::Ok { output } = &mut slim.outcome {
+            output.body = Vec::new();
+        }
+        let report_json = json(&slim)?;
+        let output_ref = f.output.as_ref().map(|(d, size, ct, inline)| OutputRef {
+            digest: *d,
+            size: *size,
+            content_type: ct.clone(),
+            url: format!("/v1/runs/{}/output", run.id),
+            inline: inline.as_ref().map(|bytes| kasbah_core::Captured {
+                bytes: bytes.clone(),
+                dropped_bytes: 0,
+            }),
+        });
+        let mut record = assemble_run(
+            run.clone(),
+            RunStatus::Done,
+            Some(slim),
+            output_ref,
+            Some(started_at),
+            Some(finished_at),
+            run.residency
+                .as_ref()
+                .map(ResidencyColumns::placed)
+                .unwrap_or_default(),
+        );
+        let entries = {
+            let r = &record;
+            let mut entries = vec![run_entry(r)];
+            entries.extend(r.denials.iter().map(|d| {
+                entry(EntryBody::Denial(DenialEntry {
+                    tenant: r.tenant_id.clone(),
+                    module: Some(r.module),
+                    run_id: Some(r.id.clone()),
+                    action: bounded(&d.capability),
+                    reason: bounded(&d.detail),
+                }))
+            }));
+            entries
+        };
+        let id = run.id.clone();
+        let tenant = run.tenant_id.clone();
+        let residency = run.residency.clone();
+        let stored_output = match (
+            &f.output,
+            record.outcome.as_ref().is_some_and(|o| o.is_ok()),
+        ) {
+            (Some((d, size, _, _)), true) => Some((*d, *size)),
+            _ => None,
+        };
+        let (od, os, oct, inline) = match f.output {
+            Some((d, s, ct, inline)) => (Some(d.to_string()), Some(s as i64), Some(ct), inline),
+            None => (None, None, None, None),
+        };
+        let outcome_kind = record.outcome.as_ref().map(|o| o.kind());
+        let usage = record.usage.clone().unwrap_or_default();
+        let written = self
             .write(move |c| {
-                let r = &f.report;
-                // The report minus the output body (stored separately).
-                let mut slim = r.clone();
-                if let kasbah_core::Outcome::Ok { output } = &mut slim.outcome {
-                    output.body.clear();
-                }
-                let output_digest = f.output.as_ref().map(|o| o.0);
-                let (od, os, oct, inline) = match f.output {
-                    Some((d, s, ct, inline)) => {
-                        (Some(d.to_string()), Some(s as i64), Some(ct), inline)
-                    }
-                    None => (None, None, None, None),
-                };
-                c.prepare_cached(
-                    "UPDATE runs SET status = 'done', outcome_kind = ?1,
+                let n = c
+                    .prepare_cached(
+                        "UPDATE runs SET status = 'done', outcome_kind = ?1,
                         output_digest = ?2, output_size = ?3, output_content_type = ?4, output_inline = ?5,
-                        wall_us = ?6, fuel = ?7, peak_memory = ?8, report_json = ?9, finished_at = ?10
-                     WHERE id = ?11",
-                )?
-                .execute(params![
-                        r.outcome.kind(),
+                        wall_us = ?6, fuel = ?7, peak_memory = ?8, report_json = ?9, started_at = ?10,
+                        finished_at = ?11
+                     WHERE id = ?12",
+                    )?
+                    .execute(params![
+                        outcome_kind,
                         od,
                         os,
                         oct,
                         inline,
-                        r.usage.wall_time.as_micros() as i64,
-                        r.usage.fuel_consumed.map(|f| f as i64),
-                        r.usage.peak_memory_bytes as i64,
-                        json(&slim)?,
-                        now_ms(),
+                        usage.wall_time.as_micros() as i64,
+                        usage.fuel_consumed.map(|f| f as i64),
+                        usage.peak_memory_bytes as i64,
+                        report_json,
+                        started_at,
+                        finished_at,
                         id
                     ])?;
-                let run = run_facts(c, &id)?;
-                let mut entries = vec![run_entry(&id, &run, output_digest, r)];
-                entries.extend(r.denials.iter().map(|d| {
-                    entry(EntryBody::Denial(DenialEntry {
-                        tenant: run.tenant.clone(),
-                        module: Some(run.module),
-                        run_id: Some(id.clone()),
-                        action: bounded(&d.capability),
-                        reason: bounded(&d.detail),
-                    }))
-                }));
-                Ok(((), entries))
+                if n != 1 {
+                    return Err(DbError::Batch(Arc::from(
+                        "the run's record is missing (its insert failed)",
+                    )));
+                }
+                let mut entries = entries;
+                let mut output_dataset = None;
+                if let (Some(res), Some((d, size))) = (&residency, stored_output) {
+                    let (ds, e) = crate::datasets::store_output(c, &id, &tenant, res, d, size)?;
+                    output_dataset = ds;
+                    entries.extend(e);
+                }
+                Ok((output_dataset, entries))
             })
-            .await?;
-        Ok(range.start)
+            .await;
+        lock(&self.running).remove(&run.id);
+        let (output_dataset, range) = written?;
+        record.output_dataset = output_dataset;
+        Ok((record, range.start))
     }
 
     /// At start-up: runs that were queued or running when the last process
@@ -859,37 +1010,25 @@ impl Db {
     pub async fn interrupt_inflight(&self) -> DbResult<usize> {
         let (n, _) = self
             .write(|c| {
-                let ids: Vec<String> = c
-                    .prepare("SELECT id FROM runs WHERE status IN ('queued', 'running') ORDER BY created_at")?
-                    .query_map([], |r| r.get(0))?
+                let runs: Vec<RunRecord> = c
+                    .prepare(&format!(
+                        "{RUN_COLUMNS} WHERE status IN ('queued', 'running') ORDER BY created_at"
+                    ))?
+                    .query_map([], row_run)?
                     .collect::<rusqlite::Result<_>>()?;
-                let mut entries = Vec::with_capacity(ids.len());
-                for id in &ids {
+                let mut entries = Vec::with_capacity(runs.len());
+                for mut r in runs {
+                    let now = now_ms();
                     c.execute(
                         "UPDATE runs SET status = 'interrupted', finished_at = ?1 WHERE id = ?2",
-                        params![now_ms(), id],
+                        params![now, r.id],
                     )?;
-                    let run = run_facts(c, id)?;
-                    entries.push(entry(EntryBody::RunExecuted(RunExecuted {
-                        run_id: id.clone(),
-                        tenant: run.tenant,
-                        module: run.module,
-                        input: run.input,
-                        datasets: Vec::new(),
-                        output: None,
-                        output_label: Vec::new(),
-                        zone: String::new(),
-                        adapter: None,
-                        policy_version: run.policy_version,
-                        outcome: RunStatus::Interrupted.as_str().to_string(),
-                        wall_time_us: 0,
-                        fuel: None,
-                        peak_memory_bytes: 0,
-                        gpu_time_us: 0,
-                        gpu_bytes: 0,
-                    })));
+                    r.status = RunStatus::Interrupted;
+                    r.finished_at = Some(now);
+                    entries.push(run_entry(&r));
                 }
-                Ok((ids.len(), entries))
+                let n = entries.len();
+                Ok((n, entries))
             })
             .await?;
         Ok(n)
@@ -915,21 +1054,34 @@ impl Db {
     }
 
     pub fn run(&self, id: &str) -> rusqlite::Result<Option<RunRecord>> {
-        self.with(|c| {
+        let r = self.with(|c| {
             c.prepare_cached(&format!("{RUN_COLUMNS} WHERE id = ?1"))?
                 .query_row([id], row_run)
                 .optional()
-        })
+        })?;
+        Ok(r.map(|r| self.overlay_running(r)))
     }
 
     pub fn runs(&self, tenant_id: &str, limit: u32) -> rusqlite::Result<Vec<RunRecord>> {
-        self.with(|c| {
+        let rs: Vec<RunRecord> = self.with(|c| {
             c.prepare(&format!(
                 "{RUN_COLUMNS} WHERE tenant_id = ?1 ORDER BY created_at DESC LIMIT ?2"
             ))?
             .query_map(params![tenant_id, limit], row_run)?
             .collect()
-        })
+        })?;
+        Ok(rs.into_iter().map(|r| self.overlay_running(r)).collect())
+    }
+
+    /// A `queued` record of a run executing now reads as `running`.
+    fn overlay_running(&self, mut r: RunRecord) -> RunRecord {
+        if r.status == RunStatus::Queued
+            && let Some(t) = lock(&self.running).get(&r.id)
+        {
+            r.status = RunStatus::Running;
+            r.started_at = Some(*t);
+        }
+        r
     }
 
     /// The inline output bytes of a run, if stored inline.
@@ -1021,47 +1173,33 @@ fn policy_entry(r: &PolicyRecord) -> Entry {
     }))
 }
 
-/// What a run's audit entry needs from its row.
-struct RunFacts {
-    tenant: String,
-    module: Digest,
-    input: Digest,
-    policy_version: u64,
-}
-
-fn run_facts(c: &Connection, id: &str) -> rusqlite::Result<RunFacts> {
-    c.prepare_cached(
-        "SELECT tenant_id, module_digest, input_digest, policy_version FROM runs WHERE id = ?1",
-    )?
-    .query_row([id], |r| {
-        Ok(RunFacts {
-            tenant: r.get(0)?,
-            module: parse_digest(&r.get::<_, String>(1)?)?,
-            input: parse_digest(&r.get::<_, String>(2)?)?,
-            policy_version: u64::from(r.get::<_, u32>(3)?),
-        })
-    })
-}
-
-fn run_entry(id: &str, run: &RunFacts, output: Option<Digest>, r: &RunReport) -> Entry {
+fn run_entry(r: &RunRecord) -> Entry {
+    let usage = r.usage.clone().unwrap_or_default();
+    let gpu = usage.gpu.as_ref();
     entry(EntryBody::RunExecuted(RunExecuted {
-        run_id: id.to_string(),
-        tenant: run.tenant.clone(),
-        module: run.module,
-        input: run.input,
-        datasets: Vec::new(),
-        output,
-        // Residency labels, zones and GPU adapters are not modelled yet: empty.
-        output_label: Vec::new(),
-        zone: String::new(),
-        adapter: None,
-        policy_version: run.policy_version,
-        outcome: r.outcome.kind().to_string(),
-        wall_time_us: u64::try_from(r.usage.wall_time.as_micros()).unwrap_or(u64::MAX),
-        fuel: r.usage.fuel_consumed,
-        peak_memory_bytes: r.usage.peak_memory_bytes,
-        gpu_time_us: 0,
-        gpu_bytes: 0,
+        run_id: r.id.clone(),
+        tenant: r.tenant_id.clone(),
+        module: r.module,
+        input: r.input_digest,
+        datasets: r.datasets.iter().map(|d| d.digest).collect(),
+        output: r.output.as_ref().map(|o| o.digest),
+        output_label: r.output_label.clone(),
+        zone: r.zone.clone().unwrap_or_default(),
+        adapter: r.adapter.clone(),
+        policy_version: u64::from(r.policy_version),
+        // A run without an outcome never finished: interrupted.
+        outcome: r
+            .outcome
+            .as_ref()
+            .map_or(RunStatus::Interrupted.as_str(), |o| o.kind())
+            .to_string(),
+        wall_time_us: u64::try_from(usage.wall_time.as_micros()).unwrap_or(u64::MAX),
+        fuel: usage.fuel_consumed,
+        peak_memory_bytes: usage.peak_memory_bytes,
+        gpu_time_us: gpu.map_or(0, |g| {
+            u64::try_from(g.gpu_time.as_micros()).unwrap_or(u64::MAX)
+        }),
+        gpu_bytes: gpu.map_or(0, |g| g.bytes_allocated),
     }))
 }
 
@@ -1134,8 +1272,9 @@ fn module_row(
 }
 
 const RUN_COLUMNS: &str = "SELECT id, tenant_id, module_digest, policy_version, status, input_digest, input_size,
-    output_digest, output_size, output_content_type, output_inline, report_json, created_at, started_at, finished_at
-    FROM runs";
+    output_digest, output_size, output_content_type, output_inline, report_json, created_at, started_at, finished_at,
+    rr.zone, rr.adapter, rr.datasets, rr.input_label, rr.output_label, rr.output_dataset
+    FROM runs LEFT JOIN run_residency rr ON rr.run_id = runs.id";
 
 /// Inline outputs up to this size are returned in the run record itself.
 pub const INLINE_OUTPUT_MAX: usize = 64 * 1024;
@@ -1162,25 +1301,90 @@ fn row_run(r: &rusqlite::Row<'_>) -> rusqlite::Result<RunRecord> {
         None => None,
     };
     let status: String = r.get(4)?;
-    Ok(RunRecord {
+    let residency = crate::placement::residency_columns(r, 15)?;
+    let run = NewRun {
         tenant_id: r.get(1)?,
         module: parse_digest(&r.get::<_, String>(2)?)?,
         policy_version: r.get(3)?,
-        status: RunStatus::parse(&status).unwrap_or(RunStatus::Interrupted),
         input_digest: parse_digest(&r.get::<_, String>(5)?)?,
         input_size: r.get::<_, i64>(6)? as u64,
-        output,
-        outcome: report.as_ref().map(|r| r.outcome.clone()),
-        usage: report.as_ref().map(|r| r.usage.clone()),
-        stdout: report.as_ref().map(|r| r.stdout.clone()),
-        stderr: report.as_ref().map(|r| r.stderr.clone()),
-        logs: report.as_ref().map(|r| r.logs.clone()),
-        denials: report.map(|r| r.denials).unwrap_or_default(),
         created_at: r.get(12)?,
-        started_at: r.get(13)?,
-        finished_at: r.get(14)?,
+        residency: None,
         id,
-    })
+    };
+    Ok(assemble_run(
+        run,
+        RunStatus::parse(&status).unwrap_or(RunStatus::Interrupted),
+        report,
+        output,
+        r.get(13)?,
+        r.get(14)?,
+        residency,
+    ))
+}
+
+/// The record of a run just accepted (what a read of its row gives).
+pub fn queued_record(run: &NewRun) -> RunRecord {
+    assemble_run(
+        run.clone(),
+        RunStatus::Queued,
+        None,
+        None,
+        None,
+        None,
+        run.residency
+            .as_ref()
+            .map(ResidencyColumns::placed)
+            .unwrap_or_default(),
+    )
+}
+
+/// A run record from its parts (a row read back, or a run just finished).
+fn assemble_run(
+    run: NewRun,
+    status: RunStatus,
+    report: Option<RunReport>,
+    output: Option<OutputRef>,
+    started_at: Option<i64>,
+    finished_at: Option<i64>,
+    residency: ResidencyColumns,
+) -> RunRecord {
+    let (outcome, usage, stdout, stderr, logs, denials) = match report {
+        Some(r) => (
+            Some(r.outcome),
+            Some(r.usage),
+            Some(r.stdout),
+            Some(r.stderr),
+            Some(r.logs),
+            r.denials,
+        ),
+        None => (None, None, None, None, None, Vec::new()),
+    };
+    RunRecord {
+        id: run.id,
+        tenant_id: run.tenant_id,
+        module: run.module,
+        policy_version: run.policy_version,
+        status,
+        input_digest: run.input_digest,
+        input_size: run.input_size,
+        output,
+        outcome,
+        usage,
+        stdout,
+        stderr,
+        logs,
+        denials,
+        created_at: run.created_at,
+        started_at,
+        finished_at,
+        zone: residency.zone,
+        adapter: residency.adapter,
+        datasets: residency.datasets,
+        input_label: residency.input_label,
+        output_label: residency.output_label,
+        output_dataset: residency.output_dataset,
+    }
 }
 
 #[cfg(test)]

@@ -17,9 +17,11 @@ pub mod audit_api;
 pub mod auth;
 pub mod blobs;
 pub mod config;
+pub mod datasets;
 pub mod db;
 pub mod error;
 pub mod metrics;
+pub mod placement;
 pub mod scheduler;
 pub mod writer;
 
@@ -126,6 +128,7 @@ impl AppState {
         api::create_tenant_token, api::create_auditor,
         api::publish_module, api::list_modules, api::get_module,
         api::create_run, api::get_run, api::get_run_output, api::list_runs,
+        datasets::create_dataset, datasets::list_datasets, datasets::get_dataset,
         api::usage, api::metrics,
         audit_api::key, audit_api::checkpoint, audit_api::entries,
         audit_api::inclusion, audit_api::consistency,
@@ -196,6 +199,11 @@ pub fn router(state: AppState) -> Router {
             "/v1/modules/{digest}/receipt",
             get(audit_api::module_receipt),
         )
+        .route(
+            "/v1/datasets",
+            post(datasets::create_dataset).get(datasets::list_datasets),
+        )
+        .route("/v1/datasets/{id}", get(datasets::get_dataset))
         .route("/v1/runs", post(api::create_run).get(api::list_runs))
         .route("/v1/runs/{id}", get(api::get_run))
         .route("/v1/runs/{id}/output", get(api::get_run_output))
@@ -252,8 +260,12 @@ impl Server {
 }
 
 /// Open (or create) the data dir, recover, bind, and start serving.
-pub async fn start(config: ServerConfig) -> anyhow::Result<Server> {
+pub async fn start(mut config: ServerConfig) -> anyhow::Result<Server> {
+    config.check()?;
+    // From here on `zones.node` holds the node's zones, resolved.
+    config.zones.node = config.node_zones();
     std::fs::create_dir_all(&config.data_dir)?;
+    datasets::clean_scratch(&config.data_dir.join("scratch"));
     let audit = AuditKey::load_or_create(&config.data_dir, &config.audit_origin)?;
     if !config.fsync_every_commit {
         tracing::warn!(
@@ -271,6 +283,9 @@ pub async fn start(config: ServerConfig) -> anyhow::Result<Server> {
     let runtime = Runtime::new(RuntimeConfig {
         max_concurrent_instances: u32::try_from(config.workers.max(1) * 2).unwrap_or(u32::MAX),
         gpu: config.gpu.clone(),
+        zones: config.zones.clone(),
+        // Dataset mounts hard-link blobs: same file system as the blob dir.
+        scratch_dir: Some(config.data_dir.join("scratch")),
         ..RuntimeConfig::default()
     })
     .map_err(|e| anyhow::anyhow!("starting the sandbox runtime: {e:#}"))?;

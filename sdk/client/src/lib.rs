@@ -201,6 +201,74 @@ impl Client {
         Self::send(self.req(reqwest::Method::GET, "/v1/modules")).await
     }
 
+    /// Stream a file to the server as a dataset named `name` with the
+    /// residency label `zones` (default: the tenant's zones);
+    /// `progress(sent, total)` is called as bytes go out.
+    pub async fn create_dataset(
+        &self,
+        path: &Path,
+        name: &str,
+        zones: Option<&[String]>,
+        progress: impl Fn(u64, u64) + Send + Sync + 'static,
+    ) -> Result<DatasetRecord> {
+        let file = tokio::fs::File::open(path).await?;
+        let total = file.metadata().await?.len();
+        let mut sent = 0u64;
+        let stream = tokio_util::io::ReaderStream::new(file).map(move |chunk| {
+            if let Ok(c) = &chunk {
+                sent += c.len() as u64;
+                progress(sent, total);
+            }
+            chunk
+        });
+        let mut q = vec![("name", name.to_string())];
+        if let Some(z) = zones {
+            q.push(("zones", z.join(",")));
+        }
+        Self::send(
+            self.req(reqwest::Method::POST, "/v1/datasets")
+                .query(&q)
+                .header("content-type", "application/octet-stream")
+                .header("content-length", total)
+                .body(reqwest::Body::wrap_stream(stream)),
+        )
+        .await
+    }
+
+    /// [`Self::create_dataset`] from bytes in memory.
+    pub async fn create_dataset_bytes(
+        &self,
+        bytes: Vec<u8>,
+        name: &str,
+        zones: Option<&[String]>,
+    ) -> Result<DatasetRecord> {
+        let mut q = vec![("name", name.to_string())];
+        if let Some(z) = zones {
+            q.push(("zones", z.join(",")));
+        }
+        Self::send(
+            self.req(reqwest::Method::POST, "/v1/datasets")
+                .query(&q)
+                .header("content-type", "application/octet-stream")
+                .body(bytes),
+        )
+        .await
+    }
+
+    /// The datasets the caller may read (its tenant's; auditors and admins:
+    /// their tenants', or `tenant`'s).
+    pub async fn datasets(&self, tenant: Option<&str>) -> Result<Vec<DatasetRecord>> {
+        let mut rb = self.req(reqwest::Method::GET, "/v1/datasets");
+        if let Some(t) = tenant {
+            rb = rb.query(&[("tenant", t)]);
+        }
+        Self::send(rb).await
+    }
+
+    pub async fn dataset(&self, id: &str) -> Result<DatasetRecord> {
+        Self::send(self.req(reqwest::Method::GET, &format!("/v1/datasets/{id}"))).await
+    }
+
     pub async fn run(&self, req: &CreateRun) -> Result<RunRecord> {
         Self::send(self.req(reqwest::Method::POST, "/v1/runs").json(req)).await
     }
