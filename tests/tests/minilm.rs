@@ -1,0 +1,279 @@
+//! all-MiniLM-L6-v2 in a guest (`guest-examples/minilm-embed`) on
+//! `kasbah:gpu` kernels (lavapipe on CI), against sentence-transformers'
+//! token ids and embeddings in `tests/fixtures/minilm/reference.json`
+//! (regenerate with `scripts/minilm-reference.py`): through the runtime with
+//! the weights mounted as datasets at `/datasets`, and through the platform
+//! (publish the module, upload the weights as datasets, run with them).
+
+use std::time::Instant;
+
+use kasbah_core::api::CreateRun;
+use kasbah_core::{GuestErrorKind, Outcome, RunReport};
+use kasbah_policy::Policy;
+use kasbah_runtime::Request;
+use kasbah_runtime::kasbah_gpu::{AdapterConfig, GpuConfig};
+use kasbah_tests::platform::Platform;
+use kasbah_tests::{guest_path, minilm_datasets, run_minilm, workspace_root};
+use serde_json::{Value, json};
+
+fn minilm_policy() -> Policy {
+    kasbah_tests::minilm_policy("zone-a")
+}
+
+fn fixture() -> Value {
+    let path = workspace_root().join("tests/fixtures/minilm/reference.json");
+    let text = std::fs::read_to_string(&path).expect("read the reference fixture");
+    serde_json::from_str(&text).expect("fixture is JSON")
+}
+
+fn ok_json(r: &RunReport) -> Value {
+    match &r.outcome {
+        Outcome::Ok { output } => serde_json::from_slice(&output.body).expect("output is JSON"),
+        other => panic!("expected ok, got {other:?}\nlogs: {:?}", r.logs),
+    }
+}
+
+fn floats(v: &Value) -> Vec<f64> {
+    v.as_array()
+        .expect("array of numbers")
+        .iter()
+        .map(|x| x.as_f64().expect("number"))
+        .collect()
+}
+
+fn cosine(a: &[f64], b: &[f64]) -> f64 {
+    assert_eq!(a.len(), b.len());
+    let dot: f64 = a.iter().zip(b).map(|(x, y)| x * y).sum();
+    let na: f64 = a.iter().map(|x| x * x).sum::<f64>().sqrt();
+    let nb: f64 = b.iter().map(|x| x * x).sum::<f64>().sqrt();
+    dot / (na * nb)
+}
+
+/// The whole fixture as one request (object form, ids returned).
+fn fixture_input() -> String {
+    let fx = fixture();
+    let texts: Vec<&str> = fx["sentences"]
+        .as_array()
+        .expect("sentences")
+        .iter()
+        .map(|s| s["text"].as_str().expect("text"))
+        .collect();
+    json!({ "sentences": texts, "return_ids": true }).to_string()
+}
+
+/// Token ids identical and cosine ≥ 0.9999 for every fixture sentence;
+/// returns the smallest cosine.
+fn check_against_reference(out: &Value) -> f64 {
+    let fx = fixture();
+    let sentences = fx["sentences"].as_array().expect("sentences");
+    let texts: Vec<&str> = sentences
+        .iter()
+        .map(|s| s["text"].as_str().expect("text"))
+        .collect();
+    assert_eq!(out["dim"], 384);
+    let embeddings = out["embeddings"].as_array().expect("embeddings");
+    let ids = out["ids"].as_array().expect("ids");
+    assert_eq!(embeddings.len(), sentences.len());
+    let mut min_cos = f64::INFINITY;
+    let mut problems = Vec::new();
+    for (i, s) in sentences.iter().enumerate() {
+        let text = &texts[i];
+        if ids[i] != s["ids"] {
+            problems.push(format!(
+                "{text:?}: token ids\n  got  {}\n  want {}",
+                ids[i], s["ids"]
+            ));
+        }
+        let got = floats(&embeddings[i]);
+        let want = floats(&s["embedding"]);
+        assert_eq!(got.len(), 384);
+        let norm: f64 = got.iter().map(|x| x * x).sum::<f64>().sqrt();
+        assert!((norm - 1.0).abs() < 1e-4, "{text:?}: norm {norm}");
+        let c = cosine(&got, &want);
+        min_cos = min_cos.min(c);
+        if c.is_nan() || c < 0.9999 {
+            problems.push(format!("{text:?}: cosine {c}"));
+        }
+    }
+    assert!(problems.is_empty(), "{}", problems.join("\n"));
+    min_cos
+}
+
+#[tokio::test]
+async fn embeddings_and_token_ids_match_sentence_transformers() {
+    let started = Instant::now();
+    let r = run_minilm(&minilm_policy(), Request::new(fixture_input()), true).await;
+    let wall = started.elapsed();
+    let out = ok_json(&r);
+    assert_eq!(out["adapter"], "lavapipe-a");
+    let min_cos = check_against_reference(&out);
+    let sentences = fixture()["sentences"].as_array().map(Vec::len).unwrap_or(0);
+
+    // The batch really mixed lengths: sentences were padded and masked
+    // (the fixture has 2- to 256-token sentences).
+    let tokens: Vec<u64> = out["tokens"]
+        .as_array()
+        .expect("tokens")
+        .iter()
+        .map(|t| t.as_u64().expect("count"))
+        .collect();
+    assert!(tokens.contains(&256) && tokens.contains(&2), "{tokens:?}");
+    let padded: u64 = out["batches"]
+        .as_array()
+        .expect("batches")
+        .iter()
+        .map(|b| b[0].as_u64().expect("n") * b[1].as_u64().expect("seq"))
+        .sum();
+    assert!(padded > tokens.iter().sum::<u64>(), "no batch had padding");
+    assert!(out["batches"].as_array().map(Vec::len) < Some(sentences));
+
+    let gpu = r.usage.gpu.as_ref().expect("GPU usage in the run record");
+    assert!(gpu.dispatches >= 6 * 7, "{} dispatches", gpu.dispatches);
+    eprintln!(
+        "minilm: {} sentences, min cosine {min_cos:.9} (1 - cos = {:.1e}), run {:.2} s (GPU {:.2} s), timings {}",
+        sentences,
+        1.0 - min_cos,
+        wall.as_secs_f64(),
+        gpu.gpu_time.as_secs_f64(),
+        out["timings"]
+    );
+}
+
+#[tokio::test]
+async fn a_lone_sentence_embeds_as_it_does_in_a_padded_batch() {
+    // Padding must not leak into real tokens: the short sentence alone and
+    // inside a batch padded to a longer one give the same embedding.
+    let short = "A cat sits on the mat.";
+    let long = "A much longer sentence, which forces the short one in the same batch to be padded.";
+    let policy = minilm_policy();
+    let alone = ok_json(&run_minilm(&policy, Request::new(json!([short]).to_string()), true).await);
+    let input = json!({ "sentences": [long, short], "max_batch_tokens": 8192 });
+    let both = ok_json(&run_minilm(&policy, Request::new(input.to_string()), true).await);
+    let a = floats(&alone["embeddings"][0]);
+    let b = floats(&both["embeddings"][1]);
+    assert_eq!(alone["batches"], json!([[1, 9]]));
+    assert_eq!(both["tokens"], json!([20, 9]));
+    // One batch of two padded to 20 tokens: the 9-token sentence got 11 pad rows.
+    assert_eq!(both["batches"], json!([[2, 20]]));
+    let c = cosine(&a, &b);
+    assert!(c > 0.99999, "cosine {c}");
+    let max_diff = a
+        .iter()
+        .zip(&b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f64::max);
+    assert!(max_diff < 1e-5, "max difference {max_diff}");
+    // And the long one differs from the short one (the test can fail).
+    assert!(cosine(&a, &floats(&both["embeddings"][0])) < 0.95);
+}
+
+#[tokio::test]
+async fn every_tensor_toolkit_op_matches_the_cpu() {
+    // No model needed.
+    let r = run_minilm(
+        &minilm_policy(),
+        Request::new(r#"{"selftest": true}"#),
+        false,
+    )
+    .await;
+    let out = ok_json(&r);
+    let errs = out["selftest"].as_object().expect("selftest results");
+    eprintln!("tensor toolkit vs CPU, max abs errors: {errs:?}");
+    for op in [
+        "linear",
+        "linear+gelu",
+        "linear+residual",
+        "linear (5x12x3)",
+        "attention",
+        "layer_norm",
+        "softmax",
+        "bias_add",
+        "gelu",
+        "mean_pool",
+        "l2_normalize",
+    ] {
+        let e = errs[op].as_f64().unwrap_or(f64::INFINITY);
+        // linear sums 1544 products of values in [-1, 1): f32 rounding
+        // reaches ~1e-5 there; everything else is far tighter.
+        let tol = if op.starts_with("linear") { 1e-4 } else { 1e-5 };
+        assert!(e <= tol, "{op}: max error {e} (all: {errs:?})");
+    }
+}
+
+#[tokio::test]
+async fn without_the_weights_mount_or_the_gpu_the_run_is_refused() {
+    let r = run_minilm(&minilm_policy(), Request::new(r#"["hello"]"#), false).await;
+    match &r.outcome {
+        Outcome::GuestError {
+            code: GuestErrorKind::InvalidInput,
+            message,
+        } => assert!(message.contains("/datasets/vocab.txt"), "{message}"),
+        other => panic!("expected invalid_input, got {other:?}"),
+    }
+    let mut no_gpu = minilm_policy();
+    no_gpu.gpu = None;
+    let r = run_minilm(&no_gpu, Request::new(r#"["hello"]"#), true).await;
+    match &r.outcome {
+        Outcome::GuestError {
+            code: GuestErrorKind::Denied,
+            ..
+        } => {}
+        other => panic!("expected denied, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn through_the_platform_with_the_weights_as_datasets() {
+    // A platform with one lavapipe entry in zone-a; a tenant allowed
+    // datasets and that GPU publishes the module, uploads the two weight
+    // files as datasets and runs the fixture with them.
+    let p = Platform::start_with(|c| {
+        c.gpu = GpuConfig {
+            adapters: vec![AdapterConfig::new("lavapipe-a", "zone-a").backend("vulkan")],
+            max_idle_devices: 1,
+        };
+        c.sync_wait_ms = 300_000;
+    })
+    .await;
+    let (_, dev) = p.tenant("minilm", Some(minilm_policy())).await;
+    let module = dev
+        .publish(&guest_path("minilm-embed"), "minilm-embed", "1", |_, _| {})
+        .await
+        .expect("publish minilm-embed");
+    let mut names = Vec::new();
+    for mount in minilm_datasets() {
+        let d = dev
+            .create_dataset(&mount.path, &mount.name, None, |_, _| {})
+            .await
+            .unwrap_or_else(|e| panic!("upload dataset {}: {e}", mount.name));
+        names.push(d.name);
+    }
+    let run = dev
+        .run(&CreateRun {
+            module: module.digest.to_string(),
+            input: Some(fixture_input()),
+            content_type: Some("application/json".into()),
+            wait: true,
+            datasets: names.clone(),
+            ..CreateRun::default()
+        })
+        .await
+        .expect("run");
+    match &run.outcome {
+        Some(Outcome::Ok { .. }) => {}
+        other => panic!("expected ok, got {other:?} ({:?})", run.logs),
+    }
+    assert_eq!(run.zone.as_deref(), Some("zone-a"));
+    assert_eq!(run.adapter.as_deref(), Some("lavapipe-a"));
+    assert_eq!(
+        run.datasets
+            .iter()
+            .map(|d| d.name.clone())
+            .collect::<Vec<_>>(),
+        names
+    );
+    let body = dev.run_output(&run.id).await.expect("run output");
+    let out: Value = serde_json::from_slice(&body).expect("output is JSON");
+    let min_cos = check_against_reference(&out);
+    eprintln!("minilm through the platform: min cosine {min_cos:.9}");
+}
