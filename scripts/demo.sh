@@ -8,7 +8,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 cargo build -q -p kasbah
-cargo build -q --target wasm32-wasip2 --profile guest -p hello -p gpu-matmul -p hostile -p net-probe
+cargo build -q --target wasm32-wasip2 --profile guest -p hello -p gpu-matmul -p minilm-embed -p hostile -p net-probe
 T=${CARGO_TARGET_DIR:-target}
 KASBAH=$T/debug/kasbah
 G=$T/wasm32-wasip2/guest
@@ -65,6 +65,44 @@ KASBAH_TOKEN=$DEV $KASBAH publish $G/gpu_matmul.wasm --version 1.0.0
 MATMUL=$(KASBAH_TOKEN=$DEV $KASBAH modules --json | python3 -c 'import json,sys; print([m["digest"] for m in json.load(sys.stdin) if m["name"]=="gpu-matmul"][0])')
 step "run $MATMUL   (128x128 f32 matmul on kasbah:gpu, checked against the CPU inside the guest)"
 echo "128" | KASBAH_TOKEN=$DEV $KASBAH run "$MATMUL"
+MODEL=$(./scripts/fetch-minilm.sh)
+cat > "$work/minilm.toml" <<TOML
+zones = ["local"]
+datasets = true
+
+[limits]
+memory_bytes = 268435456
+wall_time_ms = 300000
+max_output_bytes = 4194304
+
+[gpu]
+zones = ["local"]
+max_total_bytes = 536870912
+max_dispatches = 1000000
+TOML
+step "policy set $TN minilm.toml   (room for a 90 MB model: 256 MiB memory, 512 MiB of GPU buffers)"
+KASBAH_TOKEN=$OPTOK $KASBAH policy set "$TN" "$work/minilm.toml" | sed "s/^/  /"
+step "dataset create model.safetensors, vocab.txt --zones local   (all-MiniLM-L6-v2 weights as residency-labelled datasets)"
+KASBAH_TOKEN=$DEV $KASBAH dataset create "$MODEL/model.safetensors" --name model.safetensors --zones local
+KASBAH_TOKEN=$DEV $KASBAH dataset create "$MODEL/vocab.txt" --name vocab.txt --zones local
+step "publish minilm_embed.wasm"
+KASBAH_TOKEN=$DEV $KASBAH publish $G/minilm_embed.wasm --version 1.0.0
+MINILM=$(KASBAH_TOKEN=$DEV $KASBAH modules --json | python3 -c 'import json,sys; print([m["digest"] for m in json.load(sys.stdin) if m["name"]=="minilm-embed"][0])')
+step "run $MINILM --dataset model.safetensors --dataset vocab.txt   (BERT tokenizer + 6-layer encoder on kasbah:gpu kernels)"
+echo '["Patient records must stay in the country.", "Medical data may not leave national borders.", "A cat is sleeping on the sofa.", "The football match ended in a draw."]' \
+    | KASBAH_TOKEN=$DEV $KASBAH run "$MINILM" --dataset model.safetensors --dataset vocab.txt --json \
+    | python3 -c '
+import json, sys
+r = json.load(sys.stdin)
+if not (r.get("outcome") or {}).get("kind") == "ok":
+    sys.exit("minilm run failed: %s" % json.dumps(r.get("outcome"))[:400])
+emb = json.loads(r["output"]["inline"]["bytes"])["embeddings"]
+s = ["Patient records must stay in the country.", "Medical data may not leave national borders.", "A cat is sleeping on the sofa.", "The football match ended in a draw."]
+print("  %d embeddings of %d floats, zone %s, adapter %s" % (len(emb), len(emb[0]), r.get("zone"), r.get("adapter")))
+for i in range(1, len(emb)):
+    c = sum(a * b for a, b in zip(emb[0], emb[i]))
+    print("  cosine(%r, %r) = %.3f" % (s[0], s[i], c))
+'
 echo "reference notes, to stay in zone local" > "$work/notes.txt"
 step "dataset create notes.txt --name notes --zones local   (a residency-labelled dataset)"
 KASBAH_TOKEN=$DEV $KASBAH dataset create "$work/notes.txt" --name notes --zones local
