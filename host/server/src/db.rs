@@ -305,7 +305,10 @@ impl Db {
         conn.pragma_update(None, "foreign_keys", "ON")?;
         conn.busy_timeout(std::time::Duration::from_secs(5))?;
         conn.set_prepared_statement_cache_capacity(256);
-        conn.pragma_update(None, "cache_size", -65_536)?; // 64 MiB
+        // The writer touches the right edges of a few B-trees; a big cache
+        // only makes SQLite's end-of-transaction page-cache truncation slower
+        // (it showed at 4% of CPU under load with 64 MiB).
+        conn.pragma_update(None, "cache_size", -8_192)?; // 8 MiB
         conn.pragma_update(
             None,
             "wal_autocheckpoint",
