@@ -24,6 +24,14 @@
 //!   --wasmtime-flags "..."   replace the default `wasmtime serve` flags (see DEFAULT_WASMTIME_FLAGS)
 //!   --only kasbah|wasmtime   measure one side
 //!
+//! kasbah keeps pooled memories resident and resets them with PAGEMAP_SCAN
+//! (`RuntimeConfig::memory_keep_resident`); `wasmtime serve` does not unless
+//! told. For the like-for-like ratio, also run with
+//!   --wasmtime-flags "-O pooling-allocator=y -O pooling-memory-keep-resident=4194304
+//!     -O pooling-table-keep-resident=65536 -O pooling-async-stack-keep-resident=131072
+//!     -O pooling-pagemap-scan=auto -S cli"
+//! and report both ratios.
+//!
 //! Fairness: both servers listen on 127.0.0.1 and are hammered by the same
 //! client code (hyper HTTP/1.1, one connection per concurrent client,
 //! keep-alive, TCP_NODELAY, on its own single-threaded tokio runtime). kasbah
