@@ -271,6 +271,59 @@ pub(crate) async fn drain(body: Body, limit: u64) {
     }
 }
 
+/// Why [`receive_upload`] stored nothing.
+pub(crate) enum UploadRefused {
+    /// Over `max` bytes (declared, or found while streaming).
+    TooLarge,
+    Failed(ApiError),
+}
+
+/// Stream an upload to a temp file in the blob store while hashing it,
+/// storing at most `max` bytes. The rest of an oversize body is read and
+/// discarded (up to [`DRAIN_LIMIT`]) so the client gets the 413 instead of a
+/// reset connection; a declared `Content-Length` past that is refused at once.
+pub(crate) async fn receive_upload(
+    s: &AppState,
+    headers: &HeaderMap,
+    body: Body,
+    max: u64,
+) -> Result<(Digest, u64, tempfile::NamedTempFile), UploadRefused> {
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > max.saturating_add(DRAIN_LIMIT)) {
+        return Err(UploadRefused::TooLarge);
+    }
+    let failed = |e: ApiError| UploadRefused::Failed(e);
+    let mut w = s
+        .blobs
+        .writer()
+        .map_err(|e| failed(ApiError::internal(e)))?;
+    let mut stream = body.into_data_stream();
+    let mut over = 0u64;
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk.map_err(|e| {
+            failed(ApiError::bad_request(
+                "invalid_request",
+                format!("upload failed: {e}"),
+            ))
+        })?;
+        if over > 0 || w.size() + chunk.len() as u64 > max {
+            over += chunk.len() as u64;
+            if over > DRAIN_LIMIT {
+                break;
+            }
+            continue;
+        }
+        w.write(&chunk).map_err(|e| failed(ApiError::internal(e)))?;
+    }
+    if over > 0 {
+        return Err(UploadRefused::TooLarge);
+    }
+    Ok(s.blobs.finish(w))
+}
+
 #[derive(Deserialize, utoipa::IntoParams)]
 pub struct PublishParams {
     /// Module name (letters, digits, `-_.`).
@@ -333,44 +386,19 @@ pub async fn publish_module(
         e
     };
 
-    // Stream to a temp file while hashing; stop storing at the limit. The
-    // rest of an oversize body is read and discarded (up to a bound) so the
-    // client gets the 413 instead of a reset connection.
-    let too_large = || {
-        refused(
-            "module_too_large",
-            ApiError::too_large(
+    let (digest, size, tmp) = match receive_upload(&s, &headers, body, max).await {
+        Ok(upload) => upload,
+        Err(UploadRefused::TooLarge) => {
+            return Err(refused(
                 "module_too_large",
-                format!("module exceeds the limit of {max} bytes"),
-            ),
-        )
-    };
-    let declared = headers
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
-    if declared.is_some_and(|n| n > max.saturating_add(DRAIN_LIMIT)) {
-        return Err(too_large());
-    }
-    let mut w = s.blobs.writer().map_err(ApiError::internal)?;
-    let mut stream = body.into_data_stream();
-    let mut over = 0u64;
-    while let Some(chunk) = stream.next().await {
-        let chunk = chunk
-            .map_err(|e| ApiError::bad_request("invalid_request", format!("upload failed: {e}")))?;
-        if over > 0 || w.size() + chunk.len() as u64 > max {
-            over += chunk.len() as u64;
-            if over > DRAIN_LIMIT {
-                break;
-            }
-            continue;
+                ApiError::too_large(
+                    "module_too_large",
+                    format!("module exceeds the limit of {max} bytes"),
+                ),
+            ));
         }
-        w.write(&chunk).map_err(ApiError::internal)?;
-    }
-    if over > 0 {
-        return Err(too_large());
-    }
-    let (digest, size, tmp) = s.blobs.finish(w);
+        Err(UploadRefused::Failed(e)) => return Err(e),
+    };
     if size == 0 {
         return Err(refused(
             "empty_module",

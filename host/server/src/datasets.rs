@@ -19,8 +19,7 @@ use std::collections::BTreeSet;
 use axum::Json;
 use axum::body::Body;
 use axum::extract::{Path, Query, State};
-use axum::http::{HeaderMap, StatusCode, header};
-use futures_util::StreamExt;
+use axum::http::{HeaderMap, StatusCode};
 use kasbah_audit::{DatasetCreated, Entry, EntryBody};
 use kasbah_core::Digest;
 use kasbah_core::api::{DatasetRecord, Role};
@@ -29,7 +28,7 @@ use rusqlite::{Connection, OptionalExtension, params};
 use serde::Deserialize;
 
 use crate::AppState;
-use crate::api::{DRAIN_LIMIT, drain};
+use crate::api::{DRAIN_LIMIT, UploadRefused, drain, receive_upload};
 use crate::db::{Caller, DbError, DbResult, new_id, now_ms};
 use crate::error::{ApiError, ApiResult, ErrorBody};
 use crate::placement::{RunResidency, describe, residency_violation};
@@ -151,38 +150,16 @@ pub async fn create_dataset(
     }
 
     let max = s.config.max_dataset_bytes;
-    let too_large = || {
-        ApiError::too_large(
-            "dataset_too_large",
-            format!("dataset exceeds the limit of {max} bytes"),
-        )
-    };
-    let declared = headers
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
-    if declared.is_some_and(|n| n > max.saturating_add(DRAIN_LIMIT)) {
-        return Err(too_large());
-    }
-    let mut w = s.blobs.writer().map_err(ApiError::internal)?;
-    let mut stream = body.into_data_stream();
-    let mut over = 0u64;
-    while let Some(chunk) = stream.next().await {
-        let chunk = chunk
-            .map_err(|e| ApiError::bad_request("invalid_request", format!("upload failed: {e}")))?;
-        if over > 0 || w.size() + chunk.len() as u64 > max {
-            over += chunk.len() as u64;
-            if over > DRAIN_LIMIT {
-                break;
-            }
-            continue;
+    let (digest, size, tmp) = match receive_upload(&s, &headers, body, max).await {
+        Ok(upload) => upload,
+        Err(UploadRefused::TooLarge) => {
+            return Err(ApiError::too_large(
+                "dataset_too_large",
+                format!("dataset exceeds the limit of {max} bytes"),
+            ));
         }
-        w.write(&chunk).map_err(ApiError::internal)?;
-    }
-    if over > 0 {
-        return Err(too_large());
-    }
-    let (digest, size, tmp) = s.blobs.finish(w);
+        Err(UploadRefused::Failed(e)) => return Err(e),
+    };
     s.blobs.commit(tmp, &digest).map_err(ApiError::internal)?;
     seal_blob(&s, &digest);
 
