@@ -177,22 +177,13 @@ impl Client {
         version: &str,
         progress: impl Fn(u64, u64) + Send + Sync + 'static,
     ) -> Result<ModuleRecord> {
-        let file = tokio::fs::File::open(path).await?;
-        let total = file.metadata().await?.len();
-        let mut sent = 0u64;
-        let stream = tokio_util::io::ReaderStream::new(file).map(move |chunk| {
-            if let Ok(c) = &chunk {
-                sent += c.len() as u64;
-                progress(sent, total);
-            }
-            chunk
-        });
+        let (total, body) = upload_body(path, progress).await?;
         Self::send(
             self.req(reqwest::Method::POST, "/v1/modules")
                 .query(&[("name", name), ("version", version)])
                 .header("content-type", "application/wasm")
                 .header("content-length", total)
-                .body(reqwest::Body::wrap_stream(stream)),
+                .body(body),
         )
         .await
     }
@@ -211,16 +202,7 @@ impl Client {
         zones: Option<&[String]>,
         progress: impl Fn(u64, u64) + Send + Sync + 'static,
     ) -> Result<DatasetRecord> {
-        let file = tokio::fs::File::open(path).await?;
-        let total = file.metadata().await?.len();
-        let mut sent = 0u64;
-        let stream = tokio_util::io::ReaderStream::new(file).map(move |chunk| {
-            if let Ok(c) = &chunk {
-                sent += c.len() as u64;
-                progress(sent, total);
-            }
-            chunk
-        });
+        let (total, body) = upload_body(path, progress).await?;
         let mut q = vec![("name", name.to_string())];
         if let Some(z) = zones {
             q.push(("zones", z.join(",")));
@@ -230,7 +212,7 @@ impl Client {
                 .query(&q)
                 .header("content-type", "application/octet-stream")
                 .header("content-length", total)
-                .body(reqwest::Body::wrap_stream(stream)),
+                .body(body),
         )
         .await
     }
@@ -441,4 +423,23 @@ fn parse_hashes(v: &[String]) -> Result<Vec<Hash>> {
                 .map_err(|e: kasbah_audit::hash::InvalidHash| Error::Decode(e.to_string()))
         })
         .collect()
+}
+
+/// A file as a streamed request body, reporting `progress(sent, total)` as
+/// bytes go out; returns the file's size (for `Content-Length`) too.
+async fn upload_body(
+    path: &Path,
+    progress: impl Fn(u64, u64) + Send + Sync + 'static,
+) -> Result<(u64, reqwest::Body)> {
+    let file = tokio::fs::File::open(path).await?;
+    let total = file.metadata().await?.len();
+    let mut sent = 0u64;
+    let stream = tokio_util::io::ReaderStream::new(file).map(move |chunk| {
+        if let Ok(c) = &chunk {
+            sent += c.len() as u64;
+            progress(sent, total);
+        }
+        chunk
+    });
+    Ok((total, reqwest::Body::wrap_stream(stream)))
 }
