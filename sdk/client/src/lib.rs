@@ -203,18 +203,23 @@ impl Client {
         progress: impl Fn(u64, u64) + Send + Sync + 'static,
     ) -> Result<DatasetRecord> {
         let (total, body) = upload_body(path, progress).await?;
-        let mut q = vec![("name", name.to_string())];
-        if let Some(z) = zones {
-            q.push(("zones", z.join(",")));
-        }
         Self::send(
-            self.req(reqwest::Method::POST, "/v1/datasets")
-                .query(&q)
-                .header("content-type", "application/octet-stream")
+            self.dataset_upload(name, zones)
                 .header("content-length", total)
                 .body(body),
         )
         .await
+    }
+
+    /// `POST /v1/datasets` for `name` labelled `zones`, without its body.
+    fn dataset_upload(&self, name: &str, zones: Option<&[String]>) -> reqwest::RequestBuilder {
+        let mut q = vec![("name", name.to_string())];
+        if let Some(z) = zones {
+            q.push(("zones", z.join(",")));
+        }
+        self.req(reqwest::Method::POST, "/v1/datasets")
+            .query(&q)
+            .header("content-type", "application/octet-stream")
     }
 
     /// [`Self::create_dataset`] from bytes in memory.
@@ -224,17 +229,7 @@ impl Client {
         name: &str,
         zones: Option<&[String]>,
     ) -> Result<DatasetRecord> {
-        let mut q = vec![("name", name.to_string())];
-        if let Some(z) = zones {
-            q.push(("zones", z.join(",")));
-        }
-        Self::send(
-            self.req(reqwest::Method::POST, "/v1/datasets")
-                .query(&q)
-                .header("content-type", "application/octet-stream")
-                .body(bytes),
-        )
-        .await
+        Self::send(self.dataset_upload(name, zones).body(bytes)).await
     }
 
     /// The datasets the caller may read (its tenant's; auditors and admins:
