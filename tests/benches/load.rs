@@ -23,6 +23,9 @@
 //!   --workers 8              kasbah `ServerConfig::workers` (runs executing at once)
 //!   --wasmtime-flags "..."   replace the default `wasmtime serve` flags (see DEFAULT_WASMTIME_FLAGS)
 //!   --only kasbah|wasmtime   measure one side
+//!   --fsync on|off           kasbah `fsync_every_commit` (on: the server's default, SQLite
+//!                            `synchronous = FULL`, one fsync per group commit; off: `NORMAL`,
+//!                            durable against a process crash, not a power loss)
 //!
 //! kasbah keeps pooled memories resident and resets them with PAGEMAP_SCAN
 //! (`RuntimeConfig::memory_keep_resident`); `wasmtime serve` does not unless
@@ -41,9 +44,10 @@
 //! from the pooling allocator. kasbah additionally authenticates the bearer
 //! token, checks the module and policy, places the run (residency zones),
 //! applies admission control, meters fuel, enforces an epoch deadline and a
-//! memory limiter, records the run durably with its audit log entry (SQLite
-//! insert + update in group commits with fsync; the caller waits for one
-//! commit), and answers a JSON run record instead of the bare output; the
+//! memory limiter, records the run durably with its audit log entry (an
+//! in-flight row at admission, then the run's final row + its entry, in
+//! group commits with an fsync each by default; the caller waits for the
+//! second), and answers a JSON run record instead of the bare output; the
 //! baseline does none of that.
 //!
 //! Latencies are per request (send to last body byte); requests/s counts only
@@ -90,6 +94,7 @@ struct Args {
     workers: usize,
     wasmtime_flags: Vec<String>,
     only: Option<String>,
+    fsync: bool,
 }
 
 fn parse_args() -> anyhow::Result<Args> {
@@ -105,6 +110,7 @@ fn parse_args() -> anyhow::Result<Args> {
             .map(|s| s.to_string())
             .collect(),
         only: None,
+        fsync: ServerConfig::default().fsync_every_commit,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -129,6 +135,13 @@ fn parse_args() -> anyhow::Result<Args> {
                 a.wasmtime_flags = value()?.split_whitespace().map(str::to_string).collect();
             }
             "--only" => a.only = Some(value()?),
+            "--fsync" => {
+                a.fsync = match value()?.as_str() {
+                    "on" => true,
+                    "off" => false,
+                    v => bail!("--fsync on|off, not {v:?}"),
+                }
+            }
             other => bail!("unknown option {other:?} (see the top of tests/benches/load.rs)"),
         }
     }
@@ -435,6 +448,7 @@ async fn start_kasbah(
         data_dir: data.path().to_path_buf(),
         workers: args.workers,
         queue_depth,
+        fsync_every_commit: args.fsync,
         ..ServerConfig::default()
     };
     let server = server_rt.spawn(kasbah_server::start(config)).await??;
@@ -678,11 +692,16 @@ fn main() -> anyhow::Result<()> {
             let body = probe(&k.target).await.context("kasbah probe")?;
             println!(
                 "kasbah  : in-process kasbah_server on http://{} (tokio multi-thread), workers={} queue_depth={} \
-                 tenant max_concurrent_runs={}, SQLite WAL synchronous=NORMAL; POST /v1/runs answers {} B of JSON",
+                 tenant max_concurrent_runs={}, SQLite WAL synchronous={}; POST /v1/runs answers {} B of JSON",
                 k.target.addr,
                 args.workers,
                 k.queue_depth,
                 k.max_concurrent_runs,
+                if args.fsync {
+                    "FULL (fsync per group commit)"
+                } else {
+                    "NORMAL (no fsync per commit)"
+                },
                 body.len()
             );
         }

@@ -349,13 +349,9 @@ pub(crate) fn store_output(
                 created_at: now_ms(),
             };
             insert(c, &row)?;
-            c.prepare_cached("UPDATE run_residency SET output_dataset = ?1 WHERE run_id = ?2")?
-                .execute(params![row.id, run_id])?;
             return Ok((Some(row.id.clone()), Some(created_entry(&row))));
         }
     };
-    c.prepare_cached("UPDATE run_residency SET output_dataset = ?1 WHERE run_id = ?2")?
-        .execute(params![id, run_id])?;
     Ok((Some(id), None))
 }
 

@@ -100,11 +100,98 @@ CREATE TABLE IF NOT EXISTS runs (
     report_json TEXT,
     created_at INTEGER NOT NULL,
     started_at INTEGER,
-    finished_at INTEGER
+    finished_at INTEGER,
+    zone TEXT,
+    adapter TEXT,
+    datasets TEXT,
+    input_label TEXT,
+    output_label TEXT,
+    store_output_as TEXT,
+    output_dataset TEXT
 );
 CREATE INDEX IF NOT EXISTS runs_by_tenant ON runs(tenant_id, created_at);
-CREATE INDEX IF NOT EXISTS runs_by_status ON runs(status);
+-- Runs accepted and not yet ended: a row here from admission until the
+-- run's final row goes into `runs` (same transaction that deletes it). A
+-- run's `runs` row is thus written once, complete; this table stays a
+-- handful of hot pages. At start-up what is left here was interrupted.
+CREATE TABLE IF NOT EXISTS runs_inflight (
+    id TEXT PRIMARY KEY,
+    tenant_id TEXT NOT NULL,
+    module_digest TEXT NOT NULL,
+    policy_version INTEGER NOT NULL,
+    input_digest TEXT NOT NULL,
+    input_size INTEGER NOT NULL,
+    created_at INTEGER NOT NULL,
+    zone TEXT,
+    adapter TEXT,
+    datasets TEXT,
+    input_label TEXT,
+    output_label TEXT,
+    store_output_as TEXT
+) WITHOUT ROWID;
 "#;
+
+/// Columns `runs` gained when run residency moved into it (databases made
+/// before that have them in a `run_residency` table: see [`migrate`]).
+const RESIDENCY_COLUMNS: [&str; 7] = [
+    "zone",
+    "adapter",
+    "datasets",
+    "input_label",
+    "output_label",
+    "store_output_as",
+    "output_dataset",
+];
+
+/// Bring a database made by an earlier kasbah to the current schema, in one
+/// transaction (nothing stored is dropped):
+/// - `run_residency` rows move into the residency columns of `runs`;
+/// - runs still `queued`/`running` in `runs` (the old way of recording
+///   runs in flight) move to `runs_inflight`, where start-up marks them
+///   interrupted like any other;
+/// - the `runs_by_status` index (only that start-up scan used it) goes.
+fn migrate(conn: &mut Connection) -> rusqlite::Result<()> {
+    let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+    let have: Vec<String> = tx
+        .prepare("SELECT name FROM pragma_table_info('runs')")?
+        .query_map([], |r| r.get(0))?
+        .collect::<rusqlite::Result<_>>()?;
+    for col in RESIDENCY_COLUMNS {
+        if !have.iter().any(|h| h == col) {
+            tx.execute_batch(&format!("ALTER TABLE runs ADD COLUMN {col} TEXT"))?;
+        }
+    }
+    let table_exists = |name: &str| -> rusqlite::Result<bool> {
+        tx.query_row(
+            "SELECT COUNT(*) FROM sqlite_schema WHERE type = 'table' AND name = ?1",
+            [name],
+            |r| r.get::<_, i64>(0),
+        )
+        .map(|n| n > 0)
+    };
+    if table_exists("run_residency")? {
+        tx.execute_batch(
+            "UPDATE runs SET zone = rr.zone, adapter = rr.adapter, datasets = rr.datasets,
+                    input_label = rr.input_label, output_label = rr.output_label,
+                    store_output_as = rr.store_output_as, output_dataset = rr.output_dataset
+             FROM run_residency rr WHERE rr.run_id = runs.id;
+             DROP TABLE run_residency;",
+        )?;
+    }
+    let moved = tx.execute(
+        "INSERT INTO runs_inflight(id, tenant_id, module_digest, policy_version, input_digest,
+             input_size, created_at, zone, adapter, datasets, input_label, output_label, store_output_as)
+         SELECT id, tenant_id, module_digest, policy_version, input_digest, input_size, created_at,
+             zone, adapter, datasets, input_label, output_label, store_output_as
+         FROM runs WHERE status IN ('queued', 'running')",
+        [],
+    )?;
+    if moved > 0 {
+        tx.execute("DELETE FROM runs WHERE status IN ('queued', 'running')", [])?;
+    }
+    tx.execute_batch("DROP INDEX IF EXISTS runs_by_status")?;
+    tx.commit()
+}
 
 pub fn now_ms() -> i64 {
     std::time::SystemTime::now()
@@ -314,10 +401,11 @@ impl Db {
             "wal_autocheckpoint",
             crate::writer::WAL_AUTOCHECKPOINT_PAGES,
         )?;
+        let mut conn = conn;
         conn.execute_batch(SCHEMA)?;
         conn.execute_batch(crate::datasets::SCHEMA)?;
-        conn.execute_batch(crate::placement::SCHEMA)?;
         conn.execute_batch(audit::SCHEMA)?;
+        migrate(&mut conn)?;
         let size = audit::check(&conn)
             .map_err(|e| anyhow::anyhow!("{}: {e}; refusing to start", path.display()))?;
         let mut readers = Vec::with_capacity(READERS);
@@ -863,9 +951,13 @@ impl Db {
         let run = run.clone();
         let rx = self
             .submit(move |c| {
+                let [zone, adapter, datasets, input_label, output_label, store_output_as] =
+                    crate::placement::residency_params(run.residency.as_ref())?;
                 c.prepare_cached(
-                    "INSERT INTO runs(id, tenant_id, module_digest, policy_version, status, input_digest, input_size, created_at)
-                     VALUES (?1, ?2, ?3, ?4, 'queued', ?5, ?6, ?7)",
+                    "INSERT INTO runs_inflight(id, tenant_id, module_digest, policy_version, input_digest,
+                         input_size, created_at, zone, adapter, datasets, input_label, output_label,
+                         store_output_as)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
                 )?
                 .execute(params![
                     run.id,
@@ -874,11 +966,14 @@ impl Db {
                     run.policy_version,
                     run.input_digest.to_string(),
                     run.input_size as i64,
-                    run.created_at
+                    run.created_at,
+                    zone,
+                    adapter,
+                    datasets,
+                    input_label,
+                    output_label,
+                    store_output_as
                 ])?;
-                if let Some(r) = &run.residency {
-                    crate::placement::insert_residency(c, &run.id, r)?;
-                }
                 Ok(((), Vec::new()))
             })
             .await?;
@@ -945,9 +1040,6 @@ impl Db {
             }));
             entries
         };
-        let id = run.id.clone();
-        let tenant = run.tenant_id.clone();
-        let residency = run.residency.clone();
         let stored_output = match (
             &f.output,
             record.outcome.as_ref().is_some_and(|o| o.is_ok()),
@@ -961,30 +1053,13 @@ impl Db {
         };
         let outcome_kind = record.outcome.as_ref().map(|o| o.kind());
         let usage = record.usage.clone().unwrap_or_default();
+        let new_run = run.clone();
         let written = self
             .write(move |c| {
+                let run = new_run;
                 let n = c
-                    .prepare_cached(
-                        "UPDATE runs SET status = 'done', outcome_kind = ?1,
-                        output_digest = ?2, output_size = ?3, output_content_type = ?4, output_inline = ?5,
-                        wall_us = ?6, fuel = ?7, peak_memory = ?8, report_json = ?9, started_at = ?10,
-                        finished_at = ?11
-                     WHERE id = ?12",
-                    )?
-                    .execute(params![
-                        outcome_kind,
-                        od,
-                        os,
-                        oct,
-                        inline,
-                        usage.wall_time.as_micros() as i64,
-                        usage.fuel_consumed.map(|f| f as i64),
-                        usage.peak_memory_bytes as i64,
-                        report_json,
-                        started_at,
-                        finished_at,
-                        id
-                    ])?;
+                    .prepare_cached("DELETE FROM runs_inflight WHERE id = ?1")?
+                    .execute([&run.id])?;
                 if n != 1 {
                     return Err(DbError::Batch(Arc::from(
                         "the run's record is missing (its insert failed)",
@@ -992,11 +1067,28 @@ impl Db {
                 }
                 let mut entries = entries;
                 let mut output_dataset = None;
-                if let (Some(res), Some((d, size))) = (&residency, stored_output) {
-                    let (ds, e) = crate::datasets::store_output(c, &id, &tenant, res, d, size)?;
+                if let (Some(res), Some((d, size))) = (&run.residency, stored_output) {
+                    let (ds, e) =
+                        crate::datasets::store_output(c, &run.id, &run.tenant_id, res, d, size)?;
                     output_dataset = ds;
                     entries.extend(e);
                 }
+                insert_final_run(
+                    c,
+                    &run,
+                    RunStatus::Done,
+                    FinalColumns {
+                        outcome_kind,
+                        output: (od, os, oct, inline),
+                        wall_us: Some(usage.wall_time.as_micros() as i64),
+                        fuel: usage.fuel_consumed.map(|f| f as i64),
+                        peak_memory: Some(usage.peak_memory_bytes as i64),
+                        report_json: Some(report_json),
+                        started_at: Some(started_at),
+                        finished_at,
+                        output_dataset: output_dataset.clone(),
+                    },
+                )?;
                 Ok((output_dataset, entries))
             })
             .await;
@@ -1014,18 +1106,23 @@ impl Db {
         let (n, _) = self
             .write(|c| {
                 let runs: Vec<RunRecord> = c
-                    .prepare(&format!(
-                        "{RUN_COLUMNS} WHERE status IN ('queued', 'running') ORDER BY created_at"
-                    ))?
+                    .prepare(&format!("{INFLIGHT_COLUMNS} ORDER BY created_at"))?
                     .query_map([], row_run)?
                     .collect::<rusqlite::Result<_>>()?;
                 let mut entries = Vec::with_capacity(runs.len());
                 for mut r in runs {
                     let now = now_ms();
                     c.execute(
-                        "UPDATE runs SET status = 'interrupted', finished_at = ?1 WHERE id = ?2",
+                        "INSERT INTO runs(id, tenant_id, module_digest, policy_version, status,
+                             input_digest, input_size, created_at, finished_at, zone, adapter,
+                             datasets, input_label, output_label, store_output_as)
+                         SELECT id, tenant_id, module_digest, policy_version, 'interrupted',
+                             input_digest, input_size, created_at, ?1, zone, adapter, datasets,
+                             input_label, output_label, store_output_as
+                         FROM runs_inflight WHERE id = ?2",
                         params![now, r.id],
                     )?;
+                    c.execute("DELETE FROM runs_inflight WHERE id = ?1", [&r.id])?;
                     r.status = RunStatus::Interrupted;
                     r.finished_at = Some(now);
                     entries.push(run_entry(&r));
@@ -1058,17 +1155,30 @@ impl Db {
 
     pub fn run(&self, id: &str) -> rusqlite::Result<Option<RunRecord>> {
         let r = self.with(|c| {
-            c.prepare_cached(&format!("{RUN_COLUMNS} WHERE id = ?1"))?
+            match c
+                .prepare_cached(&format!("{RUN_COLUMNS} WHERE id = ?1"))?
                 .query_row([id], row_run)
-                .optional()
+                .optional()?
+            {
+                Some(r) => Ok(Some(r)),
+                None => c
+                    .prepare_cached(&format!("{INFLIGHT_COLUMNS} WHERE id = ?1"))?
+                    .query_row([id], row_run)
+                    .optional(),
+            }
         })?;
         Ok(r.map(|r| self.overlay_running(r)))
     }
 
+    /// A tenant's most recent runs (ended or not), newest first.
     pub fn runs(&self, tenant_id: &str, limit: u32) -> rusqlite::Result<Vec<RunRecord>> {
         let rs: Vec<RunRecord> = self.with(|c| {
-            c.prepare(&format!(
-                "{RUN_COLUMNS} WHERE tenant_id = ?1 ORDER BY created_at DESC LIMIT ?2"
+            c.prepare_cached(&format!(
+                "SELECT * FROM ({RUN_COLUMNS} WHERE tenant_id = ?1
+                     ORDER BY created_at DESC LIMIT ?2)
+                 UNION ALL
+                 SELECT * FROM ({INFLIGHT_COLUMNS} WHERE tenant_id = ?1)
+                 ORDER BY created_at DESC LIMIT ?2"
             ))?
             .query_map(params![tenant_id, limit], row_run)?
             .collect()
@@ -1276,8 +1386,86 @@ fn module_row(
 
 const RUN_COLUMNS: &str = "SELECT id, tenant_id, module_digest, policy_version, status, input_digest, input_size,
     output_digest, output_size, output_content_type, output_inline, report_json, created_at, started_at, finished_at,
-    rr.zone, rr.adapter, rr.datasets, rr.input_label, rr.output_label, rr.output_dataset
-    FROM runs LEFT JOIN run_residency rr ON rr.run_id = runs.id";
+    zone, adapter, datasets, input_label, output_label, output_dataset
+    FROM runs";
+
+/// [`RUN_COLUMNS`] of a run in flight (read by the same [`row_run`]).
+const INFLIGHT_COLUMNS: &str =
+    "SELECT id, tenant_id, module_digest, policy_version, 'queued', input_digest, input_size,
+    NULL, NULL, NULL, NULL, NULL, created_at, NULL, NULL,
+    zone, adapter, datasets, input_label, output_label, NULL
+    FROM runs_inflight";
+
+/// What a run's final row holds besides its [`NewRun`] facts.
+#[derive(Default)]
+struct FinalColumns {
+    outcome_kind: Option<&'static str>,
+    /// Digest, size, content type, inline bytes.
+    output: (Option<String>, Option<i64>, Option<String>, Option<Vec<u8>>),
+    wall_us: Option<i64>,
+    fuel: Option<i64>,
+    peak_memory: Option<i64>,
+    report_json: Option<String>,
+    started_at: Option<i64>,
+    finished_at: i64,
+    output_dataset: Option<String>,
+}
+
+/// Write a run's one and only `runs` row (when it ended).
+fn insert_final_run(
+    c: &Connection,
+    run: &NewRun,
+    status: RunStatus,
+    f: FinalColumns,
+) -> rusqlite::Result<()> {
+    let [
+        zone,
+        adapter,
+        datasets,
+        input_label,
+        output_label,
+        store_output_as,
+    ] = crate::placement::residency_params(run.residency.as_ref())?;
+    let (od, os, oct, inline) = f.output;
+    c.prepare_cached(
+        "INSERT INTO runs(id, tenant_id, module_digest, policy_version, status, input_digest,
+             input_size, outcome_kind, output_digest, output_size, output_content_type,
+             output_inline, wall_us, fuel, peak_memory, report_json, created_at, started_at,
+             finished_at, zone, adapter, datasets, input_label, output_label, store_output_as,
+             output_dataset)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17,
+             ?18, ?19, ?20, ?21, ?22, ?23, ?24, ?25, ?26)",
+    )?
+    .execute(params![
+        run.id,
+        run.tenant_id,
+        run.module.to_string(),
+        run.policy_version,
+        status.as_str(),
+        run.input_digest.to_string(),
+        run.input_size as i64,
+        f.outcome_kind,
+        od,
+        os,
+        oct,
+        inline,
+        f.wall_us,
+        f.fuel,
+        f.peak_memory,
+        f.report_json,
+        run.created_at,
+        f.started_at,
+        f.finished_at,
+        zone,
+        adapter,
+        datasets,
+        input_label,
+        output_label,
+        store_output_as,
+        f.output_dataset
+    ])?;
+    Ok(())
+}
 
 /// Inline outputs up to this size are returned in the run record itself.
 pub const INLINE_OUTPUT_MAX: usize = 64 * 1024;
@@ -1458,6 +1646,104 @@ mod tests {
         }))])
         .await
         .expect("still writing");
+        tokio::task::spawn_blocking(move || db.close())
+            .await
+            .expect("close");
+    }
+
+    /// A database written by the kasbah before runs kept their residency in
+    /// `runs` (and their in-flight state in `runs_inflight`) opens with
+    /// nothing lost: a finished run keeps its zone and labels, a run that
+    /// was in flight is interrupted (zone kept, audited), and both read
+    /// back through the API's queries.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_database_of_the_previous_schema_opens_with_nothing_lost() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("kasbah.db");
+        let d = Digest::of(b"m").to_string();
+        {
+            let c = Connection::open(&path).expect("open old");
+            c.execute_batch(&format!(
+                "CREATE TABLE tenants (id TEXT PRIMARY KEY, name TEXT NOT NULL,
+                     operator_id TEXT, policy_version INTEGER NOT NULL, created_at INTEGER NOT NULL);
+                 INSERT INTO tenants VALUES ('tn_a', 'a', NULL, 1, 0);
+                 CREATE TABLE runs (id TEXT PRIMARY KEY, tenant_id TEXT NOT NULL REFERENCES tenants(id),
+                     module_digest TEXT NOT NULL, policy_version INTEGER NOT NULL, status TEXT NOT NULL,
+                     input_digest TEXT NOT NULL, input_size INTEGER NOT NULL, outcome_kind TEXT,
+                     output_digest TEXT, output_size INTEGER, output_content_type TEXT, output_inline BLOB,
+                     wall_us INTEGER, fuel INTEGER, peak_memory INTEGER, report_json TEXT,
+                     created_at INTEGER NOT NULL, started_at INTEGER, finished_at INTEGER);
+                 CREATE INDEX runs_by_tenant ON runs(tenant_id, created_at);
+                 CREATE INDEX runs_by_status ON runs(status);
+                 CREATE TABLE run_residency (run_id TEXT PRIMARY KEY REFERENCES runs(id),
+                     zone TEXT NOT NULL, adapter TEXT, datasets TEXT NOT NULL, input_label TEXT NOT NULL,
+                     output_label TEXT NOT NULL, store_output_as TEXT, output_dataset TEXT);
+                 INSERT INTO runs(id, tenant_id, module_digest, policy_version, status, input_digest,
+                     input_size, outcome_kind, wall_us, created_at, started_at, finished_at)
+                     VALUES ('run_done', 'tn_a', '{d}', 1, 'done', '{d}', 1, 'ok', 5, 10, 11, 12);
+                 INSERT INTO runs(id, tenant_id, module_digest, policy_version, status, input_digest,
+                     input_size, created_at)
+                     VALUES ('run_flying', 'tn_a', '{d}', 1, 'queued', '{d}', 1, 20);
+                 INSERT INTO run_residency VALUES ('run_done', 'zone-a', NULL, '[]', '[\"zone-a\"]',
+                     '[\"zone-a\"]', NULL, 'ds_x');
+                 INSERT INTO run_residency VALUES ('run_flying', 'zone-b', 'gpu0', '[]',
+                     '[\"zone-b\"]', '[\"zone-b\"]', NULL, NULL);"
+            ))
+            .expect("old schema");
+        }
+        let db = Db::open(&path, false).expect("open migrated");
+        assert_eq!(db.interrupt_inflight().await.expect("interrupt"), 1);
+        let done = db.run("run_done").expect("read").expect("done run");
+        assert_eq!(done.status, RunStatus::Done);
+        assert_eq!(done.zone.as_deref(), Some("zone-a"));
+        assert_eq!(done.output_label, vec!["zone-a".to_string()]);
+        assert_eq!(done.output_dataset.as_deref(), Some("ds_x"));
+        let flying = db.run("run_flying").expect("read").expect("flying run");
+        assert_eq!(flying.status, RunStatus::Interrupted);
+        assert_eq!(flying.zone.as_deref(), Some("zone-b"));
+        assert_eq!(flying.adapter.as_deref(), Some("gpu0"));
+        assert_eq!(flying.input_label, vec!["zone-b".to_string()]);
+        let listed: Vec<String> = db
+            .runs("tn_a", 10)
+            .expect("list")
+            .into_iter()
+            .map(|r| r.id)
+            .collect();
+        assert_eq!(listed, ["run_flying", "run_done"]);
+        let (kinds, zone) = db
+            .audit_read(|snap| {
+                let e = audit::entries(snap.conn, 0..snap.size, None, 10).expect("entries");
+                let zone: Option<String> = snap
+                    .conn
+                    .query_row(
+                        "SELECT COUNT(*) FROM sqlite_schema WHERE name IN ('run_residency', 'runs_by_status')",
+                        [],
+                        |r| r.get::<_, i64>(0),
+                    )
+                    .ok()
+                    .map(|n| n.to_string());
+                let zones: Vec<String> = e
+                    .iter()
+                    .map(|e| match Entry::decode(&e.bytes).expect("decode").body {
+                        EntryBody::RunExecuted(r) => format!("{} {} {}", r.run_id, r.outcome, r.zone),
+                        other => format!("{other:?}"),
+                    })
+                    .collect();
+                (zones, zone)
+            })
+            .expect("audit");
+        assert_eq!(kinds, ["run_flying interrupted zone-b"]);
+        assert_eq!(zone.as_deref(), Some("0"), "old table and index dropped");
+        tokio::task::spawn_blocking(move || db.close())
+            .await
+            .expect("close");
+        // Opening again changes nothing.
+        let db = Db::open(&path, false).expect("reopen");
+        assert_eq!(db.interrupt_inflight().await.expect("interrupt"), 0);
+        assert_eq!(
+            db.run("run_flying").expect("read").map(|r| r.status),
+            Some(RunStatus::Interrupted)
+        );
         tokio::task::spawn_blocking(move || db.close())
             .await
             .expect("close");

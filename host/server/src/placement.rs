@@ -29,23 +29,9 @@ use kasbah_core::api::{DatasetRecord, ModuleRecord, RunDataset};
 use kasbah_policy::Policy;
 use kasbah_runtime::kasbah_gpu::AdapterStatus;
 use kasbah_runtime::{DatasetMount, Residency, RunOptions};
-use rusqlite::{Connection, params};
 
 use crate::AppState;
 use crate::error::{ApiError, ApiResult};
-
-pub const SCHEMA: &str = r#"
-CREATE TABLE IF NOT EXISTS run_residency (
-    run_id TEXT PRIMARY KEY REFERENCES runs(id),
-    zone TEXT NOT NULL,
-    adapter TEXT,
-    datasets TEXT NOT NULL,
-    input_label TEXT NOT NULL,
-    output_label TEXT NOT NULL,
-    store_output_as TEXT,
-    output_dataset TEXT
-);
-"#;
 
 /// `{a, b}` for messages.
 pub fn describe(zones: &BTreeSet<String>) -> String {
@@ -274,30 +260,26 @@ fn from_json<T: serde::de::DeserializeOwned>(s: &str) -> rusqlite::Result<T> {
     })
 }
 
-/// In the run's insert transaction.
-pub(crate) fn insert_residency(
-    c: &Connection,
-    run_id: &str,
-    r: &RunResidency,
-) -> rusqlite::Result<()> {
-    c.prepare_cached(
-        "INSERT INTO run_residency(run_id, zone, adapter, datasets, input_label, output_label, store_output_as)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-    )?
-    .execute(params![
-        run_id,
-        r.zone,
-        r.adapter,
-        json(&r.datasets)?,
-        json(&r.input_label)?,
-        json(&r.output_label)?,
-        r.store_output_as
-    ])?;
-    Ok(())
+/// A run's residency as the columns `zone, adapter, datasets, input_label,
+/// output_label, store_output_as` of its row (all NULL without placement).
+pub(crate) type ResidencyParams = [Option<String>; 6];
+
+pub(crate) fn residency_params(r: Option<&RunResidency>) -> rusqlite::Result<ResidencyParams> {
+    let Some(r) = r else {
+        return Ok(Default::default());
+    };
+    Ok([
+        Some(r.zone.clone()),
+        r.adapter.clone(),
+        Some(json(&r.datasets)?),
+        Some(json(&r.input_label)?),
+        Some(json(&r.output_label)?),
+        r.store_output_as.clone(),
+    ])
 }
 
-/// The residency columns of a run record (LEFT JOINed; all NULL for runs
-/// placed before residency existed).
+/// The residency columns of a run record (all NULL for runs placed before
+/// residency existed).
 #[derive(Default)]
 pub struct ResidencyColumns {
     pub zone: Option<String>,
