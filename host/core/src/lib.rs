@@ -25,7 +25,32 @@ impl Digest {
         &self.0
     }
     pub fn hex(&self) -> String {
-        hex::encode(self.0)
+        self.text().as_str()[PREFIX.len()..].to_string()
+    }
+    /// `sha256:<64 hex>` in a stack buffer: digests are written into every
+    /// run record and row, and `hex::encode` + `format!` allocated twice and
+    /// went through a char iterator each time.
+    fn text(&self) -> DigestText {
+        const HEX: &[u8; 16] = b"0123456789abcdef";
+        let mut out = [0u8; TEXT_LEN];
+        out[..PREFIX.len()].copy_from_slice(PREFIX.as_bytes());
+        for (i, b) in self.0.iter().enumerate() {
+            out[PREFIX.len() + 2 * i] = HEX[usize::from(b >> 4)];
+            out[PREFIX.len() + 2 * i + 1] = HEX[usize::from(b & 0x0f)];
+        }
+        DigestText(out)
+    }
+}
+
+const PREFIX: &str = "sha256:";
+const TEXT_LEN: usize = PREFIX.len() + 64;
+
+struct DigestText([u8; TEXT_LEN]);
+
+impl DigestText {
+    fn as_str(&self) -> &str {
+        // Only ASCII is ever written into the buffer.
+        std::str::from_utf8(&self.0).unwrap_or_default()
     }
 }
 
@@ -44,7 +69,7 @@ impl Hasher {
 
 impl fmt::Display for Digest {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "sha256:{}", self.hex())
+        f.pad(self.text().as_str())
     }
 }
 
@@ -74,7 +99,7 @@ impl FromStr for Digest {
 
 impl Serialize for Digest {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.collect_str(self)
+        s.serialize_str(self.text().as_str())
     }
 }
 
@@ -338,6 +363,11 @@ mod tests {
             "sha256:ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
         );
         assert_eq!(d.to_string().parse::<Digest>(), Ok(d));
+        assert_eq!(d.hex(), hex::encode(d.as_bytes()));
+        assert_eq!(serde_json::to_string(&d).expect("json"), format!("\"{d}\""));
+        // Every nibble value, both halves of a byte.
+        let all = Digest::from_bytes(std::array::from_fn(|i| (i as u8).wrapping_mul(0x1f)));
+        assert_eq!(all.hex(), hex::encode(all.as_bytes()));
         for bad in [
             "",
             "sha256:",
