@@ -477,6 +477,73 @@ async fn dev_token(p: &Platform, dev: &Client) -> String {
         .token
 }
 
+/// A synchronous run executes in its request's task; a client that stops
+/// waiting (here: gives up after 300 ms and drops the connection) must not
+/// cancel it. The run is listed while it runs, ends at its own deadline, is
+/// recorded with its audit entry, and its slot is given back.
+#[tokio::test]
+async fn a_sync_run_whose_client_leaves_still_runs_to_its_end() {
+    let p = Platform::start().await;
+    let data = tempfile::tempdir().expect("tmp");
+    let limits = Limits {
+        wall_time_ms: 1_500,
+        max_concurrent_runs: 1,
+        ..Limits::default()
+    };
+    let (_a, dev) = p
+        .tenant("a", Some(hostile_policy(data.path(), limits)))
+        .await;
+    let hostile = publish(&dev, "hostile", "1")
+        .await
+        .expect("publish")
+        .digest
+        .to_string();
+    let impatient = reqwest::Client::builder()
+        .timeout(Duration::from_millis(300))
+        .build()
+        .expect("client");
+    let gave_up = impatient
+        .post(format!("{}/v1/runs", p.url))
+        .bearer_auth(dev_token(&p, &dev).await)
+        .json(&attack(&hostile, "sleep", "", true))
+        .send()
+        .await;
+    assert!(
+        gave_up.is_err_and(|e| e.is_timeout()),
+        "the client timed out"
+    );
+    drop(impatient);
+    let runs = dev.runs(10).await.expect("list");
+    assert_eq!(runs.len(), 1, "the run is recorded while it runs");
+    assert!(
+        matches!(runs[0].status, RunStatus::Queued | RunStatus::Running),
+        "{:?}",
+        runs[0].status
+    );
+    let id = runs[0].id.clone();
+    let mut ended = None;
+    for _ in 0..100 {
+        let r = dev.get_run(&id).await.expect("get");
+        if r.status == RunStatus::Done {
+            ended = Some(r);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let ended = ended.expect("the run ended on its own");
+    assert_eq!(
+        ended.outcome,
+        Some(Outcome::DeadlineExceeded { limit_ms: 1_500 })
+    );
+    dev.run_receipt(&id).await.expect("its audit entry exists");
+    // Its slot (max_concurrent_runs = 1) was given back.
+    let r = dev
+        .run(&attack(&hostile, "ok", "", true))
+        .await
+        .expect("admitted");
+    assert!(matches!(r.outcome, Some(Outcome::Ok { .. })), "{r:?}");
+}
+
 #[tokio::test]
 async fn overload_is_429_with_retry_after_never_an_unbounded_queue() {
     let p = Platform::start_with(|c| {

@@ -642,12 +642,11 @@ pub async fn create_run(
             .sync_wait_ms
             .min(limits.wall_time_ms.saturating_add(5_000)),
     );
-    let (tx, rx) = tokio::sync::oneshot::channel();
     let task_state = s.clone();
     let policy_for_run = policy.clone();
     let accepted = crate::db::queued_record(&run);
     s.metrics.runs_in_flight.inc();
-    tokio::spawn(async move {
+    let run_to_end = async move {
         let record = execute(
             &task_state,
             run,
@@ -658,20 +657,75 @@ pub async fn create_run(
         )
         .await;
         task_state.metrics.runs_in_flight.dec();
-        let _ = tx.send(record);
-    });
-
-    if req.wait
-        && let Ok(done) = tokio::time::timeout(wait, rx).await
-    {
-        return match done {
-            Ok(Some(record)) => Ok((StatusCode::OK, Json(record))),
-            Ok(None) | Err(_) => Err(ApiError::internal("the run's result could not be stored")),
-        };
+        record
+    };
+    if req.wait {
+        // The run executes in this handler's own task (no hand-off to another
+        // task and back); past the wait, or if the client goes away, it goes
+        // on detached.
+        let mut running = Detached::new(run_to_end);
+        if let Ok(done) = tokio::time::timeout(wait, &mut running).await {
+            return match done {
+                Some(record) => Ok((StatusCode::OK, Json(record))),
+                None => Err(ApiError::internal("the run's result could not be stored")),
+            };
+        }
+    } else {
+        tokio::spawn(run_to_end);
     }
     inserted.durable().await?;
     let r = s.db.run(&accepted.id)?.unwrap_or(accepted);
     Ok((StatusCode::ACCEPTED, Json(r)))
+}
+
+/// A future polled in place by its caller that, if dropped before it
+/// finished, is spawned to finish on its own: an admitted run is never
+/// cancelled because its client stopped waiting or went away.
+struct Detached<F: Future + Send + 'static>(Option<std::pin::Pin<Box<F>>>)
+where
+    F::Output: Send;
+
+impl<F: Future + Send + 'static> Detached<F>
+where
+    F::Output: Send,
+{
+    fn new(f: F) -> Self {
+        Detached(Some(Box::pin(f)))
+    }
+}
+
+impl<F: Future + Send + 'static> Future for Detached<F>
+where
+    F::Output: Send,
+{
+    type Output = F::Output;
+    fn poll(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<F::Output> {
+        let Some(f) = self.0.as_mut() else {
+            return std::task::Poll::Pending;
+        };
+        let out = std::task::ready!(f.as_mut().poll(cx));
+        self.0 = None;
+        std::task::Poll::Ready(out)
+    }
+}
+
+impl<F: Future + Send + 'static> Drop for Detached<F>
+where
+    F::Output: Send,
+{
+    fn drop(&mut self) {
+        if let Some(f) = self.0.take() {
+            match tokio::runtime::Handle::try_current() {
+                Ok(rt) => {
+                    rt.spawn(f);
+                }
+                Err(_) => tracing::error!("a run was dropped outside the runtime (shutdown)"),
+            }
+        }
+    }
 }
 
 /// Run one admitted request to completion and store its record; returns
