@@ -5,10 +5,9 @@
 //! for every guest crate; later calls (and later test binaries, through
 //! cargo's own freshness check, ~0.3 s) reuse the artifacts.
 
-use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::{Arc, Mutex, OnceLock, PoisonError};
+use std::sync::{Arc, OnceLock};
 
 use kasbah_core::{Outcome, RunReport};
 use kasbah_policy::Policy;
@@ -132,26 +131,14 @@ pub fn runtime() -> &'static Runtime {
 }
 
 /// Load a guest into the shared runtime. Each guest is compiled once per
-/// test binary: concurrent tests asking for the same guest wait for the
-/// first compile instead of compiling it again (a debug-build compile of a
-/// guest takes seconds on two cores, and tests with tight deadlines measure
-/// from before the load).
+/// test binary: `Runtime::load` makes concurrent first loads of the same
+/// bytes wait for one compile (a debug-build compile of a guest takes
+/// seconds on two cores, and tests with tight deadlines measure from before
+/// the load).
 pub fn load(name: &str) -> Arc<Module> {
-    type Slot = Arc<OnceLock<Arc<Module>>>;
-    static LOADED: OnceLock<Mutex<HashMap<String, Slot>>> = OnceLock::new();
-    let cell = LOADED
-        .get_or_init(Mutex::default)
-        .lock()
-        .unwrap_or_else(PoisonError::into_inner)
-        .entry(name.to_string())
-        .or_default()
-        .clone();
-    cell.get_or_init(|| {
-        runtime()
-            .load(&guest_bytes(name))
-            .unwrap_or_else(|e| panic!("load {name}: {e}"))
-    })
-    .clone()
+    runtime()
+        .load(&guest_bytes(name))
+        .unwrap_or_else(|e| panic!("load {name}: {e}"))
 }
 
 pub async fn run(name: &str, policy: &Policy, request: Request) -> RunReport {

@@ -547,6 +547,45 @@ async fn many_concurrent_runs_are_isolated() {
     }
 }
 
+/// Four threads load the same never-seen module at once: one compile, one
+/// shared module (a big module compiled N times at once would burn N × its
+/// compile time, seconds for a real pipeline).
+#[test]
+fn concurrent_first_loads_of_a_module_compile_it_once() {
+    let rt = kasbah_runtime::Runtime::new(kasbah_runtime::RuntimeConfig {
+        max_concurrent_instances: 4,
+        ..kasbah_runtime::RuntimeConfig::default()
+    })
+    .expect("runtime");
+    let bytes = kasbah_tests::guest_bytes("hello");
+    let barrier = std::sync::Barrier::new(4);
+    let modules: Vec<_> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..4)
+            .map(|_| {
+                s.spawn(|| {
+                    barrier.wait();
+                    rt.load(&bytes).expect("load")
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().expect("join"))
+            .collect()
+    });
+    assert_eq!(rt.compiled(), 1, "compiled once");
+    assert!(
+        modules
+            .iter()
+            .all(|m| std::sync::Arc::ptr_eq(m, &modules[0]))
+    );
+    // A later load is a cache hit; other bytes compile on their own.
+    rt.load(&bytes).expect("load again");
+    assert_eq!(rt.compiled(), 1);
+    assert!(rt.load(b"not wasm").is_err());
+    assert_eq!(rt.compiled(), 1);
+}
+
 #[tokio::test]
 async fn non_components_are_refused_at_load() {
     use kasbah_runtime::LoadError;

@@ -251,9 +251,17 @@ struct Inner {
     linker: Linker<RunState>,
     config: RuntimeConfig,
     modules: Mutex<HashMap<Digest, Arc<Module>>>,
+    /// One gate per digest being compiled: concurrent first loads of the
+    /// same bytes wait for one compile instead of each doing it.
+    compiling: Mutex<HashMap<Digest, Arc<Mutex<()>>>>,
+    compiles: std::sync::atomic::AtomicU64,
     stop_ticker: Arc<AtomicBool>,
     gpu: kasbah_gpu::GpuRegistry,
     mounts: datasets::MountCache,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 impl Drop for Inner {
@@ -322,6 +330,8 @@ impl Runtime {
                 linker,
                 config,
                 modules: Mutex::default(),
+                compiling: Mutex::default(),
+                compiles: Default::default(),
                 stop_ticker,
                 gpu,
                 mounts: datasets::MountCache::new(MOUNT_CACHE_ENTRIES),
@@ -344,24 +354,48 @@ impl Runtime {
 
     /// Compile and link `wasm`, or return the cached module with the same
     /// sha256. CPU-heavy on a miss (tens of ms): call from a blocking context.
+    /// Concurrent loads of the same bytes compile once: the others wait for
+    /// that compile and get the same module.
     pub fn load(&self, wasm: &[u8]) -> Result<Arc<Module>, LoadError> {
         let digest = Digest::of(wasm);
         if let Some(m) = self.cached(&digest) {
             return Ok(m);
         }
-        let module = Arc::new(self.compile(digest, wasm)?);
-        let mut cache = self
-            .inner
-            .modules
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
+        let gate = lock(&self.inner.compiling)
+            .entry(digest)
+            .or_default()
+            .clone();
+        let turn = lock(&gate);
+        let loaded = match self.cached(&digest) {
+            Some(m) => Ok(m),
+            None => self.compile(digest, wasm).map(|module| {
+                self.inner.compiles.fetch_add(1, Ordering::Relaxed);
+                self.keep(digest, module)
+            }),
+        };
+        drop(turn);
+        let mut gates = lock(&self.inner.compiling);
+        // Clones are only taken under this lock: 2 = the map's and ours.
+        if Arc::strong_count(&gate) == 2 {
+            gates.remove(&digest);
+        }
+        loaded
+    }
+
+    /// How many modules this runtime has compiled successfully.
+    pub fn compiled(&self) -> u64 {
+        self.inner.compiles.load(Ordering::Relaxed)
+    }
+
+    fn keep(&self, digest: Digest, module: Module) -> Arc<Module> {
+        let mut cache = lock(&self.inner.modules);
         if cache.len() >= self.inner.config.module_cache_entries {
             // Evict an arbitrary entry; a re-run recompiles (tens of ms).
             if let Some(k) = cache.keys().next().copied() {
                 cache.remove(&k);
             }
         }
-        Ok(cache.entry(digest).or_insert(module).clone())
+        cache.entry(digest).or_insert(Arc::new(module)).clone()
     }
 
     /// The cached module for `digest`, if loaded.
