@@ -615,6 +615,7 @@ async fn entries_and_receipts_are_scoped_to_the_callers_tenants() {
             name: "reseller".into(),
             ceiling: None,
             max_tenants: 3,
+            zones: Vec::new(),
         })
         .await
         .expect("operator");

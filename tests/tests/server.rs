@@ -76,6 +76,7 @@ async fn roles_see_only_what_they_reach() {
                 ..Limits::hard_ceiling()
             }),
             max_tenants: 2,
+            zones: Vec::new(),
         })
         .await
         .expect("operator");
@@ -245,6 +246,96 @@ async fn roles_see_only_what_they_reach() {
         run_b.id
     );
     assert_eq!(admin.tenants().await.expect("all").len(), 3);
+}
+
+/// A white-label operator limited to some zones cannot hand its tenants any
+/// other: tenants created without a policy get the operator's zones; a
+/// policy with a zone outside them, or with none (= every node zone), is
+/// refused for the operator and the admin alike; an unknown zone is refused
+/// when the operator is created.
+#[tokio::test]
+async fn a_zoned_operators_tenants_stay_in_its_zones() {
+    let p = Platform::start_with(|c| {
+        c.zones.node = vec!["zone-a".into(), "zone-b".into()];
+        c.gpu.adapters.clear();
+    })
+    .await;
+    let admin = &p.admin;
+    let operator = |name: &str, zones: &[&str]| CreateOperator {
+        name: name.into(),
+        ceiling: None,
+        max_tenants: 5,
+        zones: zones.iter().map(|z| z.to_string()).collect(),
+    };
+    assert_eq!(
+        api_err(admin.create_operator(&operator("typo", &["zone-c"])).await),
+        (422, "invalid_zones".into())
+    );
+    let op = admin
+        .create_operator(&operator("telecom-a", &["zone-a"]))
+        .await
+        .expect("operator");
+    assert_eq!(op.zones, ["zone-a"]);
+    assert!(admin.operators().await.expect("list")[0].zones == ["zone-a"]);
+    let telecom = p.client(&admin.operator_token(&op.id).await.expect("token").token);
+    let tenant = telecom
+        .create_tenant(&CreateTenant {
+            name: "ministry".into(),
+            operator_id: None,
+            policy: None,
+        })
+        .await
+        .expect("tenant without a policy");
+    let zones_of = |p: &PolicyRecord| p.policy.zones.iter().cloned().collect::<Vec<_>>();
+    assert_eq!(
+        zones_of(&telecom.policy(&tenant.id).await.expect("policy")),
+        ["zone-a"]
+    );
+    let with_zones = |z: &[&str]| Policy {
+        zones: z.iter().map(|s| s.to_string()).collect(),
+        ..Policy::default()
+    };
+    for (who, client) in [("operator", &telecom), ("admin", admin)] {
+        for zones in [&["zone-a", "zone-b"][..], &["zone-b"], &[]] {
+            let (status, code) = api_err(client.set_policy(&tenant.id, &with_zones(zones)).await);
+            assert_eq!(
+                (status, code.as_str()),
+                (422, "policy_exceeds_ceiling"),
+                "{who} setting zones {zones:?}"
+            );
+        }
+        assert_eq!(
+            api_err(
+                client
+                    .create_tenant(&CreateTenant {
+                        name: format!("{who}-b"),
+                        operator_id: Some(op.id.clone()),
+                        policy: Some(with_zones(&["zone-b"])),
+                    })
+                    .await
+            ),
+            (422, "policy_exceeds_ceiling".into())
+        );
+    }
+    let v2 = telecom
+        .set_policy(&tenant.id, &with_zones(&["zone-a"]))
+        .await
+        .expect("within the operator's zones");
+    assert_eq!(v2.version, 2);
+    // An operator without zones may use any node zone.
+    let free = admin
+        .create_operator(&operator("telecom-free", &[]))
+        .await
+        .expect("operator");
+    assert!(free.zones.is_empty());
+    admin
+        .create_tenant(&CreateTenant {
+            name: "anywhere".into(),
+            operator_id: Some(free.id.clone()),
+            policy: Some(with_zones(&["zone-b"])),
+        })
+        .await
+        .expect("unrestricted operator");
 }
 
 #[tokio::test]

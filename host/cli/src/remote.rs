@@ -83,6 +83,10 @@ pub enum OperatorCmd {
         ceiling: Option<PathBuf>,
         #[arg(long, default_value_t = 100)]
         max_tenants: u32,
+        /// Residency zones its tenants are limited to (comma-separated;
+        /// default: no restriction).
+        #[arg(long, value_delimiter = ',')]
+        zones: Vec<String>,
     },
     List,
     /// Issue a token for an operator.
@@ -98,6 +102,7 @@ pub async fn operator(ctx: &Ctx, c: OperatorCmd) -> anyhow::Result<ExitCode> {
             name,
             ceiling,
             max_tenants,
+            zones,
         } => {
             let ceiling = match ceiling {
                 Some(p) => {
@@ -115,6 +120,7 @@ pub async fn operator(ctx: &Ctx, c: OperatorCmd) -> anyhow::Result<ExitCode> {
                     name,
                     ceiling,
                     max_tenants,
+                    zones,
                 })
                 .await?;
             ctx.print(&op, |o| println!("created operator {} ({})", o.id, o.name))
@@ -123,7 +129,7 @@ pub async fn operator(ctx: &Ctx, c: OperatorCmd) -> anyhow::Result<ExitCode> {
             let ops = client.operators().await?;
             ctx.print(&ops, |ops| {
                 table(
-                    &["ID", "NAME", "MAX TENANTS", "MEMORY CEILING"],
+                    &["ID", "NAME", "MAX TENANTS", "MEMORY CEILING", "ZONES"],
                     ops.iter()
                         .map(|o| {
                             vec![
@@ -131,6 +137,11 @@ pub async fn operator(ctx: &Ctx, c: OperatorCmd) -> anyhow::Result<ExitCode> {
                                 o.name.clone(),
                                 o.max_tenants.to_string(),
                                 o.ceiling.memory_bytes.to_string(),
+                                if o.zones.is_empty() {
+                                    "any".to_string()
+                                } else {
+                                    o.zones.join(",")
+                                },
                             ]
                         })
                         .collect(),

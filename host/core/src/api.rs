@@ -65,6 +65,10 @@ pub struct CreateOperator {
     /// How many tenants the operator may create.
     #[serde(default = "default_max_tenants")]
     pub max_tenants: u32,
+    /// Residency zones the operator's tenants may be given (their policies'
+    /// `zones` must be a non-empty subset). Empty: no zone restriction.
+    #[serde(default)]
+    pub zones: Vec<String>,
 }
 
 fn default_max_tenants() -> u32 {
@@ -79,6 +83,9 @@ pub struct Operator {
     #[cfg_attr(feature = "openapi", schema(value_type = Object))]
     pub ceiling: Limits,
     pub max_tenants: u32,
+    /// Zones its tenants are limited to (empty: none).
+    #[serde(default)]
+    pub zones: Vec<String>,
     pub created_at: i64,
 }
 

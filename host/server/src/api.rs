@@ -52,8 +52,23 @@ pub async fn create_operator(
             describe_over(&over, "the platform's hard ceiling"),
         ));
     }
+    let node = &s.config.zones.node;
+    for z in &req.zones {
+        if !kasbah_policy::is_zone_name(z) || !node.contains(z) {
+            return Err(ApiError::unprocessable(
+                "invalid_zones",
+                format!(
+                    "zones: {z:?} is not a zone this node serves ({})",
+                    node.join(", ")
+                ),
+            ));
+        }
+    }
+    let mut zones = req.zones;
+    zones.sort();
+    zones.dedup();
     let op =
-        s.db.create_operator(name, &ceiling, req.max_tenants)
+        s.db.create_operator(name, &ceiling, req.max_tenants, zones)
             .await
             .map_err(|e| {
                 if e.is_unique_violation() {
@@ -130,8 +145,16 @@ pub async fn create_tenant(
         ),
         None => None,
     };
-    let policy = req.policy.unwrap_or_default();
-    check_policy(&policy, operator.as_ref().map(|o| &o.ceiling), caller.role)?;
+    // A zoned operator's tenant created without a policy gets the
+    // operator's zones (the default policy's "every node zone" may exceed them).
+    let policy = req.policy.unwrap_or_else(|| Policy {
+        zones: operator
+            .as_ref()
+            .map(|o| o.zones.iter().cloned().collect())
+            .unwrap_or_default(),
+        ..Policy::default()
+    });
+    check_policy(&policy, operator.as_ref(), caller.role)?;
     let (tenant, _policy) =
         s.db.create_tenant(name, operator.as_ref(), &policy)
             .await?
@@ -193,11 +216,11 @@ pub async fn put_policy(
         .map_err(|_| ApiError::bad_request("invalid_request", "policy body is not UTF-8"))?;
     let policy = Policy::from_json(text)
         .map_err(|e| ApiError::unprocessable("invalid_policy", e.to_string()))?;
-    let ceiling = match &tenant.operator_id {
-        Some(op) => s.db.operator(op)?.map(|o| o.ceiling),
+    let operator = match &tenant.operator_id {
+        Some(op) => s.db.operator(op)?,
         None => None,
     };
-    check_policy(&policy, ceiling.as_ref(), caller.role)?;
+    check_policy(&policy, operator.as_ref(), caller.role)?;
     let record = s.db.set_policy(&id, &policy).await?;
     s.forget_policy(&id);
     Ok(Json(record))
@@ -1015,7 +1038,10 @@ fn describe_over(over: &[(&str, u64, u64)], what: &str) -> String {
 
 /// Structural validation plus the operator's ceiling. Host directories are
 /// the platform's to hand out: only admins may grant `files`.
-fn check_policy(p: &Policy, ceiling: Option<&Limits>, setter: Role) -> ApiResult<()> {
+/// A policy as its setter may give it: valid, host directories only from
+/// admins, limits within the tenant's operator's ceiling and zones within the
+/// operator's zones.
+fn check_policy(p: &Policy, operator: Option<&Operator>, setter: Role) -> ApiResult<()> {
     p.validate()
         .map_err(|e| ApiError::unprocessable("invalid_policy", e.to_string()))?;
     if setter != Role::Admin && !p.files.is_empty() {
@@ -1024,12 +1050,37 @@ fn check_policy(p: &Policy, ceiling: Option<&Limits>, setter: Role) -> ApiResult
             "only platform admins may grant host directories (`files`)",
         ));
     }
-    if let Some(c) = ceiling {
-        let over = p.limits.exceeding(c);
-        if !over.is_empty() {
+    let Some(op) = operator else {
+        return Ok(());
+    };
+    let over = p.limits.exceeding(&op.ceiling);
+    if !over.is_empty() {
+        return Err(ApiError::unprocessable(
+            "policy_exceeds_ceiling",
+            describe_over(&over, "the operator's ceiling"),
+        ));
+    }
+    if !op.zones.is_empty() {
+        let outside: Vec<&String> = p.zones.iter().filter(|z| !op.zones.contains(z)).collect();
+        if p.zones.is_empty() || !outside.is_empty() {
             return Err(ApiError::unprocessable(
                 "policy_exceeds_ceiling",
-                describe_over(&over, "the operator's ceiling"),
+                format!(
+                    "the operator's tenants are limited to zones {{{}}}: set `zones` to a non-empty subset{}",
+                    op.zones.join(", "),
+                    if outside.is_empty() {
+                        String::new()
+                    } else {
+                        format!(
+                            " (outside it: {})",
+                            outside
+                                .iter()
+                                .map(|z| z.as_str())
+                                .collect::<Vec<_>>()
+                                .join(", ")
+                        )
+                    }
+                ),
             ));
         }
     }

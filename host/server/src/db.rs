@@ -35,7 +35,8 @@ CREATE TABLE IF NOT EXISTS operators (
     name TEXT NOT NULL UNIQUE,
     ceiling_json TEXT NOT NULL,
     max_tenants INTEGER NOT NULL,
-    created_at INTEGER NOT NULL
+    created_at INTEGER NOT NULL,
+    zones_json TEXT
 );
 CREATE TABLE IF NOT EXISTS tenants (
     id TEXT PRIMARY KEY,
@@ -149,7 +150,8 @@ const RESIDENCY_COLUMNS: [&str; 7] = [
 /// - runs still `queued`/`running` in `runs` (the old way of recording
 ///   runs in flight) move to `runs_inflight`, where start-up marks them
 ///   interrupted like any other;
-/// - the `runs_by_status` index (only that start-up scan used it) goes.
+/// - the `runs_by_status` index (only that start-up scan used it) goes;
+/// - operators gain `zones_json` (NULL: no zone restriction).
 fn migrate(conn: &mut Connection) -> rusqlite::Result<()> {
     let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
     let have: Vec<String> = tx
@@ -160,6 +162,13 @@ fn migrate(conn: &mut Connection) -> rusqlite::Result<()> {
         if !have.iter().any(|h| h == col) {
             tx.execute_batch(&format!("ALTER TABLE runs ADD COLUMN {col} TEXT"))?;
         }
+    }
+    let op_columns: Vec<String> = tx
+        .prepare("SELECT name FROM pragma_table_info('operators')")?
+        .query_map([], |r| r.get(0))?
+        .collect::<rusqlite::Result<_>>()?;
+    if !op_columns.iter().any(|c| c == "zones_json") {
+        tx.execute_batch("ALTER TABLE operators ADD COLUMN zones_json TEXT")?;
     }
     let table_exists = |name: &str| -> rusqlite::Result<bool> {
         tx.query_row(
@@ -629,19 +638,31 @@ impl Db {
         name: &str,
         ceiling: &Limits,
         max_tenants: u32,
+        zones: Vec<String>,
     ) -> DbResult<Operator> {
         let op = Operator {
             id: new_id("op"),
             name: name.to_string(),
             ceiling: ceiling.clone(),
             max_tenants,
+            zones,
             created_at: now_ms(),
         };
         let row = op.clone();
         self.write(move |c| {
             c.execute(
-                "INSERT INTO operators(id, name, ceiling_json, max_tenants, created_at) VALUES (?1, ?2, ?3, ?4, ?5)",
-                params![row.id, row.name, json(&row.ceiling)?, row.max_tenants, row.created_at],
+                "INSERT INTO operators(id, name, ceiling_json, max_tenants, created_at, zones_json)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                params![
+                    row.id,
+                    row.name,
+                    json(&row.ceiling)?,
+                    row.max_tenants,
+                    row.created_at,
+                    (!row.zones.is_empty())
+                        .then(|| json(&row.zones))
+                        .transpose()?
+                ],
             )?;
             Ok(((), Vec::new()))
         })
@@ -652,7 +673,7 @@ impl Db {
     pub fn operators(&self) -> rusqlite::Result<Vec<Operator>> {
         self.with(|c| {
             let mut st = c.prepare(
-                "SELECT id, name, ceiling_json, max_tenants, created_at FROM operators ORDER BY created_at",
+                "SELECT id, name, ceiling_json, max_tenants, created_at, zones_json FROM operators ORDER BY created_at",
             )?;
             st.query_map([], row_operator)?.collect()
         })
@@ -661,7 +682,7 @@ impl Db {
     pub fn operator(&self, id: &str) -> rusqlite::Result<Option<Operator>> {
         self.with(|c| {
             c.query_row(
-                "SELECT id, name, ceiling_json, max_tenants, created_at FROM operators WHERE id = ?1",
+                "SELECT id, name, ceiling_json, max_tenants, created_at, zones_json FROM operators WHERE id = ?1",
                 [id],
                 row_operator,
             )
@@ -1346,6 +1367,10 @@ fn row_operator(r: &rusqlite::Row<'_>) -> rusqlite::Result<Operator> {
         ceiling: from_json(&r.get::<_, String>(2)?)?,
         max_tenants: r.get(3)?,
         created_at: r.get(4)?,
+        zones: match r.get::<_, Option<String>>(5)? {
+            Some(z) => from_json(&z)?,
+            None => Vec::new(),
+        },
     })
 }
 
@@ -1664,7 +1689,10 @@ mod tests {
         {
             let c = Connection::open(&path).expect("open old");
             c.execute_batch(&format!(
-                "CREATE TABLE tenants (id TEXT PRIMARY KEY, name TEXT NOT NULL,
+                "CREATE TABLE operators (id TEXT PRIMARY KEY, name TEXT NOT NULL UNIQUE,
+                     ceiling_json TEXT NOT NULL, max_tenants INTEGER NOT NULL, created_at INTEGER NOT NULL);
+                 INSERT INTO operators VALUES ('op_old', 'telecom', '{{}}', 3, 0);
+                 CREATE TABLE tenants (id TEXT PRIMARY KEY, name TEXT NOT NULL,
                      operator_id TEXT, policy_version INTEGER NOT NULL, created_at INTEGER NOT NULL);
                  INSERT INTO tenants VALUES ('tn_a', 'a', NULL, 1, 0);
                  CREATE TABLE runs (id TEXT PRIMARY KEY, tenant_id TEXT NOT NULL REFERENCES tenants(id),
@@ -1692,6 +1720,12 @@ mod tests {
             .expect("old schema");
         }
         let db = Db::open(&path, false).expect("open migrated");
+        let op = db.operator("op_old").expect("read").expect("operator kept");
+        assert_eq!((op.name.as_str(), op.max_tenants), ("telecom", 3));
+        assert!(
+            op.zones.is_empty(),
+            "an old operator has no zone restriction"
+        );
         assert_eq!(db.interrupt_inflight().await.expect("interrupt"), 1);
         let done = db.run("run_done").expect("read").expect("done run");
         assert_eq!(done.status, RunStatus::Done);
