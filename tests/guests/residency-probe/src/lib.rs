@@ -16,6 +16,9 @@ use std::io::Write;
 use std::net::{TcpStream, ToSocketAddrs};
 use std::time::Duration;
 
+/// One write attempt on a mounted dataset.
+type Attempt = Box<dyn Fn() -> std::io::Result<()>>;
+
 struct Probe;
 
 fn esc(s: &str) -> String {
@@ -68,7 +71,7 @@ fn gpu(data: &[u8]) -> Result<String, String> {
     let info = adapter().map_err(|e| e.describe())?;
     // Pad to a multiple of 4 bytes (buffer sizes must be aligned).
     let mut padded = data.to_vec();
-    while padded.len() % 4 != 0 || padded.is_empty() {
+    while !padded.len().is_multiple_of(4) || padded.is_empty() {
         padded.push(0);
     }
     let buf = Buffer::from_slice(&padded).map_err(|e| e.describe())?;
@@ -130,7 +133,7 @@ impl Pipeline for Probe {
             let first = list(request.meta("datasets"))
                 .first()
                 .map(|n| n.to_string());
-            let attempts: Vec<(&str, Box<dyn Fn() -> std::io::Result<()>>)> = vec![
+            let attempts: Vec<(&str, Attempt)> = vec![
                 (
                     "overwrite",
                     Box::new({
