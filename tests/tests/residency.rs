@@ -154,9 +154,17 @@ impl World {
         d
     }
 
+    /// Read-only reference data of `zone` for `tenant`: `secret.txt`.
+    fn ref_dir(&self, zone: &str, tenant: &str) -> PathBuf {
+        let d = self.storage.path().join(zone).join(format!("{tenant}-ref"));
+        std::fs::create_dir_all(&d).expect("mkdir");
+        std::fs::write(d.join("secret.txt"), format!("zone-{zone} data")).expect("write");
+        d
+    }
+
     /// A tenant with residency zones `zones`, the GPU in `gpu_zones` (empty:
     /// derived from `zones`), datasets, the three listeners allowlisted and
-    /// a writable preopen on each zone's storage.
+    /// a writable and a read-only preopen on each zone's storage.
     async fn tenant(&self, name: &str, zones: &[&str], gpu_zones: &[&str]) -> (String, Client) {
         let policy = Policy {
             zones: zones.iter().map(|s| s.to_string()).collect(),
@@ -177,6 +185,16 @@ impl World {
                     host: self.out_dir("b", name),
                     guest: "/out-b".into(),
                     mode: DirMode::Rw,
+                },
+                DirGrant {
+                    host: self.ref_dir("a", name),
+                    guest: "/ref-a".into(),
+                    mode: DirMode::Ro,
+                },
+                DirGrant {
+                    host: self.ref_dir("b", name),
+                    guest: "/ref-b".into(),
+                    mode: DirMode::Ro,
                 },
             ],
             gpu: Some(GpuGrant::in_zones(gpu_zones.iter().copied())),
@@ -465,6 +483,10 @@ async fn residency_matrix_places_refuses_and_contains_every_egress() {
                     format!("{},{},{}", w.a.addr, w.b.addr, w.nowhere.addr),
                 ),
                 ("write".to_string(), format!("/out-a/{file},/out-b/{file}")),
+                (
+                    "slurp".to_string(),
+                    "/ref-a/secret.txt,/ref-b/secret.txt".to_string(),
+                ),
                 ("gpu".to_string(), "1".to_string()),
                 ("tamper".to_string(), "1".to_string()),
             ]
@@ -606,6 +628,15 @@ async fn residency_matrix_places_refuses_and_contains_every_egress() {
                         "{ctx}: {rep}"
                     );
                 }
+                // Storage outside the label is not mounted: another zone's
+                // data cannot be read in (read-only grants included).
+                for (z, inside) in [("a", in_a), ("b", in_b)] {
+                    assert_eq!(
+                        ok(&rep["slurped"][format!("/ref-{z}/secret.txt")]),
+                        inside,
+                        "{ctx}: {rep}"
+                    );
+                }
                 // Datasets are read-only to the guest.
                 for t in ["overwrite", "create", "delete", "mkdir"] {
                     assert!(
@@ -621,7 +652,9 @@ async fn residency_matrix_places_refuses_and_contains_every_egress() {
                     .iter()
                     .filter(|d| d.detail.starts_with("residency_violation: "))
                     .collect();
-                let expected = 1 + usize::from(!in_a) * 2 + usize::from(!in_b) * 2;
+                // Per zone outside the label: its listener, its writable and
+                // its read-only directory; plus the zoneless listener.
+                let expected = 1 + usize::from(!in_a) * 3 + usize::from(!in_b) * 3;
                 assert_eq!(residency_refusals.len(), expected, "{ctx}: {:?}", r.denials);
                 assert!(
                     r.denials.iter().any(|d| d.capability == "network"

@@ -9,9 +9,10 @@
 //! - network (`net.rs`): an allowlisted destination is reachable only if the
 //!   host configuration puts it in a zone of the label; a destination listed
 //!   in no zone is in no zone (unreachable for labelled data);
-//! - writable preopens (`wasi.rs`): a `rw` grant whose host directory is on
-//!   storage outside the label is mounted read-only, and the refusal is
-//!   recorded;
+//! - preopens (`wasi.rs`): a `files` grant (`ro` or `rw`) whose host
+//!   directory is on storage outside the label is not mounted, and the
+//!   refusal is recorded (writing there would take labelled data out,
+//!   reading from it would bring another zone's data in);
 //! - GPU (`lib.rs`): the run is bound to the adapter entry placement chose.
 //!
 //! ```toml

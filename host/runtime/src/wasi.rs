@@ -61,27 +61,30 @@ pub(crate) fn build(
     }
 
     for d in &policy.files {
-        let mut perms = match d.mode {
+        let perms = match d.mode {
             DirMode::Ro => FsPerms::ReadOnly,
             DirMode::Rw => FsPerms::ReadWrite,
         };
-        // Residency: labelled data may be written only to storage in a zone
-        // of the run's label; elsewhere the grant is mounted read-only.
-        if let (DirMode::Rw, Some((zones, residency))) = (d.mode, mounts.residency) {
+        // Residency: a labelled run reaches only storage in a zone of its
+        // label. Elsewhere the grant is not mounted at all: writing there
+        // would move labelled data out, and reading from it would bring
+        // another zone's data in (its output would then carry a label the
+        // data does not have).
+        if let Some((zones, residency)) = mounts.residency {
             let zone = zones.storage_zone(&d.host);
             if !zone.is_some_and(|z| residency.label.contains(z)) {
-                perms = FsPerms::ReadOnly;
                 crate::net::record(
                     &denials,
                     "files",
                     format!(
-                        "residency_violation: {} ({}) is on storage {}, outside the run's residency label {}: mounted read-only",
+                        "residency_violation: {} ({}) is on storage {}, outside the run's residency label {}: not mounted",
                         d.guest,
                         d.host.display(),
                         zone.map_or("in no zone".to_string(), |z| format!("in zone {z}")),
                         residency.describe_label()
                     ),
                 );
+                continue;
             }
         }
         b.preopened_dir(&d.host, &d.guest, perms)

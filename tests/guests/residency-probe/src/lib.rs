@@ -3,6 +3,8 @@
 //! from `/datasets/<name>`), then the request body. Then, per metadata:
 //! - `send`: comma-separated `host:port`s: connect and write the data to each;
 //! - `write`: comma-separated guest paths: write the data to each file;
+//! - `slurp`: comma-separated guest paths: read each file (reported, not
+//!   added to the data);
 //! - `gpu` = `1`: copy the data into a GPU buffer and read it back;
 //! - `tamper` = `1`: try to modify, create and delete under `/datasets`.
 //!
@@ -121,6 +123,13 @@ impl Pipeline for Probe {
                 format!("{}:{}", esc(p), outcome(r))
             })
             .collect();
+        let slurped: Vec<String> = list(request.meta("slurp"))
+            .into_iter()
+            .map(|p| {
+                let r = std::fs::read(p).map(|_| ()).map_err(|e| e.to_string());
+                format!("{}:{}", esc(p), outcome(r))
+            })
+            .collect();
         let gpu = match request.meta("gpu") {
             Some("1") => match gpu(&data) {
                 Ok(j) => j,
@@ -176,10 +185,11 @@ impl Pipeline for Probe {
         Ok(Response::bytes(
             "application/json",
             format!(
-                "{{\"read\":{{{}}},\"sent\":{{{}}},\"wrote\":{{{}}},\"gpu\":{},\"tamper\":{{{}}},\"bytes\":{}}}",
+                "{{\"read\":{{{}}},\"sent\":{{{}}},\"wrote\":{{{}}},\"slurped\":{{{}}},\"gpu\":{},\"tamper\":{{{}}},\"bytes\":{}}}",
                 read.join(","),
                 sent.join(","),
                 wrote.join(","),
+                slurped.join(","),
                 gpu,
                 tamper.join(","),
                 data.len()
