@@ -37,11 +37,11 @@
 //!
 //! Where kasbah's time goes beyond the baseline's: the durable record. Each
 //! group commit rewrites every SQLite page it touches (the right-hand leaf of
-//! `runs`, its two indexes, `runs_inflight`, the audit tables: ~14 pages for
-//! ~3-4 runs at 16 connections), so a run costs ~16 KB of WAL writes for
-//! ~1.7 KB of rows. With the data dir on tmpfs (`TMPDIR=/dev/shm`) kasbah
-//! runs at ~100 µs of CPU per request, as the tuned `wasmtime serve` does;
-//! on this box's ext4 it needs ~120-145.
+//! `runs`, its two indexes, `runs_inflight`, the audit tables: ~14 pages
+//! whatever the batch size) and waits for an fsync, so the cost per run falls
+//! as more runs share a commit. A run gives its worker permit back before its
+//! commit, so runs keep executing while earlier ones wait for the disk. With
+//! the data dir on tmpfs (`TMPDIR=/dev/shm`) the commit costs almost nothing.
 //!
 //! Fairness: both servers listen on 127.0.0.1 and are hammered by the same
 //! client code (hyper HTTP/1.1, one connection per concurrent client,
