@@ -528,6 +528,56 @@ async fn tcp_to_a_non_allowlisted_address_is_denied_and_nothing_arrives() {
     assert_eq!(got, vec![b"hello from the sandbox\n".to_vec()]);
 }
 
+/// A policy that allowlists a host by name lets the guest resolve names
+/// itself, but only that name: a lookup of anything else (here a name that
+/// carries data, the DNS exfiltration pattern) is refused before any query
+/// leaves the host and recorded; the allowlisted name still resolves and
+/// connects.
+#[tokio::test]
+async fn guest_name_lookups_are_limited_to_the_allowlisted_names() {
+    let mut l = listener().await;
+    let port = l.addr.port();
+    let policy = allow(&[format!("localhost:{port}")]);
+    for name in [
+        "k4sb4h-s3cret-d4t4.example.invalid",
+        "LOCALHOST.example.invalid",
+        "127.0.0.1.nip.io",
+    ] {
+        let r = run(
+            "net-probe",
+            &policy,
+            attack("tcp", format!("{name}:{port}").as_str()),
+        )
+        .await;
+        assert_denied(&r.outcome);
+        assert!(
+            r.denials.iter().any(|d| d.capability == "network"
+                && d.detail.contains("name lookup")
+                && d.detail.contains(name)),
+            "{name}: {:?}",
+            r.denials
+        );
+    }
+    assert_eq!(
+        l.arrivals(Duration::from_millis(300)).await.len(),
+        0,
+        "a connection arrived"
+    );
+    // The allowlisted name (in any case) resolves and connects.
+    for name in ["localhost", "LocalHost"] {
+        let r = run(
+            "net-probe",
+            &policy,
+            attack("tcp", format!("{name}:{port}").as_str()),
+        )
+        .await;
+        assert!(r.outcome.is_ok(), "{name}: {:?} {:?}", r.outcome, r.denials);
+    }
+    let got = l.arrivals(Duration::from_secs(3)).await;
+    assert_eq!(got.len(), 2, "{got:?}");
+    assert_hello_still_served().await;
+}
+
 #[tokio::test]
 async fn many_concurrent_runs_are_isolated() {
     let mut tasks = Vec::new();

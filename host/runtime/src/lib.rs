@@ -235,6 +235,17 @@ pub struct RunState {
     /// After `table`: fields drop in order, so the run's GPU buffers are
     /// destroyed before its device goes back to the pool.
     gpu: kasbah_gpu::GpuCtx,
+    lookup: Arc<net::LookupFilter>,
+}
+
+impl RunState {
+    fn lookup(&mut self) -> net::Lookup<'_> {
+        let filter = self.lookup.clone();
+        net::Lookup {
+            sockets: wasmtime_wasi::sockets::WasiSocketsView::sockets(self),
+            filter,
+        }
+    }
 }
 
 impl WasiView for RunState {
@@ -301,6 +312,7 @@ impl Runtime {
 
         let mut linker = Linker::new(&engine);
         wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
+        net::add_lookup_to_linker(&mut linker, RunState::lookup)?;
         log::add_to_linker(&mut linker, |s: &mut RunState| log::Log(&mut s.log))?;
         kasbah_gpu::add_to_linker(&mut linker, |s: &mut RunState| {
             kasbah_gpu::Gpu::new(&mut s.gpu, &mut s.table)
@@ -558,6 +570,7 @@ impl Runtime {
                 limiter: limits::Limiter::new(limits.memory_bytes, limits.max_table_elements),
                 log: log::LogCtx::new(limits.max_log_bytes, self.inner.config.echo_guest_logs),
                 gpu,
+                lookup: parts.lookup.clone(),
             },
         );
         store.limiter(|s| &mut s.limiter);

@@ -2,10 +2,11 @@
 //! a socket-address check for wasmtime-wasi.
 //!
 //! Names are resolved by the host when the run starts; the guest may then
-//! connect (TCP) or send (UDP) only to the resulting addresses. If the guest
-//! resolves names itself (allowed only when the allowlist contains a name),
-//! whatever it gets back is still checked here before any packet leaves: DNS
-//! answers cannot widen the allowlist. Listening and accepting are never
+//! connect (TCP) or send (UDP) only to the resulting addresses. The guest may
+//! resolve names itself only when the allowlist contains a name, and then
+//! only those names ([`LookupFilter`]: no other query leaves the host, so
+//! DNS cannot carry data out); whatever it gets back is still checked here
+//! before any packet leaves: DNS answers cannot widen the allowlist. Listening and accepting are never
 //! allowed; binding is allowed only to the wildcard address with port 0
 //! (the implicit bind that precedes a connect or a first datagram).
 
@@ -17,8 +18,12 @@ use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
+use wasmtime::component::{HasData, Linker, Resource};
 use wasmtime_wasi::WasiCtxBuilder;
-use wasmtime_wasi::sockets::SocketAddrUse;
+use wasmtime_wasi::p2::bindings::sockets::ip_name_lookup;
+use wasmtime_wasi::p2::bindings::sockets::network::{self, ErrorCode, IpAddress};
+use wasmtime_wasi::p2::{DynPollable, Network, SocketError};
+use wasmtime_wasi::sockets::{SocketAddrUse, WasiSocketsCtxView};
 
 pub(crate) type Denials = Arc<Mutex<Vec<Denial>>>;
 
@@ -43,7 +48,9 @@ pub struct Allowlist {
     /// reaching, with the reason (their zone is outside the label, or they
     /// are in no configured zone). Refused like any other address.
     out_of_zone: HashMap<SocketAddr, String>,
-    has_names: bool,
+    /// The allowlist's names (normalised): the only names the guest may
+    /// look up itself.
+    names: HashSet<String>,
     /// Names that did not resolve (reported, not fatal: the run goes on
     /// without them).
     pub unresolved: Vec<String>,
@@ -60,7 +67,7 @@ impl Allowlist {
                     out.addrs.insert(SocketAddr::new(*ip, t.port));
                 }
                 NetHost::Name(name) => {
-                    out.has_names = true;
+                    out.names.insert(normalise_name(name));
                     let lookup = tokio::net::lookup_host((name.as_str(), t.port));
                     match tokio::time::timeout(timeout, lookup).await {
                         Ok(Ok(addrs)) => out.addrs.extend(addrs),
@@ -138,14 +145,19 @@ impl Allowlist {
     }
 
     /// Configure a WASI context: TCP/UDP only when something is allowed, and
-    /// every address checked against the list.
-    pub(crate) fn apply(self, builder: &mut WasiCtxBuilder, denials: Denials) {
+    /// every address checked against the list. Returns the filter the
+    /// guest's own name lookups go through (see [`add_lookup_to_linker`]).
+    pub(crate) fn apply(self, builder: &mut WasiCtxBuilder, denials: Denials) -> Arc<LookupFilter> {
         // Sockets stay enabled when only out-of-zone destinations are left,
         // so the guest's attempt reaches the check and is recorded.
         let any = !self.addrs.is_empty() || !self.out_of_zone.is_empty();
         builder.allow_tcp(any);
         builder.allow_udp(any);
-        builder.allow_ip_name_lookup(any && self.has_names);
+        builder.allow_ip_name_lookup(any && !self.names.is_empty());
+        let lookup = Arc::new(LookupFilter {
+            names: self.names.clone(),
+            denials: denials.clone(),
+        });
         let list = Arc::new(self);
         builder.socket_addr_check(move |addr, use_| {
             let ok = match use_ {
@@ -166,7 +178,121 @@ impl Allowlist {
             }
             Box::pin(async move { ok }) as Pin<Box<dyn Future<Output = bool> + Send + Sync>>
         });
+        lookup
     }
+}
+
+/// `Example.COM.` → `example.com`.
+fn normalise_name(name: &str) -> String {
+    name.trim_end_matches('.').to_ascii_lowercase()
+}
+
+/// The guest's own name lookups (`wasi:sockets/ip-name-lookup`, enabled only
+/// when the allowlist names a host): only the allowlist's names go to the
+/// host's resolver. Any other name is refused before a query leaves the
+/// host — a lookup of `<data>.attacker.example` would otherwise carry data
+/// out through the resolver chain even though no socket to the attacker is
+/// ever allowed. IP literals resolve to themselves (no query).
+pub(crate) struct LookupFilter {
+    names: HashSet<String>,
+    denials: Denials,
+}
+
+impl LookupFilter {
+    fn allows(&self, name: &str) -> bool {
+        let bare = name.trim_start_matches('[').trim_end_matches(']');
+        bare.parse::<IpAddr>().is_ok() || self.names.contains(&normalise_name(name))
+    }
+}
+
+/// `wasi:sockets/ip-name-lookup` for one call: the run's WASI sockets plus
+/// its filter.
+pub(crate) struct Lookup<'a> {
+    pub sockets: WasiSocketsCtxView<'a>,
+    pub filter: Arc<LookupFilter>,
+}
+
+struct HasLookup;
+
+impl HasData for HasLookup {
+    type Data<'a> = Lookup<'a>;
+}
+
+impl ip_name_lookup::Host for Lookup<'_> {
+    fn resolve_addresses(
+        &mut self,
+        network: Resource<Network>,
+        name: String,
+    ) -> Result<Resource<ip_name_lookup::ResolveAddressStream>, SocketError> {
+        if !self.filter.allows(&name) {
+            let mut shown: String = name.chars().take(255).collect();
+            if shown.len() < name.len() {
+                shown.push('…');
+            }
+            record(
+                &self.filter.denials,
+                "network",
+                format!("name lookup of {shown:?}: not a name in the policy's network allowlist"),
+            );
+            return Err(ErrorCode::PermanentResolverFailure.into());
+        }
+        ip_name_lookup::Host::resolve_addresses(&mut self.sockets, network, name)
+    }
+}
+
+// `ip-name-lookup` uses `network`'s types and error conversion: delegated.
+impl network::Host for Lookup<'_> {
+    fn convert_error_code(&mut self, error: SocketError) -> wasmtime::Result<ErrorCode> {
+        network::Host::convert_error_code(&mut self.sockets, error)
+    }
+
+    fn network_error_code(
+        &mut self,
+        err: Resource<wasmtime_wasi::p2::bindings::io::error::Error>,
+    ) -> wasmtime::Result<Option<ErrorCode>> {
+        network::Host::network_error_code(&mut self.sockets, err)
+    }
+}
+
+impl network::HostNetwork for Lookup<'_> {
+    fn drop(&mut self, this: Resource<Network>) -> wasmtime::Result<()> {
+        network::HostNetwork::drop(&mut self.sockets, this)
+    }
+}
+
+impl ip_name_lookup::HostResolveAddressStream for Lookup<'_> {
+    fn resolve_next_address(
+        &mut self,
+        stream: Resource<ip_name_lookup::ResolveAddressStream>,
+    ) -> Result<Option<IpAddress>, SocketError> {
+        ip_name_lookup::HostResolveAddressStream::resolve_next_address(&mut self.sockets, stream)
+    }
+
+    fn subscribe(
+        &mut self,
+        stream: Resource<ip_name_lookup::ResolveAddressStream>,
+    ) -> wasmtime::Result<Resource<DynPollable>> {
+        ip_name_lookup::HostResolveAddressStream::subscribe(&mut self.sockets, stream)
+    }
+
+    fn drop(
+        &mut self,
+        stream: Resource<ip_name_lookup::ResolveAddressStream>,
+    ) -> wasmtime::Result<()> {
+        ip_name_lookup::HostResolveAddressStream::drop(&mut self.sockets, stream)
+    }
+}
+
+/// Replace wasmtime-wasi's `wasi:sockets/ip-name-lookup` in `linker` (after
+/// `wasmtime_wasi::p2::add_to_linker_async`) with the filtered one.
+pub(crate) fn add_lookup_to_linker<T: Send + 'static>(
+    linker: &mut Linker<T>,
+    view: fn(&mut T) -> Lookup<'_>,
+) -> wasmtime::Result<()> {
+    linker.allow_shadowing(true);
+    let added = ip_name_lookup::add_to_linker::<T, HasLookup>(linker, view);
+    linker.allow_shadowing(false);
+    added
 }
 
 /// IPv4-mapped IPv6 addresses compare as their IPv4 form.
@@ -191,7 +317,7 @@ mod tests {
         assert!(l.allows("[::ffff:127.0.0.1]:8080".parse().expect("addr")));
         assert!(!l.allows("127.0.0.1:8081".parse().expect("addr")));
         assert!(!l.allows("127.0.0.2:8080".parse().expect("addr")));
-        assert!(!l.has_names);
+        assert!(l.names.is_empty());
     }
 
     #[tokio::test]

@@ -11,6 +11,8 @@ use crate::stdio::BoundedPipe;
 
 pub(crate) struct WasiParts {
     pub builder: WasiCtxBuilder,
+    /// What the guest's own name lookups may resolve.
+    pub lookup: std::sync::Arc<crate::net::LookupFilter>,
     pub stdout: BoundedPipe,
     pub stderr: BoundedPipe,
 }
@@ -104,9 +106,10 @@ pub(crate) fn build(
             })?;
     }
 
-    allowlist.apply(&mut b, denials);
+    let lookup = allowlist.apply(&mut b, denials);
     Ok(WasiParts {
         builder: b,
+        lookup,
         stdout,
         stderr,
     })
