@@ -187,18 +187,29 @@ fn migrate(conn: &mut Connection) -> rusqlite::Result<()> {
              DROP TABLE run_residency;",
         )?;
     }
-    let moved = tx.execute(
-        "INSERT INTO runs_inflight(id, tenant_id, module_digest, policy_version, input_digest,
-             input_size, created_at, zone, adapter, datasets, input_label, output_label, store_output_as)
-         SELECT id, tenant_id, module_digest, policy_version, input_digest, input_size, created_at,
-             zone, adapter, datasets, input_label, output_label, store_output_as
-         FROM runs WHERE status IN ('queued', 'running')",
+    // Only a database that still has `runs_by_status` can hold unfinished
+    // `runs` rows (and the index makes finding them cheap): a current one is
+    // not scanned at every start.
+    let legacy: bool = tx.query_row(
+        "SELECT COUNT(*) FROM sqlite_schema WHERE type = 'index' AND name = 'runs_by_status'",
         [],
+        |r| r.get::<_, i64>(0).map(|n| n > 0),
     )?;
-    if moved > 0 {
-        tx.execute("DELETE FROM runs WHERE status IN ('queued', 'running')", [])?;
+    if legacy {
+        let moved = tx.execute(
+            "INSERT INTO runs_inflight(id, tenant_id, module_digest, policy_version, input_digest,
+                 input_size, created_at, zone, adapter, datasets, input_label, output_label,
+                 store_output_as)
+             SELECT id, tenant_id, module_digest, policy_version, input_digest, input_size,
+                 created_at, zone, adapter, datasets, input_label, output_label, store_output_as
+             FROM runs WHERE status IN ('queued', 'running')",
+            [],
+        )?;
+        if moved > 0 {
+            tx.execute("DELETE FROM runs WHERE status IN ('queued', 'running')", [])?;
+        }
+        tx.execute_batch("DROP INDEX runs_by_status")?;
     }
-    tx.execute_batch("DROP INDEX IF EXISTS runs_by_status")?;
     tx.commit()
 }
 
