@@ -1089,14 +1089,6 @@ impl Db {
         let written = self
             .write(move |c| {
                 let run = new_run;
-                let n = c
-                    .prepare_cached("DELETE FROM runs_inflight WHERE id = ?1")?
-                    .execute([&run.id])?;
-                if n != 1 {
-                    return Err(DbError::Batch(Arc::from(
-                        "the run's record is missing (its insert failed)",
-                    )));
-                }
                 let mut entries = entries;
                 let mut output_dataset = None;
                 if let (Some(res), Some((d, size))) = (&run.residency, stored_output) {
@@ -1105,9 +1097,9 @@ impl Db {
                     output_dataset = ds;
                     entries.extend(e);
                 }
-                insert_final_run(
+                finalize_run(
                     c,
-                    &run,
+                    &run.id,
                     RunStatus::Done,
                     FinalColumns {
                         outcome_kind,
@@ -1144,17 +1136,15 @@ impl Db {
                 let mut entries = Vec::with_capacity(runs.len());
                 for mut r in runs {
                     let now = now_ms();
-                    c.execute(
-                        "INSERT INTO runs(id, tenant_id, module_digest, policy_version, status,
-                             input_digest, input_size, created_at, finished_at, zone, adapter,
-                             datasets, input_label, output_label, store_output_as)
-                         SELECT id, tenant_id, module_digest, policy_version, 'interrupted',
-                             input_digest, input_size, created_at, ?1, zone, adapter, datasets,
-                             input_label, output_label, store_output_as
-                         FROM runs_inflight WHERE id = ?2",
-                        params![now, r.id],
+                    finalize_run(
+                        c,
+                        &r.id,
+                        RunStatus::Interrupted,
+                        FinalColumns {
+                            finished_at: now,
+                            ..FinalColumns::default()
+                        },
                     )?;
-                    c.execute("DELETE FROM runs_inflight WHERE id = ?1", [&r.id])?;
                     r.status = RunStatus::Interrupted;
                     r.finished_at = Some(now);
                     entries.push(run_entry(&r));
@@ -1432,7 +1422,7 @@ const INFLIGHT_COLUMNS: &str =
     zone, adapter, datasets, input_label, output_label, NULL
     FROM runs_inflight";
 
-/// What a run's final row holds besides its [`NewRun`] facts.
+/// What a run's final row holds besides what its in-flight row held.
 #[derive(Default)]
 struct FinalColumns {
     outcome_kind: Option<&'static str>,
@@ -1447,59 +1437,47 @@ struct FinalColumns {
     output_dataset: Option<String>,
 }
 
-/// Write a run's one and only `runs` row (when it ended).
-fn insert_final_run(
-    c: &Connection,
-    run: &NewRun,
-    status: RunStatus,
-    f: FinalColumns,
-) -> rusqlite::Result<()> {
-    let [
-        zone,
-        adapter,
-        datasets,
-        input_label,
-        output_label,
-        store_output_as,
-    ] = crate::placement::residency_params(run.residency.as_ref())?;
+/// Turn a run's in-flight row into its one and only `runs` row (when it
+/// ended): the facts and placement are copied from `runs_inflight`, the
+/// result from `f`; the in-flight row goes. Fails if there is no in-flight
+/// row (its insert failed).
+fn finalize_run(c: &Connection, id: &str, status: RunStatus, f: FinalColumns) -> DbResult<()> {
     let (od, os, oct, inline) = f.output;
-    c.prepare_cached(
-        "INSERT INTO runs(id, tenant_id, module_digest, policy_version, status, input_digest,
-             input_size, outcome_kind, output_digest, output_size, output_content_type,
-             output_inline, wall_us, fuel, peak_memory, report_json, created_at, started_at,
-             finished_at, zone, adapter, datasets, input_label, output_label, store_output_as,
-             output_dataset)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17,
-             ?18, ?19, ?20, ?21, ?22, ?23, ?24, ?25, ?26)",
-    )?
-    .execute(params![
-        run.id,
-        run.tenant_id,
-        run.module.to_string(),
-        run.policy_version,
-        status.as_str(),
-        run.input_digest.to_string(),
-        run.input_size as i64,
-        f.outcome_kind,
-        od,
-        os,
-        oct,
-        inline,
-        f.wall_us,
-        f.fuel,
-        f.peak_memory,
-        f.report_json,
-        run.created_at,
-        f.started_at,
-        f.finished_at,
-        zone,
-        adapter,
-        datasets,
-        input_label,
-        output_label,
-        store_output_as,
-        f.output_dataset
-    ])?;
+    let n = c
+        .prepare_cached(
+            "INSERT INTO runs(id, tenant_id, module_digest, policy_version, input_digest,
+                 input_size, created_at, zone, adapter, datasets, input_label, output_label,
+                 store_output_as, status, outcome_kind, output_digest, output_size,
+                 output_content_type, output_inline, wall_us, fuel, peak_memory, report_json,
+                 started_at, finished_at, output_dataset)
+             SELECT id, tenant_id, module_digest, policy_version, input_digest,
+                 input_size, created_at, zone, adapter, datasets, input_label, output_label,
+                 store_output_as, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14
+             FROM runs_inflight WHERE id = ?1",
+        )?
+        .execute(params![
+            id,
+            status.as_str(),
+            f.outcome_kind,
+            od,
+            os,
+            oct,
+            inline,
+            f.wall_us,
+            f.fuel,
+            f.peak_memory,
+            f.report_json,
+            f.started_at,
+            f.finished_at,
+            f.output_dataset
+        ])?;
+    if n != 1 {
+        return Err(DbError::Batch(Arc::from(
+            "the run's record is missing (its insert failed)",
+        )));
+    }
+    c.prepare_cached("DELETE FROM runs_inflight WHERE id = ?1")?
+        .execute([id])?;
     Ok(())
 }
 
