@@ -95,6 +95,48 @@ pub fn guest_bytes(name: &str) -> Vec<u8> {
     std::fs::read(&p).unwrap_or_else(|e| panic!("read {}: {e}", p.display()))
 }
 
+/// CPU time (user + system, in clock ticks of 10 ms) used so far by this
+/// process and by each of its live child processes (GPU processes), and
+/// the pids of children whose command line contains `gpu-worker`.
+pub fn cpu_ticks_of_process_tree() -> (u64, Vec<u32>) {
+    fn ticks(stat: &str) -> Option<(u32, u64)> {
+        // pid (comm) state ppid ... utime(14) stime(15): split after ')'.
+        let rest = &stat[stat.rfind(')')? + 2..];
+        let f: Vec<&str> = rest.split_whitespace().collect();
+        let ppid = f.get(1)?.parse().ok()?;
+        let utime: u64 = f.get(11)?.parse().ok()?;
+        let stime: u64 = f.get(12)?.parse().ok()?;
+        Some((ppid, utime + stime))
+    }
+    let me = std::process::id();
+    let mut total = std::fs::read_to_string("/proc/self/stat")
+        .ok()
+        .and_then(|s| ticks(&s))
+        .map(|(_, t)| t)
+        .unwrap_or(0);
+    let mut gpu = Vec::new();
+    for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Some(pid) = entry.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else {
+            continue;
+        };
+        let Some((ppid, t)) = std::fs::read_to_string(entry.path().join("stat"))
+            .ok()
+            .and_then(|s| ticks(&s))
+        else {
+            continue;
+        };
+        if ppid != me {
+            continue;
+        }
+        total += t;
+        let cmdline = std::fs::read(entry.path().join("cmdline")).unwrap_or_default();
+        if String::from_utf8_lossy(&cmdline).contains("gpu-worker") {
+            gpu.push(pid);
+        }
+    }
+    (total, gpu)
+}
+
 /// Zones of the test host's GPU adapter entries. All are the same physical
 /// adapter (the first Vulkan one: lavapipe on CI), exposed as several
 /// labelled entries, as a host config may do.

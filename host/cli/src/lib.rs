@@ -76,6 +76,17 @@ enum Command {
 }
 
 pub fn main() -> ExitCode {
+    // `kasbah gpu-worker …`: this process is a GPU process started by a
+    // kasbah platform (see kasbah_gpu::gpu_worker_main), not a user command.
+    let args: Vec<String> = std::env::args().collect();
+    if args.get(1).map(String::as_str) == Some("gpu-worker") {
+        let code = kasbah_runtime::kasbah_gpu::gpu_worker_main(args.get(2..).unwrap_or_default());
+        return ExitCode::from(u8::try_from(code).unwrap_or(1));
+    }
+    // GPU processes are this same binary.
+    if let Ok(exe) = std::env::current_exe() {
+        kasbah_runtime::kasbah_gpu::set_worker_program(exe);
+    }
     let cli = Cli::parse();
     let filter = match cli.verbose {
         0 => "warn,kasbah_server=info",

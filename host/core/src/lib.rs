@@ -243,8 +243,16 @@ pub struct GpuUsage {
     pub bytes_allocated: u64,
     /// Largest amount of buffer bytes alive at once.
     pub peak_bytes: u64,
-    /// Wall-clock time the host spent waiting for this run's GPU
-    /// submissions (dispatches, copies and read-backs) to complete.
+    /// Invocations (workgroups × workgroup size) of the dispatches
+    /// completed.
+    #[serde(default)]
+    pub invocations: u64,
+    /// Bytes written to, read back from and copied between buffers.
+    #[serde(default)]
+    pub bytes_transferred: u64,
+    /// Wall-clock time the run's GPU process worked for it: every device
+    /// call (compiles, writes, dispatches, copies, read-backs) from request
+    /// to answer, or to the kill when the run's deadline cut it short.
     #[serde(with = "duration_micros")]
     pub gpu_time: Duration,
 }

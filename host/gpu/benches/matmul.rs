@@ -42,8 +42,8 @@ struct Native {
 
 impl Native {
     fn new() -> Native {
-        let adapters =
-            pollster::block_on(kasbah_gpu::instance().enumerate_adapters(wgpu::Backends::VULKAN));
+        let instance = kasbah_gpu::native_instance();
+        let adapters = pollster::block_on(instance.enumerate_adapters(wgpu::Backends::VULKAN));
         let adapter = adapters
             .into_iter()
             .next()

@@ -9,7 +9,9 @@ use kasbah_core::GpuUsage;
 use kasbah_policy::GpuGrant;
 
 use crate::bindings::kasbah::gpu::compute::GpuError;
-use crate::registry::{DeviceCtx, Entry, Worker, WorkerGone};
+use crate::process::{Conn, Timed, Worker};
+use crate::proto::{Id, Request, Value};
+use crate::registry::Entry;
 
 /// Live GPU handles (buffers, pipelines, encoders) one run may hold at once.
 /// Bounds the host memory a run can pin through the resource table.
@@ -35,10 +37,12 @@ pub(crate) struct Bound {
     pub quota: GpuGrant,
     deadline: Option<Instant>,
     worker: Option<Worker>,
-    /// A device call is awaiting its reply. If the run is dropped meanwhile
-    /// (deadline), the device may still be working for this run: it is then
-    /// never handed to another run.
-    busy: bool,
+    /// A device call is awaiting its reply (since then). If the run is
+    /// dropped meanwhile (deadline), the GPU process may still be working
+    /// for this run: it is killed, never handed to another run, and the time
+    /// until then is billed.
+    busy_since: Option<Instant>,
+    next_id: Id,
     pub acct: Accounting,
 }
 
@@ -56,6 +60,16 @@ pub(crate) struct Accounting {
     pub kernels_attempted: u32,
     pub kernels_built: u64,
     pub handles: u32,
+    /// Invocations (workgroups × workgroup size) of dispatches recorded
+    /// (checked against the quota) and of dispatches completed (usage).
+    pub invocations_recorded: u64,
+    pub invocations_done: u64,
+    /// Bytes written, read back or copied: asked for (checked against the
+    /// quota) and done (usage).
+    pub transfer_reserved: u64,
+    pub transferred: u64,
+    /// Wall time of every call the GPU process worked on for this run,
+    /// until its answer or until it was killed.
     pub gpu_time: Duration,
 }
 
@@ -79,7 +93,8 @@ impl GpuCtx {
                 quota,
                 deadline,
                 worker: None,
-                busy: false,
+                busy_since: None,
+                next_id: 0,
                 acct: Accounting::default(),
             })),
         }
@@ -119,7 +134,9 @@ impl GpuCtx {
             kernels: b.acct.kernels_built,
             bytes_allocated: b.acct.bytes_allocated,
             peak_bytes: b.acct.peak_bytes,
-            gpu_time: b.acct.gpu_time,
+            invocations: b.acct.invocations_done,
+            bytes_transferred: b.acct.transferred,
+            gpu_time: b.acct.gpu_time + b.busy_since.map(|t| t.elapsed()).unwrap_or_default(),
         })
     }
 }
@@ -131,21 +148,44 @@ impl Bound {
             .map(|d| d.saturating_duration_since(Instant::now()))
     }
 
-    /// Run `f` on this run's device thread (taking a device on first use).
-    /// `Err` is a host fault (the call traps); `Ok(Err(_))` goes to the guest.
-    pub async fn device<T, F>(&mut self, f: F) -> wasmtime::Result<Result<T, GpuError>>
+    /// Run `f` on this run's GPU process (taking one on first use), waiting
+    /// at most until the run's deadline; the time it took is billed.
+    pub async fn call<T, F>(&mut self, f: F) -> Result<T, GpuError>
     where
         T: Send + 'static,
-        F: FnOnce(&DeviceCtx) -> Result<T, GpuError> + Send + 'static,
+        F: FnOnce(&mut Conn) -> Result<T, GpuError> + Send + 'static,
     {
+        let budget = self.wait_budget();
         let worker = match &mut self.worker {
             Some(w) => w,
             w @ None => w.insert(self.entry.take_worker()),
         };
-        self.busy = true;
-        let r = worker.call(f).await;
-        self.busy = false;
-        r.map_err(|WorkerGone(why)| wasmtime::Error::msg(why))
+        self.busy_since = Some(Instant::now());
+        let Timed { result, took } = worker.call(budget, f).await;
+        self.busy_since = None;
+        self.acct.gpu_time += took;
+        result
+    }
+
+    /// One request to the GPU process.
+    pub async fn request(&mut self, req: Request) -> Result<Value, GpuError> {
+        self.call(move |conn| conn.request(&req)).await
+    }
+
+    /// A request whose answer nobody waits for (releasing objects): ordered
+    /// before this run's later calls.
+    pub fn post(&mut self, req: Request) {
+        if let Some(w) = &self.worker {
+            w.post(move |conn| {
+                let _ = conn.request(&req);
+            });
+        }
+    }
+
+    /// A fresh id for an object in the GPU process.
+    pub fn new_id(&mut self) -> Id {
+        self.next_id = self.next_id.wrapping_add(1);
+        self.next_id
     }
 
     pub fn add_bytes(&mut self, size: u64) {
@@ -172,11 +212,8 @@ impl Bound {
 
     /// The result of a device call made under a reserved handle: the handle
     /// is given back unless the call produced a resource.
-    pub(crate) fn settle_handle<T>(
-        &mut self,
-        r: wasmtime::Result<Result<T, GpuError>>,
-    ) -> wasmtime::Result<Result<T, GpuError>> {
-        if !matches!(r, Ok(Ok(_))) {
+    pub(crate) fn settle_handle<T>(&mut self, r: Result<T, GpuError>) -> Result<T, GpuError> {
+        if r.is_err() {
             self.release_handle();
         }
         r
@@ -192,7 +229,7 @@ impl Drop for GpuCtx {
         if let State::Bound(b) = &mut self.state {
             b.entry.active.fetch_sub(1, Ordering::Relaxed);
             if let Some(w) = b.worker.take() {
-                b.entry.give_back(w, !b.busy);
+                b.entry.give_back(w, b.busy_since.is_none());
             }
         }
     }

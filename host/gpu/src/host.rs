@@ -1,6 +1,7 @@
 //! The `kasbah:gpu/compute` host functions. Each one checks the run's state
-//! and quota and its arguments here, before any wgpu call, then hands the
-//! wgpu work to the run's device thread (`ops`).
+//! and quota and its arguments here, in the platform process, then sends
+//! the work to the run's GPU process (`proto::Request`), where `ops` does
+//! it.
 //!
 //! Return convention (bindgen `trappable`): `Err(_)` traps the guest (host
 //! faults: unknown handles, a panicked GPU job); `Ok(Err(gpu-error))` is an
@@ -13,7 +14,7 @@ use crate::bindings::kasbah::gpu::compute::{
     self as wit, AdapterInfo, AdapterLimits, BufferBinding, BufferUsage, GpuError, Quota,
 };
 use crate::ctx::Bound;
-use crate::ops::{self, BindRange, Command};
+use crate::proto::{self, Bind, Cmd, Dispatch, Id, Request, Value};
 
 /// Largest WGSL source accepted, in bytes.
 pub const MAX_WGSL_BYTES: usize = 1 << 20;
@@ -22,30 +23,43 @@ pub const MAX_BINDINGS_PER_DISPATCH: usize = 64;
 /// Commands one encoder may record.
 pub const MAX_COMMANDS_PER_ENCODER: usize = 4096;
 
-/// A guest's buffer. Destroyed (memory freed) when dropped, whether the guest
-/// drops it or its run ends.
+/// A guest's buffer, living in the run's GPU process. Destroyed there when
+/// the guest drops it, or with everything else of the run when the process
+/// is reset or killed after the run.
 pub struct BufferRes {
-    buffer: wgpu::Buffer,
+    id: Id,
     size: u64,
     usage: BufferUsage,
 }
 
-impl Drop for BufferRes {
-    fn drop(&mut self) {
-        self.buffer.destroy();
-    }
-}
-
 /// A guest's compiled kernel.
 pub struct PipelineRes {
-    pipeline: wgpu::ComputePipeline,
+    id: Id,
     entry_point: String,
+    /// Invocations per workgroup (the product of its workgroup size).
+    invocations: u64,
 }
 
-/// A guest's command encoder: commands validated at record time, encoded
-/// and submitted together by `submit`.
+/// A guest's command encoder: commands validated at record time (a
+/// dispatch is prepared in the GPU process under an id), encoded and
+/// submitted together by `submit`.
 pub struct EncoderRes {
-    commands: Vec<Command>,
+    commands: Vec<Cmd>,
+    /// Invocations and copied bytes recorded, billed once submitted.
+    invocations: u64,
+    copied: u64,
+}
+
+impl EncoderRes {
+    fn prepared(&self) -> Vec<Id> {
+        self.commands
+            .iter()
+            .filter_map(|c| match c {
+                Cmd::Dispatch(id) => Some(*id),
+                Cmd::Copy { .. } => None,
+            })
+            .collect()
+    }
 }
 
 /// Return a guest-visible error from a host function.
@@ -114,19 +128,15 @@ fn limits_of(l: &wgpu::Limits) -> AdapterLimits {
     }
 }
 
-fn device_type(t: wgpu::DeviceType) -> &'static str {
-    match t {
-        wgpu::DeviceType::DiscreteGpu => "discrete-gpu",
-        wgpu::DeviceType::IntegratedGpu => "integrated-gpu",
-        wgpu::DeviceType::VirtualGpu => "virtual-gpu",
-        wgpu::DeviceType::Cpu => "cpu",
-        wgpu::DeviceType::Other => "other",
-    }
-}
-
 impl Bound {
     /// Quota and device-limit checks of one dispatch, before any GPU work.
-    fn check_dispatch(&self, workgroups: [u32; 3], bindings: usize) -> Result<(), GpuError> {
+    /// Returns the dispatch's invocations.
+    fn check_dispatch(
+        &self,
+        workgroups: [u32; 3],
+        per_workgroup: u64,
+        bindings: usize,
+    ) -> Result<u64, GpuError> {
         let q = &self.quota;
         if self.acct.dispatches_recorded >= q.max_dispatches {
             return Err(GpuError::OutOfQuota(format!(
@@ -153,37 +163,64 @@ impl Bound {
                 "{bindings} bindings in one dispatch (at most {MAX_BINDINGS_PER_DISPATCH})"
             )));
         }
+        let [x, y, z] = workgroups.map(u64::from);
+        let invocations = x
+            .saturating_mul(y)
+            .saturating_mul(z)
+            .saturating_mul(per_workgroup);
+        if invocations > q.max_invocations_per_dispatch {
+            return Err(GpuError::OutOfQuota(format!(
+                "a dispatch of {x}x{y}x{z} workgroups of {per_workgroup} invocations ({invocations}) exceeds the quota of {} invocations per dispatch",
+                q.max_invocations_per_dispatch
+            )));
+        }
+        let total = self.acct.invocations_recorded.saturating_add(invocations);
+        if total > q.max_invocations {
+            return Err(GpuError::OutOfQuota(format!(
+                "{invocations} more invocations on top of {} exceeds the quota of {} invocations per run",
+                self.acct.invocations_recorded, q.max_invocations
+            )));
+        }
+        Ok(invocations)
+    }
+
+    /// Reserve `bytes` of transfer (write, read-back, copy) in the quota.
+    fn reserve_transfer(&mut self, bytes: u64) -> Result<(), GpuError> {
+        let total = self.acct.transfer_reserved.saturating_add(bytes);
+        if total > self.quota.max_transfer_bytes {
+            return Err(GpuError::OutOfQuota(format!(
+                "{bytes} more bytes of transfer on top of {} exceeds the quota of {} bytes written, read and copied per run",
+                self.acct.transfer_reserved, self.quota.max_transfer_bytes
+            )));
+        }
+        self.acct.transfer_reserved = total;
         Ok(())
     }
 }
 
 impl Gpu<'_> {
-    /// Resolve and check the bindings and the pipeline of a dispatch, then
-    /// build its bind groups on the device. Unknown handles trap.
-    async fn prepare_dispatch(
+    /// Resolve and check the bindings and the pipeline of a dispatch and
+    /// count it against the quota. Unknown handles trap. Returns the
+    /// dispatch and its invocations.
+    fn check_dispatch(
         &mut self,
         pipeline: &Resource<PipelineRes>,
         bindings: Vec<BufferBinding>,
         workgroups: [u32; 3],
-    ) -> wasmtime::Result<Result<Command, GpuError>> {
-        let pipeline = self.table.get(pipeline)?.pipeline.clone();
+    ) -> wasmtime::Result<Result<(Dispatch, u64), GpuError>> {
+        let p = self.table.get(pipeline)?;
+        let (pipeline, per_workgroup) = (p.id, p.invocations);
         let mut ranges = Vec::with_capacity(bindings.len());
-        let mut slots = std::collections::BTreeSet::new();
         for b in &bindings {
             let buf = self.table.get(&b.buffer)?;
             ranges.push((
-                b.group,
-                b.binding,
-                buf.buffer.clone(),
-                buf.size,
-                buf.usage,
-                b.offset,
-                b.size,
+                b.group, b.binding, buf.id, buf.size, buf.usage, b.offset, b.size,
             ));
         }
         let bound = guest_try!(self.ctx.get());
-        guest_try!(bound.check_dispatch(workgroups, ranges.len()));
+        let invocations = guest_try!(bound.check_dispatch(workgroups, per_workgroup, ranges.len()));
         let max_groups = bound.entry.limits.max_bind_groups;
+        let mut slots = std::collections::BTreeSet::new();
         let mut checked = Vec::with_capacity(ranges.len());
         for (group, binding, buffer, size, usage, offset, len) in ranges {
             if group >= max_groups {
@@ -213,43 +250,29 @@ impl Gpu<'_> {
                 len_or_rest,
                 size
             ));
-            checked.push(BindRange {
+            checked.push(Bind {
                 group,
                 binding,
                 buffer,
                 offset,
-                size: len.and_then(wgpu::BufferSize::new),
+                size: len,
             });
         }
-        let command = guest_try!(
-            bound
-                .device(move |dev| ops::prepare_dispatch(dev, pipeline, checked, workgroups))
-                .await?
-        );
-        bound.acct.dispatches_recorded += 1;
-        Ok(Ok(command))
+        Ok(Ok((
+            Dispatch {
+                pipeline,
+                bindings: checked,
+                workgroups,
+            },
+            invocations,
+        )))
     }
+}
 
-    /// Submit `commands` and wait for them; account GPU time and dispatches.
-    async fn run_commands(
-        &mut self,
-        commands: Vec<Command>,
-    ) -> wasmtime::Result<Result<(), GpuError>> {
-        let bound = guest_try!(self.ctx.get());
-        let dispatches = commands
-            .iter()
-            .filter(|c| matches!(c, Command::Dispatch { .. }))
-            .count() as u64;
-        let budget = bound.wait_budget();
-        let took = guest_try!(
-            bound
-                .device(move |dev| ops::submit(dev, &commands, budget))
-                .await?
-        );
-        bound.acct.gpu_time += took;
-        bound.acct.dispatches_done += dispatches;
-        Ok(Ok(()))
-    }
+/// Count a recorded dispatch against the run's quota.
+fn recorded(bound: &mut Bound, invocations: u64) {
+    bound.acct.dispatches_recorded += 1;
+    bound.acct.invocations_recorded = bound.acct.invocations_recorded.saturating_add(invocations);
 }
 
 impl wit::Host for Gpu<'_> {
@@ -258,9 +281,9 @@ impl wit::Host for Gpu<'_> {
         let e = &bound.entry;
         let (name, backend, kind) = match &e.info {
             Some(i) => (
-                i.name.clone(),
-                i.backend.to_str().to_string(),
-                device_type(i.device_type).to_string(),
+                i.key.name.clone(),
+                i.key.backend.clone(),
+                i.device_type.clone(),
             ),
             None => (String::new(), String::new(), "other".into()),
         };
@@ -317,20 +340,17 @@ impl wit::Host for Gpu<'_> {
             ))));
         }
         guest_try!(bound.reserve_handle());
-        let wgpu_usage = to_wgpu_usage(usage);
+        let id = bound.new_id();
         let created = bound
-            .device(move |dev| ops::create_buffer(dev, size, wgpu_usage))
+            .request(Request::CreateBuffer {
+                id,
+                size,
+                usage: to_wgpu_usage(usage).bits(),
+            })
             .await;
-        let buffer = match bound.settle_handle(created)? {
-            Ok(v) => v,
-            Err(e) => return Ok(Err(e)),
-        };
+        guest_try!(bound.settle_handle(created));
         bound.add_bytes(size);
-        let res = self.table.push(BufferRes {
-            buffer,
-            size,
-            usage,
-        })?;
+        let res = self.table.push(BufferRes { id, size, usage })?;
         Ok(Ok(res))
     }
 
@@ -354,19 +374,27 @@ impl wit::Host for Gpu<'_> {
         }
         guest_try!(bound.reserve_handle());
         bound.acct.kernels_attempted += 1;
-        let ep = entry_point.clone();
-        let wg_limit = bound.entry.limits.max_compute_workgroup_storage_size;
+        let id = bound.new_id();
         let built = bound
-            .device(move |dev| ops::create_pipeline(dev, &code, &ep, wg_limit))
+            .request(Request::CreatePipeline {
+                id,
+                code,
+                entry_point: entry_point.clone(),
+                workgroup_storage_limit: bound.entry.limits.max_compute_workgroup_storage_size,
+            })
             .await;
-        let pipeline = match bound.settle_handle(built)? {
-            Ok(v) => v,
-            Err(e) => return Ok(Err(e)),
+        let workgroup_size = match guest_try!(bound.settle_handle(built)) {
+            Value::Pipeline { workgroup_size } => workgroup_size,
+            Value::Done => [1, 1, 1],
         };
         bound.acct.kernels_built += 1;
+        let invocations = workgroup_size
+            .iter()
+            .fold(1u64, |n, &d| n.saturating_mul(u64::from(d.max(1))));
         let res = self.table.push(PipelineRes {
-            pipeline,
+            id,
             entry_point,
+            invocations,
         })?;
         Ok(Ok(res))
     }
@@ -378,6 +406,8 @@ impl wit::Host for Gpu<'_> {
         guest_try!(bound.reserve_handle());
         Ok(Ok(self.table.push(EncoderRes {
             commands: Vec::new(),
+            invocations: 0,
+            copied: 0,
         })?))
     }
 
@@ -386,10 +416,24 @@ impl wit::Host for Gpu<'_> {
         commands: Resource<EncoderRes>,
     ) -> wasmtime::Result<Result<(), GpuError>> {
         let encoder = self.table.delete(commands)?;
-        if let Ok(bound) = self.ctx.get() {
-            bound.release_handle();
+        let bound = guest_try!(self.ctx.get());
+        bound.release_handle();
+        if encoder.commands.is_empty() {
+            return Ok(Ok(()));
         }
-        self.run_commands(encoder.commands).await
+        let dispatches = encoder.prepared().len() as u64;
+        guest_try!(
+            bound
+                .request(Request::Submit {
+                    commands: encoder.commands
+                })
+                .await
+        );
+        let a = &mut bound.acct;
+        a.dispatches_done += dispatches;
+        a.invocations_done = a.invocations_done.saturating_add(encoder.invocations);
+        a.transferred = a.transferred.saturating_add(encoder.copied);
+        Ok(Ok(()))
     }
 
     async fn dispatch(
@@ -400,11 +444,14 @@ impl wit::Host for Gpu<'_> {
         y: u32,
         z: u32,
     ) -> wasmtime::Result<Result<(), GpuError>> {
-        let command = guest_try!(
-            self.prepare_dispatch(&pipeline, bindings, [x, y, z])
-                .await?
-        );
-        self.run_commands(vec![command]).await
+        let (dispatch, invocations) =
+            guest_try!(self.check_dispatch(&pipeline, bindings, [x, y, z])?);
+        let bound = guest_try!(self.ctx.get());
+        recorded(bound, invocations);
+        guest_try!(bound.request(Request::DispatchNow { dispatch }).await);
+        bound.acct.dispatches_done += 1;
+        bound.acct.invocations_done = bound.acct.invocations_done.saturating_add(invocations);
+        Ok(Ok(()))
     }
 }
 
@@ -424,22 +471,42 @@ impl wit::HostBuffer for Gpu<'_> {
         data: Vec<u8>,
     ) -> wasmtime::Result<Result<(), GpuError>> {
         let b = self.table.get(&this)?;
-        let (buffer, size, usage) = (b.buffer.clone(), b.size, b.usage);
+        let (id, size, usage) = (b.id, b.size, b.usage);
         let bound = guest_try!(self.ctx.get());
         if !usage.contains(BufferUsage::COPY_DST) {
             return Ok(Err(invalid("write needs a buffer with copy-dst usage")));
         }
-        guest_try!(check_range("write", offset, data.len() as u64, size));
+        let len = data.len() as u64;
+        guest_try!(check_range("write", offset, len, size));
         if data.is_empty() {
             return Ok(Ok(()));
         }
-        let budget = bound.wait_budget();
-        let took = guest_try!(
+        guest_try!(bound.reserve_transfer(len));
+        // Through the shared region, in chunks; the last one is flushed.
+        guest_try!(
             bound
-                .device(move |dev| ops::write_buffer(dev, &buffer, offset, &data, budget))
-                .await?
+                .call(move |conn| {
+                    let chunks = data.chunks(proto::SHM_BYTES);
+                    let n = chunks.len();
+                    let mut at = offset;
+                    for (i, chunk) in chunks.enumerate() {
+                        let shm = conn.shm()?;
+                        shm.get_mut(..chunk.len())
+                            .ok_or_else(|| invalid("write chunk"))?
+                            .copy_from_slice(chunk);
+                        conn.request(&Request::Write {
+                            id,
+                            offset: at,
+                            len: chunk.len() as u64,
+                            flush: i + 1 == n,
+                        })?;
+                        at += chunk.len() as u64;
+                    }
+                    Ok(())
+                })
+                .await
         );
-        bound.acct.gpu_time += took;
+        bound.acct.transferred = bound.acct.transferred.saturating_add(len);
         Ok(Ok(()))
     }
 
@@ -450,7 +517,7 @@ impl wit::HostBuffer for Gpu<'_> {
         size: u64,
     ) -> wasmtime::Result<Result<Vec<u8>, GpuError>> {
         let b = self.table.get(&this)?;
-        let (buffer, buffer_size, usage) = (b.buffer.clone(), b.size, b.usage);
+        let (id, buffer_size, usage) = (b.id, b.size, b.usage);
         let bound = guest_try!(self.ctx.get());
         if !usage.contains(BufferUsage::COPY_SRC) {
             return Ok(Err(invalid("read needs a buffer with copy-src usage")));
@@ -459,13 +526,29 @@ impl wit::HostBuffer for Gpu<'_> {
         if size == 0 {
             return Ok(Ok(Vec::new()));
         }
-        let budget = bound.wait_budget();
-        let (bytes, took) = guest_try!(
+        guest_try!(bound.reserve_transfer(size));
+        let Ok(total) = usize::try_from(size) else {
+            return Ok(Err(invalid("read size")));
+        };
+        let bytes = guest_try!(
             bound
-                .device(move |dev| ops::read_buffer(dev, &buffer, offset, size, budget))
-                .await?
+                .call(move |conn| {
+                    let mut out = Vec::with_capacity(total);
+                    while out.len() < total {
+                        let n = (total - out.len()).min(proto::SHM_BYTES);
+                        conn.request(&Request::Read {
+                            id,
+                            offset: offset + out.len() as u64,
+                            size: n as u64,
+                        })?;
+                        let shm = conn.shm()?;
+                        out.extend_from_slice(shm.get(..n).ok_or_else(|| invalid("read chunk"))?);
+                    }
+                    Ok(out)
+                })
+                .await
         );
-        bound.acct.gpu_time += took;
+        bound.acct.transferred = bound.acct.transferred.saturating_add(size);
         Ok(Ok(bytes))
     }
 
@@ -474,8 +557,8 @@ impl wit::HostBuffer for Gpu<'_> {
         if let Ok(bound) = self.ctx.get() {
             bound.remove_bytes(b.size);
             bound.release_handle();
+            bound.post(Request::DestroyBuffer { id: b.id });
         }
-        drop(b);
         Ok(())
     }
 }
@@ -486,9 +569,10 @@ impl wit::HostComputePipeline for Gpu<'_> {
     }
 
     async fn drop(&mut self, rep: Resource<PipelineRes>) -> wasmtime::Result<()> {
-        self.table.delete(rep)?;
+        let p = self.table.delete(rep)?;
         if let Ok(bound) = self.ctx.get() {
             bound.release_handle();
+            bound.post(Request::DropPipeline { id: p.id });
         }
         Ok(())
     }
@@ -509,11 +593,17 @@ impl wit::HostCommandEncoder for Gpu<'_> {
                 "an encoder records at most {MAX_COMMANDS_PER_ENCODER} commands"
             ))));
         }
-        let command = guest_try!(
-            self.prepare_dispatch(&pipeline, bindings, [x, y, z])
-                .await?
-        );
-        self.table.get_mut(&this)?.commands.push(command);
+        let (dispatch, invocations) =
+            guest_try!(self.check_dispatch(&pipeline, bindings, [x, y, z])?);
+        let bound = guest_try!(self.ctx.get());
+        let id = bound.new_id();
+        // Validated now, in the GPU process, so that a mismatch with the
+        // kernel is reported by the call that recorded it.
+        guest_try!(bound.request(Request::Prepare { id, dispatch }).await);
+        recorded(bound, invocations);
+        let encoder = self.table.get_mut(&this)?;
+        encoder.commands.push(Cmd::Dispatch(id));
+        encoder.invocations = encoder.invocations.saturating_add(invocations);
         Ok(Ok(()))
     }
 
@@ -528,10 +618,10 @@ impl wit::HostCommandEncoder for Gpu<'_> {
     ) -> wasmtime::Result<Result<(), GpuError>> {
         let recorded = self.table.get(&this)?.commands.len();
         let src = self.table.get(&source)?;
-        let (src_buf, src_size, src_usage) = (src.buffer.clone(), src.size, src.usage);
+        let (src_id, src_size, src_usage) = (src.id, src.size, src.usage);
         let dst = self.table.get(&destination)?;
-        let (dst_buf, dst_size, dst_usage) = (dst.buffer.clone(), dst.size, dst.usage);
-        guest_try!(self.ctx.get());
+        let (dst_id, dst_size, dst_usage) = (dst.id, dst.size, dst.usage);
+        let bound = guest_try!(self.ctx.get());
         if recorded >= MAX_COMMANDS_PER_ENCODER {
             return Ok(Err(GpuError::OutOfQuota(format!(
                 "an encoder records at most {MAX_COMMANDS_PER_ENCODER} commands"
@@ -559,20 +649,27 @@ impl wit::HostCommandEncoder for Gpu<'_> {
             size,
             dst_size
         ));
-        self.table.get_mut(&this)?.commands.push(Command::Copy {
-            source: src_buf,
+        guest_try!(bound.reserve_transfer(size));
+        let encoder = self.table.get_mut(&this)?;
+        encoder.commands.push(Cmd::Copy {
+            source: src_id,
             source_offset,
-            destination: dst_buf,
+            destination: dst_id,
             destination_offset,
             size,
         });
+        encoder.copied = encoder.copied.saturating_add(size);
         Ok(Ok(()))
     }
 
     async fn drop(&mut self, rep: Resource<EncoderRes>) -> wasmtime::Result<()> {
-        self.table.delete(rep)?;
+        let encoder = self.table.delete(rep)?;
         if let Ok(bound) = self.ctx.get() {
             bound.release_handle();
+            let ids = encoder.prepared();
+            if !ids.is_empty() {
+                bound.post(Request::Forget { ids });
+            }
         }
         Ok(())
     }

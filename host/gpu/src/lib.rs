@@ -75,17 +75,37 @@
 //! quotas bound the size of one dispatch; real GPUs add their driver's
 //! watchdog.
 
+mod child;
 mod config;
 mod ctx;
 mod host;
 mod ops;
+mod process;
+mod proto;
 pub mod registry;
 mod shader;
 
 pub use config::{AdapterConfig, GpuConfig};
 pub use ctx::{GpuCtx, MAX_LIVE_HANDLES};
 pub use host::{BufferRes, EncoderRes, PipelineRes};
-pub use registry::{AdapterStatus, GpuRegistry, instance, instance_with};
+pub use process::{PROTOCOL, set_worker_program};
+pub use registry::{AdapterStatus, GpuRegistry};
+
+/// Entry point of a GPU process: `args` are what follows `gpu-worker` on
+/// its command line. The `kasbah` binary and `kasbah-gpu-worker` call this
+/// when started as `… gpu-worker probe|serve`; nobody else should.
+pub fn gpu_worker_main(args: &[String]) -> i32 {
+    child::main(args)
+}
+
+/// A wgpu instance for in-process use by benchmarks' native baselines
+/// (the platform itself never creates one: its GPU work happens in GPU
+/// processes).
+pub fn native_instance() -> wgpu::Instance {
+    let mut desc = wgpu::InstanceDescriptor::new_without_display_handle();
+    desc.flags = wgpu::InstanceFlags::VALIDATION_INDIRECT_CALL;
+    wgpu::Instance::new(desc.with_env())
+}
 
 use wasmtime::component::{HasData, Linker, ResourceTable};
 

@@ -1,10 +1,9 @@
-//! The wgpu work itself. Everything here runs on a device worker thread,
-//! inside error scopes, on arguments the host call has already checked.
+//! The wgpu work itself. Everything here runs in the GPU process (see
+//! `child`), inside error scopes, on arguments the platform has already
+//! checked.
 
-use std::time::{Duration, Instant};
-
-use crate::bindings::kasbah::gpu::compute::GpuError;
-use crate::registry::DeviceCtx;
+use crate::child::DeviceCtx;
+use crate::proto::Fault as GpuError;
 
 /// Longest error message handed to a guest.
 const MAX_MESSAGE_BYTES: usize = 8 * 1024;
@@ -99,25 +98,16 @@ fn scoped<T>(
     }
 }
 
-/// Wait until `index` has completed, at most `budget`. A wait that runs out
-/// means the device is hung as far as this run is concerned: it is marked
-/// lost and never reused.
-fn wait(
-    dev: &DeviceCtx,
-    index: wgpu::SubmissionIndex,
-    budget: Option<Duration>,
-) -> Result<(), GpuError> {
+/// Wait until `index` has completed. There is no timeout here: the
+/// platform bounds every request by the run's deadline and kills this
+/// process when it runs over, which is the only way to stop lavapipe.
+fn wait(dev: &DeviceCtx, index: wgpu::SubmissionIndex) -> Result<(), GpuError> {
     let r = dev.device.poll(wgpu::PollType::Wait {
         submission_index: Some(index),
-        timeout: budget,
+        timeout: None,
     });
     if let Err(e) = r {
-        let why = match e {
-            wgpu::PollError::Timeout => {
-                "GPU work did not finish before the run's deadline".to_string()
-            }
-            other => format!("waiting for the GPU failed: {other}"),
-        };
+        let why = format!("waiting for the GPU failed: {e}");
         dev.health.mark_lost(why.clone());
         return Err(GpuError::DeviceLost(why));
     }
@@ -142,23 +132,25 @@ pub(crate) fn create_buffer(
     })
 }
 
-/// `queue.writeBuffer`, then a flush that waits for it: pending writes are
-/// staged in host memory until the next submission, so a guest writing in a
-/// loop without submitting would otherwise pile them up.
+/// `queue.writeBuffer`; with `flush`, a submission that waits for it:
+/// pending writes are staged in host memory until the next submission, so a
+/// guest writing in a loop without submitting would otherwise pile them up.
+/// The platform flushes after the last chunk of every guest write.
 pub(crate) fn write_buffer(
     dev: &DeviceCtx,
     buffer: &wgpu::Buffer,
     offset: u64,
     data: &[u8],
-    budget: Option<Duration>,
-) -> Result<Duration, GpuError> {
-    let start = Instant::now();
+    flush: bool,
+) -> Result<(), GpuError> {
     let index = scoped(dev, Blame::Argument, |_, queue| {
         queue.write_buffer(buffer, offset, data);
-        queue.submit(std::iter::empty())
+        flush.then(|| queue.submit(std::iter::empty()))
     })?;
-    wait(dev, index, budget)?;
-    Ok(start.elapsed())
+    match index {
+        Some(index) => wait(dev, index),
+        None => Ok(()),
+    }
 }
 
 /// Copy a range into a fresh staging buffer, map it and copy it out.
@@ -166,10 +158,9 @@ pub(crate) fn read_buffer(
     dev: &DeviceCtx,
     buffer: &wgpu::Buffer,
     offset: u64,
-    size: u64,
-    budget: Option<Duration>,
-) -> Result<(Vec<u8>, Duration), GpuError> {
-    let start = Instant::now();
+    out: &mut [u8],
+) -> Result<(), GpuError> {
+    let size = out.len() as u64;
     let (staging, index) = scoped(dev, Blame::Argument, |device, queue| {
         let staging = device.create_buffer(&wgpu::BufferDescriptor {
             label: Some("kasbah-readback"),
@@ -189,7 +180,7 @@ pub(crate) fn read_buffer(
         });
     });
     let result = mapped.and_then(|()| {
-        wait(dev, index, budget)?;
+        wait(dev, index)?;
         // The map callback runs during a poll once the copy is done; the
         // wait above has polled, but map callbacks may need one more turn.
         let status = match rx.try_recv() {
@@ -197,7 +188,7 @@ pub(crate) fn read_buffer(
             Err(_) => {
                 let _ = dev.device.poll(wgpu::PollType::Wait {
                     submission_index: None,
-                    timeout: budget,
+                    timeout: None,
                 });
                 rx.try_recv().map_err(|_| {
                     GpuError::DeviceLost("the read-back buffer was never mapped".into())
@@ -210,13 +201,13 @@ pub(crate) fn read_buffer(
         let view = staging
             .get_mapped_range(..)
             .map_err(|e| GpuError::InvalidArgument(format!("read-back: {e}")))?;
-        let bytes = view.to_vec();
+        out.copy_from_slice(&view);
         drop(view);
         staging.unmap();
-        Ok(bytes)
+        Ok(())
     });
     staging.destroy();
-    result.map(|bytes| (bytes, start.elapsed()))
+    result
 }
 
 /// `createShaderModule` + `createComputePipeline` with an automatic layout.
@@ -227,10 +218,11 @@ pub(crate) fn create_pipeline(
     code: &str,
     entry_point: &str,
     workgroup_storage_limit: u32,
-) -> Result<wgpu::ComputePipeline, GpuError> {
-    crate::shader::check_workgroup_storage(code, entry_point, workgroup_storage_limit)
+) -> Result<(wgpu::ComputePipeline, crate::shader::ShaderFacts), GpuError> {
+    crate::shader::admit(code).map_err(|e| GpuError::InvalidShader(bounded(e)))?;
+    let facts = crate::shader::check(code, entry_point, workgroup_storage_limit)
         .map_err(|e| GpuError::InvalidShader(bounded(e)))?;
-    scoped(dev, Blame::Shader, |device, _| {
+    let pipeline = scoped(dev, Blame::Shader, |device, _| {
         let module = device.create_shader_module(wgpu::ShaderModuleDescriptor {
             label: None,
             source: wgpu::ShaderSource::Wgsl(code.into()),
@@ -246,7 +238,8 @@ pub(crate) fn create_pipeline(
             },
             cache: None,
         })
-    })
+    })?;
+    Ok((pipeline, facts))
 }
 
 /// A buffer range to bind, already checked against the buffer's size.
@@ -368,18 +361,11 @@ fn encode(encoder: &mut wgpu::CommandEncoder, commands: &[Command]) {
 }
 
 /// Encode `commands` into one command buffer, submit it and wait for it.
-/// Returns the time spent from submission to completion.
-pub(crate) fn submit(
-    dev: &DeviceCtx,
-    commands: &[Command],
-    budget: Option<Duration>,
-) -> Result<Duration, GpuError> {
-    let start = Instant::now();
+pub(crate) fn submit(dev: &DeviceCtx, commands: &[Command]) -> Result<(), GpuError> {
     let index = scoped(dev, Blame::Argument, |device, queue| {
         let mut encoder = device.create_command_encoder(&wgpu::CommandEncoderDescriptor::default());
         encode(&mut encoder, commands);
         queue.submit([encoder.finish()])
     })?;
-    wait(dev, index, budget)?;
-    Ok(start.elapsed())
+    wait(dev, index)
 }

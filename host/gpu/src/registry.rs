@@ -1,11 +1,9 @@
-//! The adapter registry: one wgpu `Instance` per process, the labelled
-//! adapter entries of the host configuration, and per entry a small pool of
-//! devices, each owned by its own worker thread.
+//! The adapter registry: the labelled adapter entries of the host
+//! configuration, resolved against what a GPU process's probe reports, and
+//! per entry a small pool of GPU processes (one device each).
 
-use std::panic::AssertUnwindSafe;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::mpsc;
-use std::sync::{Arc, Mutex, OnceLock, PoisonError};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Instant;
 
 use kasbah_policy::GpuGrant;
@@ -13,51 +11,21 @@ use kasbah_policy::GpuGrant;
 use crate::bindings::kasbah::gpu::compute::GpuError;
 use crate::config::{AdapterConfig, GpuConfig};
 use crate::ctx::GpuCtx;
+use crate::process::{DeviceSpec, Worker};
+use crate::proto::ProbedAdapter;
 
-/// Stack of a device worker thread. Parsing and validating WGSL recurses;
-/// naga bounds the depth, and this leaves it ample room whatever the
-/// embedding runtime's thread stack size is.
-const WORKER_STACK_BYTES: usize = 16 << 20;
-
-/// The process-wide wgpu instance, created on first use (tens to hundreds of
-/// milliseconds) with every backend compiled in. See [`instance_with`].
-pub fn instance() -> &'static wgpu::Instance {
-    instance_with(wgpu::Backends::all())
-}
-
-/// The process-wide wgpu instance. The first call creates it with
-/// `backends` (a registry asks for the backends its entries name, so a host
-/// configured for Vulkan never probes GL/EGL); later calls get that same
-/// instance whatever they ask for. `WGPU_BACKEND` and the other `WGPU_*`
-/// variables still apply. Debug and validation-layer flags are off whatever
-/// the build profile: the validation that matters to isolation is
-/// wgpu-core's, which is always on.
-pub fn instance_with(backends: wgpu::Backends) -> &'static wgpu::Instance {
-    static INSTANCE: OnceLock<wgpu::Instance> = OnceLock::new();
-    INSTANCE.get_or_init(|| {
-        let mut desc = wgpu::InstanceDescriptor::new_without_display_handle();
-        desc.backends = backends;
-        desc.flags = wgpu::InstanceFlags::VALIDATION_INDIRECT_CALL;
-        wgpu::Instance::new(desc.with_env())
-    })
-}
-
-/// The backends a configuration needs: those its entries name, or all when
-/// an entry leaves the backend open.
-fn configured_backends(config: &GpuConfig) -> wgpu::Backends {
-    let mut out = wgpu::Backends::empty();
-    for a in &config.adapters {
-        match a.backend.as_deref().map(str::to_ascii_lowercase).as_deref() {
-            None => return wgpu::Backends::all(),
-            Some("vulkan") => out |= wgpu::Backends::VULKAN,
-            Some("metal") => out |= wgpu::Backends::METAL,
-            Some("dx12") => out |= wgpu::Backends::DX12,
-            Some("gl") => out |= wgpu::Backends::GL,
-            // Matches nothing; the entry will say so.
-            Some(_) => {}
-        }
-    }
-    out
+/// The backend a probe needs: the one every entry names, or all when they
+/// differ or one leaves it open (a host configured for Vulkan never probes
+/// GL/EGL).
+fn configured_backend(config: &GpuConfig) -> Option<String> {
+    let mut named = config
+        .adapters
+        .iter()
+        .map(|a| a.backend.as_deref().map(str::to_ascii_lowercase));
+    let first = named.next()??;
+    named
+        .all(|b| b.as_deref() == Some(first.as_str()))
+        .then_some(first)
 }
 
 /// Device limits the host asks for on an adapter: WebGPU's defaults, raised
@@ -81,9 +49,9 @@ pub fn device_limits(adapter: &wgpu::Limits, max_buffer_bytes: Option<u64>) -> w
 pub(crate) struct Entry {
     pub label: String,
     pub zone: String,
-    /// The adapter, or why it is not usable.
-    pub adapter: Result<wgpu::Adapter, String>,
-    pub info: Option<wgpu::AdapterInfo>,
+    /// How to open a device of this entry, or why it is not usable.
+    pub adapter: Result<DeviceSpec, String>,
+    pub info: Option<ProbedAdapter>,
     /// Limits every device of this entry is created with.
     pub limits: wgpu::Limits,
     idle: Mutex<Vec<Worker>>,
@@ -141,22 +109,30 @@ impl GpuRegistry {
     /// unavailable, and runs bound to its zone get `unavailable`. With no
     /// entries, no wgpu instance is created at all.
     pub fn new(config: &GpuConfig) -> Self {
-        let backends = configured_backends(config);
-        let adapters = if backends.is_empty() {
-            Vec::new()
+        let probed = if config.adapters.is_empty() {
+            Ok(None)
         } else {
-            pollster::block_on(instance_with(backends).enumerate_adapters(backends))
+            crate::process::probe(configured_backend(config).as_deref()).map(Some)
         };
         let entries = config
             .adapters
             .iter()
-            .map(|c| Arc::new(resolve(c, &adapters, config.max_idle_devices)))
+            .map(|c| {
+                Arc::new(match &probed {
+                    Ok(Some(p)) => resolve(c, &p.program, &p.adapters, config.max_idle_devices),
+                    Ok(None) | Err(_) => unusable(
+                        c,
+                        probed.as_ref().err().cloned().unwrap_or_default(),
+                        config.max_idle_devices,
+                    ),
+                })
+            })
             .collect::<Vec<_>>();
         for e in &entries {
             match &e.adapter {
                 Ok(_) => tracing::info!(
                     label = %e.label, zone = %e.zone,
-                    adapter = e.info.as_ref().map(|i| i.name.as_str()).unwrap_or(""),
+                    adapter = e.info.as_ref().map(|i| i.key.name.as_str()).unwrap_or(""),
                     "GPU adapter entry ready"
                 ),
                 Err(why) => {
@@ -182,8 +158,8 @@ impl GpuRegistry {
             .map(|e| AdapterStatus {
                 label: e.label.clone(),
                 zone: e.zone.clone(),
-                adapter_name: e.info.as_ref().map(|i| i.name.clone()),
-                backend: e.info.as_ref().map(|i| i.backend.to_str().to_string()),
+                adapter_name: e.info.as_ref().map(|i| i.key.name.clone()),
+                backend: e.info.as_ref().map(|i| i.key.backend.clone()),
                 unavailable: e.adapter.as_ref().err().cloned(),
                 active_runs: e.active.load(Ordering::Relaxed),
                 idle_devices: e.idle.lock().unwrap_or_else(PoisonError::into_inner).len(),
@@ -285,43 +261,13 @@ impl GpuRegistry {
     }
 }
 
-fn resolve(c: &AdapterConfig, adapters: &[wgpu::Adapter], max_idle: usize) -> Entry {
-    let found = adapters.iter().find(|a| {
-        let info = a.get_info();
-        c.matches(info.backend, &info.name)
-    });
-    let (adapter, info, limits) = match found {
-        None => (
-            Err(format!(
-                "no adapter matches backend={} name={} (found: {})",
-                c.backend.as_deref().unwrap_or("any"),
-                c.name.as_deref().unwrap_or("any"),
-                describe(adapters)
-            )),
-            None,
-            wgpu::Limits::downlevel_defaults(),
-        ),
-        Some(a) => {
-            let info = a.get_info();
-            let caps = a.get_downlevel_capabilities();
-            let limits = device_limits(&a.limits(), c.max_buffer_bytes);
-            let adapter = if caps.flags.contains(wgpu::DownlevelFlags::COMPUTE_SHADERS) {
-                Ok(a.clone())
-            } else {
-                Err(format!(
-                    "adapter {:?} cannot run compute shaders",
-                    info.name
-                ))
-            };
-            (adapter, Some(info), limits)
-        }
-    };
+fn unusable(c: &AdapterConfig, why: String, max_idle: usize) -> Entry {
     Entry {
         label: c.label.clone(),
         zone: c.zone.clone(),
-        adapter,
-        info,
-        limits,
+        adapter: Err(why),
+        info: None,
+        limits: wgpu::Limits::downlevel_defaults(),
         idle: Mutex::new(Vec::new()),
         max_idle,
         active: AtomicUsize::new(0),
@@ -329,22 +275,59 @@ fn resolve(c: &AdapterConfig, adapters: &[wgpu::Adapter], max_idle: usize) -> En
     }
 }
 
-fn describe(adapters: &[wgpu::Adapter]) -> String {
+fn resolve(
+    c: &AdapterConfig,
+    program: &std::path::Path,
+    adapters: &[ProbedAdapter],
+    max_idle: usize,
+) -> Entry {
+    let Some(found) = adapters
+        .iter()
+        .find(|a| c.matches(&a.key.backend, &a.key.name))
+    else {
+        let why = format!(
+            "no adapter matches backend={} name={} (found: {})",
+            c.backend.as_deref().unwrap_or("any"),
+            c.name.as_deref().unwrap_or("any"),
+            describe(adapters)
+        );
+        return unusable(c, why, max_idle);
+    };
+    let limits = device_limits(&found.limits, c.max_buffer_bytes);
+    let adapter = if found.compute {
+        Ok(DeviceSpec {
+            program: program.to_path_buf(),
+            label: c.label.clone(),
+            adapter: found.key.clone(),
+            limits: limits.clone(),
+        })
+    } else {
+        Err(format!(
+            "adapter {:?} cannot run compute shaders",
+            found.key.name
+        ))
+    };
+    Entry {
+        adapter,
+        info: Some(found.clone()),
+        limits,
+        ..unusable(c, String::new(), max_idle)
+    }
+}
+
+fn describe(adapters: &[ProbedAdapter]) -> String {
     if adapters.is_empty() {
         return "none".into();
     }
     adapters
         .iter()
-        .map(|a| {
-            let i = a.get_info();
-            format!("{} on {}", i.name, i.backend.to_str())
-        })
+        .map(|a| format!("{} on {}", a.key.name, a.key.backend))
         .collect::<Vec<_>>()
         .join(", ")
 }
 
 impl Entry {
-    /// An idle healthy device of this entry, or a new one.
+    /// An idle healthy GPU process of this entry, or a new one.
     pub(crate) fn take_worker(self: &Arc<Self>) -> Worker {
         loop {
             let idle = self
@@ -364,193 +347,41 @@ impl Entry {
                 None => break,
             }
         }
-        self.stats.devices_created.fetch_add(1, Ordering::Relaxed);
-        Worker::spawn(self)
+        self.new_worker()
     }
 
-    /// Give a device back after a run. Only a device that is healthy and
-    /// idle is kept; anything else is dropped (its thread finishes whatever
-    /// is still queued, then drops the device).
+    fn new_worker(&self) -> Worker {
+        self.stats.devices_created.fetch_add(1, Ordering::Relaxed);
+        match &self.adapter {
+            Ok(spec) => Worker::spawn(spec.clone()),
+            Err(why) => Worker::unavailable(why.clone()),
+        }
+    }
+
+    /// Give a GPU process back after a run. One that is healthy and idle is
+    /// reset (every object of the run dropped) and kept for the next run;
+    /// any other is killed at once, and a fresh one is started in the
+    /// background in its place so the next run does not wait for it.
     pub(crate) fn give_back(&self, worker: Worker, reusable: bool) {
-        let healthy = reusable && worker.health.is_healthy();
-        if healthy {
+        if reusable && worker.health.is_healthy() {
             let mut idle = self.idle.lock().unwrap_or_else(PoisonError::into_inner);
             if idle.len() < self.max_idle {
+                worker.reset();
                 idle.push(worker);
                 return;
             }
-        } else {
-            self.stats.devices_discarded.fetch_add(1, Ordering::Relaxed);
+            drop(idle);
+            worker.kill("not needed any more");
+            return;
         }
+        self.stats.devices_discarded.fetch_add(1, Ordering::Relaxed);
+        worker.kill("discarded after its run");
         drop(worker);
-    }
-}
-
-/// What a worker knows about its device's health. Written by wgpu callbacks
-/// (device lost, uncaptured error) and by the host (a wait that timed out, a
-/// panic in a job).
-#[derive(Default)]
-pub(crate) struct Health {
-    lost: AtomicBool,
-    dirty: AtomicBool,
-    why: Mutex<Option<String>>,
-}
-
-impl Health {
-    fn is_healthy(&self) -> bool {
-        !self.lost.load(Ordering::SeqCst) && !self.dirty.load(Ordering::SeqCst)
-    }
-
-    /// The device must not be used again.
-    pub(crate) fn mark_lost(&self, why: String) {
-        self.lost.store(true, Ordering::SeqCst);
-        self.note(why);
-    }
-
-    /// The device works but must not be handed to another run.
-    pub(crate) fn mark_dirty(&self, why: String) {
-        self.dirty.store(true, Ordering::SeqCst);
-        self.note(why);
-    }
-
-    fn note(&self, why: String) {
-        let mut w = self.why.lock().unwrap_or_else(PoisonError::into_inner);
-        if w.is_none() {
-            *w = Some(why);
+        let mut idle = self.idle.lock().unwrap_or_else(PoisonError::into_inner);
+        if idle.len() < self.max_idle && self.adapter.is_ok() {
+            idle.push(self.new_worker());
         }
     }
-
-    /// `Some(reason)` once the device is lost.
-    pub(crate) fn lost(&self) -> Option<String> {
-        if self.lost.load(Ordering::SeqCst) {
-            Some(
-                self.why
-                    .lock()
-                    .unwrap_or_else(PoisonError::into_inner)
-                    .clone()
-                    .unwrap_or_else(|| "device lost".into()),
-            )
-        } else {
-            None
-        }
-    }
-}
-
-/// A device and its queue, living on the worker thread.
-pub(crate) struct DeviceCtx {
-    pub device: wgpu::Device,
-    pub queue: wgpu::Queue,
-    pub health: Arc<Health>,
-}
-
-type Job = Box<dyn FnOnce(Result<&DeviceCtx, &str>) + Send>;
-
-/// A device owned by one thread. Every wgpu call of a run goes through
-/// `call`, so error scopes (thread-local in wgpu) always open and close on
-/// the same thread, and the async executor never blocks on the GPU.
-pub(crate) struct Worker {
-    tx: mpsc::Sender<Job>,
-    pub health: Arc<Health>,
-}
-
-/// A job could not run or did not finish: a host fault, not the guest's.
-#[derive(Debug)]
-pub(crate) struct WorkerGone(pub &'static str);
-
-impl Worker {
-    fn spawn(entry: &Arc<Entry>) -> Worker {
-        let (tx, rx) = mpsc::channel::<Job>();
-        let health = Arc::new(Health::default());
-        let adapter = entry.adapter.clone();
-        let limits = entry.limits.clone();
-        let label = entry.label.clone();
-        let thread_health = Arc::clone(&health);
-        let spawned = std::thread::Builder::new()
-            .name(format!("kasbah-gpu-{label}"))
-            .stack_size(WORKER_STACK_BYTES)
-            .spawn(move || {
-                let device = adapter.and_then(|a| open_device(&a, &limits, &label, &thread_health));
-                if let Err(e) = &device {
-                    thread_health.mark_lost(e.clone());
-                }
-                while let Ok(job) = rx.recv() {
-                    let arg = match &device {
-                        Ok(d) => Ok(d),
-                        Err(e) => Err(e.as_str()),
-                    };
-                    // A panic inside wgpu (or this crate) ends the job: the
-                    // caller sees a dropped reply and traps; the device is
-                    // never handed to another run.
-                    if std::panic::catch_unwind(AssertUnwindSafe(|| job(arg))).is_err() {
-                        thread_health.mark_lost("a GPU host call panicked".into());
-                    }
-                }
-            });
-        if let Err(e) = spawned {
-            health.mark_lost(format!("cannot start a GPU worker thread: {e}"));
-        }
-        Worker { tx, health }
-    }
-
-    /// Run `f` on the device thread and wait for its result without
-    /// blocking the caller's thread.
-    pub(crate) async fn call<T, F>(&self, f: F) -> Result<Result<T, GpuError>, WorkerGone>
-    where
-        T: Send + 'static,
-        F: FnOnce(&DeviceCtx) -> Result<T, GpuError> + Send + 'static,
-    {
-        let (reply, result) = tokio::sync::oneshot::channel();
-        let job: Job = Box::new(move |device| {
-            let r = match device {
-                Ok(d) => f(d),
-                Err(e) => Err(GpuError::Unavailable(format!(
-                    "cannot open the GPU device: {e}"
-                ))),
-            };
-            let _ = reply.send(r);
-        });
-        self.tx
-            .send(job)
-            .map_err(|_| WorkerGone("the GPU worker thread is gone"))?;
-        result
-            .await
-            .map_err(|_| WorkerGone("a GPU host call panicked"))
-    }
-}
-
-fn open_device(
-    adapter: &wgpu::Adapter,
-    limits: &wgpu::Limits,
-    label: &str,
-    health: &Arc<Health>,
-) -> Result<DeviceCtx, String> {
-    let desc = wgpu::DeviceDescriptor {
-        label: Some(label),
-        // Compute only, WebGPU semantics: no native-only or experimental
-        // features, so nothing can turn bounds checks or zero-init off.
-        required_features: wgpu::Features::empty(),
-        required_limits: limits.clone(),
-        ..Default::default()
-    };
-    let (device, queue) =
-        pollster::block_on(adapter.request_device(&desc)).map_err(|e| e.to_string())?;
-    // wgpu's default handler panics. Every call is wrapped in error scopes,
-    // so reaching this means something escaped them: keep the message and
-    // never hand this device to another run.
-    let h = Arc::clone(health);
-    device.on_uncaptured_error(Arc::new(move |e: wgpu::Error| {
-        tracing::warn!("uncaptured wgpu error: {e}");
-        h.mark_dirty(format!("uncaptured GPU error: {e}"));
-    }));
-    let h = Arc::clone(health);
-    device.set_device_lost_callback(move |reason, message| {
-        h.mark_lost(format!("device lost ({reason:?}): {message}"));
-    });
-    Ok(DeviceCtx {
-        device,
-        queue,
-        health: Arc::clone(health),
-    })
 }
 
 #[cfg(test)]

@@ -123,3 +123,32 @@ mod tests {
         assert!(e.contains("main"), "{e}");
     }
 }
+
+/// What the platform needs to know about an admitted entry point.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct ShaderFacts {
+    pub workgroup_size: [u32; 3],
+}
+
+/// Bounds on the source before naga sees it (TEMPORARY: replaced by the
+/// lexical pre-pass on branch `shader`).
+pub(crate) fn admit(code: &str) -> Result<(), String> {
+    if code.len() > crate::host::MAX_WGSL_BYTES {
+        return Err("WGSL source too large".into());
+    }
+    Ok(())
+}
+
+/// TEMPORARY wrapper (branch `shader` extends the checks).
+pub(crate) fn check(code: &str, entry_point: &str, limit: u32) -> Result<ShaderFacts, String> {
+    check_workgroup_storage(code, entry_point, limit)?;
+    let module = naga::front::wgsl::parse_str(code).map_err(|e| e.emit_to_string(code))?;
+    let ep = module
+        .entry_points
+        .iter()
+        .find(|ep| ep.name == entry_point)
+        .ok_or("no entry point")?;
+    Ok(ShaderFacts {
+        workgroup_size: ep.workgroup_size,
+    })
+}

@@ -34,6 +34,9 @@
 //! max_dispatches = 10000
 //! max_workgroups_per_dimension = 65535
 //! max_kernels = 64
+//! max_invocations_per_dispatch = 268435456   # workgroups × workgroup size
+//! max_invocations = 68719476736             # over the run
+//! max_transfer_bytes = 17179869184          # written + read back + copied
 //! ```
 
 use serde::{Deserialize, Serialize};
@@ -375,6 +378,12 @@ pub struct GpuGrant {
     pub max_workgroups_per_dimension: u32,
     /// Compute pipelines (compiled kernels) one run may create.
     pub max_kernels: u32,
+    /// Invocations (workgroups × workgroup size) of one dispatch.
+    pub max_invocations_per_dispatch: u64,
+    /// Invocations of all the dispatches one run records.
+    pub max_invocations: u64,
+    /// Bytes one run may write to, read back from and copy between buffers.
+    pub max_transfer_bytes: u64,
 }
 
 impl Default for GpuGrant {
@@ -386,6 +395,9 @@ impl Default for GpuGrant {
             max_dispatches: 10_000,
             max_workgroups_per_dimension: 65_535,
             max_kernels: 64,
+            max_invocations_per_dispatch: 1 << 28,
+            max_invocations: 1 << 36,
+            max_transfer_bytes: 16 * 1024 * MIB,
         }
     }
 }
@@ -412,6 +424,9 @@ impl GpuGrant {
             max_dispatches: 100_000_000,
             max_workgroups_per_dimension: 65_535,
             max_kernels: 10_000,
+            max_invocations_per_dispatch: 1 << 48,
+            max_invocations: 1 << 60,
+            max_transfer_bytes: 1 << 50,
         }
     }
 
@@ -459,6 +474,21 @@ impl GpuGrant {
                 "gpu.max_kernels",
                 u64::from(self.max_kernels),
                 u64::from(c.max_kernels),
+            ),
+            (
+                "gpu.max_invocations_per_dispatch",
+                self.max_invocations_per_dispatch,
+                c.max_invocations_per_dispatch,
+            ),
+            (
+                "gpu.max_invocations",
+                self.max_invocations,
+                c.max_invocations,
+            ),
+            (
+                "gpu.max_transfer_bytes",
+                self.max_transfer_bytes,
+                c.max_transfer_bytes,
             ),
         ] {
             if v == 0 {

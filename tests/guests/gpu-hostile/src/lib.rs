@@ -314,6 +314,22 @@ fn attack(name: &str, arg: &str) -> Result<Response, GpuError> {
             k.dispatch().bind(0, &data).workgroups(groups, 1, 1).run()?;
             Response::text(format!("spun {groups} workgroups"))
         }
+        // Record `arg` copies of a 64 MiB buffer into another in one batch,
+        // then submit: bytes copied are counted against the run's quota.
+        "copy-flood" => {
+            let copies: u32 = num(arg).map_err(|_| GpuError::InvalidArgument("count".into()))?;
+            const SIZE: u64 = 64 << 20;
+            let a = Buffer::new(SIZE, storage)?;
+            let b = Buffer::new(SIZE, storage)?;
+            let mut batch = Batch::new()?;
+            for i in 0..copies {
+                if let Err(e) = batch.copy(&a, 0, &b, 0, SIZE) {
+                    return Err(with_note(e, format!("after {i} copies")));
+                }
+            }
+            batch.submit()?;
+            Response::text(format!("{copies} copies"))
+        }
         // Positive control for batches: two dispatches and a copy.
         "batch" => {
             let x = Buffer::from_slice(&[10u32, 20, 30, 40])?;
