@@ -8,7 +8,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 cargo build -q -p kasbah
-cargo build -q --target wasm32-wasip2 --profile guest -p hello -p gpu-matmul -p minilm-embed -p hostile -p net-probe
+cargo build -q --target wasm32-wasip2 --profile guest -p hello -p gpu-matmul -p minilm-embed -p hostile -p net-probe -p gpu-hostile
 T=${CARGO_TARGET_DIR:-target}
 KASBAH=$T/debug/kasbah
 G=$T/wasm32-wasip2/guest
@@ -170,6 +170,38 @@ probe tcp          guest_error/denied "127.0.0.1:22" net_probe
 probe udp          guest_error/denied "127.0.0.1:53" net_probe
 probe bind         guest_error/denied "127.0.0.1:0" net_probe
 grep -q original "$work/data/existing.txt" || { echo "read-only file was modified!"; fail=1; }
+
+cat > "$work/gpu-policy.toml" <<TOML
+[limits]
+wall_time_ms = 1000
+
+[gpu]
+zones = ["local"]
+TOML
+echo
+echo "== hostile GPU suite (policy: the GPU in zone 'local', default GPU quotas, 1 s; GPU work runs in a killable GPU process) =="
+printf '%-14s %-32s %-32s %s\n' ATTACK EXPECTED GOT VERDICT
+gprobe() { # label attack expected input-file
+    local label=$1 attack=$2 expected=$3 input=$4
+    local json got t0 t1
+    t0=$(date +%s%N)
+    json=$($KASBAH run "$G/gpu_hostile.wasm" --policy "$work/gpu-policy.toml" --input "$input" \
+          --meta "attack=$attack" --json 2>/dev/null) || true
+    t1=$(date +%s%N)
+    got=$(printf '%s' "$json" | python3 -c 'import json,sys; o=json.load(sys.stdin)["outcome"]; print(o["kind"] + ("/" + o["message"].split(":")[0] if o.get("code") == "failed" else ""))' 2>/dev/null \
+          || echo "cli-failed")
+    local verdict=contained
+    [ "$got" = "$expected" ] || { verdict="UNEXPECTED"; fail=1; }
+    printf '%-14s %-32s %-32s %s (%d ms)\n' "$label" "$expected" "$got" "$verdict" $(( (t1 - t0) / 1000000 ))
+}
+py() { python3 -c "$1" > "$work/gpu-input"; echo "$work/gpu-input"; }
+HDR='@group(0) @binding(0) var<storage, read_write> d: array<f32>;'
+gprobe gpu-hog spin deadline_exceeded                "$(py 'print("65535 60000")')"
+gprobe wgsl-chain compile guest_error/invalid-shader "$(py "print('$HDR @compute @workgroup_size(1) fn main() { let x = d[0]; d[0] = x' + '+x' * 100000 + '; }')")"
+gprobe wgsl-private compile guest_error/invalid-shader "$(py "print('var<private> big: array<f32, 16777216>; $HDR @compute @workgroup_size(1) fn main() { big[u32(d[0])] = 1.0; d[0] = big[1]; }')")"
+gprobe compile-hog compile deadline_exceeded                "$(py "print('$HDR @compute @workgroup_size(1) fn main() { var x = d[0];' + 'x = x * 1.0001 + 1.0;' * 45000 + ' d[0] = x; }')")"
+gprobe gpu-dispatch dispatch-size guest_error/out-of-quota    "$(py 'print("65535 65535 1")')"
+gprobe gpu-copies copy-flood guest_error/out-of-quota       "$(py 'print(4096)')"
 
 echo
 echo "== after all of that, the same CLI still runs hello =="

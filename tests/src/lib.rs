@@ -116,7 +116,11 @@ pub fn cpu_ticks_of_process_tree() -> (u64, Vec<u32>) {
         .unwrap_or(0);
     let mut gpu = Vec::new();
     for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
-        let Some(pid) = entry.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|n| n.parse::<u32>().ok())
+        else {
             continue;
         };
         let Some((ppid, t)) = std::fs::read_to_string(entry.path().join("stat"))

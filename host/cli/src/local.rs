@@ -126,9 +126,25 @@ pub fn run(args: RunArgs, echo_logs: bool, json: bool) -> anyhow::Result<ExitCod
         .with_context(|| format!("cannot read module {}", args.module))?;
     let body = args.read_input()?;
 
+    // A policy with a `[gpu]` section gets this machine's first adapter in
+    // each of the grant's zones (a local run is a developer's run: the
+    // machine is the node).
+    let gpu = kasbah_runtime::kasbah_gpu::GpuConfig {
+        adapters: policy
+            .gpu_grant()
+            .map(|g| g.zones)
+            .unwrap_or_default()
+            .into_iter()
+            .map(|zone| {
+                kasbah_runtime::kasbah_gpu::AdapterConfig::new(format!("local-{zone}"), zone)
+            })
+            .collect(),
+        max_idle_devices: 0,
+    };
     let runtime = Runtime::new(RuntimeConfig {
         echo_guest_logs: echo_logs,
         max_concurrent_instances: 4,
+        gpu,
         ..RuntimeConfig::default()
     })
     .map_err(|e| anyhow::anyhow!("cannot start the sandbox: {e:#}"))?;

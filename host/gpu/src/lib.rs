@@ -3,77 +3,86 @@
 //! Same shape as every kasbah capability: a per-run context ([`GpuCtx`]), a
 //! view borrowed from the store data ([`Gpu`]) and [`add_to_linker`]. The
 //! host configuration lists labelled adapter entries ([`GpuConfig`]); the
-//! [`GpuRegistry`] resolves them (one wgpu `Instance` per process, see
-//! [`instance_with`]) and binds each run to one entry in a zone its policy
-//! allows. The guest never chooses a backend or an adapter.
+//! [`GpuRegistry`] resolves them against what a GPU process's probe reports
+//! and binds each run to one entry in a zone its policy allows. The guest
+//! never chooses a backend or an adapter.
 //!
 //! ## Decisions
 //!
-//! **Runs do not share a `wgpu::Device` while they run.** Each run that
-//! touches the GPU gets a device of its own for its whole duration, taken on
-//! its first GPU call. After the run, once its buffers are destroyed, a
-//! device that is healthy and idle goes back to a small per-entry pool
-//! (`max_idle_devices`) for a later run, because opening a device costs
-//! milliseconds. A device is never reused if it was lost, if wgpu reported an
-//! error outside the host's error scopes, if a wait for it ran past the run's
-//! deadline, or if the run ended while one of its GPU calls was still in
-//! flight: such devices are dropped. Reuse never exposes data, because every
-//! buffer a run creates is new and wgpu zero-fills buffers before first use.
-//! Consequences: an invalid shader, a bad binding or a hung or lost device
-//! in one run cannot show up as an error, a stall or stale state in another
-//! concurrent run; the price is one device (and one thread) per concurrent
-//! GPU run.
+//! **GPU work happens in GPU processes, never in the platform process.**
+//! Shader admission and compilation (naga) and every wgpu and driver call
+//! run in a separate process, `kasbah gpu-worker serve` (the `kasbah` binary
+//! itself, or `kasbah-gpu-worker`), supervised by the platform
+//! (`process.rs`; the GPU process's side is `child.rs`). Even adapter
+//! enumeration happens there (`gpu-worker probe`, once per platform
+//! process): the platform never loads a GPU driver. Requests and replies
+//! cross a Unix socket (`proto.rs`); buffer contents cross a shared memory
+//! region (a memfd mapped on both sides), not the socket. Each request waits
+//! at most until the run's deadline; past it, or when the run ends while a
+//! request is outstanding, the platform **kills** the process (SIGKILL): on
+//! lavapipe that stops the CPU threads at once (nothing else can: a
+//! submitted dispatch cannot be interrupted), on a GPU the driver tears the
+//! context down. A crash, abort or stack overflow inside naga, wgpu or the
+//! driver ends that process only; its run gets `device-lost` and the next
+//! run a fresh process. The platform keeps no wgpu object at all.
 //!
-//! **wgpu calls never run on the async executor.** Each device lives on its
-//! own worker thread (16 MiB stack: naga's WGSL front end recurses); host
-//! functions are `async` in the wasmtime bindings, send a job to the worker
-//! and await a oneshot reply. Error scopes, which are thread-local in wgpu,
-//! are pushed and popped inside one job on that thread. The tokio runtime
-//! flavour does not matter (no `block_in_place`, no `spawn_blocking`), and a
-//! run whose deadline passes while the GPU works is abandoned by the
-//! executor while the worker finishes (its device is then discarded).
+//! **One process per device, one run at a time, pooled.** A run's first
+//! GPU call takes an idle GPU process of its adapter entry (or starts one);
+//! the run has it alone until it ends. A healthy process whose run ended
+//! with nothing in flight is reset (every object of that run destroyed) and
+//! pooled (`max_idle_devices`); any other is killed, and a replacement is
+//! started in the background so the next run does not pay the start-up
+//! (instance + device: tens to hundreds of milliseconds on lavapipe).
+//! Consequences: an invalid shader, a hog, a crash or a hung device in one
+//! run cannot show up as an error, a stall or stale state in another, and
+//! killing a process never takes another tenant's work with it; the price
+//! is one process (and one device context) per concurrent GPU run. Warm
+//! model state (issue 11) fits this shape: a pooled process can keep a
+//! tenant's resident weights and kernels, and a run prefers an idle process
+//! already holding its tenant's state; a process is reset before it serves
+//! another tenant.
 //!
 //! **Every GPU call is synchronous from the guest's point of view.**
 //! `submit`, `dispatch`, `buffer.write` and `buffer.read` return once the
-//! GPU has finished, waiting at most until the run's deadline (after which
-//! the device counts as lost). Nothing a run submitted is pending when its
-//! next call starts or when it ends, GPU time is attributable per run, and
-//! wgpu's staging memory for writes cannot pile up.
+//! GPU has finished. Nothing a run submitted is pending when its next call
+//! starts or when it ends, and GPU time is attributable per run: the
+//! **billed GPU time** is the wall time of every call the GPU process
+//! worked on for the run, until its answer or its kill (a hog pays for what
+//! it took, not for a submission).
+//!
+//! **Work is counted and bounded before it is sent.** Per policy (`[gpu]`):
+//! bytes per buffer and alive at once, dispatches, workgroups per dimension,
+//! kernels, **invocations** (workgroups × workgroup size) per dispatch and
+//! per run, and **bytes moved** (written, read back, copied) per run.
+//! Shaders are admitted before the compiler sees them (`shader.rs`: a
+//! linear lexical pre-pass bounds size, nesting and expression-chain
+//! length; after parsing, WGSL's 8 KiB limits on private and function
+//! variables and the workgroup storage limit are enforced), and compiling
+//! is bounded by the run's deadline like everything else.
 //!
 //! **Errors: values for the guest, traps for host faults.** Policy refusals
 //! (`denied`), missing adapters (`unavailable`), quota checks
 //! (`out-of-quota`), compile errors (`invalid-shader`), argument and
-//! validation errors (`invalid-argument`) and a lost device (`device-lost`)
-//! are `gpu-error` values. A handle that is not in the run's table (forged,
-//! already dropped, wrong type) is a host fault and traps, as does a panic
-//! inside a GPU job. Quotas are checked in the host call before wgpu sees
-//! the request; every wgpu call is additionally wrapped in validation,
+//! validation errors (`invalid-argument`) and a lost device or GPU process
+//! (`device-lost`) are `gpu-error` values. A handle that is not in the run's
+//! table (forged, already dropped, wrong type) is a host fault and traps.
+//! Every wgpu call in the GPU process is additionally wrapped in validation,
 //! internal and out-of-memory error scopes, and an uncaptured-error handler
 //! replaces wgpu's default (which panics).
 //!
 //! **Isolation guarantees and where they hold.** Resources live in the run's
-//! wasmtime `ResourceTable` and die with the store (buffers are destroyed on
-//! drop). Fresh buffers read as zeros (wgpu's lazy zero-initialisation;
-//! buffers are never mapped at creation). Shaders go through the checked
-//! `create_shader_module` (bounds checks on) and pipelines are created with
-//! `zero_initialize_workgroup_memory: true`; the host checks the workgroup
-//! storage an entry point uses against the device limit itself, because
-//! wgpu 30 does not (`shader.rs`). Devices are requested with no
-//! optional features and with limits clamped to the adapter's
-//! ([`registry::device_limits`]).
+//! wasmtime `ResourceTable` as ids of objects in the run's GPU process; the
+//! process is reset or killed after the run. Fresh buffers read as zeros
+//! (wgpu's lazy zero-initialisation; buffers are never mapped at creation).
+//! Shaders go through the checked `create_shader_module` (bounds checks on)
+//! and pipelines are created with `zero_initialize_workgroup_memory: true`.
+//! Devices are requested with no optional features and with limits clamped
+//! to the adapter's ([`registry::device_limits`]).
 //!
-//! **Transient host-side memory.** `buffer.read` copies through a staging
-//! buffer of the size read and `buffer.write` through wgpu's staging
-//! memory; both are bounded by the buffer's size (so by
-//! `max_buffer_bytes`), live only for the call, and are not counted in
-//! `max_total_bytes`.
-//!
-//! **Known limit.** A kernel that runs for a very long time cannot be
-//! preempted on a software adapter (lavapipe) or by wgpu. The run still ends
-//! at its deadline and its device is quarantined, but the device's worker
-//! thread stays busy until the kernel finishes. Per-dimension workgroup
-//! quotas bound the size of one dispatch; real GPUs add their driver's
-//! watchdog.
+//! **Transient memory.** A write or read-back moves through the 16 MiB
+//! shared region in chunks; the GPU process stages it (wgpu staging memory,
+//! a read-back buffer of at most one chunk). Both are bounded by the buffer
+//! size (so by `max_buffer_bytes`) and live only for the call.
 
 mod child;
 mod config;

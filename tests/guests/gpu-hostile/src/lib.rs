@@ -330,6 +330,32 @@ fn attack(name: &str, arg: &str) -> Result<Response, GpuError> {
             batch.submit()?;
             Response::text(format!("{copies} copies"))
         }
+        // Benchmark shapes (host/gpu/benches/small.rs): `arg` dispatches of a
+        // one-invocation kernel, each its own submission, waited for...
+        "tiny-dispatches" => {
+            let n: u32 = num(arg).map_err(|_| GpuError::InvalidArgument("count".into()))?;
+            let data = Buffer::zeroed::<u32>(4)?;
+            let k = Kernel::new(TRIVIAL, "main")?;
+            for _ in 0..n {
+                k.dispatch().bind(0, &data).workgroups(1, 1, 1).run()?;
+            }
+            Response::text(format!("{}", data.read::<u32>()?[0]))
+        }
+        // ... and `arg` round trips of a 4 KiB write then read.
+        "round-trips" => {
+            let n: u32 = num(arg).map_err(|_| GpuError::InvalidArgument("count".into()))?;
+            let data = Buffer::zeroed::<u32>(1024)?;
+            let mut words = vec![0u32; 1024];
+            for i in 0..n {
+                words[0] = i;
+                data.write(0, &words)?;
+                let back = data.read::<u32>()?;
+                if back[0] != i {
+                    return Err(GpuError::InvalidArgument("round trip lost data".into()));
+                }
+            }
+            Response::text(format!("{n}"))
+        }
         // Positive control for batches: two dispatches and a copy.
         "batch" => {
             let x = Buffer::from_slice(&[10u32, 20, 30, 40])?;
