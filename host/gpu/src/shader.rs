@@ -462,6 +462,20 @@ mod limit_tests {
             ),
         );
         assert!(compiles(src).is_ok());
+        // Commas inside template lists do not end the chain.
+        for link in [
+            "+array<f32,1>(x)[0]",
+            "+vec2<f32>(x,x).x",
+            "+bitcast<f32>(x)",
+        ] {
+            let attack = in_main(
+                "",
+                &format!("var x = 1.0;\nx = {};", chain(50_000, "x", link)),
+            );
+            refused_quickly(&attack, "expression chain");
+        }
+        // A comma after a less-than makes the count stricter, not looser.
+        assert!(admit(&format!("f(a < b, {})", chain(1030, "x", "+x"))).is_err());
         // Sibling expressions do not add up: 8 arguments of 1000 each.
         let arg = chain(1000, "x", "+x");
         let list = vec![arg; 8].join(", ");

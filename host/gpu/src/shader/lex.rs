@@ -44,6 +44,12 @@ struct Frame {
     seg: u32,
     /// `else if` links of the chain open at this level.
     chain: u32,
+    /// `<` not yet matched by a `>` in the current segment: a `,` inside
+    /// a template list (`array<f32, 4>`) separates template arguments, not
+    /// expressions, and must not end the segment (else `x + array<f32, 1>(x)[0]
+    /// + …` would hide a chain). A `<` that is a less-than only makes the
+    /// count stricter until the segment ends.
+    templ: u32,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -70,7 +76,11 @@ pub(crate) fn admit(code: &str) -> Result<(), String> {
     }
     let mut line: usize = 1;
     let mut stack: Vec<Frame> = Vec::with_capacity(MAX_NESTING + 1);
-    stack.push(Frame { seg: 0, chain: 0 });
+    stack.push(Frame {
+        seg: 0,
+        chain: 0,
+        templ: 0,
+    });
     // Sum of `seg` over `stack`.
     let mut path: u32 = 0;
     // Sum of `chain` over `stack`.
@@ -103,6 +113,7 @@ pub(crate) fn admit(code: &str) -> Result<(), String> {
             if let Some(top) = stack.last_mut() {
                 path = path.saturating_sub(top.seg);
                 top.seg = 0;
+                top.templ = 0;
             }
         }};
     }
@@ -252,7 +263,11 @@ pub(crate) fn admit(code: &str) -> Result<(), String> {
                         "line {line}: brackets nested deeper than {MAX_NESTING}"
                     ));
                 }
-                stack.push(Frame { seg: 0, chain: 0 });
+                stack.push(Frame {
+                    seg: 0,
+                    chain: 0,
+                    templ: 0,
+                });
                 check_depth(stack.len(), chains, line)?;
             }
             b')' | b']' | b'}' => {
@@ -269,9 +284,27 @@ pub(crate) fn admit(code: &str) -> Result<(), String> {
                     after_close = true;
                 }
             }
-            b',' | b';' => end_segment!(),
-            b'+' | b'-' | b'*' | b'/' | b'%' | b'&' | b'|' | b'^' | b'!' | b'~' | b'<' | b'>'
-            | b'=' | b'.' => op!(),
+            b',' => {
+                if stack.last().is_some_and(|top| top.templ == 0) {
+                    end_segment!();
+                }
+            }
+            b';' => end_segment!(),
+            b'<' => {
+                if let Some(top) = stack.last_mut() {
+                    top.templ = top.templ.saturating_add(1);
+                }
+                op!();
+            }
+            b'>' => {
+                if let Some(top) = stack.last_mut() {
+                    top.templ = top.templ.saturating_sub(1);
+                }
+                op!();
+            }
+            b'+' | b'-' | b'*' | b'/' | b'%' | b'&' | b'|' | b'^' | b'!' | b'~' | b'=' | b'.' => {
+                op!()
+            }
             // `@`, `:`, anything else: not an operator.
             _ => {}
         }
