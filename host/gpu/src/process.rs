@@ -33,6 +33,7 @@ pub const PROTOCOL: u64 = fnv1a(&[
     include_bytes!("child.rs"),
     include_bytes!("ops.rs"),
     include_bytes!("shader.rs"),
+    include_bytes!("shader/lex.rs"),
 ]);
 
 const fn fnv1a(parts: &[&[u8]]) -> u64 {
