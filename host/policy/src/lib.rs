@@ -980,7 +980,11 @@ mod tests {
         };
         let over = Limits::hard_ceiling().exceeding(&zero);
         assert_eq!(over.len(), 15, "{over:?}");
-        assert!(Limits::default().exceeding(&Limits::hard_ceiling()).is_empty());
+        assert!(
+            Limits::default()
+                .exceeding(&Limits::hard_ceiling())
+                .is_empty()
+        );
     }
 
     #[test]
