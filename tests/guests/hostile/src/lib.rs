@@ -16,6 +16,25 @@ mod wasi_random {
     });
 }
 
+unsafe extern "C" {
+    /// wasi-libc's `symlink(2)` (std's wrapper is unstable on WASI).
+    fn symlink(
+        target: *const core::ffi::c_char,
+        link: *const core::ffi::c_char,
+    ) -> core::ffi::c_int;
+}
+
+fn make_symlink(target: &str, link: &str) -> std::io::Result<()> {
+    let t = std::ffi::CString::new(target)?;
+    let l = std::ffi::CString::new(link)?;
+    // SAFETY: two NUL-terminated strings that outlive the call.
+    if unsafe { symlink(t.as_ptr(), l.as_ptr()) } == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}
+
 /// `arg` as `"<text> <number>"`.
 fn text_and_count(arg: &str) -> Result<(&str, usize), Error> {
     let (t, n) = arg
@@ -319,7 +338,7 @@ impl Pipeline for Hostile {
                 let dir = arg.trim();
                 let mut errors = Vec::new();
                 for (target, name) in [("/etc/passwd", "abs"), ("../../../../../etc", "up")] {
-                    match std::os::wasi::fs::symlink_path(target, format!("{dir}/{name}")) {
+                    match make_symlink(target, &format!("{dir}/{name}")) {
                         Ok(()) => return Ok(Response::text(format!("linked {name} -> {target}"))),
                         Err(e) => errors.push(format!("{name} -> {target}: {e}")),
                     }
