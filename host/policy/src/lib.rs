@@ -26,6 +26,11 @@
 //! memory_bytes = 67108864
 //! wall_time_ms = 5000
 //! fuel = 5000000000
+//! max_open_files = 256         # host descriptors held at once
+//! max_write_bytes = 67108864   # into rw preopens, by apparent size
+//! max_files_created = 1000     # files, directories, hard links
+//! max_dir_depth = 32
+//! max_log_records = 1000
 //!
 //! [gpu]                        # absent = no GPU: every kasbah:gpu call is `denied`
 //! zones = ["eu-paris-1"]       # adapters in these zones (default: the policy's `zones`)
