@@ -180,7 +180,7 @@ probe bind         guest_error/denied "127.0.0.1:0" net_probe
 # 1,000 inodes written, directories 32 deep; content type <= 256 B, error
 # message cut at 4 KiB; <= 1 MiB of random bytes per call).
 probe fd-flood           guest_error/denied "/data/existing.txt 2000"
-probe log-flood-empty    ok                 "100000"
+probe log-flood-empty    ok                 "5000"
 probe giant-error        guest_error/failed "4194304"
 probe giant-content-type output_too_large   "4194304"
 probe sparse-file        guest_error/denied "/work/sparse"
