@@ -120,7 +120,7 @@ step "runs list   (as the operator: refused, operators see usage only)"
 KASBAH_TOKEN=$OPTOK $KASBAH runs list 2>&1 || true
 kill "$server_pid"; wait "$server_pid" 2>/dev/null || true; server_pid=""
 echo
-mkdir -p "$work/data"
+mkdir -p "$work/data" "$work/rw"
 echo "original" > "$work/data/existing.txt"
 echo "TOP-SECRET" > "$work/secret.txt"
 ln -s ../secret.txt "$work/data/link"
@@ -129,6 +129,13 @@ cat > "$work/policy.toml" <<TOML
 host = "$work/data"
 guest = "/data"
 mode = "ro"
+
+# Scratch space for the disk attacks: bounded by limits.max_write_bytes,
+# max_files_created, max_dir_depth; no symlinks.
+[[files]]
+host = "$work/rw"
+guest = "/work"
+mode = "rw"
 
 [network]
 allow = ["127.0.0.1:9"]
@@ -139,8 +146,8 @@ wall_time_ms = 500
 max_output_bytes = 1048576
 TOML
 
-echo "== hostile suite (policy: /data read-only, network 127.0.0.1:9 only, 32 MiB, 500 ms) =="
-printf '%-14s %-18s %-18s %s\n' ATTACK EXPECTED GOT VERDICT
+echo "== hostile suite (policy: /data read-only, /work read-write, network 127.0.0.1:9 only, 32 MiB, 500 ms) =="
+printf '%-18s %-18s %-18s %s\n' ATTACK EXPECTED GOT VERDICT
 fail=0
 probe() { # attack expected-kind input [module]
     local attack=$1 expected=$2 input=$3 module=${4:-hostile}
@@ -152,7 +159,7 @@ probe() { # attack expected-kind input [module]
           || echo "cli-failed")
     local verdict=contained
     [ "$got" = "$expected" ] || { verdict="UNEXPECTED"; fail=1; }
-    printf '%-14s %-18s %-18s %s\n' "$attack" "$expected" "$got" "$verdict"
+    printf '%-18s %-18s %-18s %s\n' "$attack" "$expected" "$got" "$verdict"
 }
 probe read-passwd  guest_error/denied ""
 probe read-outside guest_error/denied "$work/secret.txt"
@@ -169,7 +176,20 @@ probe giant-output output_too_large   "4194304"
 probe tcp          guest_error/denied "127.0.0.1:22" net_probe
 probe udp          guest_error/denied "127.0.0.1:53" net_probe
 probe bind         guest_error/denied "127.0.0.1:0" net_probe
+# Host resources (limits: 256 open files, 1,000 log records, 64 MiB and
+# 1,000 inodes written, directories 32 deep; content type <= 256 B, error
+# message cut at 4 KiB; <= 1 MiB of random bytes per call).
+probe fd-flood           guest_error/denied "/data/existing.txt 2000"
+probe log-flood-empty    ok                 "5000"
+probe giant-error        guest_error/failed "4194304"
+probe giant-content-type output_too_large   "4194304"
+probe sparse-file        guest_error/denied "/work/sparse"
+probe deep-tree          guest_error/denied "/work"
+probe symlink-out        guest_error/denied "/work"
+probe random-huge        trap               "67108864"
 grep -q original "$work/data/existing.txt" || { echo "read-only file was modified!"; fail=1; }
+[ "$(du -s --apparent-size -B1 "$work/rw" | cut -f1)" -lt 1048576 ] || { echo "the rw preopen grew past 1 MiB!"; fail=1; }
+[ -z "$(find "$work/rw" -type l)" ] || { echo "a symlink was left in the rw preopen!"; fail=1; }
 
 cat > "$work/gpu-policy.toml" <<TOML
 [limits]

@@ -26,6 +26,11 @@
 //! memory_bytes = 67108864
 //! wall_time_ms = 5000
 //! fuel = 5000000000
+//! max_open_files = 256         # host descriptors held at once
+//! max_write_bytes = 67108864   # into rw preopens, by apparent size
+//! max_files_created = 1000     # files, directories, hard links
+//! max_dir_depth = 32
+//! max_log_records = 1000
 //!
 //! [gpu]                        # absent = no GPU: every kasbah:gpu call is `denied`
 //! zones = ["eu-paris-1"]       # adapters in these zones (default: the policy's `zones`)
@@ -257,6 +262,54 @@ pub struct Limits {
     pub max_module_bytes: u64,
     /// Runs of this tenant that may execute at once.
     pub max_concurrent_runs: u32,
+    /// Bound on the number of log records kept per run (each record also
+    /// costs at least [`LOG_RECORD_OVERHEAD_BYTES`] of `max_log_bytes`).
+    #[serde(skip_serializing_if = "defaults::is_log_records")]
+    pub max_log_records: u64,
+    /// Files and directories the guest may hold open at once (each is a
+    /// host file descriptor). Opens past it fail with `quota`.
+    #[serde(skip_serializing_if = "defaults::is_open_files")]
+    pub max_open_files: u64,
+    /// Bytes one run may write into `rw` preopens, counted by apparent size:
+    /// every byte written plus every byte of a hole a write or `set-size`
+    /// creates past the end of a file.
+    #[serde(skip_serializing_if = "defaults::is_write_bytes")]
+    pub max_write_bytes: u64,
+    /// Files, directories and hard links one run may create in `rw` preopens.
+    #[serde(skip_serializing_if = "defaults::is_files_created")]
+    pub max_files_created: u64,
+    /// Deepest directory (levels below its preopen) a run may create.
+    #[serde(skip_serializing_if = "defaults::is_dir_depth")]
+    pub max_dir_depth: u64,
+}
+
+/// What an empty log record costs against `limits.max_log_bytes`.
+pub const LOG_RECORD_OVERHEAD_BYTES: u64 = 64;
+
+/// Defaults of the limits added after policies were first stored: omitted
+/// from the serialized form at their default, so the JSON (and the digest)
+/// of a policy that does not set them is unchanged.
+mod defaults {
+    pub const LOG_RECORDS: u64 = 1_000;
+    pub const OPEN_FILES: u64 = 256;
+    pub const WRITE_BYTES: u64 = 64 * super::MIB;
+    pub const FILES_CREATED: u64 = 1_000;
+    pub const DIR_DEPTH: u64 = 32;
+    pub fn is_log_records(v: &u64) -> bool {
+        *v == LOG_RECORDS
+    }
+    pub fn is_open_files(v: &u64) -> bool {
+        *v == OPEN_FILES
+    }
+    pub fn is_write_bytes(v: &u64) -> bool {
+        *v == WRITE_BYTES
+    }
+    pub fn is_files_created(v: &u64) -> bool {
+        *v == FILES_CREATED
+    }
+    pub fn is_dir_depth(v: &u64) -> bool {
+        *v == DIR_DEPTH
+    }
 }
 
 pub const MIB: u64 = 1024 * 1024;
@@ -274,6 +327,11 @@ impl Default for Limits {
             max_table_elements: 100_000,
             max_module_bytes: 64 * MIB,
             max_concurrent_runs: 4,
+            max_log_records: defaults::LOG_RECORDS,
+            max_open_files: defaults::OPEN_FILES,
+            max_write_bytes: defaults::WRITE_BYTES,
+            max_files_created: defaults::FILES_CREATED,
+            max_dir_depth: defaults::DIR_DEPTH,
         }
     }
 }
@@ -293,6 +351,11 @@ impl Limits {
             max_table_elements: 10_000_000,
             max_module_bytes: 512 * MIB,
             max_concurrent_runs: 1024,
+            max_log_records: 1_000_000,
+            max_open_files: 4_096,
+            max_write_bytes: 64 * 1024 * MIB,
+            max_files_created: 1_000_000,
+            max_dir_depth: 256,
         }
     }
 
@@ -351,6 +414,31 @@ impl Limits {
             "limits.max_concurrent_runs",
             u64::from(self.max_concurrent_runs),
             u64::from(ceiling.max_concurrent_runs),
+        );
+        check(
+            "limits.max_log_records",
+            self.max_log_records,
+            ceiling.max_log_records,
+        );
+        check(
+            "limits.max_open_files",
+            self.max_open_files,
+            ceiling.max_open_files,
+        );
+        check(
+            "limits.max_write_bytes",
+            self.max_write_bytes,
+            ceiling.max_write_bytes,
+        );
+        check(
+            "limits.max_files_created",
+            self.max_files_created,
+            ceiling.max_files_created,
+        );
+        check(
+            "limits.max_dir_depth",
+            self.max_dir_depth,
+            ceiling.max_dir_depth,
         );
         out
     }
@@ -907,5 +995,50 @@ mod tests {
         };
         let over = Limits::default().exceeding(&ceiling);
         assert_eq!(over, vec![("limits.memory_bytes", 64 * MIB, MIB)]);
+        // Every field is compared, the resource bounds included.
+        let zero = Limits {
+            memory_bytes: 0,
+            wall_time_ms: 0,
+            fuel: Some(0),
+            max_input_bytes: 0,
+            max_output_bytes: 0,
+            max_stdio_bytes: 0,
+            max_log_bytes: 0,
+            max_table_elements: 0,
+            max_module_bytes: 0,
+            max_concurrent_runs: 0,
+            max_log_records: 0,
+            max_open_files: 0,
+            max_write_bytes: 0,
+            max_files_created: 0,
+            max_dir_depth: 0,
+        };
+        let over = Limits::hard_ceiling().exceeding(&zero);
+        assert_eq!(over.len(), 15, "{over:?}");
+        assert!(
+            Limits::default()
+                .exceeding(&Limits::hard_ceiling())
+                .is_empty()
+        );
+    }
+
+    #[test]
+    fn resource_bounds_parse_default_and_round_trip() {
+        // A policy stored before these limits existed still parses.
+        let p = Policy::from_json(r#"{"limits":{"memory_bytes":1048576}}"#).expect("old policy");
+        assert_eq!(p.limits.max_open_files, 256);
+        assert_eq!(p.limits.max_log_records, 1_000);
+        assert_eq!(p.limits.max_write_bytes, 64 * MIB);
+        assert_eq!(p.limits.max_files_created, 1_000);
+        assert_eq!(p.limits.max_dir_depth, 32);
+        let p = Policy::from_toml("[limits]\nmax_open_files = 16\nmax_write_bytes = 0")
+            .expect("new fields");
+        assert_eq!(p.limits.max_open_files, 16);
+        assert_eq!(p.limits.max_write_bytes, 0);
+        let json = serde_json::to_string(&p).expect("json");
+        assert!(json.contains("\"max_open_files\":16"), "{json}");
+        assert_eq!(Policy::from_json(&json).expect("round trip"), p);
+        let e = Policy::from_toml("[limits]\nmax_open_files = 100000").expect_err("over ceiling");
+        assert!(e.to_string().contains("limits.max_open_files"), "{e}");
     }
 }

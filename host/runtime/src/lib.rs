@@ -23,6 +23,7 @@
 //! host's [`ZonesConfig`] (see `residency.rs`).
 
 pub mod datasets;
+mod fs;
 mod limits;
 pub mod log;
 pub mod net;
@@ -236,9 +237,18 @@ pub struct RunState {
     /// destroyed before its device goes back to the pool.
     gpu: kasbah_gpu::GpuCtx,
     lookup: Arc<net::LookupFilter>,
+    fs: Arc<fs::FsGuard>,
 }
 
 impl RunState {
+    fn fs(&mut self) -> fs::Fs<'_> {
+        let guard = self.fs.clone();
+        fs::Fs {
+            inner: wasmtime_wasi::filesystem::WasiFilesystemView::filesystem(self),
+            guard,
+        }
+    }
+
     fn lookup(&mut self) -> net::Lookup<'_> {
         let filter = self.lookup.clone();
         net::Lookup {
@@ -313,6 +323,7 @@ impl Runtime {
         let mut linker = Linker::new(&engine);
         wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
         net::add_lookup_to_linker(&mut linker, RunState::lookup)?;
+        fs::add_to_linker(&mut linker, RunState::fs)?;
         log::add_to_linker(&mut linker, |s: &mut RunState| log::Log(&mut s.log))?;
         kasbah_gpu::add_to_linker(&mut linker, |s: &mut RunState| {
             kasbah_gpu::Gpu::new(&mut s.gpu, &mut s.table)
@@ -562,15 +573,29 @@ impl Runtime {
             },
         };
 
+        let mut table = ResourceTable::new();
+        // Backstop for every WASI resource (streams, pollables, sockets,
+        // descriptors): a full table traps the guest. Descriptors have
+        // their own, lower bound that fails softly (`fs.rs`).
+        table.set_max_capacity(
+            usize::try_from(limits.max_open_files)
+                .unwrap_or(usize::MAX)
+                .saturating_add(TABLE_SLACK),
+        );
         let mut store = Store::new(
             &self.inner.engine,
             RunState {
                 wasi: parts.builder.build(),
-                table: ResourceTable::new(),
+                table,
                 limiter: limits::Limiter::new(limits.memory_bytes, limits.max_table_elements),
-                log: log::LogCtx::new(limits.max_log_bytes, self.inner.config.echo_guest_logs),
+                log: log::LogCtx::new(
+                    limits.max_log_bytes,
+                    limits.max_log_records,
+                    self.inner.config.echo_guest_logs,
+                ),
                 gpu,
                 lookup: parts.lookup.clone(),
+                fs: Arc::new(fs::FsGuard::new(limits, denials.clone())),
             },
         );
         store.limiter(|s| &mut s.limiter);
@@ -626,7 +651,14 @@ impl Runtime {
             },
             Ok(Ok(Ok(resp))) => {
                 let size = resp.body.len() as u64;
-                if size > limits.max_output_bytes {
+                if resp.content_type.len() > MAX_CONTENT_TYPE_BYTES {
+                    Outcome::OutputTooLarge {
+                        size: resp.content_type.len() as u64,
+                        limit: MAX_CONTENT_TYPE_BYTES as u64,
+                    }
+                } else if size.saturating_add(resp.content_type.len() as u64)
+                    > limits.max_output_bytes
+                {
                     Outcome::OutputTooLarge {
                         size,
                         limit: limits.max_output_bytes,
@@ -647,6 +679,7 @@ impl Runtime {
                     wit::Error::Unavailable(m) => (GuestErrorKind::Unavailable, m),
                     wit::Error::Failed(m) => (GuestErrorKind::Failed, m),
                 };
+                let message = bounded_message(message, limits.max_output_bytes);
                 Outcome::GuestError { code, message }
             }
             Ok(Err(err)) => {
@@ -668,6 +701,41 @@ impl Runtime {
             denials: std::mem::take(&mut *denials.lock().unwrap_or_else(PoisonError::into_inner)),
         })
     }
+}
+
+/// Largest response content type accepted (a media type with parameters
+/// is tens of bytes); longer is `output_too_large`.
+pub const MAX_CONTENT_TYPE_BYTES: usize = 256;
+
+/// Largest guest error message kept (longer ones are cut, marked, and the
+/// cut message also counts against `max_output_bytes`).
+pub const MAX_ERROR_MESSAGE_BYTES: usize = 4096;
+
+/// Largest `get-random-bytes` / `get-insecure-random-bytes` per call; a
+/// larger request traps (the WIT has no error for it). A 64 MiB request
+/// took seconds of host CPU in a debug build.
+pub const MAX_RANDOM_BYTES_PER_CALL: u64 = 1 << 20;
+
+/// Resource table entries allowed beyond `limits.max_open_files`.
+const TABLE_SLACK: usize = 1024;
+
+/// A guest error message cut to [`MAX_ERROR_MESSAGE_BYTES`] and to
+/// `max_output` (on a char boundary), with a note of what was cut.
+fn bounded_message(mut message: String, max_output: u64) -> String {
+    let cap = usize::try_from(max_output)
+        .unwrap_or(usize::MAX)
+        .min(MAX_ERROR_MESSAGE_BYTES);
+    if message.len() <= cap {
+        return message;
+    }
+    let total = message.len();
+    let mut end = cap;
+    while !message.is_char_boundary(end) {
+        end -= 1;
+    }
+    message.truncate(end);
+    message.push_str(&format!("… [{} of {total} bytes cut]", total - end));
+    message
 }
 
 /// Backtrace lines kept in a trap message.

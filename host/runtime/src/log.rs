@@ -11,16 +11,19 @@ use crate::bindings::kasbah::pipeline::log as wit;
 pub struct LogCtx {
     budget_bytes: usize,
     used_bytes: usize,
+    /// Records kept at most (`limits.max_log_records`).
+    max_records: usize,
     logs: Logs,
     /// Also forward records to the host's `tracing` output (CLI `--verbose`).
     echo: bool,
 }
 
 impl LogCtx {
-    pub fn new(budget_bytes: u64, echo: bool) -> Self {
+    pub fn new(budget_bytes: u64, max_records: u64, echo: bool) -> Self {
         LogCtx {
             budget_bytes: usize::try_from(budget_bytes).unwrap_or(usize::MAX),
             used_bytes: 0,
+            max_records: usize::try_from(max_records).unwrap_or(usize::MAX),
             logs: Logs::default(),
             echo,
         }
@@ -30,6 +33,9 @@ impl LogCtx {
         std::mem::take(&mut self.logs)
     }
 }
+
+/// The least a record costs against `max_log_bytes`.
+const RECORD_OVERHEAD: usize = kasbah_policy::LOG_RECORD_OVERHEAD_BYTES as usize;
 
 /// The view the generated bindings call into.
 pub struct Log<'a>(pub &'a mut LogCtx);
@@ -48,14 +54,21 @@ impl wit::Host for Log<'_> {
             wit::Level::Warn => LogLevel::Warn,
             wit::Level::Error => LogLevel::Error,
         };
-        if ctx.echo {
-            tracing::info!(target: "guest", ?level, "{message}");
-        }
-        if ctx.used_bytes + message.len() > ctx.budget_bytes {
+        // A record costs its message plus a fixed overhead (level, framing,
+        // the record in the report and the database): empty messages are
+        // not free.
+        let cost = message.len().max(RECORD_OVERHEAD);
+        if ctx.logs.records.len() >= ctx.max_records
+            || ctx.used_bytes.saturating_add(cost) > ctx.budget_bytes
+        {
             ctx.logs.dropped += 1;
             return;
         }
-        ctx.used_bytes += message.len();
+        ctx.used_bytes += cost;
+        // Only kept records are echoed: a flood must not flood the host's log.
+        if ctx.echo {
+            tracing::info!(target: "guest", ?level, "{message}");
+        }
         ctx.logs.records.push(LogRecord { level, message });
     }
 }

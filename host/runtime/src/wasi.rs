@@ -49,6 +49,7 @@ pub(crate) fn build(
     b.stdout(stdout.clone());
     b.stderr(stderr.clone());
     b.arg("pipeline");
+    b.max_random_size(crate::MAX_RANDOM_BYTES_PER_CALL);
 
     for (k, v) in &policy.env.vars {
         b.env(k, v);

@@ -769,14 +769,25 @@ async fn execute(
     let digest = run.module;
     let started_at = s.db.mark_running(id);
     let report = match s.module(&digest).await {
-        Ok(module) => match s
-            .runtime
-            .run_with(&module, policy, request, &placed.options)
-            .await
-        {
-            Ok(r) => r,
-            Err(e) => host_failure(digest, format!("host could not run the module: {e}")),
-        },
+        Ok(module) => {
+            // On the guest threads, not this request's (see `GuestThreads`).
+            let runtime = s.runtime.clone();
+            let policy = policy.clone();
+            let options = placed.options.clone();
+            let run = s
+                .guests
+                .spawn(async move { runtime.run_with(&module, &policy, request, &options).await });
+            match run {
+                Some(handle) => match handle.await {
+                    Ok(Ok(r)) => r,
+                    Ok(Err(e)) => {
+                        host_failure(digest, format!("host could not run the module: {e}"))
+                    }
+                    Err(e) => host_failure(digest, format!("the run's task failed: {e}")),
+                },
+                None => host_failure(digest, "the guest runtime has shut down".into()),
+            }
+        }
         Err(e) => host_failure(digest, e),
     };
     // The worker permit bounds runs *executing*; storing the result waits on

@@ -14,6 +14,10 @@ pub struct ServerConfig {
     pub data_dir: PathBuf,
     /// Runs executing at once.
     pub workers: usize,
+    /// Threads of the tokio runtime guests execute on, separate from the
+    /// API's (a slow synchronous host call then stalls other runs, never
+    /// an HTTP request). 0: one per CPU.
+    pub guest_threads: usize,
     /// Admitted runs that may wait for a worker; beyond this, 429.
     pub queue_depth: usize,
     /// How long a synchronous `POST /v1/runs` waits before answering 202.
@@ -51,6 +55,7 @@ impl Default for ServerConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], 7878)),
             data_dir: PathBuf::from("kasbah-data"),
             workers: 8,
+            guest_threads: 0,
             queue_depth: 64,
             sync_wait_ms: 30_000,
             max_request_bytes: 64 << 20,

@@ -52,12 +52,59 @@ pub struct Inner {
     pub db: Db,
     pub blobs: Blobs,
     pub runtime: Runtime,
+    /// The tokio runtime guests execute on (see [`GuestThreads`]).
+    pub guests: GuestThreads,
     pub scheduler: Arc<Scheduler>,
     pub metrics: Metrics,
     /// The audit log's signing key and latest checkpoint.
     pub audit: AuditKey,
     /// Current policy per tenant (invalidated when a policy is set).
     policies: Mutex<HashMap<String, Arc<PolicyRecord>>>,
+}
+
+/// A multi-thread tokio runtime of its own for guest execution. Guests
+/// run inside host calls that may block their thread for a while (a
+/// synchronous WASI call, a compile of a guest's GPU kernel); on the API's
+/// threads that stalled every request, `/openapi.json` included. Runs are
+/// spawned here and awaited from the API (a dropped handle does not cancel
+/// the run).
+pub struct GuestThreads {
+    rt: Option<tokio::runtime::Runtime>,
+}
+
+impl GuestThreads {
+    pub fn new(threads: usize) -> std::io::Result<Self> {
+        let threads = if threads == 0 {
+            std::thread::available_parallelism().map_or(1, usize::from)
+        } else {
+            threads
+        };
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(threads)
+            .thread_name("kasbah-guest")
+            .enable_all()
+            .build()?;
+        Ok(GuestThreads { rt: Some(rt) })
+    }
+
+    /// Run `f` on the guest threads.
+    pub fn spawn<F>(&self, f: F) -> Option<tokio::task::JoinHandle<F::Output>>
+    where
+        F: std::future::Future + Send + 'static,
+        F::Output: Send + 'static,
+    {
+        self.rt.as_ref().map(|rt| rt.spawn(f))
+    }
+}
+
+impl Drop for GuestThreads {
+    fn drop(&mut self) {
+        // Dropping a runtime blocks, which is not allowed inside another
+        // runtime (where the server's state is usually dropped).
+        if let Some(rt) = self.rt.take() {
+            rt.shutdown_background();
+        }
+    }
 }
 
 #[derive(Clone)]
@@ -289,6 +336,7 @@ pub async fn start(mut config: ServerConfig) -> anyhow::Result<Server> {
         ..RuntimeConfig::default()
     })
     .map_err(|e| anyhow::anyhow!("starting the sandbox runtime: {e:#}"))?;
+    let guests = GuestThreads::new(config.guest_threads)?;
     let scheduler = Scheduler::new(config.workers.max(1), config.queue_depth);
     let listener = tokio::net::TcpListener::bind(config.listen).await?;
     let addr = listener.local_addr()?;
@@ -299,6 +347,7 @@ pub async fn start(mut config: ServerConfig) -> anyhow::Result<Server> {
         db,
         blobs,
         runtime,
+        guests,
         scheduler,
         metrics,
         audit,

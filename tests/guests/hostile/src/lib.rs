@@ -7,6 +7,50 @@ use std::io::Write;
 
 struct Hostile;
 
+/// `wasi:random` called directly (std only asks for a few bytes at a time).
+mod wasi_random {
+    wit_bindgen::generate!({
+        inline: "package hostile:random;\nworld random { import wasi:random/random@0.2.12; import wasi:random/insecure@0.2.12; }",
+        path: "../../../wit/deps/random.wit",
+        generate_all,
+    });
+}
+
+unsafe extern "C" {
+    /// wasi-libc's `symlink(2)` (std's wrapper is unstable on WASI).
+    fn symlink(
+        target: *const core::ffi::c_char,
+        link: *const core::ffi::c_char,
+    ) -> core::ffi::c_int;
+}
+
+fn make_symlink(target: &str, link: &str) -> std::io::Result<()> {
+    let t = std::ffi::CString::new(target)?;
+    let l = std::ffi::CString::new(link)?;
+    // SAFETY: two NUL-terminated strings that outlive the call.
+    if unsafe { symlink(t.as_ptr(), l.as_ptr()) } == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}
+
+/// `arg` as `"<text> <number>"`.
+fn text_and_count(arg: &str) -> Result<(&str, usize), Error> {
+    let (t, n) = arg
+        .trim()
+        .rsplit_once(' ')
+        .ok_or_else(|| Error::invalid_input("expected `<path> <count>`"))?;
+    let n = n.parse().map_err(|_| Error::invalid_input("count"))?;
+    Ok((t, n))
+}
+
+fn count(arg: &str) -> Result<usize, Error> {
+    arg.trim()
+        .parse()
+        .map_err(|_| Error::invalid_input("count"))
+}
+
 fn read_any(paths: &[&str]) -> Result<Response, Error> {
     let mut errors = Vec::new();
     for p in paths {
@@ -190,6 +234,137 @@ impl Pipeline for Hostile {
                     ));
                 }
                 Ok(Response::text("flooded"))
+            }
+            // `arg` = "<file> <n>": open the file n times, keeping every
+            // handle. Answers how many opens succeeded and whether opening
+            // works again once they are closed.
+            "fd-flood" => {
+                let (path, n) = text_and_count(&arg)?;
+                let mut held = Vec::new();
+                let mut refused = 0;
+                let mut first = None;
+                for _ in 0..n {
+                    match std::fs::File::open(path) {
+                        Ok(f) => held.push(f),
+                        Err(e) => {
+                            refused += 1;
+                            first.get_or_insert_with(|| e.to_string());
+                        }
+                    }
+                }
+                let opened = held.len();
+                drop(held);
+                let again = std::fs::File::open(path).is_ok();
+                if refused == 0 {
+                    return Ok(Response::text(format!("opened all {n}")));
+                }
+                Err(Error::denied(format!(
+                    "opened {opened} refused {refused} reopen-after-close {again}: {}",
+                    first.unwrap_or_default()
+                )))
+            }
+            // `arg` = number of empty log records.
+            "log-flood-empty" => {
+                for _ in 0..count(&arg)? {
+                    log::info("");
+                }
+                Ok(Response::text("flooded"))
+            }
+            // `arg` = size of the error message.
+            "giant-error" => Err(Error::failed("E".repeat(count(&arg)?))),
+            // `arg` = size of the response's content type.
+            "giant-content-type" => Ok(Response::bytes("t".repeat(count(&arg)?), "x")),
+            // `arg` = a file in a writable preopen: make it 1 TiB (sparse)
+            // by writing past the end and by growing it.
+            "sparse-file" => {
+                use std::io::{Seek, SeekFrom};
+                const TIB: u64 = 1 << 40;
+                let mut errors = Vec::new();
+                let mut f = std::fs::OpenOptions::new()
+                    .create(true)
+                    .truncate(false)
+                    .write(true)
+                    .open(&arg)
+                    .map_err(|e| Error::failed(format!("create {arg}: {e}")))?;
+                match f.seek(SeekFrom::Start(TIB)).and_then(|_| f.write_all(b"x")) {
+                    Ok(()) => return Ok(Response::text("wrote 1 byte at 1 TiB")),
+                    Err(e) => errors.push(format!("write at 1 TiB: {e}")),
+                }
+                match f.set_len(TIB) {
+                    Ok(()) => return Ok(Response::text("set_len 1 TiB")),
+                    Err(e) => errors.push(format!("set_len 1 TiB: {e}")),
+                }
+                Err(Error::denied(errors.join("; ")))
+            }
+            // `arg` = "<file> <bytes>": write that many bytes, densely.
+            "disk-fill" => {
+                let (path, n) = text_and_count(&arg)?;
+                let mut f = std::fs::File::create(path)
+                    .map_err(|e| Error::failed(format!("create {path}: {e}")))?;
+                let chunk = vec![b'f'; 64 * 1024];
+                let mut written = 0;
+                while written < n {
+                    let len = chunk.len().min(n - written);
+                    if let Err(e) = f.write_all(&chunk[..len]) {
+                        return Err(Error::denied(format!("wrote {written}: {e}")));
+                    }
+                    written += len;
+                }
+                Ok(Response::text(format!("wrote {written}")))
+            }
+            // `arg` = "<dir> <n>": create n files in dir.
+            "file-flood" => {
+                let (dir, n) = text_and_count(&arg)?;
+                for i in 0..n {
+                    if let Err(e) = std::fs::write(format!("{dir}/f{i}"), b"") {
+                        return Err(Error::denied(format!("created {i}: {e}")));
+                    }
+                }
+                Ok(Response::text(format!("created {n}")))
+            }
+            // `arg` = a writable dir: nest 2,000 directories in it.
+            "deep-tree" => {
+                let mut p = std::path::PathBuf::from(arg.trim());
+                for depth in 0..2000 {
+                    p.push("d");
+                    if let Err(e) = std::fs::create_dir(&p) {
+                        return Err(Error::denied(format!("created {depth} levels: {e}")));
+                    }
+                }
+                Ok(Response::text("created 2000 levels"))
+            }
+            // `arg` = a writable dir: leave symlinks pointing out of it.
+            "symlink-out" => {
+                let dir = arg.trim();
+                let mut errors = Vec::new();
+                for (target, name) in [("/etc/passwd", "abs"), ("../../../../../etc", "up")] {
+                    match make_symlink(target, &format!("{dir}/{name}")) {
+                        Ok(()) => return Ok(Response::text(format!("linked {name} -> {target}"))),
+                        Err(e) => errors.push(format!("{name} -> {target}: {e}")),
+                    }
+                }
+                Err(Error::denied(errors.join("; ")))
+            }
+            // `arg` = bytes to ask `wasi:random` for in one call.
+            "random-huge" => {
+                let n = count(&arg)? as u64;
+                let secure = wasi_random::wasi::random::random::get_random_bytes(n);
+                let insecure = wasi_random::wasi::random::insecure::get_insecure_random_bytes(n);
+                Ok(Response::text(format!(
+                    "{} {}",
+                    secure.len(),
+                    insecure.len()
+                )))
+            }
+            // `arg` = calls: get-random-bytes at the per-call cap in a loop
+            // (slow synchronous host calls).
+            "random-loop" => {
+                let mut sum = 0u64;
+                for _ in 0..count(&arg)? {
+                    let b = wasi_random::wasi::random::random::get_random_bytes(1 << 20);
+                    sum = sum.wrapping_add(u64::from(b[0]));
+                }
+                Ok(Response::text(sum.to_string()))
             }
             "ok" => Ok(Response::text("still alive")),
             other => Err(Error::invalid_input(format!("unknown attack {other:?}"))),
