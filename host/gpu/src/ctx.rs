@@ -42,6 +42,8 @@ pub(crate) struct Bound {
     /// for this run: it is killed, never handed to another run, and the time
     /// until then is billed.
     busy_since: Option<Instant>,
+    /// Calls answered by the current GPU process for this run.
+    answered: u64,
     next_id: Id,
     pub acct: Accounting,
 }
@@ -94,6 +96,7 @@ impl GpuCtx {
                 deadline,
                 worker: None,
                 busy_since: None,
+                answered: 0,
                 next_id: 0,
                 acct: Accounting::default(),
             })),
@@ -155,21 +158,57 @@ impl Bound {
         T: Send + 'static,
         F: FnOnce(&mut Conn) -> Result<T, GpuError> + Send + 'static,
     {
+        self.timed_call(f).await.0
+    }
+
+    /// [`Bound::call`], and whether the GPU process died under it before it
+    /// had answered anything for this run (and not because the deadline
+    /// killed it).
+    async fn timed_call<T, F>(&mut self, f: F) -> (Result<T, GpuError>, bool)
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut Conn) -> Result<T, GpuError> + Send + 'static,
+    {
         let budget = self.wait_budget();
         let worker = match &mut self.worker {
             Some(w) => w,
-            w @ None => w.insert(self.entry.take_worker()),
+            w @ None => {
+                self.answered = 0;
+                w.insert(self.entry.take_worker())
+            }
         };
         self.busy_since = Some(Instant::now());
-        let Timed { result, took } = worker.call(budget, f).await;
+        let Timed {
+            result,
+            took,
+            timed_out,
+        } = worker.call(budget, f).await;
         self.busy_since = None;
         self.acct.gpu_time += took;
-        result
+        let died_fresh = self.answered == 0
+            && !timed_out
+            && matches!(result, Err(GpuError::DeviceLost(_)))
+            && !worker.is_alive();
+        if result.is_ok() {
+            self.answered += 1;
+        }
+        (result, died_fresh)
     }
 
-    /// One request to the GPU process.
+    /// One request to the GPU process. A pooled process can die while idle
+    /// (OOM killer, an operator) just as a run takes it: when the run's
+    /// first request finds its process dead, nothing of the run was in it,
+    /// so the request is retried once on a fresh process.
     pub async fn request(&mut self, req: Request) -> Result<Value, GpuError> {
-        self.call(move |conn| conn.request(&req)).await
+        let retry = req.clone();
+        let (result, died_fresh) = self.timed_call(move |conn| conn.request(&req)).await;
+        if !died_fresh {
+            return result;
+        }
+        if let Some(w) = self.worker.take() {
+            self.entry.give_back(w, false);
+        }
+        self.call(move |conn| conn.request(&retry)).await
     }
 
     /// A request whose answer nobody waits for (releasing objects): ordered

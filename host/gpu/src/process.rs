@@ -367,6 +367,8 @@ pub(crate) struct Worker {
 pub(crate) struct Timed<T> {
     pub result: Result<T, GpuError>,
     pub took: Duration,
+    /// The budget ran out and the process was killed.
+    pub timed_out: bool,
 }
 
 impl Worker {
@@ -419,8 +421,10 @@ impl Worker {
             return Timed {
                 result: Err(gone()),
                 took: start.elapsed(),
+                timed_out: false,
             };
         }
+        let mut timed_out = false;
         let answer = match budget {
             None => result.await.map_err(|_| gone()),
             Some(b) => match tokio::time::timeout(b, result).await {
@@ -428,6 +432,7 @@ impl Worker {
                 Err(_) => {
                     let why = "GPU work did not finish before the run's deadline; the GPU process was stopped";
                     self.kill(why);
+                    timed_out = true;
                     Err(GpuError::DeviceLost(why.into()))
                 }
             },
@@ -435,6 +440,7 @@ impl Worker {
         Timed {
             result: answer.and_then(|r| r),
             took: start.elapsed(),
+            timed_out,
         }
     }
 
@@ -458,6 +464,24 @@ impl Worker {
                 }
             });
         Worker { tx, health, child }
+    }
+
+    /// Whether the GPU process is still running (a pooled process may have
+    /// died while idle: killed by the OOM killer or an operator). One that
+    /// has not finished starting counts as alive.
+    pub(crate) fn is_alive(&self) -> bool {
+        if !self.health.is_healthy() {
+            return false;
+        }
+        match self
+            .child
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .as_mut()
+        {
+            Some(c) => matches!(c.try_wait(), Ok(None)),
+            None => true,
+        }
     }
 
     /// Drop every object the last run left in the GPU process (ordered

@@ -22,7 +22,7 @@ pub const MAX_FRAME_BYTES: usize = 4 << 20;
 pub type Id = u32;
 
 /// What the platform asks of a GPU process.
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub enum Request {
     /// First request: open a device on the adapter that matches.
     Open {

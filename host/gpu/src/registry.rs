@@ -336,8 +336,8 @@ impl Entry {
                 .unwrap_or_else(PoisonError::into_inner)
                 .pop();
             match idle {
-                // Lost while it waited in the pool.
-                Some(w) if !w.health.is_healthy() => {
+                // Lost or dead while it waited in the pool.
+                Some(w) if !w.is_alive() => {
                     self.stats.devices_discarded.fetch_add(1, Ordering::Relaxed);
                 }
                 Some(w) => {

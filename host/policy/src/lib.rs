@@ -310,6 +310,18 @@ mod defaults {
     pub fn is_dir_depth(v: &u64) -> bool {
         *v == DIR_DEPTH
     }
+    pub const GPU_INVOCATIONS_PER_DISPATCH: u64 = 1 << 28;
+    pub const GPU_INVOCATIONS: u64 = 1 << 36;
+    pub const GPU_TRANSFER_BYTES: u64 = 16 * 1024 * super::MIB;
+    pub fn is_gpu_invocations_per_dispatch(v: &u64) -> bool {
+        *v == GPU_INVOCATIONS_PER_DISPATCH
+    }
+    pub fn is_gpu_invocations(v: &u64) -> bool {
+        *v == GPU_INVOCATIONS
+    }
+    pub fn is_gpu_transfer_bytes(v: &u64) -> bool {
+        *v == GPU_TRANSFER_BYTES
+    }
 }
 
 pub const MIB: u64 = 1024 * 1024;
@@ -467,10 +479,15 @@ pub struct GpuGrant {
     /// Compute pipelines (compiled kernels) one run may create.
     pub max_kernels: u32,
     /// Invocations (workgroups × workgroup size) of one dispatch.
+    /// (These three are omitted from JSON at their default, so policies
+    /// stored before they existed keep their serialized form.)
+    #[serde(skip_serializing_if = "defaults::is_gpu_invocations_per_dispatch")]
     pub max_invocations_per_dispatch: u64,
     /// Invocations of all the dispatches one run records.
+    #[serde(skip_serializing_if = "defaults::is_gpu_invocations")]
     pub max_invocations: u64,
     /// Bytes one run may write to, read back from and copy between buffers.
+    #[serde(skip_serializing_if = "defaults::is_gpu_transfer_bytes")]
     pub max_transfer_bytes: u64,
 }
 
@@ -483,9 +500,9 @@ impl Default for GpuGrant {
             max_dispatches: 10_000,
             max_workgroups_per_dimension: 65_535,
             max_kernels: 64,
-            max_invocations_per_dispatch: 1 << 28,
-            max_invocations: 1 << 36,
-            max_transfer_bytes: 16 * 1024 * MIB,
+            max_invocations_per_dispatch: defaults::GPU_INVOCATIONS_PER_DISPATCH,
+            max_invocations: defaults::GPU_INVOCATIONS,
+            max_transfer_bytes: defaults::GPU_TRANSFER_BYTES,
         }
     }
 }
