@@ -95,6 +95,18 @@ pub fn guest_bytes(name: &str) -> Vec<u8> {
     std::fs::read(&p).unwrap_or_else(|e| panic!("read {}: {e}", p.display()))
 }
 
+/// The GPU guest reported GPU error `kind` (`failed("<kind>: ...")`);
+/// returns the message.
+pub fn gpu_error<'a>(r: &'a RunReport, kind: &str) -> &'a str {
+    match &r.outcome {
+        Outcome::GuestError {
+            code: kasbah_core::GuestErrorKind::Failed,
+            message,
+        } if message.starts_with(&format!("{kind}: ")) => message,
+        other => panic!("expected GPU error {kind}, got {other:?}"),
+    }
+}
+
 /// CPU time (user + system, in clock ticks of 10 ms) used so far by this
 /// process and by each of its live child processes (GPU processes), and
 /// the pids of children whose command line contains `gpu-worker`.

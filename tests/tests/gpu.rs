@@ -11,7 +11,7 @@ use kasbah_core::{GuestErrorKind, Outcome, RunReport};
 use kasbah_policy::{GpuGrant, Limits, MIB, Policy};
 use kasbah_runtime::kasbah_gpu::{AdapterConfig, AdapterStatus, GpuConfig};
 use kasbah_runtime::{Request, Runtime, RuntimeConfig};
-use kasbah_tests::{assert_hello_still_served, guest_bytes, run, runtime};
+use kasbah_tests::{assert_hello_still_served, gpu_error, guest_bytes, run, runtime};
 
 fn gpu_policy(zone: &str) -> Policy {
     Policy {
@@ -35,18 +35,6 @@ fn ok_text(r: &RunReport) -> String {
     match &r.outcome {
         Outcome::Ok { output } => String::from_utf8_lossy(&output.body).into_owned(),
         other => panic!("expected ok, got {other:?}"),
-    }
-}
-
-/// The guest reported the GPU error `kind` (`failed("<kind>: ...")`); returns
-/// the message.
-fn gpu_error<'a>(r: &'a RunReport, kind: &str) -> &'a str {
-    match &r.outcome {
-        Outcome::GuestError {
-            code: GuestErrorKind::Failed,
-            message,
-        } if message.starts_with(&format!("{kind}: ")) => message,
-        other => panic!("expected GPU error {kind}, got {other:?}"),
     }
 }
 

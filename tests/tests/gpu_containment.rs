@@ -11,10 +11,10 @@
 
 use std::time::{Duration, Instant};
 
-use kasbah_core::{GuestErrorKind, Outcome, RunReport};
+use kasbah_core::Outcome;
 use kasbah_policy::{GpuGrant, Limits, Policy};
 use kasbah_runtime::Request;
-use kasbah_tests::{assert_hello_still_served, cpu_ticks_of_process_tree, run};
+use kasbah_tests::{assert_hello_still_served, cpu_ticks_of_process_tree, gpu_error, run};
 use tokio::sync::Mutex;
 
 static ONE_AT_A_TIME: Mutex<()> = Mutex::const_new(());
@@ -32,17 +32,6 @@ fn gpu_policy(zone: &str, wall_time_ms: u64) -> Policy {
 
 fn attack(name: &str, arg: impl Into<Vec<u8>>) -> Request {
     Request::new(arg).with_meta("attack", name)
-}
-
-/// The guest reported GPU error `kind`; returns the message.
-fn gpu_error<'a>(r: &'a RunReport, kind: &str) -> &'a str {
-    match &r.outcome {
-        Outcome::GuestError {
-            code: GuestErrorKind::Failed,
-            message,
-        } if message.starts_with(&format!("{kind}: ")) => message,
-        other => panic!("expected GPU error {kind}, got {other:?}"),
-    }
 }
 
 async fn matmul_ok(zone: &str, n: u32) -> Duration {

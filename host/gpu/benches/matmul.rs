@@ -15,6 +15,8 @@
 //! floating-point operations over the median end-to-end time). The guest's
 //! and the native checksums of C must agree: same inputs, same kernel.
 
+mod native;
+
 use std::time::{Duration, Instant};
 
 use kasbah_gpu::{AdapterConfig, GpuConfig};
@@ -42,21 +44,7 @@ struct Native {
 
 impl Native {
     fn new() -> Native {
-        let instance = kasbah_gpu::native_instance();
-        let adapters = pollster::block_on(instance.enumerate_adapters(wgpu::Backends::VULKAN));
-        let adapter = adapters
-            .into_iter()
-            .next()
-            .expect("a Vulkan adapter (lavapipe: apt-get install mesa-vulkan-drivers)");
-        let limits = kasbah_gpu::registry::device_limits(&adapter.limits(), None);
-        let (device, queue) = pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor {
-            label: Some("native-baseline"),
-            required_features: wgpu::Features::empty(),
-            required_limits: limits,
-            ..Default::default()
-        }))
-        .expect("device");
-        device.on_uncaptured_error(std::sync::Arc::new(|e| panic!("native baseline: {e}")));
+        let (device, queue) = native::device();
         Native { device, queue }
     }
 
@@ -88,18 +76,7 @@ impl Native {
                 .collect::<Vec<u8>>(),
             usage: wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST,
         });
-        let module = d.create_shader_module(wgpu::ShaderModuleDescriptor {
-            label: None,
-            source: wgpu::ShaderSource::Wgsl(WGSL.into()),
-        });
-        let pipeline = d.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
-            label: None,
-            layout: None,
-            module: &module,
-            entry_point: Some("matmul"),
-            compilation_options: wgpu::PipelineCompilationOptions::default(),
-            cache: None,
-        });
+        let pipeline = native::pipeline(d, WGSL, "matmul");
         let bind = d.create_bind_group(&wgpu::BindGroupDescriptor {
             label: None,
             layout: &pipeline.get_bind_group_layout(0),

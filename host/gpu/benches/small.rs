@@ -14,6 +14,8 @@
 //! Guest and native alternate, 5 rounds each after one warm-up; prints the
 //! medians, the per-call cost of each and the ratio guest / native.
 
+mod native;
+
 use std::time::{Duration, Instant};
 
 use kasbah_gpu::{AdapterConfig, GpuConfig};
@@ -33,18 +35,7 @@ struct Native {
 
 impl Native {
     fn new() -> Native {
-        let instance = kasbah_gpu::native_instance();
-        let adapters = pollster::block_on(instance.enumerate_adapters(wgpu::Backends::VULKAN));
-        let adapter = adapters.into_iter().next().expect("a Vulkan adapter");
-        let limits = kasbah_gpu::registry::device_limits(&adapter.limits(), None);
-        let (device, queue) = pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor {
-            label: Some("native-baseline"),
-            required_features: wgpu::Features::empty(),
-            required_limits: limits,
-            ..Default::default()
-        }))
-        .expect("device");
-        device.on_uncaptured_error(std::sync::Arc::new(|e| panic!("native baseline: {e}")));
+        let (device, queue) = native::device();
         Native { device, queue }
     }
 
@@ -62,18 +53,7 @@ impl Native {
             usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC,
             mapped_at_creation: false,
         });
-        let module = d.create_shader_module(wgpu::ShaderModuleDescriptor {
-            label: None,
-            source: wgpu::ShaderSource::Wgsl(TRIVIAL.into()),
-        });
-        let pipeline = d.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
-            label: None,
-            layout: None,
-            module: &module,
-            entry_point: Some("main"),
-            compilation_options: wgpu::PipelineCompilationOptions::default(),
-            cache: None,
-        });
+        let pipeline = native::pipeline(d, TRIVIAL, "main");
         let bind = d.create_bind_group(&wgpu::BindGroupDescriptor {
             label: None,
             layout: &pipeline.get_bind_group_layout(0),
