@@ -927,3 +927,40 @@ mod limit_tests {
         );
     }
 }
+
+/// Replays the committed fuzz corpus (fuzz/corpus/wgsl_admission) through
+/// the fuzz target's path, on the worker's stack: a cheap regression run of
+/// what the fuzzer found interesting, without the fuzz toolchain.
+#[cfg(test)]
+mod fuzz_corpus {
+    #[test]
+    fn committed_corpus_replays_without_crashing() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../../fuzz/corpus/wgsl_admission");
+        let mut inputs: Vec<Vec<u8>> = Vec::new();
+        for entry in std::fs::read_dir(&dir).expect("corpus directory") {
+            let path = entry.expect("entry").path();
+            inputs.push(std::fs::read(&path).expect("read"));
+        }
+        assert!(
+            inputs.len() >= 20,
+            "{}: {} inputs",
+            dir.display(),
+            inputs.len()
+        );
+        std::thread::Builder::new()
+            .stack_size(16 * 1024 * 1024)
+            .spawn(move || {
+                for data in inputs {
+                    if let Ok(code) = std::str::from_utf8(&data)
+                        && super::admit(code).is_ok()
+                    {
+                        let _ = super::check(code, "main", 16 * 1024);
+                    }
+                }
+            })
+            .expect("spawn")
+            .join()
+            .expect("no panic");
+    }
+}
