@@ -576,6 +576,53 @@ mod limit_tests {
     }
 
     #[test]
+    fn const_expansion() {
+        // Doubling chains: shared in the module, copied at each use.
+        let doubling = |n: usize, reverse: bool, local: bool| {
+            let mut decls: Vec<String> = vec!["const c0 = array(1.0, 1.0);".into()];
+            for i in 1..n {
+                decls.push(format!("const c{i} = array(c{}, c{});", i - 1, i - 1));
+            }
+            if reverse {
+                decls.reverse();
+            }
+            let decls = decls.join("\n");
+            let use_ = format!("let v = c{}; o[0] = 1.0;", n - 1);
+            let out = "@group(0) @binding(0) var<storage, read_write> o: array<f32>;";
+            if local {
+                in_main(out, &format!("{decls}\n{use_}"))
+            } else {
+                in_main(&format!("{decls}\n{out}"), &use_)
+            }
+        };
+        // c14 is 2^15 values; its declarations' references count too
+        // (about 2^16): within.
+        let ok = doubling(15, false, false);
+        assert_eq!(admit(&ok), Ok(()));
+        // (naga then copies it, and `check` refuses values over 8 KiB.)
+        let e = compiles(ok).expect_err("value too large");
+        assert!(e.contains("the host allows values"), "{e}");
+        for (reverse, local) in [(false, false), (true, false), (false, true)] {
+            let src = doubling(17, reverse, local);
+            let e = admit(&src).expect_err("2^17 values and more");
+            assert!(e.contains("expand to more than 131072"), "{e}");
+            refused_quickly(&doubling(22, reverse, local), "expand to more than");
+        }
+        // A lookup table used a few times is fine.
+        let table = format!(
+            "const t = array<f32, 2047>({});",
+            vec!["0.5"; 2047].join(", ")
+        );
+        let uses = "o[0] = t[u32(o[1])];\n".repeat(8);
+        let src = in_main(
+            &format!("{table}\n@group(0) @binding(0) var<storage, read_write> o: array<f32>;"),
+            &uses,
+        );
+        assert_eq!(admit(&src), Ok(()));
+        assert!(compiles(src).is_ok());
+    }
+
+    #[test]
     fn comments_nest_without_recursion_and_hide_their_content() {
         let deep = format!("{}x{}", "/*".repeat(200_000), "*/".repeat(200_000));
         assert_eq!(admit(&deep), Ok(()));
@@ -878,5 +925,42 @@ mod limit_tests {
              }"
             .to_string(),
         );
+    }
+}
+
+/// Replays the committed fuzz corpus (fuzz/corpus/wgsl_admission) through
+/// the fuzz target's path, on the worker's stack: a cheap regression run of
+/// what the fuzzer found interesting, without the fuzz toolchain.
+#[cfg(test)]
+mod fuzz_corpus {
+    #[test]
+    fn committed_corpus_replays_without_crashing() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../../fuzz/corpus/wgsl_admission");
+        let mut inputs: Vec<Vec<u8>> = Vec::new();
+        for entry in std::fs::read_dir(&dir).expect("corpus directory") {
+            let path = entry.expect("entry").path();
+            inputs.push(std::fs::read(&path).expect("read"));
+        }
+        assert!(
+            inputs.len() >= 20,
+            "{}: {} inputs",
+            dir.display(),
+            inputs.len()
+        );
+        std::thread::Builder::new()
+            .stack_size(16 * 1024 * 1024)
+            .spawn(move || {
+                for data in inputs {
+                    if let Ok(code) = std::str::from_utf8(&data)
+                        && super::admit(code).is_ok()
+                    {
+                        let _ = super::check(code, "main", 16 * 1024);
+                    }
+                }
+            })
+            .expect("spawn")
+            .join()
+            .expect("no panic");
     }
 }

@@ -39,6 +39,16 @@ pub(crate) const MAX_BLOCK_DEPTH: u32 = 192;
 /// along chains of them.
 pub(crate) const MAX_DECLARATIONS: u32 = 1024;
 
+/// Values that uses of `const` declarations expand to, summed over every
+/// reference in the module. naga keeps a module-scope constant as a DAG
+/// (`const c1 = array(c0, c0);` shares `c0`), but each use of it in a
+/// function copies the whole tree into the function: a chain of 22 such
+/// doublings, 900 bytes of WGSL, took 27 s and 2 GB in a release build.
+/// The weight of a constant is the literals in its initializer plus the
+/// weights of the constants it names; at ~500 bytes and ~6 µs per value
+/// copied, 131,072 values bound that to ~64 MiB and well under a second.
+pub(crate) const MAX_CONST_EXPANSION: u64 = 1 << 17;
+
 struct Frame {
     /// Operators counted in the current segment at this level.
     seg: u32,
@@ -46,9 +56,9 @@ struct Frame {
     chain: u32,
     /// `<` not yet matched by a `>` in the current segment: a `,` inside
     /// a template list (`array<f32, 4>`) separates template arguments, not
-    /// expressions, and must not end the segment (else `x + array<f32, 1>(x)[0]
-    /// + …` would hide a chain). A `<` that is a less-than only makes the
-    /// count stricter until the segment ends.
+    /// expressions, and must not end the segment, or a chain of terms like
+    /// `array<f32, 1>(x)[0]` would go uncounted. A `<` that is a less-than
+    /// only makes the count stricter until the segment ends.
     templ: u32,
 }
 
@@ -284,11 +294,7 @@ pub(crate) fn admit(code: &str) -> Result<(), String> {
                     after_close = true;
                 }
             }
-            b',' => {
-                if stack.last().is_some_and(|top| top.templ == 0) {
-                    end_segment!();
-                }
-            }
+            b',' if stack.last().is_some_and(|top| top.templ == 0) => end_segment!(),
             b';' => end_segment!(),
             b'<' => {
                 if let Some(top) = stack.last_mut() {
@@ -308,6 +314,250 @@ pub(crate) fn admit(code: &str) -> Result<(), String> {
             // `@`, `:`, anything else: not an operator.
             _ => {}
         }
+    }
+    const_expansion(bytes)
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Tok {
+    Ident,
+    Number,
+    Punct(u8),
+}
+
+/// Tokens of `bytes` (comments skipped), with their line: a simpler cut of
+/// the scan in `admit`, for the constant pass.
+struct Tokens<'a> {
+    bytes: &'a [u8],
+    i: usize,
+    line: usize,
+}
+
+impl<'a> Iterator for Tokens<'a> {
+    type Item = (Tok, &'a [u8], usize);
+    fn next(&mut self) -> Option<Self::Item> {
+        let bytes = self.bytes;
+        loop {
+            let b = *bytes.get(self.i)?;
+            match b {
+                b'\n' => {
+                    self.line += 1;
+                    self.i += 1;
+                }
+                b' ' | b'\t' | b'\r' | 0x0b | 0x0c => self.i += 1,
+                b'/' if bytes.get(self.i + 1) == Some(&b'/') => {
+                    while bytes.get(self.i).is_some_and(|&c| c != b'\n') {
+                        self.i += 1;
+                    }
+                }
+                b'/' if bytes.get(self.i + 1) == Some(&b'*') => {
+                    let mut depth: u64 = 1;
+                    self.i += 2;
+                    while depth > 0 {
+                        match (bytes.get(self.i), bytes.get(self.i + 1)) {
+                            (None, _) => break,
+                            (Some(b'/'), Some(b'*')) => {
+                                depth += 1;
+                                self.i += 2;
+                            }
+                            (Some(b'*'), Some(b'/')) => {
+                                depth -= 1;
+                                self.i += 2;
+                            }
+                            (Some(b'\n'), _) => {
+                                self.line += 1;
+                                self.i += 1;
+                            }
+                            _ => self.i += 1,
+                        }
+                    }
+                }
+                _ => break,
+            }
+        }
+        let start = self.i;
+        let b = *bytes.get(start)?;
+        let kind = if b.is_ascii_digit()
+            || (b == b'.' && bytes.get(start + 1).is_some_and(u8::is_ascii_digit))
+        {
+            let hex = b == b'0' && matches!(bytes.get(start + 1), Some(b'x' | b'X'));
+            self.i += 1;
+            while let Some(&c) = bytes.get(self.i) {
+                let exponent = if hex {
+                    matches!(c, b'p' | b'P')
+                } else {
+                    matches!(c, b'e' | b'E')
+                };
+                if exponent && matches!(bytes.get(self.i + 1), Some(b'+' | b'-')) {
+                    self.i += 2;
+                } else if c.is_ascii_alphanumeric() || c == b'_' || c == b'.' {
+                    self.i += 1;
+                } else {
+                    break;
+                }
+            }
+            Tok::Number
+        } else if is_ident_byte(b) {
+            while bytes.get(self.i).is_some_and(|&c| is_ident_byte(c)) {
+                self.i += 1;
+            }
+            Tok::Ident
+        } else {
+            self.i += 1;
+            Tok::Punct(b)
+        };
+        Some((
+            kind,
+            bytes.get(start..self.i).unwrap_or_default(),
+            self.line,
+        ))
+    }
+}
+
+/// One `const` declaration: the literals and the names in its initializer.
+struct ConstDecl<'a> {
+    literals: u64,
+    names: Vec<&'a [u8]>,
+}
+
+/// Bound [`MAX_CONST_EXPANSION`]. Module-scope constants may be declared
+/// in any order, so their weights are computed first (an iterative
+/// depth-first walk over at most [`MAX_DECLARATIONS`] of them); then every
+/// use of a constant name anywhere (a function-scope `const` takes the
+/// weight of its initializer) adds its weight to the total. Names are not
+/// scoped: a local that shadows a constant counts as the constant (an
+/// over-approximation), and a name declared twice takes the larger weight.
+fn const_expansion(bytes: &[u8]) -> Result<(), String> {
+    use std::collections::HashMap;
+    let tokens = || Tokens {
+        bytes,
+        i: 0,
+        line: 1,
+    };
+    // Pass 1: module-scope `const` declarations.
+    let mut decls: Vec<ConstDecl<'_>> = Vec::new();
+    let mut index: HashMap<&[u8], usize> = HashMap::new();
+    let mut depth: usize = 0;
+    let mut toks = tokens();
+    while let Some((kind, text, _)) = toks.next() {
+        match kind {
+            Tok::Punct(b'{') => depth += 1,
+            Tok::Punct(b'}') => depth = depth.saturating_sub(1),
+            Tok::Ident if depth == 0 && text == b"const" => {
+                let Some((Tok::Ident, name, _)) = toks.next() else {
+                    continue;
+                };
+                let mut decl = ConstDecl {
+                    literals: 0,
+                    names: Vec::new(),
+                };
+                let mut init = false;
+                for (kind, text, _) in toks.by_ref() {
+                    match kind {
+                        Tok::Punct(b';') => break,
+                        Tok::Punct(b'=') => init = true,
+                        Tok::Number if init => decl.literals += 1,
+                        Tok::Ident if init => decl.names.push(text),
+                        _ => {}
+                    }
+                }
+                index.insert(name, decls.len());
+                decls.push(decl);
+            }
+            _ => {}
+        }
+    }
+    // Weights, children first. Names that are not module constants (types,
+    // functions, builtins) count 0: the literals are the leaves. A cycle
+    // (naga refuses it) is cut.
+    let mut weight: Vec<Option<u64>> = vec![None; decls.len()];
+    let mut on_stack = vec![false; decls.len()];
+    for root in 0..decls.len() {
+        let mut stack: Vec<(usize, usize)> = vec![(root, 0)];
+        while let Some(&mut (d, ref mut next)) = stack.last_mut() {
+            if weight.get(d).copied().flatten().is_some() {
+                stack.pop();
+                continue;
+            }
+            if let Some(s) = on_stack.get_mut(d) {
+                *s = true;
+            }
+            let names = decls.get(d).map(|c| c.names.as_slice()).unwrap_or_default();
+            if let Some(name) = names.get(*next) {
+                *next += 1;
+                if let Some(&child) = index.get(name)
+                    && weight.get(child).copied().flatten().is_none()
+                    && !on_stack.get(child).copied().unwrap_or(true)
+                {
+                    stack.push((child, 0));
+                }
+                continue;
+            }
+            let mut w = decls.get(d).map_or(0, |c| c.literals);
+            for name in names {
+                let child = index
+                    .get(name)
+                    .and_then(|&c| weight.get(c).copied().flatten());
+                w = w.saturating_add(child.unwrap_or(0));
+            }
+            if let Some(slot) = weight.get_mut(d) {
+                *slot = Some(w.max(1));
+            }
+            if let Some(s) = on_stack.get_mut(d) {
+                *s = false;
+            }
+            stack.pop();
+        }
+    }
+    let mut weights: HashMap<&[u8], u64> = index
+        .iter()
+        .map(|(&name, &d)| (name, weight.get(d).copied().flatten().unwrap_or(1)))
+        .collect();
+    // Pass 2: every use of a constant name; function-scope constants are
+    // declared before they are used.
+    let mut total: u64 = 0;
+    let mut depth: usize = 0;
+    let mut local: Option<(&[u8], u64)> = None;
+    let mut after_const = false;
+    let mut local_init = false;
+    for (kind, text, line) in tokens() {
+        match kind {
+            Tok::Punct(b'{') => depth += 1,
+            Tok::Punct(b'}') => depth = depth.saturating_sub(1),
+            Tok::Punct(b';') => {
+                if let Some((name, w)) = local.take() {
+                    let slot = weights.entry(name).or_insert(0);
+                    *slot = (*slot).max(w.max(1));
+                }
+                local_init = false;
+            }
+            Tok::Punct(b'=') if local.is_some() => local_init = true,
+            Tok::Number if local_init => {
+                if let Some((_, w)) = local.as_mut() {
+                    *w = w.saturating_add(1);
+                }
+            }
+            Tok::Ident if after_const && depth > 0 => local = Some((text, 0)),
+            // The name of a module-scope constant: not a use.
+            Tok::Ident if after_const => {}
+            Tok::Ident if text == b"const" => {}
+            Tok::Ident => {
+                if let Some(&w) = weights.get(text) {
+                    total = total.saturating_add(w);
+                    if local_init && let Some((_, lw)) = local.as_mut() {
+                        *lw = lw.saturating_add(w);
+                    }
+                    if total > MAX_CONST_EXPANSION {
+                        return Err(format!(
+                            "line {line}: the uses of `const` values expand to more than \
+                             {MAX_CONST_EXPANSION} values"
+                        ));
+                    }
+                }
+            }
+            _ => {}
+        }
+        after_const = kind == Tok::Ident && text == b"const";
     }
     Ok(())
 }
