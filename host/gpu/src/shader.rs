@@ -55,18 +55,6 @@ pub(crate) struct ShaderFacts {
     pub workgroup_size: [u32; 3],
 }
 
-/// Transitional: what `ops.rs` calls today ([`admit`], then [`check`]).
-/// Delete once `ops.rs` calls `admit` and `check` itself.
-#[allow(dead_code)]
-pub(crate) fn check_workgroup_storage(
-    code: &str,
-    entry_point: &str,
-    limit: u32,
-) -> Result<(), String> {
-    admit(code)?;
-    check(code, entry_point, limit).map(|_| ())
-}
-
 /// Parse and validate `code` (naga, the same front end and validator wgpu
 /// runs, with every capability allowed so that nothing wgpu accepts is
 /// refused here), then check `entry_point`'s workgroup storage against
