@@ -572,7 +572,7 @@ fn start(spec: &DeviceSpec, health: Arc<Health>, child_slot: Arc<Mutex<Option<Ch
     let open = Request::Open {
         label: spec.label.clone(),
         adapter: spec.adapter.clone(),
-        limits: spec.limits.clone(),
+        limits: Box::new(spec.limits.clone()),
     };
     match conn.request(&open) {
         Ok(_) => {}

@@ -28,7 +28,7 @@ pub enum Request {
     Open {
         label: String,
         adapter: AdapterKey,
-        limits: wgpu::Limits,
+        limits: Box<wgpu::Limits>,
     },
     CreateBuffer {
         id: Id,
