@@ -147,11 +147,6 @@ fn verify_sample(a: &[f32], b: &[f32], c: &[f32], n: u32) {
     }
 }
 
-fn median(v: &mut [Duration]) -> Duration {
-    v.sort();
-    v[v.len() / 2]
-}
-
 fn main() {
     let sizes: Vec<u32> = std::env::args()
         .skip(1)
@@ -234,7 +229,11 @@ fn main() {
             native.matmul(n);
             nat.push(t.elapsed());
         }
-        let (mg, mn, mgpu) = (median(&mut g), median(&mut nat), median(&mut gpu));
+        let (mg, mn, mgpu) = (
+            native::median(&mut g),
+            native::median(&mut nat),
+            native::median(&mut gpu),
+        );
         let flop = 2.0 * f64::from(n).powi(3);
         let gflops = |d: Duration| flop / d.as_secs_f64() / 1e9;
         println!(

@@ -16,7 +16,7 @@
 
 mod native;
 
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use kasbah_gpu::{AdapterConfig, GpuConfig};
 use kasbah_policy::{GpuGrant, Limits, Policy};
@@ -116,11 +116,6 @@ impl Native {
     }
 }
 
-fn median(v: &mut [Duration]) -> Duration {
-    v.sort();
-    v[v.len() / 2]
-}
-
 fn main() {
     let n: u32 = std::env::args()
         .skip(1)
@@ -188,7 +183,7 @@ fn main() {
             native_fn(&native, n);
             nat.push(t.elapsed());
         }
-        let (mg, mn) = (median(&mut g), median(&mut nat));
+        let (mg, mn) = (native::median(&mut g), native::median(&mut nat));
         println!(
             "{what}: guest median {:.1} ms ({:.1} µs/call), native median {:.1} ms ({:.1} µs/call), ratio guest/native {:.2}  [guest runs: {:?}; native: {:?}]",
             mg.as_secs_f64() * 1e3,

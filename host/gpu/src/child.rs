@@ -67,7 +67,7 @@ fn backends(name: Option<&str>) -> wgpu::Backends {
     }
 }
 
-fn instance(backends: wgpu::Backends) -> wgpu::Instance {
+pub(crate) fn instance(backends: wgpu::Backends) -> wgpu::Instance {
     let mut desc = wgpu::InstanceDescriptor::new_without_display_handle();
     desc.backends = backends;
     // Debug and validation-layer flags off whatever the build profile: the

@@ -111,9 +111,7 @@ pub fn gpu_worker_main(args: &[String]) -> i32 {
 /// (the platform itself never creates one: its GPU work happens in GPU
 /// processes).
 pub fn native_instance() -> wgpu::Instance {
-    let mut desc = wgpu::InstanceDescriptor::new_without_display_handle();
-    desc.flags = wgpu::InstanceFlags::VALIDATION_INDIRECT_CALL;
-    wgpu::Instance::new(desc.with_env())
+    child::instance(wgpu::Backends::all())
 }
 
 use wasmtime::component::{HasData, Linker, ResourceTable};

@@ -219,7 +219,7 @@ pub(crate) fn create_pipeline(
     entry_point: &str,
     workgroup_storage_limit: u32,
 ) -> Result<(wgpu::ComputePipeline, crate::shader::ShaderFacts), GpuError> {
-    crate::shader::admit(code).map_err(|e| GpuError::InvalidShader(bounded(e)))?;
+    // `check` runs the admission pre-pass before naga sees the source.
     let facts = crate::shader::check(code, entry_point, workgroup_storage_limit)
         .map_err(|e| GpuError::InvalidShader(bounded(e)))?;
     let pipeline = scoped(dev, Blame::Shader, |device, _| {

@@ -444,26 +444,19 @@ impl Worker {
         }
     }
 
-    /// A worker whose every call answers `unavailable: why`.
+    /// A worker whose every call fails with `why`.
     pub(crate) fn unavailable(why: String) -> Worker {
-        let (tx, rx) = mpsc::channel::<Job>();
+        // No process and no thread: every call finds the channel closed and
+        // answers with `why` (bind never hands an unusable entry to a run,
+        // so this is a backstop).
+        let (tx, _) = mpsc::channel::<Job>();
         let health = Arc::new(Health::default());
-        health.mark_lost(why.clone());
-        let child = Arc::new(Mutex::new(None));
-        let mut conn = Conn {
-            link: None,
-            health: Arc::clone(&health),
-            child: Arc::clone(&child),
-            dead: Some(GpuError::Unavailable(why)),
-        };
-        let _ = std::thread::Builder::new()
-            .name("kasbah-gpu-none".into())
-            .spawn(move || {
-                while let Ok(job) = rx.recv() {
-                    job(&mut conn);
-                }
-            });
-        Worker { tx, health, child }
+        health.mark_lost(why);
+        Worker {
+            tx,
+            health,
+            child: Arc::new(Mutex::new(None)),
+        }
     }
 
     /// Whether the GPU process is still running (a pooled process may have

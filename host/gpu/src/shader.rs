@@ -302,9 +302,10 @@ mod limit_tests {
 
     const LIMIT: u32 = 16 * 1024;
 
-    /// naga runs on a device worker thread with a 16 MiB stack in the host
-    /// (lib.rs); run it the same way here, so that an input at the limits
-    /// is shown to compile in a debug build without overflowing.
+    /// naga runs in the GPU process on a thread with a 256 MiB stack
+    /// (child.rs); run it here on 16 MiB, a sixteenth of that, so that an
+    /// input at the limits is shown to compile in a debug build with a wide
+    /// margin.
     fn on_worker_stack<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
         std::thread::Builder::new()
             .stack_size(16 * 1024 * 1024)

@@ -2,6 +2,7 @@
 //! applies the access rules in `auth.rs`; bad input is a 4xx with a stable
 //! code, never a 500.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Json;
@@ -671,15 +672,7 @@ pub async fn create_run(
     let accepted = crate::db::queued_record(&run);
     s.metrics.runs_in_flight.inc();
     let run_to_end = async move {
-        let record = execute(
-            &task_state,
-            run,
-            &policy_for_run.policy,
-            request,
-            admission,
-            placed,
-        )
-        .await;
+        let record = execute(&task_state, run, policy_for_run, request, admission, placed).await;
         task_state.metrics.runs_in_flight.dec();
         record
     };
@@ -758,7 +751,7 @@ where
 async fn execute(
     s: &AppState,
     run: NewRun,
-    policy: &Policy,
+    policy: Arc<PolicyRecord>,
     request: Request,
     admission: Admission,
     placed: crate::placement::Placed,
@@ -772,11 +765,12 @@ async fn execute(
         Ok(module) => {
             // On the guest threads, not this request's (see `GuestThreads`).
             let runtime = s.runtime.clone();
-            let policy = policy.clone();
             let options = placed.options.clone();
-            let run = s
-                .guests
-                .spawn(async move { runtime.run_with(&module, &policy, request, &options).await });
+            let run = s.guests.spawn(async move {
+                runtime
+                    .run_with(&module, &policy.policy, request, &options)
+                    .await
+            });
             match run {
                 Some(handle) => match handle.await {
                     Ok(Ok(r)) => r,

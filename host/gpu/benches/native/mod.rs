@@ -1,6 +1,14 @@
 //! The native baseline shared by the GPU benches: a device of the first
 //! Vulkan adapter in this process, with the limits the platform asks for.
 
+use std::time::Duration;
+
+/// Median of the timings (sorts them).
+pub fn median(v: &mut [Duration]) -> Duration {
+    v.sort();
+    v[v.len() / 2]
+}
+
 pub fn device() -> (wgpu::Device, wgpu::Queue) {
     let instance = kasbah_gpu::native_instance();
     let adapters = pollster::block_on(instance.enumerate_adapters(wgpu::Backends::VULKAN));
