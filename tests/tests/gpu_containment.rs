@@ -121,15 +121,19 @@ async fn a_gpu_hog_is_killed_at_its_deadline_billed_for_it_and_the_cpu_is_idle_w
     // still burns the hog's work.
     let busy = cpu_used_during(Duration::from_secs(1)).await;
     eprintln!(
-        "neighbour matmul alone {normal:?}, during the hog {during:?}; CPU in the second after the deadline: {busy:.2} s; billed {:?}",
+        "neighbour matmul alone {normal:?}, during the hog {during:?} ({:.2}x); CPU in the second after the deadline: {busy:.2} s; billed {:?}",
+        during.as_secs_f64() / normal.as_secs_f64(),
         gpu.gpu_time
     );
     assert!(busy < 0.3, "{busy} CPU seconds used after the deadline");
-    // Generous bound: on lavapipe the neighbour shares two CPU cores with
-    // the hog until the hog's deadline.
+    // On lavapipe the neighbour shares the CPU cores with the hog until the
+    // hog's deadline; the hog's GPU process has lost CPU priority by then
+    // (it has used far more GPU time), so the neighbour stays within 2× its
+    // time alone (plus a little timer jitter).
     assert!(
-        during <= normal * 2 + deadline,
-        "neighbour took {during:?} (alone {normal:?})"
+        during <= normal * 2 + Duration::from_millis(25),
+        "neighbour took {during:?} (alone {normal:?}): {:.2}x",
+        during.as_secs_f64() / normal.as_secs_f64()
     );
     assert_still_served().await;
 }

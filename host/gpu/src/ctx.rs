@@ -182,7 +182,7 @@ impl Bound {
             result,
             took,
             timed_out,
-        } = worker.call(budget, f).await;
+        } = worker.call(budget, self.acct.gpu_time, f).await;
         self.busy_since = None;
         self.acct.gpu_time += took;
         let died_fresh = self.answered == 0

@@ -17,7 +17,7 @@ use std::os::unix::net::UnixStream;
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, PoisonError, RwLock, mpsc};
 use std::time::{Duration, Instant};
 
@@ -361,6 +361,59 @@ pub(crate) struct Worker {
     tx: mpsc::Sender<Job>,
     pub health: Arc<Health>,
     child: Arc<Mutex<Option<Child>>>,
+    /// The nice value last given to the process's threads (see [`nice_for`]).
+    nice: AtomicI32,
+}
+
+/// The highest nice value a GPU process is given.
+const MAX_NICE: i32 = 19;
+
+/// GPU time a run may use before its GPU process loses CPU priority.
+const FULL_PRIORITY_GPU_TIME_MS: f64 = 50.0;
+
+/// The CPU priority of the GPU process of a run that has used `used` of GPU
+/// time: least attained service first. Two nice levels per doubling past
+/// 50 ms (2 at 100 ms, 6 at 400 ms, 10 at 1.6 s), at most 19. On lavapipe,
+/// and for naga's and wgpu's own work on any backend, GPU processes share
+/// the host's cores; without contention a nice value changes nothing, under
+/// contention a short run next to a long one gets most of the CPU, and two
+/// long runs share it by how much each has already had.
+pub(crate) fn nice_for(used: Duration) -> i32 {
+    let ms = used.as_secs_f64() * 1e3;
+    if ms < FULL_PRIORITY_GPU_TIME_MS {
+        return 0;
+    }
+    let level = (2.0 * (ms / FULL_PRIORITY_GPU_TIME_MS).log2()).floor();
+    (level as i32).clamp(0, MAX_NICE)
+}
+
+/// The GPU time after which a run's GPU process gets nice value `level`.
+fn gpu_time_for(level: i32) -> Duration {
+    Duration::from_secs_f64(FULL_PRIORITY_GPU_TIME_MS * 2f64.powf(f64::from(level) / 2.0) / 1e3)
+}
+
+/// Give every thread of process `pid` the nice value `nice` (on Linux a
+/// nice value belongs to a thread; threads started later inherit it from
+/// the thread that starts them).
+fn renice(pid: u32, nice: i32) -> io::Result<()> {
+    for task in std::fs::read_dir(format!("/proc/{pid}/task"))? {
+        let Some(tid) = task?
+            .file_name()
+            .to_str()
+            .and_then(|t| t.parse::<libc::id_t>().ok())
+        else {
+            continue;
+        };
+        // SAFETY: setpriority reads no memory of ours.
+        if unsafe { libc::setpriority(libc::PRIO_PROCESS, tid, nice) } != 0 {
+            let e = io::Error::last_os_error();
+            // The thread ended meanwhile.
+            if e.raw_os_error() != Some(libc::ESRCH) {
+                return Err(e);
+            }
+        }
+    }
+    Ok(())
 }
 
 /// The outcome of one call and how long the GPU process worked on it.
@@ -394,13 +447,26 @@ impl Worker {
         if let Err(e) = thread {
             health.mark_lost(format!("cannot start a GPU supervisor thread: {e}"));
         }
-        Worker { tx, health, child }
+        Worker {
+            tx,
+            health,
+            child,
+            nice: AtomicI32::new(0),
+        }
     }
 
     /// Run `f` on this worker's thread, waiting at most `budget`. When the
     /// budget runs out the GPU process is killed and the call answers
     /// `device-lost`; `took` is the wall time until the answer or the kill.
-    pub(crate) async fn call<T, F>(&self, budget: Option<Duration>, f: F) -> Timed<T>
+    /// `used` is the GPU time the run had used before: the process's CPU
+    /// priority drops as the run's GPU time grows ([`nice_for`]), also
+    /// while this call runs.
+    pub(crate) async fn call<T, F>(
+        &self,
+        budget: Option<Duration>,
+        used: Duration,
+        f: F,
+    ) -> Timed<T>
     where
         T: Send + 'static,
         F: FnOnce(&mut Conn) -> Result<T, GpuError> + Send + 'static,
@@ -424,24 +490,76 @@ impl Worker {
                 timed_out: false,
             };
         }
+        let mut result = result;
         let mut timed_out = false;
-        let answer = match budget {
-            None => result.await.map_err(|_| gone()),
-            Some(b) => match tokio::time::timeout(b, result).await {
-                Ok(r) => r.map_err(|_| gone()),
-                Err(_) => {
+        let deadline = budget.map(|b| start + b);
+        self.demote(nice_for(used));
+        let answer = loop {
+            let level = self.nice.load(Ordering::Relaxed);
+            let demote_at =
+                (level < MAX_NICE).then(|| start + gpu_time_for(level + 1).saturating_sub(used));
+            let wake = match (deadline, demote_at) {
+                (Some(d), Some(n)) => Some(d.min(n)),
+                (d, n) => d.or(n),
+            };
+            let Some(wake) = wake else {
+                break result.await.map_err(|_| gone());
+            };
+            match tokio::time::timeout_at(wake.into(), &mut result).await {
+                Ok(r) => break r.map_err(|_| gone()),
+                Err(_) if deadline.is_some_and(|d| Instant::now() >= d) => {
                     let why = "GPU work did not finish before the run's deadline; the GPU process was stopped";
                     self.kill(why);
                     timed_out = true;
-                    Err(GpuError::DeviceLost(why.into()))
+                    break Err(GpuError::DeviceLost(why.into()));
                 }
-            },
+                Err(_) => self.demote(nice_for(used + start.elapsed()).max(level + 1)),
+            }
         };
         Timed {
             result: answer.and_then(|r| r),
             took: start.elapsed(),
             timed_out,
         }
+    }
+
+    /// Lower the process's CPU priority to nice value `level` (never
+    /// raises it). A failure leaves the priority as it was: the run is
+    /// still bounded by its deadline.
+    fn demote(&self, level: i32) {
+        let level = level.min(MAX_NICE);
+        if level <= self.nice.load(Ordering::Relaxed) {
+            return;
+        }
+        // Recorded even when it fails, so a failing renice is not retried
+        // in a loop.
+        self.nice.store(level, Ordering::Relaxed);
+        if let Some(pid) = self.pid() {
+            let _ = renice(pid, level);
+        }
+    }
+
+    /// Give the process back its full CPU priority before it serves
+    /// another run. Raising a priority needs `CAP_SYS_NICE` (or a
+    /// `RLIMIT_NICE`): without it this answers false and the process must
+    /// not be reused.
+    pub(crate) fn restore_priority(&self) -> bool {
+        if self.nice.load(Ordering::Relaxed) == 0 {
+            return true;
+        }
+        let restored = self.pid().is_none_or(|pid| renice(pid, 0).is_ok());
+        if restored {
+            self.nice.store(0, Ordering::Relaxed);
+        }
+        restored
+    }
+
+    fn pid(&self) -> Option<u32> {
+        self.child
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .as_ref()
+            .map(Child::id)
     }
 
     /// A worker whose every call fails with `why`.
@@ -456,6 +574,7 @@ impl Worker {
             tx,
             health,
             child: Arc::new(Mutex::new(None)),
+            nice: AtomicI32::new(0),
         }
     }
 
@@ -579,4 +698,57 @@ fn start(spec: &DeviceSpec, health: Arc<Health>, child_slot: Arc<Mutex<Option<Ch
         Err(_) => {}
     }
     conn
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn nice_of(pid: u32, tid: &str) -> i32 {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/stat")).expect("stat");
+        // Fields after the command name (which is in parentheses); nice is
+        // field 19, the 17th after it.
+        let rest = &stat[stat.rfind(')').expect(")") + 2..];
+        rest.split(' ').nth(16).expect("nice").parse().expect("int")
+    }
+
+    #[test]
+    fn priority_drops_two_levels_per_doubling_of_gpu_time() {
+        let ms = Duration::from_millis;
+        assert_eq!(nice_for(ms(0)), 0);
+        assert_eq!(nice_for(ms(99)), 1);
+        assert_eq!(nice_for(ms(100)), 2);
+        assert_eq!(nice_for(ms(400)), 6);
+        assert_eq!(nice_for(ms(1_600)), 10);
+        assert_eq!(nice_for(Duration::from_secs(3_600)), MAX_NICE);
+        for level in 1..=MAX_NICE {
+            let at = gpu_time_for(level);
+            assert_eq!(nice_for(at + ms(1)), level, "{at:?}");
+            assert!(nice_for(at - ms(1)) < level, "{at:?}");
+        }
+    }
+
+    #[test]
+    fn renice_reaches_every_thread_of_a_process() {
+        // Every task of the process gets the value.
+        let mut child = Command::new("sleep").arg("30").spawn().expect("sleep");
+        let pid = child.id();
+        renice(pid, 7).expect("renice");
+        for task in std::fs::read_dir(format!("/proc/{pid}/task")).expect("tasks") {
+            let tid = task.expect("task").file_name();
+            assert_eq!(nice_of(pid, tid.to_str().expect("tid")), 7);
+        }
+        let back = renice(pid, 0);
+        // Raising a priority needs CAP_SYS_NICE: as root it works, without
+        // it the error is reported (and the worker is then not reused).
+        // SAFETY: geteuid has no preconditions.
+        if unsafe { libc::geteuid() } == 0 {
+            back.expect("root may raise a priority");
+            assert_eq!(nice_of(pid, &pid.to_string()), 0);
+        } else {
+            assert!(back.is_err());
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+    }
 }

@@ -363,7 +363,7 @@ impl Entry {
     /// any other is killed at once, and a fresh one is started in the
     /// background in its place so the next run does not wait for it.
     pub(crate) fn give_back(&self, worker: Worker, reusable: bool) {
-        if reusable && worker.health.is_healthy() {
+        if reusable && worker.health.is_healthy() && worker.restore_priority() {
             let mut idle = self.idle.lock().unwrap_or_else(PoisonError::into_inner);
             if idle.len() < self.max_idle {
                 worker.reset();
