@@ -10,7 +10,7 @@ use std::time::Duration;
 use kasbah_client::Client;
 use kasbah_core::Outcome;
 use kasbah_core::api::*;
-use kasbah_policy::{DirGrant, DirMode, Limits, MIB, NetworkGrant, Policy};
+use kasbah_policy::{Ceiling, DirGrant, DirMode, Limits, MIB, NetworkGrant, Policy};
 use kasbah_tests::guest_path;
 use kasbah_tests::platform::{Platform, api_err};
 
@@ -71,9 +71,12 @@ async fn roles_see_only_what_they_reach() {
     let op = admin
         .create_operator(&CreateOperator {
             name: "telecom".into(),
-            ceiling: Some(Limits {
-                memory_bytes: 128 * MIB,
-                ..Limits::hard_ceiling()
+            ceiling: Some(Ceiling {
+                limits: Limits {
+                    memory_bytes: 128 * MIB,
+                    ..Ceiling::open_limits()
+                },
+                ..Ceiling::standard()
             }),
             max_tenants: 2,
             zones: Vec::new(),

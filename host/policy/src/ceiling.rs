@@ -687,3 +687,146 @@ impl Policy {
         out
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn target(s: &str) -> NetTarget {
+        s.parse().expect("target")
+    }
+
+    fn rule(s: &str) -> NetRule {
+        s.parse().expect("rule")
+    }
+
+    #[test]
+    fn rules_parse_and_print() {
+        for (s, printed) in [
+            ("0.0.0.0/0:*", "0.0.0.0/0:*"),
+            ("10.1.2.3/16:443", "10.1.0.0/16:443"),
+            ("1.2.3.4:80-90", "1.2.3.4/32:80-90"),
+            ("[::]/0:443", "[::]/0:443"),
+            ("[fd00::1]:22", "[fd00::1]/128:22"),
+            ("*:443", "*:443"),
+            ("*.Example.org:443", "*.example.org:443"),
+            ("api.example.org:1-65535", "api.example.org:*"),
+        ] {
+            assert_eq!(rule(s).to_string(), printed, "{s}");
+            assert_eq!(rule(printed), rule(s), "{printed} round-trips");
+        }
+        for bad in [
+            "10.0.0.0/33:80",
+            "::1:80",
+            "1.2.3.4:0",
+            "1.2.3.4:90-80",
+            "1.2.3.4",
+            "*.bad_name:80",
+            "bad host:80",
+            "[::1]/129:80",
+        ] {
+            assert!(bad.parse::<NetRule>().is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn broad_rules_never_cover_special_addresses() {
+        let open = [rule("0.0.0.0/0:*"), rule("[::]/0:*")];
+        let admitted = |t: &str| open.iter().any(|r| r.admits(&target(t)));
+        for public in ["93.184.216.34:443", "8.8.8.8:53", "[2606:4700::1111]:443"] {
+            assert!(admitted(public), "{public}");
+        }
+        for special in [
+            "169.254.169.254:80",
+            "127.0.0.1:8080",
+            "10.0.0.5:443",
+            "172.16.0.1:443",
+            "192.168.1.1:80",
+            "100.64.0.1:80",
+            "0.0.0.0:80",
+            "255.255.255.255:80",
+            "224.0.0.1:80",
+            "[::1]:80",
+            "[fe80::1]:80",
+            "[fd00::1]:80",
+            "[::ffff:169.254.169.254]:80",
+            "[64:ff9b::a9fe:a9fe]:80",
+        ] {
+            assert!(!admitted(special), "{special}");
+        }
+        // Names only through name rules.
+        assert!(!admitted("api.example.org:443"));
+        // An admin listing a special range (or one host in it) opens it.
+        assert!(rule("169.254.169.254/32:80").admits(&target("169.254.169.254:80")));
+        assert!(rule("10.1.0.0/16:443").admits(&target("10.1.2.3:443")));
+        assert!(!rule("10.1.0.0/16:443").admits(&target("10.2.0.1:443")));
+        assert!(!rule("10.1.0.0/16:443").admits(&target("10.1.2.3:80")));
+        // …but not a rule wider than the special range.
+        assert!(!rule("0.0.0.0/1:80").admits(&target("10.0.0.1:80")));
+        assert!(rule("*.example.org:443").admits(&target("api.example.org:443")));
+        assert!(!rule("*.example.org:443").admits(&target("example.org:443")));
+        assert!(!rule("*.example.org:443").admits(&target("evilexample.org:443")));
+        assert!(rule("*:443").admits(&target("anything.test:443")));
+        assert!(!rule("*:443").admits(&target("1.2.3.4:443")));
+    }
+
+    #[test]
+    fn legacy_ceilings_load_with_nothing_beyond_their_limits() {
+        // What an operator created without a ceiling stored before: the
+        // hard ceiling as a bare `Limits`.
+        let old = serde_json::to_string(&Limits::hard_ceiling()).expect("json");
+        let c = Ceiling::from_stored_json(&old).expect("legacy loads");
+        assert_eq!(c.limits.memory_bytes, Limits::hard_ceiling().memory_bytes);
+        assert_eq!(
+            c.limits.fuel, None,
+            "the hard ceiling's fuel meant no bound"
+        );
+        assert!(!c.datasets && c.env.vars.is_empty() && c.env.inherit.is_empty());
+        assert!(c.network.allow.is_empty() && c.gpu.is_none());
+        let c = Ceiling::from_stored_json(r#"{"memory_bytes":1048576,"fuel":1000}"#)
+            .expect("partial legacy");
+        assert_eq!((c.limits.memory_bytes, c.limits.fuel), (MIB, Some(1000)));
+        assert_eq!(
+            Ceiling::from_stored_json("{}").expect("empty"),
+            Ceiling::from_legacy(Limits::default())
+        );
+        // The current shape round-trips.
+        for c in [Ceiling::standard(), Ceiling::default()] {
+            let json = serde_json::to_string(&c).expect("json");
+            assert_eq!(Ceiling::from_stored_json(&json).expect("current"), c);
+        }
+        // New input must use the current shape.
+        assert!(serde_json::from_str::<Ceiling>(r#"{"memory_bytes":1}"#).is_err());
+    }
+
+    use crate::MIB;
+
+    #[test]
+    fn a_ceiling_file_reads_as_documented() {
+        let c: Ceiling = toml::from_str(
+            r#"
+            datasets = true
+            [limits]
+            memory_bytes = 268435456
+            fuel = 10000000000
+            [env]
+            vars = ["*"]
+            inherit = ["LANG"]
+            [network]
+            allow = ["0.0.0.0/0:443", "[::]/0:443", "10.1.0.0/16:5432", "*.example.org:443"]
+            [gpu]
+            zones = ["ma-rabat-1"]
+            max_buffer_bytes = 268435456
+            "#,
+        )
+        .expect("ceiling");
+        assert!(c.problems().is_empty(), "{:?}", c.problems());
+        assert_eq!(c.network.allow.len(), 4);
+        assert_eq!(c.gpu.as_ref().map(|g| g.max_buffer_bytes), Some(256 * MIB));
+        let bad: Ceiling = toml::from_str(
+            "[limits]\nmemory_bytes = 99999999999999\n[env]\ninherit = [\"*\"]\n[gpu]\nmax_kernels = 99999999\n",
+        )
+        .expect("parses");
+        assert_eq!(bad.problems().len(), 3, "{:?}", bad.problems());
+    }
+}
