@@ -1766,10 +1766,15 @@ mod tests {
             c.execute_batch(&format!(
                 "CREATE TABLE operators (id TEXT PRIMARY KEY, name TEXT NOT NULL UNIQUE,
                      ceiling_json TEXT NOT NULL, max_tenants INTEGER NOT NULL, created_at INTEGER NOT NULL);
-                 INSERT INTO operators VALUES ('op_old', 'telecom', '{{}}', 3, 0);
+                 INSERT INTO operators VALUES ('op_old', 'telecom',
+                     '{{\"memory_bytes\":1048576,\"wall_time_ms\":1000,\"fuel\":5000}}', 3, 0);
                  CREATE TABLE tenants (id TEXT PRIMARY KEY, name TEXT NOT NULL,
                      operator_id TEXT, policy_version INTEGER NOT NULL, created_at INTEGER NOT NULL);
                  INSERT INTO tenants VALUES ('tn_a', 'a', NULL, 1, 0);
+                 CREATE TABLE policies (tenant_id TEXT NOT NULL REFERENCES tenants(id),
+                     version INTEGER NOT NULL, policy_json TEXT NOT NULL, digest TEXT NOT NULL,
+                     created_at INTEGER NOT NULL, PRIMARY KEY (tenant_id, version));
+                 INSERT INTO policies VALUES ('tn_a', 1, '{{}}', '{d}', 0);
                  CREATE TABLE runs (id TEXT PRIMARY KEY, tenant_id TEXT NOT NULL REFERENCES tenants(id),
                      module_digest TEXT NOT NULL, policy_version INTEGER NOT NULL, status TEXT NOT NULL,
                      input_digest TEXT NOT NULL, input_size INTEGER NOT NULL, outcome_kind TEXT,
@@ -1801,6 +1806,23 @@ mod tests {
             op.zones.is_empty(),
             "an old operator has no zone restriction"
         );
+        // Its ceiling, stored as a bare `Limits`, loads: those limits and
+        // nothing beyond (no datasets, env, network or GPU to grant).
+        assert_eq!(
+            op.ceiling,
+            Ceiling::from_legacy(kasbah_policy::Limits {
+                memory_bytes: 1 << 20,
+                wall_time_ms: 1000,
+                fuel: Some(5000),
+                ..kasbah_policy::Limits::default()
+            })
+        );
+        assert!(op.ceiling.gpu.is_none() && op.ceiling.network.allow.is_empty());
+        // Policy versions from before `set_by` read back without it; new
+        // ones record it.
+        let v1 = db.current_policy("tn_a").expect("read").expect("v1");
+        assert_eq!((v1.version, v1.set_by), (1, None));
+
         assert_eq!(db.interrupt_inflight().await.expect("interrupt"), 1);
         let done = db.run("run_done").expect("read").expect("done run");
         assert_eq!(done.status, RunStatus::Done);
@@ -1853,6 +1875,11 @@ mod tests {
             db.run("run_flying").expect("read").map(|r| r.status),
             Some(RunStatus::Interrupted)
         );
+        let v2 = db
+            .set_policy("tn_a", &Policy::default(), "admin")
+            .await
+            .expect("set");
+        assert_eq!((v2.version, v2.set_by.as_deref()), (2, Some("admin")));
         tokio::task::spawn_blocking(move || db.close())
             .await
             .expect("close");
