@@ -833,11 +833,11 @@ impl Db {
                 let record = policy_record(&tenant_id, v + 1, &policy, now, &set_by)?;
                 // Compared inside the write, so two identical concurrent
                 // sets make one version, not two.
-                if let Some(mut current) = policy_version_in(tx, &tenant_id, v)? {
-                    if current.digest == record.digest {
-                        current.unchanged = true;
-                        return Ok((current, Vec::new()));
-                    }
+                if let Some(mut current) = policy_version_in(tx, &tenant_id, v)?
+                    && current.digest == record.digest
+                {
+                    current.unchanged = true;
+                    return Ok((current, Vec::new()));
                 }
                 insert_policy(tx, &record)?;
                 tx.execute(
