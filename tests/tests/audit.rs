@@ -400,9 +400,11 @@ async fn publish_and_run_produce_receipts_that_verify_offline() {
         text(&out)
     );
 
-    // A policy change is an entry too.
+    // A policy change is an entry too (an identical policy is not a change).
+    let mut changed = Policy::default();
+    changed.limits.wall_time_ms = 5_000;
     f.admin()
-        .set_policy(&tenant, &Policy::default())
+        .set_policy(&tenant, &changed)
         .await
         .expect("set policy");
     let last = all_entries(&dev).await.pop().expect("entries");

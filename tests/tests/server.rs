@@ -10,7 +10,7 @@ use std::time::Duration;
 use kasbah_client::Client;
 use kasbah_core::Outcome;
 use kasbah_core::api::*;
-use kasbah_policy::{DirGrant, DirMode, Limits, MIB, NetworkGrant, Policy};
+use kasbah_policy::{Ceiling, DirGrant, DirMode, Limits, MIB, NetworkGrant, Policy};
 use kasbah_tests::guest_path;
 use kasbah_tests::platform::{Platform, api_err};
 
@@ -37,6 +37,17 @@ fn attack(module: &str, name: &str, arg: &str, wait: bool) -> CreateRun {
 async fn publish(c: &Client, guest: &str, version: &str) -> kasbah_client::Result<ModuleRecord> {
     c.publish(&guest_path(guest), guest, version, |_, _| {})
         .await
+}
+
+/// `p` with a shorter wall-time limit (a change: identical policies make no version).
+fn shorter_runs(p: Policy) -> Policy {
+    Policy {
+        limits: Limits {
+            wall_time_ms: 5_000,
+            ..p.limits.clone()
+        },
+        ..p
+    }
 }
 
 /// A policy that lets the hostile guest (which imports wasi:filesystem) publish.
@@ -71,9 +82,12 @@ async fn roles_see_only_what_they_reach() {
     let op = admin
         .create_operator(&CreateOperator {
             name: "telecom".into(),
-            ceiling: Some(Limits {
-                memory_bytes: 128 * MIB,
-                ..Limits::hard_ceiling()
+            ceiling: Some(Ceiling {
+                limits: Limits {
+                    memory_bytes: 128 * MIB,
+                    ..Ceiling::open_limits()
+                },
+                ..Ceiling::standard()
             }),
             max_tenants: 2,
             zones: Vec::new(),
@@ -197,12 +211,18 @@ async fn roles_see_only_what_they_reach() {
         (a.id.as_str(), 1, 1)
     );
     assert_eq!(api_err(operator.usage(Some(&b.id), "day").await).0, 404);
-    // Policy changes are versioned and checked against the ceiling.
-    let v2 = operator
+    // Policy changes are versioned and checked against the ceiling; an
+    // identical policy makes no version.
+    let same = operator
         .set_policy(&a.id, &Policy::default())
         .await
+        .expect("identical");
+    assert_eq!((same.version, same.unchanged), (1, true));
+    let v2 = operator
+        .set_policy(&a.id, &shorter_runs(Policy::default()))
+        .await
         .expect("set");
-    assert_eq!(v2.version, 2);
+    assert_eq!((v2.version, v2.unchanged), (2, false));
     assert_eq!(
         api_err(operator.set_policy(&a.id, &over).await),
         (422, "policy_exceeds_ceiling".into())
@@ -318,7 +338,7 @@ async fn a_zoned_operators_tenants_stay_in_its_zones() {
         );
     }
     let v2 = telecom
-        .set_policy(&tenant.id, &with_zones(&["zone-a"]))
+        .set_policy(&tenant.id, &shorter_runs(with_zones(&["zone-a"])))
         .await
         .expect("within the operator's zones");
     assert_eq!(v2.version, 2);
@@ -730,7 +750,7 @@ async fn restart_keeps_tokens_modules_policies_and_runs() {
     let tok = dev_token(&p, &dev).await;
     let m = publish(&dev, "hello", "1").await.expect("publish");
     p.admin
-        .set_policy(&t.id, &Policy::default())
+        .set_policy(&t.id, &shorter_runs(Policy::default()))
         .await
         .expect("v2");
     let run = dev

@@ -5,7 +5,7 @@ use anyhow::{Context, bail};
 use clap::{Args, Subcommand};
 use kasbah_client::Client;
 use kasbah_core::api::*;
-use kasbah_policy::{Limits, Policy};
+use kasbah_policy::{Ceiling, Policy};
 use serde::Serialize;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -75,10 +75,13 @@ pub async fn whoami(ctx: &Ctx) -> anyhow::Result<ExitCode> {
 
 #[derive(Subcommand)]
 pub enum OperatorCmd {
-    /// Create an operator with limit ceilings for its tenants.
+    /// Create an operator with a ceiling on what it may grant its tenants.
     Create {
         name: String,
-        /// TOML/JSON file with a `[limits]`-shaped table of ceilings.
+        /// TOML/JSON ceiling file: `[limits]`, `datasets`, `[env]` (vars,
+        /// inherit), `[network]` (allow rules), `[gpu]`; what it leaves out
+        /// the operator cannot grant. Default: the standard ceiling (no host
+        /// variables, no private/loopback/link-local addresses, no DNS names).
         #[arg(long)]
         ceiling: Option<PathBuf>,
         #[arg(long, default_value_t = 100)]
@@ -89,6 +92,13 @@ pub enum OperatorCmd {
         zones: Vec<String>,
     },
     List,
+    /// Replace an operator's ceiling (its tenants' next policy changes are
+    /// checked against it).
+    Ceiling {
+        operator: String,
+        /// TOML/JSON ceiling file (as for `create --ceiling`).
+        file: PathBuf,
+    },
     /// Issue a token for an operator.
     Token {
         operator: String,
@@ -104,17 +114,7 @@ pub async fn operator(ctx: &Ctx, c: OperatorCmd) -> anyhow::Result<ExitCode> {
             max_tenants,
             zones,
         } => {
-            let ceiling = match ceiling {
-                Some(p) => {
-                    let text = std::fs::read_to_string(&p)?;
-                    Some(if p.extension().is_some_and(|e| e == "json") {
-                        serde_json::from_str::<Limits>(&text)?
-                    } else {
-                        toml::from_str::<Limits>(&text)?
-                    })
-                }
-                None => None,
-            };
+            let ceiling = ceiling.map(|p| load_ceiling(&p)).transpose()?;
             let op = client
                 .create_operator(&CreateOperator {
                     name,
@@ -136,7 +136,7 @@ pub async fn operator(ctx: &Ctx, c: OperatorCmd) -> anyhow::Result<ExitCode> {
                                 o.id.clone(),
                                 o.name.clone(),
                                 o.max_tenants.to_string(),
-                                o.ceiling.memory_bytes.to_string(),
+                                o.ceiling.limits.memory_bytes.to_string(),
                                 if o.zones.is_empty() {
                                     "any".to_string()
                                 } else {
@@ -148,11 +148,27 @@ pub async fn operator(ctx: &Ctx, c: OperatorCmd) -> anyhow::Result<ExitCode> {
                 )
             })
         }
+        OperatorCmd::Ceiling { operator, file } => {
+            let op = client
+                .set_operator_ceiling(&operator, &load_ceiling(&file)?)
+                .await?;
+            ctx.print(&op, |o| println!("ceiling of operator {} replaced", o.id))
+        }
         OperatorCmd::Token { operator } => {
             let t = client.operator_token(&operator).await?;
             ctx.print(&t, |t| println!("{}", t.token))
         }
     }
+}
+
+fn load_ceiling(p: &std::path::Path) -> anyhow::Result<Ceiling> {
+    let text = std::fs::read_to_string(p)
+        .map_err(|e| anyhow::anyhow!("cannot read {}: {e}", p.display()))?;
+    Ok(if p.extension().is_some_and(|e| e == "json") {
+        serde_json::from_str::<Ceiling>(&text)?
+    } else {
+        toml::from_str::<Ceiling>(&text)?
+    })
 }
 
 #[derive(Subcommand)]
@@ -219,13 +235,15 @@ pub async fn tenant(ctx: &Ctx, c: TenantCmd) -> anyhow::Result<ExitCode> {
 #[derive(Subcommand)]
 pub enum PolicyCmd {
     /// Set a tenant's policy from a TOML or JSON file (creates a new version).
-    Set {
-        tenant: String,
-        file: PathBuf,
-    },
-    Show {
-        tenant: String,
-    },
+    Set { tenant: String, file: PathBuf },
+    /// Show a tenant's current policy.
+    Show { tenant: String },
+    /// List a tenant's policy versions and who set each.
+    Versions { tenant: String },
+}
+
+fn set_by(r: &kasbah_core::api::PolicyRecord) -> &str {
+    r.set_by.as_deref().unwrap_or("unknown")
 }
 
 pub async fn policy(ctx: &Ctx, c: PolicyCmd) -> anyhow::Result<ExitCode> {
@@ -235,9 +253,36 @@ pub async fn policy(ctx: &Ctx, c: PolicyCmd) -> anyhow::Result<ExitCode> {
             client.set_policy(&tenant, &Policy::load(&file)?).await?
         }
         PolicyCmd::Show { tenant } => client.policy(&tenant).await?,
+        PolicyCmd::Versions { tenant } => {
+            let versions = client.policy_versions(&tenant).await?;
+            return ctx.print(&versions, |vs| {
+                table(
+                    &["VERSION", "SET BY", "DIGEST", "CREATED"],
+                    vs.iter()
+                        .map(|r| {
+                            vec![
+                                format!("v{}", r.version),
+                                set_by(r).to_string(),
+                                r.digest.to_string(),
+                                r.created_at.to_string(),
+                            ]
+                        })
+                        .collect(),
+                )
+            });
+        }
     };
     ctx.print(&record, |r| {
-        println!("tenant {} policy v{} {}", r.tenant_id, r.version, r.digest);
+        if r.unchanged {
+            println!("unchanged: identical to the current version (no new version)");
+        }
+        println!(
+            "tenant {} policy v{} {} (set by {})",
+            r.tenant_id,
+            r.version,
+            r.digest,
+            set_by(r)
+        );
         if let Ok(t) = toml::to_string(&r.policy) {
             print!("{t}");
         }

@@ -5,7 +5,7 @@ use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
 use crate::{Captured, Denial, Digest, Logs, Outcome, Usage};
-use kasbah_policy::{Limits, Policy};
+use kasbah_policy::{Ceiling, Policy};
 
 #[cfg(feature = "openapi")]
 use utoipa::ToSchema;
@@ -58,10 +58,13 @@ pub struct WhoAmI {
 #[serde(deny_unknown_fields)]
 pub struct CreateOperator {
     pub name: String,
-    /// Upper bounds for every limit in the policies of this operator's tenants.
+    /// What this operator may grant its tenants: every limit, datasets,
+    /// environment, network destinations, GPU (see `kasbah_policy::Ceiling`).
+    /// Absent: `Ceiling::standard()` (no host variables, no special
+    /// addresses, no DNS names).
     #[cfg_attr(feature = "openapi", schema(value_type = Object))]
     #[serde(default)]
-    pub ceiling: Option<Limits>,
+    pub ceiling: Option<Ceiling>,
     /// How many tenants the operator may create.
     #[serde(default = "default_max_tenants")]
     pub max_tenants: u32,
@@ -81,7 +84,7 @@ pub struct Operator {
     pub id: String,
     pub name: String,
     #[cfg_attr(feature = "openapi", schema(value_type = Object))]
-    pub ceiling: Limits,
+    pub ceiling: Ceiling,
     pub max_tenants: u32,
     /// Zones its tenants are limited to (empty: none).
     #[serde(default)]
@@ -124,6 +127,14 @@ pub struct PolicyRecord {
     #[cfg_attr(feature = "openapi", schema(value_type = Object))]
     pub policy: Policy,
     pub created_at: i64,
+    /// Who set this version: `admin` or the operator's id (`None`: a
+    /// version stored before this was recorded).
+    #[serde(default)]
+    pub set_by: Option<String>,
+    /// The policy set was identical to the current version: no new version
+    /// was made (and no audit entry); this is the current one.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub unchanged: bool,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -44,6 +44,12 @@
 //! max_transfer_bytes = 17179869184          # written + read back + copied
 //! ```
 
+mod ceiling;
+
+pub use ceiling::{
+    Bounds, Ceiling, Cidr, EnvCeiling, Excess, NetRule, NetworkCeiling, RuleHost, special_range,
+};
+
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
@@ -372,87 +378,86 @@ impl Limits {
     }
 
     /// Every limit that exceeds `ceiling`, as `(field, value, ceiling)`.
+    /// `fuel` is compared when both set it (unmetered against a fuel
+    /// ceiling is the caller's rule: see [`Policy::exceeding`]).
     pub fn exceeding(&self, ceiling: &Limits) -> Vec<(&'static str, u64, u64)> {
-        let mut out = Vec::new();
-        let mut check = |name, v: u64, c: u64| {
-            if v > c {
-                out.push((name, v, c));
-            }
-        };
-        check(
-            "limits.memory_bytes",
-            self.memory_bytes,
-            ceiling.memory_bytes,
-        );
-        check(
-            "limits.wall_time_ms",
-            self.wall_time_ms,
-            ceiling.wall_time_ms,
-        );
-        if let (Some(v), Some(c)) = (self.fuel, ceiling.fuel) {
-            check("limits.fuel", v, c);
+        // Exhaustive on purpose: a new limit does not compile until it is
+        // compared here.
+        let Limits {
+            memory_bytes,
+            wall_time_ms,
+            fuel,
+            max_input_bytes,
+            max_output_bytes,
+            max_stdio_bytes,
+            max_log_bytes,
+            max_table_elements,
+            max_module_bytes,
+            max_concurrent_runs,
+            max_log_records,
+            max_open_files,
+            max_write_bytes,
+            max_files_created,
+            max_dir_depth,
+        } = self;
+        let c = ceiling;
+        let mut all = vec![
+            ("limits.memory_bytes", *memory_bytes, c.memory_bytes),
+            ("limits.wall_time_ms", *wall_time_ms, c.wall_time_ms),
+            (
+                "limits.max_input_bytes",
+                *max_input_bytes,
+                c.max_input_bytes,
+            ),
+            (
+                "limits.max_output_bytes",
+                *max_output_bytes,
+                c.max_output_bytes,
+            ),
+            (
+                "limits.max_stdio_bytes",
+                *max_stdio_bytes,
+                c.max_stdio_bytes,
+            ),
+            ("limits.max_log_bytes", *max_log_bytes, c.max_log_bytes),
+            (
+                "limits.max_table_elements",
+                *max_table_elements,
+                c.max_table_elements,
+            ),
+            (
+                "limits.max_module_bytes",
+                *max_module_bytes,
+                c.max_module_bytes,
+            ),
+            (
+                "limits.max_concurrent_runs",
+                u64::from(*max_concurrent_runs),
+                u64::from(c.max_concurrent_runs),
+            ),
+            (
+                "limits.max_log_records",
+                *max_log_records,
+                c.max_log_records,
+            ),
+            ("limits.max_open_files", *max_open_files, c.max_open_files),
+            (
+                "limits.max_write_bytes",
+                *max_write_bytes,
+                c.max_write_bytes,
+            ),
+            (
+                "limits.max_files_created",
+                *max_files_created,
+                c.max_files_created,
+            ),
+            ("limits.max_dir_depth", *max_dir_depth, c.max_dir_depth),
+        ];
+        if let (Some(v), Some(cf)) = (fuel, c.fuel) {
+            all.insert(2, ("limits.fuel", *v, cf));
         }
-        check(
-            "limits.max_input_bytes",
-            self.max_input_bytes,
-            ceiling.max_input_bytes,
-        );
-        check(
-            "limits.max_output_bytes",
-            self.max_output_bytes,
-            ceiling.max_output_bytes,
-        );
-        check(
-            "limits.max_stdio_bytes",
-            self.max_stdio_bytes,
-            ceiling.max_stdio_bytes,
-        );
-        check(
-            "limits.max_log_bytes",
-            self.max_log_bytes,
-            ceiling.max_log_bytes,
-        );
-        check(
-            "limits.max_table_elements",
-            self.max_table_elements,
-            ceiling.max_table_elements,
-        );
-        check(
-            "limits.max_module_bytes",
-            self.max_module_bytes,
-            ceiling.max_module_bytes,
-        );
-        check(
-            "limits.max_concurrent_runs",
-            u64::from(self.max_concurrent_runs),
-            u64::from(ceiling.max_concurrent_runs),
-        );
-        check(
-            "limits.max_log_records",
-            self.max_log_records,
-            ceiling.max_log_records,
-        );
-        check(
-            "limits.max_open_files",
-            self.max_open_files,
-            ceiling.max_open_files,
-        );
-        check(
-            "limits.max_write_bytes",
-            self.max_write_bytes,
-            ceiling.max_write_bytes,
-        );
-        check(
-            "limits.max_files_created",
-            self.max_files_created,
-            ceiling.max_files_created,
-        );
-        check(
-            "limits.max_dir_depth",
-            self.max_dir_depth,
-            ceiling.max_dir_depth,
-        );
-        out
+        all.retain(|(_, v, c)| v > c);
+        all
     }
 }
 

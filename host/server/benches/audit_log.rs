@@ -183,7 +183,7 @@ async fn runs(n: usize) {
     let dir = bench_dir();
     let db = Arc::new(Db::open(&dir.path().join("kasbah.db"), true).expect("open"));
     let (tenant, _) = db
-        .create_tenant("bench", None, &Policy::default())
+        .create_tenant("bench", None, &Policy::default(), "admin")
         .await
         .expect("tenant")
         .expect("quota");

@@ -14,7 +14,7 @@ use base64::Engine as _;
 use futures_util::StreamExt;
 use kasbah_core::api::*;
 use kasbah_core::{Digest, Outcome, RunReport};
-use kasbah_policy::{Limits, Policy};
+use kasbah_policy::{Bounds, Ceiling, DirGrant, Policy};
 use kasbah_runtime::{LoadError, Request};
 use serde::Deserialize;
 
@@ -45,14 +45,8 @@ pub async fn create_operator(
     caller.require(&[Role::Admin], "create operators")?;
     let Json(req) = body.map_err(json_error)?;
     let name = valid_name(&req.name)?;
-    let ceiling = req.ceiling.unwrap_or_else(Limits::hard_ceiling);
-    let over = ceiling.exceeding(&Limits::hard_ceiling());
-    if !over.is_empty() {
-        return Err(ApiError::unprocessable(
-            "invalid_ceiling",
-            describe_over(&over, "the platform's hard ceiling"),
-        ));
-    }
+    let ceiling = req.ceiling.unwrap_or_else(Ceiling::standard);
+    check_ceiling(&ceiling, &s.config.zones.node)?;
     let node = &s.config.zones.node;
     for z in &req.zones {
         // Node zones are checked zone names: membership is the whole check.
@@ -94,6 +88,28 @@ pub async fn list_operators(
             "only admins and operators list operators",
         )),
     }
+}
+
+#[utoipa::path(put, path = "/v1/operators/{id}/ceiling", request_body(content = Object, description = "The operator's new ceiling (see CreateOperator.ceiling)"),
+    responses((status = 200, body = Operator), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody), (status = 422, body = ErrorBody)))]
+/// Replace an operator's ceiling (admins only). Its tenants' stored
+/// policies are not re-checked: the new ceiling bounds their next change.
+pub async fn put_operator_ceiling(
+    State(s): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+    body: Result<Json<Ceiling>, axum::extract::rejection::JsonRejection>,
+) -> ApiResult<Json<Operator>> {
+    caller.require(&[Role::Admin], "set operator ceilings")?;
+    let Json(ceiling) = body.map_err(json_error)?;
+    check_ceiling(&ceiling, &s.config.zones.node)?;
+    if !s.db.set_operator_ceiling(&id, &ceiling).await? {
+        return Err(ApiError::not_found("operator"));
+    }
+    let op =
+        s.db.operator(&id)?
+            .ok_or_else(|| ApiError::not_found("operator"))?;
+    Ok(Json(op))
 }
 
 #[utoipa::path(post, path = "/v1/operators/{id}/tokens", request_body = CreateToken,
@@ -156,9 +172,9 @@ pub async fn create_tenant(
             .unwrap_or_default(),
         ..Policy::default()
     });
-    check_policy(&policy, operator.as_ref(), caller.role)?;
+    check_policy(&policy, operator.as_ref(), caller.role, &[])?;
     let (tenant, _policy) =
-        s.db.create_tenant(name, operator.as_ref(), &policy)
+        s.db.create_tenant(name, operator.as_ref(), &policy, &set_by(&caller))
             .await?
             .map_err(|m| ApiError::unprocessable("tenant_quota_exceeded", m))?;
     Ok((StatusCode::CREATED, Json(tenant)))
@@ -205,8 +221,30 @@ pub async fn get_policy(
     Ok(Json(p))
 }
 
-#[utoipa::path(put, path = "/v1/tenants/{id}/policy", request_body(content = Object, description = "A capability policy (JSON)"),
-    responses((status = 200, body = PolicyRecord), (status = 422, body = ErrorBody), (status = 404, body = ErrorBody)))]
+#[utoipa::path(get, path = "/v1/tenants/{id}/policy/versions",
+    responses((status = 200, body = Vec<PolicyRecord>, description = "Every version, oldest first, with who set it"), (status = 404, body = ErrorBody)))]
+pub async fn policy_versions(
+    State(s): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> ApiResult<Json<Vec<PolicyRecord>>> {
+    caller.visible_tenant(&s, &id)?;
+    Ok(Json(s.db.policy_versions(&id)?))
+}
+
+/// Who a policy version is recorded as set by: `admin` or the operator's id.
+fn set_by(caller: &Caller) -> String {
+    match caller.role {
+        Role::Admin => "admin".to_string(),
+        _ => caller.subject.clone(),
+    }
+}
+
+#[utoipa::path(put, path = "/v1/tenants/{id}/policy", request_body(content = Object, description = "A capability policy (JSON). \
+    Sent by an operator without a `files` key, the admin's host-directory grants of the current version are carried forward; \
+    with `files`, each entry must be one of them (kept, or narrowed to `ro`)."),
+    responses((status = 200, body = PolicyRecord, description = "The new version, or the current one with `unchanged: true` when identical"),
+        (status = 422, body = ErrorBody), (status = 404, body = ErrorBody)))]
 pub async fn put_policy(
     State(s): State<AppState>,
     caller: Caller,
@@ -216,16 +254,31 @@ pub async fn put_policy(
     let tenant = caller.managed_tenant(&s, &id)?;
     let text = std::str::from_utf8(&body)
         .map_err(|_| ApiError::bad_request("invalid_request", "policy body is not UTF-8"))?;
-    let policy = Policy::from_json(text)
+    let mut policy = Policy::from_json(text)
         .map_err(|e| ApiError::unprocessable("invalid_policy", e.to_string()))?;
+    let current = s.db.current_policy(&id)?;
+    let admin_files: &[DirGrant] = current.as_ref().map_or(&[], |c| &c.policy.files);
+    if caller.role != Role::Admin && !admin_files.is_empty() && !has_files_key(text) {
+        // Operators cannot grant host directories, so a policy of theirs
+        // without `files` leaves the admin's as they are.
+        policy.files = admin_files.to_vec();
+    }
     let operator = match &tenant.operator_id {
         Some(op) => s.db.operator(op)?,
         None => None,
     };
-    check_policy(&policy, operator.as_ref(), caller.role)?;
-    let record = s.db.set_policy(&id, &policy).await?;
-    s.forget_policy(&id);
+    check_policy(&policy, operator.as_ref(), caller.role, admin_files)?;
+    let record = s.db.set_policy(&id, &policy, &set_by(&caller)).await?;
+    if !record.unchanged {
+        s.forget_policy(&id);
+    }
     Ok(Json(record))
+}
+
+/// The policy JSON (already parsed as a policy, so an object) names `files`.
+fn has_files_key(text: &str) -> bool {
+    serde_json::from_str::<serde_json::Map<String, serde_json::Value>>(text)
+        .is_ok_and(|m| m.contains_key("files"))
 }
 
 #[utoipa::path(post, path = "/v1/tenants/{id}/tokens", request_body = CreateToken,
@@ -1040,61 +1093,54 @@ fn valid_name(n: &str) -> ApiResult<&str> {
     }
 }
 
-fn describe_over(over: &[(&str, u64, u64)], what: &str) -> String {
-    let parts: Vec<String> = over
-        .iter()
-        .map(|(f, v, c)| format!("{f} = {v} > {c}"))
-        .collect();
-    format!("exceeds {what}: {}", parts.join(", "))
-}
-
-/// Structural validation plus the operator's ceiling. Host directories are
-/// the platform's to hand out: only admins may grant `files`.
-/// A policy as its setter may give it: valid, host directories only from
-/// admins, limits within the tenant's operator's ceiling and zones within the
-/// operator's zones.
-fn check_policy(p: &Policy, operator: Option<&Operator>, setter: Role) -> ApiResult<()> {
-    p.validate()
-        .map_err(|e| ApiError::unprocessable("invalid_policy", e.to_string()))?;
-    if setter != Role::Admin && !p.files.is_empty() {
-        return Err(ApiError::unprocessable(
-            "policy_exceeds_ceiling",
-            "only platform admins may grant host directories (`files`)",
-        ));
-    }
-    let Some(op) = operator else {
-        return Ok(());
-    };
-    let over = p.limits.exceeding(&op.ceiling);
-    if !over.is_empty() {
-        return Err(ApiError::unprocessable(
-            "policy_exceeds_ceiling",
-            describe_over(&over, "the operator's ceiling"),
-        ));
-    }
-    if !op.zones.is_empty() {
-        let outside: Vec<&String> = p.zones.iter().filter(|z| !op.zones.contains(z)).collect();
-        if p.zones.is_empty() || !outside.is_empty() {
-            return Err(ApiError::unprocessable(
-                "policy_exceeds_ceiling",
-                format!(
-                    "the operator's tenants are limited to zones {{{}}}: set `zones` to a non-empty subset{}",
-                    op.zones.join(", "),
-                    if outside.is_empty() {
-                        String::new()
-                    } else {
-                        format!(
-                            " (outside it: {})",
-                            outside
-                                .iter()
-                                .map(|z| z.as_str())
-                                .collect::<Vec<_>>()
-                                .join(", ")
-                        )
-                    }
-                ),
-            ));
+/// A ceiling an admin may give an operator: within the platform's hard
+/// ceilings, GPU zones the node serves.
+fn check_ceiling(c: &Ceiling, node: &[String]) -> ApiResult<()> {
+    let mut problems = c.problems();
+    if let Some(g) = &c.gpu {
+        for z in g.zones.iter().filter(|z| !node.contains(z)) {
+            problems.push(format!("gpu.zones: {z:?} is not a zone this node serves"));
         }
     }
-    Ok(())
+    if problems.is_empty() {
+        Ok(())
+    } else {
+        Err(ApiError::unprocessable(
+            "invalid_ceiling",
+            format!("invalid ceiling: {}", problems.join("; ")),
+        ))
+    }
+}
+
+/// A policy as its setter may give it: valid; for an operator's tenant,
+/// every field within the operator's ceiling and zones (whoever sets it);
+/// host directories only from admins, or kept from the admin's grants
+/// (`admin_files`, the current version's) when an operator sets it.
+fn check_policy(
+    p: &Policy,
+    operator: Option<&Operator>,
+    setter: Role,
+    admin_files: &[DirGrant],
+) -> ApiResult<()> {
+    p.validate()
+        .map_err(|e| ApiError::unprocessable("invalid_policy", e.to_string()))?;
+    let files = (setter != Role::Admin).then_some(admin_files);
+    let excess = match operator {
+        Some(op) => p.exceeding(
+            &op.ceiling,
+            Bounds {
+                zones: &op.zones,
+                files,
+            },
+        ),
+        None => files.map(|f| p.files_beyond(f)).unwrap_or_default(),
+    };
+    if excess.is_empty() {
+        return Ok(());
+    }
+    let parts: Vec<String> = excess.iter().map(|e| e.to_string()).collect();
+    Err(ApiError::unprocessable(
+        "policy_exceeds_ceiling",
+        format!("exceeds the operator's ceiling: {}", parts.join("; ")),
+    ))
 }

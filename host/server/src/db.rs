@@ -21,7 +21,7 @@ use kasbah_core::api::{
     UsageRow,
 };
 use kasbah_core::{Digest, RunReport};
-use kasbah_policy::{Limits, Policy};
+use kasbah_policy::{Ceiling, Policy};
 use rusqlite::{Connection, OptionalExtension, params};
 use tokio::sync::oneshot;
 
@@ -52,6 +52,7 @@ CREATE TABLE IF NOT EXISTS policies (
     policy_json TEXT NOT NULL,
     digest TEXT NOT NULL,
     created_at INTEGER NOT NULL,
+    set_by TEXT,
     PRIMARY KEY (tenant_id, version)
 );
 CREATE TABLE IF NOT EXISTS auditors (
@@ -169,6 +170,14 @@ fn migrate(conn: &mut Connection) -> rusqlite::Result<()> {
         .collect::<rusqlite::Result<_>>()?;
     if !op_columns.iter().any(|c| c == "zones_json") {
         tx.execute_batch("ALTER TABLE operators ADD COLUMN zones_json TEXT")?;
+    }
+    let policy_columns: Vec<String> = tx
+        .prepare("SELECT name FROM pragma_table_info('policies')")?
+        .query_map([], |r| r.get(0))?
+        .collect::<rusqlite::Result<_>>()?;
+    if !policy_columns.iter().any(|c| c == "set_by") {
+        // Versions from before it was recorded read back with `set_by: null`.
+        tx.execute_batch("ALTER TABLE policies ADD COLUMN set_by TEXT")?;
     }
     let table_exists = |name: &str| -> rusqlite::Result<bool> {
         tx.query_row(
@@ -647,7 +656,7 @@ impl Db {
     pub async fn create_operator(
         &self,
         name: &str,
-        ceiling: &Limits,
+        ceiling: &Ceiling,
         max_tenants: u32,
         zones: Vec<String>,
     ) -> DbResult<Operator> {
@@ -681,6 +690,21 @@ impl Db {
         Ok(op)
     }
 
+    /// Replace an operator's ceiling; `false` when there is no such operator.
+    pub async fn set_operator_ceiling(&self, id: &str, ceiling: &Ceiling) -> DbResult<bool> {
+        let (id, ceiling) = (id.to_string(), json(ceiling)?);
+        let (n, _) = self
+            .write(move |c| {
+                let n = c.execute(
+                    "UPDATE operators SET ceiling_json = ?1 WHERE id = ?2",
+                    params![ceiling, id],
+                )?;
+                Ok((n, Vec::new()))
+            })
+            .await?;
+        Ok(n > 0)
+    }
+
     pub fn operators(&self) -> rusqlite::Result<Vec<Operator>> {
         self.with(|c| {
             let mut st = c.prepare(
@@ -703,14 +727,16 @@ impl Db {
 
     // ---- tenants and policies -------------------------------------------
 
-    /// Create a tenant with policy version 1, atomically, with its
-    /// `tenant_created` and `policy_set` audit entries; refuses when the
-    /// operator is at its tenant quota.
+    /// Create a tenant with policy version 1 (set by `set_by`: `admin` or
+    /// an operator id), atomically, with its `tenant_created` and
+    /// `policy_set` audit entries; refuses when the operator is at its
+    /// tenant quota.
     pub async fn create_tenant(
         &self,
         name: &str,
         operator: Option<&Operator>,
         policy: &Policy,
+        set_by: &str,
     ) -> DbResult<Result<(Tenant, PolicyRecord), String>> {
         let now = now_ms();
         let tenant = Tenant {
@@ -720,7 +746,7 @@ impl Db {
             policy_version: 1,
             created_at: now,
         };
-        let record = policy_record(&tenant.id, 1, policy, now)?;
+        let record = policy_record(&tenant.id, 1, policy, now, set_by)?;
         let quota = operator.map(|o| (o.id.clone(), o.max_tenants));
         let (result, _) = self
             .write(move |tx| {
@@ -784,11 +810,19 @@ impl Db {
         })
     }
 
-    /// Store a new policy version and make it current, with its
-    /// `policy_set` audit entry.
-    pub async fn set_policy(&self, tenant_id: &str, policy: &Policy) -> DbResult<PolicyRecord> {
+    /// Store a new policy version (set by `set_by`: `admin` or an operator
+    /// id) and make it current, with its `policy_set` audit entry. A policy
+    /// identical to the current version (same digest) makes no version and
+    /// no entry: the current record comes back with `unchanged: true`.
+    pub async fn set_policy(
+        &self,
+        tenant_id: &str,
+        policy: &Policy,
+        set_by: &str,
+    ) -> DbResult<PolicyRecord> {
         let now = now_ms();
         let (tenant_id, policy) = (tenant_id.to_string(), policy.clone());
+        let set_by = set_by.to_string();
         let (record, _) = self
             .write(move |tx| {
                 let v: u32 = tx.query_row(
@@ -796,7 +830,15 @@ impl Db {
                     [&tenant_id],
                     |r| r.get(0),
                 )?;
-                let record = policy_record(&tenant_id, v + 1, &policy, now)?;
+                let record = policy_record(&tenant_id, v + 1, &policy, now, &set_by)?;
+                // Compared inside the write, so two identical concurrent
+                // sets make one version, not two.
+                if let Some(mut current) = policy_version_in(tx, &tenant_id, v)?
+                    && current.digest == record.digest
+                {
+                    current.unchanged = true;
+                    return Ok((current, Vec::new()));
+                }
                 insert_policy(tx, &record)?;
                 tx.execute(
                     "UPDATE tenants SET policy_version = ?1 WHERE id = ?2",
@@ -813,21 +855,25 @@ impl Db {
     pub fn current_policy(&self, tenant_id: &str) -> rusqlite::Result<Option<PolicyRecord>> {
         self.with(|c| {
             c.query_row(
-                "SELECT p.tenant_id, p.version, p.policy_json, p.digest, p.created_at
-                 FROM policies p JOIN tenants t ON t.id = p.tenant_id AND t.policy_version = p.version
-                 WHERE t.id = ?1",
+                &format!(
+                    "{POLICY_COLUMNS} JOIN tenants t ON t.id = p.tenant_id AND t.policy_version = p.version
+                     WHERE t.id = ?1"
+                ),
                 [tenant_id],
-                |r| {
-                    Ok(PolicyRecord {
-                        tenant_id: r.get(0)?,
-                        version: r.get(1)?,
-                        policy: from_json(&r.get::<_, String>(2)?)?,
-                        digest: parse_digest(&r.get::<_, String>(3)?)?,
-                        created_at: r.get(4)?,
-                    })
-                },
+                row_policy,
             )
             .optional()
+        })
+    }
+
+    /// Every policy version of a tenant, oldest first, each with who set it.
+    pub fn policy_versions(&self, tenant_id: &str) -> rusqlite::Result<Vec<PolicyRecord>> {
+        self.with(|c| {
+            c.prepare(&format!(
+                "{POLICY_COLUMNS} WHERE p.tenant_id = ?1 ORDER BY p.version"
+            ))?
+            .query_map([tenant_id], row_policy)?
+            .collect()
         })
     }
 
@@ -1343,6 +1389,7 @@ fn policy_record(
     version: u32,
     policy: &Policy,
     now: i64,
+    set_by: &str,
 ) -> rusqlite::Result<PolicyRecord> {
     Ok(PolicyRecord {
         tenant_id: tenant_id.to_string(),
@@ -1350,22 +1397,61 @@ fn policy_record(
         digest: Digest::of(json(policy)?.as_bytes()),
         policy: policy.clone(),
         created_at: now,
+        set_by: Some(set_by.to_string()),
+        unchanged: false,
     })
 }
 
 fn insert_policy(c: &Connection, r: &PolicyRecord) -> rusqlite::Result<()> {
     c.execute(
-        "INSERT INTO policies(tenant_id, version, policy_json, digest, created_at) VALUES (?1, ?2, ?3, ?4, ?5)",
-        params![r.tenant_id, r.version, json(&r.policy)?, r.digest.to_string(), r.created_at],
+        "INSERT INTO policies(tenant_id, version, policy_json, digest, created_at, set_by)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+        params![
+            r.tenant_id,
+            r.version,
+            json(&r.policy)?,
+            r.digest.to_string(),
+            r.created_at,
+            r.set_by
+        ],
     )?;
     Ok(())
+}
+
+const POLICY_COLUMNS: &str = "SELECT p.tenant_id, p.version, p.policy_json, p.digest, p.created_at, p.set_by FROM policies p";
+
+fn row_policy(r: &rusqlite::Row<'_>) -> rusqlite::Result<PolicyRecord> {
+    Ok(PolicyRecord {
+        tenant_id: r.get(0)?,
+        version: r.get(1)?,
+        policy: from_json(&r.get::<_, String>(2)?)?,
+        digest: parse_digest(&r.get::<_, String>(3)?)?,
+        created_at: r.get(4)?,
+        set_by: r.get(5)?,
+        unchanged: false,
+    })
+}
+
+fn policy_version_in(
+    c: &Connection,
+    tenant_id: &str,
+    version: u32,
+) -> rusqlite::Result<Option<PolicyRecord>> {
+    c.query_row(
+        &format!("{POLICY_COLUMNS} WHERE p.tenant_id = ?1 AND p.version = ?2"),
+        params![tenant_id, version],
+        row_policy,
+    )
+    .optional()
 }
 
 fn row_operator(r: &rusqlite::Row<'_>) -> rusqlite::Result<Operator> {
     Ok(Operator {
         id: r.get(0)?,
         name: r.get(1)?,
-        ceiling: from_json(&r.get::<_, String>(2)?)?,
+        ceiling: Ceiling::from_stored_json(&r.get::<_, String>(2)?).map_err(|e| {
+            rusqlite::Error::FromSqlConversionFailure(2, rusqlite::types::Type::Text, Box::new(e))
+        })?,
         max_tenants: r.get(3)?,
         created_at: r.get(4)?,
         zones: match r.get::<_, Option<String>>(5)? {
@@ -1680,10 +1766,15 @@ mod tests {
             c.execute_batch(&format!(
                 "CREATE TABLE operators (id TEXT PRIMARY KEY, name TEXT NOT NULL UNIQUE,
                      ceiling_json TEXT NOT NULL, max_tenants INTEGER NOT NULL, created_at INTEGER NOT NULL);
-                 INSERT INTO operators VALUES ('op_old', 'telecom', '{{}}', 3, 0);
+                 INSERT INTO operators VALUES ('op_old', 'telecom',
+                     '{{\"memory_bytes\":1048576,\"wall_time_ms\":1000,\"fuel\":5000}}', 3, 0);
                  CREATE TABLE tenants (id TEXT PRIMARY KEY, name TEXT NOT NULL,
                      operator_id TEXT, policy_version INTEGER NOT NULL, created_at INTEGER NOT NULL);
                  INSERT INTO tenants VALUES ('tn_a', 'a', NULL, 1, 0);
+                 CREATE TABLE policies (tenant_id TEXT NOT NULL REFERENCES tenants(id),
+                     version INTEGER NOT NULL, policy_json TEXT NOT NULL, digest TEXT NOT NULL,
+                     created_at INTEGER NOT NULL, PRIMARY KEY (tenant_id, version));
+                 INSERT INTO policies VALUES ('tn_a', 1, '{{}}', '{d}', 0);
                  CREATE TABLE runs (id TEXT PRIMARY KEY, tenant_id TEXT NOT NULL REFERENCES tenants(id),
                      module_digest TEXT NOT NULL, policy_version INTEGER NOT NULL, status TEXT NOT NULL,
                      input_digest TEXT NOT NULL, input_size INTEGER NOT NULL, outcome_kind TEXT,
@@ -1715,6 +1806,23 @@ mod tests {
             op.zones.is_empty(),
             "an old operator has no zone restriction"
         );
+        // Its ceiling, stored as a bare `Limits`, loads: those limits and
+        // nothing beyond (no datasets, env, network or GPU to grant).
+        assert_eq!(
+            op.ceiling,
+            Ceiling::from_legacy(kasbah_policy::Limits {
+                memory_bytes: 1 << 20,
+                wall_time_ms: 1000,
+                fuel: Some(5000),
+                ..kasbah_policy::Limits::default()
+            })
+        );
+        assert!(op.ceiling.gpu.is_none() && op.ceiling.network.allow.is_empty());
+        // Policy versions from before `set_by` read back without it; new
+        // ones record it.
+        let v1 = db.current_policy("tn_a").expect("read").expect("v1");
+        assert_eq!((v1.version, v1.set_by), (1, None));
+
         assert_eq!(db.interrupt_inflight().await.expect("interrupt"), 1);
         let done = db.run("run_done").expect("read").expect("done run");
         assert_eq!(done.status, RunStatus::Done);
@@ -1767,6 +1875,11 @@ mod tests {
             db.run("run_flying").expect("read").map(|r| r.status),
             Some(RunStatus::Interrupted)
         );
+        let v2 = db
+            .set_policy("tn_a", &Policy::default(), "admin")
+            .await
+            .expect("set");
+        assert_eq!((v2.version, v2.set_by.as_deref()), (2, Some("admin")));
         tokio::task::spawn_blocking(move || db.close())
             .await
             .expect("close");

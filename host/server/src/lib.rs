@@ -170,8 +170,9 @@ impl AppState {
     info(title = "kasbah", description = "Sovereign WebAssembly sandbox platform API. Every request except this document needs `Authorization: Bearer <token>`. Errors are `{\"error\": {\"code\", \"message\"}}`."),
     paths(
         api::whoami,
-        api::create_operator, api::list_operators, api::create_operator_token,
+        api::create_operator, api::list_operators, api::create_operator_token, api::put_operator_ceiling,
         api::create_tenant, api::list_tenants, api::get_tenant, api::get_policy, api::put_policy,
+        api::policy_versions,
         api::create_tenant_token, api::create_auditor,
         api::publish_module, api::list_modules, api::get_module,
         api::create_run, api::get_run, api::get_run_output, api::list_runs,
@@ -227,6 +228,10 @@ pub fn router(state: AppState) -> Router {
             post(api::create_operator_token),
         )
         .route(
+            "/v1/operators/{id}/ceiling",
+            axum::routing::put(api::put_operator_ceiling),
+        )
+        .route(
             "/v1/tenants",
             post(api::create_tenant).get(api::list_tenants),
         )
@@ -234,6 +239,10 @@ pub fn router(state: AppState) -> Router {
         .route(
             "/v1/tenants/{id}/policy",
             get(api::get_policy).put(api::put_policy),
+        )
+        .route(
+            "/v1/tenants/{id}/policy/versions",
+            get(api::policy_versions),
         )
         .route("/v1/tenants/{id}/tokens", post(api::create_tenant_token))
         .route("/v1/auditors", post(api::create_auditor))

@@ -111,6 +111,22 @@ impl Client {
         Self::send(self.req(reqwest::Method::POST, "/v1/operators").json(req)).await
     }
 
+    /// Replace an operator's ceiling (admins).
+    pub async fn set_operator_ceiling(
+        &self,
+        operator: &str,
+        ceiling: &kasbah_policy::Ceiling,
+    ) -> Result<Operator> {
+        Self::send(
+            self.req(
+                reqwest::Method::PUT,
+                &format!("/v1/operators/{operator}/ceiling"),
+            )
+            .json(ceiling),
+        )
+        .await
+    }
+
     pub async fn operators(&self) -> Result<Vec<Operator>> {
         Self::send(self.req(reqwest::Method::GET, "/v1/operators")).await
     }
@@ -153,6 +169,15 @@ impl Client {
             )
             .json(policy),
         )
+        .await
+    }
+
+    /// Every policy version of a tenant, oldest first, with who set it.
+    pub async fn policy_versions(&self, tenant: &str) -> Result<Vec<PolicyRecord>> {
+        Self::send(self.req(
+            reqwest::Method::GET,
+            &format!("/v1/tenants/{tenant}/policy/versions"),
+        ))
         .await
     }
 
