@@ -550,6 +550,7 @@ async fn entries_and_receipts_are_scoped_to_the_callers_tenants() {
         .create_auditor(&CreateAuditor {
             name: "auditor-a".into(),
             tenants: vec![ta.clone()],
+            ttl_seconds: None,
         })
         .await
         .expect("auditor");
