@@ -79,7 +79,6 @@ async fn every_command_ends_quietly_with_status_0_when_stdout_is_closed() {
         (&admin, &["--json", "tokens", "list"]),
         (&admin, &["usage"]),
         (&admin, &["audit", "checkpoint"]),
-        (&admin, &["audit", "key"]),
         (&admin, &["--help"]),
         (&admin, &["serve", "--help"]),
         (&admin, &["runs", "--help"]),

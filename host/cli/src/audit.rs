@@ -32,13 +32,16 @@ pub enum AuditCmd {
     Checkpoint,
     /// List audit entries you may read.
     Entries {
+        /// First entry index.
         #[arg(long, default_value_t = 0)]
         start: u64,
+        /// One past the last index (default: the log's size; a page at most).
         #[arg(long)]
         end: Option<u64>,
     },
     /// Download the receipt of any entry you may read, by index.
     Receipt {
+        /// The entry's index in the log.
         index: u64,
         /// Write it here instead of stdout.
         #[arg(short, long)]

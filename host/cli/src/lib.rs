@@ -223,12 +223,7 @@ fn report_error(e: &anyhow::Error, json: bool) {
 /// errors). With `--json` a refusal is the error envelope, code `usage`.
 fn usage_error(e: clap::Error, json: bool) -> ExitCode {
     use clap::error::ErrorKind;
-    let informational = matches!(
-        e.kind(),
-        ErrorKind::DisplayHelp
-            | ErrorKind::DisplayVersion
-            | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand
-    );
+    let informational = matches!(e.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion);
     if informational {
         // Help goes to stdout: a closed pipe is not an error either.
         let text = if colour_on_stdout() {
@@ -237,11 +232,7 @@ fn usage_error(e: clap::Error, json: bool) -> ExitCode {
             e.render().to_string()
         };
         let _ = out::write(format_args!("{text}"));
-        return if e.kind() == ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand {
-            ExitCode::from(2)
-        } else {
-            ExitCode::SUCCESS
-        };
+        return ExitCode::SUCCESS;
     }
     if json {
         let message = e.render().to_string();
