@@ -22,7 +22,12 @@ fn set(p: &Path, m: u32) {
 
 fn assert_private(dir: &Path) {
     assert_eq!(mode(dir), 0o700, "data dir");
-    for f in ["kasbah.db", "kasbah.db-wal", "kasbah.db-shm", "audit-log.key"] {
+    for f in [
+        "kasbah.db",
+        "kasbah.db-wal",
+        "kasbah.db-shm",
+        "audit-log.key",
+    ] {
         assert_eq!(mode(&dir.join(f)), 0o600, "{f}");
     }
     // Nothing anywhere in the tree is readable by group or others.
@@ -56,13 +61,18 @@ async fn the_data_dir_is_private_under_any_umask_and_fixed_at_start() {
         })
         .await
         .expect("tenant");
-    let dev = kasbah_client::Client::new(&url, &admin.tenant_token(&t.id).await.expect("tok").token);
+    let dev =
+        kasbah_client::Client::new(&url, &admin.tenant_token(&t.id).await.expect("tok").token);
     let ds = dev
         .create_dataset_bytes(b"weights".to_vec(), "weights.bin", None)
         .await
         .expect("dataset");
     let module_like = server.state.blobs.put(b"module bytes").expect("blob");
-    assert_eq!(mode(&server.state.blobs.path(&ds.digest)), 0o400, "dataset blob");
+    assert_eq!(
+        mode(&server.state.blobs.path(&ds.digest)),
+        0o400,
+        "dataset blob"
+    );
     assert_eq!(mode(&server.state.blobs.path(&module_like)), 0o600, "blob");
     assert_private(&dir);
     let dataset_blob = server.state.blobs.path(&ds.digest);
@@ -72,7 +82,12 @@ async fn the_data_dir_is_private_under_any_umask_and_fixed_at_start() {
     // An older version's (or a loose umask's) modes, and a crash's
     // leftovers: a partial upload in blobs/tmp.
     set(&dir, 0o755);
-    for f in ["kasbah.db", "kasbah.db-wal", "kasbah.db-shm", "audit-log.key"] {
+    for f in [
+        "kasbah.db",
+        "kasbah.db-wal",
+        "kasbah.db-shm",
+        "audit-log.key",
+    ] {
         if dir.join(f).exists() {
             set(&dir.join(f), 0o644);
         }

@@ -263,7 +263,9 @@ fn verify(
         crate::outln!("  record      {}", describe(&v.entry.body));
         crate::outln!(
             "  checkpoint  {} @ {} signed by {}",
-            v.checkpoint.checkpoint.origin, v.checkpoint.checkpoint.size, key
+            v.checkpoint.checkpoint.origin,
+            v.checkpoint.checkpoint.size,
+            key
         );
         crate::outln!("  keep the checkpoint: `kasbah audit watch` proves later ones extend it");
     }

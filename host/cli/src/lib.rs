@@ -99,23 +99,34 @@ pub fn main() -> ExitCode {
         kasbah_runtime::kasbah_gpu::set_worker_program(exe);
     }
     let json_requested = args.iter().any(|a| a == "--json");
-    let cli = match command().try_get_matches_from(&args_os).and_then(|m| Cli::from_arg_matches(&m)) {
+    if let Some(at) = serve_position(&args) {
+        let mut serve_args = vec![std::ffi::OsString::from("kasbah serve")];
+        serve_args.extend(args_os.iter().skip(1).take(at - 1).cloned());
+        serve_args.extend(args_os.iter().skip(at + 1).cloned());
+        let cli = match serve_command()
+            .try_get_matches_from(&serve_args)
+            .and_then(|m| ServeCli::from_arg_matches(&m))
+        {
+            Ok(cli) => cli,
+            Err(e) => return usage_error(e, false),
+        };
+        init_tracing(cli.verbose);
+        return match serve::serve(cli.args) {
+            Ok(code) => code,
+            Err(e) => {
+                report_error(&e, false);
+                ExitCode::from(2)
+            }
+        };
+    }
+    let cli = match command()
+        .try_get_matches_from(&args_os)
+        .and_then(|m| Cli::from_arg_matches(&m))
+    {
         Ok(cli) => cli,
         Err(e) => return usage_error(e, json_requested),
     };
-    let filter = match cli.verbose {
-        0 => "warn,kasbah_server=info",
-        1 => "info,guest=info",
-        _ => "debug",
-    };
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(filter)),
-        )
-        .with_writer(std::io::stderr)
-        .with_ansi(colour_on_stderr())
-        .init();
+    init_tracing(cli.verbose);
 
     let ctx = remote::Ctx {
         url: cli.url,
@@ -151,21 +162,57 @@ pub fn main() -> ExitCode {
     }
 }
 
-/// The whole command tree (`kasbah serve --help` shows only the server's
-/// own flags: the client flags `--url`, `--token` and `--json` are hidden
-/// there).
+fn init_tracing(verbose: u8) {
+    let filter = match verbose {
+        0 => "warn,kasbah_server=info",
+        1 => "info,guest=info",
+        _ => "debug",
+    };
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(filter)),
+        )
+        .with_writer(std::io::stderr)
+        .with_ansi(colour_on_stderr())
+        .init();
+}
+
+/// The whole command tree.
 pub fn command() -> clap::Command {
-    let mut cmd = Cli::command();
-    // Global arguments are copied into subcommands when the tree is built;
-    // hide the client ones in `serve` after that.
-    cmd.build();
-    let client_only = ["url", "token", "json"];
-    cmd.mut_subcommand("serve", |mut s| {
-        for id in client_only {
-            s = s.mut_arg(id, |a| a.hide(true));
+    Cli::command()
+}
+
+/// `kasbah serve` parsed on its own, so `kasbah serve --help` shows the
+/// server's flags only (not the client flags `--url`, `--token`, `--json`).
+#[derive(Parser)]
+#[command(name = "kasbah serve", version, about = "Start the platform service.")]
+struct ServeCli {
+    /// Log verbosity (also honours RUST_LOG).
+    #[arg(short, long, action = clap::ArgAction::Count)]
+    verbose: u8,
+    #[command(flatten)]
+    args: serve::ServeArgs,
+}
+
+/// The `kasbah serve` command line (see [`ServeCli`]).
+pub fn serve_command() -> clap::Command {
+    ServeCli::command()
+}
+
+/// Whether the command line is `kasbah [-v…] serve …`; returns the index of
+/// `serve`.
+fn serve_position(args: &[String]) -> Option<usize> {
+    let mut i = 1;
+    while let Some(a) = args.get(i) {
+        let verbose = a == "--verbose"
+            || (a.starts_with('-') && a.len() > 1 && a[1..].chars().all(|c| c == 'v'));
+        if !verbose {
+            break;
         }
-        s
-    })
+        i += 1;
+    }
+    (args.get(i).map(String::as_str) == Some("serve")).then_some(i)
 }
 
 /// ANSI colours on stderr only for a terminal, and never with `NO_COLOR`.
@@ -281,7 +328,8 @@ mod tests {
             }
             for s in cmd.get_subcommands() {
                 let p = format!("{path} {}", s.get_name());
-                if s.get_name() != "help" && s.get_about().is_none() && s.get_long_about().is_none() {
+                if s.get_name() != "help" && s.get_about().is_none() && s.get_long_about().is_none()
+                {
                     missing.push(p.clone());
                 }
                 walk(s, &p, missing);
@@ -289,6 +337,7 @@ mod tests {
         }
         let mut missing = Vec::new();
         walk(&command(), "kasbah", &mut missing);
+        walk(&serve_command(), "kasbah serve", &mut missing);
         assert!(missing.is_empty(), "no help text: {missing:#?}");
     }
 
@@ -296,15 +345,29 @@ mod tests {
     #[test]
     fn serve_help_shows_server_flags_only() {
         let mut cmd = command();
-        let serve = cmd.find_subcommand_mut("serve").expect("serve");
-        let help = serve.render_long_help().to_string();
-        for server_flag in ["--config", "--listen", "--data-dir", "--workers", "--queue-depth"] {
+        let help = serve_command().render_long_help().to_string();
+        for server_flag in [
+            "--config",
+            "--listen",
+            "--data-dir",
+            "--workers",
+            "--queue-depth",
+            "--verbose",
+        ] {
             assert!(help.contains(server_flag), "{server_flag} missing:\n{help}");
         }
         for client_flag in ["--url", "--token", "--json"] {
             assert!(!help.contains(client_flag), "{client_flag} shown:\n{help}");
         }
+        let args = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        assert_eq!(
+            serve_position(&args(&["kasbah", "serve", "--help"])),
+            Some(1)
+        );
+        assert_eq!(serve_position(&args(&["kasbah", "-vv", "serve"])), Some(2));
+        assert_eq!(serve_position(&args(&["kasbah", "runs", "list"])), None);
         // Client commands still have them.
+        cmd.build();
         let runs = cmd.find_subcommand_mut("runs").expect("runs");
         assert!(runs.render_long_help().to_string().contains("--json"));
     }

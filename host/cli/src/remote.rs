@@ -192,7 +192,9 @@ pub async fn operator(ctx: &Ctx, c: OperatorCmd) -> anyhow::Result<ExitCode> {
                     zones,
                 })
                 .await?;
-            ctx.print(&op, |o| crate::outln!("created operator {} ({})", o.id, o.name))
+            ctx.print(&op, |o| {
+                crate::outln!("created operator {} ({})", o.id, o.name)
+            })
         }
         OperatorCmd::List => {
             let ops = client.operators().await?;
@@ -280,7 +282,9 @@ pub async fn tenant(ctx: &Ctx, c: TenantCmd) -> anyhow::Result<ExitCode> {
                     policy,
                 })
                 .await?;
-            ctx.print(&t, |t| crate::outln!("created tenant {} ({})", t.id, t.name))
+            ctx.print(&t, |t| {
+                crate::outln!("created tenant {} ({})", t.id, t.name)
+            })
         }
         TenantCmd::List => {
             let ts = client.tenants().await?;
@@ -394,7 +398,16 @@ pub async fn tokens(ctx: &Ctx, c: TokensCmd) -> anyhow::Result<ExitCode> {
             ctx.print(&ts, |ts| {
                 let opt = |t: Option<i64>| t.map_or_else(|| "-".to_string(), time);
                 table(
-                    &["ID", "ROLE", "OWNER", "NAME", "CREATED", "EXPIRES", "LAST USED", "REVOKED"],
+                    &[
+                        "ID",
+                        "ROLE",
+                        "OWNER",
+                        "NAME",
+                        "CREATED",
+                        "EXPIRES",
+                        "LAST USED",
+                        "REVOKED",
+                    ],
                     ts.iter()
                         .map(|t| {
                             vec![
@@ -415,12 +428,7 @@ pub async fn tokens(ctx: &Ctx, c: TokensCmd) -> anyhow::Result<ExitCode> {
         TokensCmd::Revoke { id } => {
             let t = client.revoke_token(&id).await?;
             ctx.print(&t, |t| {
-                crate::outln!(
-                    "revoked token {} ({} {})",
-                    t.id,
-                    t.role.as_str(),
-                    t.subject
-                )
+                crate::outln!("revoked token {} ({} {})", t.id, t.role.as_str(), t.subject)
             })
         }
     }

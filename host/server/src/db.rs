@@ -13,8 +13,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, TryLockError};
 
 use kasbah_audit::{
-    Credential, Denial as DenialEntry, Entry, EntryBody, EntryError, ModulePublished, PolicySet, RunExecuted,
-    TenantCreated,
+    Credential, Denial as DenialEntry, Entry, EntryBody, EntryError, ModulePublished, PolicySet,
+    RunExecuted, TenantCreated,
 };
 use kasbah_core::api::{
     Auditor, ModuleRecord, Operator, OutputRef, PolicyRecord, Role, RunRecord, RunStatus, Tenant,
@@ -924,8 +924,15 @@ impl Db {
                     "UPDATE tokens SET revoked_at = ?1 WHERE id = ?2",
                     params![now, id],
                 )?;
-                let entries =
-                    credential_entry("revoked", &id, t.role, &t.subject, &tenants, t.expires_at, &by);
+                let entries = credential_entry(
+                    "revoked",
+                    &id,
+                    t.role,
+                    &t.subject,
+                    &tenants,
+                    t.expires_at,
+                    &by,
+                );
                 let t = TokenInfo {
                     revoked: true,
                     revoked_at: Some(now),

@@ -316,9 +316,8 @@ pub async fn start(mut config: ServerConfig) -> anyhow::Result<Server> {
     config.check()?;
     // From here on `zones.node` holds the node's zones, resolved.
     config.zones.node = config.node_zones();
-    at_rest::prepare(&config.data_dir).map_err(|e| {
-        anyhow::anyhow!("securing the data dir {}: {e}", config.data_dir.display())
-    })?;
+    at_rest::prepare(&config.data_dir)
+        .map_err(|e| anyhow::anyhow!("securing the data dir {}: {e}", config.data_dir.display()))?;
     datasets::clean_scratch(&config.data_dir.join("scratch"));
     let audit = AuditKey::load_or_create(&config.data_dir, &config.audit_origin)?;
     if !config.fsync_every_commit {
