@@ -552,25 +552,29 @@ async fn entries_and_receipts_are_scoped_to_the_callers_tenants() {
         .create_auditor(&CreateAuditor {
             name: "auditor-a".into(),
             tenants: vec![ta.clone()],
+            ttl_seconds: None,
         })
         .await
         .expect("auditor");
     let aud = f.client(&auditor.token);
 
-    for (who, c, tenant) in [
-        ("auditor", &aud, &ta),
-        ("dev a", &deva, &ta),
-        ("dev b", &devb, &tb),
+    // Per tenant: tenant_created, policy_set, its developer token's
+    // `credential`, module_published, run_executed; tenant a also the
+    // auditor's `credential`.
+    for (who, c, tenant, n) in [
+        ("auditor", &aud, &ta, 6),
+        ("dev a", &deva, &ta, 6),
+        ("dev b", &devb, &tb, 5),
     ] {
         let es = all_entries(c).await;
-        assert_eq!(es.len(), 4, "{who}: {es:?}");
+        assert_eq!(es.len(), n, "{who}: {es:?}");
         assert!(es.iter().all(|e| e.entry.body.tenant() == tenant), "{who}");
     }
     let everything = all_entries(&f.admin()).await;
-    assert_eq!(everything.len(), 8);
+    assert_eq!(everything.len(), 11);
     assert_eq!(
         everything.iter().map(|e| e.index).collect::<Vec<_>>(),
-        (0..8).collect::<Vec<_>>()
+        (0..11).collect::<Vec<_>>()
     );
 
     // Other tenants' receipts do not exist for you.

@@ -925,6 +925,7 @@ async fn datasets_are_private_validated_bounded_and_outputs_go_only_to_owner_and
             .create_auditor(&CreateAuditor {
                 name: "sovereign".into(),
                 tenants: vec![ta.clone()],
+                ttl_seconds: None,
             })
             .await
             .expect("auditor");

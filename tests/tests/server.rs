@@ -234,6 +234,7 @@ async fn roles_see_only_what_they_reach() {
             .create_auditor(&CreateAuditor {
                 name: "sovereign-client".into(),
                 tenants: vec![a.id.clone()],
+                ttl_seconds: None,
             })
             .await
             .expect("auditor")

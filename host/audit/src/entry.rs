@@ -26,9 +26,13 @@
 //!                         action:str reason:str
 //! type 6 dataset_created  tenant:str dataset:digest size:u64 name:str
 //!                         label:set<str> run_id:opt<str>
+//! type 7 credential       action:str token_id:str role:str subject:str
+//!                         tenant:str expires_unix_ms:opt<u64>
+//!                         by_role:str by_subject:str
 //! ```
 //!
-//! Type 6 was added after types 1–5 were frozen; their bytes are unchanged.
+//! Type 6 was added after types 1–5 were frozen, type 7 after type 6; the
+//! bytes of the older types are unchanged.
 //!
 //! Decoding is strict (unknown version or type, trailing bytes, non-0/1
 //! option tags, unsorted sets, bad UTF-8 are all errors), so every byte string
@@ -68,6 +72,7 @@ pub enum EntryBody {
     RunExecuted(RunExecuted),
     Denial(Denial),
     DatasetCreated(DatasetCreated),
+    Credential(Credential),
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -149,6 +154,29 @@ pub struct DatasetCreated {
     pub run_id: Option<String>,
 }
 
+/// A bearer token was created or revoked (operators', tenants' and
+/// auditors' tokens; creating an auditor is creating its token).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Credential {
+    /// `created` or `revoked`.
+    pub action: String,
+    /// The token's id (never its secret).
+    pub token_id: String,
+    /// The role the token carries: `operator`, `developer`, `auditor`, `admin`.
+    pub role: String,
+    /// Whose token: operator id, tenant id, auditor id, `admin`.
+    pub subject: String,
+    /// The tenant the credential reaches (a developer token's tenant; one
+    /// entry per granted tenant for an auditor); empty when none (operator
+    /// and admin tokens, an auditor granted nothing).
+    pub tenant: String,
+    /// When the token expires, if it does.
+    pub expires_unix_ms: Option<u64>,
+    /// Who did it: the acting token's role and subject.
+    pub by_role: String,
+    pub by_subject: String,
+}
+
 impl EntryBody {
     fn tag(&self) -> u8 {
         match self {
@@ -158,6 +186,7 @@ impl EntryBody {
             EntryBody::RunExecuted(_) => 4,
             EntryBody::Denial(_) => 5,
             EntryBody::DatasetCreated(_) => 6,
+            EntryBody::Credential(_) => 7,
         }
     }
 
@@ -170,6 +199,7 @@ impl EntryBody {
             EntryBody::RunExecuted(_) => "run_executed",
             EntryBody::Denial(_) => "denial",
             EntryBody::DatasetCreated(_) => "dataset_created",
+            EntryBody::Credential(_) => "credential",
         }
     }
 
@@ -182,6 +212,7 @@ impl EntryBody {
             EntryBody::RunExecuted(e) => &e.tenant,
             EntryBody::Denial(e) => &e.tenant,
             EntryBody::DatasetCreated(e) => &e.tenant,
+            EntryBody::Credential(e) => &e.tenant,
         }
     }
 
@@ -193,7 +224,8 @@ impl EntryBody {
             EntryBody::Denial(e) => e.module,
             EntryBody::TenantCreated(_)
             | EntryBody::PolicySet(_)
-            | EntryBody::DatasetCreated(_) => None,
+            | EntryBody::DatasetCreated(_)
+            | EntryBody::Credential(_) => None,
         }
     }
 }
@@ -455,6 +487,16 @@ impl Entry {
                 w.str_set("label", &e.label)?;
                 w.opt_str("run_id", e.run_id.as_deref())?;
             }
+            EntryBody::Credential(e) => {
+                w.str("action", &e.action)?;
+                w.str("token_id", &e.token_id)?;
+                w.str("role", &e.role)?;
+                w.str("subject", &e.subject)?;
+                w.str("tenant", &e.tenant)?;
+                w.opt_u64(e.expires_unix_ms);
+                w.str("by_role", &e.by_role)?;
+                w.str("by_subject", &e.by_subject)?;
+            }
         }
         Ok(w.0)
     }
@@ -518,6 +560,16 @@ impl Entry {
                 name: r.str("name")?,
                 label: r.str_set("label")?,
                 run_id: r.opt_str("run_id")?,
+            }),
+            7 => EntryBody::Credential(Credential {
+                action: r.str("action")?,
+                token_id: r.str("token_id")?,
+                role: r.str("role")?,
+                subject: r.str("subject")?,
+                tenant: r.str("tenant")?,
+                expires_unix_ms: r.opt_u64("expires_unix_ms")?,
+                by_role: r.str("by_role")?,
+                by_subject: r.str("by_subject")?,
             }),
             t => return Err(EntryError::UnknownType(t)),
         };

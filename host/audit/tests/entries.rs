@@ -335,3 +335,80 @@ fn dataset_created_follows_the_grammar_and_round_trips() {
         other => panic!("{other:?}"),
     }
 }
+
+/// Type 7 (`credential`) was added after types 1–6: the older types' bytes
+/// must not move. Type 6's sample above, pinned byte for byte (types 1–5
+/// are pinned by `encoding_is_frozen`).
+#[test]
+fn older_entry_types_keep_their_bytes_after_type_7() {
+    use kasbah_audit::DatasetCreated;
+    let e = Entry::new(
+        T + 5,
+        EntryBody::DatasetCreated(DatasetCreated {
+            tenant: "acme".into(),
+            dataset: Digest::of(b"weights"),
+            size: 7,
+            name: "weights.bin".into(),
+            label: vec!["zone-a".into(), "zone-b".into()],
+            run_id: None,
+        }),
+    );
+    let b = e.encode().expect("encode");
+    assert_eq!(hex::encode(&b), DATASET_CREATED_GOLDEN);
+    for (e, (bytes, _)) in samples().iter().zip(GOLDEN) {
+        assert_eq!(hex::encode(e.encode().expect("encode")), bytes);
+    }
+}
+
+const DATASET_CREATED_GOLDEN: &str = "01060000019b76daa8050000000461636d659a129038d9a00aed0cf6a7ea059ca50a813449061ab87848cf1a13eafdf33b2c00000000000000070000000b776569676874732e62696e00000002000000067a6f6e652d61000000067a6f6e652d6200";
+
+/// Type 7 (`credential`): the grammar in `entry.rs`, assembled by hand;
+/// round-trips; strict (every proper prefix and a trailing byte refused).
+#[test]
+fn credential_follows_the_grammar_and_decodes_strictly() {
+    use kasbah_audit::Credential;
+    let e = Entry::new(
+        T + 7,
+        EntryBody::Credential(Credential {
+            action: "revoked".into(),
+            token_id: "tk_01".into(),
+            role: "developer".into(),
+            subject: "t_1".into(),
+            tenant: "t_1".into(),
+            expires_unix_ms: Some(T + 1000),
+            by_role: "operator".into(),
+            by_subject: "op_1".into(),
+        }),
+    );
+    let s = |v: &str| {
+        let mut o = (v.len() as u32).to_be_bytes().to_vec();
+        o.extend_from_slice(v.as_bytes());
+        o
+    };
+    let mut want = vec![ENTRY_FORMAT_V1, 7];
+    want.extend((T + 7).to_be_bytes());
+    for f in ["revoked", "tk_01", "developer", "t_1", "t_1"] {
+        want.extend(s(f));
+    }
+    want.push(1);
+    want.extend((T + 1000).to_be_bytes());
+    want.extend(s("operator"));
+    want.extend(s("op_1"));
+    let bytes = e.encode().expect("encode");
+    assert_eq!(bytes, want);
+    let back = Entry::decode(&bytes).expect("decode");
+    assert_eq!(back, e);
+    assert_eq!(back.body.kind(), "credential");
+    assert_eq!(back.body.tenant(), "t_1");
+    assert_eq!(back.body.module(), None);
+    for n in 0..bytes.len() {
+        assert!(Entry::decode(&bytes[..n]).is_err(), "prefix {n}");
+    }
+    let mut long = bytes.clone();
+    long.push(0);
+    assert!(Entry::decode(&long).is_err());
+    // The JSON view names the type.
+    let v = serde_json::to_value(&back).expect("json");
+    assert_eq!(v["type"], "credential");
+    assert_eq!(v["token_id"], "tk_01");
+}

@@ -32,13 +32,16 @@ pub enum AuditCmd {
     Checkpoint,
     /// List audit entries you may read.
     Entries {
+        /// First entry index.
         #[arg(long, default_value_t = 0)]
         start: u64,
+        /// One past the last index (default: the log's size; a page at most).
         #[arg(long)]
         end: Option<u64>,
     },
     /// Download the receipt of any entry you may read, by index.
     Receipt {
+        /// The entry's index in the log.
         index: u64,
         /// Write it here instead of stdout.
         #[arg(short, long)]
@@ -110,7 +113,7 @@ pub async fn audit(ctx: &Ctx, c: AuditCmd) -> anyhow::Result<ExitCode> {
             let key = LogSigner::load(&path)
                 .map_err(|e| anyhow::anyhow!("{e}"))
                 .with_context(|| format!("reading the log key {}", path.display()))?;
-            println!("{}", key.verifier());
+            crate::outln!("{}", key.verifier());
             Ok(ExitCode::SUCCESS)
         }
         AuditCmd::Key { data_dir: None } => {
@@ -119,21 +122,21 @@ pub async fn audit(ctx: &Ctx, c: AuditCmd) -> anyhow::Result<ExitCode> {
                 "note: this key came from the server itself (trust on first use); compare it with \
                  `kasbah audit key --data-dir` on the server host"
             );
-            println!("{key}");
+            crate::outln!("{key}");
             Ok(ExitCode::SUCCESS)
         }
         AuditCmd::Checkpoint => {
-            print!("{}", ctx.client()?.checkpoint().await?);
+            crate::out!("{}", ctx.client()?.checkpoint().await?);
             Ok(ExitCode::SUCCESS)
         }
         AuditCmd::Entries { start, end } => {
             let (page, entries) = ctx.client()?.audit_log_entries(start, end).await?;
             if ctx.json {
-                println!("{}", serde_json::to_string_pretty(&page)?);
+                crate::outln!("{}", serde_json::to_string_pretty(&page)?);
                 return Ok(ExitCode::SUCCESS);
             }
             for e in &entries {
-                println!(
+                crate::outln!(
                     "{:>8}  {:<16}  {}  {}",
                     e.index,
                     e.entry.body.kind(),
@@ -194,6 +197,10 @@ fn describe(b: &kasbah_audit::EntryBody) -> String {
                 .as_ref()
                 .map_or(String::new(), |r| format!(" from {r}"))
         ),
+        Credential(c) => format!(
+            "token {} {} ({} {}) by {} {}",
+            c.token_id, c.action, c.role, c.subject, c.by_role, c.by_subject
+        ),
     }
 }
 
@@ -232,7 +239,7 @@ fn verify(
         }
     }
     if ctx.json {
-        println!(
+        crate::outln!(
             "{}",
             serde_json::to_string_pretty(&serde_json::json!({
                 "ok": true,
@@ -246,19 +253,21 @@ fn verify(
             }))?
         );
     } else {
-        println!("receipt OK");
-        println!(
+        crate::outln!("receipt OK");
+        crate::outln!(
             "  entry       #{} {} (tenant {})",
             v.index,
             v.entry.body.kind(),
             v.entry.body.tenant()
         );
-        println!("  record      {}", describe(&v.entry.body));
-        println!(
+        crate::outln!("  record      {}", describe(&v.entry.body));
+        crate::outln!(
             "  checkpoint  {} @ {} signed by {}",
-            v.checkpoint.checkpoint.origin, v.checkpoint.checkpoint.size, key
+            v.checkpoint.checkpoint.origin,
+            v.checkpoint.checkpoint.size,
+            key
         );
-        println!("  keep the checkpoint: `kasbah audit watch` proves later ones extend it");
+        crate::outln!("  keep the checkpoint: `kasbah audit watch` proves later ones extend it");
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -325,7 +334,7 @@ async fn watch_once(
                 Err(e) => return Ok(alarm(format!("checkpoint rejected: {e}"), &[&note])),
             };
             save_state(state, &note)?;
-            println!(
+            crate::outln!(
                 "trusting {} (first use); saved to {}",
                 c.checkpoint,
                 state.display()
@@ -338,12 +347,12 @@ async fn watch_once(
         .map_err(|e| anyhow::anyhow!("the saved checkpoint in {}: {e}", state.display()))?;
     match client.watch(&mut watcher).await {
         Ok(WatchOutcome::Unchanged) => {
-            println!("unchanged: {}", watcher.trusted().checkpoint);
+            crate::outln!("unchanged: {}", watcher.trusted().checkpoint);
             Ok(ExitCode::SUCCESS)
         }
         Ok(WatchOutcome::Advanced { from, to }) => {
             save_state(state, &watcher.trusted().note)?;
-            println!(
+            crate::outln!(
                 "grew from {from} to {to} entries (consistency proven): {}",
                 watcher.trusted().checkpoint
             );

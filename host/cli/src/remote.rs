@@ -29,7 +29,7 @@ impl Ctx {
 
     fn print<T: Serialize>(&self, value: &T, human: impl FnOnce(&T)) -> anyhow::Result<ExitCode> {
         if self.json {
-            println!("{}", serde_json::to_string_pretty(value)?);
+            crate::outln!("{}", serde_json::to_string_pretty(value)?);
         } else {
             human(value);
         }
@@ -60,7 +60,7 @@ fn table(headers: &[&str], rows: Vec<Vec<String>>) {
             .enumerate()
             .map(|(i, c)| format!("{c:<width$}", width = w[i]))
             .collect();
-        println!("{}", s.join("  ").trim_end());
+        crate::outln!("{}", s.join("  ").trim_end());
     };
     line(headers.iter().map(|h| h.to_string()).collect());
     for r in rows {
@@ -70,13 +70,14 @@ fn table(headers: &[&str], rows: Vec<Vec<String>>) {
 
 pub async fn whoami(ctx: &Ctx) -> anyhow::Result<ExitCode> {
     let me = ctx.client()?.whoami().await?;
-    ctx.print(&me, |m| println!("{} {}", m.role.as_str(), m.subject))
+    ctx.print(&me, |m| crate::outln!("{} {}", m.role.as_str(), m.subject))
 }
 
 #[derive(Subcommand)]
 pub enum OperatorCmd {
     /// Create an operator with a ceiling on what it may grant its tenants.
     Create {
+        /// The operator's name (unique).
         name: String,
         /// TOML/JSON ceiling file: `[limits]`, `datasets`, `[env]` (vars,
         /// inherit), `[network]` (allow rules), `[gpu]`; what it leaves out
@@ -84,6 +85,7 @@ pub enum OperatorCmd {
         /// variables, no private/loopback/link-local addresses, no DNS names).
         #[arg(long)]
         ceiling: Option<PathBuf>,
+        /// Most tenants it may create.
         #[arg(long, default_value_t = 100)]
         max_tenants: u32,
         /// Residency zones its tenants are limited to (comma-separated;
@@ -91,18 +93,86 @@ pub enum OperatorCmd {
         #[arg(long, value_delimiter = ',')]
         zones: Vec<String>,
     },
+    /// List operators (an operator sees itself).
     List,
     /// Replace an operator's ceiling (its tenants' next policy changes are
     /// checked against it).
     Ceiling {
+        /// The operator's id.
         operator: String,
         /// TOML/JSON ceiling file (as for `create --ceiling`).
         file: PathBuf,
     },
     /// Issue a token for an operator.
     Token {
+        /// The operator's id.
         operator: String,
+        /// A label for the token (who or what holds it).
+        #[arg(long)]
+        name: Option<String>,
+        /// Lifetime, e.g. `3600`, `90s`, `12h`, `30d` (default: the server's).
+        #[arg(long, value_parser = parse_ttl)]
+        ttl: Option<u64>,
     },
+}
+
+/// A token lifetime: seconds, or a number with `s`, `m`, `h` or `d`.
+pub fn parse_ttl(s: &str) -> Result<u64, String> {
+    let s = s.trim();
+    let (num, unit) = match s.char_indices().last() {
+        Some((i, c)) if c.is_ascii_alphabetic() => (&s[..i], c),
+        _ => (s, 's'),
+    };
+    let n: u64 = num
+        .trim()
+        .parse()
+        .map_err(|_| format!("{s:?} is not a lifetime (e.g. 3600, 90s, 12h, 30d)"))?;
+    let mult = match unit {
+        's' => 1,
+        'm' => 60,
+        'h' => 3600,
+        'd' => 86_400,
+        u => return Err(format!("unknown unit {u:?} (use s, m, h or d)")),
+    };
+    let secs = n.checked_mul(mult).ok_or("lifetime too long")?;
+    if secs == 0 {
+        return Err("a lifetime must be at least one second".into());
+    }
+    Ok(secs)
+}
+
+fn show_token(t: &TokenCreated) {
+    crate::outln!("{}", t.token);
+    eprintln!(
+        "token {} ({} {}){}",
+        t.id,
+        t.role.as_str(),
+        t.subject,
+        t.expires_at
+            .map_or(String::new(), |e| format!(", expires {}", time(e)))
+    );
+}
+
+/// A timestamp (ms since the Unix epoch) as UTC `YYYY-MM-DD HH:MM:SS`.
+pub fn time(ms: i64) -> String {
+    let secs = ms.div_euclid(1000);
+    let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
+    // Civil from days (Howard Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!(
+        "{y:04}-{m:02}-{d:02} {:02}:{:02}:{:02}",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
 }
 
 pub async fn operator(ctx: &Ctx, c: OperatorCmd) -> anyhow::Result<ExitCode> {
@@ -123,7 +193,9 @@ pub async fn operator(ctx: &Ctx, c: OperatorCmd) -> anyhow::Result<ExitCode> {
                     zones,
                 })
                 .await?;
-            ctx.print(&op, |o| println!("created operator {} ({})", o.id, o.name))
+            ctx.print(&op, |o| {
+                crate::outln!("created operator {} ({})", o.id, o.name)
+            })
         }
         OperatorCmd::List => {
             let ops = client.operators().await?;
@@ -152,11 +224,23 @@ pub async fn operator(ctx: &Ctx, c: OperatorCmd) -> anyhow::Result<ExitCode> {
             let op = client
                 .set_operator_ceiling(&operator, &load_ceiling(&file)?)
                 .await?;
-            ctx.print(&op, |o| println!("ceiling of operator {} replaced", o.id))
+            ctx.print(&op, |o| crate::outln!("ceiling of operator {} replaced", o.id))
         }
-        OperatorCmd::Token { operator } => {
-            let t = client.operator_token(&operator).await?;
-            ctx.print(&t, |t| println!("{}", t.token))
+        OperatorCmd::Token {
+            operator,
+            name,
+            ttl,
+        } => {
+            let t = client
+                .operator_token_with(
+                    &operator,
+                    &CreateToken {
+                        name,
+                        ttl_seconds: ttl,
+                    },
+                )
+                .await?;
+            ctx.print(&t, show_token)
         }
     }
 }
@@ -173,7 +257,9 @@ fn load_ceiling(p: &std::path::Path) -> anyhow::Result<Ceiling> {
 
 #[derive(Subcommand)]
 pub enum TenantCmd {
+    /// Create a tenant.
     Create {
+        /// The tenant's name.
         name: String,
         /// Place under this operator (admins only).
         #[arg(long)]
@@ -182,10 +268,18 @@ pub enum TenantCmd {
         #[arg(long)]
         policy: Option<PathBuf>,
     },
+    /// List the tenants the caller sees.
     List,
     /// Issue a developer token for a tenant.
     Token {
+        /// The tenant's id.
         tenant: String,
+        /// A label for the token (who or what holds it).
+        #[arg(long)]
+        name: Option<String>,
+        /// Lifetime, e.g. `3600`, `90s`, `12h`, `30d` (default: the server's).
+        #[arg(long, value_parser = parse_ttl)]
+        ttl: Option<u64>,
     },
 }
 
@@ -205,7 +299,9 @@ pub async fn tenant(ctx: &Ctx, c: TenantCmd) -> anyhow::Result<ExitCode> {
                     policy,
                 })
                 .await?;
-            ctx.print(&t, |t| println!("created tenant {} ({})", t.id, t.name))
+            ctx.print(&t, |t| {
+                crate::outln!("created tenant {} ({})", t.id, t.name)
+            })
         }
         TenantCmd::List => {
             let ts = client.tenants().await?;
@@ -225,9 +321,17 @@ pub async fn tenant(ctx: &Ctx, c: TenantCmd) -> anyhow::Result<ExitCode> {
                 )
             })
         }
-        TenantCmd::Token { tenant } => {
-            let t = client.tenant_token(&tenant).await?;
-            ctx.print(&t, |t| println!("{}", t.token))
+        TenantCmd::Token { tenant, name, ttl } => {
+            let t = client
+                .tenant_token_with(
+                    &tenant,
+                    &CreateToken {
+                        name,
+                        ttl_seconds: ttl,
+                    },
+                )
+                .await?;
+            ctx.print(&t, show_token)
         }
     }
 }
@@ -235,11 +339,22 @@ pub async fn tenant(ctx: &Ctx, c: TenantCmd) -> anyhow::Result<ExitCode> {
 #[derive(Subcommand)]
 pub enum PolicyCmd {
     /// Set a tenant's policy from a TOML or JSON file (creates a new version).
-    Set { tenant: String, file: PathBuf },
+    Set {
+        /// The tenant's id.
+        tenant: String,
+        /// The policy file.
+        file: PathBuf,
+    },
     /// Show a tenant's current policy.
-    Show { tenant: String },
+    Show {
+        /// The tenant's id.
+        tenant: String,
+    },
     /// List a tenant's policy versions and who set each.
-    Versions { tenant: String },
+    Versions {
+        /// The tenant's id.
+        tenant: String,
+    },
 }
 
 fn set_by(r: &kasbah_core::api::PolicyRecord) -> &str {
@@ -274,9 +389,9 @@ pub async fn policy(ctx: &Ctx, c: PolicyCmd) -> anyhow::Result<ExitCode> {
     };
     ctx.print(&record, |r| {
         if r.unchanged {
-            println!("unchanged: identical to the current version (no new version)");
+            crate::outln!("unchanged: identical to the current version (no new version)");
         }
-        println!(
+        crate::outln!(
             "tenant {} policy v{} {} (set by {})",
             r.tenant_id,
             r.version,
@@ -284,7 +399,7 @@ pub async fn policy(ctx: &Ctx, c: PolicyCmd) -> anyhow::Result<ExitCode> {
             set_by(r)
         );
         if let Ok(t) = toml::to_string(&r.policy) {
-            print!("{t}");
+            crate::out!("{t}");
         }
     })
 }
@@ -293,27 +408,93 @@ pub async fn policy(ctx: &Ctx, c: PolicyCmd) -> anyhow::Result<ExitCode> {
 pub enum AuditorCmd {
     /// Create an auditor for some tenants; prints its token.
     Create {
+        /// The auditor's name.
         name: String,
+        /// A tenant it may read (repeatable; operators: their own tenants).
         #[arg(long = "tenant", required = true)]
         tenants: Vec<String>,
+        /// Lifetime of its token, e.g. `3600`, `12h`, `30d` (default: the server's).
+        #[arg(long, value_parser = parse_ttl)]
+        ttl: Option<u64>,
     },
 }
 
 pub async fn auditor(ctx: &Ctx, c: AuditorCmd) -> anyhow::Result<ExitCode> {
-    let AuditorCmd::Create { name, tenants } = c;
+    let AuditorCmd::Create { name, tenants, ttl } = c;
     let t = ctx
         .client()?
-        .create_auditor(&CreateAuditor { name, tenants })
+        .create_auditor(&CreateAuditor {
+            name,
+            tenants,
+            ttl_seconds: ttl,
+        })
         .await?;
-    ctx.print(&t, |t| println!("{}", t.token))
+    ctx.print(&t, show_token)
+}
+
+#[derive(Subcommand)]
+pub enum TokensCmd {
+    /// Metadata of the tokens you manage (never their secrets).
+    List,
+    /// Revoke a token: refused from the next request on.
+    Revoke {
+        /// The token's id (`tk_…`, from `kasbah tokens list`).
+        id: String,
+    },
+}
+
+pub async fn tokens(ctx: &Ctx, c: TokensCmd) -> anyhow::Result<ExitCode> {
+    let client = ctx.client()?;
+    match c {
+        TokensCmd::List => {
+            let ts = client.tokens().await?;
+            ctx.print(&ts, |ts| {
+                let opt = |t: Option<i64>| t.map_or_else(|| "-".to_string(), time);
+                table(
+                    &[
+                        "ID",
+                        "ROLE",
+                        "OWNER",
+                        "NAME",
+                        "CREATED",
+                        "EXPIRES",
+                        "LAST USED",
+                        "REVOKED",
+                    ],
+                    ts.iter()
+                        .map(|t| {
+                            vec![
+                                t.id.clone(),
+                                t.role.as_str().to_string(),
+                                t.subject.clone(),
+                                t.name.clone().unwrap_or_else(|| "-".into()),
+                                time(t.created_at),
+                                t.expires_at.map_or_else(|| "never".to_string(), time),
+                                opt(t.last_used_at),
+                                opt(t.revoked_at),
+                            ]
+                        })
+                        .collect(),
+                )
+            })
+        }
+        TokensCmd::Revoke { id } => {
+            let t = client.revoke_token(&id).await?;
+            ctx.print(&t, |t| {
+                crate::outln!("revoked token {} ({} {})", t.id, t.role.as_str(), t.subject)
+            })
+        }
+    }
 }
 
 #[derive(Args)]
 pub struct PublishArgs {
     /// The component file.
     file: PathBuf,
+    /// Module name (default: the file name, `_` as `-`).
     #[arg(long)]
     name: Option<String>,
+    /// Version to publish it as.
     #[arg(long, default_value = "0.1.0")]
     version: String,
 }
@@ -341,19 +522,67 @@ pub async fn publish(ctx: &Ctx, a: PublishArgs) -> anyhow::Result<ExitCode> {
     let b = bar.clone();
     let m = ctx
         .client()?
-        .publish(&a.file, &name, &a.version, move |sent, total| {
+        .publish_checked(&a.file, &name, &a.version, move |sent, total| {
             b.set_length(total);
             b.set_position(sent);
         })
         .await;
     bar.finish_and_clear();
-    let m = m?;
-    ctx.print(&m, |m| {
-        println!(
-            "published {}@{} {} ({} bytes)",
-            m.name, m.version, m.digest, m.size
-        )
-    })
+    let (m, created) = m?;
+    // Modules are content-addressed per tenant: the server answers a publish
+    // of bytes it already has with the existing record (200), whatever name
+    // and version were asked for. Say so; a different name/version is not
+    // published at all, so that is an error.
+    match publish_result(&m, created, &name, &a.version) {
+        Published::New => ctx.print(&m, |m| {
+            crate::outln!(
+                "published {}@{} {} ({} bytes)",
+                m.name,
+                m.version,
+                m.digest,
+                m.size
+            )
+        }),
+        Published::Unchanged => ctx.print(&m, |m| {
+            crate::outln!(
+                "already published {}@{} {} ({} bytes): unchanged",
+                m.name,
+                m.version,
+                m.digest,
+                m.size
+            )
+        }),
+        Published::SameBytesAs => Err(anyhow::Error::from(crate::CliError {
+            code: "already_published",
+            message: format!(
+                "{name}@{} was NOT published: these bytes ({}) are already published as {}@{}; \
+                 a module is identified by its bytes, so a new version needs new bytes",
+                a.version, m.digest, m.name, m.version
+            ),
+        })),
+    }
+}
+
+/// What a publish did, from the record the server answered with.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Published {
+    /// Stored under the name and version asked for (or re-published as the same).
+    New,
+    /// The same bytes under the same name and version: nothing to do.
+    Unchanged,
+    /// The bytes exist under another name or version; nothing was published.
+    SameBytesAs,
+}
+
+/// `created`: the server answered 201 (this request stored it).
+pub fn publish_result(m: &ModuleRecord, created: bool, name: &str, version: &str) -> Published {
+    if created {
+        Published::New
+    } else if m.name == name && m.version == version {
+        Published::Unchanged
+    } else {
+        Published::SameBytesAs
+    }
 }
 
 #[derive(Args)]
@@ -369,6 +598,7 @@ pub enum ModulesCmd {
     /// Download the receipt of a module's publication (verify it with
     /// `kasbah audit verify --module DIGEST`).
     Receipt {
+        /// The module's digest (`sha256:…`).
         digest: String,
         /// Write it here instead of stdout.
         #[arg(short, long)]
@@ -392,7 +622,7 @@ pub(crate) fn save_receipt(
                 p.display()
             );
         }
-        None => println!("{json}"),
+        None => crate::outln!("{json}"),
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -448,14 +678,19 @@ pub async fn run(ctx: &Ctx, args: RunArgs) -> anyhow::Result<ExitCode> {
             store_output_as: args.store_output_as.clone(),
         })
         .await?;
-    show_run(ctx, &record)
+    show_run(ctx, &record, args.no_wait)
 }
 
-fn show_run(ctx: &Ctx, r: &RunRecord) -> anyhow::Result<ExitCode> {
+/// `id_on_stdout`: `run --no-wait`, whose result is the run id (scripts
+/// capture it: `id=$(kasbah run --no-wait sha256:…)`).
+fn show_run(ctx: &Ctx, r: &RunRecord, id_on_stdout: bool) -> anyhow::Result<ExitCode> {
     let ok = matches!(&r.outcome, Some(o) if o.is_ok());
     ctx.print(r, |r| {
+        if id_on_stdout {
+            crate::outln!("{}", r.id);
+        }
         if let Some(out) = r.output.as_ref().and_then(|o| o.inline.as_ref()) {
-            println!("{}", out.text().trim_end());
+            crate::outln!("{}", out.text().trim_end());
         }
         eprintln!("run      {} ({})", r.id, r.status.as_str());
         eprintln!("module   {}  policy v{}", r.module, r.policy_version);
@@ -508,19 +743,25 @@ fn show_run(ctx: &Ctx, r: &RunRecord) -> anyhow::Result<ExitCode> {
 
 #[derive(Subcommand)]
 pub enum RunsCmd {
+    /// Show one run record.
     Show {
+        /// The run's id.
         id: String,
     },
+    /// List recent runs, newest first.
     List {
+        /// Most runs to list.
         #[arg(long, default_value_t = 20)]
         limit: u32,
     },
     /// Write a run's output bytes to stdout.
     Output {
+        /// The run's id.
         id: String,
     },
     /// Download the receipt of a run (verify it with `kasbah audit verify`).
     Receipt {
+        /// The run's id.
         id: String,
         /// Write it here instead of stdout.
         #[arg(short, long)]
@@ -531,7 +772,7 @@ pub enum RunsCmd {
 pub async fn runs(ctx: &Ctx, c: RunsCmd) -> anyhow::Result<ExitCode> {
     let client = ctx.client()?;
     match c {
-        RunsCmd::Show { id } => show_run(ctx, &client.get_run(&id).await?),
+        RunsCmd::Show { id } => show_run(ctx, &client.get_run(&id).await?, false),
         RunsCmd::List { limit } => {
             let rs = client.runs(limit).await?;
             ctx.print(&rs, |rs| {
@@ -555,8 +796,7 @@ pub async fn runs(ctx: &Ctx, c: RunsCmd) -> anyhow::Result<ExitCode> {
         }
         RunsCmd::Output { id } => {
             let bytes = client.run_output(&id).await?;
-            use std::io::Write;
-            std::io::stdout().write_all(&bytes)?;
+            crate::out::write_bytes(&bytes)?;
             Ok(ExitCode::SUCCESS)
         }
         RunsCmd::Receipt { id, output } => save_receipt(&client.run_receipt(&id).await?, output),
@@ -567,6 +807,7 @@ pub async fn runs(ctx: &Ctx, c: RunsCmd) -> anyhow::Result<ExitCode> {
 pub enum DatasetCmd {
     /// Upload a file as a dataset (streamed, hashed) with a residency label.
     Create {
+        /// The file to upload.
         file: PathBuf,
         /// `[a-z0-9][a-z0-9._-]{0,63}`: the guest sees `/datasets/<name>`.
         #[arg(long)]
@@ -575,12 +816,15 @@ pub enum DatasetCmd {
         #[arg(long, value_delimiter = ',')]
         zones: Option<Vec<String>>,
     },
+    /// List datasets.
     List {
         /// Admins and auditors: one tenant's.
         #[arg(long)]
         tenant: Option<String>,
     },
+    /// Show one dataset.
     Show {
+        /// The dataset's id.
         id: String,
     },
 }
@@ -588,7 +832,7 @@ pub enum DatasetCmd {
 pub async fn dataset(ctx: &Ctx, c: DatasetCmd) -> anyhow::Result<ExitCode> {
     let client = ctx.client()?;
     let show = |d: &DatasetRecord| {
-        println!(
+        crate::outln!(
             "dataset {} {} {} bytes {} label {{{}}}",
             d.id,
             d.name,
@@ -629,6 +873,7 @@ pub async fn dataset(ctx: &Ctx, c: DatasetCmd) -> anyhow::Result<ExitCode> {
 
 #[derive(Args)]
 pub struct UsageArgs {
+    /// One tenant's usage.
     #[arg(long)]
     tenant: Option<String>,
     /// hour, day or month.

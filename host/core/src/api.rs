@@ -137,13 +137,17 @@ pub struct PolicyRecord {
     pub unchanged: bool,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct CreateToken {
     /// A label for the token (who or what holds it).
     #[serde(default)]
     pub name: Option<String>,
+    /// Lifetime in seconds (default: the server's `token_ttl_seconds`, at
+    /// most its `token_max_ttl_seconds`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ttl_seconds: Option<u64>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -153,6 +157,34 @@ pub struct TokenCreated {
     pub token: String,
     pub role: Role,
     pub subject: String,
+    /// The token's id (for `GET /v1/tokens` and `DELETE /v1/tokens/{id}`).
+    #[serde(default)]
+    pub id: String,
+    /// When it stops working (ms since the Unix epoch).
+    #[serde(default)]
+    pub expires_at: Option<i64>,
+}
+
+/// A token's metadata: never its secret nor the secret's hash.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(ToSchema))]
+pub struct TokenInfo {
+    pub id: String,
+    pub role: Role,
+    /// Whose token it is: operator id, tenant id, auditor id, or `admin`.
+    pub subject: String,
+    pub name: Option<String>,
+    pub created_at: i64,
+    /// Who created it (`role:subject`; absent for tokens from before this
+    /// was recorded).
+    pub created_by: Option<String>,
+    /// ms since the Unix epoch; absent: never (only tokens from before
+    /// expiry existed and that no start has given an expiry yet).
+    pub expires_at: Option<i64>,
+    /// Last successful authentication (updated at most once a minute).
+    pub last_used_at: Option<i64>,
+    pub revoked: bool,
+    pub revoked_at: Option<i64>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -160,8 +192,12 @@ pub struct TokenCreated {
 #[serde(deny_unknown_fields)]
 pub struct CreateAuditor {
     pub name: String,
-    /// Tenants whose modules and runs this auditor may read.
+    /// Tenants whose modules and runs this auditor may read (an operator:
+    /// only its own tenants).
     pub tenants: Vec<String>,
+    /// Lifetime of the auditor's token in seconds (see `CreateToken`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ttl_seconds: Option<u64>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

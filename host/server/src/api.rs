@@ -19,9 +19,10 @@ use kasbah_runtime::{LoadError, Request};
 use serde::Deserialize;
 
 use crate::AppState;
-use crate::db::{Caller, Finished, INLINE_OUTPUT_MAX, NewRun, Period, now_ms};
+use crate::db::{Caller, Finished, INLINE_OUTPUT_MAX, NewRun, NewToken, Period, now_ms};
 use crate::error::{ApiError, ApiResult, ErrorBody};
 use crate::scheduler::{Admission, Refusal};
+use crate::tokens;
 
 // ---- identity ---------------------------------------------------------------
 
@@ -113,7 +114,8 @@ pub async fn put_operator_ceiling(
 }
 
 #[utoipa::path(post, path = "/v1/operators/{id}/tokens", request_body = CreateToken,
-    responses((status = 201, body = TokenCreated), (status = 404, body = ErrorBody)))]
+    responses((status = 201, body = TokenCreated), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody),
+        (status = 422, body = ErrorBody, description = "`invalid_ttl`")))]
 pub async fn create_operator_token(
     State(s): State<AppState>,
     caller: Caller,
@@ -123,18 +125,43 @@ pub async fn create_operator_token(
     caller.require(&[Role::Admin], "create operator tokens")?;
     s.db.operator(&id)?
         .ok_or_else(|| ApiError::not_found("operator"))?;
-    let name = body.and_then(|b| b.0.name);
+    let req = body.map(|b| b.0).unwrap_or_default();
+    let expires_at = tokens::expires_at(&s.config, req.ttl_seconds, now_ms())?;
     let token =
-        s.db.create_token(Role::Operator, &id, name.as_deref())
-            .await?;
-    Ok((
-        StatusCode::CREATED,
-        Json(TokenCreated {
-            token,
-            role: Role::Operator,
-            subject: id,
-        }),
-    ))
+        s.db.create_token(
+            NewToken {
+                role: Role::Operator,
+                subject: &id,
+                name: req.name.as_deref(),
+                expires_at,
+                tenants: Vec::new(),
+            },
+            Some(&caller),
+        )
+        .await?;
+    Ok((StatusCode::CREATED, Json(token)))
+}
+
+#[utoipa::path(get, path = "/v1/tokens", tag = "tokens",
+    responses((status = 200, body = Vec<TokenInfo>, description = "Metadata (never the secret) of the tokens the caller manages: admins every token, operators their tenants' and their auditors'; newest first, at most 1000"),
+        (status = 403, body = ErrorBody)))]
+pub async fn list_tokens(
+    State(s): State<AppState>,
+    caller: Caller,
+) -> ApiResult<Json<Vec<TokenInfo>>> {
+    Ok(Json(tokens::list(&caller, &s.db)?))
+}
+
+#[utoipa::path(delete, path = "/v1/tokens/{id}", tag = "tokens",
+    params(("id" = String, Path, description = "Token id (`tk_…`)")),
+    responses((status = 200, body = TokenInfo, description = "Revoked (idempotent): refused from the next request on"),
+        (status = 403, body = ErrorBody), (status = 404, body = ErrorBody, description = "no such token, or one the caller does not manage")))]
+pub async fn revoke_token(
+    State(s): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> ApiResult<Json<TokenInfo>> {
+    Ok(Json(tokens::revoke(&caller, &s.db, &id).await?))
 }
 
 // ---- tenants & policies -------------------------------------------------------
@@ -282,7 +309,8 @@ fn has_files_key(text: &str) -> bool {
 }
 
 #[utoipa::path(post, path = "/v1/tenants/{id}/tokens", request_body = CreateToken,
-    responses((status = 201, body = TokenCreated), (status = 404, body = ErrorBody)))]
+    responses((status = 201, body = TokenCreated), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody),
+        (status = 422, body = ErrorBody, description = "`invalid_ttl`")))]
 pub async fn create_tenant_token(
     State(s): State<AppState>,
     caller: Caller,
@@ -290,47 +318,57 @@ pub async fn create_tenant_token(
     body: Option<Json<CreateToken>>,
 ) -> ApiResult<(StatusCode, Json<TokenCreated>)> {
     caller.managed_tenant(&s, &id)?;
-    let name = body.and_then(|b| b.0.name);
+    let req = body.map(|b| b.0).unwrap_or_default();
+    let expires_at = tokens::expires_at(&s.config, req.ttl_seconds, now_ms())?;
     let token =
-        s.db.create_token(Role::Developer, &id, name.as_deref())
-            .await?;
-    Ok((
-        StatusCode::CREATED,
-        Json(TokenCreated {
-            token,
-            role: Role::Developer,
-            subject: id,
-        }),
-    ))
+        s.db.create_token(
+            NewToken {
+                role: Role::Developer,
+                subject: &id,
+                name: req.name.as_deref(),
+                expires_at,
+                tenants: vec![id.clone()],
+            },
+            Some(&caller),
+        )
+        .await?;
+    Ok((StatusCode::CREATED, Json(token)))
 }
 
 // ---- auditors -------------------------------------------------------------------
 
 #[utoipa::path(post, path = "/v1/auditors", request_body = CreateAuditor,
-    responses((status = 201, body = TokenCreated), (status = 404, body = ErrorBody)))]
+    responses((status = 201, body = TokenCreated), (status = 403, body = ErrorBody),
+        (status = 404, body = ErrorBody, description = "a tenant that does not exist or (operators) is not the caller's"),
+        (status = 422, body = ErrorBody)))]
 pub async fn create_auditor(
     State(s): State<AppState>,
     caller: Caller,
     body: Result<Json<CreateAuditor>, axum::extract::rejection::JsonRejection>,
 ) -> ApiResult<(StatusCode, Json<TokenCreated>)> {
-    caller.require(&[Role::Admin], "create auditors")?;
+    caller.require(&[Role::Admin, Role::Operator], "create auditors")?;
     let Json(req) = body.map_err(json_error)?;
     let name = valid_name(&req.name)?;
-    for t in &req.tenants {
-        s.db.tenant(t)?
-            .ok_or_else(|| ApiError::not_found("tenant"))?;
+    if req.tenants.len() > MAX_AUDITOR_TENANTS {
+        return Err(ApiError::unprocessable(
+            "invalid_request",
+            format!("an auditor is granted at most {MAX_AUDITOR_TENANTS} tenants"),
+        ));
     }
-    let a = s.db.create_auditor(name, &req.tenants).await?;
-    let token = s.db.create_token(Role::Auditor, &a.id, Some(name)).await?;
-    Ok((
-        StatusCode::CREATED,
-        Json(TokenCreated {
-            token,
-            role: Role::Auditor,
-            subject: a.id,
-        }),
-    ))
+    // Operators: their own tenants only (others are 404, as everywhere).
+    for t in &req.tenants {
+        caller.managed_tenant(&s, t)?;
+    }
+    let expires_at = tokens::expires_at(&s.config, req.ttl_seconds, now_ms())?;
+    let operator = (caller.role == Role::Operator).then_some(caller.subject.as_str());
+    let (_, token) =
+        s.db.create_auditor(name, &req.tenants, operator, expires_at, &caller)
+            .await?;
+    Ok((StatusCode::CREATED, Json(token)))
 }
+
+/// Most tenants one auditor is granted at creation.
+const MAX_AUDITOR_TENANTS: usize = 1000;
 
 // ---- modules --------------------------------------------------------------------
 

@@ -381,6 +381,7 @@ impl Encoded {
         let subject = match &entry.body {
             EntryBody::ModulePublished(m) => Some(m.module.to_string()),
             EntryBody::RunExecuted(r) => Some(r.run_id.clone()),
+            EntryBody::Credential(c) => Some(c.token_id.clone()),
             _ => None,
         };
         Ok(Encoded {

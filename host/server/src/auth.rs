@@ -3,12 +3,13 @@
 //! never 403, so their existence does not leak.
 
 use axum::extract::FromRequestParts;
+use axum::http::StatusCode;
 use axum::http::header::AUTHORIZATION;
 use axum::http::request::Parts;
 use kasbah_core::api::{Role, Tenant};
 
 use crate::AppState;
-use crate::db::Caller;
+use crate::db::{Caller, TokenCheck};
 use crate::error::{ApiError, ApiResult};
 
 impl FromRequestParts<AppState> for Caller {
@@ -26,10 +27,23 @@ impl FromRequestParts<AppState> for Caller {
             .map(str::trim)
             .filter(|t| !t.is_empty())
             .ok_or_else(|| ApiError::unauthenticated("malformed Authorization header"))?;
-        state
-            .db
-            .caller(token)?
-            .ok_or_else(|| ApiError::unauthenticated("unknown token"))
+        match state.db.caller(token).await? {
+            TokenCheck::Valid(c) => Ok(c),
+            TokenCheck::Unknown => Err(ApiError::unauthenticated("unknown token")),
+            // Distinct codes: they tell the holder whether to renew or to
+            // ask why, and tell nobody else anything (it takes the secret
+            // to get either answer).
+            TokenCheck::Expired => Err(ApiError::new(
+                StatusCode::UNAUTHORIZED,
+                "token_expired",
+                "this token has expired; ask for a new one",
+            )),
+            TokenCheck::Revoked => Err(ApiError::new(
+                StatusCode::UNAUTHORIZED,
+                "token_revoked",
+                "this token has been revoked",
+            )),
+        }
     }
 }
 

@@ -31,9 +31,17 @@ impl BlobWriter {
 }
 
 impl Blobs {
+    /// Open (creating, 0700) the blob dir. Partial uploads a crash left in
+    /// `tmp/` are removed: nothing refers to them (a blob is renamed into
+    /// place before any row names it).
     pub fn open(root: &Path) -> io::Result<Self> {
-        std::fs::create_dir_all(root.join("sha256"))?;
-        std::fs::create_dir_all(root.join("tmp"))?;
+        let tmp = root.join("tmp");
+        if tmp.exists() {
+            std::fs::remove_dir_all(&tmp)?;
+        }
+        crate::at_rest::create_dir(&root.join("sha256"))?;
+        crate::at_rest::create_dir(&tmp)?;
+        crate::at_rest::create_dir(root)?;
         Ok(Blobs {
             root: root.to_path_buf(),
         })
@@ -64,9 +72,12 @@ impl Blobs {
         if dest.exists() {
             return Ok(());
         }
+        // NamedTempFile creates 0600; set it anyway (umask-independent,
+        // whatever tempfile does in a later version).
+        crate::at_rest::set_mode(tmp.path(), crate::at_rest::FILE_MODE)?;
         tmp.as_file().sync_all()?;
         let dir = dest.parent().unwrap_or(&self.root).to_path_buf();
-        std::fs::create_dir_all(&dir)?;
+        crate::at_rest::create_dir(&dir)?;
         tmp.persist(&dest).map_err(|e| e.error)?;
         File::open(&dir)?.sync_all()
     }

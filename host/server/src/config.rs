@@ -47,7 +47,16 @@ pub struct ServerConfig {
     pub audit_origin: String,
     /// Most entries one `GET /v1/audit/entries` examines.
     pub audit_page: u64,
+    /// Lifetime of a token created without `ttl_seconds` (and of the
+    /// bootstrap admin token), in seconds.
+    pub token_ttl_seconds: u64,
+    /// Longest lifetime a token may be given, in seconds.
+    pub token_max_ttl_seconds: u64,
 }
+
+/// The largest `token_max_ttl_seconds` accepted (100 years): keeps
+/// `now + ttl` far from overflowing milliseconds in an i64.
+pub const MAX_TOKEN_TTL_SECONDS: u64 = 100 * 366 * 86_400;
 
 impl Default for ServerConfig {
     fn default() -> Self {
@@ -71,6 +80,8 @@ impl Default for ServerConfig {
             fsync_every_commit: true,
             audit_origin: "kasbah.local/log".into(),
             audit_page: 1000,
+            token_ttl_seconds: 90 * 86_400,
+            token_max_ttl_seconds: 366 * 86_400,
         }
     }
 }
@@ -100,6 +111,15 @@ impl ServerConfig {
 
     /// Every problem with the residency configuration, as one error.
     pub fn check(&self) -> anyhow::Result<()> {
+        anyhow::ensure!(
+            (1..=self.token_max_ttl_seconds).contains(&self.token_ttl_seconds),
+            "token_ttl_seconds must be between 1 and token_max_ttl_seconds ({})",
+            self.token_max_ttl_seconds
+        );
+        anyhow::ensure!(
+            self.token_max_ttl_seconds <= MAX_TOKEN_TTL_SECONDS,
+            "token_max_ttl_seconds must be at most {MAX_TOKEN_TTL_SECONDS} (100 years)"
+        );
         let problems = self.zones.problems(self.gpu_zones());
         anyhow::ensure!(problems.is_empty(), "{}", problems.join("; "));
         Ok(())

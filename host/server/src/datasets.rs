@@ -201,19 +201,14 @@ pub async fn create_dataset(
     }
 }
 
-/// Dataset blobs are never written again: make them read-only on disk, so
-/// a hard link into a run's `/datasets` cannot be written even by mistake.
+/// Dataset blobs are never written again: make them read-only on disk
+/// (0400: the kasbah user's only), so a hard link into a run's `/datasets`
+/// cannot be written even by mistake.
 pub(crate) fn seal_blob(s: &AppState, digest: &Digest) {
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::PermissionsExt;
-        let path = s.blobs.path(digest);
-        if let Err(e) = std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o444)) {
-            tracing::warn!("making {} read-only: {e}", path.display());
-        }
+    let path = s.blobs.path(digest);
+    if let Err(e) = crate::at_rest::seal(&path) {
+        tracing::warn!("making {} read-only: {e}", path.display());
     }
-    #[cfg(not(unix))]
-    let _ = (s, digest);
 }
 
 #[derive(Deserialize, utoipa::IntoParams)]

@@ -13,12 +13,12 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, TryLockError};
 
 use kasbah_audit::{
-    Denial as DenialEntry, Entry, EntryBody, EntryError, ModulePublished, PolicySet, RunExecuted,
-    TenantCreated,
+    Credential, Denial as DenialEntry, Entry, EntryBody, EntryError, ModulePublished, PolicySet,
+    RunExecuted, TenantCreated,
 };
 use kasbah_core::api::{
     Auditor, ModuleRecord, Operator, OutputRef, PolicyRecord, Role, RunRecord, RunStatus, Tenant,
-    UsageRow,
+    TokenCreated, TokenInfo, UsageRow,
 };
 use kasbah_core::{Digest, RunReport};
 use kasbah_policy::{Ceiling, Policy};
@@ -58,7 +58,8 @@ CREATE TABLE IF NOT EXISTS policies (
 CREATE TABLE IF NOT EXISTS auditors (
     id TEXT PRIMARY KEY,
     name TEXT NOT NULL,
-    created_at INTEGER NOT NULL
+    created_at INTEGER NOT NULL,
+    operator_id TEXT
 );
 CREATE TABLE IF NOT EXISTS auditor_grants (
     auditor_id TEXT NOT NULL REFERENCES auditors(id),
@@ -70,7 +71,12 @@ CREATE TABLE IF NOT EXISTS tokens (
     role TEXT NOT NULL,
     subject TEXT NOT NULL,
     name TEXT,
-    created_at INTEGER NOT NULL
+    created_at INTEGER NOT NULL,
+    id TEXT,
+    expires_at INTEGER,
+    last_used_at INTEGER,
+    revoked_at INTEGER,
+    created_by TEXT
 );
 CREATE TABLE IF NOT EXISTS modules (
     tenant_id TEXT NOT NULL REFERENCES tenants(id),
@@ -178,6 +184,36 @@ fn migrate(conn: &mut Connection) -> rusqlite::Result<()> {
     if !policy_columns.iter().any(|c| c == "set_by") {
         // Versions from before it was recorded read back with `set_by: null`.
         tx.execute_batch("ALTER TABLE policies ADD COLUMN set_by TEXT")?;
+    }
+    // Token lifecycle (issue 13): ids, expiry, last use, revocation; who
+    // created an auditor. Tokens from before get a random id here and an
+    // expiry at the next start (`Db::expire_unbounded_tokens`).
+    let token_columns: Vec<String> = tx
+        .prepare("SELECT name FROM pragma_table_info('tokens')")?
+        .query_map([], |r| r.get(0))?
+        .collect::<rusqlite::Result<_>>()?;
+    for (col, ty) in [
+        ("id", "TEXT"),
+        ("expires_at", "INTEGER"),
+        ("last_used_at", "INTEGER"),
+        ("revoked_at", "INTEGER"),
+        ("created_by", "TEXT"),
+    ] {
+        if !token_columns.iter().any(|c| c == col) {
+            tx.execute_batch(&format!("ALTER TABLE tokens ADD COLUMN {col} {ty}"))?;
+        }
+    }
+    tx.execute_batch(
+        "UPDATE tokens SET id = 'tk_' || lower(hex(randomblob(8))) WHERE id IS NULL;
+         CREATE UNIQUE INDEX IF NOT EXISTS tokens_by_id ON tokens(id);
+         CREATE INDEX IF NOT EXISTS tokens_by_subject ON tokens(role, subject);",
+    )?;
+    let auditor_columns: Vec<String> = tx
+        .prepare("SELECT name FROM pragma_table_info('auditors')")?
+        .query_map([], |r| r.get(0))?
+        .collect::<rusqlite::Result<_>>()?;
+    if !auditor_columns.iter().any(|c| c == "operator_id") {
+        tx.execute_batch("ALTER TABLE auditors ADD COLUMN operator_id TEXT")?;
     }
     let table_exists = |name: &str| -> rusqlite::Result<bool> {
         tx.query_row(
@@ -350,10 +386,9 @@ pub struct Db {
     writer: Writer,
     stats: WriterStats,
     nodes: audit::NodeCache,
-    /// Token hash → caller, for tokens seen before. Tokens are immutable
-    /// and never deleted (there is no revocation yet: adding one must
-    /// evict here).
-    callers: Mutex<HashMap<String, Caller>>,
+    /// Token hash → live token, for tokens seen before (see
+    /// [`TokenCache`]: revocation evicts, expiry is checked on every hit).
+    callers: Mutex<TokenCache>,
     /// (tenant, module) → record, for modules seen before. Modules are
     /// immutable and never deleted.
     modules_seen: Mutex<HashMap<(String, Digest), Arc<ModuleRecord>>>,
@@ -362,6 +397,107 @@ pub struct Db {
     /// `interrupted`); reads overlay it on `queued` records.
     running: Mutex<HashMap<String, i64>>,
 }
+
+/// Live tokens seen before. Only revocation makes a cached token invalid
+/// (expiry is checked against the clock on every hit). A lookup that read
+/// the database before a revocation committed must not put the token back
+/// after the revocation evicted it: revocation bumps `generation` (under
+/// this same lock, after its commit), and a lookup caches what it read only
+/// if the generation is still the one it saw before reading.
+#[derive(Default)]
+struct TokenCache {
+    generation: u64,
+    live: HashMap<String, CachedToken>,
+}
+
+#[derive(Clone)]
+struct CachedToken {
+    caller: Caller,
+    expires_at: Option<i64>,
+    /// The `last_used_at` last written (or read) for this token.
+    last_used_at: Option<i64>,
+}
+
+/// `last_used_at` is written at most this often per token (ms).
+pub const LAST_USED_EVERY_MS: i64 = 60_000;
+
+/// What a bearer token is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TokenCheck {
+    Valid(Caller),
+    Unknown,
+    Expired,
+    Revoked,
+}
+
+/// A token to create, and who creates it (for its audit entry).
+pub struct NewToken<'a> {
+    pub role: Role,
+    pub subject: &'a str,
+    pub name: Option<&'a str>,
+    /// ms since the Unix epoch.
+    pub expires_at: i64,
+    /// The tenants it reaches (one `credential` entry each; none: one entry
+    /// with an empty tenant).
+    pub tenants: Vec<String>,
+}
+
+fn credential_entry(
+    action: &str,
+    id: &str,
+    role: Role,
+    subject: &str,
+    tenants: &[String],
+    expires_at: Option<i64>,
+    by: &Caller,
+) -> Vec<Entry> {
+    let one = |tenant: &str| {
+        entry(EntryBody::Credential(Credential {
+            action: action.to_string(),
+            token_id: id.to_string(),
+            role: role.as_str().to_string(),
+            subject: subject.to_string(),
+            tenant: tenant.to_string(),
+            expires_unix_ms: expires_at.and_then(|e| u64::try_from(e).ok()),
+            by_role: by.role.as_str().to_string(),
+            by_subject: by.subject.clone(),
+        }))
+    };
+    if tenants.is_empty() {
+        vec![one("")]
+    } else {
+        tenants.iter().map(|t| one(t)).collect()
+    }
+}
+
+fn row_token(r: &rusqlite::Row<'_>) -> rusqlite::Result<TokenInfo> {
+    let role: String = r.get("role")?;
+    let revoked_at: Option<i64> = r.get("revoked_at")?;
+    Ok(TokenInfo {
+        id: r.get("id")?,
+        role: Role::parse(&role).ok_or_else(|| {
+            rusqlite::Error::FromSqlConversionFailure(
+                0,
+                rusqlite::types::Type::Text,
+                format!("unknown role {role:?}").into(),
+            )
+        })?,
+        subject: r.get("subject")?,
+        name: r.get("name")?,
+        created_at: r.get("created_at")?,
+        created_by: r.get("created_by")?,
+        expires_at: r.get("expires_at")?,
+        last_used_at: r.get("last_used_at")?,
+        revoked: revoked_at.is_some(),
+        revoked_at,
+    })
+}
+
+const TOKEN_COLUMNS: &str =
+    "id, role, subject, name, created_at, created_by, expires_at, last_used_at, revoked_at";
+
+/// Most tokens one listing returns (newest first).
+pub const TOKEN_LIST_MAX: u32 = 1000;
 
 /// Bound on each of the in-memory lookup caches; a full cache is cleared.
 const CACHE_MAX: usize = 65_536;
@@ -586,69 +722,256 @@ impl Db {
 
     // ---- tokens ---------------------------------------------------------
 
-    /// Create a token for `role`/`subject`; returns the secret (shown once).
+    /// Create a token; returns the secret (shown once) with its id. `by`:
+    /// who creates it (its `credential` entries); `None` only for the
+    /// bootstrap admin token.
     pub async fn create_token(
         &self,
-        role: Role,
-        subject: &str,
-        name: Option<&str>,
-    ) -> DbResult<String> {
-        let mut b = [0u8; 32];
-        fill_random(&mut b);
-        let token = format!("kbh_{}", hex::encode(b));
-        let (hash, subject, name) = (
-            hash_token(&token),
-            subject.to_string(),
-            name.map(str::to_string),
-        );
+        t: NewToken<'_>,
+        by: Option<&Caller>,
+    ) -> DbResult<TokenCreated> {
+        let (created, row, entries) = new_token_row(&t, by);
         self.write(move |c| {
-            c.execute(
-                "INSERT INTO tokens(hash, role, subject, name, created_at) VALUES (?1, ?2, ?3, ?4, ?5)",
-                params![hash, role.as_str(), subject, name, now_ms()],
-            )?;
-            Ok(((), Vec::new()))
+            insert_token(c, &row)?;
+            Ok(((), entries))
         })
         .await?;
-        Ok(token)
+        Ok(created)
     }
 
-    /// On first start, create the platform-admin token; `None` afterwards.
-    pub async fn bootstrap_admin(&self) -> DbResult<Option<String>> {
+    /// On first start, or when no admin token is live any more (all
+    /// expired or revoked), create a platform-admin token; `None` otherwise.
+    pub async fn bootstrap_admin(&self, ttl_ms: i64) -> DbResult<Option<String>> {
         let has_admin: bool = self.with(|c| {
             c.query_row(
-                "SELECT EXISTS(SELECT 1 FROM tokens WHERE role = 'admin')",
-                [],
+                "SELECT EXISTS(SELECT 1 FROM tokens WHERE role = 'admin' AND revoked_at IS NULL
+                     AND (expires_at IS NULL OR expires_at > ?1))",
+                [now_ms()],
                 |r| r.get(0),
             )
         })?;
         if has_admin {
             return Ok(None);
         }
-        self.create_token(Role::Admin, "admin", Some("bootstrap"))
-            .await
-            .map(Some)
+        self.create_token(
+            NewToken {
+                role: Role::Admin,
+                subject: "admin",
+                name: Some("bootstrap"),
+                expires_at: now_ms().saturating_add(ttl_ms),
+                tenants: Vec::new(),
+            },
+            None,
+        )
+        .await
+        .map(|t| Some(t.token))
     }
 
-    pub fn caller(&self, token: &str) -> rusqlite::Result<Option<Caller>> {
-        let hash = hash_token(token);
-        if let Some(c) = lock(&self.callers).get(&hash) {
-            return Ok(Some(c.clone()));
-        }
-        let row: Option<(String, String)> = self.with(|c| {
-            c.prepare_cached("SELECT role, subject FROM tokens WHERE hash = ?1")?
-                .query_row([&hash], |r| Ok((r.get(0)?, r.get(1)?)))
-                .optional()
-        })?;
-        let caller =
-            row.and_then(|(role, subject)| Role::parse(&role).map(|role| Caller { role, subject }));
-        if let Some(c) = &caller {
+    /// Give tokens from before expiry existed the default lifetime from
+    /// now (so no token lives for ever). Returns how many.
+    pub async fn expire_unbounded_tokens(&self, ttl_ms: i64) -> DbResult<usize> {
+        let expires = now_ms().saturating_add(ttl_ms);
+        let (n, _) = self
+            .write(move |c| {
+                let n = c.execute(
+                    "UPDATE tokens SET expires_at = ?1 WHERE expires_at IS NULL",
+                    [expires],
+                )?;
+                Ok((n, Vec::new()))
+            })
+            .await?;
+        if n > 0 {
             let mut cache = lock(&self.callers);
-            if cache.len() >= CACHE_MAX {
-                cache.clear();
-            }
-            cache.insert(hash, c.clone());
+            cache.generation += 1;
+            cache.live.clear();
         }
-        Ok(caller)
+        Ok(n)
+    }
+
+    /// Who a bearer token belongs to, if it is live. Reads the database for
+    /// tokens not seen before (and for revoked ones, which are never
+    /// cached); checks expiry on every call; records the use at most once
+    /// a minute per token (a background write).
+    pub async fn caller(&self, token: &str) -> DbResult<TokenCheck> {
+        let hash = hash_token(token);
+        let now = now_ms();
+        let (cached, generation) = {
+            let cache = lock(&self.callers);
+            (cache.live.get(&hash).cloned(), cache.generation)
+        };
+        let tok = match cached {
+            Some(t) => t,
+            None => {
+                type Row = (String, String, Option<i64>, Option<i64>, Option<i64>);
+                let row: Option<Row> = self.with(|c| {
+                    c.prepare_cached(
+                        "SELECT role, subject, expires_at, revoked_at, last_used_at
+                         FROM tokens WHERE hash = ?1",
+                    )?
+                    .query_row([&hash], |r| {
+                        Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
+                    })
+                    .optional()
+                })?;
+                let Some((role, subject, expires_at, revoked_at, last_used_at)) = row else {
+                    return Ok(TokenCheck::Unknown);
+                };
+                let Some(role) = Role::parse(&role) else {
+                    return Ok(TokenCheck::Unknown);
+                };
+                if revoked_at.is_some() {
+                    return Ok(TokenCheck::Revoked);
+                }
+                let t = CachedToken {
+                    caller: Caller { role, subject },
+                    expires_at,
+                    last_used_at,
+                };
+                let mut cache = lock(&self.callers);
+                if cache.generation == generation {
+                    if cache.live.len() >= CACHE_MAX {
+                        cache.live.clear();
+                    }
+                    cache.live.insert(hash.clone(), t.clone());
+                }
+                t
+            }
+        };
+        if tok.expires_at.is_some_and(|e| e <= now) {
+            return Ok(TokenCheck::Expired);
+        }
+        if tok
+            .last_used_at
+            .is_none_or(|l| now.saturating_sub(l) >= LAST_USED_EVERY_MS)
+        {
+            let due = {
+                let mut cache = lock(&self.callers);
+                match cache.live.get_mut(&hash) {
+                    Some(c) if c.last_used_at == tok.last_used_at => {
+                        c.last_used_at = Some(now);
+                        true
+                    }
+                    // Another request already recorded this minute's use.
+                    Some(_) => false,
+                    // Not cached (a full cache, a revocation in between):
+                    // record it anyway; the write is idempotent.
+                    None => true,
+                }
+            };
+            if due {
+                self.write_nowait(move |c| {
+                    c.prepare_cached(
+                        "UPDATE tokens SET last_used_at = ?1
+                         WHERE hash = ?2 AND (last_used_at IS NULL OR last_used_at < ?1)",
+                    )?
+                    .execute(params![now, hash])?;
+                    Ok(())
+                })
+                .await?;
+            }
+        }
+        Ok(TokenCheck::Valid(tok.caller))
+    }
+
+    /// One token's metadata.
+    pub fn token(&self, id: &str) -> rusqlite::Result<Option<TokenInfo>> {
+        self.with(|c| {
+            c.prepare_cached(&format!("SELECT {TOKEN_COLUMNS} FROM tokens WHERE id = ?1"))?
+                .query_row([id], row_token)
+                .optional()
+        })
+    }
+
+    /// Tokens' metadata, newest first, at most [`TOKEN_LIST_MAX`]: every
+    /// token (`None`), or those of an operator's tenants and auditors.
+    pub fn tokens(&self, operator: Option<&str>) -> rusqlite::Result<Vec<TokenInfo>> {
+        self.with(|c| match operator {
+            None => c
+                .prepare(&format!(
+                    "SELECT {TOKEN_COLUMNS} FROM tokens ORDER BY created_at DESC, id LIMIT ?1"
+                ))?
+                .query_map([TOKEN_LIST_MAX], row_token)?
+                .collect(),
+            Some(op) => c
+                .prepare(&format!(
+                    "SELECT {TOKEN_COLUMNS} FROM tokens
+                     WHERE (role = 'developer' AND subject IN
+                               (SELECT id FROM tenants WHERE operator_id = ?1))
+                        OR (role = 'auditor' AND subject IN
+                               (SELECT id FROM auditors WHERE operator_id = ?1))
+                     ORDER BY created_at DESC, id LIMIT ?2"
+                ))?
+                .query_map(params![op, TOKEN_LIST_MAX], row_token)?
+                .collect(),
+        })
+    }
+
+    /// Revoke a token: from the next request on it is refused. Returns the
+    /// token's metadata after the change, and whether this call revoked it
+    /// (`false`: it was already revoked; nothing is written).
+    pub async fn revoke_token(
+        &self,
+        id: &str,
+        tenants: Vec<String>,
+        by: &Caller,
+    ) -> DbResult<Option<(TokenInfo, bool)>> {
+        let (id, by) = (id.to_string(), by.clone());
+        let (result, _) = self
+            .write(move |c| {
+                let Some(t) = c
+                    .prepare_cached(&format!("SELECT {TOKEN_COLUMNS} FROM tokens WHERE id = ?1"))?
+                    .query_row([&id], row_token)
+                    .optional()?
+                else {
+                    return Ok((None, Vec::new()));
+                };
+                if t.revoked {
+                    return Ok((Some((t, false)), Vec::new()));
+                }
+                let now = now_ms();
+                c.execute(
+                    "UPDATE tokens SET revoked_at = ?1 WHERE id = ?2",
+                    params![now, id],
+                )?;
+                let entries = credential_entry(
+                    "revoked",
+                    &id,
+                    t.role,
+                    &t.subject,
+                    &tenants,
+                    t.expires_at,
+                    &by,
+                );
+                let t = TokenInfo {
+                    revoked: true,
+                    revoked_at: Some(now),
+                    ..t
+                };
+                Ok((Some((t, true)), entries))
+            })
+            .await?;
+        if let Some((_, true)) = &result {
+            // After the commit: a lookup that read the row before it must
+            // not cache it (see `TokenCache`).
+            let mut cache = lock(&self.callers);
+            cache.generation += 1;
+            cache.live.clear();
+        }
+        Ok(result)
+    }
+
+    /// The operator that created an auditor (`None`: an admin did, or no
+    /// such auditor).
+    pub fn auditor_operator(&self, auditor_id: &str) -> rusqlite::Result<Option<String>> {
+        self.with(|c| {
+            c.query_row(
+                "SELECT operator_id FROM auditors WHERE id = ?1",
+                [auditor_id],
+                |r| r.get(0),
+            )
+            .optional()
+            .map(Option::flatten)
+        })
     }
 
     // ---- operators ------------------------------------------------------
@@ -879,18 +1202,41 @@ impl Db {
 
     // ---- auditors -------------------------------------------------------
 
-    pub async fn create_auditor(&self, name: &str, tenants: &[String]) -> DbResult<Auditor> {
+    /// Create an auditor granted `tenants` and its token, in one
+    /// transaction with the token's `credential` entries. `operator`: the
+    /// operator creating it (its tenants only; the caller checks).
+    pub async fn create_auditor(
+        &self,
+        name: &str,
+        tenants: &[String],
+        operator: Option<&str>,
+        expires_at: i64,
+        by: &Caller,
+    ) -> DbResult<(Auditor, TokenCreated)> {
+        let mut tenants = tenants.to_vec();
+        tenants.sort();
+        tenants.dedup();
         let a = Auditor {
             id: new_id("au"),
             name: name.to_string(),
-            tenants: tenants.to_vec(),
+            tenants: tenants.clone(),
             created_at: now_ms(),
         };
-        let row = a.clone();
+        let (created, token_row, entries) = new_token_row(
+            &NewToken {
+                role: Role::Auditor,
+                subject: &a.id,
+                name: Some(name),
+                expires_at,
+                tenants,
+            },
+            Some(by),
+        );
+        let (row, operator) = (a.clone(), operator.map(str::to_string));
         self.write(move |tx| {
             tx.execute(
-                "INSERT INTO auditors(id, name, created_at) VALUES (?1, ?2, ?3)",
-                params![row.id, row.name, row.created_at],
+                "INSERT INTO auditors(id, name, created_at, operator_id) VALUES (?1, ?2, ?3, ?4)",
+                params![row.id, row.name, row.created_at, operator],
             )?;
             for t in &row.tenants {
                 tx.execute(
@@ -898,10 +1244,11 @@ impl Db {
                     params![row.id, t],
                 )?;
             }
-            Ok(((), Vec::new()))
+            insert_token(tx, &token_row)?;
+            Ok(((), entries))
         })
         .await?;
-        Ok(a)
+        Ok((a, created))
     }
 
     pub fn auditor_grants(&self, auditor_id: &str) -> rusqlite::Result<Vec<String>> {
@@ -1334,6 +1681,72 @@ impl Period {
             Period::Month => "%Y-%m",
         }
     }
+}
+
+/// A token row to insert (see [`Db::create_token`]).
+struct TokenRow {
+    hash: String,
+    id: String,
+    role: Role,
+    subject: String,
+    name: Option<String>,
+    created_at: i64,
+    created_by: Option<String>,
+    expires_at: i64,
+}
+
+fn new_token_row(t: &NewToken<'_>, by: Option<&Caller>) -> (TokenCreated, TokenRow, Vec<Entry>) {
+    let mut b = [0u8; 32];
+    fill_random(&mut b);
+    let secret = format!("kbh_{}", hex::encode(b));
+    let id = new_id("tk");
+    let entries = by.map_or_else(Vec::new, |by| {
+        credential_entry(
+            "created",
+            &id,
+            t.role,
+            t.subject,
+            &t.tenants,
+            Some(t.expires_at),
+            by,
+        )
+    });
+    let row = TokenRow {
+        hash: hash_token(&secret),
+        id: id.clone(),
+        role: t.role,
+        subject: t.subject.to_string(),
+        name: t.name.map(str::to_string),
+        created_at: now_ms(),
+        created_by: by.map(|b| format!("{}:{}", b.role.as_str(), b.subject)),
+        expires_at: t.expires_at,
+    };
+    let created = TokenCreated {
+        token: secret,
+        role: t.role,
+        subject: t.subject.to_string(),
+        id,
+        expires_at: Some(t.expires_at),
+    };
+    (created, row, entries)
+}
+
+fn insert_token(c: &Connection, t: &TokenRow) -> rusqlite::Result<()> {
+    c.execute(
+        "INSERT INTO tokens(hash, id, role, subject, name, created_at, created_by, expires_at)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+        params![
+            t.hash,
+            t.id,
+            t.role.as_str(),
+            t.subject,
+            t.name,
+            t.created_at,
+            t.created_by,
+            t.expires_at
+        ],
+    )?;
+    Ok(())
 }
 
 pub fn hash_token(token: &str) -> String {

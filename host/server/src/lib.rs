@@ -12,6 +12,7 @@
 //! and receipts.
 
 pub mod api;
+pub mod at_rest;
 pub mod audit;
 pub mod audit_api;
 pub mod auth;
@@ -23,6 +24,7 @@ pub mod error;
 pub mod metrics;
 pub mod placement;
 pub mod scheduler;
+pub mod tokens;
 pub mod writer;
 
 use std::collections::HashMap;
@@ -32,7 +34,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
-use axum::routing::{get, post};
+use axum::routing::{delete, get, post};
 use kasbah_core::Digest;
 use kasbah_core::api::PolicyRecord;
 use kasbah_runtime::{Module, Runtime, RuntimeConfig};
@@ -173,7 +175,7 @@ impl AppState {
         api::create_operator, api::list_operators, api::create_operator_token, api::put_operator_ceiling,
         api::create_tenant, api::list_tenants, api::get_tenant, api::get_policy, api::put_policy,
         api::policy_versions,
-        api::create_tenant_token, api::create_auditor,
+        api::create_tenant_token, api::create_auditor, api::list_tokens, api::revoke_token,
         api::publish_module, api::list_modules, api::get_module,
         api::create_run, api::get_run, api::get_run_output, api::list_runs,
         datasets::create_dataset, datasets::list_datasets, datasets::get_dataset,
@@ -246,6 +248,8 @@ pub fn router(state: AppState) -> Router {
         )
         .route("/v1/tenants/{id}/tokens", post(api::create_tenant_token))
         .route("/v1/auditors", post(api::create_auditor))
+        .route("/v1/tokens", get(api::list_tokens))
+        .route("/v1/tokens/{id}", delete(api::revoke_token))
         .route(
             "/v1/modules",
             post(api::publish_module).get(api::list_modules),
@@ -282,7 +286,8 @@ pub fn router(state: AppState) -> Router {
 /// A started server.
 pub struct Server {
     pub addr: SocketAddr,
-    /// The platform-admin token, only on the very first start of a data dir.
+    /// A new platform-admin token: on the first start of a data dir, and on
+    /// a start that finds no live admin token (all expired or revoked).
     pub admin_token: Option<String>,
     /// Runs found in flight from a previous process and marked interrupted.
     pub interrupted_runs: usize,
@@ -320,7 +325,8 @@ pub async fn start(mut config: ServerConfig) -> anyhow::Result<Server> {
     config.check()?;
     // From here on `zones.node` holds the node's zones, resolved.
     config.zones.node = config.node_zones();
-    std::fs::create_dir_all(&config.data_dir)?;
+    at_rest::prepare(&config.data_dir)
+        .map_err(|e| anyhow::anyhow!("securing the data dir {}: {e}", config.data_dir.display()))?;
     datasets::clean_scratch(&config.data_dir.join("scratch"));
     let audit = AuditKey::load_or_create(&config.data_dir, &config.audit_origin)?;
     if !config.fsync_every_commit {
@@ -333,7 +339,17 @@ pub async fn start(mut config: ServerConfig) -> anyhow::Result<Server> {
         &config.data_dir.join("kasbah.db"),
         config.fsync_every_commit,
     )?;
-    let admin_token = db.bootstrap_admin().await?;
+    let ttl_ms = tokens::default_ttl_ms(&config);
+    // SQLite made `-wal`/`-shm` with the database's mode; make sure.
+    at_rest::fix_db_files(&config.data_dir)?;
+    let admin_token = db.bootstrap_admin(ttl_ms).await?;
+    let unbounded = db.expire_unbounded_tokens(ttl_ms).await?;
+    if unbounded > 0 {
+        tracing::warn!(
+            "{unbounded} tokens from before token expiry existed now expire in {} days",
+            config.token_ttl_seconds / 86_400
+        );
+    }
     let interrupted_runs = db.interrupt_inflight().await?;
     let blobs = Blobs::open(&config.data_dir.join("blobs"))?;
     let runtime = Runtime::new(RuntimeConfig {

@@ -86,7 +86,11 @@ impl Client {
     }
 
     async fn send_bytes(rb: reqwest::RequestBuilder) -> Result<Vec<u8>> {
-        let resp = rb.send().await?;
+        Self::check(rb.send().await?).await
+    }
+
+    /// The body of a successful response, else the API error it carries.
+    async fn check(resp: reqwest::Response) -> Result<Vec<u8>> {
         let status = resp.status();
         let bytes = resp.bytes().await?;
         if !status.is_success() {
@@ -132,14 +136,34 @@ impl Client {
     }
 
     pub async fn operator_token(&self, operator: &str) -> Result<TokenCreated> {
+        self.operator_token_with(operator, &CreateToken::default())
+            .await
+    }
+
+    /// An operator token with a name and/or a lifetime.
+    pub async fn operator_token_with(
+        &self,
+        operator: &str,
+        req: &CreateToken,
+    ) -> Result<TokenCreated> {
         Self::send(
             self.req(
                 reqwest::Method::POST,
                 &format!("/v1/operators/{operator}/tokens"),
             )
-            .json(&CreateToken { name: None }),
+            .json(req),
         )
         .await
+    }
+
+    /// Metadata of the tokens this caller manages (never their secrets).
+    pub async fn tokens(&self) -> Result<Vec<TokenInfo>> {
+        Self::send(self.req(reqwest::Method::GET, "/v1/tokens")).await
+    }
+
+    /// Revoke a token by id (idempotent).
+    pub async fn revoke_token(&self, id: &str) -> Result<TokenInfo> {
+        Self::send(self.req(reqwest::Method::DELETE, &format!("/v1/tokens/{id}"))).await
     }
 
     pub async fn create_tenant(&self, req: &CreateTenant) -> Result<Tenant> {
@@ -151,12 +175,18 @@ impl Client {
     }
 
     pub async fn tenant_token(&self, tenant: &str) -> Result<TokenCreated> {
+        self.tenant_token_with(tenant, &CreateToken::default())
+            .await
+    }
+
+    /// A developer token with a name and/or a lifetime.
+    pub async fn tenant_token_with(&self, tenant: &str, req: &CreateToken) -> Result<TokenCreated> {
         Self::send(
             self.req(
                 reqwest::Method::POST,
                 &format!("/v1/tenants/{tenant}/tokens"),
             )
-            .json(&CreateToken { name: None }),
+            .json(req),
         )
         .await
     }
@@ -202,15 +232,33 @@ impl Client {
         version: &str,
         progress: impl Fn(u64, u64) + Send + Sync + 'static,
     ) -> Result<ModuleRecord> {
+        Ok(self.publish_checked(path, name, version, progress).await?.0)
+    }
+
+    /// [`Self::publish`], also saying whether this request stored the
+    /// module (`true`, HTTP 201) or the server already had these bytes for
+    /// the tenant (`false`, 200: the record returned is the existing one,
+    /// whose name and version may differ from those asked for).
+    pub async fn publish_checked(
+        &self,
+        path: &Path,
+        name: &str,
+        version: &str,
+        progress: impl Fn(u64, u64) + Send + Sync + 'static,
+    ) -> Result<(ModuleRecord, bool)> {
         let (total, body) = upload_body(path, progress).await?;
-        Self::send(
-            self.req(reqwest::Method::POST, "/v1/modules")
-                .query(&[("name", name), ("version", version)])
-                .header("content-type", "application/wasm")
-                .header("content-length", total)
-                .body(body),
-        )
-        .await
+        let resp = self
+            .req(reqwest::Method::POST, "/v1/modules")
+            .query(&[("name", name), ("version", version)])
+            .header("content-type", "application/wasm")
+            .header("content-length", total)
+            .body(body)
+            .send()
+            .await?;
+        let created = resp.status() == reqwest::StatusCode::CREATED;
+        let bytes = Self::check(resp).await?;
+        let m = serde_json::from_slice(&bytes).map_err(|e| Error::Decode(e.to_string()))?;
+        Ok((m, created))
     }
 
     pub async fn modules(&self) -> Result<Vec<ModuleRecord>> {
