@@ -350,6 +350,7 @@ pub(crate) async fn receive_upload(
 }
 
 #[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct PublishParams {
     /// Module name (letters, digits, `-_.`).
     pub name: String,
@@ -516,6 +517,7 @@ pub async fn publish_module(
 }
 
 #[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct TenantFilter {
     /// Restrict to one tenant (admins and auditors).
     pub tenant: Option<String>,
@@ -923,6 +925,7 @@ pub async fn get_run_output(
 }
 
 #[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct RunsQuery {
     pub tenant: Option<String>,
     /// At most this many, newest first (default 50, max 1000).
@@ -951,6 +954,7 @@ pub async fn list_runs(
 // ---- usage ----------------------------------------------------------------------
 
 #[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct UsageQuery {
     pub tenant: Option<String>,
     /// `hour`, `day` (default) or `month`.
@@ -1015,6 +1019,10 @@ fn json_error(e: axum::extract::rejection::JsonRejection) -> ApiError {
             "unsupported_media_type",
             "expected `Content-Type: application/json`",
         ),
+        BytesRejection(e) => {
+            let (status, text) = (e.status(), e.body_text());
+            crate::error::body_error(status, text, &e)
+        }
         other => ApiError::bad_request("invalid_request", other.body_text()),
     }
 }

@@ -98,6 +98,7 @@ pub async fn checkpoint(State(s): State<AppState>, _caller: Caller) -> ApiResult
 }
 
 #[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct EntriesQuery {
     /// First index.
     pub start: u64,
@@ -181,6 +182,7 @@ pub async fn entries(
 }
 
 #[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct InclusionQuery {
     /// Leaf index.
     pub index: u64,
@@ -208,6 +210,7 @@ pub async fn inclusion(
 }
 
 #[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct ConsistencyQuery {
     /// Old tree size (> 0).
     pub old: u64,
@@ -271,6 +274,7 @@ pub async fn run_receipt(
 }
 
 #[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct ReceiptQuery {
     /// The publishing tenant (admins and auditors reading several tenants).
     pub tenant: Option<String>,

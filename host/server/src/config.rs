@@ -47,6 +47,21 @@ pub struct ServerConfig {
     pub audit_origin: String,
     /// Most entries one `GET /v1/audit/entries` examines.
     pub audit_page: u64,
+    /// A request's head (request line and headers) must arrive within this
+    /// long of the server starting to wait for it (see `http.rs`): this also
+    /// bounds how long an idle keep-alive connection stays open.
+    pub header_read_timeout_ms: u64,
+    /// A request body that sends nothing for this long is cut off (408).
+    pub body_timeout_ms: u64,
+    /// A keep-alive connection with no request in flight and no traffic
+    /// for this long is closed.
+    pub keep_alive_timeout_ms: u64,
+    /// Most open client connections; lowered at start to stay below the
+    /// process's open-file limit (which is raised to its hard limit).
+    pub max_connections: usize,
+    /// On SIGTERM/SIGINT: how long in-flight requests and runs may take to
+    /// finish before the server exits anyway.
+    pub shutdown_grace_ms: u64,
 }
 
 impl Default for ServerConfig {
@@ -71,6 +86,11 @@ impl Default for ServerConfig {
             fsync_every_commit: true,
             audit_origin: "kasbah.local/log".into(),
             audit_page: 1000,
+            header_read_timeout_ms: 10_000,
+            body_timeout_ms: 30_000,
+            keep_alive_timeout_ms: 5_000,
+            max_connections: 4096,
+            shutdown_grace_ms: 30_000,
         }
     }
 }

@@ -20,6 +20,7 @@ pub mod config;
 pub mod datasets;
 pub mod db;
 pub mod error;
+pub mod http;
 pub mod metrics;
 pub mod placement;
 pub mod scheduler;
@@ -29,6 +30,7 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::ops::Deref;
 use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
 
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
@@ -267,6 +269,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/usage", get(api::usage))
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(max_body))
+        .layer(axum::middleware::map_response(error::envelope))
         .with_state(state)
 }
 
@@ -278,8 +281,10 @@ pub struct Server {
     /// Runs found in flight from a previous process and marked interrupted.
     pub interrupted_runs: usize,
     pub state: AppState,
-    task: tokio::task::JoinHandle<std::io::Result<()>>,
-    stop: tokio::sync::oneshot::Sender<()>,
+    /// The connection limits in force (the cap after the fd limit).
+    pub limits: http::ConnLimits,
+    task: tokio::task::JoinHandle<()>,
+    stop: tokio::sync::oneshot::Sender<std::time::Duration>,
 }
 
 impl Server {
@@ -289,17 +294,39 @@ impl Server {
         self.task.abort();
     }
 
-    /// Serve until the listener fails.
-    pub async fn wait(self) -> anyhow::Result<()> {
-        self.task.await??;
-        Ok(())
+    /// Serve until `signal` resolves, then [`Self::shutdown`] within the
+    /// configured grace period.
+    pub async fn serve_until(self, signal: impl Future<Output = ()>) -> anyhow::Result<()> {
+        let grace = Duration::from_millis(self.state.config.shutdown_grace_ms);
+        signal.await;
+        tracing::info!("shutting down (grace period {grace:?})");
+        self.shutdown_within(grace).await
     }
 
     /// Stop accepting requests, let in-flight ones finish, commit what the
     /// writer has queued and stop it. The data dir can then be reopened.
     pub async fn shutdown(self) -> anyhow::Result<()> {
-        let _ = self.stop.send(());
-        self.task.await??;
+        self.shutdown_within(Duration::from_secs(3600)).await
+    }
+
+    /// Shut down: new connections are refused at once; requests in flight
+    /// (a synchronous run included) and runs still executing get until
+    /// `grace` to finish; then the writer commits what it has queued and
+    /// stops. Runs still executing past the grace period are marked
+    /// interrupted on the next start.
+    pub async fn shutdown_within(self, grace: Duration) -> anyhow::Result<()> {
+        let deadline = tokio::time::Instant::now() + grace;
+        let _ = self.stop.send(grace);
+        self.task.await?;
+        // Runs detached from their request (async runs, or sync runs whose
+        // client stopped waiting) finish and store their records too.
+        while self.state.scheduler.in_flight() > 0 && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let left = self.state.scheduler.in_flight();
+        if left > 0 {
+            tracing::warn!("{left} runs still executing at shutdown; marked interrupted at next start");
+        }
         let state = self.state;
         tokio::task::spawn_blocking(move || state.db.close()).await?;
         Ok(())
@@ -338,6 +365,15 @@ pub async fn start(mut config: ServerConfig) -> anyhow::Result<Server> {
     .map_err(|e| anyhow::anyhow!("starting the sandbox runtime: {e:#}"))?;
     let guests = GuestThreads::new(config.guest_threads)?;
     let scheduler = Scheduler::new(config.workers.max(1), config.queue_depth);
+    let fd_limit = http::raise_fd_limit();
+    let limits = http::ConnLimits::new(&config, fd_limit);
+    if limits.max_connections < config.max_connections {
+        tracing::info!(
+            "at most {} connections (open-file limit {})",
+            limits.max_connections,
+            fd_limit.unwrap_or_default()
+        );
+    }
     let listener = tokio::net::TcpListener::bind(config.listen).await?;
     let addr = listener.local_addr()?;
     let mut metrics = Metrics::new();
@@ -354,23 +390,21 @@ pub async fn start(mut config: ServerConfig) -> anyhow::Result<Server> {
         policies: Mutex::default(),
     }));
     let app = router(state.clone());
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let task = tokio::spawn(async move {
-        axum::serve(listener, app)
-            .with_graceful_shutdown(async move {
-                // Only an explicit `shutdown()` stops the server; dropping
-                // the `Server` handle does not.
-                if stopped.await.is_err() {
-                    std::future::pending::<()>().await;
-                }
-            })
-            .await
-    });
+    let (stop, stopped) = tokio::sync::oneshot::channel::<Duration>();
+    let task = tokio::spawn(http::serve(listener, app, limits, async move {
+        // Only an explicit shutdown stops the server; dropping the
+        // `Server` handle does not.
+        match stopped.await {
+            Ok(grace) => grace,
+            Err(_) => std::future::pending().await,
+        }
+    }));
     Ok(Server {
         addr,
         admin_token,
         interrupted_runs,
         state,
+        limits,
         task,
         stop,
     })
