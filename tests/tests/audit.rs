@@ -763,6 +763,22 @@ async fn bad_audit_parameters_are_400_with_stable_codes() {
     }
 }
 
+/// Indices past the end of the log, up to 2^64 - 1, are a client's mistake:
+/// 404, and no corruption alarm in the server's log.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_huge_entry_index_is_not_corruption() {
+    let f = Fixture::new().await;
+    f.tenant("t", None).await;
+    let admin = f.admin();
+    for index in [2, 1 << 62, (1 << 63) - 1, 1 << 63, u64::MAX - 1, u64::MAX] {
+        let e = admin.entry_receipt(index).await.expect_err("no such entry");
+        assert_eq!(api_code(&e), (404, "not_found".into()), "index {index}");
+    }
+    admin.entry_receipt(1).await.expect("a real entry");
+    let log = std::fs::read_to_string(f.tmp.path().join("server.log")).expect("server log");
+    assert!(!log.contains("AUDIT LOG CORRUPT"), "{log}");
+}
+
 /// Open the server's database as an attacker with the file would.
 fn tamper(db: &Path, sql: &str) {
     let c = rusqlite::Connection::open(db).expect("open db");
@@ -863,6 +879,9 @@ async fn a_changed_entry_is_caught_by_verify_and_watch() {
     // to vouch for it.
     let e = dev.run_receipt(&r.id).await.expect_err("refused");
     assert_eq!(api_code(&e), (500, "audit_log_corrupt".into()));
+    // ...and raises the alarm in its log: real corruption.
+    let log = std::fs::read_to_string(f.tmp.path().join("server.log")).expect("server log");
+    assert!(log.contains("AUDIT LOG CORRUPT"), "{log}");
     // A receipt carrying the altered entry fails verification offline.
     let mut forged = honest.clone();
     forged.entry = forged_bytes.clone();

@@ -293,3 +293,85 @@ async fn sigterm_lets_an_inflight_sync_run_finish_then_exits_0() {
     let log = std::fs::read_to_string(tmp.path().join("server.log")).unwrap_or_default();
     assert!(!log.contains("marked interrupted"), "{log}");
 }
+
+/// Every error a client can cause is the JSON envelope with a stable code:
+/// framework rejections (malformed JSON, wrong types, bad query strings and
+/// paths, a missing content type, an oversize body, unknown routes, wrong
+/// methods) included, and none is a 5xx.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_error_is_the_json_envelope() {
+    let p = kasbah_tests::platform::Platform::start_with(|c| c.max_request_bytes = 4096).await;
+    let admin_token = p.server.admin_token.clone().expect("admin token");
+    let (t, _) = p.tenant("t", None).await;
+    let http = reqwest::Client::new();
+    let big = format!("{{\"name\":\"{}\"}}", "a".repeat(10_000));
+    let json = "application/json";
+    // (method, path, content type, body, status, code)
+    let cases: Vec<(&str, String, Option<&str>, String, u16, &str)> = vec![
+        ("POST", "/v1/tenants".into(), Some(json), "{\"name\":".into(), 400, "invalid_request"),
+        ("POST", "/v1/tenants".into(), Some(json), "{\"name\": 5}".into(), 422, "invalid_request"),
+        ("POST", "/v1/tenants".into(), None, "{\"name\":\"x\"}".into(), 415, "unsupported_media_type"),
+        ("POST", "/v1/tenants".into(), Some("text/plain"), "{}".into(), 415, "unsupported_media_type"),
+        ("POST", "/v1/tenants".into(), Some(json), big.clone(), 413, "payload_too_large"),
+        ("PUT", format!("/v1/tenants/{}/policy", t.id), Some(json), big.clone(), 413, "payload_too_large"),
+        ("POST", format!("/v1/tenants/{}/tokens", t.id), Some(json), "[1,".into(), 400, "invalid_request"),
+        ("POST", "/v1/runs".into(), Some(json), "{\"module\": []}".into(), 422, "invalid_request"),
+        ("GET", "/v1/runs?limit=x".into(), None, String::new(), 400, "invalid_request"),
+        ("GET", "/v1/runs?limit=-1".into(), None, String::new(), 400, "invalid_request"),
+        ("GET", "/v1/modules?tenant=a&tenant=b".into(), None, String::new(), 400, "invalid_request"),
+        ("GET", "/v1/usage?period=week".into(), None, String::new(), 400, "invalid_request"),
+        ("GET", "/v1/usage?from=1e3".into(), None, String::new(), 400, "invalid_request"),
+        ("GET", "/v1/datasets?tenant=%ff".into(), None, String::new(), 400, "invalid_request"),
+        ("GET", "/v1/nothing-here".into(), None, String::new(), 404, "not_found"),
+        ("DELETE", "/v1/tenants".into(), None, String::new(), 405, "method_not_allowed"),
+        ("PATCH", "/v1/whoami".into(), None, String::new(), 405, "method_not_allowed"),
+        ("GET", "/v1/audit/entries/18446744073709551615/receipt".into(), None, String::new(), 404, "not_found"),
+        ("GET", "/v1/audit/entries/9223372036854775808/receipt".into(), None, String::new(), 404, "not_found"),
+        ("GET", "/v1/audit/entries/9223372036854775807/receipt".into(), None, String::new(), 404, "not_found"),
+        ("GET", "/v1/audit/entries/18446744073709551616/receipt".into(), None, String::new(), 400, "invalid_request"),
+        ("GET", "/v1/audit/entries?start=18446744073709551615".into(), None, String::new(), 400, "out_of_range"),
+    ];
+    for (method, path, ct, body, status, code) in cases {
+        let mut req = http
+            .request(method.parse().expect("method"), format!("{}{path}", p.url))
+            .bearer_auth(&admin_token)
+            .body(body);
+        if let Some(ct) = ct {
+            req = req.header("content-type", ct);
+        }
+        let resp = req.send().await.expect("send");
+        let got = resp.status().as_u16();
+        let ctype = resp
+            .headers()
+            .get("content-type")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .to_string();
+        let allow = resp.headers().get("allow").is_some();
+        let text = resp.text().await.expect("body");
+        let v: serde_json::Value = serde_json::from_str(&text)
+            .unwrap_or_else(|e| panic!("{method} {path}: not JSON ({e}): {ctype} {text}"));
+        assert_eq!(
+            (got, v["error"]["code"].as_str().unwrap_or("")),
+            (status, code),
+            "{method} {path}: {text}"
+        );
+        assert!(ctype.starts_with("application/json"), "{method} {path}: {ctype}");
+        assert!(
+            v["error"]["message"].as_str().is_some_and(|m| !m.is_empty()),
+            "{method} {path}: {text}"
+        );
+        if status == 405 {
+            assert!(allow, "{method} {path}: a 405 says what is allowed");
+        }
+    }
+    // Unauthenticated requests too.
+    let resp = http
+        .get(format!("{}/v1/whoami", p.url))
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(resp.status().as_u16(), 401);
+    let v: serde_json::Value = resp.json().await.expect("json");
+    assert_eq!(v["error"]["code"], "unauthenticated");
+}

@@ -305,7 +305,7 @@ pub async fn module_receipt(
     params(("index" = u64, Path, description = "Entry index")),
     responses((status = 200, body = AuditReceipt, description = "Any entry the caller may read (e.g. a denial), proven into the latest checkpoint"),
         (status = 400, body = ErrorBody, description = "`invalid_request` (not a number)"),
-        (status = 404, body = ErrorBody, description = "no such entry, or another tenant's")))]
+        (status = 404, body = ErrorBody, description = "no such entry (past the end of the log), or another tenant's")))]
 pub async fn entry_receipt(
     State(s): State<AppState>,
     caller: Caller,
@@ -317,6 +317,11 @@ pub async fn entry_receipt(
         _ => Some(caller.readable_tenants(&s, None)?),
     };
     s.db.audit_read(|snap| {
+        // Past the end is a client's mistake, not corruption (an index near
+        // 2^64 does not even fit in SQLite's integers).
+        if index >= snap.size {
+            return Err(ApiError::not_found("audit entry"));
+        }
         let Some(e) = audit::entries(snap.conn, index..index.saturating_add(1), None, 1)?.pop()
         else {
             return Err(ApiError::not_found("audit entry"));

@@ -183,9 +183,86 @@ impl AppState {
         audit_api::inclusion, audit_api::consistency,
         audit_api::run_receipt, audit_api::module_receipt, audit_api::entry_receipt,
     ),
+    components(schemas(db::Period, error::ErrorBody)),
     modifiers(&BearerAuth)
 )]
 pub struct ApiDoc;
+
+/// Routes any authenticated caller may use, whatever the role.
+const ANY_ROLE: &[&str] = &[
+    "/v1/whoami",
+    "/v1/audit/key",
+    "/v1/audit/checkpoint",
+    "/v1/audit/proof/inclusion",
+    "/v1/audit/proof/consistency",
+];
+
+/// The document as served: [`ApiDoc`] plus the error statuses every route
+/// shares, added by rule so a new route cannot forget them (a status a
+/// handler documents itself keeps its own description):
+/// 401 everywhere (every route needs a token); 403 where roles matter;
+/// 404 except on [`ANY_ROLE`] routes without path parameters; 400 where
+/// there are parameters or a body; 408/413 where there is a body; 415 and
+/// 422 where the body is JSON. Every error is the `ErrorBody` envelope.
+pub fn openapi_document() -> serde_json::Value {
+    let mut doc = serde_json::to_value(ApiDoc::openapi()).unwrap_or_default();
+    let Some(paths) = doc.get_mut("paths").and_then(|p| p.as_object_mut()) else {
+        return doc;
+    };
+    for (path, item) in paths.iter_mut() {
+        let Some(item) = item.as_object_mut() else {
+            continue;
+        };
+        for (_method, op) in item.iter_mut() {
+            let Some(op) = op.as_object_mut() else {
+                continue;
+            };
+            let params = op
+                .get("parameters")
+                .and_then(|p| p.as_array())
+                .map_or(0, Vec::len);
+            let body = op.get("requestBody");
+            let has_body = body.is_some();
+            let json_body = body
+                .and_then(|b| b.pointer("/content/application~1json"))
+                .is_some();
+            let any_role = ANY_ROLE.contains(&path.as_str());
+            let mut add = vec![("401", "`unauthenticated`: no token, or an unknown, expired or revoked one")];
+            if !any_role {
+                add.push(("403", "`forbidden`: the caller's role may not do this"));
+            }
+            if !any_role || path.contains('{') {
+                add.push(("404", "`not_found`: no such object, or one the caller may not see"));
+            }
+            if params > 0 || has_body {
+                add.push(("400", "`invalid_request`: malformed parameters or body"));
+            }
+            if has_body {
+                add.push(("408", "`request_timeout`: the body stopped arriving"));
+                add.push(("413", "`payload_too_large` (or a more specific `*_too_large`)"));
+            }
+            if json_body {
+                add.push(("415", "`unsupported_media_type`: not `Content-Type: application/json`"));
+                add.push(("422", "`invalid_request`: well-formed JSON of the wrong shape"));
+            }
+            let responses = op
+                .entry("responses")
+                .or_insert_with(|| serde_json::json!({}));
+            let Some(responses) = responses.as_object_mut() else {
+                continue;
+            };
+            for (status, description) in add {
+                responses.entry(status).or_insert_with(|| {
+                    serde_json::json!({
+                        "description": description,
+                        "content": {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorBody"}}}
+                    })
+                });
+            }
+        }
+    }
+    doc
+}
 
 struct BearerAuth;
 
@@ -206,8 +283,9 @@ impl utoipa::Modify for BearerAuth {
     }
 }
 
-async fn openapi_json() -> axum::Json<utoipa::openapi::OpenApi> {
-    axum::Json(ApiDoc::openapi())
+async fn openapi_json() -> axum::Json<serde_json::Value> {
+    static DOC: std::sync::OnceLock<serde_json::Value> = std::sync::OnceLock::new();
+    axum::Json(DOC.get_or_init(openapi_document).clone())
 }
 
 async fn not_found() -> ApiError {
