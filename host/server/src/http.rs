@@ -174,9 +174,10 @@ impl Registry {
             victim.evicted.store(true, Ordering::Relaxed);
             victim.evict.notify_one();
         }
-        // Evicted connections close within moments; beyond twice the cap
-        // something is stuck and the newcomer is refused.
-        if open.len() >= cap.saturating_mul(2) {
+        // Evicted connections close within moments, but until they do
+        // they hold descriptors: past a sixteenth over the cap the newcomer
+        // is refused rather than risk the server's own files.
+        if open.len() > cap.saturating_add(cap / 16) {
             return None;
         }
         let id = self.next.fetch_add(1, Ordering::Relaxed);

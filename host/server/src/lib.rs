@@ -206,6 +206,8 @@ const ANY_ROLE: &[&str] = &[
 /// 422 where the body is JSON. Every error is the `ErrorBody` envelope.
 pub fn openapi_document() -> serde_json::Value {
     let mut doc = serde_json::to_value(ApiDoc::openapi()).unwrap_or_default();
+    widen_unsigned_int32(&mut doc);
+    raw_bodies_are_binary(&mut doc);
     let Some(paths) = doc.get_mut("paths").and_then(|p| p.as_object_mut()) else {
         return doc;
     };
@@ -280,6 +282,45 @@ impl utoipa::Modify for BearerAuth {
             "bearer",
             Vec::<String>::new(),
         )]);
+    }
+}
+
+/// utoipa documents `u32` as `int32` (minimum 0), whose range stops at
+/// 2^31 - 1 while the server accepts up to 2^32 - 1: document the real range.
+fn widen_unsigned_int32(v: &mut serde_json::Value) {
+    match v {
+        serde_json::Value::Object(m) => {
+            let unsigned32 = m.get("format").and_then(|f| f.as_str()) == Some("int32")
+                && m.get("minimum").and_then(|x| x.as_f64()) == Some(0.0)
+                && m.get("maximum").is_none();
+            if unsigned32 {
+                m.insert("format".into(), "int64".into());
+                m.insert("maximum".into(), u32::MAX.into());
+            }
+            m.values_mut().for_each(widen_unsigned_int32);
+        }
+        serde_json::Value::Array(a) => a.iter_mut().for_each(widen_unsigned_int32),
+        _ => {}
+    }
+}
+
+/// Streamed uploads (modules, datasets) are raw bytes, not JSON arrays.
+fn raw_bodies_are_binary(doc: &mut serde_json::Value) {
+    let Some(paths) = doc.get_mut("paths").and_then(|p| p.as_object_mut()) else {
+        return;
+    };
+    for op in paths.values_mut().filter_map(|i| i.as_object_mut()).flat_map(|i| i.values_mut()) {
+        let Some(content) = op
+            .pointer_mut("/requestBody/content")
+            .and_then(|c| c.as_object_mut())
+        else {
+            continue;
+        };
+        for (ct, media) in content.iter_mut() {
+            if ct != "application/json" {
+                media["schema"] = serde_json::json!({"type": "string", "format": "binary"});
+            }
+        }
     }
 }
 

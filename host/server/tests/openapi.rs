@@ -213,14 +213,21 @@ fn integers_have_formats_that_hold_what_the_server_accepts() {
         let max = s["maximum"].as_f64();
         match s["format"].as_str() {
             Some("int32") => {
-                // An unsigned 32-bit value does not fit in int32.
-                if min == Some(0.0) && max.is_none() {
-                    problems.push(format!("{at}: u32 documented as int32 without a maximum"));
+                // utoipa's u32 is int32 from 0: 2^31 and above would be
+                // refused by a client trusting the document, accepted by
+                // the server.
+                if min == Some(0.0) {
+                    problems.push(format!("{at}: unsigned documented as int32"));
+                }
+                if max.is_some_and(|m| m > f64::from(i32::MAX)) {
+                    problems.push(format!("{at}: int32 with maximum {max:?}"));
                 }
             }
-            Some("int64") => {}
-            Some("uint64") | Some("uint32") | Some("uint16") | Some("uint8") | Some("int8")
-            | Some("int16") => {}
+            Some("int64") => {
+                if max.is_some_and(|m| m > 9.223_372_036_854_776e18) {
+                    problems.push(format!("{at}: int64 with maximum {max:?}"));
+                }
+            }
             other => problems.push(format!("{at}: integer format {other:?}")),
         }
     }
@@ -236,4 +243,18 @@ fn integers_have_formats_that_hold_what_the_server_accepts() {
         "{runs}"
     );
     assert!(!d["components"]["schemas"]["Period"].is_null());
+    // u32 as it is: up to 2^32 - 1.
+    let limit = &d["paths"]["/v1/runs"]["get"]["parameters"]
+        .as_array()
+        .expect("params")
+        .iter()
+        .find(|p| p["name"] == "limit")
+        .expect("limit")["schema"];
+    assert_eq!(limit["maximum"], u32::MAX, "{limit}");
+    // Uploads are bytes.
+    assert_eq!(
+        d["paths"]["/v1/modules"]["post"]["requestBody"]["content"]["application/wasm"]["schema"]
+            ["format"],
+        "binary"
+    );
 }
