@@ -14,8 +14,8 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use kasbah_client::Client;
-use kasbah_core::api::{CreateRun, CreateTenant, RunStatus};
 use kasbah_core::Outcome;
+use kasbah_core::api::{CreateRun, CreateTenant, RunStatus};
 use kasbah_policy::{Limits, Policy};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -149,7 +149,10 @@ async fn slow_clients_under_a_low_fd_limit_do_not_starve_a_normal_one() {
         tricklers.push(tokio::spawn(async move {
             let mut s = TcpStream::connect(&addr).await.ok()?;
             let opened = Instant::now();
-            for b in b"GET /v1/whoami HTTP/1.1\r\nHost: x\r\nX-Slow: ".iter().cycle() {
+            for b in b"GET /v1/whoami HTTP/1.1\r\nHost: x\r\nX-Slow: "
+                .iter()
+                .cycle()
+            {
                 if s.write_all(&[*b]).await.is_err() {
                     break;
                 }
@@ -265,9 +268,15 @@ async fn sigterm_lets_an_inflight_sync_run_finish_then_exits_0() {
     assert_eq!(unsafe { libc::kill(p.pid(), libc::SIGTERM) }, 0);
     tokio::time::sleep(Duration::from_millis(300)).await;
     let refused = TcpStream::connect(&p.addr).await;
-    assert!(refused.is_err(), "a new connection is refused while stopping");
+    assert!(
+        refused.is_err(),
+        "a new connection is refused while stopping"
+    );
 
-    let record = run.await.expect("join").expect("the in-flight run is answered");
+    let record = run
+        .await
+        .expect("join")
+        .expect("the in-flight run is answered");
     assert_eq!(record.status, RunStatus::Done, "{record:?}");
     assert!(
         matches!(record.outcome, Some(Outcome::DeadlineExceeded { .. })),
@@ -308,28 +317,182 @@ async fn every_error_is_the_json_envelope() {
     let json = "application/json";
     // (method, path, content type, body, status, code)
     let cases: Vec<(&str, String, Option<&str>, String, u16, &str)> = vec![
-        ("POST", "/v1/tenants".into(), Some(json), "{\"name\":".into(), 400, "invalid_request"),
-        ("POST", "/v1/tenants".into(), Some(json), "{\"name\": 5}".into(), 422, "invalid_request"),
-        ("POST", "/v1/tenants".into(), None, "{\"name\":\"x\"}".into(), 415, "unsupported_media_type"),
-        ("POST", "/v1/tenants".into(), Some("text/plain"), "{}".into(), 415, "unsupported_media_type"),
-        ("POST", "/v1/tenants".into(), Some(json), big.clone(), 413, "payload_too_large"),
-        ("PUT", format!("/v1/tenants/{}/policy", t.id), Some(json), big.clone(), 413, "payload_too_large"),
-        ("POST", format!("/v1/tenants/{}/tokens", t.id), Some(json), "[1,".into(), 400, "invalid_request"),
-        ("POST", "/v1/runs".into(), Some(json), "{\"module\": []}".into(), 422, "invalid_request"),
-        ("GET", "/v1/runs?limit=x".into(), None, String::new(), 400, "invalid_request"),
-        ("GET", "/v1/runs?limit=-1".into(), None, String::new(), 400, "invalid_request"),
-        ("GET", "/v1/modules?tenant=a&tenant=b".into(), None, String::new(), 400, "invalid_request"),
-        ("GET", "/v1/usage?period=week".into(), None, String::new(), 400, "invalid_request"),
-        ("GET", "/v1/usage?from=1e3".into(), None, String::new(), 400, "invalid_request"),
-        ("GET", "/v1/datasets?tenant=%ff".into(), None, String::new(), 400, "invalid_request"),
-        ("GET", "/v1/nothing-here".into(), None, String::new(), 404, "not_found"),
-        ("DELETE", "/v1/tenants".into(), None, String::new(), 405, "method_not_allowed"),
-        ("PATCH", "/v1/whoami".into(), None, String::new(), 405, "method_not_allowed"),
-        ("GET", "/v1/audit/entries/18446744073709551615/receipt".into(), None, String::new(), 404, "not_found"),
-        ("GET", "/v1/audit/entries/9223372036854775808/receipt".into(), None, String::new(), 404, "not_found"),
-        ("GET", "/v1/audit/entries/9223372036854775807/receipt".into(), None, String::new(), 404, "not_found"),
-        ("GET", "/v1/audit/entries/18446744073709551616/receipt".into(), None, String::new(), 400, "invalid_request"),
-        ("GET", "/v1/audit/entries?start=18446744073709551615".into(), None, String::new(), 400, "out_of_range"),
+        (
+            "POST",
+            "/v1/tenants".into(),
+            Some(json),
+            "{\"name\":".into(),
+            400,
+            "invalid_request",
+        ),
+        (
+            "POST",
+            "/v1/tenants".into(),
+            Some(json),
+            "{\"name\": 5}".into(),
+            422,
+            "invalid_request",
+        ),
+        (
+            "POST",
+            "/v1/tenants".into(),
+            None,
+            "{\"name\":\"x\"}".into(),
+            415,
+            "unsupported_media_type",
+        ),
+        (
+            "POST",
+            "/v1/tenants".into(),
+            Some("text/plain"),
+            "{}".into(),
+            415,
+            "unsupported_media_type",
+        ),
+        (
+            "POST",
+            "/v1/tenants".into(),
+            Some(json),
+            big.clone(),
+            413,
+            "payload_too_large",
+        ),
+        (
+            "PUT",
+            format!("/v1/tenants/{}/policy", t.id),
+            Some(json),
+            big.clone(),
+            413,
+            "payload_too_large",
+        ),
+        (
+            "POST",
+            format!("/v1/tenants/{}/tokens", t.id),
+            Some(json),
+            "[1,".into(),
+            400,
+            "invalid_request",
+        ),
+        (
+            "POST",
+            "/v1/runs".into(),
+            Some(json),
+            "{\"module\": []}".into(),
+            422,
+            "invalid_request",
+        ),
+        (
+            "GET",
+            "/v1/runs?limit=x".into(),
+            None,
+            String::new(),
+            400,
+            "invalid_request",
+        ),
+        (
+            "GET",
+            "/v1/runs?limit=-1".into(),
+            None,
+            String::new(),
+            400,
+            "invalid_request",
+        ),
+        (
+            "GET",
+            "/v1/modules?tenant=a&tenant=b".into(),
+            None,
+            String::new(),
+            400,
+            "invalid_request",
+        ),
+        (
+            "GET",
+            "/v1/usage?period=week".into(),
+            None,
+            String::new(),
+            400,
+            "invalid_request",
+        ),
+        (
+            "GET",
+            "/v1/usage?from=1e3".into(),
+            None,
+            String::new(),
+            400,
+            "invalid_request",
+        ),
+        (
+            "GET",
+            "/v1/datasets?tenant=%ff".into(),
+            None,
+            String::new(),
+            400,
+            "invalid_request",
+        ),
+        (
+            "GET",
+            "/v1/nothing-here".into(),
+            None,
+            String::new(),
+            404,
+            "not_found",
+        ),
+        (
+            "DELETE",
+            "/v1/tenants".into(),
+            None,
+            String::new(),
+            405,
+            "method_not_allowed",
+        ),
+        (
+            "PATCH",
+            "/v1/whoami".into(),
+            None,
+            String::new(),
+            405,
+            "method_not_allowed",
+        ),
+        (
+            "GET",
+            "/v1/audit/entries/18446744073709551615/receipt".into(),
+            None,
+            String::new(),
+            404,
+            "not_found",
+        ),
+        (
+            "GET",
+            "/v1/audit/entries/9223372036854775808/receipt".into(),
+            None,
+            String::new(),
+            404,
+            "not_found",
+        ),
+        (
+            "GET",
+            "/v1/audit/entries/9223372036854775807/receipt".into(),
+            None,
+            String::new(),
+            404,
+            "not_found",
+        ),
+        (
+            "GET",
+            "/v1/audit/entries/18446744073709551616/receipt".into(),
+            None,
+            String::new(),
+            400,
+            "invalid_request",
+        ),
+        (
+            "GET",
+            "/v1/audit/entries?start=18446744073709551615".into(),
+            None,
+            String::new(),
+            400,
+            "out_of_range",
+        ),
     ];
     for (method, path, ct, body, status, code) in cases {
         let mut req = http
@@ -356,9 +519,14 @@ async fn every_error_is_the_json_envelope() {
             (status, code),
             "{method} {path}: {text}"
         );
-        assert!(ctype.starts_with("application/json"), "{method} {path}: {ctype}");
         assert!(
-            v["error"]["message"].as_str().is_some_and(|m| !m.is_empty()),
+            ctype.starts_with("application/json"),
+            "{method} {path}: {ctype}"
+        );
+        assert!(
+            v["error"]["message"]
+                .as_str()
+                .is_some_and(|m| !m.is_empty()),
             "{method} {path}: {text}"
         );
         if status == 405 {

@@ -172,7 +172,11 @@ pub async fn envelope(resp: Response) -> Response {
 
 /// An error reading a request body: too large (413), too slow (408), or
 /// malformed (400).
-pub fn body_error(status: StatusCode, text: String, source: &(dyn std::error::Error + 'static)) -> ApiError {
+pub fn body_error(
+    status: StatusCode,
+    text: String,
+    source: &(dyn std::error::Error + 'static),
+) -> ApiError {
     if status == StatusCode::PAYLOAD_TOO_LARGE {
         return ApiError::too_large("payload_too_large", text);
     }

@@ -290,10 +290,8 @@ pub async fn serve(
     if open > 0 {
         tracing::info!("shutting down: waiting up to {grace:?} for {open} connections");
     }
-    let drained = tokio::time::timeout(grace, async {
-        while tasks.join_next().await.is_some() {}
-    })
-    .await;
+    let drained =
+        tokio::time::timeout(grace, async { while tasks.join_next().await.is_some() {} }).await;
     if drained.is_err() {
         tracing::warn!(
             "shutdown grace period over: closing {} connections with requests in flight",
@@ -338,7 +336,8 @@ async fn connection(
         served.as_mut().graceful_shutdown();
     }
     loop {
-        let idle_deadline = tokio::time::Instant::from_std(conn.last_io() + limits.keep_alive_timeout);
+        let idle_deadline =
+            tokio::time::Instant::from_std(conn.last_io() + limits.keep_alive_timeout);
         tokio::select! {
             r = served.as_mut() => {
                 if let Err(e) = r {

@@ -229,23 +229,38 @@ pub fn openapi_document() -> serde_json::Value {
                 .and_then(|b| b.pointer("/content/application~1json"))
                 .is_some();
             let any_role = ANY_ROLE.contains(&path.as_str());
-            let mut add = vec![("401", "`unauthenticated`: no token, or an unknown, expired or revoked one")];
+            let mut add = vec![(
+                "401",
+                "`unauthenticated`: no token, or an unknown, expired or revoked one",
+            )];
             if !any_role {
                 add.push(("403", "`forbidden`: the caller's role may not do this"));
             }
             if !any_role || path.contains('{') {
-                add.push(("404", "`not_found`: no such object, or one the caller may not see"));
+                add.push((
+                    "404",
+                    "`not_found`: no such object, or one the caller may not see",
+                ));
             }
             if params > 0 || has_body {
                 add.push(("400", "`invalid_request`: malformed parameters or body"));
             }
             if has_body {
                 add.push(("408", "`request_timeout`: the body stopped arriving"));
-                add.push(("413", "`payload_too_large` (or a more specific `*_too_large`)"));
+                add.push((
+                    "413",
+                    "`payload_too_large` (or a more specific `*_too_large`)",
+                ));
             }
             if json_body {
-                add.push(("415", "`unsupported_media_type`: not `Content-Type: application/json`"));
-                add.push(("422", "`invalid_request`: well-formed JSON of the wrong shape"));
+                add.push((
+                    "415",
+                    "`unsupported_media_type`: not `Content-Type: application/json`",
+                ));
+                add.push((
+                    "422",
+                    "`invalid_request`: well-formed JSON of the wrong shape",
+                ));
             }
             let responses = op
                 .entry("responses")
@@ -309,7 +324,11 @@ fn raw_bodies_are_binary(doc: &mut serde_json::Value) {
     let Some(paths) = doc.get_mut("paths").and_then(|p| p.as_object_mut()) else {
         return;
     };
-    for op in paths.values_mut().filter_map(|i| i.as_object_mut()).flat_map(|i| i.values_mut()) {
+    for op in paths
+        .values_mut()
+        .filter_map(|i| i.as_object_mut())
+        .flat_map(|i| i.values_mut())
+    {
         let Some(content) = op
             .pointer_mut("/requestBody/content")
             .and_then(|c| c.as_object_mut())
@@ -444,7 +463,9 @@ impl Server {
         }
         let left = self.state.scheduler.in_flight();
         if left > 0 {
-            tracing::warn!("{left} runs still executing at shutdown; marked interrupted at next start");
+            tracing::warn!(
+                "{left} runs still executing at shutdown; marked interrupted at next start"
+            );
         }
         let state = self.state;
         tokio::task::spawn_blocking(move || state.db.close()).await?;

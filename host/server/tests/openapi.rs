@@ -56,13 +56,18 @@ fn schemas<'a>(v: &'a Value, at: String, out: &mut Vec<(String, &'a Value)>) {
     }
 }
 
-const METHODS: &[&str] = &["get", "put", "post", "delete", "patch", "head", "options", "trace"];
+const METHODS: &[&str] = &[
+    "get", "put", "post", "delete", "patch", "head", "options", "trace",
+];
 
 fn operations(d: &Value) -> Vec<(String, String, &Value)> {
     let mut out = Vec::new();
     for (path, item) in d["paths"].as_object().expect("paths") {
         for (method, op) in item.as_object().expect("path item") {
-            assert!(METHODS.contains(&method.as_str()), "{path}: unknown key {method}");
+            assert!(
+                METHODS.contains(&method.as_str()),
+                "{path}: unknown key {method}"
+            );
             out.push((path.clone(), method.clone(), op));
         }
     }
@@ -84,7 +89,10 @@ fn the_document_is_well_formed() {
     let mut ids = BTreeSet::new();
     for (path, method, op) in &ops {
         if let Some(id) = op["operationId"].as_str() {
-            assert!(ids.insert(id.to_string()), "{method} {path}: operationId {id} twice");
+            assert!(
+                ids.insert(id.to_string()),
+                "{method} {path}: operationId {id} twice"
+            );
         }
         assert!(
             op["responses"].as_object().is_some_and(|r| !r.is_empty()),
@@ -101,15 +109,16 @@ fn every_ref_resolves() {
     assert!(!found.is_empty());
     let mut missing = Vec::new();
     for (at, r) in &found {
-        let ok = r
-            .strip_prefix('#')
-            .and_then(|p| d.pointer(p))
-            .is_some();
+        let ok = r.strip_prefix('#').and_then(|p| d.pointer(p)).is_some();
         if !ok {
             missing.push(format!("{at}: {r}"));
         }
     }
-    assert!(missing.is_empty(), "unresolved $refs:\n{}", missing.join("\n"));
+    assert!(
+        missing.is_empty(),
+        "unresolved $refs:\n{}",
+        missing.join("\n")
+    );
 }
 
 #[test]
@@ -124,7 +133,11 @@ fn parameters_match_the_path_template() {
             .collect();
         let mut in_path = BTreeSet::new();
         let mut seen = BTreeSet::new();
-        for p in op["parameters"].as_array().map(Vec::as_slice).unwrap_or_default() {
+        for p in op["parameters"]
+            .as_array()
+            .map(Vec::as_slice)
+            .unwrap_or_default()
+        {
             let name = p["name"].as_str().expect("parameter name").to_string();
             let loc = p["in"].as_str().expect("parameter in").to_string();
             if !["path", "query", "header", "cookie"].contains(&loc.as_str()) {
@@ -138,7 +151,9 @@ fn parameters_match_the_path_template() {
             }
             if loc == "path" {
                 if p["required"] != Value::Bool(true) {
-                    problems.push(format!("{method} {path}: path parameter {name} not required"));
+                    problems.push(format!(
+                        "{method} {path}: path parameter {name} not required"
+                    ));
                 }
                 in_path.insert(name);
             }
@@ -253,8 +268,7 @@ fn integers_have_formats_that_hold_what_the_server_accepts() {
     assert_eq!(limit["maximum"], u32::MAX, "{limit}");
     // Uploads are bytes.
     assert_eq!(
-        d["paths"]["/v1/modules"]["post"]["requestBody"]["content"]["application/wasm"]["schema"]
-            ["format"],
+        d["paths"]["/v1/modules"]["post"]["requestBody"]["content"]["application/wasm"]["schema"]["format"],
         "binary"
     );
 }
