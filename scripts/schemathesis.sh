@@ -64,7 +64,7 @@ for entry in "${roles[@]}"; do
     echo "== schemathesis as $role (${per_role}s) =="
     report="$work/$role.json"
     set +e
-    "$ST" run "$URL/openapi.json" \
+    "$ST" --config-file scripts/schemathesis.toml run "$URL/openapi.json" \
         --checks all \
         --mode all \
         --max-time "$per_role" \

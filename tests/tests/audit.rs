@@ -632,7 +632,7 @@ async fn entries_and_receipts_are_scoped_to_the_callers_tenants() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn bad_audit_parameters_are_400_with_stable_codes() {
+async fn bad_audit_parameters_are_4xx_with_stable_codes() {
     let f = Fixture::new().await;
     f.tenant("t", None).await; // 2 entries
     let http = reqwest::Client::new();
@@ -654,22 +654,22 @@ async fn bad_audit_parameters_are_400_with_stable_codes() {
         ("/v1/audit/proof/inclusion?index=0&size=2", 200, ""),
         (
             "/v1/audit/proof/inclusion?index=2&size=2",
-            400,
+            422,
             "out_of_range",
         ),
         (
             "/v1/audit/proof/inclusion?index=0&size=3",
-            400,
+            422,
             "out_of_range",
         ),
         (
             "/v1/audit/proof/inclusion?index=0&size=0",
-            400,
+            422,
             "out_of_range",
         ),
         (
             "/v1/audit/proof/inclusion?index=0&size=18446744073709551615",
-            400,
+            422,
             "out_of_range",
         ),
         (
@@ -692,24 +692,24 @@ async fn bad_audit_parameters_are_400_with_stable_codes() {
         ("/v1/audit/proof/consistency?old=2&new=2", 200, ""),
         (
             "/v1/audit/proof/consistency?old=0&new=2",
-            400,
+            422,
             "invalid_request",
         ),
         (
             "/v1/audit/proof/consistency?old=2&new=1",
-            400,
+            422,
             "invalid_request",
         ),
         (
             "/v1/audit/proof/consistency?old=1&new=3",
-            400,
+            422,
             "out_of_range",
         ),
         ("/v1/audit/proof/consistency?old=1", 400, "invalid_request"),
         ("/v1/audit/entries?start=0", 200, ""),
         ("/v1/audit/entries?start=2", 200, ""),
-        ("/v1/audit/entries?start=3", 400, "out_of_range"),
-        ("/v1/audit/entries?start=1&end=0", 400, "invalid_request"),
+        ("/v1/audit/entries?start=3", 422, "out_of_range"),
+        ("/v1/audit/entries?start=1&end=0", 422, "invalid_request"),
         ("/v1/audit/entries", 400, "invalid_request"),
         ("/v1/audit/entries?start=zero", 400, "invalid_request"),
         // An admin may filter by any tenant id (as for modules and runs).

@@ -234,6 +234,8 @@ async fn sigterm_lets_an_inflight_sync_run_finish_then_exits_0() {
                     wall_time_ms: 2_000,
                     ..Limits::default()
                 },
+                // The hostile guest imports wasi:filesystem.
+                datasets: true,
                 ..Policy::default()
             }),
         })
@@ -369,7 +371,7 @@ async fn every_error_is_the_json_envelope() {
             "POST",
             format!("/v1/tenants/{}/tokens", t.id),
             Some(json),
-            "[1,".into(),
+            "{\"name\":".into(),
             400,
             "invalid_request",
         ),
@@ -490,7 +492,7 @@ async fn every_error_is_the_json_envelope() {
             "/v1/audit/entries?start=18446744073709551615".into(),
             None,
             String::new(),
-            400,
+            422,
             "out_of_range",
         ),
     ];

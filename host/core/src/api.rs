@@ -57,6 +57,7 @@ pub struct WhoAmI {
 #[cfg_attr(feature = "openapi", derive(ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct CreateOperator {
+    #[cfg_attr(feature = "openapi", schema(pattern = r"^[A-Za-z0-9._+-]{1,128}$"))]
     pub name: String,
     /// Upper bounds for every limit in the policies of this operator's tenants.
     #[cfg_attr(feature = "openapi", schema(value_type = Object))]
@@ -93,6 +94,7 @@ pub struct Operator {
 #[cfg_attr(feature = "openapi", derive(ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct CreateTenant {
+    #[cfg_attr(feature = "openapi", schema(pattern = r"^[A-Za-z0-9._+-]{1,128}$"))]
     pub name: String,
     /// Admins may place the tenant under an operator; operators' tenants are
     /// always their own.
@@ -148,6 +150,7 @@ pub struct TokenCreated {
 #[cfg_attr(feature = "openapi", derive(ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct CreateAuditor {
+    #[cfg_attr(feature = "openapi", schema(pattern = r"^[A-Za-z0-9._+-]{1,128}$"))]
     pub name: String,
     /// Tenants whose modules and runs this auditor may read.
     pub tenants: Vec<String>,

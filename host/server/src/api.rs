@@ -352,10 +352,12 @@ pub(crate) async fn receive_upload(
 #[derive(Deserialize, utoipa::IntoParams)]
 #[into_params(parameter_in = Query)]
 pub struct PublishParams {
-    /// Module name (letters, digits, `-_.`).
+    /// Module name (letters, digits, `-_.+`).
+    #[param(pattern = r"^[A-Za-z0-9._+-]{1,128}$")]
     pub name: String,
     /// Version label, e.g. `1.0.0`.
     #[serde(default = "default_version")]
+    #[param(pattern = r"^[A-Za-z0-9._+-]{1,128}$")]
     pub version: String,
 }
 
@@ -892,7 +894,7 @@ pub(crate) fn visible_run(s: &AppState, caller: &Caller, id: &str) -> ApiResult<
     }
 }
 
-#[utoipa::path(get, path = "/v1/runs/{id}/output", responses((status = 200, content_type = "application/octet-stream"),
+#[utoipa::path(get, path = "/v1/runs/{id}/output", responses((status = 200, content_type = "*/*", description = "The output bytes, with the content type the guest gave them"),
     (status = 403, body = ErrorBody, description = "only the owning tenant and its auditors download outputs"), (status = 404, body = ErrorBody)))]
 pub async fn get_run_output(
     State(s): State<AppState>,
@@ -995,7 +997,7 @@ pub async fn usage(
 
 // ---- metrics --------------------------------------------------------------------
 
-#[utoipa::path(get, path = "/metrics", responses((status = 200, content_type = "text/plain")))]
+#[utoipa::path(get, path = "/metrics", responses((status = 200, content_type = "application/openmetrics-text", description = "Prometheus metrics (OpenMetrics text)")))]
 pub async fn metrics(State(s): State<AppState>, caller: Caller) -> ApiResult<Response> {
     caller.require(&[Role::Admin], "read metrics")?;
     Ok((

@@ -340,6 +340,21 @@ fn raw_bodies_are_binary(doc: &mut serde_json::Value) {
                 media["schema"] = serde_json::json!({"type": "string", "format": "binary"});
             }
         }
+        // A module upload is taken whatever its content type says.
+        if let Some(wasm) = content.get("application/wasm").cloned() {
+            content.entry("application/octet-stream").or_insert(wasm);
+        }
+        // Digests in paths have one spelling.
+        for p in op
+            .get_mut("parameters")
+            .and_then(|p| p.as_array_mut())
+            .into_iter()
+            .flatten()
+        {
+            if p["in"] == "path" && p["name"] == "digest" {
+                p["schema"]["pattern"] = "^sha256:[0-9a-f]{64}$".into();
+            }
+        }
     }
 }
 
