@@ -74,7 +74,7 @@ for entry in "${roles[@]}"; do
         --suppress-health-check all \
         -H "Authorization: Bearer $token" \
         --report json --report-json-path "$report" \
-        --output-truncate true 2>&1 | tee "$work/$role.out" | tail -40
+        --output-truncate true 2>&1 | tee "$work/$role.out"
     rc=${PIPESTATUS[0]}
     set -e
     counts=$(python3 - "$report" <<'PY' 2>/dev/null || echo "no report"

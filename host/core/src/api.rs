@@ -60,7 +60,7 @@ pub struct CreateOperator {
     #[cfg_attr(feature = "openapi", schema(pattern = r"^[A-Za-z0-9._+-]{1,128}$"))]
     pub name: String,
     /// Upper bounds for every limit in the policies of this operator's tenants.
-    #[cfg_attr(feature = "openapi", schema(value_type = Object))]
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<Object>))]
     #[serde(default)]
     pub ceiling: Option<Limits>,
     /// How many tenants the operator may create.

@@ -36,7 +36,7 @@ pub async fn whoami(caller: Caller) -> Json<WhoAmI> {
 // ---- operators ----------------------------------------------------------------
 
 #[utoipa::path(post, path = "/v1/operators", request_body = CreateOperator,
-    responses((status = 201, body = Operator), (status = 403, body = ErrorBody), (status = 422, body = ErrorBody)))]
+    responses((status = 201, body = Operator), (status = 403, body = ErrorBody), (status = 409, body = ErrorBody, description = "`name_taken`"), (status = 422, body = ErrorBody)))]
 pub async fn create_operator(
     State(s): State<AppState>,
     caller: Caller,
@@ -216,6 +216,13 @@ pub async fn put_policy(
     let tenant = caller.managed_tenant(&s, &id)?;
     let text = std::str::from_utf8(&body)
         .map_err(|_| ApiError::bad_request("invalid_request", "policy body is not UTF-8"))?;
+    // serde would also read a struct from a JSON array: a policy is an object.
+    if !text.trim_start().starts_with('{') {
+        return Err(ApiError::unprocessable(
+            "invalid_policy",
+            "a policy is a JSON object",
+        ));
+    }
     let policy = Policy::from_json(text)
         .map_err(|e| ApiError::unprocessable("invalid_policy", e.to_string()))?;
     let operator = match &tenant.operator_id {

@@ -215,6 +215,12 @@ pub fn openapi_document() -> serde_json::Value {
         let Some(item) = item.as_object_mut() else {
             continue;
         };
+        // Token bodies are optional (a name for the token).
+        if path.ends_with("/tokens") {
+            if let Some(b) = item.get_mut("post").and_then(|o| o.get_mut("requestBody")) {
+                b["required"] = false.into();
+            }
+        }
         for (_method, op) in item.iter_mut() {
             let Some(op) = op.as_object_mut() else {
                 continue;
@@ -319,7 +325,8 @@ fn widen_unsigned_int32(v: &mut serde_json::Value) {
     }
 }
 
-/// Streamed uploads (modules, datasets) are raw bytes, not JSON arrays.
+/// Streamed uploads (modules, datasets) are raw bytes, not JSON arrays;
+/// path digests have a pattern.
 fn raw_bodies_are_binary(doc: &mut serde_json::Value) {
     let Some(paths) = doc.get_mut("paths").and_then(|p| p.as_object_mut()) else {
         return;
@@ -329,6 +336,17 @@ fn raw_bodies_are_binary(doc: &mut serde_json::Value) {
         .filter_map(|i| i.as_object_mut())
         .flat_map(|i| i.values_mut())
     {
+        // Digests in paths have one spelling.
+        for p in op
+            .get_mut("parameters")
+            .and_then(|p| p.as_array_mut())
+            .into_iter()
+            .flatten()
+        {
+            if p["in"] == "path" && p["name"] == "digest" {
+                p["schema"]["pattern"] = "^sha256:[0-9a-f]{64}$".into();
+            }
+        }
         let Some(content) = op
             .pointer_mut("/requestBody/content")
             .and_then(|c| c.as_object_mut())
@@ -343,17 +361,6 @@ fn raw_bodies_are_binary(doc: &mut serde_json::Value) {
         // A module upload is taken whatever its content type says.
         if let Some(wasm) = content.get("application/wasm").cloned() {
             content.entry("application/octet-stream").or_insert(wasm);
-        }
-        // Digests in paths have one spelling.
-        for p in op
-            .get_mut("parameters")
-            .and_then(|p| p.as_array_mut())
-            .into_iter()
-            .flatten()
-        {
-            if p["in"] == "path" && p["name"] == "digest" {
-                p["schema"]["pattern"] = "^sha256:[0-9a-f]{64}$".into();
-            }
         }
     }
 }
