@@ -184,6 +184,7 @@ pub struct ModuleRecord {
 #[serde(deny_unknown_fields)]
 pub struct CreateRun {
     /// Module digest (`sha256:…`), published by the caller's tenant.
+    #[cfg_attr(feature = "openapi", schema(pattern = r"^sha256:[0-9a-f]{64}$"))]
     pub module: String,
     /// Input as UTF-8 text…
     #[serde(default)]

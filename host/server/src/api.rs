@@ -582,10 +582,12 @@ pub async fn create_run(
         (Some(t), None) => t.into_bytes(),
         (None, Some(b)) => base64::engine::general_purpose::STANDARD
             .decode(b)
-            .map_err(|e| ApiError::bad_request("invalid_request", format!("input_base64: {e}")))?,
+            .map_err(|e| {
+                ApiError::unprocessable("invalid_request", format!("input_base64: {e}"))
+            })?,
         (None, None) => Vec::new(),
         (Some(_), Some(_)) => {
-            return Err(ApiError::bad_request(
+            return Err(ApiError::unprocessable(
                 "invalid_request",
                 "give `input` or `input_base64`, not both",
             ));

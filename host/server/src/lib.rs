@@ -216,10 +216,10 @@ pub fn openapi_document() -> serde_json::Value {
             continue;
         };
         // Token bodies are optional (a name for the token).
-        if path.ends_with("/tokens") {
-            if let Some(b) = item.get_mut("post").and_then(|o| o.get_mut("requestBody")) {
-                b["required"] = false.into();
-            }
+        if path.ends_with("/tokens")
+            && let Some(b) = item.get_mut("post").and_then(|o| o.get_mut("requestBody"))
+        {
+            b["required"] = false.into();
         }
         for (_method, op) in item.iter_mut() {
             let Some(op) = op.as_object_mut() else {
