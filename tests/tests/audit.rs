@@ -638,7 +638,7 @@ async fn entries_and_receipts_are_scoped_to_the_callers_tenants() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn bad_audit_parameters_are_400_with_stable_codes() {
+async fn bad_audit_parameters_are_4xx_with_stable_codes() {
     let f = Fixture::new().await;
     f.tenant("t", None).await; // 2 entries
     let http = reqwest::Client::new();
@@ -660,22 +660,22 @@ async fn bad_audit_parameters_are_400_with_stable_codes() {
         ("/v1/audit/proof/inclusion?index=0&size=2", 200, ""),
         (
             "/v1/audit/proof/inclusion?index=2&size=2",
-            400,
+            422,
             "out_of_range",
         ),
         (
             "/v1/audit/proof/inclusion?index=0&size=3",
-            400,
+            422,
             "out_of_range",
         ),
         (
             "/v1/audit/proof/inclusion?index=0&size=0",
-            400,
+            422,
             "out_of_range",
         ),
         (
             "/v1/audit/proof/inclusion?index=0&size=18446744073709551615",
-            400,
+            422,
             "out_of_range",
         ),
         (
@@ -698,24 +698,24 @@ async fn bad_audit_parameters_are_400_with_stable_codes() {
         ("/v1/audit/proof/consistency?old=2&new=2", 200, ""),
         (
             "/v1/audit/proof/consistency?old=0&new=2",
-            400,
+            422,
             "invalid_request",
         ),
         (
             "/v1/audit/proof/consistency?old=2&new=1",
-            400,
+            422,
             "invalid_request",
         ),
         (
             "/v1/audit/proof/consistency?old=1&new=3",
-            400,
+            422,
             "out_of_range",
         ),
         ("/v1/audit/proof/consistency?old=1", 400, "invalid_request"),
         ("/v1/audit/entries?start=0", 200, ""),
         ("/v1/audit/entries?start=2", 200, ""),
-        ("/v1/audit/entries?start=3", 400, "out_of_range"),
-        ("/v1/audit/entries?start=1&end=0", 400, "invalid_request"),
+        ("/v1/audit/entries?start=3", 422, "out_of_range"),
+        ("/v1/audit/entries?start=1&end=0", 422, "invalid_request"),
         ("/v1/audit/entries", 400, "invalid_request"),
         ("/v1/audit/entries?start=zero", 400, "invalid_request"),
         // An admin may filter by any tenant id (as for modules and runs).
@@ -767,6 +767,22 @@ async fn bad_audit_parameters_are_400_with_stable_codes() {
             "{p} missing from the OpenAPI document"
         );
     }
+}
+
+/// Indices past the end of the log, up to 2^64 - 1, are a client's mistake:
+/// 404, and no corruption alarm in the server's log.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_huge_entry_index_is_not_corruption() {
+    let f = Fixture::new().await;
+    f.tenant("t", None).await;
+    let admin = f.admin();
+    for index in [2, 1 << 62, (1 << 63) - 1, 1 << 63, u64::MAX - 1, u64::MAX] {
+        let e = admin.entry_receipt(index).await.expect_err("no such entry");
+        assert_eq!(api_code(&e), (404, "not_found".into()), "index {index}");
+    }
+    admin.entry_receipt(1).await.expect("a real entry");
+    let log = std::fs::read_to_string(f.tmp.path().join("server.log")).expect("server log");
+    assert!(!log.contains("AUDIT LOG CORRUPT"), "{log}");
 }
 
 /// Open the server's database as an attacker with the file would.
@@ -869,6 +885,9 @@ async fn a_changed_entry_is_caught_by_verify_and_watch() {
     // to vouch for it.
     let e = dev.run_receipt(&r.id).await.expect_err("refused");
     assert_eq!(api_code(&e), (500, "audit_log_corrupt".into()));
+    // ...and raises the alarm in its log: real corruption.
+    let log = std::fs::read_to_string(f.tmp.path().join("server.log")).expect("server log");
+    assert!(log.contains("AUDIT LOG CORRUPT"), "{log}");
     // A receipt carrying the altered entry fails verification offline.
     let mut forged = honest.clone();
     forged.entry = forged_bytes.clone();

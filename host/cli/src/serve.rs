@@ -78,7 +78,18 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
         let _ = writeln!(out, "listening on http://{}", server.addr);
         let _ = out.flush();
         drop(out);
-        server.wait().await
+        // SIGTERM or SIGINT: stop accepting, let in-flight requests and
+        // runs finish within `shutdown_grace_ms`, flush the writer, exit 0.
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .context("installing the SIGTERM handler")?;
+        server
+            .serve_until(async move {
+                tokio::select! {
+                    _ = term.recv() => {}
+                    _ = tokio::signal::ctrl_c() => {}
+                }
+            })
+            .await
     })?;
     Ok(ExitCode::SUCCESS)
 }

@@ -57,12 +57,13 @@ pub struct WhoAmI {
 #[cfg_attr(feature = "openapi", derive(ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct CreateOperator {
+    #[cfg_attr(feature = "openapi", schema(pattern = r"^[A-Za-z0-9._+-]{1,128}$"))]
     pub name: String,
     /// What this operator may grant its tenants: every limit, datasets,
     /// environment, network destinations, GPU (see `kasbah_policy::Ceiling`).
     /// Absent: `Ceiling::standard()` (no host variables, no special
     /// addresses, no DNS names).
-    #[cfg_attr(feature = "openapi", schema(value_type = Object))]
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<Object>))]
     #[serde(default)]
     pub ceiling: Option<Ceiling>,
     /// How many tenants the operator may create.
@@ -96,6 +97,7 @@ pub struct Operator {
 #[cfg_attr(feature = "openapi", derive(ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct CreateTenant {
+    #[cfg_attr(feature = "openapi", schema(pattern = r"^[A-Za-z0-9._+-]{1,128}$"))]
     pub name: String,
     /// Admins may place the tenant under an operator; operators' tenants are
     /// always their own.
@@ -191,6 +193,7 @@ pub struct TokenInfo {
 #[cfg_attr(feature = "openapi", derive(ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct CreateAuditor {
+    #[cfg_attr(feature = "openapi", schema(pattern = r"^[A-Za-z0-9._+-]{1,128}$"))]
     pub name: String,
     /// Tenants whose modules and runs this auditor may read (an operator:
     /// only its own tenants).
@@ -228,6 +231,7 @@ pub struct ModuleRecord {
 #[serde(deny_unknown_fields)]
 pub struct CreateRun {
     /// Module digest (`sha256:…`), published by the caller's tenant.
+    #[cfg_attr(feature = "openapi", schema(pattern = r"^sha256:[0-9a-f]{64}$"))]
     pub module: String,
     /// Input as UTF-8 text…
     #[serde(default)]

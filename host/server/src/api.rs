@@ -37,7 +37,7 @@ pub async fn whoami(caller: Caller) -> Json<WhoAmI> {
 // ---- operators ----------------------------------------------------------------
 
 #[utoipa::path(post, path = "/v1/operators", request_body = CreateOperator,
-    responses((status = 201, body = Operator), (status = 403, body = ErrorBody), (status = 422, body = ErrorBody)))]
+    responses((status = 201, body = Operator), (status = 403, body = ErrorBody), (status = 409, body = ErrorBody, description = "`name_taken`"), (status = 422, body = ErrorBody)))]
 pub async fn create_operator(
     State(s): State<AppState>,
     caller: Caller,
@@ -281,6 +281,13 @@ pub async fn put_policy(
     let tenant = caller.managed_tenant(&s, &id)?;
     let text = std::str::from_utf8(&body)
         .map_err(|_| ApiError::bad_request("invalid_request", "policy body is not UTF-8"))?;
+    // serde would also read a struct from a JSON array: a policy is an object.
+    if !text.trim_start().starts_with('{') {
+        return Err(ApiError::unprocessable(
+            "invalid_policy",
+            "a policy is a JSON object",
+        ));
+    }
     let mut policy = Policy::from_json(text)
         .map_err(|e| ApiError::unprocessable("invalid_policy", e.to_string()))?;
     let current = s.db.current_policy(&id)?;
@@ -441,11 +448,14 @@ pub(crate) async fn receive_upload(
 }
 
 #[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct PublishParams {
-    /// Module name (letters, digits, `-_.`).
+    /// Module name (letters, digits, `-_.+`).
+    #[param(pattern = r"^[A-Za-z0-9._+-]{1,128}$")]
     pub name: String,
     /// Version label, e.g. `1.0.0`.
     #[serde(default = "default_version")]
+    #[param(pattern = r"^[A-Za-z0-9._+-]{1,128}$")]
     pub version: String,
 }
 
@@ -607,6 +617,7 @@ pub async fn publish_module(
 }
 
 #[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct TenantFilter {
     /// Restrict to one tenant (admins and auditors).
     pub tenant: Option<String>,
@@ -662,10 +673,12 @@ pub async fn create_run(
         (Some(t), None) => t.into_bytes(),
         (None, Some(b)) => base64::engine::general_purpose::STANDARD
             .decode(b)
-            .map_err(|e| ApiError::bad_request("invalid_request", format!("input_base64: {e}")))?,
+            .map_err(|e| {
+                ApiError::unprocessable("invalid_request", format!("input_base64: {e}"))
+            })?,
         (None, None) => Vec::new(),
         (Some(_), Some(_)) => {
-            return Err(ApiError::bad_request(
+            return Err(ApiError::unprocessable(
                 "invalid_request",
                 "give `input` or `input_base64`, not both",
             ));
@@ -981,7 +994,7 @@ pub(crate) fn visible_run(s: &AppState, caller: &Caller, id: &str) -> ApiResult<
     }
 }
 
-#[utoipa::path(get, path = "/v1/runs/{id}/output", responses((status = 200, content_type = "application/octet-stream"),
+#[utoipa::path(get, path = "/v1/runs/{id}/output", responses((status = 200, content_type = "*/*", description = "The output bytes, with the content type the guest gave them"),
     (status = 403, body = ErrorBody, description = "only the owning tenant and its auditors download outputs"), (status = 404, body = ErrorBody)))]
 pub async fn get_run_output(
     State(s): State<AppState>,
@@ -1014,6 +1027,7 @@ pub async fn get_run_output(
 }
 
 #[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct RunsQuery {
     pub tenant: Option<String>,
     /// At most this many, newest first (default 50, max 1000).
@@ -1042,6 +1056,7 @@ pub async fn list_runs(
 // ---- usage ----------------------------------------------------------------------
 
 #[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct UsageQuery {
     pub tenant: Option<String>,
     /// `hour`, `day` (default) or `month`.
@@ -1082,7 +1097,7 @@ pub async fn usage(
 
 // ---- metrics --------------------------------------------------------------------
 
-#[utoipa::path(get, path = "/metrics", responses((status = 200, content_type = "text/plain")))]
+#[utoipa::path(get, path = "/metrics", responses((status = 200, content_type = "application/openmetrics-text", description = "Prometheus metrics (OpenMetrics text)")))]
 pub async fn metrics(State(s): State<AppState>, caller: Caller) -> ApiResult<Response> {
     caller.require(&[Role::Admin], "read metrics")?;
     Ok((
@@ -1106,6 +1121,10 @@ fn json_error(e: axum::extract::rejection::JsonRejection) -> ApiError {
             "unsupported_media_type",
             "expected `Content-Type: application/json`",
         ),
+        BytesRejection(e) => {
+            let (status, text) = (e.status(), e.body_text());
+            crate::error::body_error(status, text, &e)
+        }
         other => ApiError::bad_request("invalid_request", other.body_text()),
     }
 }

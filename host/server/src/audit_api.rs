@@ -42,10 +42,10 @@ fn corrupt(detail: impl std::fmt::Display) -> ApiError {
 fn tree_error(e: TreeError) -> ApiError {
     match e {
         TreeError::IndexOutOfRange { .. } | TreeError::SizeOutOfRange { .. } => {
-            ApiError::bad_request("out_of_range", e.to_string())
+            ApiError::unprocessable("out_of_range", e.to_string())
         }
         TreeError::BadConsistencyRange { .. } => {
-            ApiError::bad_request("invalid_request", e.to_string())
+            ApiError::unprocessable("invalid_request", e.to_string())
         }
         TreeError::MissingNode(..) => corrupt(e),
         TreeError::Store(_) | TreeError::Full => ApiError::internal(e),
@@ -98,6 +98,7 @@ pub async fn checkpoint(State(s): State<AppState>, _caller: Caller) -> ApiResult
 }
 
 #[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct EntriesQuery {
     /// First index.
     pub start: u64,
@@ -111,7 +112,8 @@ pub struct EntriesQuery {
 
 #[utoipa::path(get, path = "/v1/audit/entries", tag = "audit", params(EntriesQuery),
     responses((status = 200, body = AuditEntries),
-        (status = 400, body = ErrorBody, description = "`invalid_request` (end before start, bad numbers) or `out_of_range` (start past the log)"),
+        (status = 400, body = ErrorBody, description = "`invalid_request`: bad numbers"),
+        (status = 422, body = ErrorBody, description = "`invalid_request` (end before start) or `out_of_range` (start past the log)"),
         (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
 pub async fn entries(
     State(s): State<AppState>,
@@ -120,7 +122,7 @@ pub async fn entries(
 ) -> ApiResult<Json<AuditEntries>> {
     let q = query(q)?;
     if q.end.is_some_and(|e| e < q.start) {
-        return Err(ApiError::bad_request(
+        return Err(ApiError::unprocessable(
             "invalid_request",
             "`end` is before `start`",
         ));
@@ -134,7 +136,7 @@ pub async fn entries(
     let (size, end, rows) = s.db.audit_read(|snap| {
         let (c, size) = (snap.conn, snap.size);
         if q.start > size {
-            return Err(ApiError::bad_request(
+            return Err(ApiError::unprocessable(
                 "out_of_range",
                 format!(
                     "start {} is past the end of the log ({size} entries)",
@@ -181,6 +183,7 @@ pub async fn entries(
 }
 
 #[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct InclusionQuery {
     /// Leaf index.
     pub index: u64,
@@ -190,7 +193,8 @@ pub struct InclusionQuery {
 
 #[utoipa::path(get, path = "/v1/audit/proof/inclusion", tag = "audit", params(InclusionQuery),
     responses((status = 200, body = InclusionProof),
-        (status = 400, body = ErrorBody, description = "`invalid_request` or `out_of_range` (index >= size, size past the log)")))]
+        (status = 400, body = ErrorBody, description = "`invalid_request`: bad numbers"),
+        (status = 422, body = ErrorBody, description = "`out_of_range` (index >= size, size past the log)")))]
 pub async fn inclusion(
     State(s): State<AppState>,
     _caller: Caller,
@@ -208,6 +212,7 @@ pub async fn inclusion(
 }
 
 #[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct ConsistencyQuery {
     /// Old tree size (> 0).
     pub old: u64,
@@ -217,7 +222,8 @@ pub struct ConsistencyQuery {
 
 #[utoipa::path(get, path = "/v1/audit/proof/consistency", tag = "audit", params(ConsistencyQuery),
     responses((status = 200, body = ConsistencyProof),
-        (status = 400, body = ErrorBody, description = "`invalid_request` (old = 0, old > new) or `out_of_range` (new past the log)")))]
+        (status = 400, body = ErrorBody, description = "`invalid_request`: bad numbers"),
+        (status = 422, body = ErrorBody, description = "`invalid_request` (old = 0, old > new) or `out_of_range` (new past the log)")))]
 pub async fn consistency(
     State(s): State<AppState>,
     _caller: Caller,
@@ -271,6 +277,7 @@ pub async fn run_receipt(
 }
 
 #[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct ReceiptQuery {
     /// The publishing tenant (admins and auditors reading several tenants).
     pub tenant: Option<String>,
@@ -301,7 +308,7 @@ pub async fn module_receipt(
     params(("index" = u64, Path, description = "Entry index")),
     responses((status = 200, body = AuditReceipt, description = "Any entry the caller may read (e.g. a denial), proven into the latest checkpoint"),
         (status = 400, body = ErrorBody, description = "`invalid_request` (not a number)"),
-        (status = 404, body = ErrorBody, description = "no such entry, or another tenant's")))]
+        (status = 404, body = ErrorBody, description = "no such entry (past the end of the log), or another tenant's")))]
 pub async fn entry_receipt(
     State(s): State<AppState>,
     caller: Caller,
@@ -313,6 +320,11 @@ pub async fn entry_receipt(
         _ => Some(caller.readable_tenants(&s, None)?),
     };
     s.db.audit_read(|snap| {
+        // Past the end is a client's mistake, not corruption (an index near
+        // 2^64 does not even fit in SQLite's integers).
+        if index >= snap.size {
+            return Err(ApiError::not_found("audit entry"));
+        }
         let Some(e) = audit::entries(snap.conn, index..index.saturating_add(1), None, 1)?.pop()
         else {
             return Err(ApiError::not_found("audit entry"));

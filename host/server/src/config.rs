@@ -52,6 +52,21 @@ pub struct ServerConfig {
     pub token_ttl_seconds: u64,
     /// Longest lifetime a token may be given, in seconds.
     pub token_max_ttl_seconds: u64,
+    /// A request's head (request line and headers) must arrive within this
+    /// long of the server starting to wait for it (see `http.rs`): this also
+    /// bounds how long an idle keep-alive connection stays open.
+    pub header_read_timeout_ms: u64,
+    /// A request body that sends nothing for this long is cut off (408).
+    pub body_timeout_ms: u64,
+    /// A keep-alive connection with no request in flight and no traffic
+    /// for this long is closed.
+    pub keep_alive_timeout_ms: u64,
+    /// Most open client connections; lowered at start to stay below the
+    /// process's open-file limit (which is raised to its hard limit).
+    pub max_connections: usize,
+    /// On SIGTERM/SIGINT: how long in-flight requests and runs may take to
+    /// finish before the server exits anyway.
+    pub shutdown_grace_ms: u64,
 }
 
 /// The largest `token_max_ttl_seconds` accepted (100 years): keeps
@@ -82,6 +97,11 @@ impl Default for ServerConfig {
             audit_page: 1000,
             token_ttl_seconds: 90 * 86_400,
             token_max_ttl_seconds: 366 * 86_400,
+            header_read_timeout_ms: 10_000,
+            body_timeout_ms: 30_000,
+            keep_alive_timeout_ms: 5_000,
+            max_connections: 4096,
+            shutdown_grace_ms: 30_000,
         }
     }
 }

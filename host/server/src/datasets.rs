@@ -55,6 +55,7 @@ pub const ZONES_HEADER: &str = "x-kasbah-zones";
 pub const MAX_RUN_DATASETS: usize = 64;
 
 #[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct CreateDatasetParams {
     /// Dataset name, `[a-z0-9][a-z0-9._-]{0,63}`: the file name the guest
     /// sees under `/datasets/`.
@@ -212,6 +213,7 @@ pub(crate) fn seal_blob(s: &AppState, digest: &Digest) {
 }
 
 #[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct DatasetFilter {
     /// Restrict to one tenant (admins and auditors).
     pub tenant: Option<String>,

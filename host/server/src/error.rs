@@ -107,3 +107,89 @@ impl From<crate::db::DbError> for ApiError {
 }
 
 pub type ApiResult<T> = Result<T, ApiError>;
+
+/// The stable code for an error status that no handler chose a code for
+/// (framework rejections: bad query strings and paths, wrong methods,
+/// bodies over the limit).
+pub fn code_for_status(status: StatusCode) -> &'static str {
+    match status.as_u16() {
+        400 | 422 => "invalid_request",
+        401 => "unauthenticated",
+        403 => "forbidden",
+        404 => "not_found",
+        405 => "method_not_allowed",
+        408 => "request_timeout",
+        409 => "conflict",
+        413 => "payload_too_large",
+        415 => "unsupported_media_type",
+        429 => "rate_limited",
+        s if s >= 500 => "internal",
+        _ => "invalid_request",
+    }
+}
+
+/// Longest framework error text kept as the message.
+const MAX_REJECTION_TEXT: usize = 1024;
+
+/// Router-wide layer: every error response is the JSON envelope. Handlers'
+/// own errors already are; this catches what the framework answers by
+/// itself (extractor rejections in `text/plain`, an empty 405) so no client
+/// ever has to parse another shape.
+pub async fn envelope(resp: Response) -> Response {
+    let status = resp.status();
+    if !(status.is_client_error() || status.is_server_error()) {
+        return resp;
+    }
+    let is_json = resp
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/json"));
+    if is_json {
+        return resp;
+    }
+    let (parts, body) = resp.into_parts();
+    let text = axum::body::to_bytes(body, MAX_REJECTION_TEXT * 4)
+        .await
+        .map(|b| String::from_utf8_lossy(&b).trim().to_string())
+        .unwrap_or_default();
+    let mut message: String = text.chars().take(MAX_REJECTION_TEXT).collect();
+    if message.is_empty() {
+        message = status
+            .canonical_reason()
+            .unwrap_or("request failed")
+            .to_lowercase();
+    }
+    let mut out = ApiError::new(status, code_for_status(status), message).into_response();
+    // Keep what the framework said besides the body (`Allow` on a 405).
+    for (name, value) in &parts.headers {
+        if name != header::CONTENT_TYPE && name != header::CONTENT_LENGTH {
+            out.headers_mut().insert(name.clone(), value.clone());
+        }
+    }
+    out
+}
+
+/// An error reading a request body: too large (413), too slow (408), or
+/// malformed (400).
+pub fn body_error(
+    status: StatusCode,
+    text: String,
+    source: &(dyn std::error::Error + 'static),
+) -> ApiError {
+    if status == StatusCode::PAYLOAD_TOO_LARGE {
+        return ApiError::too_large("payload_too_large", text);
+    }
+    let mut e: Option<&(dyn std::error::Error + 'static)> = Some(source);
+    while let Some(err) = e {
+        if err.is::<tower_http::timeout::TimeoutError>() {
+            return ApiError::new(
+                StatusCode::REQUEST_TIMEOUT,
+                "request_timeout",
+                "the request body stopped arriving (server's body_timeout_ms)",
+            );
+        }
+        e = err.source();
+    }
+    ApiError::new(status, code_for_status(status), text)
+}

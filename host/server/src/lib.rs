@@ -21,6 +21,7 @@ pub mod config;
 pub mod datasets;
 pub mod db;
 pub mod error;
+pub mod http;
 pub mod metrics;
 pub mod placement;
 pub mod scheduler;
@@ -31,6 +32,7 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::ops::Deref;
 use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
 
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
@@ -184,9 +186,109 @@ impl AppState {
         audit_api::inclusion, audit_api::consistency,
         audit_api::run_receipt, audit_api::module_receipt, audit_api::entry_receipt,
     ),
+    components(schemas(db::Period, error::ErrorBody)),
     modifiers(&BearerAuth)
 )]
 pub struct ApiDoc;
+
+/// Routes any authenticated caller may use, whatever the role.
+const ANY_ROLE: &[&str] = &[
+    "/v1/whoami",
+    "/v1/audit/key",
+    "/v1/audit/checkpoint",
+    "/v1/audit/proof/inclusion",
+    "/v1/audit/proof/consistency",
+];
+
+/// The document as served: [`ApiDoc`] plus the error statuses every route
+/// shares, added by rule so a new route cannot forget them (a status a
+/// handler documents itself keeps its own description):
+/// 401 everywhere (every route needs a token); 403 where roles matter;
+/// 404 except on [`ANY_ROLE`] routes without path parameters; 400 where
+/// there are parameters or a body; 408/413 where there is a body; 415 and
+/// 422 where the body is JSON. Every error is the `ErrorBody` envelope.
+pub fn openapi_document() -> serde_json::Value {
+    let mut doc = serde_json::to_value(ApiDoc::openapi()).unwrap_or_default();
+    widen_unsigned_int32(&mut doc);
+    raw_bodies_are_binary(&mut doc);
+    let Some(paths) = doc.get_mut("paths").and_then(|p| p.as_object_mut()) else {
+        return doc;
+    };
+    for (path, item) in paths.iter_mut() {
+        let Some(item) = item.as_object_mut() else {
+            continue;
+        };
+        // Token bodies are optional (a name for the token).
+        if path.ends_with("/tokens")
+            && let Some(b) = item.get_mut("post").and_then(|o| o.get_mut("requestBody"))
+        {
+            b["required"] = false.into();
+        }
+        for (_method, op) in item.iter_mut() {
+            let Some(op) = op.as_object_mut() else {
+                continue;
+            };
+            let params = op
+                .get("parameters")
+                .and_then(|p| p.as_array())
+                .map_or(0, Vec::len);
+            let body = op.get("requestBody");
+            let has_body = body.is_some();
+            let json_body = body
+                .and_then(|b| b.pointer("/content/application~1json"))
+                .is_some();
+            let any_role = ANY_ROLE.contains(&path.as_str());
+            let mut add = vec![(
+                "401",
+                "`unauthenticated`: no token, or an unknown, expired or revoked one",
+            )];
+            if !any_role {
+                add.push(("403", "`forbidden`: the caller's role may not do this"));
+            }
+            if !any_role || path.contains('{') {
+                add.push((
+                    "404",
+                    "`not_found`: no such object, or one the caller may not see",
+                ));
+            }
+            if params > 0 || has_body {
+                add.push(("400", "`invalid_request`: malformed parameters or body"));
+            }
+            if has_body {
+                add.push(("408", "`request_timeout`: the body stopped arriving"));
+                add.push((
+                    "413",
+                    "`payload_too_large` (or a more specific `*_too_large`)",
+                ));
+            }
+            if json_body {
+                add.push((
+                    "415",
+                    "`unsupported_media_type`: not `Content-Type: application/json`",
+                ));
+                add.push((
+                    "422",
+                    "`invalid_request`: well-formed JSON of the wrong shape",
+                ));
+            }
+            let responses = op
+                .entry("responses")
+                .or_insert_with(|| serde_json::json!({}));
+            let Some(responses) = responses.as_object_mut() else {
+                continue;
+            };
+            for (status, description) in add {
+                responses.entry(status).or_insert_with(|| {
+                    serde_json::json!({
+                        "description": description,
+                        "content": {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorBody"}}}
+                    })
+                });
+            }
+        }
+    }
+    doc
+}
 
 struct BearerAuth;
 
@@ -207,8 +309,68 @@ impl utoipa::Modify for BearerAuth {
     }
 }
 
-async fn openapi_json() -> axum::Json<utoipa::openapi::OpenApi> {
-    axum::Json(ApiDoc::openapi())
+/// utoipa documents `u32` as `int32` (minimum 0), whose range stops at
+/// 2^31 - 1 while the server accepts up to 2^32 - 1: document the real range.
+fn widen_unsigned_int32(v: &mut serde_json::Value) {
+    match v {
+        serde_json::Value::Object(m) => {
+            let unsigned32 = m.get("format").and_then(|f| f.as_str()) == Some("int32")
+                && m.get("minimum").and_then(|x| x.as_f64()) == Some(0.0)
+                && m.get("maximum").is_none();
+            if unsigned32 {
+                m.insert("format".into(), "int64".into());
+                m.insert("maximum".into(), u32::MAX.into());
+            }
+            m.values_mut().for_each(widen_unsigned_int32);
+        }
+        serde_json::Value::Array(a) => a.iter_mut().for_each(widen_unsigned_int32),
+        _ => {}
+    }
+}
+
+/// Streamed uploads (modules, datasets) are raw bytes, not JSON arrays;
+/// path digests have a pattern.
+fn raw_bodies_are_binary(doc: &mut serde_json::Value) {
+    let Some(paths) = doc.get_mut("paths").and_then(|p| p.as_object_mut()) else {
+        return;
+    };
+    for op in paths
+        .values_mut()
+        .filter_map(|i| i.as_object_mut())
+        .flat_map(|i| i.values_mut())
+    {
+        // Digests in paths have one spelling.
+        for p in op
+            .get_mut("parameters")
+            .and_then(|p| p.as_array_mut())
+            .into_iter()
+            .flatten()
+        {
+            if p["in"] == "path" && p["name"] == "digest" {
+                p["schema"]["pattern"] = "^sha256:[0-9a-f]{64}$".into();
+            }
+        }
+        let Some(content) = op
+            .pointer_mut("/requestBody/content")
+            .and_then(|c| c.as_object_mut())
+        else {
+            continue;
+        };
+        for (ct, media) in content.iter_mut() {
+            if ct != "application/json" {
+                media["schema"] = serde_json::json!({"type": "string", "format": "binary"});
+            }
+        }
+        // A module upload is taken whatever its content type says.
+        if let Some(wasm) = content.get("application/wasm").cloned() {
+            content.entry("application/octet-stream").or_insert(wasm);
+        }
+    }
+}
+
+async fn openapi_json() -> axum::Json<serde_json::Value> {
+    static DOC: std::sync::OnceLock<serde_json::Value> = std::sync::OnceLock::new();
+    axum::Json(DOC.get_or_init(openapi_document).clone())
 }
 
 async fn not_found() -> ApiError {
@@ -280,6 +442,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/usage", get(api::usage))
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(max_body))
+        .layer(axum::middleware::map_response(error::envelope))
         .with_state(state)
 }
 
@@ -292,8 +455,10 @@ pub struct Server {
     /// Runs found in flight from a previous process and marked interrupted.
     pub interrupted_runs: usize,
     pub state: AppState,
-    task: tokio::task::JoinHandle<std::io::Result<()>>,
-    stop: tokio::sync::oneshot::Sender<()>,
+    /// The connection limits in force (the cap after the fd limit).
+    pub limits: http::ConnLimits,
+    task: tokio::task::JoinHandle<()>,
+    stop: tokio::sync::oneshot::Sender<std::time::Duration>,
 }
 
 impl Server {
@@ -303,17 +468,41 @@ impl Server {
         self.task.abort();
     }
 
-    /// Serve until the listener fails.
-    pub async fn wait(self) -> anyhow::Result<()> {
-        self.task.await??;
-        Ok(())
+    /// Serve until `signal` resolves, then [`Self::shutdown`] within the
+    /// configured grace period.
+    pub async fn serve_until(self, signal: impl Future<Output = ()>) -> anyhow::Result<()> {
+        let grace = Duration::from_millis(self.state.config.shutdown_grace_ms);
+        signal.await;
+        tracing::info!("shutting down (grace period {grace:?})");
+        self.shutdown_within(grace).await
     }
 
     /// Stop accepting requests, let in-flight ones finish, commit what the
     /// writer has queued and stop it. The data dir can then be reopened.
     pub async fn shutdown(self) -> anyhow::Result<()> {
-        let _ = self.stop.send(());
-        self.task.await??;
+        self.shutdown_within(Duration::from_secs(3600)).await
+    }
+
+    /// Shut down: new connections are refused at once; requests in flight
+    /// (a synchronous run included) and runs still executing get until
+    /// `grace` to finish; then the writer commits what it has queued and
+    /// stops. Runs still executing past the grace period are marked
+    /// interrupted on the next start.
+    pub async fn shutdown_within(self, grace: Duration) -> anyhow::Result<()> {
+        let deadline = tokio::time::Instant::now() + grace;
+        let _ = self.stop.send(grace);
+        self.task.await?;
+        // Runs detached from their request (async runs, or sync runs whose
+        // client stopped waiting) finish and store their records too.
+        while self.state.scheduler.in_flight() > 0 && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let left = self.state.scheduler.in_flight();
+        if left > 0 {
+            tracing::warn!(
+                "{left} runs still executing at shutdown; marked interrupted at next start"
+            );
+        }
         let state = self.state;
         tokio::task::spawn_blocking(move || state.db.close()).await?;
         Ok(())
@@ -363,6 +552,15 @@ pub async fn start(mut config: ServerConfig) -> anyhow::Result<Server> {
     .map_err(|e| anyhow::anyhow!("starting the sandbox runtime: {e:#}"))?;
     let guests = GuestThreads::new(config.guest_threads)?;
     let scheduler = Scheduler::new(config.workers.max(1), config.queue_depth);
+    let fd_limit = http::raise_fd_limit();
+    let limits = http::ConnLimits::new(&config, fd_limit);
+    if limits.max_connections < config.max_connections {
+        tracing::info!(
+            "at most {} connections (open-file limit {})",
+            limits.max_connections,
+            fd_limit.unwrap_or_default()
+        );
+    }
     let listener = tokio::net::TcpListener::bind(config.listen).await?;
     let addr = listener.local_addr()?;
     let mut metrics = Metrics::new();
@@ -379,23 +577,21 @@ pub async fn start(mut config: ServerConfig) -> anyhow::Result<Server> {
         policies: Mutex::default(),
     }));
     let app = router(state.clone());
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let task = tokio::spawn(async move {
-        axum::serve(listener, app)
-            .with_graceful_shutdown(async move {
-                // Only an explicit `shutdown()` stops the server; dropping
-                // the `Server` handle does not.
-                if stopped.await.is_err() {
-                    std::future::pending::<()>().await;
-                }
-            })
-            .await
-    });
+    let (stop, stopped) = tokio::sync::oneshot::channel::<Duration>();
+    let task = tokio::spawn(http::serve(listener, app, limits, async move {
+        // Only an explicit shutdown stops the server; dropping the
+        // `Server` handle does not.
+        match stopped.await {
+            Ok(grace) => grace,
+            Err(_) => std::future::pending().await,
+        }
+    }));
     Ok(Server {
         addr,
         admin_token,
         interrupted_runs,
         state,
+        limits,
         task,
         stop,
     })
