@@ -62,11 +62,15 @@ for entry in "${roles[@]}"; do
     role=${entry%%:*}
     token=${entry#*:}
     echo "== schemathesis as $role (${per_role}s) =="
+    # No `coverage` phase: schemathesis 4.32.5 crashes inside it (a KeyError
+    # in its own code, seen with the developer token), which is not a
+    # finding about the server.
     report="$work/$role.json"
     set +e
     "$ST" --config-file scripts/schemathesis.toml run "$URL/openapi.json" \
         --checks all \
         --mode all \
+        --phases examples,fuzzing,stateful \
         --max-time "$per_role" \
         --workers 2 \
         --seed 1 \

@@ -319,7 +319,8 @@ async fn publish_and_run_produce_receipts_that_verify_offline() {
         other => panic!("{other:?}"),
     }
 
-    // The tenant's own log: created, policy v1, published, ran.
+    // The tenant's own log: created, policy v1, its developer token,
+    // published, ran.
     let entries = all_entries(&dev).await;
     let kinds: Vec<&str> = entries.iter().map(|e| e.entry.body.kind()).collect();
     assert_eq!(
@@ -327,6 +328,7 @@ async fn publish_and_run_produce_receipts_that_verify_offline() {
         [
             "tenant_created",
             "policy_set",
+            "credential",
             "module_published",
             "run_executed"
         ]
@@ -389,7 +391,7 @@ async fn publish_and_run_produce_receipts_that_verify_offline() {
     let out = f.cli(&tok, &["audit", "watch", "--key", &key, "--state", &state]);
     assert!(out.status.success(), "{}", text(&out));
     assert!(
-        String::from_utf8_lossy(&out.stdout).contains("grew from 4 to 5"),
+        String::from_utf8_lossy(&out.stdout).contains("grew from 5 to 6"),
         "{}",
         text(&out)
     );
@@ -609,7 +611,7 @@ async fn entries_and_receipts_are_scoped_to_the_callers_tenants() {
             c.checkpoint()
                 .await
                 .expect("checkpoint")
-                .starts_with("kasbah.local/log\n8\n")
+                .starts_with("kasbah.local/log\n11\n")
         );
         c.inclusion_proof(0, size).await.expect("inclusion");
         c.consistency_proof(1, size).await.expect("consistency");
@@ -640,7 +642,7 @@ async fn entries_and_receipts_are_scoped_to_the_callers_tenants() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_audit_parameters_are_4xx_with_stable_codes() {
     let f = Fixture::new().await;
-    f.tenant("t", None).await; // 2 entries
+    f.tenant("t", None).await; // 3 entries: tenant, policy, token
     let http = reqwest::Client::new();
     let get = |path: &str| {
         let req = http
@@ -664,7 +666,7 @@ async fn bad_audit_parameters_are_4xx_with_stable_codes() {
             "out_of_range",
         ),
         (
-            "/v1/audit/proof/inclusion?index=0&size=3",
+            "/v1/audit/proof/inclusion?index=0&size=4",
             422,
             "out_of_range",
         ),
@@ -707,14 +709,14 @@ async fn bad_audit_parameters_are_4xx_with_stable_codes() {
             "invalid_request",
         ),
         (
-            "/v1/audit/proof/consistency?old=1&new=3",
+            "/v1/audit/proof/consistency?old=1&new=4",
             422,
             "out_of_range",
         ),
         ("/v1/audit/proof/consistency?old=1", 400, "invalid_request"),
         ("/v1/audit/entries?start=0", 200, ""),
         ("/v1/audit/entries?start=2", 200, ""),
-        ("/v1/audit/entries?start=3", 422, "out_of_range"),
+        ("/v1/audit/entries?start=4", 422, "out_of_range"),
         ("/v1/audit/entries?start=1&end=0", 422, "invalid_request"),
         ("/v1/audit/entries", 400, "invalid_request"),
         ("/v1/audit/entries?start=zero", 400, "invalid_request"),
@@ -723,7 +725,7 @@ async fn bad_audit_parameters_are_4xx_with_stable_codes() {
         ("/v1/modules/sha256:zz/receipt", 400, "invalid_digest"),
         ("/v1/runs/run_nope/receipt", 404, "not_found"),
         ("/v1/audit/entries/1/receipt", 200, ""),
-        ("/v1/audit/entries/2/receipt", 404, "not_found"),
+        ("/v1/audit/entries/3/receipt", 404, "not_found"),
         ("/v1/audit/entries/-1/receipt", 400, "invalid_request"),
         ("/v1/audit/entries/x/receipt", 400, "invalid_request"),
     ];
@@ -750,7 +752,7 @@ async fn bad_audit_parameters_are_4xx_with_stable_codes() {
         .await
         .expect("text");
     assert!(
-        metrics.contains("kasbah_audit_entries_appended_total 2"),
+        metrics.contains("kasbah_audit_entries_appended_total 3"),
         "{metrics}"
     );
     for p in [
@@ -776,7 +778,7 @@ async fn a_huge_entry_index_is_not_corruption() {
     let f = Fixture::new().await;
     f.tenant("t", None).await;
     let admin = f.admin();
-    for index in [2, 1 << 62, (1 << 63) - 1, 1 << 63, u64::MAX - 1, u64::MAX] {
+    for index in [3, 1 << 62, (1 << 63) - 1, 1 << 63, u64::MAX - 1, u64::MAX] {
         let e = admin.entry_receipt(index).await.expect_err("no such entry");
         assert_eq!(api_code(&e), (404, "not_found".into()), "index {index}");
     }
@@ -953,7 +955,7 @@ async fn dropped_entries_are_a_rollback_and_a_torn_log_does_not_start() {
         );
     }
     let last = dev.run_receipt(&runs[2].id).await.expect("receipt");
-    let size = 6; // tenant, policy, module, 3 runs
+    let size = 7; // tenant, policy, token, module, 3 runs
     assert!(
         last.checkpoint
             .starts_with(&format!("kasbah.local/log\n{size}\n"))
@@ -1010,7 +1012,7 @@ async fn dropped_entries_are_a_rollback_and_a_torn_log_does_not_start() {
     assert_eq!(out.status.code(), Some(3), "{}", text(&out));
     assert!(
         String::from_utf8_lossy(&out.stderr).contains(
-            "LOG ROLLBACK: the log now claims 4 entries but previously signed a tree of 6"
+            "LOG ROLLBACK: the log now claims 4 entries but previously signed a tree of 7"
         ),
         "{}",
         text(&out)
@@ -1018,6 +1020,7 @@ async fn dropped_entries_are_a_rollback_and_a_torn_log_does_not_start() {
     // Appending again does not hide it: same size, different history.
     dev.run(&run_req(&m.digest, "x")).await.expect("run");
     dev.run(&run_req(&m.digest, "y")).await.expect("run");
+    dev.run(&run_req(&m.digest, "z")).await.expect("run");
     let out = f.cli(&tok, &["audit", "watch", "--key", &key, "--state", &state]);
     assert_eq!(out.status.code(), Some(3), "{}", text(&out));
     assert!(

@@ -50,6 +50,16 @@ async fn matmul_ok(zone: &str, n: u32) -> Duration {
     t.elapsed()
 }
 
+/// The median time of three neighbour runs (matmul 64) in a row.
+async fn neighbour_median() -> Duration {
+    let mut t = Vec::new();
+    for _ in 0..3 {
+        t.push(matmul_ok("zone-b", 64).await);
+    }
+    t.sort();
+    t[1]
+}
+
 async fn assert_still_served() {
     assert_hello_still_served().await;
     matmul_ok("zone-a", 16).await;
@@ -80,7 +90,9 @@ async fn a_gpu_hog_is_killed_at_its_deadline_billed_for_it_and_the_cpu_is_idle_w
     let _one = ONE_AT_A_TIME.lock().await;
     // A neighbour's GPU run alone, for comparison.
     matmul_ok("zone-b", 64).await;
-    let normal = matmul_ok("zone-b", 64).await;
+    // Medians of three, so that one scheduling hiccup of a busy box does
+    // not decide the comparison.
+    let normal = neighbour_median().await;
 
     let groups = hog_workgroups("zone-hang", 20).await;
     let deadline = Duration::from_millis(1_500);
@@ -99,7 +111,7 @@ async fn a_gpu_hog_is_killed_at_its_deadline_billed_for_it_and_the_cpu_is_idle_w
     tokio::time::sleep(Duration::from_millis(300)).await;
     let (_, gpu_processes) = cpu_ticks_of_process_tree();
     assert!(!gpu_processes.is_empty(), "GPU work runs in GPU processes");
-    let during = matmul_ok("zone-b", 64).await;
+    let during = neighbour_median().await;
 
     let (r, took) = hog.await.expect("join");
     assert_eq!(
