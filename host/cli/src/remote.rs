@@ -224,7 +224,9 @@ pub async fn operator(ctx: &Ctx, c: OperatorCmd) -> anyhow::Result<ExitCode> {
             let op = client
                 .set_operator_ceiling(&operator, &load_ceiling(&file)?)
                 .await?;
-            ctx.print(&op, |o| crate::outln!("ceiling of operator {} replaced", o.id))
+            ctx.print(&op, |o| {
+                crate::outln!("ceiling of operator {} replaced", o.id)
+            })
         }
         OperatorCmd::Token {
             operator,
