@@ -375,16 +375,16 @@ pub struct RunRecord {
     #[cfg_attr(feature = "openapi", schema(value_type = String))]
     pub input_digest: Digest,
     pub input_size: u64,
-    #[cfg_attr(feature = "openapi", schema(value_type = Object))]
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<Object>))]
     pub outcome: Option<Outcome>,
     pub output: Option<OutputRef>,
-    #[cfg_attr(feature = "openapi", schema(value_type = Object))]
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<Object>))]
     pub usage: Option<Usage>,
-    #[cfg_attr(feature = "openapi", schema(value_type = Object))]
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<Object>))]
     pub stdout: Option<Captured>,
-    #[cfg_attr(feature = "openapi", schema(value_type = Object))]
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<Object>))]
     pub stderr: Option<Captured>,
-    #[cfg_attr(feature = "openapi", schema(value_type = Object))]
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<Object>))]
     pub logs: Option<Logs>,
     #[cfg_attr(feature = "openapi", schema(value_type = Vec<Object>))]
     pub denials: Vec<Denial>,
@@ -443,7 +443,7 @@ pub struct AuditEntryRecord {
     /// The same entry decoded: `type` (`tenant_created`, `policy_set`,
     /// `module_published`, `run_executed`, `denial`), `time_unix_ms` and the
     /// record's fields. `null` if the stored bytes do not decode.
-    #[cfg_attr(feature = "openapi", schema(value_type = Object))]
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<Object>))]
     pub entry: serde_json::Value,
 }
 
