@@ -441,6 +441,9 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/audit/proof/consistency", get(audit_api::consistency))
         .route("/v1/usage", get(api::usage))
         .fallback(not_found)
+        .layer(axum::middleware::from_fn(move |req, next| {
+            error::json_objects(req, next, max_body)
+        }))
         .layer(DefaultBodyLimit::max(max_body))
         .layer(axum::middleware::map_response(error::envelope))
         .with_state(state)
