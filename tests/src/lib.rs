@@ -379,3 +379,40 @@ pub mod platform {
         }
     }
 }
+
+/// What a starting `kasbah serve` printed on stdout up to `listening on …`.
+pub struct ServeBanner {
+    /// The address it listens on; `None` if stdout closed first.
+    pub url: Option<String>,
+    /// The admin token, when it printed one (first start, or none live).
+    pub admin_token: Option<String>,
+    /// Every line it printed, for error messages.
+    pub printed: String,
+}
+
+/// Read a starting `kasbah serve`'s stdout until it prints its address (or
+/// closes), then keep draining it on a thread so the server never blocks on
+/// a full pipe or writes into a closed one.
+pub fn read_serve_banner(stdout: std::process::ChildStdout) -> ServeBanner {
+    use std::io::{BufRead, BufReader};
+    let mut lines = BufReader::new(stdout).lines();
+    let mut banner = ServeBanner {
+        url: None,
+        admin_token: None,
+        printed: String::new(),
+    };
+    for line in lines.by_ref() {
+        let Ok(line) = line else { break };
+        banner.printed.push_str(&line);
+        banner.printed.push('\n');
+        if let Some(t) = line.strip_prefix("admin token: ") {
+            banner.admin_token = Some(t.to_string());
+        }
+        if let Some(u) = line.strip_prefix("listening on ") {
+            banner.url = Some(u.to_string());
+            break;
+        }
+    }
+    std::thread::spawn(move || for _ in lines {});
+    banner
+}

@@ -7,7 +7,6 @@
 //! The server runs as a separate process (`kasbah-under-test serve`, the
 //! real CLI), so it can be killed and restarted on the same data dir.
 
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::Arc;
@@ -52,24 +51,13 @@ impl Proc {
             .stderr(log)
             .spawn()
             .expect("spawn kasbah serve");
-        let stdout = child.stdout.take().expect("stdout");
-        let mut lines = BufReader::new(stdout).lines();
-        let mut token = None;
-        let url = loop {
-            let Some(Ok(line)) = lines.next() else {
-                let status = child.wait().expect("wait");
-                let log = std::fs::read_to_string(root.join("server.log")).unwrap_or_default();
-                panic!("kasbah serve exited ({status}) before listening:\n{log}");
-            };
-            if let Some(t) = line.strip_prefix("admin token: ") {
-                token = Some(t.to_string());
-            }
-            if let Some(u) = line.strip_prefix("listening on ") {
-                break u.to_string();
-            }
+        let banner = kasbah_tests::read_serve_banner(child.stdout.take().expect("stdout"));
+        let token = banner.admin_token;
+        let Some(url) = banner.url else {
+            let status = child.wait().expect("wait");
+            let log = std::fs::read_to_string(root.join("server.log")).unwrap_or_default();
+            panic!("kasbah serve exited ({status}) before listening:\n{log}");
         };
-        // Keep draining stdout so the server never blocks on a full pipe.
-        std::thread::spawn(move || for _ in lines {});
         (Proc { child, url }, token)
     }
 

@@ -7,7 +7,6 @@
 //! The server runs as a separate process (`kasbah-under-test serve`) so its
 //! file descriptor limit can be set and it can be signalled.
 
-use std::io::{BufRead, BufReader};
 use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
@@ -64,23 +63,13 @@ impl Proc {
             }
         }
         let mut child = cmd.spawn().expect("spawn kasbah serve");
-        let stdout = child.stdout.take().expect("stdout");
-        let mut lines = BufReader::new(stdout).lines();
-        let mut token = None;
-        let url = loop {
-            let Some(Ok(line)) = lines.next() else {
-                let status = child.wait().expect("wait");
-                let log = std::fs::read_to_string(root.join("server.log")).unwrap_or_default();
-                panic!("kasbah serve exited ({status}) before listening:\n{log}");
-            };
-            if let Some(t) = line.strip_prefix("admin token: ") {
-                token = Some(t.to_string());
-            }
-            if let Some(u) = line.strip_prefix("listening on ") {
-                break u.to_string();
-            }
+        let banner = kasbah_tests::read_serve_banner(child.stdout.take().expect("stdout"));
+        let token = banner.admin_token;
+        let Some(url) = banner.url else {
+            let status = child.wait().expect("wait");
+            let log = std::fs::read_to_string(root.join("server.log")).unwrap_or_default();
+            panic!("kasbah serve exited ({status}) before listening:\n{log}");
         };
-        std::thread::spawn(move || for _ in lines {});
         let addr = url.trim_start_matches("http://").to_string();
         (Proc { child, url, addr }, token)
     }

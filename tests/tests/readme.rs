@@ -46,7 +46,6 @@
 //! Commands quoted inline in prose are not run.
 
 use std::collections::HashMap;
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 
@@ -270,19 +269,9 @@ impl Walk {
             .expect("start kasbah serve");
         let stdout = child.stdout.take().expect("stdout");
         let server = Server(child);
-        let mut lines = BufReader::new(stdout).lines();
-        let mut printed = String::new();
-        for line in lines.by_ref() {
-            let line = line.expect("read serve's stdout");
-            printed.push_str(&line);
-            printed.push('\n');
-            if let Some(u) = line.strip_prefix("listening on ") {
-                self.url = Some(u.to_string());
-                break;
-            }
-        }
-        // Keep draining so the server never writes into a closed pipe.
-        std::thread::spawn(move || for _ in lines {});
+        let banner = kasbah_tests::read_serve_banner(stdout);
+        let printed = banner.printed;
+        self.url = banner.url;
         assert!(
             self.url.is_some(),
             "{}: `{cmd}` did not start listening; it printed:\n{printed}",

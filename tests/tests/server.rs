@@ -3,7 +3,6 @@
 //! overload (429), restart and kill -9 recovery.
 
 use std::collections::BTreeMap;
-use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
@@ -800,22 +799,9 @@ fn spawn_server(dir: &std::path::Path) -> Proc {
         .stderr(Stdio::null())
         .spawn()
         .expect("spawn kasbah serve");
-    let stdout = child.stdout.take().expect("stdout");
-    let mut admin_token = None;
-    let mut url = None;
-    let mut lines = BufReader::new(stdout).lines();
-    for line in lines.by_ref() {
-        let line = line.expect("read");
-        if let Some(t) = line.strip_prefix("admin token: ") {
-            admin_token = Some(t.to_string());
-        }
-        if let Some(u) = line.strip_prefix("listening on ") {
-            url = Some(u.to_string());
-            break;
-        }
-    }
-    // Keep draining stdout so the server never writes into a closed pipe.
-    std::thread::spawn(move || for _ in lines {});
+    let kasbah_tests::ServeBanner {
+        url, admin_token, ..
+    } = kasbah_tests::read_serve_banner(child.stdout.take().expect("stdout"));
     Proc {
         child,
         url: url.expect("server printed its address"),

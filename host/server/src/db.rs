@@ -151,6 +151,25 @@ const RESIDENCY_COLUMNS: [&str; 7] = [
     "output_dataset",
 ];
 
+/// `ALTER TABLE table ADD COLUMN column ty` unless the table has it (names
+/// are this file's constants, never input).
+fn add_missing_column(
+    tx: &rusqlite::Transaction<'_>,
+    table: &str,
+    column: &str,
+    ty: &str,
+) -> rusqlite::Result<()> {
+    let have = tx
+        .prepare(&format!(
+            "SELECT 1 FROM pragma_table_info('{table}') WHERE name = ?1"
+        ))?
+        .exists([column])?;
+    if !have {
+        tx.execute_batch(&format!("ALTER TABLE {table} ADD COLUMN {column} {ty}"))?;
+    }
+    Ok(())
+}
+
 /// Bring a database made by an earlier kasbah to the current schema, in one
 /// transaction (nothing stored is dropped):
 /// - `run_residency` rows move into the residency columns of `runs`;
@@ -158,40 +177,20 @@ const RESIDENCY_COLUMNS: [&str; 7] = [
 ///   runs in flight) move to `runs_inflight`, where start-up marks them
 ///   interrupted like any other;
 /// - the `runs_by_status` index (only that start-up scan used it) goes;
-/// - operators gain `zones_json` (NULL: no zone restriction).
+/// - operators gain `zones_json` (NULL: no zone restriction);
+/// - policy versions gain `set_by`, tokens their id, expiry, last use,
+///   revocation and creator, auditors the operator that created them.
 fn migrate(conn: &mut Connection) -> rusqlite::Result<()> {
     let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
-    let have: Vec<String> = tx
-        .prepare("SELECT name FROM pragma_table_info('runs')")?
-        .query_map([], |r| r.get(0))?
-        .collect::<rusqlite::Result<_>>()?;
     for col in RESIDENCY_COLUMNS {
-        if !have.iter().any(|h| h == col) {
-            tx.execute_batch(&format!("ALTER TABLE runs ADD COLUMN {col} TEXT"))?;
-        }
+        add_missing_column(&tx, "runs", col, "TEXT")?;
     }
-    let op_columns: Vec<String> = tx
-        .prepare("SELECT name FROM pragma_table_info('operators')")?
-        .query_map([], |r| r.get(0))?
-        .collect::<rusqlite::Result<_>>()?;
-    if !op_columns.iter().any(|c| c == "zones_json") {
-        tx.execute_batch("ALTER TABLE operators ADD COLUMN zones_json TEXT")?;
-    }
-    let policy_columns: Vec<String> = tx
-        .prepare("SELECT name FROM pragma_table_info('policies')")?
-        .query_map([], |r| r.get(0))?
-        .collect::<rusqlite::Result<_>>()?;
-    if !policy_columns.iter().any(|c| c == "set_by") {
-        // Versions from before it was recorded read back with `set_by: null`.
-        tx.execute_batch("ALTER TABLE policies ADD COLUMN set_by TEXT")?;
-    }
+    add_missing_column(&tx, "operators", "zones_json", "TEXT")?;
+    // Versions from before it was recorded read back with `set_by: null`.
+    add_missing_column(&tx, "policies", "set_by", "TEXT")?;
     // Token lifecycle (issue 13): ids, expiry, last use, revocation; who
     // created an auditor. Tokens from before get a random id here and an
     // expiry at the next start (`Db::expire_unbounded_tokens`).
-    let token_columns: Vec<String> = tx
-        .prepare("SELECT name FROM pragma_table_info('tokens')")?
-        .query_map([], |r| r.get(0))?
-        .collect::<rusqlite::Result<_>>()?;
     for (col, ty) in [
         ("id", "TEXT"),
         ("expires_at", "INTEGER"),
@@ -199,22 +198,14 @@ fn migrate(conn: &mut Connection) -> rusqlite::Result<()> {
         ("revoked_at", "INTEGER"),
         ("created_by", "TEXT"),
     ] {
-        if !token_columns.iter().any(|c| c == col) {
-            tx.execute_batch(&format!("ALTER TABLE tokens ADD COLUMN {col} {ty}"))?;
-        }
+        add_missing_column(&tx, "tokens", col, ty)?;
     }
     tx.execute_batch(
         "UPDATE tokens SET id = 'tk_' || lower(hex(randomblob(8))) WHERE id IS NULL;
          CREATE UNIQUE INDEX IF NOT EXISTS tokens_by_id ON tokens(id);
          CREATE INDEX IF NOT EXISTS tokens_by_subject ON tokens(role, subject);",
     )?;
-    let auditor_columns: Vec<String> = tx
-        .prepare("SELECT name FROM pragma_table_info('auditors')")?
-        .query_map([], |r| r.get(0))?
-        .collect::<rusqlite::Result<_>>()?;
-    if !auditor_columns.iter().any(|c| c == "operator_id") {
-        tx.execute_batch("ALTER TABLE auditors ADD COLUMN operator_id TEXT")?;
-    }
+    add_missing_column(&tx, "auditors", "operator_id", "TEXT")?;
     let table_exists = |name: &str| -> rusqlite::Result<bool> {
         tx.query_row(
             "SELECT COUNT(*) FROM sqlite_schema WHERE type = 'table' AND name = ?1",
