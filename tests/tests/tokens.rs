@@ -63,7 +63,7 @@ async fn a_token_expires_after_its_ttl_and_ttls_are_bounded() {
     // Wait until just past the expiry (at most ~1 s), then the very next
     // request is refused with its own code.
     loop {
-        let now = kasbah_server::db::now_ms();
+        let now = kasbah_server::ids::now_ms();
         if now > created {
             break;
         }
@@ -85,7 +85,7 @@ async fn a_token_expires_after_its_ttl_and_ttls_are_bounded() {
         (422, "invalid_ttl".into())
     );
     let default = p.admin.tenant_token(&t.id).await.expect("default ttl");
-    let left = default.expires_at.expect("expiry") - kasbah_server::db::now_ms();
+    let left = default.expires_at.expect("expiry") - kasbah_server::ids::now_ms();
     let want = 600_000;
     assert!((want - 60_000..=want).contains(&left), "{left}");
     // An unknown token is still plain `unauthenticated`.
@@ -164,7 +164,7 @@ async fn listing_shows_metadata_never_secrets_and_last_use() {
         .expect("body");
     for secret in [&tok.token, &admin_token] {
         assert!(!raw.contains(secret.as_str()), "secret in {raw}");
-        let hash = kasbah_server::db::hash_token(secret);
+        let hash = kasbah_server::ids::hash_token(secret);
         assert!(!raw.contains(&hash), "hash in {raw}");
     }
     // last_used_at is written in the background: poll briefly.
@@ -319,7 +319,7 @@ async fn tokens_from_before_expiry_get_an_id_and_an_expiry() {
         .expect("old schema");
         c.execute(
             "INSERT INTO tokens VALUES (?1, 'admin', 'admin', 'bootstrap', 1)",
-            [kasbah_server::db::hash_token(old)],
+            [kasbah_server::ids::hash_token(old)],
         )
         .expect("old token");
     }
@@ -332,7 +332,7 @@ async fn tokens_from_before_expiry_get_an_id_and_an_expiry() {
     let list = admin.tokens().await.expect("list");
     assert_eq!(list.len(), 1);
     assert!(list[0].id.starts_with("tk_"), "{:?}", list[0]);
-    let left = list[0].expires_at.expect("given an expiry") - kasbah_server::db::now_ms();
+    let left = list[0].expires_at.expect("given an expiry") - kasbah_server::ids::now_ms();
     assert!(left > 89 * 86_400_000, "{left}");
     // Revoking the only admin token: a new one is issued at the next start.
     admin.revoke_token(&list[0].id).await.expect("revoke");

@@ -109,7 +109,7 @@ pub async fn audit(ctx: &Ctx, c: AuditCmd) -> anyhow::Result<ExitCode> {
         AuditCmd::Key {
             data_dir: Some(dir),
         } => {
-            let path = dir.join(kasbah_server::audit::KEY_FILE);
+            let path = dir.join(kasbah_server::audit::key::KEY_FILE);
             let key = LogSigner::load(&path)
                 .map_err(|e| anyhow::anyhow!("{e}"))
                 .with_context(|| format!("reading the log key {}", path.display()))?;

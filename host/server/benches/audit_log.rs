@@ -31,8 +31,13 @@ use kasbah_audit::{
 };
 use kasbah_core::{Digest, Outcome, Output, RunReport, Usage};
 use kasbah_policy::Policy;
-use kasbah_server::audit::{self, AuditKey, Encoded, SqliteStore};
-use kasbah_server::db::{Db, Finished, NewRun};
+use kasbah_server::audit::key::AuditKey;
+use kasbah_server::audit::log::{self as audit, Encoded, SqliteStore};
+use kasbah_server::runs::sqlite::SqliteRuns;
+use kasbah_server::runs::storage::{Finished, NewRun, RunStore};
+use kasbah_server::store::Db;
+use kasbah_server::tenancy::sqlite::SqliteTenancy;
+use kasbah_server::tenancy::storage::TenancyStore;
 
 const SAMPLES: usize = 20_000;
 
@@ -182,7 +187,8 @@ fn report(module: Digest, ok: bool) -> RunReport {
 async fn runs(n: usize) {
     let dir = bench_dir();
     let db = Arc::new(Db::open(&dir.path().join("kasbah.db"), true).expect("open"));
-    let (tenant, _) = db
+    let runs = Arc::new(SqliteRuns::new(db.clone()));
+    let (tenant, _) = SqliteTenancy::new(db.clone())
         .create_tenant("bench", None, &Policy::default(), "admin")
         .await
         .expect("tenant")
@@ -193,19 +199,19 @@ async fn runs(n: usize) {
     let started = Instant::now();
     let mut tasks = Vec::new();
     for _ in 0..n {
-        let (db, tenant) = (db.clone(), tenant.id.clone());
+        let (db, tenant) = (runs.clone(), tenant.id.clone());
         tasks.push(tokio::spawn(async move {
             let mut lat = Vec::new();
             while Instant::now() < stop {
                 let t = Instant::now();
                 let run = NewRun {
-                    id: kasbah_server::db::new_run_id(),
+                    id: kasbah_server::ids::new_run_id(),
                     tenant_id: tenant.clone(),
                     module,
                     policy_version: 1,
                     input_digest: input,
                     input_size: 5,
-                    created_at: kasbah_server::db::now_ms(),
+                    created_at: kasbah_server::ids::now_ms(),
                     residency: None,
                 };
                 let _inserted = db.insert_run(&run).await.expect("insert");

@@ -51,6 +51,16 @@ impl ApiError {
     pub fn forbidden(m: impl Into<String>) -> Self {
         Self::new(StatusCode::FORBIDDEN, "forbidden", m)
     }
+    /// 500 with a specific code (a fault the operator must look at, e.g.
+    /// `audit_log_corrupt`), logged by the caller.
+    pub fn fault(code: &'static str, m: impl Into<String>) -> Self {
+        ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, code, m)
+    }
+    /// 403 with a specific code (a refusal that is a policy decision,
+    /// e.g. `residency_violation`).
+    pub fn refused(code: &'static str, m: impl Into<String>) -> Self {
+        ApiError::new(StatusCode::FORBIDDEN, code, m)
+    }
     pub fn unauthenticated(m: impl Into<String>) -> Self {
         Self::new(StatusCode::UNAUTHORIZED, "unauthenticated", m)
     }
@@ -100,8 +110,8 @@ impl From<rusqlite::Error> for ApiError {
     }
 }
 
-impl From<crate::db::DbError> for ApiError {
-    fn from(e: crate::db::DbError) -> Self {
+impl From<crate::store::DbError> for ApiError {
+    fn from(e: crate::store::DbError) -> Self {
         ApiError::internal(e)
     }
 }

@@ -55,7 +55,7 @@ pub struct ConnLimits {
 
 impl ConnLimits {
     /// `configured` connections, but never more than the fd limit allows.
-    pub fn new(config: &crate::ServerConfig, fd_limit: Option<u64>) -> Self {
+    pub fn new(config: &crate::config::ServerConfig, fd_limit: Option<u64>) -> Self {
         ConnLimits {
             header_read_timeout: Duration::from_millis(config.header_read_timeout_ms.max(1)),
             body_timeout: Duration::from_millis(config.body_timeout_ms.max(1)),

@@ -74,7 +74,7 @@ impl Metrics {
     }
 
     /// Export the database writer's group-commit counters.
-    pub fn register_writer(&mut self, w: &crate::writer::WriterStats) {
+    pub fn register_writer(&mut self, w: &crate::store::writer::WriterStats) {
         let r = &mut self.registry;
         r.register(
             "db_write_batches",

@@ -35,8 +35,8 @@ use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use rusqlite::{Connection, TransactionBehavior};
 use tokio::sync::mpsc;
 
-use crate::audit::{self, Encoded};
-use crate::db::DbError;
+use crate::audit::log::{self as audit, Encoded};
+use crate::store::error::DbError;
 
 /// Most jobs in one transaction.
 pub const MAX_BATCH: usize = 8192;

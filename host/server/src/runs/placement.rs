@@ -23,30 +23,20 @@
 
 use std::collections::BTreeSet;
 
-use axum::http::StatusCode;
-use kasbah_core::Digest;
 use kasbah_core::api::{DatasetRecord, ModuleRecord, RunDataset};
 use kasbah_policy::Policy;
 use kasbah_runtime::kasbah_gpu::AdapterStatus;
 use kasbah_runtime::{DatasetMount, Residency, RunOptions};
 
-use crate::AppState;
+use super::storage::RunResidency;
+use crate::audit::service::residency_violation;
+use crate::datasets::service as datasets;
 use crate::error::{ApiError, ApiResult};
+use crate::state::AppState;
 
 /// `{a, b}` for messages.
 pub fn describe(zones: &BTreeSet<String>) -> String {
     kasbah_runtime::residency::describe(zones)
-}
-
-/// What placement decided for one run (kept with the run's row).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RunResidency {
-    pub zone: String,
-    pub adapter: Option<String>,
-    pub datasets: Vec<RunDataset>,
-    pub input_label: Vec<String>,
-    pub output_label: Vec<String>,
-    pub store_output_as: Option<String>,
 }
 
 /// A placed run: its row and what the runtime needs.
@@ -137,36 +127,6 @@ pub fn place(
     ))
 }
 
-/// Refuse with `403 residency_violation`, recorded as a denial entry first.
-pub async fn residency_violation(
-    s: &AppState,
-    tenant: &str,
-    module: Option<Digest>,
-    action: &str,
-    message: String,
-) -> ApiError {
-    if let Err(e) =
-        s.db.record_denial(
-            tenant,
-            module,
-            action,
-            &format!("residency_violation: {message}"),
-        )
-        .await
-    {
-        tracing::error!("auditing a residency refusal: {e}");
-    }
-    if action == "run" {
-        s.metrics
-            .runs_rejected
-            .get_or_create(&crate::metrics::ReasonLabel {
-                reason: "residency_violation".into(),
-            })
-            .inc();
-    }
-    ApiError::new(StatusCode::FORBIDDEN, "residency_violation", message)
-}
-
 /// Resolve a run request's datasets and labels and place it; refusals are
 /// audited. Called by `POST /v1/runs` before admission.
 pub async fn place_run(
@@ -178,12 +138,12 @@ pub async fn place_run(
     input_label: Option<&[String]>,
     store_output_as: Option<&str>,
 ) -> ApiResult<Placed> {
-    let datasets = crate::datasets::resolve(s, tenant, dataset_refs)?;
+    let datasets = datasets::resolve(s, tenant, dataset_refs)?;
     let node = &s.config.zones.node;
     let input_label: BTreeSet<String> = match input_label {
         Some(l) => {
             let l: BTreeSet<String> = l.iter().cloned().collect();
-            crate::datasets::check_label(&l)?;
+            datasets::check_label(&l)?;
             l
         }
         None => policy.allowed_zones(node),
@@ -195,7 +155,7 @@ pub async fn place_run(
                 format!("store_output_as {name:?}: dataset names are [a-z0-9][a-z0-9._-]{{0,63}}"),
             ));
         }
-        if let Some(d) = crate::datasets::exists(s, tenant, name)? {
+        if let Some(d) = datasets::exists(s, tenant, name)? {
             return Err(ApiError::conflict(
                 "dataset_exists",
                 format!(
@@ -250,88 +210,10 @@ pub async fn place_run(
     Ok(Placed { row, options })
 }
 
-fn json<T: serde::Serialize>(v: &T) -> rusqlite::Result<String> {
-    serde_json::to_string(v).map_err(|e| rusqlite::Error::ToSqlConversionFailure(Box::new(e)))
-}
-
-fn from_json<T: serde::de::DeserializeOwned>(s: &str) -> rusqlite::Result<T> {
-    serde_json::from_str(s).map_err(|e| {
-        rusqlite::Error::FromSqlConversionFailure(0, rusqlite::types::Type::Text, Box::new(e))
-    })
-}
-
-/// A run's residency as the columns `zone, adapter, datasets, input_label,
-/// output_label, store_output_as` of its row (all NULL without placement).
-pub(crate) type ResidencyParams = [Option<String>; 6];
-
-pub(crate) fn residency_params(r: Option<&RunResidency>) -> rusqlite::Result<ResidencyParams> {
-    let Some(r) = r else {
-        return Ok(Default::default());
-    };
-    Ok([
-        Some(r.zone.clone()),
-        r.adapter.clone(),
-        Some(json(&r.datasets)?),
-        Some(json(&r.input_label)?),
-        Some(json(&r.output_label)?),
-        r.store_output_as.clone(),
-    ])
-}
-
-/// The residency columns of a run record (all NULL for runs placed before
-/// residency existed).
-#[derive(Default)]
-pub struct ResidencyColumns {
-    pub zone: Option<String>,
-    pub adapter: Option<String>,
-    pub datasets: Vec<RunDataset>,
-    pub input_label: Vec<String>,
-    pub output_label: Vec<String>,
-    pub output_dataset: Option<String>,
-}
-
-impl ResidencyColumns {
-    /// A run's columns as placement decided them (no output dataset yet).
-    pub fn placed(r: &RunResidency) -> Self {
-        ResidencyColumns {
-            zone: Some(r.zone.clone()),
-            adapter: r.adapter.clone(),
-            datasets: r.datasets.clone(),
-            input_label: r.input_label.clone(),
-            output_label: r.output_label.clone(),
-            output_dataset: None,
-        }
-    }
-}
-
-/// Read `zone, adapter, datasets, input_label, output_label, output_dataset`
-/// starting at column `at`.
-pub(crate) fn residency_columns(
-    r: &rusqlite::Row<'_>,
-    at: usize,
-) -> rusqlite::Result<ResidencyColumns> {
-    let list = |i: usize| -> rusqlite::Result<Vec<String>> {
-        match r.get::<_, Option<String>>(at + i)? {
-            Some(s) => from_json(&s),
-            None => Ok(Vec::new()),
-        }
-    };
-    Ok(ResidencyColumns {
-        zone: r.get(at)?,
-        adapter: r.get(at + 1)?,
-        datasets: match r.get::<_, Option<String>>(at + 2)? {
-            Some(s) => from_json(&s)?,
-            None => Vec::new(),
-        },
-        input_label: list(3)?,
-        output_label: list(4)?,
-        output_dataset: r.get(at + 5)?,
-    })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use kasbah_core::Digest;
 
     fn zones(z: &[&str]) -> BTreeSet<String> {
         z.iter().map(|s| s.to_string()).collect()

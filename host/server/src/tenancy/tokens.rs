@@ -1,5 +1,5 @@
 //! Token lifecycle rules (issue 13): expiry, who may list and revoke which
-//! tokens. No HTTP here; the handlers in `api.rs` call these.
+//! tokens. No HTTP here; `handlers.rs` calls these.
 //!
 //! Who manages a token is who may create it: admins every token; an
 //! operator its tenants' developer tokens and the tokens of auditors it
@@ -8,8 +8,9 @@
 
 use kasbah_core::api::{Role, TokenInfo};
 
+use super::storage::{TenancyStore, TokenStore};
+use crate::caller::Caller;
 use crate::config::ServerConfig;
-use crate::db::{Caller, Db};
 use crate::error::{ApiError, ApiResult};
 
 /// When a token created now with `ttl_seconds` (default: the server's)
@@ -36,7 +37,11 @@ pub fn default_ttl_ms(config: &ServerConfig) -> i64 {
 
 /// The tenants a token reaches: its tenant (developer), its grants
 /// (auditor), none (operator, admin). Its `credential` entries go to them.
-pub fn reached_tenants(db: &Db, role: Role, subject: &str) -> ApiResult<Vec<String>> {
+pub fn reached_tenants(
+    db: &(impl TenancyStore + TokenStore),
+    role: Role,
+    subject: &str,
+) -> ApiResult<Vec<String>> {
     Ok(match role {
         Role::Developer => vec![subject.to_string()],
         Role::Auditor => db.auditor_grants(subject)?,
@@ -45,7 +50,11 @@ pub fn reached_tenants(db: &Db, role: Role, subject: &str) -> ApiResult<Vec<Stri
 }
 
 /// Whether `caller` manages `t` (may see its metadata and revoke it).
-fn manages(caller: &Caller, db: &Db, t: &TokenInfo) -> ApiResult<bool> {
+fn manages(
+    caller: &Caller,
+    db: &(impl TenancyStore + TokenStore),
+    t: &TokenInfo,
+) -> ApiResult<bool> {
     Ok(match (caller.role, t.role) {
         (Role::Admin, _) => true,
         (Role::Operator, Role::Developer) => db
@@ -59,7 +68,7 @@ fn manages(caller: &Caller, db: &Db, t: &TokenInfo) -> ApiResult<bool> {
 }
 
 /// The tokens `caller` manages (metadata only, newest first, bounded).
-pub fn list(caller: &Caller, db: &Db) -> ApiResult<Vec<TokenInfo>> {
+pub fn list(caller: &Caller, db: &(impl TenancyStore + TokenStore)) -> ApiResult<Vec<TokenInfo>> {
     caller.require(&[Role::Admin, Role::Operator], "list tokens")?;
     Ok(match caller.role {
         Role::Admin => db.tokens(None)?,
@@ -70,7 +79,11 @@ pub fn list(caller: &Caller, db: &Db) -> ApiResult<Vec<TokenInfo>> {
 /// Revoke token `id` if `caller` manages it (404 otherwise; 403 for roles
 /// that manage no tokens). Idempotent: revoking a revoked token changes
 /// nothing and writes no entry. Takes effect on the next request.
-pub async fn revoke(caller: &Caller, db: &Db, id: &str) -> ApiResult<TokenInfo> {
+pub async fn revoke(
+    caller: &Caller,
+    db: &(impl TenancyStore + TokenStore),
+    id: &str,
+) -> ApiResult<TokenInfo> {
     caller.require(&[Role::Admin, Role::Operator], "revoke tokens")?;
     let t = db.token(id)?.ok_or_else(|| ApiError::not_found("token"))?;
     if !manages(caller, db, &t)? {

@@ -1,0 +1,204 @@
+//! The module registry's rules: who publishes (a tenant's developers), how
+//! large a module may be (the policy's `max_module_bytes`, within the
+//! server's), what a module must be (a component exporting the pipeline
+//! world whose imports the tenant's policy grants and this host links).
+//! A refusal for imports is a policy decision and is audited. No HTTP here.
+
+use std::sync::Arc;
+
+use kasbah_core::Digest;
+use kasbah_core::api::{ModuleRecord, PolicyRecord, Role};
+use kasbah_runtime::LoadError;
+
+use super::storage::ModuleStore;
+use crate::audit::storage::AuditStore;
+use crate::caller::Caller;
+use crate::error::{ApiError, ApiResult};
+use crate::ids::now_ms;
+use crate::state::AppState;
+use crate::tenancy::service::policy;
+use crate::validate::{parse_digest, valid_name};
+
+/// A publish that passed the checks made before its bytes are read.
+pub struct Publish {
+    tenant: String,
+    name: String,
+    version: String,
+    policy: Arc<PolicyRecord>,
+    /// Most bytes the module may have.
+    pub max: u64,
+}
+
+/// Only developer tokens publish (checked before anything else).
+pub fn may_publish(caller: &Caller) -> ApiResult<()> {
+    caller.require(
+        &[Role::Developer],
+        "publish modules (use a tenant developer token)",
+    )
+}
+
+/// The checks before the upload: caller, name, version, the tenant's policy.
+pub fn plan(s: &AppState, caller: &Caller, name: &str, version: &str) -> ApiResult<Publish> {
+    may_publish(caller)?;
+    let name = valid_name(name)?.to_string();
+    let version = valid_name(version)?.to_string();
+    let policy = policy(s, &caller.subject)?;
+    let max = policy
+        .policy
+        .limits
+        .max_module_bytes
+        .min(s.config.max_module_bytes);
+    Ok(Publish {
+        tenant: caller.subject.clone(),
+        name,
+        version,
+        policy,
+        max,
+    })
+}
+
+/// Count a refused publish (by code) and pass its error on.
+pub fn refused(s: &AppState, code: &'static str, e: ApiError) -> ApiError {
+    s.metrics
+        .publishes_refused
+        .get_or_create(&crate::metrics::ReasonLabel {
+            reason: code.to_string(),
+        })
+        .inc();
+    e
+}
+
+/// The refusal of an upload past [`Publish::max`].
+pub fn too_large(s: &AppState, p: &Publish) -> ApiError {
+    refused(
+        s,
+        "module_too_large",
+        ApiError::too_large(
+            "module_too_large",
+            format!("module exceeds the limit of {} bytes", p.max),
+        ),
+    )
+}
+
+/// Validate the uploaded bytes (streamed to `tmp`, hashed to `digest`),
+/// then store and record the module. `Ok((true, _))`: newly published;
+/// `Ok((false, _))`: identical bytes already were.
+pub async fn publish(
+    s: &AppState,
+    p: Publish,
+    digest: Digest,
+    size: u64,
+    tmp: tempfile::NamedTempFile,
+) -> ApiResult<(bool, ModuleRecord)> {
+    if size == 0 {
+        return Err(refused(
+            s,
+            "empty_module",
+            ApiError::unprocessable("empty_module", "the upload is empty"),
+        ));
+    }
+    // Validate: a component exporting the pipeline world, imports granted.
+    let bytes = std::fs::read(tmp.path()).map_err(ApiError::internal)?;
+    let runtime = s.runtime.clone();
+    let module = tokio::task::spawn_blocking(move || runtime.load(&bytes))
+        .await
+        .map_err(ApiError::internal)?
+        .map_err(|e| {
+            let code = match e {
+                LoadError::NotAComponent => "not_a_component",
+                LoadError::MissingExport => "missing_export",
+                LoadError::Invalid(_) => "invalid_module",
+            };
+            refused(s, code, ApiError::unprocessable(code, e.to_string()))
+        })?;
+    let not_granted = p
+        .policy
+        .policy
+        .refused_imports(module.imports().iter().map(String::as_str));
+    let import_refusal = if !not_granted.is_empty() {
+        let list: Vec<String> = not_granted
+            .iter()
+            .map(|r| format!("{} ({})", r.import, r.reason))
+            .collect();
+        Some(format!(
+            "the tenant's policy does not grant: {}",
+            list.join(", ")
+        ))
+    } else {
+        module
+            .link_error()
+            .map(|e| format!("this host cannot link the module: {e}"))
+    };
+    if let Some(message) = import_refusal {
+        // The refusal is a policy decision: audit it (durably, before
+        // answering). If the log cannot record it, the publish is refused
+        // all the same.
+        if let Err(e) =
+            s.db.record_denial(
+                &p.tenant,
+                Some(digest),
+                "publish",
+                &format!("imports_not_granted: {message}"),
+            )
+            .await
+        {
+            tracing::error!("auditing a refused publish: {e}");
+        }
+        return Err(refused(
+            s,
+            "imports_not_granted",
+            ApiError::unprocessable("imports_not_granted", message),
+        ));
+    }
+
+    s.blobs.commit(tmp, &digest).map_err(ApiError::internal)?;
+    let record = ModuleRecord {
+        digest,
+        tenant_id: p.tenant,
+        name: p.name,
+        version: p.version,
+        size,
+        imports: module.imports().to_vec(),
+        created_at: now_ms(),
+    };
+    match s.modules.insert_module(&record).await? {
+        Ok(stored) if stored.created_at == record.created_at => {
+            s.metrics.modules_published.inc();
+            Ok((true, stored))
+        }
+        Ok(existing) => Ok((false, existing)),
+        Err(other) => Err(ApiError::conflict(
+            "version_exists",
+            format!(
+                "{}@{} is already published with other bytes ({other}); modules are immutable",
+                record.name, record.version
+            ),
+        )),
+    }
+}
+
+/// The tenants' modules the caller reads.
+pub fn modules(
+    s: &AppState,
+    caller: &Caller,
+    tenant: Option<&str>,
+) -> ApiResult<Vec<ModuleRecord>> {
+    let tenants = caller.readable_tenants(s, tenant)?;
+    Ok(s.modules.modules(&tenants)?)
+}
+
+/// A module by digest among the tenants the caller reads.
+pub fn module(
+    s: &AppState,
+    caller: &Caller,
+    digest: &str,
+    tenant: Option<&str>,
+) -> ApiResult<ModuleRecord> {
+    let digest = parse_digest(digest)?;
+    for t in caller.readable_tenants(s, tenant)? {
+        if let Some(m) = s.modules.module(&t, &digest)? {
+            return Ok(m);
+        }
+    }
+    Err(ApiError::not_found("module"))
+}

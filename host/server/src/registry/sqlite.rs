@@ -1,0 +1,141 @@
+//! The module registry in SQLite: one row per (tenant, digest), unique
+//! (tenant, name, version).
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use kasbah_core::Digest;
+use kasbah_core::api::ModuleRecord;
+use rusqlite::{Connection, OptionalExtension, params};
+
+use super::storage::ModuleStore;
+use crate::audit::entries;
+use crate::store::{CACHE_MAX, Db, DbResult, from_json, json, lock, parse_digest};
+
+pub struct SqliteModules {
+    db: Arc<Db>,
+    /// (tenant, module) → record, for modules seen before. Modules are
+    /// immutable and never deleted.
+    seen: Mutex<HashMap<(String, Digest), Arc<ModuleRecord>>>,
+}
+
+impl SqliteModules {
+    pub fn new(db: Arc<Db>) -> Self {
+        SqliteModules {
+            db,
+            seen: Mutex::default(),
+        }
+    }
+}
+
+impl ModuleStore for SqliteModules {
+    /// Record a module for a tenant, with its `module_published` audit
+    /// entry. Same digest again → the existing record (no new entry);
+    /// same name+version with other bytes → `Err(existing digest)`.
+    async fn insert_module(&self, m: &ModuleRecord) -> DbResult<Result<ModuleRecord, Digest>> {
+        let m = m.clone();
+        let (result, _) = self
+            .db
+            .write(move |tx| {
+                if let Some(existing) = module_row(tx, &m.tenant_id, &m.digest)? {
+                    return Ok((Ok(existing), Vec::new()));
+                }
+                let clash: Option<String> = tx
+                    .query_row(
+                        "SELECT digest FROM modules WHERE tenant_id = ?1 AND name = ?2 AND version = ?3",
+                        params![m.tenant_id, m.name, m.version],
+                        |r| r.get(0),
+                    )
+                    .optional()?;
+                if let Some(d) = clash {
+                    return Ok((Err(parse_digest(&d)?), Vec::new()));
+                }
+                tx.execute(
+                    "INSERT INTO modules(tenant_id, digest, name, version, size, imports_json, created_at)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                    params![
+                        m.tenant_id,
+                        m.digest.to_string(),
+                        m.name,
+                        m.version,
+                        m.size as i64,
+                        json(&m.imports)?,
+                        m.created_at
+                    ],
+                )?;
+                let e = entries::module_published(&m);
+                Ok((Ok(m), vec![e]))
+            })
+            .await?;
+        Ok(result)
+    }
+
+    fn module(&self, tenant_id: &str, digest: &Digest) -> DbResult<Option<ModuleRecord>> {
+        self.db.with(|c| module_row(c, tenant_id, digest))
+    }
+
+    /// [`Self::module`], with found modules cached (they are immutable).
+    fn module_cached(
+        &self,
+        tenant_id: &str,
+        digest: &Digest,
+    ) -> DbResult<Option<Arc<ModuleRecord>>> {
+        let key = (tenant_id.to_string(), *digest);
+        if let Some(m) = lock(&self.seen).get(&key) {
+            return Ok(Some(m.clone()));
+        }
+        let Some(m) = self.module(tenant_id, digest)? else {
+            return Ok(None);
+        };
+        let m = Arc::new(m);
+        let mut cache = lock(&self.seen);
+        if cache.len() >= CACHE_MAX {
+            cache.clear();
+        }
+        cache.insert(key, m.clone());
+        Ok(Some(m))
+    }
+
+    fn modules(&self, tenant_ids: &[String]) -> DbResult<Vec<ModuleRecord>> {
+        self.db.with(|c| {
+            let mut st = c.prepare(
+                "SELECT tenant_id, digest, name, version, size, imports_json, created_at
+                 FROM modules WHERE tenant_id = ?1 ORDER BY created_at",
+            )?;
+            let mut out = Vec::new();
+            for t in tenant_ids {
+                for m in st.query_map([t], row_module)? {
+                    out.push(m?);
+                }
+            }
+            Ok(out)
+        })
+    }
+
+    // ---- runs -----------------------------------------------------------
+}
+
+fn row_module(r: &rusqlite::Row<'_>) -> rusqlite::Result<ModuleRecord> {
+    Ok(ModuleRecord {
+        tenant_id: r.get(0)?,
+        digest: parse_digest(&r.get::<_, String>(1)?)?,
+        name: r.get(2)?,
+        version: r.get(3)?,
+        size: r.get::<_, i64>(4)? as u64,
+        imports: from_json(&r.get::<_, String>(5)?)?,
+        created_at: r.get(6)?,
+    })
+}
+
+fn module_row(
+    c: &Connection,
+    tenant_id: &str,
+    digest: &Digest,
+) -> rusqlite::Result<Option<ModuleRecord>> {
+    c.prepare_cached(
+        "SELECT tenant_id, digest, name, version, size, imports_json, created_at
+         FROM modules WHERE tenant_id = ?1 AND digest = ?2",
+    )?
+    .query_row(params![tenant_id, digest.to_string()], row_module)
+    .optional()
+}

@@ -1,0 +1,113 @@
+//! Runs' HTTP handlers: start, read, output, list, usage. The rules are
+//! in `service.rs`.
+
+use axum::Json;
+use axum::extract::rejection::{JsonRejection, QueryRejection};
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use kasbah_core::api::{CreateRun, RunRecord, UsageRow};
+use serde::Deserialize;
+
+use super::service::{self, Started};
+use super::storage::Period;
+use crate::caller::Caller;
+use crate::error::{ApiResult, ErrorBody};
+use crate::extract::{json_error, query_error};
+use crate::state::AppState;
+
+#[utoipa::path(post, path = "/v1/runs", request_body = CreateRun,
+    responses((status = 200, body = RunRecord, description = "finished (wait = true)"),
+        (status = 202, body = RunRecord, description = "accepted; poll GET /v1/runs/{id}"),
+        (status = 403, body = ErrorBody, description = "`residency_violation`: no zone satisfies the tenant's zones, the input label, every dataset label and (for GPU modules) a usable adapter"),
+        (status = 404, body = ErrorBody), (status = 409, body = ErrorBody), (status = 413, body = ErrorBody), (status = 429, body = ErrorBody)))]
+pub async fn create_run(
+    State(s): State<AppState>,
+    caller: Caller,
+    body: Result<Json<CreateRun>, JsonRejection>,
+) -> ApiResult<(StatusCode, Json<RunRecord>)> {
+    service::may_start(&caller)?;
+    let Json(req) = body.map_err(json_error)?;
+    Ok(match service::start(&s, &caller, req).await? {
+        Started::Finished(r) => (StatusCode::OK, Json(r)),
+        Started::Accepted(r) => (StatusCode::ACCEPTED, Json(r)),
+    })
+}
+
+#[utoipa::path(get, path = "/v1/runs/{id}", responses((status = 200, body = RunRecord), (status = 404, body = ErrorBody)))]
+pub async fn get_run(
+    State(s): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> ApiResult<Json<RunRecord>> {
+    Ok(Json(service::run(&s, &caller, &id)?))
+}
+
+#[utoipa::path(get, path = "/v1/runs/{id}/output", responses((status = 200, content_type = "*/*", description = "The output bytes, with the content type the guest gave them"),
+    (status = 403, body = ErrorBody, description = "only the owning tenant and its auditors download outputs"), (status = 404, body = ErrorBody)))]
+pub async fn get_run_output(
+    State(s): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> ApiResult<Response> {
+    let (bytes, content_type, digest) = service::output(&s, &caller, &id)?;
+    let mut headers = HeaderMap::new();
+    if let Ok(v) = content_type.parse() {
+        headers.insert(header::CONTENT_TYPE, v);
+    }
+    if let Ok(v) = digest.to_string().parse() {
+        headers.insert("x-kasbah-digest", v);
+    }
+    Ok((headers, bytes).into_response())
+}
+
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct RunsQuery {
+    pub tenant: Option<String>,
+    /// At most this many, newest first (default 50, max 1000).
+    pub limit: Option<u32>,
+}
+
+#[utoipa::path(get, path = "/v1/runs", params(RunsQuery), responses((status = 200, body = Vec<RunRecord>)))]
+pub async fn list_runs(
+    State(s): State<AppState>,
+    caller: Caller,
+    Query(q): Query<RunsQuery>,
+) -> ApiResult<Json<Vec<RunRecord>>> {
+    Ok(Json(service::list(
+        &s,
+        &caller,
+        q.tenant.as_deref(),
+        q.limit,
+    )?))
+}
+
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct UsageQuery {
+    pub tenant: Option<String>,
+    /// `hour`, `day` (default) or `month`.
+    pub period: Option<Period>,
+    /// Unix ms, inclusive (default: 0).
+    pub from: Option<i64>,
+    /// Unix ms, exclusive (default: now + 1 day).
+    pub to: Option<i64>,
+}
+
+#[utoipa::path(get, path = "/v1/usage", params(UsageQuery), responses((status = 200, body = Vec<UsageRow>)))]
+pub async fn usage(
+    State(s): State<AppState>,
+    caller: Caller,
+    q: Result<Query<UsageQuery>, QueryRejection>,
+) -> ApiResult<Json<Vec<UsageRow>>> {
+    let Query(q) = q.map_err(query_error)?;
+    Ok(Json(service::usage(
+        &s,
+        &caller,
+        q.tenant.as_deref(),
+        q.period,
+        q.from,
+        q.to,
+    )?))
+}

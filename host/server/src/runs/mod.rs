@@ -1,0 +1,15 @@
+//! Runs: admission, placement, execution, records and usage.
+//!
+//! `handlers.rs` (HTTP) → `service.rs` (who may start and read runs; the
+//! order of checks) → `placement.rs` (which zone and adapter; residency
+//! refusals), `scheduler.rs` (admission and the worker permits),
+//! `execute.rs` (running it in this process) → `storage.rs` (the
+//! interface) / `sqlite.rs` (its SQLite implementation).
+
+pub mod execute;
+pub mod handlers;
+pub mod placement;
+pub mod scheduler;
+pub mod service;
+pub mod sqlite;
+pub mod storage;

@@ -1,0 +1,333 @@
+//! Runs' rules: who starts runs (a tenant's developers), what a run may
+//! carry (its module, input within `max_input_bytes`), where it runs
+//! (placement, refused and audited before admission), whether it runs now
+//! (admission: per-tenant and server-wide bounds, refusals audited), and
+//! who reads records, outputs and usage. No HTTP here.
+
+use std::time::Duration;
+
+use base64::Engine as _;
+use kasbah_core::Digest;
+use kasbah_core::api::{CreateRun, Role, RunRecord, UsageRow};
+use kasbah_runtime::Request;
+
+use super::execute::execute;
+use super::placement::place_run;
+use super::scheduler::Refusal;
+use super::storage::{NewRun, Period, RunStore, queued_record};
+use crate::audit::storage::AuditStore;
+use crate::caller::Caller;
+use crate::error::{ApiError, ApiResult};
+use crate::ids::{new_run_id, now_ms};
+use crate::registry::storage::ModuleStore;
+use crate::state::AppState;
+use crate::tenancy::service::policy;
+use crate::tenancy::storage::TenancyStore;
+use crate::validate::parse_digest;
+
+/// Only developer tokens start runs (checked before anything else).
+pub fn may_start(caller: &Caller) -> ApiResult<()> {
+    caller.require(
+        &[Role::Developer],
+        "start runs (use a tenant developer token)",
+    )
+}
+
+/// How [`start`] ended.
+pub enum Started {
+    /// The run finished while the caller waited (`wait: true`).
+    Finished(RunRecord),
+    /// The run is accepted (durably recorded) and executes on its own.
+    Accepted(RunRecord),
+}
+
+/// Start a run for the caller's tenant. Refusals (bad input, residency,
+/// admission) come before anything is recorded or run; residency and
+/// admission refusals are audited. Waits for the result if asked, up to
+/// the server's `sync_wait_ms`; past that (or if the caller goes away) the
+/// run goes on detached.
+pub async fn start(s: &AppState, caller: &Caller, req: CreateRun) -> ApiResult<Started> {
+    may_start(caller)?;
+    let tenant = caller.subject.clone();
+    let digest = parse_digest(&req.module)?;
+    let input = match (req.input, req.input_base64) {
+        (Some(t), None) => t.into_bytes(),
+        (None, Some(b)) => base64::engine::general_purpose::STANDARD
+            .decode(b)
+            .map_err(|e| {
+                ApiError::unprocessable("invalid_request", format!("input_base64: {e}"))
+            })?,
+        (None, None) => Vec::new(),
+        (Some(_), Some(_)) => {
+            return Err(ApiError::unprocessable(
+                "invalid_request",
+                "give `input` or `input_base64`, not both",
+            ));
+        }
+    };
+    let module = s
+        .modules
+        .module_cached(&tenant, &digest)?
+        .ok_or_else(|| ApiError::not_found("module"))?;
+    let policy = policy(s, &tenant)?;
+    let limits = &policy.policy.limits;
+    if input.len() as u64 > limits.max_input_bytes {
+        return Err(ApiError::too_large(
+            "input_too_large",
+            format!(
+                "input of {} bytes exceeds limits.max_input_bytes = {}",
+                input.len(),
+                limits.max_input_bytes
+            ),
+        ));
+    }
+    // Residency: refused (403, audited) before anything is admitted or run.
+    let placed = place_run(
+        s,
+        &tenant,
+        &policy.policy,
+        &module,
+        &req.datasets,
+        req.input_label.as_deref(),
+        req.store_output_as.as_deref(),
+    )
+    .await?;
+    let admission = match s.scheduler.admit(&tenant, limits.max_concurrent_runs) {
+        Ok(a) => a,
+        Err(r) => return Err(refuse_admission(s, &tenant, digest, r).await),
+    };
+
+    let run = NewRun {
+        id: new_run_id(),
+        tenant_id: tenant,
+        module: digest,
+        policy_version: policy.version,
+        input_digest: Digest::of(&input),
+        input_size: input.len() as u64,
+        created_at: now_ms(),
+        residency: Some(placed.row.clone()),
+    };
+    // The insert is queued, not waited for: the run starts while it
+    // commits, and nobody hears of the run before it is durable (below).
+    // The result's commit, later in the same writer, implies it.
+    let inserted = s.runs.insert_run(&run).await?;
+    let mut request = Request::new(input);
+    if let Some(ct) = req.content_type {
+        request = request.with_content_type(ct);
+    }
+    request.metadata = req.metadata.into_iter().collect();
+
+    let wait = Duration::from_millis(
+        s.config
+            .sync_wait_ms
+            .min(limits.wall_time_ms.saturating_add(5_000)),
+    );
+    let task_state = s.clone();
+    let policy_for_run = policy.clone();
+    let accepted = queued_record(&run);
+    s.metrics.runs_in_flight.inc();
+    let run_to_end = async move {
+        let record = execute(&task_state, run, policy_for_run, request, admission, placed).await;
+        task_state.metrics.runs_in_flight.dec();
+        record
+    };
+    if req.wait {
+        // The run executes in the caller's own task (no hand-off to another
+        // task and back); past the wait, or if the client goes away, it goes
+        // on detached.
+        let mut running = Detached::new(run_to_end);
+        if let Ok(done) = tokio::time::timeout(wait, &mut running).await {
+            return match done {
+                Some(record) => Ok(Started::Finished(record)),
+                None => Err(ApiError::internal("the run's result could not be stored")),
+            };
+        }
+    } else {
+        tokio::spawn(run_to_end);
+    }
+    inserted.durable().await?;
+    let r = s.runs.run(&accepted.id)?.unwrap_or(accepted);
+    Ok(Started::Accepted(r))
+}
+
+/// A run refused at admission: counted, audited, `429` with Retry-After.
+async fn refuse_admission(s: &AppState, tenant: &str, module: Digest, r: Refusal) -> ApiError {
+    let (reason, msg) = match r {
+        Refusal::TenantLimit(n) => (
+            "tenant_limit",
+            format!("the tenant already has {n} runs in flight (limits.max_concurrent_runs)"),
+        ),
+        Refusal::ServerFull(n) => (
+            "server_full",
+            format!("the server is at capacity ({n} runs in flight)"),
+        ),
+    };
+    s.metrics
+        .runs_rejected
+        .get_or_create(&crate::metrics::ReasonLabel {
+            reason: reason.into(),
+        })
+        .inc();
+    if let Err(e) =
+        s.db.record_denial(
+            tenant,
+            Some(module),
+            "run",
+            &format!("rate_limited: {reason}: {msg}"),
+        )
+        .await
+    {
+        tracing::error!("auditing a refused run: {e}");
+    }
+    ApiError::overloaded(msg, 1)
+}
+
+/// A future polled in place by its caller that, if dropped before it
+/// finished, is spawned to finish on its own: an admitted run is never
+/// cancelled because its client stopped waiting or went away.
+struct Detached<F: Future + Send + 'static>(Option<std::pin::Pin<Box<F>>>)
+where
+    F::Output: Send;
+
+impl<F: Future + Send + 'static> Detached<F>
+where
+    F::Output: Send,
+{
+    fn new(f: F) -> Self {
+        Detached(Some(Box::pin(f)))
+    }
+}
+
+impl<F: Future + Send + 'static> Future for Detached<F>
+where
+    F::Output: Send,
+{
+    type Output = F::Output;
+    fn poll(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<F::Output> {
+        let Some(f) = self.0.as_mut() else {
+            return std::task::Poll::Pending;
+        };
+        let out = std::task::ready!(f.as_mut().poll(cx));
+        self.0 = None;
+        std::task::Poll::Ready(out)
+    }
+}
+
+impl<F: Future + Send + 'static> Drop for Detached<F>
+where
+    F::Output: Send,
+{
+    fn drop(&mut self) {
+        if let Some(f) = self.0.take() {
+            match tokio::runtime::Handle::try_current() {
+                Ok(rt) => {
+                    rt.spawn(f);
+                }
+                Err(_) => tracing::error!("a run was dropped outside the runtime (shutdown)"),
+            }
+        }
+    }
+}
+
+/// A run's record, if the caller reads its tenant's records (else 404).
+pub fn visible_run(s: &AppState, caller: &Caller, id: &str) -> ApiResult<RunRecord> {
+    let r = s.runs.run(id)?.ok_or_else(|| ApiError::not_found("run"))?;
+    if caller.reads_records(s, &r.tenant_id)? {
+        Ok(r)
+    } else {
+        Err(ApiError::not_found("run"))
+    }
+}
+
+/// A run's record as the caller may see it (see [`redact_output`]).
+pub fn run(s: &AppState, caller: &Caller, id: &str) -> ApiResult<RunRecord> {
+    let mut r = visible_run(s, caller, id)?;
+    redact_output(s, caller, &mut r)?;
+    Ok(r)
+}
+
+/// Output bytes (inline in the record) only for the callers who may
+/// download them; others see the digest and size.
+fn redact_output(s: &AppState, caller: &Caller, r: &mut RunRecord) -> ApiResult<()> {
+    if !caller.reads_outputs(s, &r.tenant_id)?
+        && let Some(out) = r.output.as_mut()
+    {
+        out.inline = None;
+    }
+    Ok(())
+}
+
+/// A run's output: its bytes, content type and digest, for the owning
+/// tenant and its auditors (403 for others who see the record).
+pub fn output(s: &AppState, caller: &Caller, id: &str) -> ApiResult<(Vec<u8>, String, Digest)> {
+    let r = visible_run(s, caller, id)?;
+    if !caller.reads_outputs(s, &r.tenant_id)? {
+        return Err(ApiError::forbidden(
+            "run outputs are released only to the owning tenant and its auditors",
+        ));
+    }
+    let out = r.output.ok_or_else(|| ApiError::not_found("output"))?;
+    let bytes = match s.runs.run_output_inline(id)? {
+        Some(b) => b,
+        None => s
+            .blobs
+            .get(&out.digest)
+            .map_err(ApiError::internal)?
+            .ok_or_else(|| ApiError::internal(format!("output blob {} missing", out.digest)))?,
+    };
+    Ok((bytes, out.content_type, out.digest))
+}
+
+/// The most recent runs (at most `limit`, 1–1000, default 50) of the
+/// tenants the caller reads, newest first.
+pub fn list(
+    s: &AppState,
+    caller: &Caller,
+    tenant: Option<&str>,
+    limit: Option<u32>,
+) -> ApiResult<Vec<RunRecord>> {
+    let limit = limit.unwrap_or(50).clamp(1, 1000);
+    let mut out = Vec::new();
+    for t in caller.readable_tenants(s, tenant)? {
+        out.extend(s.runs.runs(&t, limit)?);
+    }
+    out.sort_by_key(|r| std::cmp::Reverse(r.created_at));
+    out.truncate(limit as usize);
+    for r in &mut out {
+        redact_output(s, caller, r)?;
+    }
+    Ok(out)
+}
+
+/// Usage per tenant and period: admins every tenant, operators theirs,
+/// developers their own; auditors none.
+pub fn usage(
+    s: &AppState,
+    caller: &Caller,
+    tenant: Option<&str>,
+    period: Option<Period>,
+    from: Option<i64>,
+    to: Option<i64>,
+) -> ApiResult<Vec<UsageRow>> {
+    let tenants: Vec<String> = match (caller.role, tenant) {
+        (Role::Admin, None) => s.tenancy.tenants(None)?.into_iter().map(|t| t.id).collect(),
+        (Role::Operator, None) => s
+            .tenancy
+            .tenants(Some(&caller.subject))?
+            .into_iter()
+            .map(|t| t.id)
+            .collect(),
+        (Role::Developer, None) => vec![caller.subject.clone()],
+        (Role::Auditor, _) => return Err(ApiError::forbidden("auditors do not read usage")),
+        (_, Some(t)) => vec![caller.visible_tenant(s, t)?.id],
+    };
+    Ok(s.runs.usage(
+        &tenants,
+        period.unwrap_or(Period::Day),
+        from.unwrap_or(0),
+        to.unwrap_or(now_ms() + 86_400_000),
+    )?)
+}

@@ -1,0 +1,479 @@
+//! Runs in SQLite: `runs_inflight` holds a run from admission until its
+//! one final `runs` row is written (same transaction that deletes it);
+//! "running" lives in memory only (a crash turns `queued` and `running`
+//! alike into `interrupted`).
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use kasbah_core::RunReport;
+use kasbah_core::api::{OutputRef, RunRecord, RunStatus, UsageRow};
+use rusqlite::{Connection, OptionalExtension, params};
+
+use super::storage::{
+    Finished, NewRun, Period, ResidencyColumns, RunResidency, RunStore, assemble_run,
+};
+use crate::audit::entries;
+use crate::ids::now_ms;
+use crate::store::{Db, DbError, DbResult, Pending, from_json, json, lock, parse_digest};
+
+pub struct SqliteRuns {
+    db: Arc<Db>,
+    /// Runs executing now → their start time. "running" is not written to
+    /// the database (a crash turns `queued` and `running` alike into
+    /// `interrupted`); reads overlay it on `queued` records.
+    running: Mutex<HashMap<String, i64>>,
+}
+
+impl SqliteRuns {
+    pub fn new(db: Arc<Db>) -> Self {
+        SqliteRuns {
+            db,
+            running: Mutex::default(),
+        }
+    }
+
+    /// A `queued` record of a run executing now reads as `running`.
+    fn overlay_running(&self, mut r: RunRecord) -> RunRecord {
+        if r.status == RunStatus::Queued
+            && let Some(t) = lock(&self.running).get(&r.id)
+        {
+            r.status = RunStatus::Running;
+            r.started_at = Some(*t);
+        }
+        r
+    }
+}
+
+impl RunStore for SqliteRuns {
+    /// Record an accepted run as `queued`. Returns once the insert is
+    /// queued for the writer's next batch, not when it is durable: the
+    /// caller may start the run meanwhile and must wait on the returned
+    /// [`Pending`] before telling anyone the run exists.
+    async fn insert_run(&self, run: &NewRun) -> DbResult<Pending> {
+        let run = run.clone();
+        let rx = self
+            .db
+            .submit(move |c| {
+                let [zone, adapter, datasets, input_label, output_label, store_output_as] =
+                    residency_params(run.residency.as_ref())?;
+                c.prepare_cached(
+                    "INSERT INTO runs_inflight(id, tenant_id, module_digest, policy_version, input_digest,
+                         input_size, created_at, zone, adapter, datasets, input_label, output_label,
+                         store_output_as)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
+                )?
+                .execute(params![
+                    run.id,
+                    run.tenant_id,
+                    run.module.to_string(),
+                    run.policy_version,
+                    run.input_digest.to_string(),
+                    run.input_size as i64,
+                    run.created_at,
+                    zone,
+                    adapter,
+                    datasets,
+                    input_label,
+                    output_label,
+                    store_output_as
+                ])?;
+                Ok(((), Vec::new()))
+            })
+            .await?;
+        Ok(Pending(rx))
+    }
+
+    /// Note that a run started executing (in memory only; see `running`).
+    fn mark_running(&self, id: &str) -> i64 {
+        let now = now_ms();
+        lock(&self.running).insert(id.to_string(), now);
+        now
+    }
+
+    /// Store a run's result with its `run_executed` audit entry and one
+    /// `denial` entry per capability use the policy refused during the run,
+    /// all in one transaction. Returns the stored record, built in memory
+    /// (what a read of the row would give) and the index of the run entry.
+    async fn finish_run(
+        &self,
+        run: &NewRun,
+        started_at: i64,
+        f: Finished,
+    ) -> DbResult<(RunRecord, u64)> {
+        let finished_at = now_ms();
+        // The report minus the output body (stored separately).
+        let mut slim = f.report;
+        if let kasbah_core::Outcome::Ok { output } = &mut slim.outcome {
+            output.body = Vec::new();
+        }
+        let report_json = json(&slim)?;
+        let output_ref = f.output.as_ref().map(|(d, size, ct, inline)| OutputRef {
+            digest: *d,
+            size: *size,
+            content_type: ct.clone(),
+            url: format!("/v1/runs/{}/output", run.id),
+            inline: inline.as_ref().map(|bytes| kasbah_core::Captured {
+                bytes: bytes.clone(),
+                dropped_bytes: 0,
+            }),
+        });
+        let mut record = assemble_run(
+            run.clone(),
+            RunStatus::Done,
+            Some(slim),
+            output_ref,
+            Some(started_at),
+            Some(finished_at),
+            run.residency
+                .as_ref()
+                .map(ResidencyColumns::placed)
+                .unwrap_or_default(),
+        );
+        let entries = {
+            let r = &record;
+            let mut entries = vec![entries::run_executed(r)];
+            entries.extend(r.denials.iter().map(|d| {
+                entries::denial(
+                    &r.tenant_id,
+                    Some(r.module),
+                    Some(&r.id),
+                    &d.capability,
+                    &d.detail,
+                )
+            }));
+            entries
+        };
+        let stored_output = match (
+            &f.output,
+            record.outcome.as_ref().is_some_and(|o| o.is_ok()),
+        ) {
+            (Some((d, size, _, _)), true) => Some((*d, *size)),
+            _ => None,
+        };
+        let (od, os, oct, inline) = match f.output {
+            Some((d, s, ct, inline)) => (Some(d.to_string()), Some(s as i64), Some(ct), inline),
+            None => (None, None, None, None),
+        };
+        let outcome_kind = record.outcome.as_ref().map(|o| o.kind());
+        let usage = record.usage.clone().unwrap_or_default();
+        let new_run = run.clone();
+        let written = self
+            .db
+            .write(move |c| {
+                let run = new_run;
+                let mut entries = entries;
+                let mut output_dataset = None;
+                if let (Some(res), Some((d, size))) = (&run.residency, stored_output) {
+                    let (ds, e) = crate::datasets::sqlite::store_output(
+                        c,
+                        &run.id,
+                        &run.tenant_id,
+                        res,
+                        d,
+                        size,
+                    )?;
+                    output_dataset = ds;
+                    entries.extend(e);
+                }
+                finalize_run(
+                    c,
+                    &run.id,
+                    RunStatus::Done,
+                    FinalColumns {
+                        outcome_kind,
+                        output: (od, os, oct, inline),
+                        wall_us: Some(usage.wall_time.as_micros() as i64),
+                        fuel: usage.fuel_consumed.map(|f| f as i64),
+                        peak_memory: Some(usage.peak_memory_bytes as i64),
+                        report_json: Some(report_json),
+                        started_at: Some(started_at),
+                        finished_at,
+                        output_dataset: output_dataset.clone(),
+                    },
+                )?;
+                Ok((output_dataset, entries))
+            })
+            .await;
+        lock(&self.running).remove(&run.id);
+        let (output_dataset, range) = written?;
+        record.output_dataset = output_dataset;
+        Ok((record, range.start))
+    }
+
+    /// At start-up: runs that were queued or running when the last process
+    /// died are marked `interrupted`, each with a `run_executed` entry of
+    /// outcome `interrupted` (so every run the API ever accepted has an
+    /// entry). Returns how many.
+    async fn interrupt_inflight(&self) -> DbResult<usize> {
+        let (n, _) = self
+            .db
+            .write(|c| {
+                let runs: Vec<RunRecord> = c
+                    .prepare(&format!("{INFLIGHT_COLUMNS} ORDER BY created_at"))?
+                    .query_map([], row_run)?
+                    .collect::<rusqlite::Result<_>>()?;
+                let mut entries = Vec::with_capacity(runs.len());
+                for mut r in runs {
+                    let now = now_ms();
+                    finalize_run(
+                        c,
+                        &r.id,
+                        RunStatus::Interrupted,
+                        FinalColumns {
+                            finished_at: now,
+                            ..FinalColumns::default()
+                        },
+                    )?;
+                    r.status = RunStatus::Interrupted;
+                    r.finished_at = Some(now);
+                    entries.push(entries::run_executed(&r));
+                }
+                let n = entries.len();
+                Ok((n, entries))
+            })
+            .await?;
+        Ok(n)
+    }
+
+    fn run(&self, id: &str) -> DbResult<Option<RunRecord>> {
+        let r = self.db.with(|c| {
+            match c
+                .prepare_cached(&format!("{RUN_COLUMNS} WHERE id = ?1"))?
+                .query_row([id], row_run)
+                .optional()?
+            {
+                Some(r) => Ok(Some(r)),
+                None => c
+                    .prepare_cached(&format!("{INFLIGHT_COLUMNS} WHERE id = ?1"))?
+                    .query_row([id], row_run)
+                    .optional(),
+            }
+        })?;
+        Ok(r.map(|r| self.overlay_running(r)))
+    }
+
+    /// A tenant's most recent runs (ended or not), newest first.
+    fn runs(&self, tenant_id: &str, limit: u32) -> DbResult<Vec<RunRecord>> {
+        let rs: Vec<RunRecord> = self.db.with(|c| {
+            c.prepare_cached(&format!(
+                "SELECT * FROM ({RUN_COLUMNS} WHERE tenant_id = ?1
+                     ORDER BY created_at DESC LIMIT ?2)
+                 UNION ALL
+                 SELECT * FROM ({INFLIGHT_COLUMNS} WHERE tenant_id = ?1)
+                 ORDER BY created_at DESC LIMIT ?2"
+            ))?
+            .query_map(params![tenant_id, limit], row_run)?
+            .collect()
+        })?;
+        Ok(rs.into_iter().map(|r| self.overlay_running(r)).collect())
+    }
+
+    /// The inline output bytes of a run, if stored inline.
+    fn run_output_inline(&self, id: &str) -> DbResult<Option<Vec<u8>>> {
+        self.db.with(|c| {
+            c.query_row("SELECT output_inline FROM runs WHERE id = ?1", [id], |r| {
+                r.get(0)
+            })
+            .optional()
+            .map(Option::flatten)
+        })
+    }
+
+    fn usage(
+        &self,
+        tenant_ids: &[String],
+        period: Period,
+        from_ms: i64,
+        to_ms: i64,
+    ) -> DbResult<Vec<UsageRow>> {
+        let fmt = period.strftime();
+        self.db.with(|c| {
+            let mut st = c.prepare(&format!(
+                "SELECT tenant_id, strftime('{fmt}', created_at / 1000, 'unixepoch') AS p,
+                        COUNT(*), SUM(outcome_kind = 'ok'), COALESCE(SUM(wall_us), 0),
+                        COALESCE(SUM(fuel), 0), COALESCE(MAX(peak_memory), 0),
+                        COALESCE(SUM(CAST(peak_memory AS REAL) * wall_us / 1e6), 0)
+                 FROM runs
+                 WHERE tenant_id = ?1 AND created_at >= ?2 AND created_at < ?3
+                 GROUP BY tenant_id, p ORDER BY p"
+            ))?;
+            let mut out = Vec::new();
+            for t in tenant_ids {
+                for row in st.query_map(params![t, from_ms, to_ms], |r| {
+                    Ok(UsageRow {
+                        tenant_id: r.get(0)?,
+                        period: r.get(1)?,
+                        runs: r.get::<_, i64>(2)? as u64,
+                        ok_runs: r.get::<_, Option<i64>>(3)?.unwrap_or(0) as u64,
+                        wall_time_us: r.get::<_, i64>(4)? as u64,
+                        fuel: r.get::<_, i64>(5)? as u64,
+                        peak_memory_bytes: r.get::<_, i64>(6)? as u64,
+                        memory_byte_seconds: r.get(7)?,
+                    })
+                })? {
+                    out.push(row?);
+                }
+            }
+            Ok(out)
+        })
+    }
+}
+
+const RUN_COLUMNS: &str = "SELECT id, tenant_id, module_digest, policy_version, status, input_digest, input_size,
+    output_digest, output_size, output_content_type, output_inline, report_json, created_at, started_at, finished_at,
+    zone, adapter, datasets, input_label, output_label, output_dataset
+    FROM runs";
+
+/// [`RUN_COLUMNS`] of a run in flight (read by the same [`row_run`]).
+const INFLIGHT_COLUMNS: &str =
+    "SELECT id, tenant_id, module_digest, policy_version, 'queued', input_digest, input_size,
+    NULL, NULL, NULL, NULL, NULL, created_at, NULL, NULL,
+    zone, adapter, datasets, input_label, output_label, NULL
+    FROM runs_inflight";
+
+/// What a run's final row holds besides what its in-flight row held.
+#[derive(Default)]
+struct FinalColumns {
+    outcome_kind: Option<&'static str>,
+    /// Digest, size, content type, inline bytes.
+    output: (Option<String>, Option<i64>, Option<String>, Option<Vec<u8>>),
+    wall_us: Option<i64>,
+    fuel: Option<i64>,
+    peak_memory: Option<i64>,
+    report_json: Option<String>,
+    started_at: Option<i64>,
+    finished_at: i64,
+    output_dataset: Option<String>,
+}
+
+/// Turn a run's in-flight row into its one and only `runs` row (when it
+/// ended): the facts and placement are copied from `runs_inflight`, the
+/// result from `f`; the in-flight row goes. Fails if there is no in-flight
+/// row (its insert failed).
+fn finalize_run(c: &Connection, id: &str, status: RunStatus, f: FinalColumns) -> DbResult<()> {
+    let (od, os, oct, inline) = f.output;
+    let n = c
+        .prepare_cached(
+            "INSERT INTO runs(id, tenant_id, module_digest, policy_version, input_digest,
+                 input_size, created_at, zone, adapter, datasets, input_label, output_label,
+                 store_output_as, status, outcome_kind, output_digest, output_size,
+                 output_content_type, output_inline, wall_us, fuel, peak_memory, report_json,
+                 started_at, finished_at, output_dataset)
+             SELECT id, tenant_id, module_digest, policy_version, input_digest,
+                 input_size, created_at, zone, adapter, datasets, input_label, output_label,
+                 store_output_as, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14
+             FROM runs_inflight WHERE id = ?1",
+        )?
+        .execute(params![
+            id,
+            status.as_str(),
+            f.outcome_kind,
+            od,
+            os,
+            oct,
+            inline,
+            f.wall_us,
+            f.fuel,
+            f.peak_memory,
+            f.report_json,
+            f.started_at,
+            f.finished_at,
+            f.output_dataset
+        ])?;
+    if n != 1 {
+        return Err(DbError::Batch(Arc::from(
+            "the run's record is missing (its insert failed)",
+        )));
+    }
+    c.prepare_cached("DELETE FROM runs_inflight WHERE id = ?1")?
+        .execute([id])?;
+    Ok(())
+}
+
+fn row_run(r: &rusqlite::Row<'_>) -> rusqlite::Result<RunRecord> {
+    let id: String = r.get(0)?;
+    let report: Option<RunReport> = match r.get::<_, Option<String>>(11)? {
+        Some(s) => Some(from_json(&s)?),
+        None => None,
+    };
+    let output = match r.get::<_, Option<String>>(7)? {
+        Some(d) => Some(OutputRef {
+            digest: parse_digest(&d)?,
+            size: r.get::<_, i64>(8)? as u64,
+            content_type: r.get::<_, Option<String>>(9)?.unwrap_or_default(),
+            url: format!("/v1/runs/{id}/output"),
+            inline: r
+                .get::<_, Option<Vec<u8>>>(10)?
+                .map(|bytes| kasbah_core::Captured {
+                    bytes,
+                    dropped_bytes: 0,
+                }),
+        }),
+        None => None,
+    };
+    let status: String = r.get(4)?;
+    let residency = residency_columns(r, 15)?;
+    let run = NewRun {
+        tenant_id: r.get(1)?,
+        module: parse_digest(&r.get::<_, String>(2)?)?,
+        policy_version: r.get(3)?,
+        input_digest: parse_digest(&r.get::<_, String>(5)?)?,
+        input_size: r.get::<_, i64>(6)? as u64,
+        created_at: r.get(12)?,
+        residency: None,
+        id,
+    };
+    Ok(assemble_run(
+        run,
+        RunStatus::parse(&status).unwrap_or(RunStatus::Interrupted),
+        report,
+        output,
+        r.get(13)?,
+        r.get(14)?,
+        residency,
+    ))
+}
+
+/// A run's residency as the columns `zone, adapter, datasets, input_label,
+/// output_label, store_output_as` of its row (all NULL without placement).
+pub(crate) type ResidencyParams = [Option<String>; 6];
+
+pub(crate) fn residency_params(r: Option<&RunResidency>) -> rusqlite::Result<ResidencyParams> {
+    let Some(r) = r else {
+        return Ok(Default::default());
+    };
+    Ok([
+        Some(r.zone.clone()),
+        r.adapter.clone(),
+        Some(json(&r.datasets)?),
+        Some(json(&r.input_label)?),
+        Some(json(&r.output_label)?),
+        r.store_output_as.clone(),
+    ])
+}
+
+/// Read `zone, adapter, datasets, input_label, output_label, output_dataset`
+/// starting at column `at`.
+pub(crate) fn residency_columns(
+    r: &rusqlite::Row<'_>,
+    at: usize,
+) -> rusqlite::Result<ResidencyColumns> {
+    let list = |i: usize| -> rusqlite::Result<Vec<String>> {
+        match r.get::<_, Option<String>>(at + i)? {
+            Some(s) => from_json(&s),
+            None => Ok(Vec::new()),
+        }
+    };
+    Ok(ResidencyColumns {
+        zone: r.get(at)?,
+        adapter: r.get(at + 1)?,
+        datasets: match r.get::<_, Option<String>>(at + 2)? {
+            Some(s) => from_json(&s)?,
+            None => Vec::new(),
+        },
+        input_label: list(3)?,
+        output_label: list(4)?,
+        output_dataset: r.get(at + 5)?,
+    })
+}
