@@ -9,7 +9,7 @@ use crate::caller::Caller;
 use crate::error::ApiResult;
 use crate::state::AppState;
 
-#[utoipa::path(get, path = "/metrics", responses((status = 200, content_type = "application/openmetrics-text", description = "Prometheus metrics (OpenMetrics text)")))]
+#[utoipa::path(get, tag = "api", path = "/metrics", responses((status = 200, content_type = "application/openmetrics-text", description = "Prometheus metrics (OpenMetrics text)")))]
 pub async fn metrics(State(s): State<AppState>, caller: Caller) -> ApiResult<Response> {
     caller.require(&[Role::Admin], "read metrics")?;
     Ok((

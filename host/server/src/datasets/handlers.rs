@@ -44,7 +44,7 @@ pub struct CreateDatasetParams {
     pub zones: Option<String>,
 }
 
-#[utoipa::path(post, path = "/v1/datasets", params(CreateDatasetParams),
+#[utoipa::path(post, tag = "datasets", path = "/v1/datasets", params(CreateDatasetParams),
     request_body(content = Vec<u8>, content_type = "application/octet-stream", description = "The dataset bytes, streamed"),
     responses((status = 201, body = DatasetRecord), (status = 200, body = DatasetRecord, description = "the same dataset already exists"),
         (status = 403, body = ErrorBody, description = "`residency_violation`: the label is not within the tenant's zones"),
@@ -100,7 +100,7 @@ pub struct DatasetFilter {
     pub tenant: Option<String>,
 }
 
-#[utoipa::path(get, path = "/v1/datasets", params(DatasetFilter), responses((status = 200, body = Vec<DatasetRecord>)))]
+#[utoipa::path(get, tag = "datasets", path = "/v1/datasets", params(DatasetFilter), responses((status = 200, body = Vec<DatasetRecord>)))]
 pub async fn list_datasets(
     State(s): State<AppState>,
     caller: Caller,
@@ -109,7 +109,7 @@ pub async fn list_datasets(
     Ok(Json(service::list(&s, &caller, f.tenant.as_deref())?))
 }
 
-#[utoipa::path(get, path = "/v1/datasets/{id}",
+#[utoipa::path(get, tag = "datasets", path = "/v1/datasets/{id}",
     responses((status = 200, body = DatasetRecord), (status = 404, body = ErrorBody)))]
 pub async fn get_dataset(
     State(s): State<AppState>,

@@ -31,7 +31,7 @@ fn default_version() -> String {
     "0.0.0".into()
 }
 
-#[utoipa::path(post, path = "/v1/modules", params(PublishParams),
+#[utoipa::path(post, tag = "api", path = "/v1/modules", params(PublishParams),
     request_body(content = Vec<u8>, content_type = "application/wasm", description = "The component bytes, streamed"),
     responses((status = 201, body = ModuleRecord), (status = 200, body = ModuleRecord, description = "identical bytes already published"),
         (status = 413, body = ErrorBody), (status = 422, body = ErrorBody), (status = 409, body = ErrorBody)))]
@@ -75,7 +75,7 @@ pub struct TenantFilter {
     pub tenant: Option<String>,
 }
 
-#[utoipa::path(get, path = "/v1/modules", params(TenantFilter), responses((status = 200, body = Vec<ModuleRecord>)))]
+#[utoipa::path(get, tag = "api", path = "/v1/modules", params(TenantFilter), responses((status = 200, body = Vec<ModuleRecord>)))]
 pub async fn list_modules(
     State(s): State<AppState>,
     caller: Caller,
@@ -84,7 +84,7 @@ pub async fn list_modules(
     Ok(Json(service::modules(&s, &caller, f.tenant.as_deref())?))
 }
 
-#[utoipa::path(get, path = "/v1/modules/{digest}", params(TenantFilter),
+#[utoipa::path(get, tag = "api", path = "/v1/modules/{digest}", params(TenantFilter),
     responses((status = 200, body = ModuleRecord), (status = 404, body = ErrorBody)))]
 pub async fn get_module(
     State(s): State<AppState>,

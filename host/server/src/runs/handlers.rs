@@ -16,7 +16,7 @@ use crate::error::{ApiResult, ErrorBody};
 use crate::extract::{json_error, query_error};
 use crate::state::AppState;
 
-#[utoipa::path(post, path = "/v1/runs", request_body = CreateRun,
+#[utoipa::path(post, tag = "api", path = "/v1/runs", request_body = CreateRun,
     responses((status = 200, body = RunRecord, description = "finished (wait = true)"),
         (status = 202, body = RunRecord, description = "accepted; poll GET /v1/runs/{id}"),
         (status = 403, body = ErrorBody, description = "`residency_violation`: no zone satisfies the tenant's zones, the input label, every dataset label and (for GPU modules) a usable adapter"),
@@ -34,7 +34,7 @@ pub async fn create_run(
     })
 }
 
-#[utoipa::path(get, path = "/v1/runs/{id}", responses((status = 200, body = RunRecord), (status = 404, body = ErrorBody)))]
+#[utoipa::path(get, tag = "api", path = "/v1/runs/{id}", responses((status = 200, body = RunRecord), (status = 404, body = ErrorBody)))]
 pub async fn get_run(
     State(s): State<AppState>,
     caller: Caller,
@@ -43,7 +43,7 @@ pub async fn get_run(
     Ok(Json(service::run(&s, &caller, &id)?))
 }
 
-#[utoipa::path(get, path = "/v1/runs/{id}/output", responses((status = 200, content_type = "*/*", description = "The output bytes, with the content type the guest gave them"),
+#[utoipa::path(get, tag = "api", path = "/v1/runs/{id}/output", responses((status = 200, content_type = "*/*", description = "The output bytes, with the content type the guest gave them"),
     (status = 403, body = ErrorBody, description = "only the owning tenant and its auditors download outputs"), (status = 404, body = ErrorBody)))]
 pub async fn get_run_output(
     State(s): State<AppState>,
@@ -69,7 +69,7 @@ pub struct RunsQuery {
     pub limit: Option<u32>,
 }
 
-#[utoipa::path(get, path = "/v1/runs", params(RunsQuery), responses((status = 200, body = Vec<RunRecord>)))]
+#[utoipa::path(get, tag = "api", path = "/v1/runs", params(RunsQuery), responses((status = 200, body = Vec<RunRecord>)))]
 pub async fn list_runs(
     State(s): State<AppState>,
     caller: Caller,
@@ -95,7 +95,7 @@ pub struct UsageQuery {
     pub to: Option<i64>,
 }
 
-#[utoipa::path(get, path = "/v1/usage", params(UsageQuery), responses((status = 200, body = Vec<UsageRow>)))]
+#[utoipa::path(get, tag = "api", path = "/v1/usage", params(UsageQuery), responses((status = 200, body = Vec<UsageRow>)))]
 pub async fn usage(
     State(s): State<AppState>,
     caller: Caller,

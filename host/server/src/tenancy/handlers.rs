@@ -18,7 +18,7 @@ use crate::error::{ApiResult, ErrorBody};
 use crate::extract::json_error;
 use crate::state::AppState;
 
-#[utoipa::path(get, path = "/v1/whoami", responses((status = 200, body = WhoAmI)))]
+#[utoipa::path(get, tag = "api", path = "/v1/whoami", responses((status = 200, body = WhoAmI)))]
 pub async fn whoami(caller: Caller) -> Json<WhoAmI> {
     Json(WhoAmI {
         role: caller.role,
@@ -26,7 +26,7 @@ pub async fn whoami(caller: Caller) -> Json<WhoAmI> {
     })
 }
 
-#[utoipa::path(post, path = "/v1/operators", request_body = CreateOperator,
+#[utoipa::path(post, tag = "api", path = "/v1/operators", request_body = CreateOperator,
     responses((status = 201, body = Operator), (status = 403, body = ErrorBody), (status = 409, body = ErrorBody, description = "`name_taken`"), (status = 422, body = ErrorBody)))]
 pub async fn create_operator(
     State(s): State<AppState>,
@@ -39,7 +39,7 @@ pub async fn create_operator(
     Ok((StatusCode::CREATED, Json(op)))
 }
 
-#[utoipa::path(get, path = "/v1/operators", responses((status = 200, body = Vec<Operator>)))]
+#[utoipa::path(get, tag = "api", path = "/v1/operators", responses((status = 200, body = Vec<Operator>)))]
 pub async fn list_operators(
     State(s): State<AppState>,
     caller: Caller,
@@ -47,7 +47,7 @@ pub async fn list_operators(
     Ok(Json(service::operators(&s, &caller)?))
 }
 
-#[utoipa::path(put, path = "/v1/operators/{id}/ceiling", request_body(content = Object, description = "The operator's new ceiling (see CreateOperator.ceiling)"),
+#[utoipa::path(put, tag = "api", path = "/v1/operators/{id}/ceiling", request_body(content = Object, description = "The operator's new ceiling (see CreateOperator.ceiling)"),
     responses((status = 200, body = Operator), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody), (status = 422, body = ErrorBody)))]
 /// Replace an operator's ceiling (admins only). Its tenants' stored
 /// policies are not re-checked: the new ceiling bounds their next change.
@@ -62,7 +62,7 @@ pub async fn put_operator_ceiling(
     Ok(Json(service::set_ceiling(&s, &caller, &id, ceiling).await?))
 }
 
-#[utoipa::path(post, path = "/v1/operators/{id}/tokens", request_body = CreateToken,
+#[utoipa::path(post, tag = "api", path = "/v1/operators/{id}/tokens", request_body = CreateToken,
     responses((status = 201, body = TokenCreated), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody),
         (status = 422, body = ErrorBody, description = "`invalid_ttl`")))]
 pub async fn create_operator_token(
@@ -98,7 +98,7 @@ pub async fn revoke_token(
     Ok(Json(tokens::revoke(&caller, &s.tenancy, &id).await?))
 }
 
-#[utoipa::path(post, path = "/v1/tenants", request_body = CreateTenant,
+#[utoipa::path(post, tag = "api", path = "/v1/tenants", request_body = CreateTenant,
     responses((status = 201, body = Tenant), (status = 422, body = ErrorBody)))]
 pub async fn create_tenant(
     State(s): State<AppState>,
@@ -111,7 +111,7 @@ pub async fn create_tenant(
     Ok((StatusCode::CREATED, Json(tenant)))
 }
 
-#[utoipa::path(get, path = "/v1/tenants", responses((status = 200, body = Vec<Tenant>)))]
+#[utoipa::path(get, tag = "api", path = "/v1/tenants", responses((status = 200, body = Vec<Tenant>)))]
 pub async fn list_tenants(
     State(s): State<AppState>,
     caller: Caller,
@@ -119,7 +119,7 @@ pub async fn list_tenants(
     Ok(Json(service::tenants(&s, &caller)?))
 }
 
-#[utoipa::path(get, path = "/v1/tenants/{id}", responses((status = 200, body = Tenant), (status = 404, body = ErrorBody)))]
+#[utoipa::path(get, tag = "api", path = "/v1/tenants/{id}", responses((status = 200, body = Tenant), (status = 404, body = ErrorBody)))]
 pub async fn get_tenant(
     State(s): State<AppState>,
     caller: Caller,
@@ -128,7 +128,7 @@ pub async fn get_tenant(
     Ok(Json(caller.visible_tenant(&s, &id)?))
 }
 
-#[utoipa::path(get, path = "/v1/tenants/{id}/policy", responses((status = 200, body = PolicyRecord), (status = 404, body = ErrorBody)))]
+#[utoipa::path(get, tag = "api", path = "/v1/tenants/{id}/policy", responses((status = 200, body = PolicyRecord), (status = 404, body = ErrorBody)))]
 pub async fn get_policy(
     State(s): State<AppState>,
     caller: Caller,
@@ -137,7 +137,7 @@ pub async fn get_policy(
     Ok(Json(service::visible_policy(&s, &caller, &id)?))
 }
 
-#[utoipa::path(get, path = "/v1/tenants/{id}/policy/versions",
+#[utoipa::path(get, tag = "api", path = "/v1/tenants/{id}/policy/versions",
     responses((status = 200, body = Vec<PolicyRecord>, description = "Every version, oldest first, with who set it"), (status = 404, body = ErrorBody)))]
 pub async fn policy_versions(
     State(s): State<AppState>,
@@ -147,7 +147,7 @@ pub async fn policy_versions(
     Ok(Json(service::policy_versions(&s, &caller, &id)?))
 }
 
-#[utoipa::path(put, path = "/v1/tenants/{id}/policy", request_body(content = Object, description = "A capability policy (JSON). \
+#[utoipa::path(put, tag = "api", path = "/v1/tenants/{id}/policy", request_body(content = Object, description = "A capability policy (JSON). \
     Sent by an operator without a `files` key, the admin's host-directory grants of the current version are carried forward; \
     with `files`, each entry must be one of them (kept, or narrowed to `ro`)."),
     responses((status = 200, body = PolicyRecord, description = "The new version, or the current one with `unchanged: true` when identical"),
@@ -161,7 +161,7 @@ pub async fn put_policy(
     Ok(Json(service::set_policy(&s, &caller, &id, &body).await?))
 }
 
-#[utoipa::path(post, path = "/v1/tenants/{id}/tokens", request_body = CreateToken,
+#[utoipa::path(post, tag = "api", path = "/v1/tenants/{id}/tokens", request_body = CreateToken,
     responses((status = 201, body = TokenCreated), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody),
         (status = 422, body = ErrorBody, description = "`invalid_ttl`")))]
 pub async fn create_tenant_token(
@@ -175,7 +175,7 @@ pub async fn create_tenant_token(
     Ok((StatusCode::CREATED, Json(token)))
 }
 
-#[utoipa::path(post, path = "/v1/auditors", request_body = CreateAuditor,
+#[utoipa::path(post, tag = "api", path = "/v1/auditors", request_body = CreateAuditor,
     responses((status = 201, body = TokenCreated), (status = 403, body = ErrorBody),
         (status = 404, body = ErrorBody, description = "a tenant that does not exist or (operators) is not the caller's"),
         (status = 422, body = ErrorBody)))]
