@@ -194,7 +194,9 @@ impl Job {
             .iter()
             .any(|(k, v)| k.len() > MAX_META_LEN || v.len() > MAX_META_LEN)
         {
-            p.push(format!("a metadata key or value exceeds {MAX_META_LEN} bytes"));
+            p.push(format!(
+                "a metadata key or value exceeds {MAX_META_LEN} bytes"
+            ));
         }
         if let Some(ct) = &self.content_type
             && ct.len() > MAX_META_LEN
@@ -204,7 +206,11 @@ impl Job {
         if let Err(e) = self.policy.validate() {
             p.push(format!("policy: {e}"));
         }
-        if p.is_empty() { Ok(()) } else { Err(JobError(p)) }
+        if p.is_empty() {
+            Ok(())
+        } else {
+            Err(JobError(p))
+        }
     }
 }
 
@@ -473,7 +479,13 @@ mod tests {
         j.metadata.insert("x".into(), "y".repeat(MAX_META_LEN + 1));
         let e = j.check().expect_err("invalid");
         let text = e.to_string();
-        for needle in ["run_id", "not a zone name", "named twice", "metadata", "label"] {
+        for needle in [
+            "run_id",
+            "not a zone name",
+            "named twice",
+            "metadata",
+            "label",
+        ] {
             assert!(text.contains(needle), "{needle} missing from {text}");
         }
         let bad = r#"{"run_id":"r","input":"!!"}"#;

@@ -25,7 +25,9 @@ use async_nats::jetstream::{self, AckKind, object_store::ObjectStore};
 use futures_util::StreamExt;
 use kasbah_core::{Digest, Outcome, RunReport};
 use kasbah_runtime::kasbah_gpu::GpuConfig;
-use kasbah_runtime::{DatasetMount, Request, Residency, RunOptions, Runtime, RuntimeConfig, ZonesConfig};
+use kasbah_runtime::{
+    DatasetMount, Request, Residency, RunOptions, Runtime, RuntimeConfig, ZonesConfig,
+};
 use serde::Deserialize;
 use sha2::Digest as _;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -104,10 +106,20 @@ fn default_id() -> String {
     let host: String = host
         .trim()
         .chars()
-        .map(|c| if c.is_ascii_alphanumeric() || c == '-' { c } else { '_' })
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' {
+                c
+            } else {
+                '_'
+            }
+        })
         .take(40)
         .collect();
-    let host = if host.is_empty() { "worker".into() } else { host };
+    let host = if host.is_empty() {
+        "worker".into()
+    } else {
+        host
+    };
     format!("{host}-{}", std::process::id())
 }
 
@@ -508,7 +520,10 @@ async fn handle(worker: &Worker, zone: &str, msg: jetstream::Message) {
         return;
     }
     if let Some(a) = &job.adapter
-        && !worker.adapters.iter().any(|w| &w.label == a && w.zone == job.zone)
+        && !worker
+            .adapters
+            .iter()
+            .any(|w| &w.label == a && w.zone == job.zone)
     {
         // Another worker of the zone may have it.
         tracing::warn!(
@@ -520,7 +535,13 @@ async fn handle(worker: &Worker, zone: &str, msg: jetstream::Message) {
         let _ = msg.ack_with(AckKind::Nak(Some(NAK_DELAY))).await;
         return;
     }
-    tracing::info!(worker = worker.id, run = job.run_id, zone, delivered, "run starts");
+    tracing::info!(
+        worker = worker.id,
+        run = job.run_id,
+        zone,
+        delivered,
+        "run starts"
+    );
 
     let msg = Arc::new(msg);
     let progress = {
