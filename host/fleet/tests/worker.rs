@@ -171,11 +171,15 @@ impl Fleet {
         Ok(out)
     }
 
+    /// `zone`'s consumer: (jobs not yet delivered, delivered and unacked).
     async fn pending(&self, zone: &str) -> Res<(u64, usize)> {
-        let mut stream = self.js.get_stream(JOBS_STREAM).await?;
-        let info = stream.consumer_info(zone_consumer(zone)).await?;
-        let _ = stream.info().await?;
+        let info = self.consumer(zone).await?;
         Ok((info.num_pending, info.num_ack_pending))
+    }
+
+    async fn consumer(&self, zone: &str) -> Res<consumer::Info> {
+        let stream = self.js.get_stream(JOBS_STREAM).await?;
+        Ok(stream.consumer_info(zone_consumer(zone)).await?)
     }
 
     async fn heartbeat(&self, id: &str) -> Res<Option<WorkerInfo>> {
@@ -404,7 +408,7 @@ async fn a_job_of_a_killed_worker_completes_on_another() -> Res {
     })
     .await?;
     // Longer than the ack wait: only progress messages keep it on w1.
-    fleet.publish(&fleet.sleeper("run_k", 3000)).await?;
+    fleet.publish(&fleet.sleeper("run_k", 6000)).await?;
     wait_for(
         "w-doomed to take the job",
         Duration::from_secs(10),
@@ -417,7 +421,17 @@ async fn a_job_of_a_killed_worker_completes_on_another() -> Res {
     })
     .await?;
     // Still on w1 past an ack wait: its progress messages hold the job.
-    tokio::time::sleep(Duration::from_millis(1600)).await;
+    tokio::time::sleep(Duration::from_millis(2000)).await;
+    let info = fleet.consumer("zone-a").await?;
+    assert_eq!(
+        (
+            info.num_ack_pending,
+            info.num_redelivered,
+            info.delivered.stream_sequence
+        ),
+        (1, 0, 1),
+        "the job left w-doomed while it ran"
+    );
     assert_eq!(fleet.results(1, Duration::from_millis(10)).await?.len(), 0);
     w1.kill();
     let results = fleet.results(1, Duration::from_secs(20)).await?;
