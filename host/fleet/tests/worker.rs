@@ -488,3 +488,68 @@ async fn a_worker_survives_a_nats_restart() -> Res {
     w.shutdown().await?;
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn datasets_come_from_the_zone_bucket_verified_and_read_only() -> Res {
+    use std::os::unix::fs::PermissionsExt;
+    let fleet = Fleet::start(ConsumerTiming::default()).await?;
+    let data = b"zone-a only: 42".to_vec();
+    let digest = Digest::of(&data);
+    let zone_a = fleet
+        .js
+        .get_object_store(kasbah_fleet::proto::zone_bucket("zone-a"))
+        .await?;
+    zone_a
+        .put(digest.hex().as_str(), &mut data.as_slice())
+        .await?;
+    // Bytes whose name is not their digest: refused, never mounted.
+    let forged = Digest::of(b"what the control plane meant");
+    zone_a
+        .put(forged.hex().as_str(), &mut b"something else".as_slice())
+        .await?;
+    let reader = |id: &str, d: Digest| {
+        let mut j = fleet.job(id, "zone-a", fleet.hostile, "/datasets/notes.txt");
+        j.metadata.insert("attack".into(), "read-outside".into());
+        j.policy.datasets = true;
+        j.datasets = vec![kasbah_fleet::JobDataset {
+            name: "notes.txt".into(),
+            digest: d,
+        }];
+        j
+    };
+    fleet.publish(&reader("run_read", digest)).await?;
+    fleet
+        .publish(&reader("run_missing", Digest::of(b"nowhere")))
+        .await?;
+    fleet.publish(&reader("run_forged", forged)).await?;
+    let config = fleet.config("w-data", &["zone-a"], 2, ConsumerTiming::default());
+    let cached = config.work_dir.join("datasets").join(digest.hex());
+    let w = spawn_worker(config)?;
+    let mut results = fleet.results(3, Duration::from_secs(30)).await?;
+    results.sort_by(|x, y| x.run_id.cmp(&y.run_id));
+    let ids: Vec<_> = results.iter().map(|r| r.run_id.as_str()).collect();
+    assert_eq!(ids, ["run_forged", "run_missing", "run_read"]);
+    assert_eq!(output_text(&results[2]), "zone-a only: 42");
+    for (r, needle) in [
+        (
+            &results[0],
+            format!("content has digest {}", Digest::of(b"something else")),
+        ),
+        (&results[1], "not found".to_string()),
+    ] {
+        match &r.report.outcome {
+            Outcome::Denied { reason } => assert!(
+                reason.contains(&needle) && reason.contains("kasbah-zone-zone-a/"),
+                "{reason}"
+            ),
+            o => panic!("{}: expected denied, got {o:?}", r.run_id),
+        }
+    }
+    assert_eq!(std::fs::read(&cached)?, data);
+    assert_eq!(
+        std::fs::metadata(&cached)?.permissions().mode() & 0o777,
+        0o400
+    );
+    w.shutdown().await?;
+    Ok(())
+}
