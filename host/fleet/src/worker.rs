@@ -208,8 +208,9 @@ struct Worker {
     max_dataset_bytes: u64,
 }
 
-/// Run a worker until `shutdown` completes, then drain: stop pulling,
-/// finish the runs in progress, remove its heartbeat. Errors only at start
+/// Run a worker until `shutdown` completes, then drain: remove its
+/// heartbeat, stop pulling, finish the runs in progress (results published,
+/// jobs acked). Errors only at start
 /// (configuration, first connection, stream setup); once running, NATS
 /// outages are retried (async-nats reconnects).
 pub async fn run(config: WorkerConfig, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
@@ -332,17 +333,19 @@ pub async fn run(config: WorkerConfig, shutdown: impl Future<Output = ()>) -> an
     shutdown.await;
     tracing::info!(worker = worker.id, "draining: no new jobs, finishing runs");
     let _ = stop_tx.send(true);
+    // Out of the registry first: a draining worker takes no new runs, so
+    // placement must not count it.
+    let _ = beat.await;
+    if let Err(e) = workers_kv.delete(&worker.id).await {
+        tracing::warn!(worker = worker.id, "removing heartbeat: {e}");
+    }
     for p in pullers {
         if let Err(e) = p.await {
             tracing::error!(worker = worker.id, "pull loop failed: {e}");
         }
     }
-    // Every slot back = every run finished and acked.
+    // Every slot back = every run finished, its result published and acked.
     let _all = slots.acquire_many(config.capacity).await;
-    let _ = beat.await;
-    if let Err(e) = workers_kv.delete(&worker.id).await {
-        tracing::warn!(worker = worker.id, "removing heartbeat: {e}");
-    }
     if let Err(e) = worker.client.flush().await {
         tracing::warn!(worker = worker.id, "flushing NATS connection: {e}");
     }
@@ -680,8 +683,14 @@ async fn execute(worker: &Worker, job: &Job) -> Result<RunReport, Prep> {
         datasets.push(DatasetMount::new(d.name.clone(), path));
     }
     let mut policy = job.policy.clone();
-    // The run ends at the job's deadline at the latest.
-    let remaining = u64::try_from(remaining).unwrap_or(u64::MAX);
+    // The run ends at the job's deadline at the latest (fetching took some).
+    let remaining = u64::try_from(job.deadline_unix_ms.saturating_sub(now_ms())).unwrap_or(0);
+    if remaining == 0 {
+        return Ok(RunReport {
+            outcome: Outcome::DeadlineExceeded { limit_ms: 0 },
+            ..host_failure(job.module, String::new())
+        });
+    }
     policy.limits.wall_time_ms = policy.limits.wall_time_ms.min(remaining);
     let mut request = Request::new(job.input.clone());
     if let Some(ct) = &job.content_type {

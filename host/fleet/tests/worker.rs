@@ -553,3 +553,29 @@ async fn datasets_come_from_the_zone_bucket_verified_and_read_only() -> Res {
     w.shutdown().await?;
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn draining_finishes_the_running_job_and_takes_no_more() -> Res {
+    let fleet = Fleet::start(ConsumerTiming::default()).await?;
+    let w = spawn_worker(fleet.config("w-drain", &["zone-a"], 1, ConsumerTiming::default()))?;
+    fleet.publish(&fleet.sleeper("run_d1", 1500)).await?;
+    wait_for(
+        "w-drain to take the job",
+        Duration::from_secs(20),
+        || async { Ok(fleet.pending("zone-a").await? == (0, 1)) },
+    )
+    .await?;
+    fleet.publish(&fleet.sleeper("run_d2", 1500)).await?;
+    w.shutdown().await?;
+    // Returned only once the run's result was out and its job acked.
+    let results = fleet.results(2, Duration::from_secs(1)).await?;
+    let ids: Vec<_> = results.iter().map(|r| r.run_id.as_str()).collect();
+    assert_eq!(ids, ["run_d1"]);
+    assert_eq!(
+        fleet.pending("zone-a").await?,
+        (1, 0),
+        "run_d2 stays queued"
+    );
+    assert_eq!(fleet.heartbeat("w-drain").await?, None);
+    Ok(())
+}
