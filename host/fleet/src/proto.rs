@@ -1,0 +1,530 @@
+//! The fleet's wire protocol: the JetStream names and the JSON messages the
+//! control plane and the zone workers exchange. **Stable**: a field may be
+//! added (with a serde default), never renamed or retyped; every message is
+//! one JSON object (serde_json), byte fields are base64 strings.
+//!
+//! | what | name | shape |
+//! |---|---|---|
+//! | jobs stream | [`JOBS_STREAM`] `KASBAH_JOBS`, work-queue retention, subjects `kasbah.jobs.>` | one [`Job`] per message on [`job_subject`] `kasbah.jobs.<zone>`, header `Nats-Msg-Id: <run_id>` |
+//! | per-zone consumer | [`zone_consumer`] `zone-<zone>`, durable pull, explicit ack, filter `kasbah.jobs.<zone>` | shared by every worker of the zone |
+//! | results stream | [`RESULTS_STREAM`] `KASBAH_RESULTS`, limits retention, subjects `kasbah.results.>` | one [`JobResult`] per message on [`result_subject`] `kasbah.results.<zone>`, header `Nats-Msg-Id: <run_id>` |
+//! | worker registry | KV [`WORKERS_BUCKET`] `kasbah-workers`, max age [`HEARTBEAT_TTL`] | key = worker id, value = [`WorkerInfo`] |
+//! | module bytes | object store [`MODULES_BUCKET`] `kasbah-modules` | key = digest hex, put by the control plane |
+//! | zone data | object store [`zone_bucket`] `kasbah-zone-<zone>` | dataset bytes, key = digest hex |
+//!
+//! Zone names are [`kasbah_policy::is_zone_name`] (lowercase letters,
+//! digits, `-`), so they are safe as subject tokens and in bucket names.
+//!
+//! Delivery: a job is delivered to one worker of its zone at a time; the
+//! worker sends `+WPI` (in progress) every `ack_wait / 3` while it runs,
+//! publishes the result (waiting for JetStream's ack) and only then acks the
+//! job. A worker lost mid-run stops sending progress: the job is redelivered
+//! after `ack_wait`, at most `max_deliver` times. A job can therefore run
+//! more than once, and **the control plane records one result per run id**
+//! (the first it sees); the results stream's duplicate window also drops a
+//! second result published with the same `Nats-Msg-Id` within it.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
+
+use async_nats::jetstream::{self, consumer, kv, object_store, stream};
+use kasbah_core::{Digest, Outcome, RunReport};
+use kasbah_policy::Policy;
+use serde::{Deserialize, Serialize};
+
+/// The jobs stream (work-queue retention: a job is removed once acked).
+pub const JOBS_STREAM: &str = "KASBAH_JOBS";
+/// Subjects of [`JOBS_STREAM`].
+pub const JOBS_SUBJECTS: &str = "kasbah.jobs.>";
+/// The results stream (limits retention: the control plane consumes it
+/// durably; results age out after [`RESULTS_MAX_AGE`]).
+pub const RESULTS_STREAM: &str = "KASBAH_RESULTS";
+/// Subjects of [`RESULTS_STREAM`].
+pub const RESULTS_SUBJECTS: &str = "kasbah.results.>";
+/// How long results are kept in [`RESULTS_STREAM`].
+pub const RESULTS_MAX_AGE: Duration = Duration::from_secs(7 * 86_400);
+/// Window in which a second message with the same `Nats-Msg-Id` (the run
+/// id) is dropped by JetStream, on both streams.
+pub const DUPLICATE_WINDOW: Duration = Duration::from_secs(120);
+/// The header carrying the run id for JetStream's de-duplication.
+pub const MSG_ID_HEADER: &str = "Nats-Msg-Id";
+/// KV bucket of live workers: key = worker id, value = [`WorkerInfo`].
+pub const WORKERS_BUCKET: &str = "kasbah-workers";
+/// Entries of [`WORKERS_BUCKET`] expire this long after their last put: a
+/// worker that stops heartbeating disappears on its own.
+pub const HEARTBEAT_TTL: Duration = Duration::from_secs(10);
+/// How often a worker rewrites its [`WorkerInfo`].
+pub const HEARTBEAT_INTERVAL: Duration = Duration::from_secs(2);
+/// Object store of module bytes, key = digest hex; readable by every worker.
+pub const MODULES_BUCKET: &str = "kasbah-modules";
+/// Prefix of the per-zone object stores (see [`zone_bucket`]).
+pub const ZONE_BUCKET_PREFIX: &str = "kasbah-zone-";
+/// How long a delivered job may go without an ack or a progress message
+/// before JetStream delivers it again (to another worker of the zone).
+pub const ACK_WAIT: Duration = Duration::from_secs(30);
+/// Most deliveries of one job (the first included).
+pub const MAX_DELIVER: i64 = 3;
+
+/// Largest run id, tenant id, worker id or adapter label, in bytes.
+pub const MAX_ID_LEN: usize = 128;
+/// Most entries in a job's `label`, `datasets` or `metadata`.
+pub const MAX_LIST: usize = 64;
+/// Largest metadata key or value, in bytes.
+pub const MAX_META_LEN: usize = 4096;
+/// Bytes kept free in a result message for headers and framing.
+pub const RESULT_HEADROOM: usize = 4096;
+
+/// Subject of the jobs for `zone`.
+pub fn job_subject(zone: &str) -> String {
+    format!("kasbah.jobs.{zone}")
+}
+
+/// Subject of the results of runs in `zone`.
+pub fn result_subject(zone: &str) -> String {
+    format!("kasbah.results.{zone}")
+}
+
+/// The durable pull consumer of `zone`'s jobs, shared by its workers.
+pub fn zone_consumer(zone: &str) -> String {
+    format!("zone-{zone}")
+}
+
+/// The object store holding `zone`'s data (datasets by digest hex).
+pub fn zone_bucket(zone: &str) -> String {
+    format!("{ZONE_BUCKET_PREFIX}{zone}")
+}
+
+/// One dataset a job mounts: `/datasets/<name>`, bytes in the zone's bucket
+/// under `digest`'s hex.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JobDataset {
+    pub name: String,
+    pub digest: Digest,
+}
+
+/// A run placed in a zone, published by the control plane on
+/// [`job_subject`]`(zone)`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Job {
+    /// The run's id (also the `Nats-Msg-Id`).
+    pub run_id: String,
+    pub tenant: String,
+    /// The module's digest; its bytes are in [`MODULES_BUCKET`].
+    pub module: Digest,
+    /// The policy the run executes under (already resolved and checked by
+    /// the control plane; the worker validates it again).
+    pub policy: Policy,
+    pub policy_version: u32,
+    /// The zone the run is placed in.
+    pub zone: String,
+    /// The GPU adapter entry (label) the run is bound to, if any.
+    #[serde(default)]
+    pub adapter: Option<String>,
+    /// The run's residency label (zones its data may reach); holds `zone`.
+    pub label: Vec<String>,
+    #[serde(default)]
+    pub datasets: Vec<JobDataset>,
+    /// The request body (base64 in JSON).
+    #[serde(with = "base64_bytes")]
+    pub input: Vec<u8>,
+    #[serde(default)]
+    pub content_type: Option<String>,
+    #[serde(default)]
+    pub metadata: BTreeMap<String, String>,
+    /// The run must be finished by then (Unix ms); a worker that receives
+    /// it later reports `deadline_exceeded` without running it.
+    pub deadline_unix_ms: i64,
+}
+
+/// Why a [`Job`] was refused by a worker before running.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid job: {}", .0.join("; "))]
+pub struct JobError(pub Vec<String>);
+
+fn is_id(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= MAX_ID_LEN
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.')
+}
+
+impl Job {
+    /// Every problem with the job's fields (sizes, names, policy), at once.
+    pub fn check(&self) -> Result<(), JobError> {
+        let mut p = Vec::new();
+        if !is_id(&self.run_id) {
+            p.push("run_id must be 1-128 of [A-Za-z0-9._-]".to_string());
+        }
+        if self.tenant.is_empty() || self.tenant.len() > MAX_ID_LEN {
+            p.push("tenant must be 1-128 bytes".into());
+        }
+        if !kasbah_policy::is_zone_name(&self.zone) {
+            p.push(format!("zone {:?} is not a zone name", self.zone));
+        }
+        if let Some(a) = &self.adapter
+            && !is_id(a)
+        {
+            p.push("adapter must be 1-128 of [A-Za-z0-9._-]".into());
+        }
+        if self.label.len() > MAX_LIST {
+            p.push(format!("label has more than {MAX_LIST} zones"));
+        } else if let Some(z) = self.label.iter().find(|z| !kasbah_policy::is_zone_name(z)) {
+            p.push(format!("label: {z:?} is not a zone name"));
+        }
+        if !self.label.contains(&self.zone) {
+            p.push(format!("zone {:?} is not in the run's label", self.zone));
+        }
+        if self.datasets.len() > MAX_LIST {
+            p.push(format!("more than {MAX_LIST} datasets"));
+        } else {
+            let mut seen = BTreeSet::new();
+            for d in &self.datasets {
+                if !kasbah_policy::is_dataset_name(&d.name) {
+                    p.push(format!("dataset name {:?} is not valid", d.name));
+                } else if !seen.insert(d.name.as_str()) {
+                    p.push(format!("dataset {:?} is named twice", d.name));
+                }
+            }
+        }
+        if self.metadata.len() > MAX_LIST {
+            p.push(format!("more than {MAX_LIST} metadata entries"));
+        } else if self
+            .metadata
+            .iter()
+            .any(|(k, v)| k.len() > MAX_META_LEN || v.len() > MAX_META_LEN)
+        {
+            p.push(format!(
+                "a metadata key or value exceeds {MAX_META_LEN} bytes"
+            ));
+        }
+        if let Some(ct) = &self.content_type
+            && ct.len() > MAX_META_LEN
+        {
+            p.push(format!("content_type exceeds {MAX_META_LEN} bytes"));
+        }
+        if let Err(e) = self.policy.validate() {
+            p.push(format!("policy: {e}"));
+        }
+        if p.is_empty() {
+            Ok(())
+        } else {
+            Err(JobError(p))
+        }
+    }
+}
+
+/// What a worker publishes when a job ends, on [`result_subject`]`(zone)`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct JobResult {
+    pub run_id: String,
+    /// The worker that ran it ([`WorkerInfo::id`]).
+    pub worker: String,
+    /// The zone it ran in.
+    pub zone: String,
+    #[serde(default)]
+    pub adapter: Option<String>,
+    /// The run's report, output body included (see [`JobResult::encode`]).
+    pub report: RunReport,
+    pub started_at_ms: i64,
+    pub finished_at_ms: i64,
+}
+
+impl JobResult {
+    /// The message body, at most `max_payload` bytes (the server's
+    /// `max_payload`, less [`RESULT_HEADROOM`] for headers). A report too
+    /// large to fit has its outcome replaced by `denied` ("output too large
+    /// for the fleet"; larger outputs through the object store are a later
+    /// step) and, if still too large, its captured stdio and logs dropped.
+    pub fn encode(&self, max_payload: usize) -> Result<Vec<u8>, serde_json::Error> {
+        let limit = max_payload.saturating_sub(RESULT_HEADROOM);
+        let body = serde_json::to_vec(self)?;
+        if body.len() <= limit {
+            return Ok(body);
+        }
+        let mut smaller = self.clone();
+        let what = match &self.report.outcome {
+            Outcome::Ok { output } => format!("an output of {} bytes", output.body.len()),
+            _ => "a report".to_string(),
+        };
+        smaller.report.outcome = Outcome::Denied {
+            reason: format!(
+                "the run produced {what}: its result ({} bytes) is larger than the fleet's \
+                 message limit ({limit} bytes)",
+                body.len()
+            ),
+        };
+        let body = serde_json::to_vec(&smaller)?;
+        if body.len() <= limit {
+            return Ok(body);
+        }
+        smaller.report.stdout = Default::default();
+        smaller.report.stderr = Default::default();
+        smaller.report.logs = Default::default();
+        smaller.report.denials.clear();
+        serde_json::to_vec(&smaller)
+    }
+}
+
+/// A GPU adapter entry of a worker.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WorkerAdapter {
+    pub label: String,
+    pub zone: String,
+}
+
+/// A worker's heartbeat, the value of its key in [`WORKERS_BUCKET`].
+/// A reader should also ignore entries whose `heartbeat_unix_ms` is older
+/// than [`HEARTBEAT_TTL`] (the bucket's max age removes them soon after).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WorkerInfo {
+    pub id: String,
+    /// The zones it takes jobs for, in order of preference.
+    pub zones: Vec<String>,
+    pub adapters: Vec<WorkerAdapter>,
+    /// Runs it executes at once.
+    pub capacity: u32,
+    /// Runs executing now.
+    pub active: u32,
+    /// The worker's build (`kasbah-fleet` version).
+    pub version: String,
+    pub heartbeat_unix_ms: i64,
+}
+
+/// Timing of the per-zone consumers (the tests shorten `ack_wait`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ConsumerTiming {
+    pub ack_wait: Duration,
+    pub max_deliver: i64,
+}
+
+impl Default for ConsumerTiming {
+    fn default() -> Self {
+        ConsumerTiming {
+            ack_wait: ACK_WAIT,
+            max_deliver: MAX_DELIVER,
+        }
+    }
+}
+
+/// Errors setting up the fleet's streams, buckets and consumers.
+#[derive(Debug, thiserror::Error)]
+pub enum SetupError {
+    #[error("{what}: {source}")]
+    Nats {
+        what: String,
+        #[source]
+        source: async_nats::Error,
+    },
+    #[error("{0:?} is not a zone name")]
+    BadZone(String),
+}
+
+fn nats<E: Into<async_nats::Error>>(what: impl Into<String>) -> impl FnOnce(E) -> SetupError {
+    let what = what.into();
+    move |e| SetupError::Nats {
+        what,
+        source: e.into(),
+    }
+}
+
+/// Create or update (idempotently) the jobs and results streams, the
+/// workers KV bucket and the modules object store. Both the control plane
+/// and every worker call it at start.
+pub async fn ensure_streams(js: &jetstream::Context) -> Result<(), SetupError> {
+    js.create_or_update_stream(stream::Config {
+        name: JOBS_STREAM.into(),
+        description: Some("kasbah jobs, one subject per zone".into()),
+        subjects: vec![JOBS_SUBJECTS.into()],
+        retention: stream::RetentionPolicy::WorkQueue,
+        storage: stream::StorageType::File,
+        duplicate_window: DUPLICATE_WINDOW,
+        ..Default::default()
+    })
+    .await
+    .map_err(nats(format!("stream {JOBS_STREAM}")))?;
+    js.create_or_update_stream(stream::Config {
+        name: RESULTS_STREAM.into(),
+        description: Some("kasbah run results, one subject per zone".into()),
+        subjects: vec![RESULTS_SUBJECTS.into()],
+        retention: stream::RetentionPolicy::Limits,
+        storage: stream::StorageType::File,
+        max_age: RESULTS_MAX_AGE,
+        duplicate_window: DUPLICATE_WINDOW,
+        ..Default::default()
+    })
+    .await
+    .map_err(nats(format!("stream {RESULTS_STREAM}")))?;
+    js.create_or_update_key_value(kv::Config {
+        bucket: WORKERS_BUCKET.into(),
+        description: "live kasbah workers".into(),
+        history: 1,
+        max_age: HEARTBEAT_TTL,
+        max_value_size: 64 * 1024,
+        storage: stream::StorageType::File,
+        ..Default::default()
+    })
+    .await
+    .map_err(nats(format!("KV bucket {WORKERS_BUCKET}")))?;
+    ensure_object_store(js, MODULES_BUCKET).await?;
+    Ok(())
+}
+
+async fn ensure_object_store(
+    js: &jetstream::Context,
+    bucket: &str,
+) -> Result<object_store::ObjectStore, SetupError> {
+    if let Ok(store) = js.get_object_store(bucket).await {
+        return Ok(store);
+    }
+    js.create_object_store(object_store::Config {
+        bucket: bucket.into(),
+        storage: stream::StorageType::File,
+        ..Default::default()
+    })
+    .await
+    .map_err(nats(format!("object store {bucket}")))
+}
+
+/// Create (idempotently) `zone`'s object store and its durable pull
+/// consumer on [`JOBS_STREAM`], with `timing` (create-or-update: the last
+/// caller's timing wins). Returns the consumer.
+pub async fn ensure_zone(
+    js: &jetstream::Context,
+    zone: &str,
+    timing: ConsumerTiming,
+) -> Result<consumer::PullConsumer, SetupError> {
+    if !kasbah_policy::is_zone_name(zone) {
+        return Err(SetupError::BadZone(zone.into()));
+    }
+    ensure_object_store(js, &zone_bucket(zone)).await?;
+    let stream = js
+        .get_stream(JOBS_STREAM)
+        .await
+        .map_err(nats(format!("stream {JOBS_STREAM}")))?;
+    let name = zone_consumer(zone);
+    stream
+        .create_consumer(consumer::pull::Config {
+            durable_name: Some(name.clone()),
+            description: Some(format!("jobs of zone {zone}")),
+            filter_subject: job_subject(zone),
+            ack_policy: consumer::AckPolicy::Explicit,
+            ack_wait: timing.ack_wait,
+            max_deliver: timing.max_deliver,
+            deliver_policy: consumer::DeliverPolicy::All,
+            ..Default::default()
+        })
+        .await
+        .map_err(nats(format!("consumer {name}")))
+}
+
+/// `Vec<u8>` as a standard base64 string.
+pub mod base64_bytes {
+    use base64::Engine as _;
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(b: &[u8], s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&base64::engine::general_purpose::STANDARD.encode(b))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
+        let text = <std::borrow::Cow<'de, str>>::deserialize(d)?;
+        base64::engine::general_purpose::STANDARD
+            .decode(text.as_bytes())
+            .map_err(serde::de::Error::custom)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn job() -> Job {
+        Job {
+            run_id: "run_1".into(),
+            tenant: "t1".into(),
+            module: Digest::of(b"m"),
+            policy: Policy::default(),
+            policy_version: 1,
+            zone: "zone-a".into(),
+            adapter: None,
+            label: vec!["zone-a".into(), "zone-b".into()],
+            datasets: vec![JobDataset {
+                name: "model.bin".into(),
+                digest: Digest::of(b"d"),
+            }],
+            input: vec![0, 255, 1],
+            content_type: Some("text/plain".into()),
+            metadata: [("k".to_string(), "v".to_string())].into(),
+            deadline_unix_ms: 1_700_000_000_000,
+        }
+    }
+
+    #[test]
+    fn job_round_trips_with_base64_input() {
+        let j = job();
+        let text = serde_json::to_string(&j).expect("serialize");
+        assert!(text.contains(r#""input":"AP8B""#), "{text}");
+        let back: Job = serde_json::from_str(&text).expect("deserialize");
+        assert_eq!(back, j);
+        assert_eq!(j.check(), Ok(()));
+    }
+
+    #[test]
+    fn bad_jobs_name_every_problem() {
+        let mut j = job();
+        j.run_id = "a.b c".into();
+        j.zone = "Zone.A".into();
+        j.datasets.push(j.datasets[0].clone());
+        j.metadata.insert("x".into(), "y".repeat(MAX_META_LEN + 1));
+        let e = j.check().expect_err("invalid");
+        let text = e.to_string();
+        for needle in [
+            "run_id",
+            "not a zone name",
+            "named twice",
+            "metadata",
+            "label",
+        ] {
+            assert!(text.contains(needle), "{needle} missing from {text}");
+        }
+        let bad = r#"{"run_id":"r","input":"!!"}"#;
+        assert!(serde_json::from_str::<Job>(bad).is_err());
+    }
+
+    #[test]
+    fn oversized_results_become_denied() {
+        let output = kasbah_core::Output {
+            content_type: "text/plain".into(),
+            body: vec![b'x'; 100_000],
+        };
+        let r = JobResult {
+            run_id: "run_1".into(),
+            worker: "w1".into(),
+            zone: "zone-a".into(),
+            adapter: None,
+            report: RunReport {
+                module: Digest::of(b"m"),
+                outcome: Outcome::Ok { output },
+                usage: Default::default(),
+                stdout: Default::default(),
+                stderr: Default::default(),
+                logs: Default::default(),
+                denials: Vec::new(),
+            },
+            started_at_ms: 1,
+            finished_at_ms: 2,
+        };
+        let big = r.encode(1 << 20).expect("encode");
+        let back: JobResult = serde_json::from_slice(&big).expect("decode");
+        assert_eq!(back, r);
+        let small = r.encode(64 * 1024).expect("encode");
+        assert!(small.len() <= 64 * 1024 - RESULT_HEADROOM);
+        let back: JobResult = serde_json::from_slice(&small).expect("decode");
+        match back.report.outcome {
+            Outcome::Denied { reason } => assert!(reason.contains("100000 bytes"), "{reason}"),
+            o => panic!("expected denied, got {o:?}"),
+        }
+        assert_eq!(back.run_id, "run_1");
+    }
+}
