@@ -48,6 +48,8 @@ enum Command {
     Run(local::RunArgs),
     /// Start the platform service.
     Serve(serve::ServeArgs),
+    /// Run a zone worker of the fleet (NATS JetStream; see `kasbah serve --nats`).
+    Worker(serve::WorkerArgs),
     /// Who the token belongs to.
     Whoami,
     /// Operators (admin).
@@ -137,6 +139,7 @@ pub fn main() -> ExitCode {
         Command::Run(args) if args.is_remote() => remote::block_on(remote::run(&ctx, args)),
         Command::Run(args) => local::run(args, cli.verbose > 0, ctx.json),
         Command::Serve(args) => serve::serve(args),
+        Command::Worker(args) => serve::worker(args),
         Command::Whoami => remote::block_on(remote::whoami(&ctx)),
         Command::Operator(c) => remote::block_on(remote::operator(&ctx, c)),
         Command::Tenant(c) => remote::block_on(remote::tenant(&ctx, c)),

@@ -28,6 +28,10 @@ pub struct ServeArgs {
     /// `kasbah.example.org/log`; fixed once the log key exists.
     #[arg(long, env = "KASBAH_AUDIT_ORIGIN")]
     audit_origin: Option<String>,
+    /// NATS server URL: be the fleet's control plane, runs execute on zone
+    /// workers (`kasbah worker`); without it, runs execute in this process.
+    #[arg(long, env = "KASBAH_NATS")]
+    nats: Option<String>,
 }
 
 pub fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
@@ -49,6 +53,9 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
     }
     if let Some(o) = args.audit_origin {
         config.audit_origin = o;
+    }
+    if let Some(n) = args.nats {
+        config.nats = Some(n);
     }
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -90,6 +97,41 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
                 }
             })
             .await
+    })?;
+    Ok(ExitCode::SUCCESS)
+}
+
+#[derive(Args)]
+pub struct WorkerArgs {
+    /// Worker config file (TOML: id, zones, capacity, work_dir, [gpu], [zones]).
+    #[arg(long, env = "KASBAH_WORKER_CONFIG")]
+    config: PathBuf,
+    /// NATS server URL (overrides the config's `nats`).
+    #[arg(long, env = "KASBAH_NATS")]
+    nats: Option<String>,
+}
+
+/// `kasbah worker`: a zone worker of the fleet, until SIGTERM/SIGINT (then
+/// it stops pulling and finishes its runs).
+pub fn worker(args: WorkerArgs) -> anyhow::Result<ExitCode> {
+    let mut config = kasbah_fleet::worker::WorkerConfig::load(&args.config)?;
+    if let Some(n) = args.nats {
+        config.nats = n;
+    }
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting tokio")?;
+    rt.block_on(async move {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .context("installing the SIGTERM handler")?;
+        kasbah_fleet::worker::run(config, async move {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = tokio::signal::ctrl_c() => {}
+            }
+        })
+        .await
     })?;
     Ok(ExitCode::SUCCESS)
 }

@@ -67,6 +67,10 @@ pub struct ServerConfig {
     /// On SIGTERM/SIGINT: how long in-flight requests and runs may take to
     /// finish before the server exits anyway.
     pub shutdown_grace_ms: u64,
+    /// NATS server URL: runs execute on the fleet's zone workers (`kasbah
+    /// worker`) instead of in this process; placement considers only zones
+    /// with a live worker. Unset (the default): everything runs here.
+    pub nats: Option<String>,
 }
 
 /// The largest `token_max_ttl_seconds` accepted (100 years): keeps
@@ -102,6 +106,7 @@ impl Default for ServerConfig {
             keep_alive_timeout_ms: 5_000,
             max_connections: 4096,
             shutdown_grace_ms: 30_000,
+            nats: None,
         }
     }
 }

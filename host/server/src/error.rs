@@ -76,6 +76,14 @@ impl ApiError {
             ..Self::new(StatusCode::TOO_MANY_REQUESTS, "rate_limited", m)
         }
     }
+    /// 503 with Retry-After: nothing can take the request now (e.g. no
+    /// live worker in any zone a run may use).
+    pub fn unavailable(code: &'static str, m: impl Into<String>, retry_after_s: u32) -> Self {
+        ApiError {
+            retry_after_s: Some(retry_after_s),
+            ..Self::new(StatusCode::SERVICE_UNAVAILABLE, code, m)
+        }
+    }
     /// Log the detail; tell the client only that something went wrong.
     pub fn internal(detail: impl std::fmt::Display) -> Self {
         tracing::error!("internal error: {detail}");

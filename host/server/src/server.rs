@@ -18,6 +18,7 @@ use crate::http;
 use crate::metrics::Metrics;
 use crate::registry::sqlite::SqliteModules;
 use crate::routes::router;
+use crate::runs::fleet::Fleet;
 use crate::runs::scheduler::Scheduler;
 use crate::runs::sqlite::SqliteRuns;
 use crate::runs::storage::RunStore;
@@ -122,7 +123,17 @@ pub async fn start(mut config: ServerConfig) -> anyhow::Result<Server> {
             config.token_ttl_seconds / 86_400
         );
     }
-    let interrupted_runs = runs.interrupt_inflight().await?;
+    // On the fleet, runs in flight may still be running on workers: their
+    // results wait in the results stream and are recorded when they come.
+    let interrupted_runs = if config.nats.is_none() {
+        runs.interrupt_inflight().await?
+    } else {
+        0
+    };
+    let fleet = match &config.nats {
+        Some(url) => Some(Fleet::connect(url).await?),
+        None => None,
+    };
     let blobs = Blobs::open(&config.data_dir.join("blobs"))?;
     let runtime = Runtime::new(RuntimeConfig {
         max_concurrent_instances: u32::try_from(config.workers.max(1) * 2).unwrap_or(u32::MAX),
@@ -161,7 +172,11 @@ pub async fn start(mut config: ServerConfig) -> anyhow::Result<Server> {
         scheduler,
         metrics,
         audit,
+        fleet,
     }));
+    if let Some(fleet) = &state.fleet {
+        fleet.start(state.clone()).await?;
+    }
     let app = router(state.clone());
     let (stop, stopped) = tokio::sync::oneshot::channel::<Duration>();
     let task = tokio::spawn(http::serve(listener, app, limits, async move {

@@ -17,6 +17,7 @@ use crate::config::ServerConfig;
 use crate::datasets::sqlite::SqliteDatasets;
 use crate::metrics::Metrics;
 use crate::registry::sqlite::SqliteModules;
+use crate::runs::fleet::Fleet;
 use crate::runs::scheduler::Scheduler;
 use crate::runs::sqlite::SqliteRuns;
 use crate::store::Db;
@@ -38,6 +39,8 @@ pub struct Inner {
     pub metrics: Metrics,
     /// The audit log's signing key and latest checkpoint.
     pub audit: AuditKey,
+    /// Where runs execute: on the fleet (`nats` configured), else here.
+    pub fleet: Option<Arc<Fleet>>,
 }
 
 /// A multi-thread tokio runtime of its own for guest execution. Guests

@@ -63,40 +63,7 @@ pub async fn execute(
     // runs in flight. (Holding the permit through the commit capped a
     // 2-core box at ~10k sync runs/s with 8 workers: ~19k without.)
     drop(worker);
-    let output = match &report.outcome {
-        Outcome::Ok { output } => {
-            let d = Digest::of(&output.body);
-            // An output stored as a dataset lives in the blob store.
-            if placed.stores_output() {
-                match s.blobs.put(&output.body) {
-                    Ok(_) => seal_blob(s, &d),
-                    Err(e) => tracing::error!(run = id, "storing output as a dataset: {e}"),
-                }
-            }
-            if output.body.len() <= INLINE_OUTPUT_MAX {
-                Some((
-                    d,
-                    output.body.len() as u64,
-                    output.content_type.clone(),
-                    Some(output.body.clone()),
-                ))
-            } else {
-                match s.blobs.put(&output.body) {
-                    Ok(_) => Some((
-                        d,
-                        output.body.len() as u64,
-                        output.content_type.clone(),
-                        None,
-                    )),
-                    Err(e) => {
-                        tracing::error!(run = id, "storing output: {e}");
-                        None
-                    }
-                }
-            }
-        }
-        _ => None,
-    };
+    let output = keep_output(s, id, &report, placed.stores_output());
     s.metrics
         .runs
         .get_or_create(&crate::metrics::OutcomeLabel {
@@ -147,4 +114,49 @@ pub async fn load_module(s: &AppState, digest: &Digest) -> Result<Arc<Module>, S
         .await
         .map_err(|e| format!("loading module {digest}: {e}"))?
         .map_err(|e| format!("loading module {digest}: {e}"))
+}
+
+/// What a run's record keeps of its output: the bytes inline (up to
+/// [`INLINE_OUTPUT_MAX`]) or in the blob store (larger ones, and outputs
+/// stored as a dataset), with digest, size and content type.
+pub fn keep_output(
+    s: &AppState,
+    id: &str,
+    report: &RunReport,
+    stores_output: bool,
+) -> Option<(Digest, u64, String, Option<Vec<u8>>)> {
+    match &report.outcome {
+        Outcome::Ok { output } => {
+            let d = Digest::of(&output.body);
+            // An output stored as a dataset lives in the blob store.
+            if stores_output {
+                match s.blobs.put(&output.body) {
+                    Ok(_) => seal_blob(s, &d),
+                    Err(e) => tracing::error!(run = id, "storing output as a dataset: {e}"),
+                }
+            }
+            if output.body.len() <= INLINE_OUTPUT_MAX {
+                Some((
+                    d,
+                    output.body.len() as u64,
+                    output.content_type.clone(),
+                    Some(output.body.clone()),
+                ))
+            } else {
+                match s.blobs.put(&output.body) {
+                    Ok(_) => Some((
+                        d,
+                        output.body.len() as u64,
+                        output.content_type.clone(),
+                        None,
+                    )),
+                    Err(e) => {
+                        tracing::error!(run = id, "storing output: {e}");
+                        None
+                    }
+                }
+            }
+        }
+        _ => None,
+    }
 }

@@ -3,10 +3,12 @@
 //! `handlers.rs` (HTTP) → `service.rs` (who may start and read runs; the
 //! order of checks) → `placement.rs` (which zone and adapter; residency
 //! refusals), `scheduler.rs` (admission and the worker permits),
-//! `execute.rs` (running it in this process) → `storage.rs` (the
+//! `execute.rs` (running it in this process) or `fleet.rs` (on a zone
+//! worker, over NATS JetStream) → `storage.rs` (the
 //! interface) / `sqlite.rs` (its SQLite implementation).
 
 pub mod execute;
+pub mod fleet;
 pub mod handlers;
 pub mod placement;
 pub mod scheduler;

@@ -23,12 +23,14 @@
 
 use std::collections::BTreeSet;
 
+use kasbah_core::Digest;
 use kasbah_core::api::{DatasetRecord, ModuleRecord, RunDataset};
 use kasbah_policy::Policy;
 use kasbah_runtime::kasbah_gpu::AdapterStatus;
 use kasbah_runtime::{DatasetMount, Residency, RunOptions};
 
 use super::storage::RunResidency;
+use crate::audit::storage::AuditStore;
 use crate::audit::service::residency_violation;
 use crate::datasets::service as datasets;
 use crate::error::{ApiError, ApiResult};
@@ -166,18 +168,38 @@ pub async fn place_run(
         }
     }
     let uses_gpu = module.imports.iter().any(|i| i.starts_with("kasbah:gpu/"));
-    let adapters = if uses_gpu {
-        s.runtime.gpu().status()
-    } else {
-        Vec::new()
+    // On the fleet, only zones (and adapters) of live workers can take it.
+    let (node, adapters): (Vec<String>, Vec<AdapterStatus>) = match &s.fleet {
+        Some(fleet) => {
+            let live = fleet.live_zones();
+            let zones = node.iter().filter(|z| live.contains(*z)).cloned().collect();
+            let adapters = if uses_gpu {
+                fleet.live_adapters()
+            } else {
+                Vec::new()
+            };
+            (zones, adapters)
+        }
+        None => {
+            let adapters = if uses_gpu {
+                s.runtime.gpu().status()
+            } else {
+                Vec::new()
+            };
+            (node.clone(), adapters)
+        }
     };
     let (zone, adapter, label) =
-        match place(node, policy, uses_gpu, &adapters, &input_label, &datasets) {
+        match place(&node, policy, uses_gpu, &adapters, &input_label, &datasets) {
             Ok(p) => p,
             Err(message) => {
-                return Err(
-                    residency_violation(s, tenant, Some(module.digest), "run", message).await,
-                );
+                let no_capacity = s.fleet.is_some()
+                    && would_place_with_every_zone(s, policy, uses_gpu, &input_label, &datasets);
+                return Err(if no_capacity {
+                    no_capacity_refusal(s, tenant, module.digest, message).await
+                } else {
+                    residency_violation(s, tenant, Some(module.digest), "run", message).await
+                });
             }
         };
     let options = RunOptions {
@@ -210,10 +232,57 @@ pub async fn place_run(
     Ok(Placed { row, options })
 }
 
+/// Whether the run would be placed if every configured zone had a live
+/// worker with a usable adapter: then its refusal is a matter of capacity,
+/// not of residency.
+fn would_place_with_every_zone(
+    s: &AppState,
+    policy: &Policy,
+    uses_gpu: bool,
+    input_label: &BTreeSet<String>,
+    datasets: &[DatasetRecord],
+) -> bool {
+    let node = &s.config.zones.node;
+    let adapters: Vec<AdapterStatus> = node
+        .iter()
+        .map(|z| AdapterStatus {
+            label: format!("any-{z}"),
+            zone: z.clone(),
+            adapter_name: None,
+            backend: None,
+            unavailable: None,
+            active_runs: 0,
+            idle_devices: 0,
+            devices_created: 0,
+            devices_reused: 0,
+            devices_discarded: 0,
+            runs_bound: 0,
+        })
+        .collect();
+    place(node, policy, uses_gpu, &adapters, input_label, datasets).is_ok()
+}
+
+/// `503 no_capacity` (Retry-After), recorded as a denial entry first.
+async fn no_capacity_refusal(s: &AppState, tenant: &str, module: Digest, message: String) -> ApiError {
+    let message = format!("no live worker can take the run: {message}");
+    if let Err(e) =
+        s.db.record_denial(tenant, Some(module), "run", &format!("no_capacity: {message}"))
+            .await
+    {
+        tracing::error!("auditing a refused run: {e}");
+    }
+    s.metrics
+        .runs_rejected
+        .get_or_create(&crate::metrics::ReasonLabel {
+            reason: "no_capacity".into(),
+        })
+        .inc();
+    ApiError::unavailable("no_capacity", message, 1)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use kasbah_core::Digest;
 
     fn zones(z: &[&str]) -> BTreeSet<String> {
         z.iter().map(|s| s.to_string()).collect()

@@ -127,7 +127,14 @@ pub async fn start(s: &AppState, caller: &Caller, req: CreateRun) -> ApiResult<S
     let accepted = queued_record(&run);
     s.metrics.runs_in_flight.inc();
     let run_to_end = async move {
-        let record = execute(&task_state, run, policy_for_run, request, admission, placed).await;
+        let record = match task_state.fleet.clone() {
+            Some(fleet) => {
+                fleet
+                    .execute(&task_state, run, policy_for_run, request, admission, placed)
+                    .await
+            }
+            None => execute(&task_state, run, policy_for_run, request, admission, placed).await,
+        };
         task_state.metrics.runs_in_flight.dec();
         record
     };

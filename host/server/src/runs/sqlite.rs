@@ -253,6 +253,50 @@ impl RunStore for SqliteRuns {
         Ok(r.map(|r| self.overlay_running(r)))
     }
 
+    fn inflight(&self, id: &str) -> DbResult<Option<NewRun>> {
+        self.db.with(|c| {
+            c.prepare_cached(
+                "SELECT id, tenant_id, module_digest, policy_version, input_digest, input_size,
+                     created_at, zone, adapter, datasets, input_label, output_label, store_output_as
+                 FROM runs_inflight WHERE id = ?1",
+            )?
+            .query_row([id], |r| {
+                let zone: Option<String> = r.get(7)?;
+                let list = |i: usize| -> rusqlite::Result<Vec<String>> {
+                    match r.get::<_, Option<String>>(i)? {
+                        Some(s) => from_json(&s),
+                        None => Ok(Vec::new()),
+                    }
+                };
+                let residency = match zone {
+                    Some(zone) => Some(RunResidency {
+                        zone,
+                        adapter: r.get(8)?,
+                        datasets: match r.get::<_, Option<String>>(9)? {
+                            Some(s) => from_json(&s)?,
+                            None => Vec::new(),
+                        },
+                        input_label: list(10)?,
+                        output_label: list(11)?,
+                        store_output_as: r.get(12)?,
+                    }),
+                    None => None,
+                };
+                Ok(NewRun {
+                    id: r.get(0)?,
+                    tenant_id: r.get(1)?,
+                    module: parse_digest(&r.get::<_, String>(2)?)?,
+                    policy_version: r.get(3)?,
+                    input_digest: parse_digest(&r.get::<_, String>(4)?)?,
+                    input_size: r.get::<_, i64>(5)? as u64,
+                    created_at: r.get(6)?,
+                    residency,
+                })
+            })
+            .optional()
+        })
+    }
+
     /// A tenant's most recent runs (ended or not), newest first.
     fn runs(&self, tenant_id: &str, limit: u32) -> DbResult<Vec<RunRecord>> {
         let rs: Vec<RunRecord> = self.db.with(|c| {

@@ -118,6 +118,9 @@ pub trait RunStore: Send + Sync {
     /// outcome `interrupted`. Returns how many.
     fn interrupt_inflight(&self) -> impl Future<Output = DbResult<usize>> + Send;
     fn run(&self, id: &str) -> DbResult<Option<RunRecord>>;
+    /// A run accepted and not yet ended, as it was accepted (what
+    /// [`Self::finish_run`] needs): for results that arrive after a restart.
+    fn inflight(&self, id: &str) -> DbResult<Option<NewRun>>;
     /// A tenant's most recent runs (ended or not), newest first.
     fn runs(&self, tenant_id: &str, limit: u32) -> DbResult<Vec<RunRecord>>;
     /// The inline output bytes of a run, if stored inline.
