@@ -22,8 +22,21 @@ use tokio::sync::oneshot;
 
 type Res<T = ()> = anyhow::Result<T>;
 
-/// Build the guest components this test needs once per process (cargo's
-/// freshness check when they are up to date) and return their bytes.
+/// Every guest crate, as `kasbah_tests::GUESTS` lists them: building the
+/// same selection as the end-to-end tests keeps cargo from rebuilding
+/// shared guest dependencies with other features between the two.
+const GUESTS: &[&str] = &[
+    "hello",
+    "hostile",
+    "net-probe",
+    "gpu-matmul",
+    "gpu-hostile",
+    "minilm-embed",
+    "residency-probe",
+];
+
+/// Build the guest components once per process (cargo's freshness check
+/// when they are up to date) and return one's bytes.
 fn guest(name: &str) -> Vec<u8> {
     static DIR: OnceLock<PathBuf> = OnceLock::new();
     let dir = DIR.get_or_init(|| {
@@ -32,7 +45,7 @@ fn guest(name: &str) -> Vec<u8> {
         let status = Command::new(cargo)
             .current_dir(&root)
             .args(["build", "--target", "wasm32-wasip2", "--profile", "guest"])
-            .args(["-p", "hello", "-p", "hostile"])
+            .args(GUESTS.iter().flat_map(|g| ["-p", g]))
             .status()
             .expect("run cargo to build the guests");
         assert!(status.success(), "building guest components failed");
