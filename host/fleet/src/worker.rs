@@ -838,3 +838,44 @@ async fn fetch_dataset(worker: &Worker, zone: &str, digest: &Digest) -> Result<P
         .map_err(|e| Prep::Refused(format!("storing dataset {digest}: {e}")))?;
     Ok(path)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn config_reads_toml_with_gpu_and_zones() {
+        let c: WorkerConfig = toml::from_str(
+            r#"
+            id = "w-rabat-1"
+            nats = "nats://10.0.0.1:4222"
+            capacity = 8
+            work_dir = "/var/lib/kasbah-worker"
+            [zones]
+            node = ["ma-rabat-1"]
+            [[gpu.adapters]]
+            label = "gpu0"
+            zone = "ma-rabat-1"
+            "#,
+        )
+        .expect("parse");
+        c.check().expect("valid");
+        assert_eq!(c.served_zones(), ["ma-rabat-1"]);
+        assert_eq!(c.gpu.adapters[0].label, "gpu0");
+        assert_eq!(c.ack_wait_ms, 30_000);
+
+        let unknown = toml::from_str::<WorkerConfig>("zone = \"a\"");
+        assert!(unknown.is_err());
+        let bad: WorkerConfig =
+            toml::from_str("id = \"a.b\"\ncapacity = 0\n[zones]\nnode = [\"Z\"]").expect("parse");
+        let e = bad.check().expect_err("invalid").to_string();
+        for needle in ["id", "capacity", "\"Z\""] {
+            assert!(e.contains(needle), "{needle} missing from {e}");
+        }
+        // Zones derive from the GPU entries when `node` is not given.
+        let derived: WorkerConfig =
+            toml::from_str("[[gpu.adapters]]\nlabel = \"g\"\nzone = \"zone-b\"").expect("parse");
+        assert_eq!(derived.served_zones(), ["zone-b"]);
+        assert!(default_id().ends_with(&format!("-{}", std::process::id())));
+    }
+}
