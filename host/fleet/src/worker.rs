@@ -75,6 +75,15 @@ pub struct WorkerConfig {
     pub ack_wait_ms: u64,
     /// Most deliveries of one job.
     pub max_deliver: i64,
+    /// NATS user and password (a zone's credentials, see
+    /// [`crate::proto::worker_permissions`]); none by default.
+    pub nats_user: Option<String>,
+    pub nats_password: Option<String>,
+    /// A NATS `.creds` file (JWT + nkey seed) instead of user/password.
+    pub nats_creds: Option<PathBuf>,
+    /// Prefix of the reply subjects this worker subscribes to; the zone's
+    /// credentials allow `<prefix>.>` only.
+    pub nats_inbox_prefix: String,
     /// Largest module fetched from the modules bucket.
     pub max_module_bytes: u64,
     /// Largest dataset fetched from a zone bucket.
@@ -92,6 +101,10 @@ impl Default for WorkerConfig {
             zones: ZonesConfig::default(),
             ack_wait_ms: crate::proto::ACK_WAIT.as_millis() as u64,
             max_deliver: crate::proto::MAX_DELIVER,
+            nats_user: None,
+            nats_password: None,
+            nats_creds: None,
+            nats_inbox_prefix: "_INBOX".into(),
             max_module_bytes: 256 << 20,
             max_dataset_bytes: 4 << 30,
         }
@@ -163,6 +176,21 @@ impl WorkerConfig {
         if !(1..=100).contains(&self.max_deliver) {
             p.push("max_deliver must be between 1 and 100".into());
         }
+        if self.nats_user.is_some() != self.nats_password.is_some() {
+            p.push("nats_user and nats_password go together".into());
+        }
+        if self.nats_creds.is_some() && self.nats_user.is_some() {
+            p.push("nats_creds and nats_user exclude each other".into());
+        }
+        if self.nats_inbox_prefix.is_empty()
+            || self.nats_inbox_prefix.len() > 64
+            || !self
+                .nats_inbox_prefix
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"_-.".contains(&b))
+        {
+            p.push("nats_inbox_prefix must be 1-64 of [A-Za-z0-9_.-]".into());
+        }
         if self.nats.trim().is_empty() {
             p.push("nats: no server URL".into());
         }
@@ -228,17 +256,54 @@ pub async fn run(config: WorkerConfig, shutdown: impl Future<Output = ()>) -> an
         clear_dir(d);
     }
 
-    let client = async_nats::ConnectOptions::new()
+    let mut options = async_nats::ConnectOptions::new()
         .name(format!("kasbah-worker {}", config.id))
+        .custom_inbox_prefix(&config.nats_inbox_prefix);
+    if let (Some(user), Some(password)) = (&config.nats_user, &config.nats_password) {
+        options = options.user_and_password(user.clone(), password.clone());
+    }
+    if let Some(creds) = &config.nats_creds {
+        options = options
+            .credentials_file(creds)
+            .await
+            .with_context(|| format!("NATS credentials {}", creds.display()))?;
+    }
+    let client = options
         .connect(config.nats.as_str())
         .await
         .with_context(|| format!("connecting to NATS at {}", config.nats))?;
     let js = jetstream::new(client.clone());
-    ensure_streams(&js).await?;
+    // Zone credentials may not administer streams: then what the control
+    // plane created must already be there.
+    if !streams_exist(&js).await
+        && let Err(e) = ensure_streams(&js).await
+    {
+        tracing::warn!(
+            worker = config.id,
+            "not setting up streams ({e}); using existing ones"
+        );
+    }
     let mut consumers = Vec::new();
     let mut zone_stores = HashMap::new();
     for z in &zones {
-        consumers.push((z.clone(), ensure_zone(&js, z, timing).await?));
+        let consumer = match ensure_zone(&js, z, timing).await {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::warn!(
+                    worker = config.id,
+                    zone = z,
+                    "not setting up the zone ({e})"
+                );
+                let name = crate::proto::zone_consumer(z);
+                js.get_stream(crate::proto::JOBS_STREAM)
+                    .await
+                    .map_err(|e2| anyhow::anyhow!("zone {z}: {e}; stream: {e2}"))?
+                    .get_consumer(&name)
+                    .await
+                    .map_err(|e2| anyhow::anyhow!("zone {z}: {e}; consumer {name}: {e2}"))?
+            }
+        };
+        consumers.push((z.clone(), consumer));
         let store = js
             .get_object_store(zone_bucket(z))
             .await
@@ -351,6 +416,15 @@ pub async fn run(config: WorkerConfig, shutdown: impl Future<Output = ()>) -> an
     }
     tracing::info!(worker = worker.id, "worker stopped");
     Ok(())
+}
+
+/// Whether the streams and buckets [`ensure_streams`] makes are there
+/// (info requests only, which zone credentials allow).
+async fn streams_exist(js: &jetstream::Context) -> bool {
+    js.get_stream(crate::proto::JOBS_STREAM).await.is_ok()
+        && js.get_stream(crate::proto::RESULTS_STREAM).await.is_ok()
+        && js.get_key_value(WORKERS_BUCKET).await.is_ok()
+        && js.get_object_store(MODULES_BUCKET).await.is_ok()
 }
 
 fn clear_dir(dir: &Path) {
