@@ -61,7 +61,8 @@ pub struct WorkerConfig {
     pub nats: String,
     /// Runs executing at once.
     pub capacity: u32,
-    /// Cached datasets and per-run dataset directories.
+    /// Cached datasets (never evicted yet) and per-run dataset
+    /// directories. One per worker: partial files are cleared at start.
     pub work_dir: PathBuf,
     /// GPU adapter entries (label, zone, backend/name match), as the
     /// server's `[gpu]`. None by default.
@@ -238,9 +239,9 @@ struct Worker {
 
 /// Run a worker until `shutdown` completes, then drain: remove its
 /// heartbeat, stop pulling, finish the runs in progress (results published,
-/// jobs acked). Errors only at start
-/// (configuration, first connection, stream setup); once running, NATS
-/// outages are retried (async-nats reconnects).
+/// jobs acked). Errors only at start (configuration, first connection,
+/// streams or buckets missing); once running, NATS outages are retried
+/// (async-nats reconnects).
 pub async fn run(config: WorkerConfig, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
     config.check()?;
     let zones = config.served_zones();
