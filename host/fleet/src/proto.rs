@@ -291,6 +291,62 @@ pub struct WorkerInfo {
     pub heartbeat_unix_ms: i64,
 }
 
+/// What a zone worker's NATS user may publish and subscribe to: its zones'
+/// consumers, acks and result subjects, the workers KV, reads of the modules
+/// bucket and of its zones' buckets, replies on `inbox_prefix` — nothing
+/// else (no other zone's jobs or data, no stream or bucket administration:
+/// the control plane, with an unrestricted user, creates them first). For a
+/// nats-server `authorization { users = [{user, password, permissions:
+/// {publish: {allow: [...]}, subscribe: {allow: [...]}}}] }` entry. Give each
+/// credential set its own `inbox_prefix` (the worker's `nats_inbox_prefix`):
+/// subscribing to `_INBOX.>` would let it read other clients' replies.
+pub fn worker_permissions(zones: &[String], inbox_prefix: &str) -> Permissions {
+    let mut publish = vec![
+        "$JS.API.INFO".to_string(),
+        format!("$JS.API.STREAM.INFO.{JOBS_STREAM}"),
+        format!("$JS.API.STREAM.INFO.{RESULTS_STREAM}"),
+        format!("$JS.API.STREAM.INFO.KV_{WORKERS_BUCKET}"),
+        format!("$KV.{WORKERS_BUCKET}.>"),
+    ];
+    let mut buckets = vec![MODULES_BUCKET.to_string()];
+    for z in zones {
+        let c = zone_consumer(z);
+        publish.extend([
+            format!("$JS.API.CONSUMER.INFO.{JOBS_STREAM}.{c}"),
+            format!("$JS.API.CONSUMER.CREATE.{JOBS_STREAM}.{c}"),
+            format!("$JS.API.CONSUMER.CREATE.{JOBS_STREAM}.{c}.>"),
+            format!("$JS.API.CONSUMER.MSG.NEXT.{JOBS_STREAM}.{c}"),
+            format!("$JS.ACK.{JOBS_STREAM}.{c}.>"),
+            result_subject(z),
+        ]);
+        buckets.push(zone_bucket(z));
+    }
+    for b in buckets {
+        let s = format!("OBJ_{b}");
+        publish.extend([
+            format!("$JS.API.STREAM.INFO.{s}"),
+            format!("$JS.API.STREAM.MSG.GET.{s}"),
+            format!("$JS.API.DIRECT.GET.{s}.>"),
+            format!("$JS.API.CONSUMER.CREATE.{s}"),
+            format!("$JS.API.CONSUMER.CREATE.{s}.>"),
+            format!("$JS.API.CONSUMER.DELETE.{s}.>"),
+            format!("$JS.API.CONSUMER.INFO.{s}.>"),
+            format!("$JS.FC.{s}.>"),
+        ]);
+    }
+    Permissions {
+        publish,
+        subscribe: vec![format!("{inbox_prefix}.>")],
+    }
+}
+
+/// NATS subject permissions (allow lists), see [`worker_permissions`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Permissions {
+    pub publish: Vec<String>,
+    pub subscribe: Vec<String>,
+}
+
 /// Timing of the per-zone consumers (the tests shorten `ack_wait`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ConsumerTiming {

@@ -16,6 +16,7 @@ use anyhow::Context as _;
 /// A running `nats-server -js`; killed (and its store removed) on drop.
 pub struct NatsServer {
     child: Option<Child>,
+    config: Option<PathBuf>,
     port: u16,
     dir: tempfile::TempDir,
     program: PathBuf,
@@ -72,10 +73,25 @@ fn free_port() -> anyhow::Result<u16> {
 impl NatsServer {
     /// Start a server and wait until it accepts connections.
     pub fn start() -> anyhow::Result<Self> {
+        Self::start_with_config("")
+    }
+
+    /// Start a server with `config` (nats-server configuration text, e.g.
+    /// an `authorization` block) on top of the JetStream, address and port
+    /// flags.
+    pub fn start_with_config(config: &str) -> anyhow::Result<Self> {
         let program = nats_server_program()?;
         let dir = tempfile::tempdir().context("temporary store dir")?;
+        let config = if config.is_empty() {
+            None
+        } else {
+            let path = dir.path().join("nats.conf");
+            std::fs::write(&path, config).context("writing nats.conf")?;
+            Some(path)
+        };
         let mut server = NatsServer {
             child: None,
+            config,
             port: free_port()?,
             dir,
             program,
@@ -91,7 +107,11 @@ impl NatsServer {
             .append(true)
             .open(self.dir.path().join("nats.log"))
             .context("nats-server log file")?;
-        let child = Command::new(&self.program)
+        let mut cmd = Command::new(&self.program);
+        if let Some(c) = &self.config {
+            cmd.arg("-c").arg(c);
+        }
+        let child = cmd
             .args(["-js", "-sd"])
             .arg(&store)
             .args(["-a", "127.0.0.1", "-p"])

@@ -61,7 +61,8 @@ pub struct WorkerConfig {
     pub nats: String,
     /// Runs executing at once.
     pub capacity: u32,
-    /// Cached datasets and per-run dataset directories.
+    /// Cached datasets (never evicted yet) and per-run dataset
+    /// directories. One per worker: partial files are cleared at start.
     pub work_dir: PathBuf,
     /// GPU adapter entries (label, zone, backend/name match), as the
     /// server's `[gpu]`. None by default.
@@ -75,6 +76,15 @@ pub struct WorkerConfig {
     pub ack_wait_ms: u64,
     /// Most deliveries of one job.
     pub max_deliver: i64,
+    /// NATS user and password (a zone's credentials, see
+    /// [`crate::proto::worker_permissions`]); none by default.
+    pub nats_user: Option<String>,
+    pub nats_password: Option<String>,
+    /// A NATS `.creds` file (JWT + nkey seed) instead of user/password.
+    pub nats_creds: Option<PathBuf>,
+    /// Prefix of the reply subjects this worker subscribes to; the zone's
+    /// credentials allow `<prefix>.>` only.
+    pub nats_inbox_prefix: String,
     /// Largest module fetched from the modules bucket.
     pub max_module_bytes: u64,
     /// Largest dataset fetched from a zone bucket.
@@ -92,6 +102,10 @@ impl Default for WorkerConfig {
             zones: ZonesConfig::default(),
             ack_wait_ms: crate::proto::ACK_WAIT.as_millis() as u64,
             max_deliver: crate::proto::MAX_DELIVER,
+            nats_user: None,
+            nats_password: None,
+            nats_creds: None,
+            nats_inbox_prefix: "_INBOX".into(),
             max_module_bytes: 256 << 20,
             max_dataset_bytes: 4 << 30,
         }
@@ -163,6 +177,21 @@ impl WorkerConfig {
         if !(1..=100).contains(&self.max_deliver) {
             p.push("max_deliver must be between 1 and 100".into());
         }
+        if self.nats_user.is_some() != self.nats_password.is_some() {
+            p.push("nats_user and nats_password go together".into());
+        }
+        if self.nats_creds.is_some() && self.nats_user.is_some() {
+            p.push("nats_creds and nats_user exclude each other".into());
+        }
+        if self.nats_inbox_prefix.is_empty()
+            || self.nats_inbox_prefix.len() > 64
+            || !self
+                .nats_inbox_prefix
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"_-.".contains(&b))
+        {
+            p.push("nats_inbox_prefix must be 1-64 of [A-Za-z0-9_.-]".into());
+        }
         if self.nats.trim().is_empty() {
             p.push("nats: no server URL".into());
         }
@@ -210,9 +239,9 @@ struct Worker {
 
 /// Run a worker until `shutdown` completes, then drain: remove its
 /// heartbeat, stop pulling, finish the runs in progress (results published,
-/// jobs acked). Errors only at start
-/// (configuration, first connection, stream setup); once running, NATS
-/// outages are retried (async-nats reconnects).
+/// jobs acked). Errors only at start (configuration, first connection,
+/// streams or buckets missing); once running, NATS outages are retried
+/// (async-nats reconnects).
 pub async fn run(config: WorkerConfig, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
     config.check()?;
     let zones = config.served_zones();
@@ -228,17 +257,54 @@ pub async fn run(config: WorkerConfig, shutdown: impl Future<Output = ()>) -> an
         clear_dir(d);
     }
 
-    let client = async_nats::ConnectOptions::new()
+    let mut options = async_nats::ConnectOptions::new()
         .name(format!("kasbah-worker {}", config.id))
+        .custom_inbox_prefix(&config.nats_inbox_prefix);
+    if let (Some(user), Some(password)) = (&config.nats_user, &config.nats_password) {
+        options = options.user_and_password(user.clone(), password.clone());
+    }
+    if let Some(creds) = &config.nats_creds {
+        options = options
+            .credentials_file(creds)
+            .await
+            .with_context(|| format!("NATS credentials {}", creds.display()))?;
+    }
+    let client = options
         .connect(config.nats.as_str())
         .await
         .with_context(|| format!("connecting to NATS at {}", config.nats))?;
     let js = jetstream::new(client.clone());
-    ensure_streams(&js).await?;
+    // Zone credentials may not administer streams: then what the control
+    // plane created must already be there.
+    if !streams_exist(&js).await
+        && let Err(e) = ensure_streams(&js).await
+    {
+        tracing::warn!(
+            worker = config.id,
+            "not setting up streams ({e}); using existing ones"
+        );
+    }
     let mut consumers = Vec::new();
     let mut zone_stores = HashMap::new();
     for z in &zones {
-        consumers.push((z.clone(), ensure_zone(&js, z, timing).await?));
+        let consumer = match ensure_zone(&js, z, timing).await {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::warn!(
+                    worker = config.id,
+                    zone = z,
+                    "not setting up the zone ({e})"
+                );
+                let name = crate::proto::zone_consumer(z);
+                js.get_stream(crate::proto::JOBS_STREAM)
+                    .await
+                    .map_err(|e2| anyhow::anyhow!("zone {z}: {e}; stream: {e2}"))?
+                    .get_consumer(&name)
+                    .await
+                    .map_err(|e2| anyhow::anyhow!("zone {z}: {e}; consumer {name}: {e2}"))?
+            }
+        };
+        consumers.push((z.clone(), consumer));
         let store = js
             .get_object_store(zone_bucket(z))
             .await
@@ -351,6 +417,15 @@ pub async fn run(config: WorkerConfig, shutdown: impl Future<Output = ()>) -> an
     }
     tracing::info!(worker = worker.id, "worker stopped");
     Ok(())
+}
+
+/// Whether the streams and buckets [`ensure_streams`] makes are there
+/// (info requests only, which zone credentials allow).
+async fn streams_exist(js: &jetstream::Context) -> bool {
+    js.get_stream(crate::proto::JOBS_STREAM).await.is_ok()
+        && js.get_stream(crate::proto::RESULTS_STREAM).await.is_ok()
+        && js.get_key_value(WORKERS_BUCKET).await.is_ok()
+        && js.get_object_store(MODULES_BUCKET).await.is_ok()
 }
 
 fn clear_dir(dir: &Path) {
@@ -837,4 +912,45 @@ async fn fetch_dataset(worker: &Worker, zone: &str, digest: &Digest) -> Result<P
         .persist(&path)
         .map_err(|e| Prep::Refused(format!("storing dataset {digest}: {e}")))?;
     Ok(path)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn config_reads_toml_with_gpu_and_zones() {
+        let c: WorkerConfig = toml::from_str(
+            r#"
+            id = "w-rabat-1"
+            nats = "nats://10.0.0.1:4222"
+            capacity = 8
+            work_dir = "/var/lib/kasbah-worker"
+            [zones]
+            node = ["ma-rabat-1"]
+            [[gpu.adapters]]
+            label = "gpu0"
+            zone = "ma-rabat-1"
+            "#,
+        )
+        .expect("parse");
+        c.check().expect("valid");
+        assert_eq!(c.served_zones(), ["ma-rabat-1"]);
+        assert_eq!(c.gpu.adapters[0].label, "gpu0");
+        assert_eq!(c.ack_wait_ms, 30_000);
+
+        let unknown = toml::from_str::<WorkerConfig>("zone = \"a\"");
+        assert!(unknown.is_err());
+        let bad: WorkerConfig =
+            toml::from_str("id = \"a.b\"\ncapacity = 0\n[zones]\nnode = [\"Z\"]").expect("parse");
+        let e = bad.check().expect_err("invalid").to_string();
+        for needle in ["id", "capacity", "\"Z\""] {
+            assert!(e.contains(needle), "{needle} missing from {e}");
+        }
+        // Zones derive from the GPU entries when `node` is not given.
+        let derived: WorkerConfig =
+            toml::from_str("[[gpu.adapters]]\nlabel = \"g\"\nzone = \"zone-b\"").expect("parse");
+        assert_eq!(derived.served_zones(), ["zone-b"]);
+        assert!(default_id().ends_with(&format!("-{}", std::process::id())));
+    }
 }

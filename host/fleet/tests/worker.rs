@@ -12,8 +12,8 @@ use async_nats::jetstream::{self, consumer};
 use futures_util::StreamExt;
 use kasbah_core::{Digest, Outcome};
 use kasbah_fleet::proto::{
-    ConsumerTiming, JOBS_STREAM, MODULES_BUCKET, MSG_ID_HEADER, RESULTS_STREAM, WORKERS_BUCKET,
-    ensure_streams, ensure_zone, job_subject, zone_consumer,
+    self, ConsumerTiming, JOBS_STREAM, MODULES_BUCKET, MSG_ID_HEADER, RESULTS_STREAM,
+    WORKERS_BUCKET, ensure_streams, ensure_zone, job_subject, zone_consumer,
 };
 use kasbah_fleet::testing::NatsServer;
 use kasbah_fleet::{Job, JobResult, WorkerConfig, WorkerInfo};
@@ -22,8 +22,21 @@ use tokio::sync::oneshot;
 
 type Res<T = ()> = anyhow::Result<T>;
 
-/// Build the guest components this test needs once per process (cargo's
-/// freshness check when they are up to date) and return their bytes.
+/// Every guest crate, as `kasbah_tests::GUESTS` lists them: building the
+/// same selection as the end-to-end tests keeps cargo from rebuilding
+/// shared guest dependencies with other features between the two.
+const GUESTS: &[&str] = &[
+    "hello",
+    "hostile",
+    "net-probe",
+    "gpu-matmul",
+    "gpu-hostile",
+    "minilm-embed",
+    "residency-probe",
+];
+
+/// Build the guest components once per process (cargo's freshness check
+/// when they are up to date) and return one's bytes.
 fn guest(name: &str) -> Vec<u8> {
     static DIR: OnceLock<PathBuf> = OnceLock::new();
     let dir = DIR.get_or_init(|| {
@@ -32,7 +45,7 @@ fn guest(name: &str) -> Vec<u8> {
         let status = Command::new(cargo)
             .current_dir(&root)
             .args(["build", "--target", "wasm32-wasip2", "--profile", "guest"])
-            .args(["-p", "hello", "-p", "hostile"])
+            .args(GUESTS.iter().flat_map(|g| ["-p", g]))
             .status()
             .expect("run cargo to build the guests");
         assert!(status.success(), "building guest components failed");
@@ -54,8 +67,21 @@ struct Fleet {
 
 impl Fleet {
     async fn start(timing: ConsumerTiming) -> Res<Fleet> {
-        let nats = NatsServer::start()?;
-        let client = async_nats::connect(nats.url()).await?;
+        Self::start_on(
+            NatsServer::start()?,
+            async_nats::ConnectOptions::new(),
+            timing,
+        )
+        .await
+    }
+
+    /// On a given server, connecting as the control plane would.
+    async fn start_on(
+        nats: NatsServer,
+        admin: async_nats::ConnectOptions,
+        timing: ConsumerTiming,
+    ) -> Res<Fleet> {
+        let client = admin.connect(nats.url()).await?;
         let js = jetstream::new(client);
         ensure_streams(&js).await?;
         for z in ["zone-a", "zone-b"] {
@@ -497,7 +523,7 @@ async fn datasets_come_from_the_zone_bucket_verified_and_read_only() -> Res {
     let digest = Digest::of(&data);
     let zone_a = fleet
         .js
-        .get_object_store(kasbah_fleet::proto::zone_bucket("zone-a"))
+        .get_object_store(proto::zone_bucket("zone-a"))
         .await?;
     zone_a
         .put(digest.hex().as_str(), &mut data.as_slice())
@@ -577,5 +603,90 @@ async fn draining_finishes_the_running_job_and_takes_no_more() -> Res {
         "run_d2 stays queued"
     );
     assert_eq!(fleet.heartbeat("w-drain").await?, None);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn zone_credentials_run_their_zone_and_cannot_read_another() -> Res {
+    let perms = proto::worker_permissions(&["zone-a".to_string()], "_INBOX_za");
+    let conf = format!(
+        "authorization {{ users = [\n  {{ user: admin, password: admin-pw }}\n  {{ user: za, \
+         password: za-pw, permissions: {{ publish: {{ allow: {} }}, subscribe: {{ allow: {} }} }} \
+         }}\n] }}\n",
+        serde_json::to_string(&perms.publish)?,
+        serde_json::to_string(&perms.subscribe)?
+    );
+    let nats = NatsServer::start_with_config(&conf)?;
+    let admin =
+        async_nats::ConnectOptions::new().user_and_password("admin".into(), "admin-pw".into());
+    let fleet = Fleet::start_on(nats, admin, ConsumerTiming::default()).await?;
+    let data_a = b"zone-a data".to_vec();
+    let data_b = b"zone-b secret".to_vec();
+    for (zone, data) in [("zone-a", &data_a), ("zone-b", &data_b)] {
+        let store = fleet.js.get_object_store(proto::zone_bucket(zone)).await?;
+        store
+            .put(Digest::of(data).hex().as_str(), &mut data.as_slice())
+            .await?;
+    }
+
+    let mut config = fleet.config("w-za", &["zone-a"], 1, ConsumerTiming::default());
+    config.nats_user = Some("za".into());
+    config.nats_password = Some("za-pw".into());
+    config.nats_inbox_prefix = "_INBOX_za".into();
+    let w = spawn_worker(config)?;
+    let mut j = fleet.job("run_za", "zone-a", fleet.hostile, "/datasets/d");
+    j.metadata.insert("attack".into(), "read-outside".into());
+    j.policy.datasets = true;
+    j.datasets = vec![kasbah_fleet::JobDataset {
+        name: "d".into(),
+        digest: Digest::of(&data_a),
+    }];
+    fleet.publish(&j).await?;
+    let results = fleet.results(1, Duration::from_secs(30)).await?;
+    assert_eq!(results.len(), 1, "no result: {}", fleet.nats.log());
+    assert_eq!(results[0].worker, "w-za");
+    assert_eq!(output_text(&results[0]), "zone-a data");
+    assert!(fleet.heartbeat("w-za").await?.is_some());
+
+    // The same credentials reach nothing of zone-b.
+    let za = async_nats::ConnectOptions::new()
+        .user_and_password("za".into(), "za-pw".into())
+        .custom_inbox_prefix("_INBOX_za")
+        .connect(fleet.nats.url())
+        .await?;
+    let mut js = jetstream::new(za);
+    js.set_timeout(Duration::from_secs(1));
+    assert!(
+        js.get_object_store(proto::zone_bucket("zone-a"))
+            .await
+            .is_ok()
+    );
+    assert!(
+        js.get_object_store(proto::zone_bucket("zone-b"))
+            .await
+            .is_err(),
+        "zone-b's bucket is visible with zone-a credentials"
+    );
+    let b_stream = fleet
+        .js
+        .get_stream(format!("OBJ_{}", proto::zone_bucket("zone-b")))
+        .await?;
+    let direct = js
+        .get_stream_no_info(format!("OBJ_{}", proto::zone_bucket("zone-b")))
+        .await?;
+    assert!(
+        direct.direct_get(1).await.is_err(),
+        "direct get of zone-b data"
+    );
+    assert!(b_stream.get_raw_message(1).await.is_ok(), "admin reads it");
+    let jobs = js.get_stream(JOBS_STREAM).await?;
+    assert!(
+        jobs.get_consumer::<consumer::pull::Config>(&zone_consumer("zone-b"))
+            .await
+            .is_err(),
+        "zone-b's consumer is reachable with zone-a credentials"
+    );
+    w.shutdown().await?;
+    assert_eq!(fleet.heartbeat("w-za").await?, None);
     Ok(())
 }
