@@ -125,6 +125,8 @@ async fn runs_execute_on_a_worker_of_their_zone_and_a_zone_without_one_is_refuse
     let p = Platform::start_with(move |c| {
         c.nats = Some(url);
         c.zones.node = strings(&["zone-a", "zone-b"]);
+        // GPUs are the workers'; the control plane runs nothing.
+        c.gpu.adapters.clear();
     })
     .await;
     let wa = Worker::start(&nats, "worker-a", &["zone-a"], work.path());
@@ -216,4 +218,108 @@ async fn runs_execute_on_a_worker_of_their_zone_and_a_zone_without_one_is_refuse
     assert_eq!(run_entries(&p.admin).await.len(), before + 1);
 
     wa.stop().await;
+}
+
+/// A control plane that stops while its runs execute on workers loses
+/// nothing: the results wait in the stream and are recorded (once, not as
+/// `interrupted`) when it is back on the same data dir.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn results_that_arrive_while_the_control_plane_is_down_are_recorded_once_after_restart() {
+    let nats = NatsServer::start().expect("nats-server (scripts/setup.sh installs it)");
+    let work = tempfile::tempdir().expect("tmp");
+    let data = tempfile::tempdir().expect("data dir");
+    let config = {
+        let mut c = kasbah_tests::platform::config(data.path());
+        c.nats = Some(nats.url());
+        c.zones.node = strings(&["zone-a"]);
+        c.gpu.adapters.clear();
+        c
+    };
+    let server = kasbah_server::start(config.clone())
+        .await
+        .expect("control plane");
+    let url = format!("http://{}", server.addr);
+    let admin = Client::new(&url, server.admin_token.as_deref().expect("token"));
+    let wa = Worker::start(&nats, "worker-a", &["zone-a"], work.path());
+    let fleet = server.state.fleet.clone().expect("fleet");
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while fleet.live_zones().is_empty() {
+        assert!(Instant::now() < deadline, "worker not live");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let tenant = admin
+        .create_tenant(&CreateTenant {
+            name: "restart".into(),
+            operator_id: None,
+            policy: Some(Policy {
+                zones: strings(&["zone-a"]).into_iter().collect(),
+                // The hostile guest imports wasi:filesystem.
+                datasets: true,
+                limits: kasbah_policy::Limits {
+                    wall_time_ms: 2_000,
+                    ..kasbah_policy::Limits::default()
+                },
+                ..Policy::default()
+            }),
+        })
+        .await
+        .expect("tenant");
+    let token = admin.tenant_token(&tenant.id).await.expect("token").token;
+    let dev = Client::new(&url, &token);
+    let hostile = dev
+        .publish(&guest_path("hostile"), "hostile", "1", |_, _| {})
+        .await
+        .expect("publish");
+    // Sleeps until its 2 s deadline on the worker.
+    let accepted = dev
+        .run(&CreateRun {
+            module: hostile.digest.to_string(),
+            metadata: [("attack".to_string(), "sleep".to_string())].into(),
+            wait: false,
+            ..CreateRun::default()
+        })
+        .await
+        .expect("accepted");
+    assert_eq!(accepted.status, RunStatus::Queued);
+    drop(fleet);
+    server
+        .shutdown_within(Duration::ZERO)
+        .await
+        .expect("shutdown");
+    // The run ends on the worker while nobody records it.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+
+    let server = kasbah_server::start(config).await.expect("restart");
+    assert_eq!(server.interrupted_runs, 0, "fleet runs are not interrupted");
+    let dev = Client::new(&format!("http://{}", server.addr), &token);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let r = loop {
+        let r = dev.get_run(&accepted.id).await.expect("get");
+        if r.status != RunStatus::Queued && r.status != RunStatus::Running {
+            break r;
+        }
+        assert!(Instant::now() < deadline, "never recorded: {r:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(r.status, RunStatus::Done, "{r:?}");
+    assert!(
+        matches!(r.outcome, Some(Outcome::DeadlineExceeded { .. })),
+        "{:?}",
+        r.outcome
+    );
+    let entries: Vec<_> = run_entries(&dev)
+        .await
+        .into_iter()
+        .filter(|(id, _, _)| *id == accepted.id)
+        .collect();
+    assert_eq!(
+        entries,
+        [(
+            accepted.id.clone(),
+            "zone-a".to_string(),
+            "deadline_exceeded".to_string()
+        )]
+    );
+    wa.stop().await;
+    server.shutdown().await.expect("shutdown");
 }

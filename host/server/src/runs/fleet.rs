@@ -28,8 +28,8 @@ use futures_util::StreamExt;
 use kasbah_core::api::{PolicyRecord, RunRecord, RunStatus};
 use kasbah_core::{Digest, Outcome, RunReport};
 use kasbah_fleet::proto::{
-    self, HEARTBEAT_TTL, Job, JobDataset, JobResult, MODULES_BUCKET, MSG_ID_HEADER,
-    WORKERS_BUCKET, WorkerInfo,
+    self, HEARTBEAT_TTL, Job, JobDataset, JobResult, MODULES_BUCKET, MSG_ID_HEADER, WORKERS_BUCKET,
+    WorkerInfo,
 };
 use kasbah_runtime::Request;
 use kasbah_runtime::kasbah_gpu::AdapterStatus;
@@ -66,6 +66,11 @@ pub struct Fleet {
     data: Mutex<HashSet<(String, Digest)>>,
     /// Requests waiting for a run's record, by run id.
     waiters: Mutex<HashMap<String, oneshot::Sender<RunRecord>>>,
+    /// Runs dispatched by this process and not yet recorded. A result can
+    /// come back before the run's in-flight row is committed (its insert is
+    /// queued, not waited for); recording it from here keeps the order in
+    /// the single writer (insert, then result) as for in-process runs.
+    pending: Mutex<HashMap<String, NewRun>>,
 }
 
 impl Fleet {
@@ -86,6 +91,7 @@ impl Fleet {
             modules: Mutex::default(),
             data: Mutex::default(),
             waiters: Mutex::default(),
+            pending: Mutex::default(),
         }))
     }
 
@@ -112,6 +118,9 @@ impl Fleet {
                     durable_name: Some(RESULTS_CONSUMER.into()),
                     ack_policy: consumer::AckPolicy::Explicit,
                     ack_wait: Duration::from_secs(30),
+                    // A result for no known run is retried (1 s apart) and
+                    // then dropped by the server.
+                    max_deliver: 30,
                     ..Default::default()
                 },
             )
@@ -189,9 +198,11 @@ impl Fleet {
         let id = run.id.clone();
         let (tx, rx) = oneshot::channel();
         lock(&self.waiters).insert(id.clone(), tx);
+        lock(&self.pending).insert(id.clone(), run.clone());
         let wait = Duration::from_millis(policy.policy.limits.wall_time_ms) + RESULT_GRACE;
         if let Err(e) = self.dispatch(s, &run, &policy, request, &placed).await {
             lock(&self.waiters).remove(&id);
+            lock(&self.pending).remove(&id);
             tracing::error!(run = %id, "dispatching to the fleet: {e}");
             let report = failure(run.module, format!("the fleet could not take the run: {e}"));
             return finish(s, &run, now_ms(), report, placed.stores_output()).await;
@@ -200,6 +211,7 @@ impl Fleet {
             Ok(Ok(record)) => Some(record),
             _ => {
                 lock(&self.waiters).remove(&id);
+                lock(&self.pending).remove(&id);
                 // The result may still come (and be recorded then).
                 tracing::warn!(run = %id, "no result from the fleet within {wait:?}");
                 None
@@ -415,23 +427,34 @@ async fn record_one(s: &AppState, result: JobResult) -> bool {
     let Some(fleet) = s.fleet.as_ref() else {
         return false;
     };
-    let run = match s.runs.inflight(&result.run_id) {
-        Ok(Some(run)) => run,
-        Ok(None) => {
-            // Recorded already (a job delivered twice), or not a run of ours.
-            if let Ok(Some(r)) = s.runs.run(&result.run_id)
-                && r.status != RunStatus::Queued
-            {
-                fleet.wake(r);
+    let dispatched = lock(&fleet.pending).remove(&result.run_id);
+    let run = match dispatched {
+        Some(run) => run,
+        None => match s.runs.inflight(&result.run_id) {
+            Ok(Some(run)) => run,
+            Ok(None) => {
+                return match s.runs.run(&result.run_id) {
+                    // Recorded already (a job delivered twice).
+                    Ok(Some(r)) if r.status != RunStatus::Queued => {
+                        fleet.wake(r);
+                        true
+                    }
+                    // Not (yet) a run of this control plane: try later,
+                    // a bounded number of times (the consumer's max_deliver).
+                    _ => false,
+                };
             }
-            return true;
-        }
-        Err(e) => {
-            tracing::error!(run = %result.run_id, "reading the run: {e}");
-            return false;
-        }
+            Err(e) => {
+                tracing::error!(run = %result.run_id, "reading the run: {e}");
+                return false;
+            }
+        },
     };
-    if run.residency.as_ref().is_some_and(|r| r.zone != result.zone) {
+    if run
+        .residency
+        .as_ref()
+        .is_some_and(|r| r.zone != result.zone)
+    {
         // Never record a result from outside the run's zone.
         tracing::error!(
             run = %run.id,

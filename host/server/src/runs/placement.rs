@@ -30,8 +30,8 @@ use kasbah_runtime::kasbah_gpu::AdapterStatus;
 use kasbah_runtime::{DatasetMount, Residency, RunOptions};
 
 use super::storage::RunResidency;
-use crate::audit::storage::AuditStore;
 use crate::audit::service::residency_violation;
+use crate::audit::storage::AuditStore;
 use crate::datasets::service as datasets;
 use crate::error::{ApiError, ApiResult};
 use crate::state::AppState;
@@ -263,11 +263,21 @@ fn would_place_with_every_zone(
 }
 
 /// `503 no_capacity` (Retry-After), recorded as a denial entry first.
-async fn no_capacity_refusal(s: &AppState, tenant: &str, module: Digest, message: String) -> ApiError {
+async fn no_capacity_refusal(
+    s: &AppState,
+    tenant: &str,
+    module: Digest,
+    message: String,
+) -> ApiError {
     let message = format!("no live worker can take the run: {message}");
     if let Err(e) =
-        s.db.record_denial(tenant, Some(module), "run", &format!("no_capacity: {message}"))
-            .await
+        s.db.record_denial(
+            tenant,
+            Some(module),
+            "run",
+            &format!("no_capacity: {message}"),
+        )
+        .await
     {
         tracing::error!("auditing a refused run: {e}");
     }
