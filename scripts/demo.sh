@@ -3,7 +3,8 @@
 # hostile guests; start the platform on embedded defaults (SQLite, local blob
 # store) and go through its main job: an operator and a tenant, a policy,
 # publish, run, refusals, usage. Then run every hostile guest through the CLI
-# under a deny-by-default policy and print what happened to each.
+# under a deny-by-default policy and print what happened to each. Last, the
+# fleet: scripts/demo-fleet.sh.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -226,4 +227,7 @@ gprobe gpu-copies copy-flood guest_error/out-of-quota       "$(py 'print(4096)')
 echo
 echo "== after all of that, the same CLI still runs hello =="
 echo "still serving" | $KASBAH run $G/hello.wasm 2>/dev/null
+
+# The fleet (issue 14): zone workers fed by NATS JetStream.
+KASBAH=$KASBAH KASBAH_GUESTS=$G ./scripts/demo-fleet.sh || fail=1
 exit $fail

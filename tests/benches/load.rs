@@ -22,7 +22,8 @@
 //!   --input "hello kasbah"   request body (kasbah: the run's `input`)
 //!   --workers 8              kasbah `ServerConfig::workers` (runs executing at once)
 //!   --wasmtime-flags "..."   replace the default `wasmtime serve` flags (see DEFAULT_WASMTIME_FLAGS)
-//!   --only kasbah|wasmtime   measure one side
+//!   --only kasbah|wasmtime|fleet  measure one side (with --fleet, `--only kasbah` keeps the fleet side too)
+//!   --fleet                  add a third side: kasbah as a fleet (issue 14), see below
 //!   --fsync on|off           kasbah `fsync_every_commit` (on: the server's default, SQLite
 //!                            `synchronous = FULL`, one fsync per group commit; off: `NORMAL`,
 //!                            durable against a process crash, not a power loss)
@@ -57,6 +58,24 @@
 //! group commits with an fsync each by default; the caller waits for the
 //! second), and answers a JSON run record instead of the bare output; the
 //! baseline does none of that.
+//!
+//! Fleet mode (`--fleet`): the same hello runs through kasbah's fleet on a
+//! `nats-server -js` the bench starts (`kasbah_fleet::testing::NatsServer`,
+//! a free loopback port, a temporary store): a control plane in this process
+//! (`ServerConfig::nats`, one zone `zone-a`, no GPU) and one zone worker in
+//! this process too (`kasbah_fleet::worker::run`, capacity = `--workers`).
+//! Each run is admitted and recorded by the control plane as in embedded
+//! mode, but executed on the worker: the job goes through the jobs stream,
+//! its result through the results stream. Both kasbah sides are measured in
+//! the same process run, alternating which goes first each round; the fleet
+//! side's CPU is this process's (control plane + worker) plus the
+//! nats-server child's, printed apart. `ratio fleet/embedded` compares
+//! req/s and CPU per request. The idle side's background tasks (the worker's
+//! pulls and heartbeats, the control plane's live-worker refresh) are
+//! charged to whichever side is measured; they cost a few ms of CPU per
+//! second.
+//!
+//!     cargo bench -p kasbah-tests --bench load -- --only kasbah --fleet --concurrency 16,64
 //!
 //! Latencies are per request (send to last body byte); requests/s counts only
 //! correct answers (200 with the upper-cased input in the body). 429s,
@@ -103,6 +122,7 @@ struct Args {
     wasmtime_flags: Vec<String>,
     only: Option<String>,
     fsync: bool,
+    fleet: bool,
 }
 
 fn parse_args() -> anyhow::Result<Args> {
@@ -119,6 +139,7 @@ fn parse_args() -> anyhow::Result<Args> {
             .collect(),
         only: None,
         fsync: ServerConfig::default().fsync_every_commit,
+        fleet: false,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -143,6 +164,7 @@ fn parse_args() -> anyhow::Result<Args> {
                 a.wasmtime_flags = value()?.split_whitespace().map(str::to_string).collect();
             }
             "--only" => a.only = Some(value()?),
+            "--fleet" => a.fleet = true,
             "--fsync" => {
                 a.fsync = match value()?.as_str() {
                     "on" => true,
@@ -322,15 +344,48 @@ impl ServerCpu {
     }
 }
 
-/// `conns` clients for `dur`; returns the merged tally, the elapsed time
-/// (start to the last answer) and the server's CPU time meanwhile.
+/// The pid of the `nats-server` listening on `port` (a child of this
+/// process, started by `NatsServer`): found by its command line.
+fn nats_server_pid(port: u16) -> Option<u32> {
+    let port = port.to_string();
+    for entry in std::fs::read_dir("/proc").ok()?.flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|s| s.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else {
+            continue;
+        };
+        let argv: Vec<&[u8]> = cmdline.split(|&b| b == 0).collect();
+        let is_nats = argv.first().is_some_and(|a| a.ends_with(b"nats-server"));
+        let on_port = argv
+            .windows(2)
+            .any(|w| w[0] == b"-p" && w[1] == port.as_bytes());
+        if is_nats && on_port {
+            return Some(pid);
+        }
+    }
+    None
+}
+
+/// What one phase measured: the tally, the elapsed time (start to the last
+/// answer), the server's CPU time meanwhile and, for the fleet, the
+/// nats-server's.
+type PhaseResult = (Tally, Duration, Option<Duration>, Option<Duration>);
+
+/// `conns` clients for `dur`.
 async fn phase(
     t: &Arc<Target>,
     cpu: ServerCpu,
+    nats: Option<ServerCpu>,
     conns: usize,
     dur: Duration,
-) -> (Tally, Duration, Option<Duration>) {
+) -> PhaseResult {
     let cpu0 = cpu.now();
+    let nats0 = nats.and_then(|n| n.now());
     let start = Instant::now();
     let end = start + dur;
     let tasks: Vec<_> = (0..conns)
@@ -348,7 +403,10 @@ async fn phase(
     }
     let elapsed = all.last_done.map_or(dur, |d| d - start);
     let server_cpu = cpu0.zip(cpu.now()).map(|(a, b)| b.saturating_sub(a));
-    (all, elapsed, server_cpu)
+    let nats_cpu = nats0
+        .zip(nats.and_then(|n| n.now()))
+        .map(|(a, b)| b.saturating_sub(a));
+    (all, elapsed, server_cpu, nats_cpu)
 }
 
 /// One request, checked, before any measurement: fail loudly on a broken
@@ -372,26 +430,42 @@ struct Measured {
     tally: Tally,
     elapsed: Duration,
     server_cpu: Option<Duration>,
+    /// The fleet side's nats-server CPU time (not in `server_cpu`).
+    nats_cpu: Option<Duration>,
     phases: usize,
 }
 
+fn sum_cpu(phases: usize, acc: Option<Duration>, new: Option<Duration>) -> Option<Duration> {
+    match (phases, acc, new) {
+        (0, _, c) => c,
+        (_, Some(a), Some(b)) => Some(a + b),
+        _ => None,
+    }
+}
+
 impl Measured {
-    fn add(&mut self, (tally, elapsed, cpu): (Tally, Duration, Option<Duration>)) {
+    fn add(&mut self, (tally, elapsed, cpu, nats): PhaseResult) {
         self.tally.merge(tally);
         self.elapsed += elapsed;
-        self.server_cpu = match (self.phases, self.server_cpu, cpu) {
-            (0, _, c) => c,
-            (_, Some(a), Some(b)) => Some(a + b),
-            _ => None,
-        };
+        self.server_cpu = sum_cpu(self.phases, self.server_cpu, cpu);
+        self.nats_cpu = sum_cpu(self.phases, self.nats_cpu, nats);
         self.phases += 1;
     }
 
-    /// Server CPU time per correct answer, in µs: robust to a busy machine,
-    /// unlike requests/s.
-    fn cpu_us_per_request(&self) -> Option<f64> {
-        let cpu = self.server_cpu?;
+    fn per_request_us(&self, cpu: Option<Duration>) -> Option<f64> {
+        let cpu = cpu?;
         (self.tally.ok > 0).then(|| cpu.as_secs_f64() * 1e6 / self.tally.ok as f64)
+    }
+
+    /// Server CPU time per correct answer, in µs (the fleet's: this
+    /// process's plus nats-server's): robust to a busy machine, unlike
+    /// requests/s.
+    fn cpu_us_per_request(&self) -> Option<f64> {
+        let own = self.per_request_us(self.server_cpu)?;
+        match self.nats_cpu {
+            Some(_) => Some(own + self.per_request_us(self.nats_cpu)?),
+            None => Some(own),
+        }
     }
 
     fn rps(&self) -> f64 {
@@ -423,6 +497,14 @@ impl Measured {
             t.too_many,
             t.other_status + t.wrong_body + t.transport,
         );
+        if let (Some(own), Some(nats)) = (
+            self.per_request_us(self.server_cpu),
+            self.per_request_us(self.nats_cpu),
+        ) {
+            println!(
+                "       {side}: cpu µs/req = {own:.0} in this process (control plane + worker) + {nats:.0} nats-server"
+            );
+        }
         if let Some(f) = &t.first_failure {
             let f: String = f.chars().take(300).collect();
             println!("       {side}: first failure: {f}");
@@ -437,21 +519,48 @@ struct Kasbah {
     _data: tempfile::TempDir,
     queue_depth: usize,
     max_concurrent_runs: u32,
+    /// Fleet mode: the zone worker (stopped on drop).
+    worker: Option<FleetWorker>,
+}
+
+/// The fleet side's zone: the control plane serves it, the worker runs it.
+const FLEET_ZONE: &str = "zone-a";
+
+/// The in-process zone worker of the fleet side.
+struct FleetWorker {
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    task: tokio::task::JoinHandle<anyhow::Result<()>>,
+    _work: tempfile::TempDir,
+}
+
+impl FleetWorker {
+    /// Drain: stop pulling, finish running jobs, leave the registry.
+    async fn stop(mut self) -> anyhow::Result<()> {
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(());
+        }
+        tokio::time::timeout(Duration::from_secs(30), &mut self.task)
+            .await
+            .context("the worker did not drain within 30 s")??
+    }
 }
 
 /// Start the server on `server_rt` (the runtime `kasbah serve` builds,
 /// cli/src/serve.rs; separate from the client's), create a tenant whose
 /// policy admits every client at once, publish hello, check one run.
+/// `nats`: be the fleet's control plane on that server, with one zone
+/// worker (on `server_rt` too).
 async fn start_kasbah(
     args: &Args,
     server_rt: &tokio::runtime::Handle,
     hello: &Path,
+    nats: Option<String>,
 ) -> anyhow::Result<Kasbah> {
     let max_conc = args.concurrency.iter().copied().max().unwrap_or(1);
     let data = tempfile::tempdir()?;
     // Enough admitted-run slots for every client: no 429 at any concurrency.
     let queue_depth = max_conc + 16;
-    let config = ServerConfig {
+    let mut config = ServerConfig {
         listen: SocketAddr::from(([127, 0, 0, 1], 0)),
         data_dir: data.path().to_path_buf(),
         workers: args.workers,
@@ -459,18 +568,61 @@ async fn start_kasbah(
         fsync_every_commit: args.fsync,
         ..ServerConfig::default()
     };
+    if let Some(url) = &nats {
+        config.nats = Some(url.clone());
+        config.zones.node = vec![FLEET_ZONE.into()];
+        // The worker executes; the control plane runs nothing.
+        config.gpu.adapters.clear();
+    }
     let server = server_rt.spawn(kasbah_server::start(config)).await??;
     let addr = server.addr;
     let admin = server
         .admin_token
         .clone()
         .context("a fresh data dir yields an admin token")?;
+    let fleet = server.state.fleet.clone();
     // Keeps serving: the accept loop is a task on `server_rt`.
     drop(server);
+
+    let worker = match (&nats, fleet) {
+        (Some(url), Some(fleet)) => {
+            let work = tempfile::tempdir()?;
+            let mut c = kasbah_fleet::WorkerConfig {
+                id: "bench-worker".into(),
+                nats: url.clone(),
+                capacity: u32::try_from(args.workers).unwrap_or(u32::MAX),
+                work_dir: work.path().join("worker"),
+                ..kasbah_fleet::WorkerConfig::default()
+            };
+            c.zones.node = vec![FLEET_ZONE.into()];
+            let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+            let task = server_rt.spawn(kasbah_fleet::worker::run(c, async move {
+                let _ = stopped.await;
+            }));
+            let deadline = Instant::now() + Duration::from_secs(15);
+            while !fleet.live_zones().contains(FLEET_ZONE) {
+                anyhow::ensure!(
+                    Instant::now() < deadline,
+                    "the fleet worker did not show up within 15 s"
+                );
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            Some(FleetWorker {
+                stop: Some(stop),
+                task,
+                _work: work,
+            })
+        }
+        (Some(_), None) => bail!("a server with `nats` set has no fleet"),
+        _ => None,
+    };
 
     let base = format!("http://{addr}");
     let admin = kasbah_client::Client::new(&base, &admin);
     let mut policy = Policy::default();
+    if nats.is_some() {
+        policy.zones = [FLEET_ZONE.to_string()].into_iter().collect();
+    }
     let max_concurrent_runs = u32::try_from(max_conc + 16).unwrap_or(u32::MAX);
     policy.limits.max_concurrent_runs = max_concurrent_runs;
     let tenant = admin
@@ -500,6 +652,13 @@ async fn start_kasbah(
         run.status == RunStatus::Done && matches!(run.outcome, Some(Outcome::Ok { .. })),
         "hello run did not succeed: {run:?}"
     );
+    if nats.is_some() {
+        anyhow::ensure!(
+            run.zone.as_deref() == Some(FLEET_ZONE),
+            "the fleet run was placed in {:?}",
+            run.zone
+        );
+    }
 
     let body = serde_json::to_vec(&serde_json::json!({
         "module": module.digest.to_string(),
@@ -524,6 +683,7 @@ async fn start_kasbah(
         _data: data,
         queue_depth,
         max_concurrent_runs,
+        worker,
     })
 }
 
@@ -635,15 +795,29 @@ async fn start_wasmtime(
 
 // ---- main -------------------------------------------------------------------------
 
+/// One side under measurement.
+struct Side<'a> {
+    name: &'static str,
+    target: &'a Arc<Target>,
+    cpu: ServerCpu,
+    nats: Option<ServerCpu>,
+    measured: Measured,
+}
+
 fn main() -> anyhow::Result<()> {
     let args = parse_args()?;
-    let want = |side: &str| args.only.as_deref().is_none_or(|o| o == side);
     if let Some(o) = &args.only {
         anyhow::ensure!(
-            o == "kasbah" || o == "wasmtime",
-            "--only kasbah|wasmtime, not {o:?}"
+            o == "kasbah" || o == "wasmtime" || o == "fleet",
+            "--only kasbah|wasmtime|fleet, not {o:?}"
         );
     }
+    let want = |side: &str| match args.only.as_deref() {
+        None => side != "fleet" || args.fleet,
+        // `--only kasbah --fleet`: both kasbah modes.
+        Some("kasbah") => side == "kasbah" || (side == "fleet" && args.fleet),
+        Some(o) => o == side,
+    };
     let hello = kasbah_tests::guest_path("hello");
     // kasbah's runtime: what `kasbah serve` builds (multi-thread, one worker
     // per CPU). The client's: one thread, separate.
@@ -657,9 +831,32 @@ fn main() -> anyhow::Result<()> {
 
     rt.block_on(async {
         let kasbah = if want("kasbah") {
-            Some(start_kasbah(&args, server_rt.handle(), &hello).await?)
+            Some(start_kasbah(&args, server_rt.handle(), &hello, None).await?)
         } else {
             None
+        };
+        let nats = if want("fleet") {
+            Some(
+                kasbah_fleet::testing::NatsServer::start()
+                    .context("starting nats-server for --fleet (scripts/setup.sh installs it)")?,
+            )
+        } else {
+            None
+        };
+        let fleet = match &nats {
+            Some(n) => Some(
+                start_kasbah(&args, server_rt.handle(), &hello, Some(n.url()))
+                    .await
+                    .context("starting the fleet")?,
+            ),
+            None => None,
+        };
+        let nats_pid = match &nats {
+            Some(n) => Some(
+                nats_server_pid(n.port())
+                    .with_context(|| format!("no nats-server process on port {}", n.port()))?,
+            ),
+            None => None,
         };
         let wasmtime = if !want("wasmtime") {
             None
@@ -696,20 +893,34 @@ fn main() -> anyhow::Result<()> {
              1 tokio thread; machine: {} CPUs",
             std::thread::available_parallelism().map_or(0, |n| n.get())
         );
+        let sync = if args.fsync {
+            "FULL (fsync per group commit)"
+        } else {
+            "NORMAL (no fsync per commit)"
+        };
         if let Some(k) = &kasbah {
             let body = probe(&k.target).await.context("kasbah probe")?;
             println!(
                 "kasbah  : in-process kasbah_server on http://{} (tokio multi-thread), workers={} queue_depth={} \
-                 tenant max_concurrent_runs={}, SQLite WAL synchronous={}; POST /v1/runs answers {} B of JSON",
+                 tenant max_concurrent_runs={}, SQLite WAL synchronous={sync}; POST /v1/runs answers {} B of JSON",
                 k.target.addr,
                 args.workers,
                 k.queue_depth,
                 k.max_concurrent_runs,
-                if args.fsync {
-                    "FULL (fsync per group commit)"
-                } else {
-                    "NORMAL (no fsync per commit)"
-                },
+                body.len()
+            );
+        }
+        if let (Some(f), Some(n)) = (&fleet, &nats) {
+            let body = probe(&f.target).await.context("fleet probe")?;
+            println!(
+                "fleet   : in-process control plane on http://{} (same settings, nats {}, zone {FLEET_ZONE}) + \
+                 one in-process zone worker (capacity {}) + nats-server pid {} ({}); POST /v1/runs answers {} B of JSON",
+                f.target.addr,
+                n.url(),
+                args.workers,
+                nats_pid.unwrap_or(0),
+                kasbah_fleet::testing::nats_server_program()
+                    .map_or_else(|e| e.to_string(), |p| p.display().to_string()),
                 body.len()
             );
         }
@@ -729,35 +940,66 @@ fn main() -> anyhow::Result<()> {
         );
 
         let mut summary = Vec::new();
+        let mut fleet_summary = Vec::new();
         for &conc in &args.concurrency {
-            let mut ours = Measured::default();
-            let mut base = Measured::default();
+            let mut sides = Vec::new();
+            if let Some(k) = &kasbah {
+                sides.push(Side {
+                    name: "kasbah",
+                    target: &k.target,
+                    cpu: ServerCpu::InProcess,
+                    nats: None,
+                    measured: Measured::default(),
+                });
+            }
+            if let Some(f) = &fleet {
+                sides.push(Side {
+                    name: "fleet",
+                    target: &f.target,
+                    cpu: ServerCpu::InProcess,
+                    nats: nats_pid.map(ServerCpu::Child),
+                    measured: Measured::default(),
+                });
+            }
+            if let Some(w) = &wasmtime {
+                sides.push(Side {
+                    name: "wasmtime",
+                    target: &w.target,
+                    cpu: ServerCpu::Child(w.child.id()),
+                    nats: None,
+                    measured: Measured::default(),
+                });
+            }
             for round in 0..args.rounds {
-                let mut order: Vec<(&Arc<Target>, ServerCpu, &mut Measured)> = Vec::new();
-                if let Some(k) = &kasbah {
-                    order.push((&k.target, ServerCpu::InProcess, &mut ours));
-                }
-                if let Some(w) = &wasmtime {
-                    order.push((&w.target, ServerCpu::Child(w.child.id()), &mut base));
-                }
-                if round % 2 == 1 {
-                    order.reverse();
-                }
-                for (target, cpu, result) in order {
-                    let _ = phase(target, cpu, conc, args.warmup).await;
-                    result.add(phase(target, cpu, conc, args.duration).await);
+                // The side that goes first changes every round.
+                let n = sides.len();
+                for i in 0..n {
+                    let side = &mut sides[(i + round) % n];
+                    let _ = phase(side.target, side.cpu, side.nats, conc, args.warmup).await;
+                    side.measured
+                        .add(phase(side.target, side.cpu, side.nats, conc, args.duration).await);
                 }
             }
-            if kasbah.is_some() {
-                ours.print(conc, "kasbah");
+            for side in &mut sides {
+                side.measured.print(conc, side.name);
             }
-            if wasmtime.is_some() {
-                base.print(conc, "wasmtime");
-            }
-            if kasbah.is_some() && wasmtime.is_some() {
-                let ratio = ours.rps() / base.rps();
+            let find = |name: &str| sides.iter().position(|s| s.name == name);
+            if let (Some(k), Some(w)) = (find("kasbah"), find("wasmtime")) {
+                let ratio = sides[k].measured.rps() / sides[w].measured.rps();
                 println!("{conc:>5}  ratio kasbah/wasmtime req/s = {ratio:.3}   (target >= 1.0)");
                 summary.push((conc, ratio));
+            }
+            if let (Some(k), Some(f)) = (find("kasbah"), find("fleet")) {
+                let (k, f) = (&sides[k].measured, &sides[f].measured);
+                let rps = f.rps() / k.rps();
+                let cpu = f
+                    .cpu_us_per_request()
+                    .zip(k.cpu_us_per_request())
+                    .map_or("n/a".into(), |(f, k)| format!("{:.3}", f / k));
+                println!(
+                    "{conc:>5}  ratio fleet/embedded: req/s = {rps:.3}, cpu µs/req = {cpu}"
+                );
+                fleet_summary.push(format!("{conc}: req/s {rps:.3}, cpu/req {cpu}"));
             }
         }
         if !summary.is_empty() {
@@ -768,6 +1010,17 @@ fn main() -> anyhow::Result<()> {
                 .collect();
             println!("ratio kasbah/wasmtime by concurrency: {}", list.join(", "));
         }
+        if !fleet_summary.is_empty() {
+            println!();
+            println!(
+                "ratio fleet/embedded by concurrency: {}",
+                fleet_summary.join("; ")
+            );
+        }
+        if let Some(w) = fleet.and_then(|mut f| f.worker.take()) {
+            w.stop().await.context("stopping the fleet worker")?;
+        }
+        drop(nats);
         anyhow::Ok(())
     })
 }
