@@ -126,9 +126,13 @@ async fn generated_credentials_run_their_zone_and_nothing_else() -> Res {
     let generated = nats_config::generate(&spec)?;
     let out = files.path().join("nats");
     nats_config::write(&out, &generated)?;
-    // The server runs the generated file as written (its listen address and
-    // store are overridden by the test server's flags).
-    let conf = std::fs::read_to_string(out.join(nats_config::SERVER_CONFIG_FILE))?;
+    // The server runs the generated file, less its store dir (the test
+    // server passes its own `-sd`, and nats-server refuses both); its
+    // listen address is overridden by the test server's flags.
+    let written = std::fs::read_to_string(out.join(nats_config::SERVER_CONFIG_FILE))?;
+    let store_line = format!("  store_dir: \"{}\"\n", spec.store_dir.display());
+    anyhow::ensure!(written.contains(&store_line), "{written}");
+    let conf = written.replace(&store_line, "");
     let nats = NatsServer::start_with_config(&conf)?;
     let url = nats.url();
 
