@@ -131,9 +131,7 @@ impl User {
     /// `nats_inbox_prefix`, as TOML top-level keys.
     pub fn credentials_toml(&self) -> String {
         let role = match &self.zone {
-            Some(z) => format!(
-                "a {z} worker: top-level keys of its `kasbah worker --config` file"
-            ),
+            Some(z) => format!("a {z} worker: top-level keys of its `kasbah worker --config` file"),
             None => "the control plane: top-level keys of its `kasbah serve --config` file".into(),
         };
         format!(
@@ -383,7 +381,10 @@ mod tests {
             let zone = u.zone.clone().expect("a worker has a zone");
             assert!(u.name.starts_with(&format!("worker-{zone}-")));
             assert_eq!(u.inbox_prefix, format!("_INBOX_{}", u.name));
-            assert_eq!(u.permissions, worker_permissions(std::slice::from_ref(&zone), &u.inbox_prefix));
+            assert_eq!(
+                u.permissions,
+                worker_permissions(std::slice::from_ref(&zone), &u.inbox_prefix)
+            );
             assert_eq!(u.permissions.subscribe, [format!("{}.>", u.inbox_prefix)]);
             // Only the control plane publishes jobs, and a worker may
             // create its zone's consumer with its zone's filter only.
@@ -485,10 +486,7 @@ mod tests {
         let written = write(&dir, &g)?;
         assert_eq!(written.len(), 4);
         assert_eq!(written[0], dir.join(SERVER_CONFIG_FILE));
-        assert_eq!(
-            std::fs::metadata(&dir)?.permissions().mode() & 0o777,
-            0o700
-        );
+        assert_eq!(std::fs::metadata(&dir)?.permissions().mode() & 0o777, 0o700);
         for p in &written {
             assert_eq!(
                 std::fs::metadata(p)?.permissions().mode() & 0o777,

@@ -273,21 +273,86 @@ async fn generated_credentials_run_their_zone_and_nothing_else() -> Res {
     assert_eq!(info.config.filter_subject, job_subject("zone-a"));
 
     // Nor publish a job: only the control plane does.
-    let before = js.get_stream(JOBS_STREAM).await?.info().await?.state.messages;
+    let before = js
+        .get_stream(JOBS_STREAM)
+        .await?
+        .info()
+        .await?
+        .state
+        .messages;
     assert_eq!(before, 1, "run_b waits for a zone-b worker");
     let forged = job("run_forged", "zone-a", module, "forged");
     assert!(
         publish(&zjs, &forged).await.is_err(),
         "a zone-a worker published a job"
     );
-    let after = js.get_stream(JOBS_STREAM).await?.info().await?.state.messages;
+    let after = js
+        .get_stream(JOBS_STREAM)
+        .await?
+        .info()
+        .await?
+        .state
+        .messages;
     assert_eq!(after, 1, "the forged job reached the jobs stream");
     let stray = results(&js, 2, Duration::from_secs(2)).await?;
     assert_eq!(stray.len(), 1, "{stray:?}");
 
     // The worker drains cleanly.
     let _ = stop.send(());
-    let r = tokio::task::spawn_blocking(move || done.recv_timeout(Duration::from_secs(30))).await??;
+    let r =
+        tokio::task::spawn_blocking(move || done.recv_timeout(Duration::from_secs(30))).await??;
     rt.shutdown_background();
     r
+}
+
+/// The files exactly as written: `nats-server -c nats-server.conf` listens
+/// where the spec says, keeps JetStream in the spec's store, and takes the
+/// control plane's credentials file.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_written_config_starts_nats_server_as_is() -> Res {
+    let program = kasbah_fleet::testing::nats_server_program()?;
+    let dir = tempfile::tempdir()?;
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port();
+    let store = dir.path().join("store");
+    let spec = Spec {
+        listen: std::net::SocketAddr::from(([127, 0, 0, 1], port)),
+        bcrypt_cost: 6,
+        ..Spec::new(vec!["zone-a".into()], store.clone())
+    };
+    let out = dir.path().join("nats");
+    nats_config::write(&out, &nats_config::generate(&spec)?)?;
+    let log = std::fs::File::create(dir.path().join("nats.log"))?;
+    let mut child = Command::new(program)
+        .arg("-c")
+        .arg(out.join(nats_config::SERVER_CONFIG_FILE))
+        .stdout(std::process::Stdio::null())
+        .stderr(log)
+        .spawn()?;
+    let r = async {
+        let url = format!("nats://127.0.0.1:{port}");
+        let (_, auth) = auth_of(&out.join("control-plane.toml"))?;
+        let until = tokio::time::Instant::now() + Duration::from_secs(20);
+        let client = loop {
+            match kasbah_fleet::connect(&url, "control plane", &auth).await {
+                Ok(c) => break c,
+                Err(e) if tokio::time::Instant::now() > until => return Err(e),
+                Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+            }
+        };
+        ensure_streams(&jetstream::new(client)).await?;
+        anyhow::ensure!(
+            std::fs::read_dir(&store)?.next().is_some(),
+            "nothing in the store dir"
+        );
+        Ok(())
+    }
+    .await;
+    let _ = child.kill();
+    let _ = child.wait();
+    r.map_err(|e| {
+        let log = std::fs::read_to_string(dir.path().join("nats.log")).unwrap_or_default();
+        e.context(log)
+    })
 }
