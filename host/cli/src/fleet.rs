@@ -140,6 +140,92 @@ fn shell_word(p: &Path) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use clap::FromArgMatches as _;
+
+    fn parse(args: &[&str]) -> anyhow::Result<FleetCmd> {
+        let m = crate::command().try_get_matches_from(args)?;
+        match crate::Cli::from_arg_matches(&m)?.command {
+            crate::Command::Fleet(c) => Ok(c),
+            _ => anyhow::bail!("not a fleet command"),
+        }
+    }
+
+    #[test]
+    fn nats_config_writes_the_files_and_refuses_bad_zones() -> anyhow::Result<()> {
+        let tmp = tempfile::tempdir()?;
+        let out = tmp.path().join("nats");
+        let out_s = out.to_string_lossy().into_owned();
+        let cmd = parse(&[
+            "kasbah",
+            "fleet",
+            "nats-config",
+            "--zones",
+            "zone-a,zone-b",
+            "--out",
+            &out_s,
+            "--listen",
+            "127.0.0.1:4333",
+        ])?;
+        fleet(cmd, true)?;
+        let conf = std::fs::read_to_string(out.join("nats-server.conf"))?;
+        assert!(conf.contains("listen: \"127.0.0.1:4333\""), "{conf}");
+        let store = format!("store_dir: {:?}", out.join("jetstream").to_string_lossy());
+        assert!(conf.contains(&store), "{conf}");
+        for f in [
+            "control-plane.toml",
+            "worker-zone-a-1.toml",
+            "worker-zone-b-1.toml",
+        ] {
+            assert!(out.join(f).is_file(), "{f}");
+        }
+        // Again into the same directory: refused, nothing overwritten.
+        let again = parse(&[
+            "kasbah",
+            "fleet",
+            "nats-config",
+            "--zones",
+            "zone-a",
+            "--out",
+            &out_s,
+        ])?;
+        let e = fleet(again, false).expect_err("overwrite");
+        assert!(e.to_string().contains("exists already"), "{e}");
+        assert_eq!(std::fs::read_to_string(out.join("nats-server.conf"))?, conf);
+        let bad_out = tmp.path().join("bad").to_string_lossy().into_owned();
+        let bad = parse(&[
+            "kasbah",
+            "fleet",
+            "nats-config",
+            "--zones",
+            "Zone_A,",
+            "--out",
+            &bad_out,
+        ])?;
+        let e = fleet(bad, false).expect_err("bad zones");
+        assert!(e.to_string().contains("not a zone name"), "{e}");
+        assert!(!tmp.path().join("bad").exists());
+        // The text output, with three workers per zone and another store.
+        let text_out = tmp.path().join("text").to_string_lossy().into_owned();
+        let store = tmp.path().join("js").to_string_lossy().into_owned();
+        let cmd = parse(&[
+            "kasbah",
+            "fleet",
+            "nats-config",
+            "--zones",
+            "zone-a",
+            "--out",
+            &text_out,
+            "--store",
+            &store,
+            "--workers-per-zone",
+            "3",
+        ])?;
+        fleet(cmd, false)?;
+        let conf = std::fs::read_to_string(tmp.path().join("text/nats-server.conf"))?;
+        assert!(conf.contains(&format!("store_dir: {store:?}")), "{conf}");
+        assert!(tmp.path().join("text/worker-zone-a-3.toml").is_file());
+        Ok(())
+    }
 
     #[test]
     fn shell_words_are_quoted_when_needed() {
