@@ -31,6 +31,16 @@ struct Worker {
 
 impl Worker {
     fn start(nats: &NatsServer, id: &str, zones: &[&str], work: &std::path::Path) -> Worker {
+        Self::start_with(nats, id, zones, work, |_| {})
+    }
+
+    fn start_with(
+        nats: &NatsServer,
+        id: &str,
+        zones: &[&str],
+        work: &std::path::Path,
+        tweak: impl FnOnce(&mut WorkerConfig),
+    ) -> Worker {
         let mut c = WorkerConfig {
             id: id.into(),
             nats: nats.url(),
@@ -38,6 +48,7 @@ impl Worker {
             work_dir: work.join(id),
             ..WorkerConfig::default()
         };
+        tweak(&mut c);
         c.zones.node = strings(zones);
         let (stop, stopped) = oneshot::channel::<()>();
         let task = tokio::spawn(kasbah_fleet::worker::run(c, async move {
@@ -58,6 +69,48 @@ impl Worker {
             .await
             .expect("the worker drains within 30 s");
         r.expect("worker task").expect("worker ends cleanly");
+    }
+}
+
+/// A zone worker as its own process (`kasbah worker`), for `kill -9`.
+struct ProcWorker(std::process::Child);
+
+impl ProcWorker {
+    fn start(nats: &NatsServer, id: &str, zone: &str, work: &std::path::Path) -> ProcWorker {
+        let dir = work.join(id);
+        std::fs::create_dir_all(&dir).expect("work dir");
+        let config = dir.join("worker.toml");
+        std::fs::write(
+            &config,
+            format!(
+                "id = \"{id}\"\ncapacity = 2\nwork_dir = \"{}\"\nack_wait_ms = 1000\n\
+                 [zones]\nnode = [\"{zone}\"]\n",
+                dir.join("work").display()
+            ),
+        )
+        .expect("write worker config");
+        let child = std::process::Command::new(env!("CARGO_BIN_EXE_kasbah-under-test"))
+            .args(["worker", "--config"])
+            .arg(&config)
+            .args(["--nats", &nats.url()])
+            .env("RUST_LOG", "warn")
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .expect("spawn kasbah worker");
+        ProcWorker(child)
+    }
+
+    /// `kill -9`: nothing acknowledged, the heartbeat stays until it expires.
+    fn kill(mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+impl Drop for ProcWorker {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
     }
 }
 
@@ -322,4 +375,130 @@ async fn results_that_arrive_while_the_control_plane_is_down_are_recorded_once_a
     );
     wa.stop().await;
     server.shutdown().await.expect("shutdown");
+}
+
+/// The outcomes of a run's `run_executed` entries.
+async fn outcomes(c: &Client, id: &str) -> Vec<String> {
+    run_entries(c)
+        .await
+        .into_iter()
+        .filter(|(r, _, _)| r == id)
+        .map(|(_, _, o)| o)
+        .collect()
+}
+
+/// Poll a run until it has ended.
+async fn ended(dev: &Client, id: &str, within: Duration) -> RunRecord {
+    let deadline = Instant::now() + within;
+    loop {
+        let r = dev.get_run(id).await.expect("get run");
+        if r.status != RunStatus::Queued && r.status != RunStatus::Running {
+            return r;
+        }
+        assert!(Instant::now() < deadline, "run not ended: {r:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// A worker killed mid-run: another worker of the zone takes the job after
+/// the ack wait and the run is recorded once. The zone's last worker
+/// killed: past its wall time and the grace, the run is recorded
+/// `interrupted` (once), and a late result for it is dropped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn killed_workers_cost_no_run_record_twice() {
+    let nats = NatsServer::start().expect("nats-server (scripts/setup.sh installs it)");
+    let work = tempfile::tempdir().expect("tmp");
+    let url = nats.url();
+    let p = Platform::start_with(move |c| {
+        c.nats = Some(url);
+        c.zones.node = strings(&["zone-a"]);
+        c.gpu.adapters.clear();
+        c.fleet_result_grace_ms = 2_000;
+    })
+    .await;
+    let a1 = ProcWorker::start(&nats, "worker-a1", "zone-a", work.path());
+    let a2 = ProcWorker::start(&nats, "worker-a2", "zone-a", work.path());
+    let fleet = p.server.state.fleet.clone().expect("fleet");
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while fleet.live_workers().len() < 2 {
+        assert!(Instant::now() < deadline, "workers not live");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let (_t, dev) = p
+        .tenant(
+            "kills",
+            Some(Policy {
+                zones: strings(&["zone-a"]).into_iter().collect(),
+                datasets: true,
+                limits: kasbah_policy::Limits {
+                    wall_time_ms: 6_000,
+                    ..kasbah_policy::Limits::default()
+                },
+                ..Policy::default()
+            }),
+        )
+        .await;
+    let hostile = dev
+        .publish(&guest_path("hostile"), "hostile", "1", |_, _| {})
+        .await
+        .expect("publish");
+    let sleeper = CreateRun {
+        module: hostile.digest.to_string(),
+        metadata: [("attack".to_string(), "sleep".to_string())].into(),
+        wait: false,
+        ..CreateRun::default()
+    };
+
+    // Kill whichever worker runs the job (its heartbeat says so).
+    let r1 = dev.run(&sleeper).await.expect("accepted");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let busy = loop {
+        if let Some(w) = fleet.live_workers().into_iter().find(|w| w.active > 0) {
+            break w.id;
+        }
+        assert!(Instant::now() < deadline, "no worker took the job");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let survivor = if busy == "worker-a1" {
+        a1.kill();
+        a2
+    } else {
+        a2.kill();
+        a1
+    };
+    let done = ended(&dev, &r1.id, Duration::from_secs(30)).await;
+    assert_eq!(done.status, RunStatus::Done, "{done:?}");
+    assert!(
+        matches!(done.outcome, Some(Outcome::DeadlineExceeded { .. })),
+        "{:?}",
+        done.outcome
+    );
+    // Let any second result arrive, then count.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(outcomes(&p.admin, &r1.id).await, ["deadline_exceeded"]);
+
+    // The zone's last worker dies with the job: interrupted, once.
+    let r2 = dev.run(&sleeper).await.expect("accepted");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !fleet.live_workers().iter().any(|w| w.active > 0) {
+        assert!(
+            Instant::now() < deadline,
+            "the survivor did not take the job"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    survivor.kill();
+    let lost = ended(&dev, &r2.id, Duration::from_secs(40)).await;
+    assert_eq!(lost.status, RunStatus::Interrupted, "{lost:?}");
+    // A new worker gets the stale job (past its deadline): its result
+    // finds the run recorded and changes nothing.
+    let short = |c: &mut WorkerConfig| c.ack_wait_ms = 1_000;
+    let a3 = Worker::start_with(&nats, "worker-a3", &["zone-a"], work.path(), short);
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    assert_eq!(
+        dev.get_run(&r2.id).await.expect("get").status,
+        RunStatus::Interrupted
+    );
+    assert_eq!(outcomes(&p.admin, &r2.id).await, ["interrupted"]);
+    a3.stop().await;
 }

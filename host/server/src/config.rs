@@ -67,6 +67,10 @@ pub struct ServerConfig {
     /// On SIGTERM/SIGINT: how long in-flight requests and runs may take to
     /// finish before the server exits anyway.
     pub shutdown_grace_ms: u64,
+    /// On the fleet: how long past its wall-time limit a run's result is
+    /// awaited before the run is recorded `interrupted` (a job can be
+    /// delivered several times, each after the workers' ack wait).
+    pub fleet_result_grace_ms: u64,
     /// NATS server URL: runs execute on the fleet's zone workers (`kasbah
     /// worker`) instead of in this process; placement considers only zones
     /// with a live worker. Unset (the default): everything runs here.
@@ -115,6 +119,7 @@ impl Default for ServerConfig {
             keep_alive_timeout_ms: 5_000,
             max_connections: 4096,
             shutdown_grace_ms: 30_000,
+            fleet_result_grace_ms: 120_000,
             nats: None,
             nats_user: None,
             nats_password: None,

@@ -175,7 +175,7 @@ pub async fn start(mut config: ServerConfig) -> anyhow::Result<Server> {
         fleet,
     }));
     if let Some(fleet) = &state.fleet {
-        fleet.start(state.clone()).await?;
+        crate::runs::dispatch::start(fleet, state.clone()).await?;
     }
     let app = router(state.clone());
     let (stop, stopped) = tokio::sync::oneshot::channel::<Duration>();

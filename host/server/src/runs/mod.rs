@@ -7,6 +7,7 @@
 //! worker, over NATS JetStream) → `storage.rs` (the
 //! interface) / `sqlite.rs` (its SQLite implementation).
 
+pub mod dispatch;
 pub mod execute;
 pub mod fleet;
 pub mod handlers;

@@ -11,6 +11,7 @@ use kasbah_core::Digest;
 use kasbah_core::api::{CreateRun, Role, RunRecord, UsageRow};
 use kasbah_runtime::Request;
 
+use super::dispatch;
 use super::execute::execute;
 use super::placement::place_run;
 use super::scheduler::Refusal;
@@ -129,9 +130,16 @@ pub async fn start(s: &AppState, caller: &Caller, req: CreateRun) -> ApiResult<S
     let run_to_end = async move {
         let record = match task_state.fleet.clone() {
             Some(fleet) => {
-                fleet
-                    .execute(&task_state, run, policy_for_run, request, admission, placed)
-                    .await
+                dispatch::execute(
+                    &fleet,
+                    &task_state,
+                    run,
+                    policy_for_run,
+                    request,
+                    admission,
+                    placed,
+                )
+                .await
             }
             None => execute(&task_state, run, policy_for_run, request, admission, placed).await,
         };

@@ -45,6 +45,51 @@ impl SqliteRuns {
     }
 }
 
+impl SqliteRuns {
+    /// Turn in-flight runs (all, or those of `ids` still in flight) into
+    /// `interrupted` records, each with its `run_executed` entry.
+    async fn interrupt_where(&self, ids: Option<Vec<String>>) -> DbResult<usize> {
+        let (n, _) = self
+            .db
+            .write(move |c| {
+                let runs: Vec<RunRecord> = match &ids {
+                    None => c
+                        .prepare(&format!("{INFLIGHT_COLUMNS} ORDER BY created_at"))?
+                        .query_map([], row_run)?
+                        .collect::<rusqlite::Result<_>>()?,
+                    Some(ids) => {
+                        let mut st = c.prepare(&format!("{INFLIGHT_COLUMNS} WHERE id = ?1"))?;
+                        let mut out = Vec::new();
+                        for id in ids {
+                            out.extend(st.query_row([id], row_run).optional()?);
+                        }
+                        out
+                    }
+                };
+                let mut entries = Vec::with_capacity(runs.len());
+                for mut r in runs {
+                    let now = now_ms();
+                    finalize_run(
+                        c,
+                        &r.id,
+                        RunStatus::Interrupted,
+                        FinalColumns {
+                            finished_at: now,
+                            ..FinalColumns::default()
+                        },
+                    )?;
+                    r.status = RunStatus::Interrupted;
+                    r.finished_at = Some(now);
+                    entries.push(entries::run_executed(&r));
+                }
+                let n = entries.len();
+                Ok((n, entries))
+            })
+            .await?;
+        Ok(n)
+    }
+}
+
 impl RunStore for SqliteRuns {
     /// Record an accepted run as `queued`. Returns once the insert is
     /// queued for the writer's next batch, not when it is durable: the
@@ -206,34 +251,24 @@ impl RunStore for SqliteRuns {
     /// outcome `interrupted` (so every run the API ever accepted has an
     /// entry). Returns how many.
     async fn interrupt_inflight(&self) -> DbResult<usize> {
-        let (n, _) = self
-            .db
-            .write(|c| {
-                let runs: Vec<RunRecord> = c
-                    .prepare(&format!("{INFLIGHT_COLUMNS} ORDER BY created_at"))?
-                    .query_map([], row_run)?
-                    .collect::<rusqlite::Result<_>>()?;
-                let mut entries = Vec::with_capacity(runs.len());
-                for mut r in runs {
-                    let now = now_ms();
-                    finalize_run(
-                        c,
-                        &r.id,
-                        RunStatus::Interrupted,
-                        FinalColumns {
-                            finished_at: now,
-                            ..FinalColumns::default()
-                        },
-                    )?;
-                    r.status = RunStatus::Interrupted;
-                    r.finished_at = Some(now);
-                    entries.push(entries::run_executed(&r));
-                }
-                let n = entries.len();
-                Ok((n, entries))
-            })
-            .await?;
-        Ok(n)
+        self.interrupt_where(None).await
+    }
+
+    async fn interrupt(&self, ids: &[String]) -> DbResult<usize> {
+        self.interrupt_where(Some(ids.to_vec())).await
+    }
+
+    fn inflight_since(&self, before_ms: i64) -> DbResult<Vec<(String, String, u32, i64)>> {
+        self.db.with(|c| {
+            c.prepare_cached(
+                "SELECT id, tenant_id, policy_version, created_at FROM runs_inflight
+                 WHERE created_at < ?1 ORDER BY created_at LIMIT 1000",
+            )?
+            .query_map([before_ms], |r| {
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
+            })?
+            .collect()
+        })
     }
 
     fn run(&self, id: &str) -> DbResult<Option<RunRecord>> {

@@ -117,6 +117,12 @@ pub trait RunStore: Send + Sync {
     /// died are marked `interrupted`, each with a `run_executed` entry of
     /// outcome `interrupted`. Returns how many.
     fn interrupt_inflight(&self) -> impl Future<Output = DbResult<usize>> + Send;
+    /// [`Self::interrupt_inflight`] for the runs of `ids` still in flight
+    /// (a fleet run whose result never came). Returns how many.
+    fn interrupt(&self, ids: &[String]) -> impl Future<Output = DbResult<usize>> + Send;
+    /// Runs in flight accepted before `before_ms`, oldest first (at most
+    /// 1000): `(id, tenant, policy version, created_at)`.
+    fn inflight_since(&self, before_ms: i64) -> DbResult<Vec<(String, String, u32, i64)>>;
     fn run(&self, id: &str) -> DbResult<Option<RunRecord>>;
     /// A run accepted and not yet ended, as it was accepted (what
     /// [`Self::finish_run`] needs): for results that arrive after a restart.
