@@ -202,6 +202,46 @@ async fn generated_credentials_run_their_zone_and_nothing_else() -> Res {
         o => panic!("run_a did not succeed: {o:?}"),
     }
 
+    // The control plane reads the live workers and consumes results as
+    // `kasbah serve` does: a durable consumer with explicit acks.
+    let kv = js.get_key_value(proto::WORKERS_BUCKET).await?;
+    let mut keys = kv.keys().await?;
+    let mut live = Vec::new();
+    while let Some(k) = keys.next().await {
+        live.push(k?);
+    }
+    assert_eq!(live, ["w-za"]);
+    let durable = js
+        .get_stream(RESULTS_STREAM)
+        .await?
+        .get_or_create_consumer(
+            "control-plane",
+            consumer::pull::Config {
+                durable_name: Some("control-plane".into()),
+                ack_policy: consumer::AckPolicy::Explicit,
+                ..Default::default()
+            },
+        )
+        .await?;
+    let mut batch = durable
+        .fetch()
+        .max_messages(1)
+        .expires(Duration::from_secs(2))
+        .messages()
+        .await?;
+    let m = batch
+        .next()
+        .await
+        .ok_or_else(|| anyhow::anyhow!("no result for the durable consumer"))?
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    m.double_ack().await.map_err(|e| anyhow::anyhow!("{e}"))?;
+    let info = js
+        .get_stream(RESULTS_STREAM)
+        .await?
+        .consumer_info("control-plane")
+        .await?;
+    assert_eq!((info.num_pending, info.num_ack_pending), (0, 0));
+
     // The zone-a credentials reach nothing of zone-b.
     let za = za_auth
         .options("probe")
