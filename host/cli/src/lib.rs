@@ -5,6 +5,7 @@
 #![deny(clippy::print_stdout)]
 
 mod audit;
+mod fleet;
 mod local;
 pub mod out;
 mod remote;
@@ -50,6 +51,9 @@ enum Command {
     Serve(serve::ServeArgs),
     /// Run a zone worker of the fleet (NATS JetStream; see `kasbah serve --nats`).
     Worker(serve::WorkerArgs),
+    /// Fleet setup: the NATS server configuration and credentials (no server needed).
+    #[command(subcommand)]
+    Fleet(fleet::FleetCmd),
     /// Who the token belongs to.
     Whoami,
     /// Operators (admin).
@@ -140,6 +144,7 @@ pub fn main() -> ExitCode {
         Command::Run(args) => local::run(args, cli.verbose > 0, ctx.json),
         Command::Serve(args) => serve::serve(args),
         Command::Worker(args) => serve::worker(args),
+        Command::Fleet(c) => fleet::fleet(c, ctx.json),
         Command::Whoami => remote::block_on(remote::whoami(&ctx)),
         Command::Operator(c) => remote::block_on(remote::operator(&ctx, c)),
         Command::Tenant(c) => remote::block_on(remote::tenant(&ctx, c)),

@@ -6,11 +6,19 @@
 //!   [`proto::ensure_streams`] / [`proto::ensure_zone`], which create them.
 //! - [`worker`]: the execution node behind `kasbah worker`
 //!   ([`worker::WorkerConfig`], [`worker::run`]).
+//! - [`connect()`]: connecting with a [`NatsAuth`] (user and password or a
+//!   `.creds` file, reply prefix), shared by the workers and the control
+//!   plane.
+//! - [`nats_config`]: the nats-server configuration and per-user
+//!   credentials of a fleet (`kasbah fleet nats-config`).
 //! - [`testing`]: a throw-away `nats-server` with JetStream for tests.
 
+pub mod connect;
+pub mod nats_config;
 pub mod proto;
 pub mod testing;
 pub mod worker;
 
+pub use connect::{NatsAuth, connect};
 pub use proto::{Job, JobDataset, JobResult, WorkerAdapter, WorkerInfo, ensure_streams};
 pub use worker::{WorkerConfig, run};

@@ -294,8 +294,9 @@ pub struct WorkerInfo {
 /// What a zone worker's NATS user may publish and subscribe to: its zones'
 /// consumers, acks and result subjects, the workers KV, reads of the modules
 /// bucket and of its zones' buckets, replies on `inbox_prefix` — nothing
-/// else (no other zone's jobs or data, no stream or bucket administration:
-/// the control plane, with an unrestricted user, creates them first). For a
+/// else (no other zone's jobs or data, no stream or bucket administration,
+/// no publishing of jobs: the control plane, with
+/// [`control_plane_permissions`], creates them first). For a
 /// nats-server `authorization { users = [{user, password, permissions:
 /// {publish: {allow: [...]}, subscribe: {allow: [...]}}}] }` entry. Give each
 /// credential set its own `inbox_prefix` (the worker's `nats_inbox_prefix`):
@@ -313,8 +314,15 @@ pub fn worker_permissions(zones: &[String], inbox_prefix: &str) -> Permissions {
         let c = zone_consumer(z);
         publish.extend([
             format!("$JS.API.CONSUMER.INFO.{JOBS_STREAM}.{c}"),
-            format!("$JS.API.CONSUMER.CREATE.{JOBS_STREAM}.{c}"),
-            format!("$JS.API.CONSUMER.CREATE.{JOBS_STREAM}.{c}.>"),
+            // Create-or-update of its zone's consumer only with the zone's
+            // filter in the subject (the server checks it against the
+            // request): neither `...{c}` (any filter in the body) nor
+            // `...{c}.>`, which would let the user point its consumer at
+            // another zone's jobs.
+            format!(
+                "$JS.API.CONSUMER.CREATE.{JOBS_STREAM}.{c}.{}",
+                job_subject(z)
+            ),
             format!("$JS.API.CONSUMER.MSG.NEXT.{JOBS_STREAM}.{c}"),
             format!("$JS.ACK.{JOBS_STREAM}.{c}.>"),
             result_subject(z),
@@ -336,6 +344,25 @@ pub fn worker_permissions(zones: &[String], inbox_prefix: &str) -> Permissions {
     }
     Permissions {
         publish,
+        subscribe: vec![format!("{inbox_prefix}.>")],
+    }
+}
+
+/// What the control plane's NATS user may publish and subscribe to: the
+/// JetStream API (streams, consumers, KV and object-store administration),
+/// acks and flow control, the KV and object-store subjects, jobs on
+/// [`JOBS_SUBJECTS`], replies on `inbox_prefix`. Not results: only workers
+/// publish those.
+pub fn control_plane_permissions(inbox_prefix: &str) -> Permissions {
+    Permissions {
+        publish: vec![
+            "$JS.API.>".into(),
+            "$JS.ACK.>".into(),
+            "$JS.FC.>".into(),
+            "$KV.>".into(),
+            "$O.>".into(),
+            JOBS_SUBJECTS.into(),
+        ],
         subscribe: vec![format!("{inbox_prefix}.>")],
     }
 }

@@ -177,21 +177,7 @@ impl WorkerConfig {
         if !(1..=100).contains(&self.max_deliver) {
             p.push("max_deliver must be between 1 and 100".into());
         }
-        if self.nats_user.is_some() != self.nats_password.is_some() {
-            p.push("nats_user and nats_password go together".into());
-        }
-        if self.nats_creds.is_some() && self.nats_user.is_some() {
-            p.push("nats_creds and nats_user exclude each other".into());
-        }
-        if self.nats_inbox_prefix.is_empty()
-            || self.nats_inbox_prefix.len() > 64
-            || !self
-                .nats_inbox_prefix
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b"_-.".contains(&b))
-        {
-            p.push("nats_inbox_prefix must be 1-64 of [A-Za-z0-9_.-]".into());
-        }
+        p.extend(self.nats_auth().problems());
         if self.nats.trim().is_empty() {
             p.push("nats: no server URL".into());
         }
@@ -201,6 +187,17 @@ impl WorkerConfig {
         );
         anyhow::ensure!(p.is_empty(), "{}", p.join("; "));
         Ok(())
+    }
+
+    /// The NATS credentials of this worker (`nats_user`, `nats_password`,
+    /// `nats_creds`, `nats_inbox_prefix`).
+    pub fn nats_auth(&self) -> crate::NatsAuth {
+        crate::NatsAuth {
+            user: self.nats_user.clone(),
+            password: self.nats_password.clone(),
+            creds: self.nats_creds.clone(),
+            inbox_prefix: self.nats_inbox_prefix.clone(),
+        }
     }
 
     fn timing(&self) -> ConsumerTiming {
@@ -257,22 +254,12 @@ pub async fn run(config: WorkerConfig, shutdown: impl Future<Output = ()>) -> an
         clear_dir(d);
     }
 
-    let mut options = async_nats::ConnectOptions::new()
-        .name(format!("kasbah-worker {}", config.id))
-        .custom_inbox_prefix(&config.nats_inbox_prefix);
-    if let (Some(user), Some(password)) = (&config.nats_user, &config.nats_password) {
-        options = options.user_and_password(user.clone(), password.clone());
-    }
-    if let Some(creds) = &config.nats_creds {
-        options = options
-            .credentials_file(creds)
-            .await
-            .with_context(|| format!("NATS credentials {}", creds.display()))?;
-    }
-    let client = options
-        .connect(config.nats.as_str())
-        .await
-        .with_context(|| format!("connecting to NATS at {}", config.nats))?;
+    let client = crate::connect(
+        &config.nats,
+        &format!("kasbah-worker {}", config.id),
+        &config.nats_auth(),
+    )
+    .await?;
     let js = jetstream::new(client.clone());
     // Zone credentials may not administer streams: then what the control
     // plane created must already be there.

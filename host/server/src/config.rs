@@ -75,6 +75,15 @@ pub struct ServerConfig {
     /// worker`) instead of in this process; placement considers only zones
     /// with a live worker. Unset (the default): everything runs here.
     pub nats: Option<String>,
+    /// The control plane's NATS user and password (`kasbah fleet
+    /// nats-config` writes them to `control-plane.toml`); none by default.
+    pub nats_user: Option<String>,
+    pub nats_password: Option<String>,
+    /// A NATS `.creds` file (JWT + nkey seed) instead of user/password.
+    pub nats_creds: Option<PathBuf>,
+    /// Prefix of the control plane's reply subjects; its NATS user must be
+    /// allowed to subscribe to `<prefix>.>`.
+    pub nats_inbox_prefix: String,
 }
 
 /// The largest `token_max_ttl_seconds` accepted (100 years): keeps
@@ -112,6 +121,10 @@ impl Default for ServerConfig {
             shutdown_grace_ms: 30_000,
             fleet_result_grace_ms: 120_000,
             nats: None,
+            nats_user: None,
+            nats_password: None,
+            nats_creds: None,
+            nats_inbox_prefix: kasbah_fleet::connect::DEFAULT_INBOX_PREFIX.into(),
         }
     }
 }
@@ -150,9 +163,21 @@ impl ServerConfig {
             self.token_max_ttl_seconds <= MAX_TOKEN_TTL_SECONDS,
             "token_max_ttl_seconds must be at most {MAX_TOKEN_TTL_SECONDS} (100 years)"
         );
-        let problems = self.zones.problems(self.gpu_zones());
+        let mut problems = self.zones.problems(self.gpu_zones());
+        problems.extend(self.nats_auth().problems());
         anyhow::ensure!(problems.is_empty(), "{}", problems.join("; "));
         Ok(())
+    }
+
+    /// The control plane's NATS credentials (`nats_user`, `nats_password`,
+    /// `nats_creds`, `nats_inbox_prefix`).
+    pub fn nats_auth(&self) -> kasbah_fleet::NatsAuth {
+        kasbah_fleet::NatsAuth {
+            user: self.nats_user.clone(),
+            password: self.nats_password.clone(),
+            creds: self.nats_creds.clone(),
+            inbox_prefix: self.nats_inbox_prefix.clone(),
+        }
     }
 }
 
@@ -191,5 +216,27 @@ mod tests {
             "an adapter in a zone the node does not serve"
         );
         assert!(toml::from_str::<ServerConfig>("[zones]\nnodes = []").is_err());
+    }
+
+    #[test]
+    fn nats_credentials_parse_and_are_checked() {
+        let c: ServerConfig = toml::from_str(
+            "nats = \"nats://127.0.0.1:4222\"\nnats_user = \"control-plane\"\n\
+             nats_password = \"pw\"\nnats_inbox_prefix = \"_INBOX_control-plane\"\n",
+        )
+        .expect("parses");
+        c.check().expect("valid");
+        let auth = c.nats_auth();
+        assert_eq!(auth.user.as_deref(), Some("control-plane"));
+        assert_eq!(auth.password.as_deref(), Some("pw"));
+        assert_eq!(auth.inbox_prefix, "_INBOX_control-plane");
+        assert_eq!(ServerConfig::default().nats_auth(), Default::default());
+        let lone: ServerConfig = toml::from_str("nats_user = \"u\"").expect("parses");
+        let e = lone.check().expect_err("a user without a password");
+        assert!(e.to_string().contains("nats_password"), "{e}");
+        let both: ServerConfig =
+            toml::from_str("nats_user = \"u\"\nnats_password = \"p\"\nnats_creds = \"x.creds\"")
+                .expect("parses");
+        assert!(both.check().is_err(), "user and creds file at once");
     }
 }

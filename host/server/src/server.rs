@@ -131,7 +131,7 @@ pub async fn start(mut config: ServerConfig) -> anyhow::Result<Server> {
         0
     };
     let fleet = match &config.nats {
-        Some(url) => Some(Fleet::connect(url).await?),
+        Some(url) => Some(Fleet::connect(url, &config.nats_auth()).await?),
         None => None,
     };
     let blobs = Blobs::open(&config.data_dir.join("blobs"))?;

@@ -57,13 +57,11 @@ pub struct Fleet {
 }
 
 impl Fleet {
-    /// Connect, make sure the streams and buckets exist.
-    pub async fn connect(url: &str) -> anyhow::Result<Arc<Fleet>> {
-        let client = async_nats::ConnectOptions::new()
-            .name("kasbah control plane")
-            .connect(url)
-            .await
-            .map_err(|e| anyhow::anyhow!("connecting to NATS at {url}: {e}"))?;
+    /// Connect as `auth` (the control plane's NATS user, see
+    /// `kasbah_fleet::nats_config`), make sure the streams and buckets
+    /// exist.
+    pub async fn connect(url: &str, auth: &kasbah_fleet::NatsAuth) -> anyhow::Result<Arc<Fleet>> {
+        let client = kasbah_fleet::connect(url, "kasbah control plane", auth).await?;
         let max_payload = client.server_info().max_payload;
         let js = jetstream::new(client);
         proto::ensure_streams(&js).await?;
