@@ -20,7 +20,8 @@ use crate::state::AppState;
     responses((status = 200, body = RunRecord, description = "finished (wait = true)"),
         (status = 202, body = RunRecord, description = "accepted; poll GET /v1/runs/{id}"),
         (status = 403, body = ErrorBody, description = "`residency_violation`: no zone satisfies the tenant's zones, the input label, every dataset label and (for GPU modules) a usable adapter"),
-        (status = 404, body = ErrorBody), (status = 409, body = ErrorBody), (status = 413, body = ErrorBody), (status = 429, body = ErrorBody)))]
+        (status = 404, body = ErrorBody), (status = 409, body = ErrorBody), (status = 413, body = ErrorBody), (status = 429, body = ErrorBody),
+        (status = 503, body = ErrorBody, description = "`no_capacity` (fleet mode): no live worker in a zone the run may use; Retry-After")))]
 pub async fn create_run(
     State(s): State<AppState>,
     caller: Caller,
