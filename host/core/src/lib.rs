@@ -317,6 +317,22 @@ pub struct RunReport {
     pub denials: Vec<Denial>,
 }
 
+impl RunReport {
+    /// A run refused or failed by the host before or around the guest
+    /// (`denied` with the reason; no usage, output or captures).
+    pub fn denied(module: Digest, reason: String) -> Self {
+        RunReport {
+            module,
+            outcome: Outcome::Denied { reason },
+            usage: Usage::default(),
+            stdout: Captured::default(),
+            stderr: Captured::default(),
+            logs: Logs::default(),
+            denials: Vec::new(),
+        }
+    }
+}
+
 mod duration_micros {
     use serde::{Deserialize, Deserializer, Serializer};
     use std::time::Duration;

@@ -709,15 +709,7 @@ async fn publish_result(worker: &Worker, result: &JobResult) -> anyhow::Result<(
 }
 
 fn host_failure(module: Digest, reason: String) -> RunReport {
-    RunReport {
-        module,
-        outcome: Outcome::Denied { reason },
-        usage: Default::default(),
-        stdout: Default::default(),
-        stderr: Default::default(),
-        logs: Default::default(),
-        denials: Vec::new(),
-    }
+    RunReport::denied(module, reason)
 }
 
 async fn execute(worker: &Worker, job: &Job) -> Result<RunReport, Prep> {

@@ -490,16 +490,11 @@ impl Runtime {
         let wall = Duration::from_millis(limits.wall_time_ms);
         let deadline = started + wall;
         let denied = |reason: String| RunReport {
-            module: module.digest,
-            outcome: Outcome::Denied { reason },
             usage: Usage {
                 wall_time: started.elapsed(),
                 ..Usage::default()
             },
-            stdout: Default::default(),
-            stderr: Default::default(),
-            logs: Default::default(),
-            denials: Vec::new(),
+            ..RunReport::denied(module.digest, reason)
         };
 
         let pre = match &module.pre {

@@ -26,12 +26,12 @@ use std::time::Duration;
 
 use async_nats::jetstream::{AckKind, consumer};
 use futures_util::StreamExt;
+use kasbah_core::RunReport;
 use kasbah_core::api::{PolicyRecord, RunRecord, RunStatus};
-use kasbah_core::{Digest, Outcome, RunReport};
 use kasbah_fleet::proto::JobResult;
 use kasbah_runtime::Request;
 
-use super::execute::keep_output;
+use super::execute::{count_run, keep_output};
 use super::fleet::{Fleet, LIVE_REFRESH};
 use super::placement::Placed;
 use super::scheduler::Admission;
@@ -90,7 +90,8 @@ pub async fn execute(
     {
         fleet.forget(&id);
         tracing::error!(run = %id, "dispatching to the fleet: {e}");
-        let report = failure(run.module, format!("the fleet could not take the run: {e}"));
+        let report =
+            RunReport::denied(run.module, format!("the fleet could not take the run: {e}"));
         return finish(s, &run, now_ms(), report, placed.stores_output()).await;
     }
     match tokio::time::timeout(wait, rx).await {
@@ -101,18 +102,6 @@ pub async fn execute(
             tracing::warn!(run = %id, "no result from the fleet within {wait:?}");
             None
         }
-    }
-}
-
-fn failure(module: Digest, reason: String) -> RunReport {
-    RunReport {
-        module,
-        outcome: Outcome::Denied { reason },
-        usage: Default::default(),
-        stdout: Default::default(),
-        stderr: Default::default(),
-        logs: Default::default(),
-        denials: Vec::new(),
     }
 }
 
@@ -230,12 +219,7 @@ async fn record_one(s: &AppState, result: JobResult) -> bool {
         .residency
         .as_ref()
         .is_some_and(|r| r.store_output_as.is_some());
-    s.metrics
-        .runs
-        .get_or_create(&crate::metrics::OutcomeLabel {
-            outcome: result.report.outcome.kind().into(),
-        })
-        .inc();
+    count_run(s, &result.report);
     match finish(s, &run, result.started_at_ms, result.report, stores_output).await {
         Some(record) => {
             tracing::debug!(run = %record.id, worker = %result.worker, "recorded");

@@ -64,15 +64,7 @@ pub async fn execute(
     // 2-core box at ~10k sync runs/s with 8 workers: ~19k without.)
     drop(worker);
     let output = keep_output(s, id, &report, placed.stores_output());
-    s.metrics
-        .runs
-        .get_or_create(&crate::metrics::OutcomeLabel {
-            outcome: report.outcome.kind().into(),
-        })
-        .inc();
-    s.metrics
-        .run_seconds
-        .observe(report.usage.wall_time.as_secs_f64());
+    count_run(s, &report);
     match s
         .runs
         .finish_run(&run, started_at, Finished { report, output })
@@ -88,15 +80,20 @@ pub async fn execute(
 
 fn host_failure(module: Digest, reason: String) -> RunReport {
     tracing::error!("{reason}");
-    RunReport {
-        module,
-        outcome: Outcome::Denied { reason },
-        usage: Default::default(),
-        stdout: Default::default(),
-        stderr: Default::default(),
-        logs: Default::default(),
-        denials: Vec::new(),
-    }
+    RunReport::denied(module, reason)
+}
+
+/// A run's outcome and wall time in the metrics (in-process and fleet runs).
+pub fn count_run(s: &AppState, report: &RunReport) {
+    s.metrics
+        .runs
+        .get_or_create(&crate::metrics::OutcomeLabel {
+            outcome: report.outcome.kind().into(),
+        })
+        .inc();
+    s.metrics
+        .run_seconds
+        .observe(report.usage.wall_time.as_secs_f64());
 }
 
 /// A compiled module by digest: the runtime's cache, or the blob store.
