@@ -27,6 +27,7 @@ fn assert_private(dir: &Path) {
         "kasbah.db-wal",
         "kasbah.db-shm",
         "audit-log.key",
+        "compiled.key",
     ] {
         assert_eq!(mode(&dir.join(f)), 0o600, "{f}");
     }
@@ -74,6 +75,16 @@ async fn the_data_dir_is_private_under_any_umask_and_fixed_at_start() {
         "dataset blob"
     );
     assert_eq!(mode(&server.state.blobs.path(&module_like)), 0o600, "blob");
+    // A compiled module's artifact on disk (issue 15, item 4).
+    let hello = kasbah_tests::guest_bytes("hello");
+    server.state.runtime.load(&hello).expect("load hello");
+    let artifact = server
+        .state
+        .runtime
+        .artifact_path(&hello)
+        .expect("the server keeps compiled modules on disk");
+    assert!(artifact.starts_with(dir.join("compiled")));
+    assert_eq!(mode(&artifact), 0o600, "compiled artifact");
     assert_private(&dir);
     let dataset_blob = server.state.blobs.path(&ds.digest);
     let blob = server.state.blobs.path(&module_like);
@@ -87,6 +98,7 @@ async fn the_data_dir_is_private_under_any_umask_and_fixed_at_start() {
         "kasbah.db-wal",
         "kasbah.db-shm",
         "audit-log.key",
+        "compiled.key",
     ] {
         if dir.join(f).exists() {
             set(&dir.join(f), 0o644);
@@ -94,6 +106,8 @@ async fn the_data_dir_is_private_under_any_umask_and_fixed_at_start() {
     }
     set(&blob, 0o644);
     set(&dataset_blob, 0o444);
+    set(&artifact, 0o644);
+    set(&dir.join("compiled"), 0o755);
     set(blob.parent().expect("parent"), 0o755);
     let partial = dir.join("blobs/tmp/.tmpPARTIAL");
     std::fs::write(&partial, b"half an upload").expect("partial");
@@ -102,6 +116,7 @@ async fn the_data_dir_is_private_under_any_umask_and_fixed_at_start() {
     assert!(!partial.exists(), "partial upload removed at start");
     assert_eq!(mode(&blob), 0o600);
     assert_eq!(mode(&dataset_blob), 0o400);
+    assert_eq!(mode(&artifact), 0o600);
     assert_private(&dir);
     // Still serving what it stored.
     assert_eq!(

@@ -48,6 +48,36 @@ pub struct RunArgs {
     /// carries the run's output label).
     #[arg(long)]
     pub store_output_as: Option<String>,
+    /// Local runs: keep compiled modules in this directory (its key in
+    /// `<DIR>.key`) so the next run of the same module does not compile it
+    /// again, or `off`. Default: `$XDG_CACHE_HOME/kasbah/compiled` (or
+    /// `~/.cache/kasbah/compiled`), at most 256 MiB.
+    #[arg(long, env = "KASBAH_COMPILE_CACHE", value_name = "DIR|off")]
+    pub compile_cache: Option<String>,
+}
+
+/// Bytes of compiled modules `kasbah run` keeps on disk.
+const LOCAL_COMPILE_CACHE_BYTES: u64 = 256 << 20;
+
+/// Where `kasbah run` keeps compiled modules, if anywhere.
+fn compile_cache(arg: Option<&str>) -> Option<kasbah_runtime::ArtifactCacheConfig> {
+    let dir = match arg {
+        Some("off") => return None,
+        Some(dir) => PathBuf::from(dir),
+        None => std::env::var_os("XDG_CACHE_HOME")
+            .filter(|d| !d.is_empty())
+            .map(PathBuf::from)
+            .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))?
+            .join("kasbah")
+            .join("compiled"),
+    };
+    let mut key_file = dir.clone().into_os_string();
+    key_file.push(".key");
+    Some(kasbah_runtime::ArtifactCacheConfig {
+        dir,
+        key_file: key_file.into(),
+        max_bytes: LOCAL_COMPILE_CACHE_BYTES,
+    })
 }
 
 impl RunArgs {
@@ -145,6 +175,7 @@ pub fn run(args: RunArgs, echo_logs: bool, json: bool) -> anyhow::Result<ExitCod
         echo_guest_logs: echo_logs,
         max_concurrent_instances: 4,
         gpu,
+        artifact_cache: compile_cache(args.compile_cache.as_deref()),
         ..RuntimeConfig::default()
     })
     .map_err(|e| anyhow::anyhow!("cannot start the sandbox: {e:#}"))?;

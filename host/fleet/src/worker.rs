@@ -89,6 +89,10 @@ pub struct WorkerConfig {
     pub max_module_bytes: u64,
     /// Largest dataset fetched from a zone bucket.
     pub max_dataset_bytes: u64,
+    /// Bytes of compiled modules kept on disk (`<work_dir>/compiled/`,
+    /// HMAC-checked with `<work_dir>/compiled.key`) across restarts;
+    /// least recently used first out. 0: none.
+    pub compiled_cache_bytes: u64,
 }
 
 impl Default for WorkerConfig {
@@ -108,6 +112,7 @@ impl Default for WorkerConfig {
             nats_inbox_prefix: "_INBOX".into(),
             max_module_bytes: 256 << 20,
             max_dataset_bytes: 4 << 30,
+            compiled_cache_bytes: 1 << 30,
         }
     }
 }
@@ -314,6 +319,9 @@ pub async fn run(config: WorkerConfig, shutdown: impl Future<Output = ()>) -> an
         gpu: config.gpu.clone(),
         zones: zones_config,
         scratch_dir: Some(scratch),
+        artifact_cache: (config.compiled_cache_bytes > 0).then(|| {
+            kasbah_runtime::ArtifactCacheConfig::under(&config.work_dir, config.compiled_cache_bytes)
+        }),
         ..RuntimeConfig::default()
     })
     .map_err(|e| anyhow::anyhow!("starting the sandbox runtime: {e:#}"))?;

@@ -3,6 +3,9 @@
 //! One [`Runtime`] per process owns the wasmtime `Engine` (pooling allocator,
 //! epoch interruption, optional fuel), an epoch ticker thread, and a cache of
 //! compiled components and their `InstancePre`, keyed by module sha256.
+//! With [`RuntimeConfig::artifact_cache`], compiled components are also kept
+//! on disk, integrity-checked, so a restarted process loads instead of
+//! compiling (`artifacts.rs`).
 //!
 //! Each [`Runtime::run`] gets a fresh `Store` whose WASI context is built
 //! **only** from the tenant's [`Policy`] (see `wasi.rs`): no files, env or
@@ -22,6 +25,7 @@
 //! placed zone, bound GPU adapter), enforced at every egress against the
 //! host's [`ZonesConfig`] (see `residency.rs`).
 
+mod artifacts;
 pub mod datasets;
 mod fs;
 mod limits;
@@ -31,6 +35,7 @@ pub mod residency;
 mod stdio;
 mod wasi;
 
+pub use artifacts::{ArtifactCacheConfig, ArtifactStats};
 pub use datasets::{DatasetMount, MountError};
 pub use residency::{NetZone, Residency, StorageZone, ZonesConfig};
 
@@ -92,6 +97,10 @@ pub struct RuntimeConfig {
     pub max_wasm_stack: usize,
     /// Compiled modules kept in memory.
     pub module_cache_entries: usize,
+    /// Compiled modules kept on disk across restarts (HMAC-checked before
+    /// loading, bounded in bytes; see `artifacts.rs`). `None`: compile
+    /// every module once per process.
+    pub artifact_cache: Option<ArtifactCacheConfig>,
     /// Forward guest log records to this process's `tracing` output.
     pub echo_guest_logs: bool,
     /// How long resolving one allowlisted DNS name may take at run start.
@@ -129,6 +138,7 @@ impl Default for RuntimeConfig {
             epoch_tick: Duration::from_millis(10),
             max_wasm_stack: 1 << 20,
             module_cache_entries: 256,
+            artifact_cache: None,
             echo_guest_logs: false,
             dns_timeout: Duration::from_secs(2),
             gpu: kasbah_gpu::GpuConfig::default(),
@@ -276,6 +286,7 @@ struct Inner {
     /// same bytes wait for one compile instead of each doing it.
     compiling: Mutex<HashMap<Digest, Arc<Mutex<()>>>>,
     compiles: std::sync::atomic::AtomicU64,
+    artifacts: Option<artifacts::ArtifactCache>,
     stop_ticker: Arc<AtomicBool>,
     gpu: kasbah_gpu::GpuRegistry,
     mounts: datasets::MountCache,
@@ -319,6 +330,17 @@ impl Runtime {
             .max_wasm_stack(config.max_wasm_stack)
             .allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
         let engine = Engine::new(&cfg)?;
+        // A cache that cannot be opened costs compile time, not runs.
+        let artifacts = config.artifact_cache.as_ref().and_then(|c| {
+            artifacts::ArtifactCache::open(c, &engine)
+                .inspect_err(|e| {
+                    tracing::warn!(
+                        "compiled-artifact cache {} unusable, compiling every module: {e}",
+                        c.dir.display()
+                    )
+                })
+                .ok()
+        });
 
         let mut linker = Linker::new(&engine);
         wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
@@ -355,6 +377,7 @@ impl Runtime {
                 modules: Mutex::default(),
                 compiling: Mutex::default(),
                 compiles: Default::default(),
+                artifacts,
                 stop_ticker,
                 gpu,
                 mounts: datasets::MountCache::new(MOUNT_CACHE_ENTRIES),
@@ -391,10 +414,9 @@ impl Runtime {
         let turn = lock(&gate);
         let loaded = match self.cached(&digest) {
             Some(m) => Ok(m),
-            None => self.compile(digest, wasm).map(|module| {
-                self.inner.compiles.fetch_add(1, Ordering::Relaxed);
-                self.keep(digest, module)
-            }),
+            None => self
+                .compile(digest, wasm)
+                .map(|module| self.keep(digest, module)),
         };
         drop(turn);
         let mut gates = lock(&self.inner.compiling);
@@ -405,9 +427,26 @@ impl Runtime {
         loaded
     }
 
-    /// How many modules this runtime has compiled successfully.
+    /// How many modules this runtime has compiled successfully (with
+    /// Cranelift: loads from the artifact cache are not counted).
     pub fn compiled(&self) -> u64 {
         self.inner.compiles.load(Ordering::Relaxed)
+    }
+
+    /// What the on-disk artifact cache did (all zero without one).
+    pub fn artifact_stats(&self) -> ArtifactStats {
+        self.inner
+            .artifacts
+            .as_ref()
+            .map(|a| a.stats())
+            .unwrap_or_default()
+    }
+
+    /// Where the artifact for `wasm` is (or would be) kept on disk, if this
+    /// runtime has an artifact cache.
+    pub fn artifact_path(&self, wasm: &[u8]) -> Option<std::path::PathBuf> {
+        let digest = Digest::of(wasm);
+        self.inner.artifacts.as_ref().map(|a| a.path(&digest))
     }
 
     fn keep(&self, digest: Digest, module: Module) -> Arc<Module> {
@@ -440,11 +479,24 @@ impl Runtime {
             return Err(LoadError::NotAComponent);
         }
         let engine = &self.inner.engine;
-        let component =
-            Component::new(engine, wasm).map_err(|e| LoadError::Invalid(format!("{e:#}")))?;
+        let cache = self.inner.artifacts.as_ref();
+        let (component, fresh) = match cache.and_then(|c| c.load(engine, &digest)) {
+            Some(c) => (c, false),
+            None => {
+                let c = Component::new(engine, wasm)
+                    .map_err(|e| LoadError::Invalid(format!("{e:#}")))?;
+                self.inner.compiles.fetch_add(1, Ordering::Relaxed);
+                (c, true)
+            }
+        };
         let ty = component.component_type();
         if !ty.exports(engine).any(|(name, _)| name == HANDLER_EXPORT) {
             return Err(LoadError::MissingExport);
+        }
+        if fresh && let Some(cache) = cache {
+            // Synchronous: a few ms of serialize + write on a compile of
+            // tens of ms or more; the next process finds it at once.
+            cache.store(&digest, &component);
         }
         let imports = ty
             .imports(engine)

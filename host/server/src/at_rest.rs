@@ -1,6 +1,7 @@
 //! Data at rest: the data dir is readable by the kasbah user only, whatever
 //! the umask. Directories 0700; the database (`kasbah.db`, `-wal`, `-shm`,
-//! `-journal`) and the audit key 0600; blobs 0600, dataset blobs 0400
+//! `-journal`), the audit key and the compiled-artifact key 0600; blobs and
+//! compiled artifacts (`compiled/`) 0600, dataset blobs 0400
 //! (immutable). The sandbox never opens these itself: the host process
 //! reads them (dataset mounts are hard links made by the host, inside this
 //! tree). Modes are set explicitly on creation and fixed at every start, so
@@ -53,8 +54,8 @@ pub fn create_dir(dir: &Path) -> io::Result<()> {
 
 /// Create the data dir if needed and tighten what is already in it: the
 /// dir itself, the database files (`kasbah.db` is created here, empty and
-/// 0600, so SQLite never creates it with its default 0644), the audit key,
-/// and the blob, scratch and tmp trees.
+/// 0600, so SQLite never creates it with its default 0644), the audit and
+/// artifact keys, and the blob, scratch and compiled trees.
 pub fn prepare(data_dir: &Path) -> io::Result<()> {
     create_dir(data_dir)?;
     let db = data_dir.join("kasbah.db");
@@ -67,11 +68,13 @@ pub fn prepare(data_dir: &Path) -> io::Result<()> {
     }
     drop(open.open(&db)?);
     fix_db_files(data_dir)?;
-    let key = data_dir.join("audit-log.key");
-    if key.exists() {
-        set_mode(&key, FILE_MODE)?;
+    for key in ["audit-log.key", "compiled.key"] {
+        let key = data_dir.join(key);
+        if key.exists() {
+            set_mode(&key, FILE_MODE)?;
+        }
     }
-    for sub in ["blobs", "scratch"] {
+    for sub in ["blobs", "scratch", "compiled"] {
         let p = data_dir.join(sub);
         if p.exists() {
             fix_tree(&p)?;

@@ -26,6 +26,11 @@ pub struct ServerConfig {
     pub max_request_bytes: usize,
     /// Largest module upload, whatever a policy says.
     pub max_module_bytes: u64,
+    /// Bytes of compiled modules kept on disk (`<data_dir>/compiled/`,
+    /// HMAC-checked with the key `<data_dir>/compiled.key`), so the first
+    /// run of a module after a restart loads it instead of compiling it.
+    /// The least recently used go first. 0: no disk cache.
+    pub compiled_cache_bytes: u64,
     /// `fsync` every commit (SQLite `synchronous = FULL`): survives power
     /// loss, not only process crashes. Writes are group-committed, so this
     /// costs one fsync per batch, not per request. On by default: a signed
@@ -101,6 +106,7 @@ impl Default for ServerConfig {
             sync_wait_ms: 30_000,
             max_request_bytes: 64 << 20,
             max_module_bytes: 256 << 20,
+            compiled_cache_bytes: 1 << 30,
             gpu: kasbah_runtime::kasbah_gpu::GpuConfig {
                 adapters: vec![kasbah_runtime::kasbah_gpu::AdapterConfig::new(
                     "gpu0", "local",

@@ -1,0 +1,325 @@
+//! Compiled modules survive restarts (issue 15, item 4): a runtime with an
+//! artifact cache loads a module another process compiled instead of
+//! compiling it again, and never loads an artifact it cannot prove it wrote
+//! for this module and this engine configuration (tampered, truncated, from
+//! another configuration, filed under another module's name). The cache
+//! stays within its byte bound, least recently used out first.
+
+use std::path::{Path, PathBuf};
+
+use kasbah_core::Outcome;
+use kasbah_policy::Policy;
+use kasbah_runtime::{ArtifactCacheConfig, ArtifactStats, Request, Runtime, RuntimeConfig};
+use kasbah_tests::guest_bytes;
+
+fn runtime_with(dir: &Path, max_bytes: u64, fuel: bool) -> Runtime {
+    Runtime::new(RuntimeConfig {
+        max_concurrent_instances: 2,
+        fuel_metering: fuel,
+        artifact_cache: Some(ArtifactCacheConfig::under(dir, max_bytes)),
+        ..RuntimeConfig::default()
+    })
+    .expect("runtime")
+}
+
+/// A new process's runtime on `dir` (1 GiB bound, fuel metering on).
+fn restart(dir: &Path) -> Runtime {
+    runtime_with(dir, 1 << 30, true)
+}
+
+/// `hello` loads and answers correctly on `rt`.
+async fn hello_works(rt: &Runtime) {
+    let m = rt.load(&guest_bytes("hello")).expect("load hello");
+    let r = rt
+        .run(&m, &Policy::default(), Request::new("warm start"))
+        .await
+        .expect("run");
+    match &r.outcome {
+        Outcome::Ok { output } => assert_eq!(output.body, b"WARM START"),
+        other => panic!("hello failed: {other:?}"),
+    }
+}
+
+fn stats(hits: u64, misses: u64, rejected: u64, written: u64) -> ArtifactStats {
+    ArtifactStats {
+        hits,
+        misses,
+        rejected,
+        written,
+        evicted: 0,
+    }
+}
+
+#[tokio::test]
+async fn a_restarted_runtime_loads_compiled_modules_from_disk() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let rt = restart(tmp.path());
+    hello_works(&rt).await;
+    assert_eq!(rt.compiled(), 1);
+    assert_eq!(rt.artifact_stats(), stats(0, 1, 0, 1));
+    let path = rt.artifact_path(&guest_bytes("hello")).expect("path");
+    assert!(path.is_file(), "artifact written at {}", path.display());
+    drop(rt);
+
+    let rt = restart(tmp.path());
+    hello_works(&rt).await;
+    assert_eq!(rt.compiled(), 0, "loaded from disk, not compiled");
+    assert_eq!(rt.artifact_stats(), stats(1, 0, 0, 0));
+    // A second load in the same process is the in-memory cache's.
+    hello_works(&rt).await;
+    assert_eq!(rt.artifact_stats().hits, 1);
+}
+
+/// Every way an artifact can be damaged is caught before it is mapped
+/// executable; the run still succeeds on a fresh compile, and the good
+/// artifact written in its place is used by the next process.
+#[tokio::test]
+async fn a_damaged_artifact_is_detected_recompiled_and_replaced() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let rt = restart(tmp.path());
+    hello_works(&rt).await;
+    let path = rt.artifact_path(&guest_bytes("hello")).expect("path");
+    drop(rt);
+    let good = std::fs::read(&path).expect("artifact");
+    assert!(good.len() > 4096, "a real artifact: {} bytes", good.len());
+
+    let damages: Vec<(&str, Vec<u8>)> = vec![
+        ("a flipped byte in the code", {
+            let mut b = good.clone();
+            let i = b.len() / 2;
+            b[i] ^= 0x01;
+            b
+        }),
+        ("a flipped byte in the MAC", {
+            let mut b = good.clone();
+            b[20] ^= 0x80;
+            b
+        }),
+        ("a flipped last byte", {
+            let mut b = good.clone();
+            if let Some(x) = b.last_mut() {
+                *x ^= 0xff;
+            }
+            b
+        }),
+        ("truncated (torn write)", good[..good.len() / 3].to_vec()),
+        ("empty (power loss before data)", Vec::new()),
+        ("bare wasmtime artifact, no header", good[48..].to_vec()),
+        ("the same bytes with one appended", {
+            let mut b = good.clone();
+            b.push(0);
+            b
+        }),
+    ];
+    for (what, bytes) in damages {
+        std::fs::write(&path, &bytes).expect("damage");
+        let rt = restart(tmp.path());
+        hello_works(&rt).await;
+        assert_eq!(rt.compiled(), 1, "{what}: compiled again");
+        assert_eq!(rt.artifact_stats(), stats(0, 0, 1, 1), "{what}");
+        assert_eq!(
+            std::fs::read(&path).expect("rewritten"),
+            good,
+            "{what}: the artifact is written again"
+        );
+        drop(rt);
+        let rt = restart(tmp.path());
+        hello_works(&rt).await;
+        assert_eq!(rt.compiled(), 0, "{what}: the rewritten artifact is used");
+    }
+}
+
+/// Another engine configuration uses other files, and a file renamed into
+/// its place (from another configuration, or another module's) fails the
+/// MAC, which binds the engine and the module digest.
+#[tokio::test]
+async fn artifacts_of_another_configuration_or_module_are_not_used() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let hello = guest_bytes("hello");
+    let probe = guest_bytes("residency-probe");
+
+    let fuel = restart(tmp.path());
+    hello_works(&fuel).await;
+    let fuel_path = fuel.artifact_path(&hello).expect("path");
+    let probe_path = fuel.artifact_path(&probe).expect("path");
+    drop(fuel);
+
+    // Fuel metering off changes the compiled code: another file.
+    let no_fuel = runtime_with(tmp.path(), 1 << 30, false);
+    let no_fuel_path = no_fuel.artifact_path(&hello).expect("path");
+    assert_ne!(no_fuel_path, fuel_path);
+    hello_works(&no_fuel).await;
+    assert_eq!(no_fuel.compiled(), 1, "not loaded from the fuel artifact");
+    assert_eq!(no_fuel.artifact_stats(), stats(0, 1, 0, 1));
+    drop(no_fuel);
+
+    // The fuel-metered artifact renamed into the other configuration's file.
+    std::fs::copy(&fuel_path, &no_fuel_path).expect("copy");
+    let no_fuel = runtime_with(tmp.path(), 1 << 30, false);
+    hello_works(&no_fuel).await;
+    assert_eq!(no_fuel.compiled(), 1);
+    assert_eq!(no_fuel.artifact_stats(), stats(0, 0, 1, 1));
+    drop(no_fuel);
+
+    // hello's artifact filed under residency-probe's digest: refused, and
+    // residency-probe is what runs under its digest.
+    std::fs::copy(&fuel_path, &probe_path).expect("copy");
+    let rt = restart(tmp.path());
+    let m = rt.load(&probe).expect("load probe");
+    assert_eq!(rt.compiled(), 1);
+    assert_eq!(rt.artifact_stats(), stats(0, 0, 1, 1));
+    let reference = Runtime::new(RuntimeConfig {
+        max_concurrent_instances: 1,
+        ..RuntimeConfig::default()
+    })
+    .expect("runtime")
+    .load(&probe)
+    .expect("load");
+    assert_eq!(m.imports(), reference.imports());
+    assert_ne!(
+        m.imports(),
+        rt.load(&hello).expect("hello").imports(),
+        "the two modules are told apart by their imports"
+    );
+}
+
+fn artifact_files(dir: &Path) -> Vec<PathBuf> {
+    let mut v: Vec<PathBuf> = std::fs::read_dir(dir.join("compiled"))
+        .expect("read_dir")
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|x| x == "cwasm"))
+        .collect();
+    v.sort();
+    v
+}
+
+fn size(p: &Path) -> u64 {
+    std::fs::metadata(p).expect("stat").len()
+}
+
+/// The bound holds; a hit makes an artifact recently used, so the one
+/// evicted is the least recently *used*, not the oldest written; an
+/// artifact larger than the whole bound is not kept.
+#[test]
+fn the_cache_stays_within_its_bound_least_recently_used_out_first() {
+    let names = ["hello", "residency-probe", "net-probe"];
+    let wasm: Vec<Vec<u8>> = names.iter().map(|n| guest_bytes(n)).collect();
+    // Measure each artifact's size with an unbounded cache.
+    let sizes: Vec<u64> = {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let rt = restart(tmp.path());
+        wasm.iter()
+            .map(|w| {
+                rt.load(w).expect("load");
+                size(&rt.artifact_path(w).expect("path"))
+            })
+            .collect()
+    };
+    let bound = sizes.iter().sum::<u64>() - 1;
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let pause = || std::thread::sleep(std::time::Duration::from_millis(20));
+
+    let rt = runtime_with(tmp.path(), bound, true);
+    let paths: Vec<PathBuf> = wasm
+        .iter()
+        .map(|w| rt.artifact_path(w).expect("path"))
+        .collect();
+    rt.load(&wasm[0]).expect("hello");
+    pause();
+    rt.load(&wasm[1]).expect("probe");
+    assert_eq!(artifact_files(tmp.path()).len(), 2);
+    drop(rt);
+    pause();
+    // A restart uses hello (written first): now it is the most recent.
+    let rt = runtime_with(tmp.path(), bound, true);
+    rt.load(&wasm[0]).expect("hello");
+    assert_eq!(rt.artifact_stats().hits, 1);
+    pause();
+    // The third does not fit with both: the least recently used goes.
+    rt.load(&wasm[2]).expect("net-probe");
+    assert_eq!(rt.artifact_stats().evicted, 1);
+    assert!(paths[0].exists(), "hello was used last: kept");
+    assert!(!paths[1].exists(), "residency-probe, least recently used: evicted");
+    assert!(paths[2].exists());
+    let total: u64 = artifact_files(tmp.path()).iter().map(|p| size(p)).sum();
+    assert!(total <= bound, "{total} > {bound}");
+    drop(rt);
+
+    // A bound smaller than one artifact: nothing is kept, runs compile.
+    let tiny = tempfile::tempdir().expect("tempdir");
+    let rt = runtime_with(tiny.path(), 1000, true);
+    rt.load(&wasm[0]).expect("hello");
+    assert_eq!(rt.compiled(), 1);
+    assert_eq!(rt.artifact_stats().written, 0);
+    assert!(artifact_files(tiny.path()).is_empty());
+}
+
+/// A file in the cache dir larger than the bound is not read at all.
+#[tokio::test]
+async fn an_oversize_file_is_refused_without_reading_it() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let rt = runtime_with(tmp.path(), 1 << 20, true);
+    let path = rt.artifact_path(&guest_bytes("hello")).expect("path");
+    drop(rt);
+    let f = std::fs::File::create(&path).expect("create");
+    f.set_len(8 << 30).expect("sparse 8 GiB file");
+    drop(f);
+    let rt = runtime_with(tmp.path(), 1 << 20, true);
+    hello_works(&rt).await;
+    assert_eq!(rt.artifact_stats().rejected, 1);
+    assert!(size(&path) < 1 << 20, "replaced by the real artifact");
+}
+
+/// The platform: the first run after a server restart loads the module
+/// from `<data_dir>/compiled/` instead of compiling it.
+#[tokio::test]
+async fn the_first_run_after_a_server_restart_does_not_compile() {
+    use kasbah_core::api::{CreateRun, CreateTenant};
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let dir = tmp.path().join("data");
+    let config = || kasbah_tests::platform::config(&dir);
+    let server = kasbah_server::start(config()).await.expect("start");
+    let url = format!("http://{}", server.addr);
+    let admin = kasbah_client::Client::new(&url, server.admin_token.as_deref().expect("token"));
+    let t = admin
+        .create_tenant(&CreateTenant {
+            name: "acme".into(),
+            operator_id: None,
+            policy: None,
+        })
+        .await
+        .expect("tenant");
+    let token = admin.tenant_token(&t.id).await.expect("token").token;
+    let dev = kasbah_client::Client::new(&url, &token);
+    let m = dev
+        .publish(&kasbah_tests::guest_path("hello"), "hello", "1", |_, _| {})
+        .await
+        .expect("publish");
+    let run = |dev: kasbah_client::Client, module: String| async move {
+        let r = dev
+            .run(&CreateRun {
+                module,
+                input: Some("after restart".into()),
+                wait: true,
+                ..CreateRun::default()
+            })
+            .await
+            .expect("run");
+        match r.outcome {
+            Some(Outcome::Ok { output }) => assert_eq!(output.body, b"AFTER RESTART"),
+            other => panic!("{other:?}"),
+        }
+    };
+    run(dev, m.digest.to_string()).await;
+    assert_eq!(server.state.runtime.compiled(), 1, "compiled at publish");
+    server.shutdown().await.expect("shutdown");
+
+    let server = kasbah_server::start(config()).await.expect("restart");
+    let url = format!("http://{}", server.addr);
+    let dev = kasbah_client::Client::new(&url, &token);
+    run(dev, m.digest.to_string()).await;
+    assert_eq!(server.state.runtime.compiled(), 0, "loaded from disk");
+    assert_eq!(server.state.runtime.artifact_stats().hits, 1);
+    server.shutdown().await.expect("shutdown");
+}
