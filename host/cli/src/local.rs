@@ -2,6 +2,11 @@
 //! output (stdout) and the outcome and usage (stderr), or the whole report as
 //! JSON with `--json`.
 //!
+//! Like `kasbah serve`, a local run gets this machine's GPU when its policy
+//! has a `[gpu]` section (one adapter entry per zone of the grant, each the
+//! machine's default adapter, in a GPU process of its own), and keeps
+//! compiled modules on disk between invocations (`--compile-cache`).
+//!
 //! Exit status: 0 when the pipeline returned a response, 1 for any other
 //! outcome (guest error, trap, limit, denial), 2 when it could not run at all.
 
@@ -179,7 +184,14 @@ pub fn run(args: RunArgs, echo_logs: bool, json: bool) -> anyhow::Result<ExitCod
         ..RuntimeConfig::default()
     })
     .map_err(|e| anyhow::anyhow!("cannot start the sandbox: {e:#}"))?;
+    let load_started = std::time::Instant::now();
     let module = runtime.load(&wasm)?;
+    let load_time = load_started.elapsed();
+    let loaded_from = if runtime.compiled() > 0 {
+        "compiled"
+    } else {
+        "from the compile cache"
+    };
 
     let options = RunOptions {
         datasets: args
@@ -215,6 +227,10 @@ pub fn run(args: RunArgs, echo_logs: bool, json: bool) -> anyhow::Result<ExitCod
         }
         let u = &report.usage;
         eprintln!("module   {}", report.module);
+        eprintln!(
+            "load     {:.3} ms, {loaded_from}",
+            load_time.as_secs_f64() * 1e3
+        );
         eprintln!("outcome  {}", report.outcome.summary());
         print_usage(u);
         for d in &report.denials {
