@@ -281,7 +281,8 @@ async fn the_first_run_after_a_server_restart_does_not_compile() {
     let config = || kasbah_tests::platform::config(&dir);
     let server = kasbah_server::start(config()).await.expect("start");
     let url = format!("http://{}", server.addr);
-    let admin = kasbah_client::Client::new(&url, server.admin_token.as_deref().expect("token"));
+    let admin_token = server.admin_token.clone().expect("token");
+    let admin = kasbah_client::Client::new(&url, &admin_token);
     let t = admin
         .create_tenant(&CreateTenant {
             name: "acme".into(),
@@ -320,5 +321,22 @@ async fn the_first_run_after_a_server_restart_does_not_compile() {
     run(dev, m.digest.to_string()).await;
     assert_eq!(server.state.runtime.compiled(), 0, "loaded from disk");
     assert_eq!(server.state.runtime.artifact_stats().hits, 1);
+    // And the admin sees it on /metrics.
+    let metrics = reqwest::Client::new()
+        .get(format!("{url}/metrics"))
+        .bearer_auth(&admin_token)
+        .send()
+        .await
+        .expect("send")
+        .text()
+        .await
+        .expect("text");
+    for line in [
+        "kasbah_modules_compiled_total 0",
+        "kasbah_compiled_artifacts_total{event=\"hit\"} 1",
+        "kasbah_compiled_artifacts_total{event=\"rejected\"} 0",
+    ] {
+        assert!(metrics.lines().any(|l| l == line), "{line}\n{metrics}");
+    }
     server.shutdown().await.expect("shutdown");
 }

@@ -25,6 +25,16 @@ pub struct Metrics {
     pub run_seconds: Histogram,
     pub modules_published: Counter,
     pub publishes_refused: Family<ReasonLabel, Counter>,
+    /// The runtime's compile and artifact-cache counters, copied in at
+    /// each scrape (`sync_runtime`).
+    modules_compiled: Counter,
+    artifacts: Family<ArtifactLabel, Counter>,
+    syncing: std::sync::Mutex<()>,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ArtifactLabel {
+    pub event: &'static str,
 }
 
 impl Metrics {
@@ -62,8 +72,24 @@ impl Metrics {
             "Module uploads refused, by error code",
             publishes_refused.clone(),
         );
+        let modules_compiled = Counter::default();
+        registry.register(
+            "modules_compiled",
+            "Modules compiled to native code (loads from the compiled-artifact cache excluded)",
+            modules_compiled.clone(),
+        );
+        let artifacts = Family::<ArtifactLabel, Counter>::default();
+        registry.register(
+            "compiled_artifacts",
+            "Compiled-artifact cache on disk: hit (loaded), miss, rejected (failed its \
+             integrity check: removed and recompiled), written, evicted",
+            artifacts.clone(),
+        );
         Metrics {
             registry,
+            modules_compiled,
+            artifacts,
+            syncing: std::sync::Mutex::new(()),
             runs,
             runs_rejected,
             runs_in_flight,
@@ -102,6 +128,28 @@ impl Metrics {
             "Time to run and commit one batch transaction (fsync included)",
             w.commit_seconds.clone(),
         );
+    }
+
+    /// Bring the runtime's counters (monotonic) into the registry.
+    pub fn sync_runtime(&self, rt: &kasbah_runtime::Runtime) {
+        let _one = self
+            .syncing
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let catch_up = |c: &Counter, now: u64| {
+            c.inc_by(now.saturating_sub(c.get()));
+        };
+        catch_up(&self.modules_compiled, rt.compiled());
+        let a = rt.artifact_stats();
+        for (event, n) in [
+            ("hit", a.hits),
+            ("miss", a.misses),
+            ("rejected", a.rejected),
+            ("written", a.written),
+            ("evicted", a.evicted),
+        ] {
+            catch_up(&self.artifacts.get_or_create(&ArtifactLabel { event }), n);
+        }
     }
 
     pub fn encode(&self) -> String {

@@ -12,6 +12,7 @@ use crate::state::AppState;
 #[utoipa::path(get, tag = "api", path = "/metrics", responses((status = 200, content_type = "application/openmetrics-text", description = "Prometheus metrics (OpenMetrics text)")))]
 pub async fn metrics(State(s): State<AppState>, caller: Caller) -> ApiResult<Response> {
     caller.require(&[Role::Admin], "read metrics")?;
+    s.metrics.sync_runtime(&s.runtime);
     Ok((
         [(
             header::CONTENT_TYPE,
