@@ -47,14 +47,19 @@ fn kasbah_run_uses_this_machines_gpu_under_a_gpu_policy() {
     let err = out["max_abs_err"].as_f64().expect("max_abs_err");
     assert!(err < 1e-3, "the GPU product matches the CPU's: {out}");
     let stderr = text(&o.stderr);
-    assert!(stderr.contains("gpu      local-local in zone local: 1 dispatches"), "{stderr}");
+    assert!(
+        stderr.contains("gpu      local-local in zone local: 1 dispatches"),
+        "{stderr}"
+    );
 
     // `--json`: the whole report, GPU usage included.
     let o = Command::new(BIN)
         .current_dir(d)
         .env("KASBAH_COMPILE_CACHE", d.join("compiled"))
         .env("XDG_RUNTIME_DIR", d)
-        .args(["--json", "run", wasm, "--policy", "gpu.toml", "-i", "size.txt"])
+        .args([
+            "--json", "run", wasm, "--policy", "gpu.toml", "-i", "size.txt",
+        ])
         .output()
         .expect("spawn");
     assert_eq!(o.status.code(), Some(0), "{}", text(&o.stderr));
@@ -66,7 +71,10 @@ fn kasbah_run_uses_this_machines_gpu_under_a_gpu_policy() {
     assert_eq!(gpu["dispatches"], 1);
     assert_eq!(gpu["kernels"], 1);
     // A, B and C: 3 × 48 × 48 f32.
-    assert!(gpu["bytes_allocated"].as_u64() >= Some(3 * 48 * 48 * 4), "{gpu}");
+    assert!(
+        gpu["bytes_allocated"].as_u64() >= Some(3 * 48 * 48 * 4),
+        "{gpu}"
+    );
     assert!(gpu["gpu_time"].as_u64() > Some(0), "{gpu}");
 
     // No `[gpu]` section: every GPU call is denied, the run is not ok.
@@ -102,7 +110,10 @@ fn kasbah_run_keeps_compiled_modules_between_invocations() {
         .filter(|p| p.extension().is_some_and(|x| x == "cwasm"))
         .collect();
     assert_eq!(artifacts.len(), 1, "{artifacts:?}");
-    assert!(d.join("compiled.key").is_file(), "key next to the cache dir");
+    assert!(
+        d.join("compiled.key").is_file(),
+        "key next to the cache dir"
+    );
 
     // Damaged on disk: refused, compiled again, the run still correct.
     let mut bytes = std::fs::read(&artifacts[0]).expect("read");
@@ -138,4 +149,55 @@ fn kasbah_run_keeps_compiled_modules_between_invocations() {
     assert_eq!(o.status.code(), Some(0), "{}", text(&o.stderr));
     assert!(other.path().join("xdg/kasbah/compiled.key").is_file());
     assert!(other.path().join("xdg/kasbah/compiled").is_dir());
+}
+
+/// The README's local MiniLM command: `--dataset name=path` mounts the
+/// weights, the policy in `tests/fixtures/minilm/policy.toml` grants the
+/// datasets and the GPU, and the output is a 384-dimensional unit vector.
+#[test]
+fn kasbah_run_embeds_a_sentence_with_local_weights() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let d = dir.path();
+    let model = kasbah_tests::minilm_model_dir();
+    std::fs::write(
+        d.join("s.json"),
+        r#"{"sentences": ["A man is eating food."]}"#,
+    )
+    .expect("input");
+    let policy = kasbah_tests::workspace_root().join("tests/fixtures/minilm/policy.toml");
+    let wasm = guest_path("minilm-embed");
+    let weights = format!(
+        "model.safetensors={}",
+        model.join("model.safetensors").display()
+    );
+    let vocab = format!("vocab.txt={}", model.join("vocab.txt").display());
+    let o = kasbah_run(
+        d,
+        &[
+            wasm.to_str().expect("utf-8"),
+            "--policy",
+            policy.to_str().expect("utf-8"),
+            "--content-type",
+            "application/json",
+            "-i",
+            "s.json",
+            "-d",
+            &weights,
+            "-d",
+            &vocab,
+        ],
+    );
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o.stderr));
+    let out: serde_json::Value = serde_json::from_slice(&o.stdout).expect("JSON");
+    assert_eq!(out["dim"], 384, "{out}");
+    let v: Vec<f64> = out["embeddings"][0]
+        .as_array()
+        .expect("one embedding")
+        .iter()
+        .filter_map(serde_json::Value::as_f64)
+        .collect();
+    assert_eq!(v.len(), 384);
+    let norm = v.iter().map(|x| x * x).sum::<f64>().sqrt();
+    assert!((norm - 1.0).abs() < 1e-3, "L2-normalised: {norm}");
+    assert!(text(&o.stderr).contains("gpu      local-local in zone local"));
 }

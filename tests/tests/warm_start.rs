@@ -240,7 +240,10 @@ fn the_cache_stays_within_its_bound_least_recently_used_out_first() {
     rt.load(&wasm[2]).expect("net-probe");
     assert_eq!(rt.artifact_stats().evicted, 1);
     assert!(paths[0].exists(), "hello was used last: kept");
-    assert!(!paths[1].exists(), "residency-probe, least recently used: evicted");
+    assert!(
+        !paths[1].exists(),
+        "residency-probe, least recently used: evicted"
+    );
     assert!(paths[2].exists());
     let total: u64 = artifact_files(tmp.path()).iter().map(|p| size(p)).sum();
     assert!(total <= bound, "{total} > {bound}");
@@ -339,4 +342,40 @@ async fn the_first_run_after_a_server_restart_does_not_compile() {
         assert!(metrics.lines().any(|l| l == line), "{line}\n{metrics}");
     }
     server.shutdown().await.expect("shutdown");
+}
+
+/// Someone who can write the cache dir plants a FIFO (a blocking read would
+/// hang the load) or a symlink (to another module's valid artifact, or to
+/// anything else the kasbah user can read) under a module's name: neither is
+/// opened as an artifact, the load does not block, the run is correct.
+#[tokio::test]
+async fn planted_fifos_and_symlinks_are_refused_without_blocking() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let hello = guest_bytes("hello");
+    let rt = restart(tmp.path());
+    hello_works(&rt).await;
+    let path = rt.artifact_path(&hello).expect("path");
+    drop(rt);
+    let elsewhere = tmp.path().join("hello.cwasm.saved");
+    std::fs::rename(&path, &elsewhere).expect("move the good artifact away");
+
+    // A symlink to hello's own, valid artifact: still refused (no symlinks).
+    std::os::unix::fs::symlink(&elsewhere, &path).expect("symlink");
+    let rt = restart(tmp.path());
+    hello_works(&rt).await;
+    assert_eq!(rt.artifact_stats(), stats(0, 0, 1, 1));
+    assert_eq!(rt.compiled(), 1);
+    assert!(elsewhere.is_file(), "the link is removed, not its target");
+    drop(rt);
+
+    std::fs::remove_file(&path).expect("remove");
+    let c = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).expect("cstr");
+    // SAFETY: a NUL-terminated path; mkfifo only creates the node.
+    assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0, "mkfifo");
+    let started = std::time::Instant::now();
+    let rt = restart(tmp.path());
+    hello_works(&rt).await;
+    assert!(started.elapsed() < std::time::Duration::from_secs(60));
+    assert_eq!(rt.artifact_stats(), stats(0, 0, 1, 1));
+    assert!(std::fs::symlink_metadata(&path).expect("stat").is_file());
 }

@@ -320,7 +320,10 @@ pub async fn run(config: WorkerConfig, shutdown: impl Future<Output = ()>) -> an
         zones: zones_config,
         scratch_dir: Some(scratch),
         artifact_cache: (config.compiled_cache_bytes > 0).then(|| {
-            kasbah_runtime::ArtifactCacheConfig::under(&config.work_dir, config.compiled_cache_bytes)
+            kasbah_runtime::ArtifactCacheConfig::under(
+                &config.work_dir,
+                config.compiled_cache_bytes,
+            )
         }),
         ..RuntimeConfig::default()
     })

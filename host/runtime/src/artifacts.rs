@@ -33,7 +33,10 @@
 //! (`<digest>.<engine>.cwasm`), so another configuration never even opens
 //! this one's files. The bytes are read into memory, verified there, and
 //! those same bytes are deserialized (no `deserialize_file`: a file mapped
-//! after the check could change under it).
+//! after the check could change under it). Only regular files are opened
+//! (`O_NOFOLLOW | O_NONBLOCK`, then `fstat`): a planted symlink or FIFO is
+//! refused without blocking. Reads are bounded by the cache's size (the key:
+//! 33 bytes).
 //!
 //! What it does not defend against: whoever can read the key and write the
 //! cache — the kasbah user itself, or root — can run native code in the
@@ -208,7 +211,7 @@ impl ArtifactCache {
 
     /// Read `path` whole, if it exists and is no larger than the cache.
     fn read(&self, path: &Path) -> Result<Option<Vec<u8>>, String> {
-        let file = match File::open(path) {
+        let file = match open_regular(path) {
             Ok(f) => f,
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
             Err(e) => return Err(format!("open: {e}")),
@@ -245,11 +248,10 @@ impl ArtifactCache {
             "compiled artifact {} for {digest} refused: {why}; removing it and compiling again",
             path.display()
         );
-        match std::fs::remove_file(path) {
-            Err(e) if e.kind() != io::ErrorKind::NotFound => {
-                tracing::warn!("removing {}: {e}", path.display())
-            }
-            _ => {}
+        if let Err(e) = std::fs::remove_file(path)
+            && e.kind() != io::ErrorKind::NotFound
+        {
+            tracing::warn!("removing {}: {e}", path.display());
         }
         None
     }
@@ -307,8 +309,13 @@ impl ArtifactCache {
             .filter(|e| e.path().extension().is_some_and(|x| x == EXT))
             .filter_map(|e| {
                 let m = e.metadata().ok()?;
-                m.is_file()
-                    .then(|| (m.modified().unwrap_or(SystemTime::UNIX_EPOCH), m.len(), e.path()))
+                m.is_file().then(|| {
+                    (
+                        m.modified().unwrap_or(SystemTime::UNIX_EPOCH),
+                        m.len(),
+                        e.path(),
+                    )
+                })
             })
             .collect();
         let mut total: u64 = files.iter().map(|f| f.1).sum();
@@ -424,7 +431,13 @@ fn create_private_dir(dir: &Path) -> io::Result<()> {
 fn load_or_create_key(path: &Path) -> io::Result<[u8; KEY_LEN]> {
     let dir = path.parent().unwrap_or(Path::new("."));
     for _ in 0..3 {
-        match std::fs::read(path) {
+        // At most one byte more than a key: a huge file is not read whole.
+        let read = open_regular(path).and_then(|f| {
+            let mut bytes = Vec::with_capacity(KEY_LEN + 1);
+            f.take(KEY_LEN as u64 + 1).read_to_end(&mut bytes)?;
+            Ok(bytes)
+        });
+        match read {
             Ok(bytes) => {
                 if let Ok(key) = <[u8; KEY_LEN]>::try_from(bytes.as_slice()) {
                     #[cfg(unix)]
@@ -435,10 +448,9 @@ fn load_or_create_key(path: &Path) -> io::Result<[u8; KEY_LEN]> {
                     return Ok(key);
                 }
                 tracing::warn!(
-                    "artifact cache key {} is {} bytes, not {KEY_LEN}: replacing it (every \
+                    "artifact cache key {} is not {KEY_LEN} bytes: replacing it (every \
                      compiled artifact will be rebuilt once)",
-                    path.display(),
-                    bytes.len()
+                    path.display()
                 );
                 let key = new_key()?;
                 write_key(dir, path, &key, true)?;
@@ -480,9 +492,27 @@ fn write_key(dir: &Path, path: &Path, key: &[u8], replace: bool) -> io::Result<(
     Ok(())
 }
 
+/// Open `path` for reading only if it is a regular file: not through a
+/// symlink (`O_NOFOLLOW`), never blocking on a FIFO or device planted in
+/// its place (`O_NONBLOCK`, then `fstat` of what was opened).
+fn open_regular(path: &Path) -> io::Result<File> {
+    let mut o = OpenOptions::new();
+    o.read(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        o.custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK);
+    }
+    let f = o.open(path)?;
+    if !f.metadata()?.is_file() {
+        return Err(io::Error::other("not a regular file"));
+    }
+    Ok(f)
+}
+
 /// Mark `path` recently used (its mtime orders eviction).
 fn touch(path: &Path) {
-    if let Ok(f) = OpenOptions::new().read(true).open(path) {
+    if let Ok(f) = open_regular(path) {
         let _ = f.set_modified(SystemTime::now());
     }
 }

@@ -141,9 +141,8 @@ pub async fn start(mut config: ServerConfig) -> anyhow::Result<Server> {
         zones: config.zones.clone(),
         // Dataset mounts hard-link blobs: same file system as the blob dir.
         scratch_dir: Some(config.data_dir.join("scratch")),
-        artifact_cache: (config.compiled_cache_bytes > 0).then(|| {
-            ArtifactCacheConfig::under(&config.data_dir, config.compiled_cache_bytes)
-        }),
+        artifact_cache: (config.compiled_cache_bytes > 0)
+            .then(|| ArtifactCacheConfig::under(&config.data_dir, config.compiled_cache_bytes)),
         ..RuntimeConfig::default()
     })
     .map_err(|e| anyhow::anyhow!("starting the sandbox runtime: {e:#}"))?;

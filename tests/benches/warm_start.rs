@@ -1,0 +1,317 @@
+//! The first run after a server restart vs a warm run (issue 15, item 4):
+//! `hello` and `minilm-embed` (batch 1) through a real `kasbah serve`
+//! process (this package's `kasbah-under-test` binary, same build).
+//!
+//!     cargo bench -p kasbah-tests --bench warm_start [-- ROUNDS [HELLO_WARM [MINILM_WARM]]]
+//!
+//! Once: a data dir with a tenant, both modules published and the MiniLM
+//! weights uploaded as datasets. Then ROUNDS times, for each module, two
+//! fresh server processes on that data dir:
+//! - **cold**: `<data_dir>/compiled/` removed first, so the first run
+//!   compiles the module (publishing compiled it in an earlier process);
+//! - **disk**: the artifact the cold process wrote is there, so the first run
+//!   loads it (HMAC check + deserialize) instead of compiling;
+//!
+//! and in each process, after its first run, WARM more runs (median = warm).
+//! Times are the client's, `POST /v1/runs` with `wait = true` on loopback:
+//! everything a caller waits for. Printed: medians over rounds, ratios
+//! first-run/warm and cold/disk, and the MiniLM guest's own timings
+//! (weights read + upload, kernel compiles) for the first and a warm run,
+//! which say what a warm run is made of.
+//!
+//! Before that, the runtime alone (no server, no HTTP): `Runtime::load` of
+//! each module compiling vs loading from the disk cache in a fresh runtime.
+
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::Instant;
+
+use kasbah_client::Client;
+use kasbah_core::Outcome;
+use kasbah_core::api::{CreateRun, CreateTenant};
+use kasbah_runtime::{ArtifactCacheConfig, Runtime, RuntimeConfig};
+use serde_json::{Value, json};
+
+const BIN: &str = env!("CARGO_BIN_EXE_kasbah-under-test");
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+fn ms(s: f64) -> String {
+    format!("{:9.2} ms", s * 1e3)
+}
+
+struct Serve {
+    child: Child,
+    url: String,
+    admin_token: Option<String>,
+}
+
+impl Serve {
+    fn start(config: &Path, data: &Path) -> anyhow::Result<Self> {
+        let mut child = Command::new(BIN)
+            .args(["serve", "--config"])
+            .arg(config)
+            .arg("--data-dir")
+            .arg(data)
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()?;
+        let banner = kasbah_tests::read_serve_banner(
+            child
+                .stdout
+                .take()
+                .ok_or_else(|| anyhow::anyhow!("no stdout"))?,
+        );
+        let url = banner
+            .url
+            .ok_or_else(|| anyhow::anyhow!("serve did not start: {}", banner.printed))?;
+        Ok(Serve {
+            child,
+            url,
+            admin_token: banner.admin_token,
+        })
+    }
+
+    /// SIGTERM, then wait: a clean shutdown, as an operator restarts it.
+    fn stop(mut self) -> anyhow::Result<()> {
+        let pid = libc::pid_t::try_from(self.child.id())?;
+        // SAFETY: signalling our own child process by its pid.
+        unsafe { libc::kill(pid, libc::SIGTERM) };
+        self.child.wait()?;
+        Ok(())
+    }
+}
+
+struct Setup {
+    token: String,
+    hello: String,
+    minilm: String,
+    datasets: Vec<String>,
+}
+
+fn minilm_input() -> anyhow::Result<String> {
+    let fixture: Value = serde_json::from_str(&std::fs::read_to_string(
+        kasbah_tests::workspace_root().join("tests/fixtures/minilm/bench-sentences.json"),
+    )?)?;
+    Ok(json!({ "sentences": [fixture["sentences"][0].clone()] }).to_string())
+}
+
+/// One run, waited for; the client's wall time and the output.
+async fn run_once(
+    client: &Client,
+    module: &str,
+    input: &str,
+    datasets: &[String],
+) -> anyhow::Result<(f64, Vec<u8>)> {
+    let started = Instant::now();
+    let r = client
+        .run(&CreateRun {
+            module: module.into(),
+            input: Some(input.into()),
+            content_type: Some("application/json".into()),
+            wait: true,
+            datasets: datasets.to_vec(),
+            ..CreateRun::default()
+        })
+        .await?;
+    let wall = started.elapsed().as_secs_f64();
+    anyhow::ensure!(
+        matches!(r.outcome, Some(Outcome::Ok { .. })),
+        "run failed: {:?} {:?}",
+        r.outcome,
+        r.logs
+    );
+    let out = client.run_output(&r.id).await?;
+    Ok((wall, out))
+}
+
+/// The guest's own timings of a MiniLM run (ms): weights, kernel compiles.
+fn minilm_fixed(out: &[u8]) -> (f64, f64) {
+    let v: Value = serde_json::from_slice(out).unwrap_or_default();
+    let t = &v["timings"];
+    let f = |k: &str| t[k].as_f64().unwrap_or(f64::NAN);
+    (f("load_vocab") + f("load_weights"), f("compile_kernels"))
+}
+
+fn runtime_loads(names: &[&str]) -> anyhow::Result<()> {
+    println!("Runtime::load alone (fresh runtime each time; no server):");
+    for name in names {
+        let wasm = kasbah_tests::guest_bytes(name);
+        let dir = tempfile::tempdir()?;
+        let fresh = || {
+            Runtime::new(RuntimeConfig {
+                max_concurrent_instances: 2,
+                artifact_cache: Some(ArtifactCacheConfig::under(dir.path(), 1 << 30)),
+                ..RuntimeConfig::default()
+            })
+        };
+        let (mut compile, mut disk) = (Vec::new(), Vec::new());
+        let mut artifact = 0;
+        for _ in 0..3 {
+            std::fs::remove_dir_all(dir.path().join("compiled")).ok();
+            let rt = fresh()?;
+            let t = Instant::now();
+            rt.load(&wasm)?;
+            compile.push(t.elapsed().as_secs_f64());
+            anyhow::ensure!(rt.compiled() == 1);
+            if let Some(p) = rt.artifact_path(&wasm) {
+                artifact = std::fs::metadata(p)?.len();
+            }
+            drop(rt);
+            let rt = fresh()?;
+            let t = Instant::now();
+            rt.load(&wasm)?;
+            disk.push(t.elapsed().as_secs_f64());
+            anyhow::ensure!(rt.compiled() == 0 && rt.artifact_stats().hits == 1);
+        }
+        let (c, d) = (median(compile), median(disk));
+        println!(
+            "  {name:13} {} KiB wasm, {} KiB artifact: compile {}  from disk {}  compile/disk {:6.1}×",
+            wasm.len() / 1024,
+            artifact / 1024,
+            ms(c),
+            ms(d),
+            c / d
+        );
+    }
+    Ok(())
+}
+
+fn main() -> anyhow::Result<()> {
+    let mut args = std::env::args().skip(1).filter(|a| a != "--bench");
+    let rounds: usize = args.next().and_then(|a| a.parse().ok()).unwrap_or(3).max(1);
+    let hello_warm: usize = args
+        .next()
+        .and_then(|a| a.parse().ok())
+        .unwrap_or(20)
+        .max(1);
+    let minilm_warm: usize = args.next().and_then(|a| a.parse().ok()).unwrap_or(3).max(1);
+
+    runtime_loads(&["hello", "minilm-embed"])?;
+
+    let tmp = tempfile::tempdir()?;
+    let data = tmp.path().join("data");
+    let config = tmp.path().join("kasbah.toml");
+    std::fs::write(&config, "listen = \"127.0.0.1:0\"\nsync_wait_ms = 300000\n")?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+
+    // Setup, in a first process.
+    let serve = Serve::start(&config, &data)?;
+    let admin_token = serve
+        .admin_token
+        .clone()
+        .ok_or_else(|| anyhow::anyhow!("no admin token"))?;
+    let setup = rt.block_on(async {
+        let admin = Client::new(&serve.url, &admin_token);
+        let t = admin
+            .create_tenant(&CreateTenant {
+                name: "bench".into(),
+                operator_id: None,
+                policy: Some(kasbah_tests::minilm_policy("local")),
+            })
+            .await?;
+        let token = admin.tenant_token(&t.id).await?.token;
+        let dev = Client::new(&serve.url, &token);
+        let publish = |name: &'static str| {
+            let dev = dev.clone();
+            async move {
+                dev.publish(&kasbah_tests::guest_path(name), name, "1", |_, _| {})
+                    .await
+                    .map(|m| m.digest.to_string())
+            }
+        };
+        let hello = publish("hello").await?;
+        let minilm = publish("minilm-embed").await?;
+        let mut datasets = Vec::new();
+        for m in kasbah_tests::minilm_datasets() {
+            datasets.push(
+                dev.create_dataset(&m.path, &m.name, None, |_, _| {})
+                    .await?
+                    .name,
+            );
+        }
+        anyhow::Ok(Setup {
+            token,
+            hello,
+            minilm,
+            datasets,
+        })
+    })?;
+    serve.stop()?;
+
+    let minilm_in = minilm_input()?;
+    let cases: [(&str, &str, &str, &[String], usize); 2] = [
+        ("hello", &setup.hello, "\"warm start\"", &[], hello_warm),
+        (
+            "minilm-embed",
+            &setup.minilm,
+            &minilm_in,
+            &setup.datasets,
+            minilm_warm,
+        ),
+    ];
+    println!(
+        "\nkasbah serve, first run after a restart vs warm: {rounds} rounds; warm = median of \
+         {hello_warm} (hello) / {minilm_warm} (minilm-embed) runs after the first"
+    );
+    for (name, module, input, datasets, warm_n) in cases {
+        let (mut cold, mut disk, mut warm) = (Vec::new(), Vec::new(), Vec::new());
+        let mut fixed: Vec<(&str, (f64, f64))> = Vec::new();
+        for round in 0..rounds {
+            for mode in ["cold", "disk"] {
+                if mode == "cold" {
+                    std::fs::remove_dir_all(data.join("compiled")).ok();
+                }
+                let serve = Serve::start(&config, &data)?;
+                let client = Client::new(&serve.url, &setup.token);
+                rt.block_on(async {
+                    let (first, out) = run_once(&client, module, input, datasets).await?;
+                    if mode == "cold" {
+                        cold.push(first);
+                    } else {
+                        disk.push(first);
+                    }
+                    if round == 0 && name == "minilm-embed" {
+                        fixed.push((mode, minilm_fixed(&out)));
+                    }
+                    for i in 0..warm_n {
+                        let (t, out) = run_once(&client, module, input, datasets).await?;
+                        warm.push(t);
+                        if i == 0 && round == 0 && mode == "disk" && name == "minilm-embed" {
+                            fixed.push(("warm", minilm_fixed(&out)));
+                        }
+                    }
+                    anyhow::Ok(())
+                })?;
+                serve.stop()?;
+            }
+        }
+        let (c, d, w) = (median(cold.clone()), median(disk.clone()), median(warm));
+        println!(
+            "  {name:13} first run, cold (compiles) {}   first run after restart (disk cache) {}   warm {}",
+            ms(c),
+            ms(d),
+            ms(w)
+        );
+        println!(
+            "  {name:13} after-restart/warm {:6.2}×   cold/warm {:6.2}×   cold/after-restart {:6.2}×   (per round: cold {:?} ms, disk {:?} ms)",
+            d / w,
+            c / w,
+            c / d,
+            cold.iter().map(|s| (s * 1e3).round()).collect::<Vec<_>>(),
+            disk.iter().map(|s| (s * 1e3).round()).collect::<Vec<_>>(),
+        );
+        for (what, (weights, kernels)) in fixed {
+            println!(
+                "  {name:13} {what:4} run, in the guest: weights read + upload {weights:8.1} ms, kernel compiles {kernels:7.1} ms"
+            );
+        }
+    }
+    Ok(())
+}
