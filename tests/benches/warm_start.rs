@@ -148,6 +148,7 @@ fn runtime_loads(names: &[&str]) -> anyhow::Result<()> {
                 artifact_cache: Some(ArtifactCacheConfig::under(dir.path(), 1 << 30)),
                 ..RuntimeConfig::default()
             })
+            .map_err(|e| anyhow::anyhow!("runtime: {e:#}"))
         };
         let (mut compile, mut disk) = (Vec::new(), Vec::new());
         let mut artifact = 0;
