@@ -160,6 +160,26 @@ async fn run_entries(c: &Client) -> Vec<(String, String, String)> {
     }
 }
 
+/// The `worker` of each `run_executed` entry of run `id`.
+async fn entry_workers(c: &Client, id: &str) -> Vec<Option<String>> {
+    let mut out = Vec::new();
+    let mut start = 0;
+    loop {
+        let (page, es) = c.audit_log_entries(start, None).await.expect("entries");
+        for e in es {
+            if let EntryBody::RunExecuted(r) = e.entry.body
+                && r.run_id == id
+            {
+                out.push(r.worker);
+            }
+        }
+        if page.end >= page.size {
+            return out;
+        }
+        start = page.end;
+    }
+}
+
 async fn denials(c: &Client) -> Vec<String> {
     let (_, es) = c.audit_log_entries(0, None).await.expect("entries");
     es.into_iter()
@@ -203,6 +223,13 @@ async fn runs_execute_on_a_worker_of_their_zone_and_a_zone_without_one_is_refuse
     // Each label lands in its zone, run by that zone's worker (the only
     // consumer of the zone's jobs), and answers like an in-process run.
     let mut ids = Vec::new();
+    let worker_of = |zone: &str| {
+        if zone == "zone-a" {
+            "worker-a"
+        } else {
+            "worker-b"
+        }
+    };
     for (zone, input) in [("zone-a", "from a"), ("zone-b", "from b")] {
         let r = dev
             .run(&run_req(&hello, input, &[zone]))
@@ -211,6 +238,7 @@ async fn runs_execute_on_a_worker_of_their_zone_and_a_zone_without_one_is_refuse
         assert_eq!(r.status, RunStatus::Done, "{r:?}");
         assert!(matches!(r.outcome, Some(Outcome::Ok { .. })), "{r:?}");
         assert_eq!(r.zone.as_deref(), Some(zone));
+        assert_eq!(r.worker.as_deref(), Some(worker_of(zone)), "{r:?}");
         assert!(
             output_text(&r).to_lowercase().contains(input),
             "{}",
@@ -236,14 +264,20 @@ async fn runs_execute_on_a_worker_of_their_zone_and_a_zone_without_one_is_refuse
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
     assert_eq!(done.zone.as_deref(), Some("zone-a"));
+    assert_eq!(done.worker.as_deref(), Some("worker-a"));
     ids.push((done.id.clone(), "zone-a".into()));
 
-    // One `run_executed` entry per run, naming its zone.
+    // One `run_executed` entry per run, naming its zone and the worker of
+    // that zone that ran it (entry type 8).
     let entries = run_entries(&p.admin).await;
     for (id, zone) in &ids {
         let mine: Vec<_> = entries.iter().filter(|(r, _, _)| r == id).collect();
         assert_eq!(mine.len(), 1, "one entry for {id}: {mine:?}");
         assert_eq!((&mine[0].1, mine[0].2.as_str()), (zone, "ok"));
+        assert_eq!(
+            entry_workers(&p.admin, id).await,
+            [Some(worker_of(zone).to_string())]
+        );
     }
 
     // Zone b's worker leaves: zone-b runs are refused for capacity, with a
@@ -459,12 +493,12 @@ async fn killed_workers_cost_no_run_record_twice() {
         assert!(Instant::now() < deadline, "no worker took the job");
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
-    let survivor = if busy == "worker-a1" {
+    let (survivor, survivor_id) = if busy == "worker-a1" {
         a1.kill();
-        a2
+        (a2, "worker-a2")
     } else {
         a2.kill();
-        a1
+        (a1, "worker-a1")
     };
     let done = ended(&dev, &r1.id, Duration::from_secs(30)).await;
     assert_eq!(done.status, RunStatus::Done, "{done:?}");
@@ -476,6 +510,12 @@ async fn killed_workers_cost_no_run_record_twice() {
     // Let any second result arrive, then count.
     tokio::time::sleep(Duration::from_secs(2)).await;
     assert_eq!(outcomes(&p.admin, &r1.id).await, ["deadline_exceeded"]);
+    // Recorded as run by the survivor, in the record and in the entry.
+    assert_eq!(done.worker.as_deref(), Some(survivor_id), "{done:?}");
+    assert_eq!(
+        entry_workers(&p.admin, &r1.id).await,
+        [Some(survivor_id.to_string())]
+    );
 
     // The zone's last worker dies with the job: interrupted, once.
     let r2 = dev.run(&sleeper).await.expect("accepted");
@@ -500,5 +540,8 @@ async fn killed_workers_cost_no_run_record_twice() {
         RunStatus::Interrupted
     );
     assert_eq!(outcomes(&p.admin, &r2.id).await, ["interrupted"]);
+    // No worker answered: the record and its (type 4) entry name none.
+    assert_eq!(dev.get_run(&r2.id).await.expect("get").worker, None);
+    assert_eq!(entry_workers(&p.admin, &r2.id).await, [None]);
     a3.stop().await;
 }

@@ -407,6 +407,11 @@ pub struct RunRecord {
     /// The dataset the output was stored as (`store_output_as`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub output_dataset: Option<String>,
+    /// The fleet worker that executed the run (fleet mode: its id in the
+    /// workers registry, a worker of `zone`); absent for runs the server
+    /// executed itself and for runs no worker answered.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub worker: Option<String>,
     pub created_at: i64,
     pub started_at: Option<i64>,
     pub finished_at: Option<i64>,

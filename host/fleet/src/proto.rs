@@ -231,6 +231,32 @@ pub struct JobResult {
 }
 
 impl JobResult {
+    /// Every problem with the result's own fields (ids, zone), at once: the
+    /// control plane drops a result that fails this (a worker id goes into
+    /// the run's record and its audit entry).
+    pub fn check(&self) -> Result<(), JobError> {
+        let mut p = Vec::new();
+        if !is_id(&self.run_id) {
+            p.push("run_id must be 1-128 of [A-Za-z0-9._-]".to_string());
+        }
+        if !is_id(&self.worker) {
+            p.push("worker must be 1-128 of [A-Za-z0-9._-]".into());
+        }
+        if !kasbah_policy::is_zone_name(&self.zone) {
+            p.push(format!("zone {:?} is not a zone name", self.zone));
+        }
+        if let Some(a) = &self.adapter
+            && !is_id(a)
+        {
+            p.push("adapter must be 1-128 of [A-Za-z0-9._-]".into());
+        }
+        if p.is_empty() {
+            Ok(())
+        } else {
+            Err(JobError(p))
+        }
+    }
+
     /// The message body, at most `max_payload` bytes (the server's
     /// `max_payload`, less [`RESULT_HEADROOM`] for headers). A report too
     /// large to fit has its outcome replaced by `denied` ("output too large

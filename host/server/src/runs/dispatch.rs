@@ -92,7 +92,7 @@ pub async fn execute(
         tracing::error!(run = %id, "dispatching to the fleet: {e}");
         let report =
             RunReport::denied(run.module, format!("the fleet could not take the run: {e}"));
-        return finish(s, &run, now_ms(), report, placed.stores_output()).await;
+        return finish(s, &run, now_ms(), report, placed.stores_output(), None).await;
     }
     match tokio::time::timeout(wait, rx).await {
         Ok(Ok(record)) => Some(record),
@@ -105,18 +105,28 @@ pub async fn execute(
     }
 }
 
-/// Record a run's end (output kept as in-process runs keep it).
+/// Record a run's end (output kept as in-process runs keep it), naming the
+/// worker that executed it, if one did.
 async fn finish(
     s: &AppState,
     run: &NewRun,
     started_at: i64,
     report: RunReport,
     stores_output: bool,
+    worker: Option<String>,
 ) -> Option<RunRecord> {
     let output = keep_output(s, &run.id, &report, stores_output);
     match s
         .runs
-        .finish_run(run, started_at, Finished { report, output })
+        .finish_run(
+            run,
+            started_at,
+            Finished {
+                report,
+                output,
+                worker,
+            },
+        )
         .await
     {
         Ok((record, _)) => Some(record),
@@ -178,6 +188,10 @@ async fn record_one(s: &AppState, result: JobResult) -> bool {
     let Some(fleet) = s.fleet.as_ref() else {
         return false;
     };
+    if let Err(e) = result.check() {
+        tracing::error!("a result with bad fields, dropped: {e}");
+        return true;
+    }
     let dispatched = fleet.take_pending(&result.run_id);
     let run = match dispatched {
         Some(run) => run,
@@ -220,7 +234,17 @@ async fn record_one(s: &AppState, result: JobResult) -> bool {
         .as_ref()
         .is_some_and(|r| r.store_output_as.is_some());
     count_run(s, &result.report);
-    match finish(s, &run, result.started_at_ms, result.report, stores_output).await {
+    let worker = Some(result.worker.clone());
+    match finish(
+        s,
+        &run,
+        result.started_at_ms,
+        result.report,
+        stores_output,
+        worker,
+    )
+    .await
+    {
         Some(record) => {
             tracing::debug!(run = %record.id, worker = %result.worker, "recorded");
             fleet.wake(record);

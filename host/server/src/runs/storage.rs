@@ -21,6 +21,8 @@ pub const INLINE_OUTPUT_MAX: usize = 64 * 1024;
 pub struct Finished {
     pub report: RunReport,
     pub output: Option<(Digest, u64, String, Option<Vec<u8>>)>,
+    /// The fleet worker that executed the run (`None`: this process).
+    pub worker: Option<String>,
 }
 
 /// A run as the API accepted it: what its record and its audit entry need
@@ -61,6 +63,8 @@ pub struct ResidencyColumns {
     pub input_label: Vec<String>,
     pub output_label: Vec<String>,
     pub output_dataset: Option<String>,
+    /// The fleet worker that executed the run (column `worker`).
+    pub worker: Option<String>,
 }
 
 impl ResidencyColumns {
@@ -73,6 +77,7 @@ impl ResidencyColumns {
             input_label: r.input_label.clone(),
             output_label: r.output_label.clone(),
             output_dataset: None,
+            worker: None,
         }
     }
 }
@@ -202,5 +207,6 @@ pub fn assemble_run(
         input_label: residency.input_label,
         output_label: residency.output_label,
         output_dataset: residency.output_dataset,
+        worker: residency.worker,
     }
 }
