@@ -307,6 +307,134 @@ async fn runs_execute_on_a_worker_of_their_zone_and_a_zone_without_one_is_refuse
     wa.stop().await;
 }
 
+/// Outputs stay in the zone they were made in: an output larger than the
+/// NATS server's `max_payload` (64 KiB here) goes from the worker to its
+/// zone's object store, the result carries its digest, and the control
+/// plane streams it from there on download; it never reaches the control
+/// plane's blob dir. An output stored as a dataset stays in its zone's
+/// bucket too, and a run in another zone of its label gets it copied
+/// bucket to bucket.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn outputs_over_the_message_limit_stay_in_their_zone_bucket() {
+    let nats = NatsServer::start_with_config("max_payload: 65536\n")
+        .expect("nats-server (scripts/setup.sh installs it)");
+    let work = tempfile::tempdir().expect("tmp");
+    let url = nats.url();
+    let p = Platform::start_with(move |c| {
+        c.nats = Some(url);
+        c.zones.node = strings(&["zone-a", "zone-b"]);
+        c.gpu.adapters.clear();
+    })
+    .await;
+    let wa = Worker::start(&nats, "worker-a", &["zone-a"], work.path());
+    let wb = Worker::start(&nats, "worker-b", &["zone-b"], work.path());
+    wait_live(&p, &["zone-a", "zone-b"]).await;
+    let (_t, dev) = p
+        .tenant(
+            "outputs",
+            Some(Policy {
+                zones: strings(&["zone-a", "zone-b"]).into_iter().collect(),
+                // The hostile guest imports wasi:filesystem.
+                datasets: true,
+                ..Policy::default()
+            }),
+        )
+        .await;
+    let hostile = dev
+        .publish(&guest_path("hostile"), "hostile", "1", |_, _| {})
+        .await
+        .expect("publish (module chunks fit max_payload)");
+    let size = 300_000;
+    let r = dev
+        .run(&CreateRun {
+            module: hostile.digest.to_string(),
+            input: Some(size.to_string()),
+            input_label: Some(strings(&["zone-a"])),
+            metadata: [("attack".to_string(), "giant-output".to_string())].into(),
+            ..CreateRun::default()
+        })
+        .await
+        .expect("run");
+    assert_eq!(r.status, RunStatus::Done, "{r:?}");
+    assert!(matches!(r.outcome, Some(Outcome::Ok { .. })), "{r:?}");
+    assert_eq!(r.worker.as_deref(), Some("worker-a"));
+    let want = vec![b'x'; size];
+    let out = r.output.clone().expect("output");
+    assert_eq!(
+        (out.digest, out.size),
+        (kasbah_core::Digest::of(&want), size as u64)
+    );
+    assert!(out.inline.is_none(), "a large output is not inline");
+    let got = dev.run_output(&r.id).await.expect("download");
+    assert!(
+        got == want,
+        "downloaded {} bytes, not the output",
+        got.len()
+    );
+    let blobs = &p.server.state.blobs;
+    assert!(
+        !blobs.path(&out.digest).exists(),
+        "the output reached the control plane's blob dir"
+    );
+    // It is in zone-a's bucket, not zone-b's.
+    let cp = async_nats::connect(nats.url()).await.expect("connect");
+    let js = async_nats::jetstream::new(cp);
+    let bucket = |z: &str| kasbah_fleet::proto::zone_bucket(z);
+    let in_bucket = |z: &'static str, d: kasbah_core::Digest| {
+        let js = js.clone();
+        async move {
+            js.get_object_store(bucket(z))
+                .await
+                .expect("bucket")
+                .info(d.hex())
+                .await
+                .is_ok()
+        }
+    };
+    assert!(in_bucket("zone-a", out.digest).await);
+    assert!(!in_bucket("zone-b", out.digest).await);
+
+    // Stored as a dataset (small, so also inline): in zone-a's bucket only,
+    // not in the blob dir; labelled for both zones, so a zone-b run may
+    // mount it: the control plane copies it bucket to bucket.
+    let hello = dev
+        .publish(&guest_path("hello"), "hello", "1.0.0", |_, _| {})
+        .await
+        .expect("publish");
+    let stored = dev
+        .run(&CreateRun {
+            store_output_as: Some("greeting.txt".into()),
+            ..run_req(&hello, "kept", &["zone-a", "zone-b"])
+        })
+        .await
+        .expect("run");
+    assert_eq!(stored.zone.as_deref(), Some("zone-a"), "{stored:?}");
+    assert!(stored.output_dataset.is_some(), "{stored:?}");
+    let sd = stored.output.clone().expect("output").digest;
+    assert!(output_text(&stored).to_lowercase().contains("kept"));
+    assert!(
+        !blobs.path(&sd).exists(),
+        "the dataset reached the blob dir"
+    );
+    assert!(in_bucket("zone-a", sd).await);
+    assert!(!in_bucket("zone-b", sd).await);
+    let mounted = dev
+        .run(&CreateRun {
+            datasets: vec!["greeting.txt".into()],
+            ..run_req(&hello, "with data", &["zone-b"])
+        })
+        .await
+        .expect("run");
+    assert_eq!(mounted.zone.as_deref(), Some("zone-b"));
+    assert!(
+        matches!(mounted.outcome, Some(Outcome::Ok { .. })),
+        "{mounted:?}"
+    );
+    assert!(in_bucket("zone-b", sd).await, "copied to zone-b's bucket");
+    wa.stop().await;
+    wb.stop().await;
+}
+
 /// A control plane that stops while its runs execute on workers loses
 /// nothing: the results wait in the stream and are recorded (once, not as
 /// `interrupted`) when it is back on the same data dir.

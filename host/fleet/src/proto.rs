@@ -10,7 +10,7 @@
 //! | results stream | [`RESULTS_STREAM`] `KASBAH_RESULTS`, limits retention, subjects `kasbah.results.>` | one [`JobResult`] per message on [`result_subject`] `kasbah.results.<zone>`, header `Nats-Msg-Id: <run_id>` |
 //! | worker registry | KV [`WORKERS_BUCKET`] `kasbah-workers`, max age [`HEARTBEAT_TTL`] | key = worker id, value = [`WorkerInfo`] |
 //! | module bytes | object store [`MODULES_BUCKET`] `kasbah-modules` | key = digest hex, put by the control plane |
-//! | zone data | object store [`zone_bucket`] `kasbah-zone-<zone>` | dataset bytes, key = digest hex |
+//! | zone data | object store [`zone_bucket`] `kasbah-zone-<zone>` | dataset bytes and run outputs (over [`INLINE_OUTPUT_MAX`], or stored as datasets), key = digest hex |
 //!
 //! Zone names are [`kasbah_policy::is_zone_name`] (lowercase letters,
 //! digits, `-`), so they are safe as subject tokens and in bucket names.
@@ -73,6 +73,12 @@ pub const MAX_LIST: usize = 64;
 pub const MAX_META_LEN: usize = 4096;
 /// Bytes kept free in a result message for headers and framing.
 pub const RESULT_HEADROOM: usize = 4096;
+/// Outputs up to this size travel inside the result message (and are kept
+/// inline in the run's record); larger ones are put in the zone's object
+/// store by the worker and the result carries a [`StoredOutput`]. Mirrors
+/// `INLINE_OUTPUT_MAX` of kasbah-server's `runs/storage.rs` (a test there
+/// checks that they agree).
+pub const INLINE_OUTPUT_MAX: usize = 64 * 1024;
 
 /// Subject of the jobs for `zone`.
 pub fn job_subject(zone: &str) -> String {
@@ -135,6 +141,20 @@ pub struct Job {
     /// The run must be finished by then (Unix ms); a worker that receives
     /// it later reports `deadline_exceeded` without running it.
     pub deadline_unix_ms: i64,
+    /// The output is stored as a dataset (`store_output_as`): the worker
+    /// puts it in the zone's object store whatever its size.
+    #[serde(default)]
+    pub store_output: bool,
+}
+
+/// A run's output put in its zone's object store ([`zone_bucket`], object
+/// name = the digest's hex) by the worker that ran it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StoredOutput {
+    pub digest: Digest,
+    pub size: u64,
+    pub content_type: String,
 }
 
 /// Why a [`Job`] was refused by a worker before running.
@@ -228,6 +248,12 @@ pub struct JobResult {
     pub report: RunReport,
     pub started_at_ms: i64,
     pub finished_at_ms: i64,
+    /// The output, when the worker put it in the zone's object store (over
+    /// [`INLINE_OUTPUT_MAX`], or stored as a dataset). The report's output
+    /// body is then empty if the output is over [`INLINE_OUTPUT_MAX`], and
+    /// the output's bytes otherwise.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub output: Option<StoredOutput>,
 }
 
 impl JobResult {
@@ -250,6 +276,31 @@ impl JobResult {
         {
             p.push("adapter must be 1-128 of [A-Za-z0-9._-]".into());
         }
+        if let Some(o) = &self.output {
+            match &self.report.outcome {
+                Outcome::Ok { output } => {
+                    if o.content_type.len() > MAX_META_LEN {
+                        p.push(format!("output content_type exceeds {MAX_META_LEN} bytes"));
+                    }
+                    if output.content_type != o.content_type {
+                        p.push("the stored output's content type is not the report's".into());
+                    }
+                    let big = o.size > INLINE_OUTPUT_MAX as u64;
+                    if big && !output.body.is_empty() {
+                        p.push(format!(
+                            "an output over {INLINE_OUTPUT_MAX} bytes must not be in the report"
+                        ));
+                    }
+                    if !big
+                        && (output.body.len() as u64 != o.size
+                            || Digest::of(&output.body) != o.digest)
+                    {
+                        p.push("the stored output is not the report's output".into());
+                    }
+                }
+                _ => p.push("a stored output for a run that did not end ok".into()),
+            }
+        }
         if p.is_empty() {
             Ok(())
         } else {
@@ -259,9 +310,10 @@ impl JobResult {
 
     /// The message body, at most `max_payload` bytes (the server's
     /// `max_payload`, less [`RESULT_HEADROOM`] for headers). A report too
-    /// large to fit has its outcome replaced by `denied` ("output too large
-    /// for the fleet"; larger outputs through the object store are a later
-    /// step) and, if still too large, its captured stdio and logs dropped.
+    /// large to fit (outputs over [`INLINE_OUTPUT_MAX`] are in the object
+    /// store, so only a worker that failed to put one there, or huge
+    /// captured stdio, get here) has its outcome replaced by `denied` and,
+    /// if still too large, its captured stdio and logs dropped.
     pub fn encode(&self, max_payload: usize) -> Result<Vec<u8>, serde_json::Error> {
         let limit = max_payload.saturating_sub(RESULT_HEADROOM);
         let body = serde_json::to_vec(self)?;
@@ -269,6 +321,7 @@ impl JobResult {
             return Ok(body);
         }
         let mut smaller = self.clone();
+        smaller.output = None;
         let what = match &self.report.outcome {
             Outcome::Ok { output } => format!("an output of {} bytes", output.body.len()),
             _ => "a report".to_string(),
@@ -319,7 +372,8 @@ pub struct WorkerInfo {
 
 /// What a zone worker's NATS user may publish and subscribe to: its zones'
 /// consumers, acks and result subjects, the workers KV, reads of the modules
-/// bucket and of its zones' buckets, replies on `inbox_prefix` — nothing
+/// bucket and of its zones' buckets, puts into its zones' buckets (run
+/// outputs), replies on `inbox_prefix` — nothing
 /// else (no other zone's jobs or data, no stream or bucket administration,
 /// no publishing of jobs: the control plane, with
 /// [`control_plane_permissions`], creates them first). For a
@@ -354,6 +408,13 @@ pub fn worker_permissions(zones: &[String], inbox_prefix: &str) -> Permissions {
             result_subject(z),
         ]);
         buckets.push(zone_bucket(z));
+    }
+    for z in zones {
+        // Outputs of the zone's runs go to its bucket: chunks, then the
+        // object's metadata (no purge or delete: an object of a digest is
+        // put once).
+        let b = zone_bucket(z);
+        publish.extend([format!("$O.{b}.C.>"), format!("$O.{b}.M.>")]);
     }
     for b in buckets {
         let s = format!("OBJ_{b}");
@@ -566,6 +627,7 @@ mod tests {
             content_type: Some("text/plain".into()),
             metadata: [("k".to_string(), "v".to_string())].into(),
             deadline_unix_ms: 1_700_000_000_000,
+            store_output: false,
         }
     }
 
@@ -623,6 +685,7 @@ mod tests {
             },
             started_at_ms: 1,
             finished_at_ms: 2,
+            output: None,
         };
         let big = r.encode(1 << 20).expect("encode");
         let back: JobResult = serde_json::from_slice(&big).expect("decode");
@@ -635,5 +698,79 @@ mod tests {
             o => panic!("expected denied, got {o:?}"),
         }
         assert_eq!(back.run_id, "run_1");
+    }
+
+    #[test]
+    fn stored_outputs_must_agree_with_the_report() {
+        let small = b"hello".to_vec();
+        let result = |body: Vec<u8>, output: Option<StoredOutput>| JobResult {
+            run_id: "run_1".into(),
+            worker: "w1".into(),
+            zone: "zone-a".into(),
+            adapter: None,
+            report: RunReport {
+                outcome: Outcome::Ok {
+                    output: kasbah_core::Output {
+                        content_type: "text/plain".into(),
+                        body,
+                    },
+                },
+                ..RunReport::denied(Digest::of(b"m"), String::new())
+            },
+            started_at_ms: 1,
+            finished_at_ms: 2,
+            output,
+        };
+        let stored = |d: &[u8], size: usize| StoredOutput {
+            digest: Digest::of(d),
+            size: size as u64,
+            content_type: "text/plain".into(),
+        };
+        let big = vec![b'x'; INLINE_OUTPUT_MAX + 1];
+        assert_eq!(result(small.clone(), None).check(), Ok(()));
+        assert_eq!(
+            result(small.clone(), Some(stored(&small, 5))).check(),
+            Ok(())
+        );
+        assert_eq!(
+            result(Vec::new(), Some(stored(&big, big.len()))).check(),
+            Ok(())
+        );
+        for (bad, needle) in [
+            (
+                result(big.clone(), Some(stored(&big, big.len()))),
+                "must not be in the report",
+            ),
+            (
+                result(small.clone(), Some(stored(b"other", 5))),
+                "not the report's output",
+            ),
+            (
+                result(Vec::new(), Some(stored(&small, 5))),
+                "not the report's output",
+            ),
+        ] {
+            let e = bad.check().expect_err("invalid").to_string();
+            assert!(e.contains(needle), "{needle} missing from {e}");
+        }
+        let mut denied = result(Vec::new(), Some(stored(&big, big.len())));
+        denied.report.outcome = Outcome::Denied { reason: "x".into() };
+        assert!(denied.check().is_err());
+        let mut bad_worker = result(small, None);
+        bad_worker.worker = "a b".into();
+        assert!(
+            bad_worker
+                .check()
+                .expect_err("invalid")
+                .to_string()
+                .contains("worker")
+        );
+        // A result naming a stored output round-trips; one without leaves
+        // no `output` key (older control planes read both).
+        let r = result(Vec::new(), Some(stored(&big, big.len())));
+        let text = serde_json::to_string(&r).expect("json");
+        assert_eq!(serde_json::from_str::<JobResult>(&text).expect("back"), r);
+        let plain = serde_json::to_value(result(b"x".to_vec(), None)).expect("json");
+        assert!(plain.get("output").is_none());
     }
 }

@@ -8,8 +8,11 @@
 //! its digest; the runtime caches compiled modules) and the datasets (the
 //! zone's object store, verified, cached in `work_dir/datasets/<hex>`,
 //! mode 0400); run it with the job's policy, its residency and a wall limit
-//! that ends at the job's deadline; publish the [`JobResult`] and wait for
-//! JetStream's ack; then ack the job (double ack). A failure to reach NATS
+//! that ends at the job's deadline; put an output over
+//! [`INLINE_OUTPUT_MAX`] (or one stored as a dataset) in the zone's object
+//! store under its digest, so the result carries a [`StoredOutput`] instead
+//! of the bytes; publish the [`JobResult`] and wait for JetStream's ack;
+//! then ack the job (double ack). A failure to reach NATS
 //! while fetching or publishing leaves the job unacked (negatively acked
 //! where possible): it is delivered again, at most `max_deliver` times.
 
@@ -34,9 +37,9 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::{Semaphore, watch};
 
 use crate::proto::{
-    ConsumerTiming, HEARTBEAT_INTERVAL, Job, JobResult, MODULES_BUCKET, MSG_ID_HEADER,
-    WORKERS_BUCKET, WorkerAdapter, WorkerInfo, ensure_streams, ensure_zone, job_subject,
-    result_subject, zone_bucket,
+    ConsumerTiming, HEARTBEAT_INTERVAL, INLINE_OUTPUT_MAX, Job, JobResult, MODULES_BUCKET,
+    MSG_ID_HEADER, StoredOutput, WORKERS_BUCKET, WorkerAdapter, WorkerInfo, ensure_streams,
+    ensure_zone, job_subject, result_subject, zone_bucket,
 };
 
 /// Most jobs one pull asks for.
@@ -640,6 +643,21 @@ async fn handle(worker: &Worker, zone: &str, msg: jetstream::Message) {
             return;
         }
     };
+    let (report, output) = match store_output(worker, &job, report).await {
+        Ok(r) => r,
+        Err(e) => {
+            // The object store is unreachable: the job goes back (and runs
+            // again), as when the result cannot be published.
+            tracing::warn!(
+                worker = worker.id,
+                run = job.run_id,
+                "storing the output failed, the job will be redelivered: {e:#}"
+            );
+            progress.abort();
+            let _ = msg.ack_with(AckKind::Nak(Some(NAK_DELAY))).await;
+            return;
+        }
+    };
     let result = JobResult {
         run_id: job.run_id.clone(),
         worker: worker.id.clone(),
@@ -648,6 +666,7 @@ async fn handle(worker: &Worker, zone: &str, msg: jetstream::Message) {
         report,
         started_at_ms,
         finished_at_ms: now_ms(),
+        output,
     };
     let outcome = result.report.outcome.kind();
     let published = publish_result(worker, &result).await;
@@ -706,6 +725,40 @@ async fn publish_result(worker: &Worker, result: &JobResult) -> anyhow::Result<(
             Err(e) => return Err(e),
         }
     }
+}
+
+/// An ok output over [`INLINE_OUTPUT_MAX`], or one the run stores as a
+/// dataset, goes to the job's zone's object store (object = its digest's
+/// hex; chunks that fit the server's `max_payload`): it stays in the zone
+/// it was made in, and never has to fit in a message. The report keeps the
+/// bytes only if they are within [`INLINE_OUTPUT_MAX`].
+async fn store_output(
+    worker: &Worker,
+    job: &Job,
+    mut report: RunReport,
+) -> anyhow::Result<(RunReport, Option<StoredOutput>)> {
+    let Outcome::Ok { output } = &mut report.outcome else {
+        return Ok((report, None));
+    };
+    if output.body.len() <= INLINE_OUTPUT_MAX && !job.store_output {
+        return Ok((report, None));
+    }
+    let store = worker
+        .zone_stores
+        .get(&job.zone)
+        .ok_or_else(|| anyhow::anyhow!("no object store for zone {}", job.zone))?;
+    let digest = Digest::of(&output.body);
+    let chunk = crate::objects::chunk_size(worker.client.max_payload());
+    crate::objects::put(store, &digest, chunk, &mut output.body.as_slice()).await?;
+    let stored = StoredOutput {
+        digest,
+        size: output.body.len() as u64,
+        content_type: output.content_type.clone(),
+    };
+    if output.body.len() > INLINE_OUTPUT_MAX {
+        output.body = Vec::new();
+    }
+    Ok((report, Some(stored)))
 }
 
 fn host_failure(module: Digest, reason: String) -> RunReport {

@@ -75,6 +75,7 @@ fn job(run_id: &str, zone: &str, module: Digest, input: &str) -> Job {
         content_type: Some("text/plain".into()),
         metadata: BTreeMap::new(),
         deadline_unix_ms: kasbah_fleet::worker::now_ms() + 60_000,
+        store_output: false,
     }
 }
 
@@ -262,6 +263,36 @@ async fn generated_credentials_run_their_zone_and_nothing_else() -> Res {
             .is_err(),
         "zone-b's bucket is visible with zone-a credentials"
     );
+    // Its own zone's bucket takes a run output; zone-b's takes nothing.
+    let output = vec![b'o'; 200_000];
+    let od = Digest::of(&output);
+    let za_bucket = zjs.get_object_store(proto::zone_bucket("zone-a")).await?;
+    kasbah_fleet::objects::put(&za_bucket, &od, 64 * 1024, &mut output.as_slice()).await?;
+    let mut back = Vec::new();
+    tokio::io::AsyncReadExt::read_to_end(
+        &mut kasbah_fleet::objects::Checked::new(
+            js.get_object_store(proto::zone_bucket("zone-a"))
+                .await?
+                .get(od.hex())
+                .await?,
+            od,
+            output.len() as u64,
+        ),
+        &mut back,
+    )
+    .await?;
+    assert!(back == output, "the output read back differs");
+    let zb_bucket = js.get_object_store(proto::zone_bucket("zone-b")).await?;
+    let zb_chunks = format!("$O.{}.C.forged", proto::zone_bucket("zone-b"));
+    let zb_meta = format!("$O.{}.M.forged", proto::zone_bucket("zone-b"));
+    for subject in [zb_chunks, zb_meta] {
+        let acked = match zjs.publish(subject.clone(), "x".into()).await {
+            Ok(ack) => ack.await.is_ok(),
+            Err(_) => false,
+        };
+        assert!(!acked, "{subject} took a zone-a publish");
+    }
+    assert!(zb_bucket.info("forged").await.is_err());
     let direct = zjs
         .get_stream_no_info(format!("OBJ_{}", proto::zone_bucket("zone-b")))
         .await?;

@@ -139,6 +139,7 @@ impl Fleet {
             content_type: Some("text/plain".into()),
             metadata: BTreeMap::new(),
             deadline_unix_ms: kasbah_fleet::worker::now_ms() + 60_000,
+            store_output: false,
         }
     }
 

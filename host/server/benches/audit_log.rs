@@ -224,6 +224,7 @@ async fn runs(n: usize) {
                         report: report(module, true),
                         output: Some((Digest::of(b"HELLO"), 5, "text/plain".into(), None)),
                         worker: None,
+                        output_zone: None,
                     },
                 )
                 .await

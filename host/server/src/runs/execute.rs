@@ -74,6 +74,7 @@ pub async fn execute(
                 report,
                 output,
                 worker: None,
+                output_zone: None,
             },
         )
         .await

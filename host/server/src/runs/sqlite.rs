@@ -11,7 +11,7 @@ use kasbah_core::api::{OutputRef, RunRecord, RunStatus, UsageRow};
 use rusqlite::{Connection, OptionalExtension, params};
 
 use super::storage::{
-    Finished, NewRun, Period, ResidencyColumns, RunResidency, RunStore, assemble_run,
+    Finished, NewRun, OutputPlace, Period, ResidencyColumns, RunResidency, RunStore, assemble_run,
 };
 use crate::audit::entries;
 use crate::ids::now_ms;
@@ -207,6 +207,7 @@ impl RunStore for SqliteRuns {
         let outcome_kind = record.outcome.as_ref().map(|o| o.kind());
         let usage = record.usage.clone().unwrap_or_default();
         let worker = f.worker;
+        let output_zone = f.output_zone;
         let new_run = run.clone();
         let written = self
             .db
@@ -241,6 +242,7 @@ impl RunStore for SqliteRuns {
                         finished_at,
                         output_dataset: output_dataset.clone(),
                         worker,
+                        output_zone,
                     },
                 )?;
                 Ok((output_dataset, entries))
@@ -354,14 +356,21 @@ impl RunStore for SqliteRuns {
         Ok(rs.into_iter().map(|r| self.overlay_running(r)).collect())
     }
 
-    /// The inline output bytes of a run, if stored inline.
-    fn run_output_inline(&self, id: &str) -> DbResult<Option<Vec<u8>>> {
+    /// Where a finished run's output bytes are.
+    fn run_output_place(&self, id: &str) -> DbResult<Option<OutputPlace>> {
         self.db.with(|c| {
-            c.query_row("SELECT output_inline FROM runs WHERE id = ?1", [id], |r| {
-                r.get(0)
-            })
+            c.query_row(
+                "SELECT output_inline, output_zone FROM runs WHERE id = ?1",
+                [id],
+                |r| {
+                    Ok(match (r.get::<_, Option<Vec<u8>>>(0)?, r.get(1)?) {
+                        (Some(bytes), _) => OutputPlace::Inline(bytes),
+                        (None, Some(zone)) => OutputPlace::Zone(zone),
+                        (None, None) => OutputPlace::Blobs,
+                    })
+                },
+            )
             .optional()
-            .map(Option::flatten)
         })
     }
 
@@ -432,6 +441,8 @@ struct FinalColumns {
     output_dataset: Option<String>,
     /// The fleet worker that executed the run.
     worker: Option<String>,
+    /// The zone whose object store holds the output's bytes.
+    output_zone: Option<String>,
 }
 
 /// Turn a run's in-flight row into its one and only `runs` row (when it
@@ -446,10 +457,10 @@ fn finalize_run(c: &Connection, id: &str, status: RunStatus, f: FinalColumns) ->
                  input_size, created_at, zone, adapter, datasets, input_label, output_label,
                  store_output_as, status, outcome_kind, output_digest, output_size,
                  output_content_type, output_inline, wall_us, fuel, peak_memory, report_json,
-                 started_at, finished_at, output_dataset, worker)
+                 started_at, finished_at, output_dataset, worker, output_zone)
              SELECT id, tenant_id, module_digest, policy_version, input_digest,
                  input_size, created_at, zone, adapter, datasets, input_label, output_label,
-                 store_output_as, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15
+                 store_output_as, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16
              FROM runs_inflight WHERE id = ?1",
         )?
         .execute(params![
@@ -467,7 +478,8 @@ fn finalize_run(c: &Connection, id: &str, status: RunStatus, f: FinalColumns) ->
             f.started_at,
             f.finished_at,
             f.output_dataset,
-            f.worker
+            f.worker,
+            f.output_zone
         ])?;
     if n != 1 {
         return Err(DbError::Batch(Arc::from(

@@ -16,6 +16,9 @@ use crate::store::{DbResult, Pending};
 
 /// Inline outputs up to this size are returned in the run record itself.
 pub const INLINE_OUTPUT_MAX: usize = 64 * 1024;
+// Fleet workers decide by the same bound what travels in a result message
+// and what goes to their zone's object store.
+const _: () = assert!(INLINE_OUTPUT_MAX == kasbah_fleet::proto::INLINE_OUTPUT_MAX);
 
 /// What the run worker stores when a run ends.
 pub struct Finished {
@@ -23,6 +26,21 @@ pub struct Finished {
     pub output: Option<(Digest, u64, String, Option<Vec<u8>>)>,
     /// The fleet worker that executed the run (`None`: this process).
     pub worker: Option<String>,
+    /// The zone whose object store holds the output's bytes (fleet runs
+    /// whose worker stored the output there); `None`: inline or in this
+    /// server's blob store.
+    pub output_zone: Option<String>,
+}
+
+/// Where a run's output bytes are kept.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum OutputPlace {
+    /// In the run's row.
+    Inline(Vec<u8>),
+    /// In this server's blob store, by digest.
+    Blobs,
+    /// In this zone's object store (`kasbah-zone-<zone>`), by digest.
+    Zone(String),
 }
 
 /// A run as the API accepted it: what its record and its audit entry need
@@ -134,8 +152,9 @@ pub trait RunStore: Send + Sync {
     fn inflight(&self, id: &str) -> DbResult<Option<NewRun>>;
     /// A tenant's most recent runs (ended or not), newest first.
     fn runs(&self, tenant_id: &str, limit: u32) -> DbResult<Vec<RunRecord>>;
-    /// The inline output bytes of a run, if stored inline.
-    fn run_output_inline(&self, id: &str) -> DbResult<Option<Vec<u8>>>;
+    /// Where a finished run's output bytes are (`None`: no such finished
+    /// run).
+    fn run_output_place(&self, id: &str) -> DbResult<Option<OutputPlace>>;
     /// Runs, ok runs, wall time, fuel and memory per tenant per period.
     fn usage(
         &self,

@@ -91,7 +91,8 @@ CREATE TABLE IF NOT EXISTS runs (
     output_label TEXT,
     store_output_as TEXT,
     output_dataset TEXT,
-    worker TEXT
+    worker TEXT,
+    output_zone TEXT
 );
 CREATE INDEX IF NOT EXISTS runs_by_tenant ON runs(tenant_id, created_at);
 -- Runs accepted and not yet ended: a row here from admission until the
@@ -177,7 +178,8 @@ fn add_missing_column(
 ///   runs in flight) move to `runs_inflight`, where start-up marks them
 ///   interrupted like any other;
 /// - the `runs_by_status` index (only that start-up scan used it) goes;
-/// - runs gain `worker` (NULL: executed in-process, or recorded before);
+/// - runs gain `worker` (NULL: executed in-process, or recorded before) and
+///   `output_zone` (NULL: output inline or in the blob store);
 /// - operators gain `zones_json` (NULL: no zone restriction);
 /// - policy versions gain `set_by`, tokens their id, expiry, last use,
 ///   revocation and creator, auditors the operator that created them.
@@ -189,6 +191,9 @@ fn migrate(conn: &mut Connection) -> rusqlite::Result<()> {
     // The fleet worker that executed a run (issue 14); NULL for runs
     // executed in-process, and for every run recorded before the column.
     add_missing_column(&tx, "runs", "worker", "TEXT")?;
+    // The zone whose object store holds a fleet run's output (NULL: inline
+    // or in the blob store, as for every run recorded before the column).
+    add_missing_column(&tx, "runs", "output_zone", "TEXT")?;
     add_missing_column(&tx, "operators", "zones_json", "TEXT")?;
     // Versions from before it was recorded read back with `set_by: null`.
     add_missing_column(&tx, "policies", "set_by", "TEXT")?;
@@ -427,6 +432,7 @@ mod tests {
             let c = Connection::open(&path).expect("open");
             c.execute_batch(&format!(
                 "ALTER TABLE runs DROP COLUMN worker;
+                 ALTER TABLE runs DROP COLUMN output_zone;
                  INSERT INTO tenants VALUES ('tn_a', 'a', NULL, 1, 0);
                  INSERT INTO runs(id, tenant_id, module_digest, policy_version, status,
                      input_digest, input_size, outcome_kind, created_at, zone)
@@ -438,6 +444,10 @@ mod tests {
         let runs = SqliteRuns::new(db.clone());
         let old = runs.run("run_old").expect("read").expect("old run");
         assert_eq!((old.status, old.worker), (RunStatus::Done, None));
+        assert_eq!(
+            runs.run_output_place("run_old").expect("read"),
+            Some(crate::runs::storage::OutputPlace::Blobs)
+        );
         let placed = RunResidency {
             zone: "zone-a".into(),
             adapter: None,
@@ -472,6 +482,7 @@ mod tests {
                         report: RunReport::denied(d, "x".into()),
                         output: None,
                         worker: worker.map(str::to_string),
+                        output_zone: None,
                     },
                 )
                 .await
