@@ -673,3 +673,251 @@ async fn killed_workers_cost_no_run_record_twice() {
     assert_eq!(entry_workers(&p.admin, &r2.id).await, [None]);
     a3.stop().await;
 }
+
+/// `kasbah serve --nats …` as its own process, for `kill -9`.
+struct ProcServer {
+    child: std::process::Child,
+    url: String,
+    admin_token: Option<String>,
+}
+
+impl ProcServer {
+    /// Start a control plane on `root/data` with `root/serve.toml`, on
+    /// `port` (0: any).
+    fn start(root: &std::path::Path, nats: &NatsServer, port: u16) -> ProcServer {
+        let config = root.join("serve.toml");
+        std::fs::write(
+            &config,
+            "fleet_result_grace_ms = 2000\nqueue_depth = 256\n\
+             [zones]\nnode = [\"zone-a\"]\n[gpu]\nadapters = []\n",
+        )
+        .expect("write serve.toml");
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(root.join("server.log"))
+            .expect("server log");
+        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_kasbah-under-test"))
+            .arg("serve")
+            .arg("--config")
+            .arg(&config)
+            .arg("--listen")
+            .arg(format!("127.0.0.1:{port}"))
+            .arg("--data-dir")
+            .arg(root.join("data"))
+            .args(["--nats", &nats.url()])
+            .env_remove("KASBAH_CONFIG")
+            .env("RUST_LOG", "warn")
+            .stdout(std::process::Stdio::piped())
+            .stderr(log)
+            .spawn()
+            .expect("spawn kasbah serve");
+        let banner = kasbah_tests::read_serve_banner(child.stdout.take().expect("stdout"));
+        let Some(url) = banner.url else {
+            let _ = child.kill();
+            let log = std::fs::read_to_string(root.join("server.log")).unwrap_or_default();
+            panic!("kasbah serve did not start:\n{log}");
+        };
+        ProcServer {
+            child,
+            url,
+            admin_token: banner.admin_token,
+        }
+    }
+
+    fn port(&self) -> u16 {
+        self.url
+            .rsplit(':')
+            .next()
+            .and_then(|p| p.parse().ok())
+            .expect("port in url")
+    }
+
+    /// `kill -9`, reaped.
+    fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for ProcServer {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// `kasbah audit watch` against `url` as `token`.
+fn audit_watch(url: &str, token: &str, key: &str, state: &std::path::Path) -> (bool, String) {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_kasbah-under-test"))
+        .args(["audit", "watch", "--key", key, "--state"])
+        .arg(state)
+        .env("KASBAH_URL", url)
+        .env("KASBAH_TOKEN", token)
+        .env_remove("KASBAH_AUDIT_KEY")
+        .output()
+        .expect("run kasbah audit watch");
+    (
+        out.status.success(),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    )
+}
+
+/// The control plane is SIGKILLed while clients keep submitting runs and
+/// workers keep executing them; restarted on the same data dir, every run
+/// a client got an id for is recorded exactly once (its result recorded
+/// from the stream, or `interrupted` if its job never left the dead
+/// process), no run has two entries, fleet runs still have receipts naming
+/// their worker, and `kasbah audit watch` proves the restarted log extends
+/// the one it saw before the crash.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_control_plane_killed_under_load_records_every_acknowledged_run_once() {
+    let nats = NatsServer::start().expect("nats-server (scripts/setup.sh installs it)");
+    let work = tempfile::tempdir().expect("tmp");
+    let root = tempfile::tempdir().expect("root");
+    let mut cp = ProcServer::start(root.path(), &nats, 0);
+    let port = cp.port();
+    let admin_token = cp.admin_token.clone().expect("admin token on first start");
+    let admin = Client::new(&cp.url, &admin_token);
+    let vkey = admin.audit_key().await.expect("audit key");
+    let wa1 = Worker::start(&nats, "worker-a1", &["zone-a"], work.path());
+    let wa2 = Worker::start(&nats, "worker-a2", &["zone-a"], work.path());
+    let tenant = admin
+        .create_tenant(&CreateTenant {
+            name: "load".into(),
+            operator_id: None,
+            policy: Some(Policy {
+                zones: strings(&["zone-a"]).into_iter().collect(),
+                limits: kasbah_policy::Limits {
+                    wall_time_ms: 2_000,
+                    max_concurrent_runs: 256,
+                    ..kasbah_policy::Limits::default()
+                },
+                ..Policy::default()
+            }),
+        })
+        .await
+        .expect("tenant");
+    let token = admin.tenant_token(&tenant.id).await.expect("token").token;
+    let dev = Client::new(&cp.url, &token);
+    let hello = dev
+        .publish(&guest_path("hello"), "hello", "1.0.0", |_, _| {})
+        .await
+        .expect("publish");
+    // Wait for both workers, through the API's own view: a run succeeds.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        match dev.run(&run_req(&hello, "warm", &["zone-a"])).await {
+            Ok(r) if r.status == RunStatus::Done => break,
+            r => assert!(Instant::now() < deadline, "no worker live: {r:?}"),
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let state = root.path().join("watch.state");
+    let key = vkey.to_string();
+    let (ok, text) = audit_watch(&cp.url, &admin_token, &key, &state);
+    assert!(ok, "{text}");
+
+    // Load: 4 clients submit async runs as fast as they are answered.
+    let acked = std::sync::Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut clients = Vec::new();
+    for c in 0..4 {
+        let (dev, acked, stop) = (dev.clone(), acked.clone(), stop.clone());
+        let req = CreateRun {
+            wait: false,
+            ..run_req(&hello, &format!("client {c}"), &["zone-a"])
+        };
+        clients.push(tokio::spawn(async move {
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                match dev.run(&req).await {
+                    Ok(r) => acked.lock().expect("lock").push(r.id),
+                    Err(kasbah_client::Error::Api { status: 429, .. }) => {
+                        tokio::time::sleep(Duration::from_millis(20)).await
+                    }
+                    // The control plane is gone.
+                    Err(_) => return,
+                }
+            }
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    let before_kill = acked.lock().expect("lock").len();
+    cp.kill();
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    for c in clients {
+        c.await.expect("client task");
+    }
+    let acked: Vec<String> = acked.lock().expect("lock").clone();
+    assert!(
+        before_kill >= 10,
+        "too little load before the kill: {before_kill} runs"
+    );
+
+    // Workers go on finishing jobs while the control plane is down.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let cp = ProcServer::start(root.path(), &nats, port);
+    let dev = Client::new(&cp.url, &token);
+    let admin = Client::new(&cp.url, &admin_token);
+    let mut by_worker = std::collections::BTreeMap::<String, usize>::new();
+    let mut interrupted = 0;
+    for id in &acked {
+        let r = ended(&dev, id, Duration::from_secs(60)).await;
+        match r.status {
+            RunStatus::Done => {
+                assert!(matches!(r.outcome, Some(Outcome::Ok { .. })), "{r:?}");
+                let w = r.worker.clone().expect("a done fleet run names its worker");
+                *by_worker.entry(w).or_default() += 1;
+            }
+            RunStatus::Interrupted => interrupted += 1,
+            s => panic!("run {id} ended {s:?}"),
+        }
+    }
+    // Exactly one `run_executed` entry per acknowledged run, and no run
+    // with two anywhere in the log.
+    let entries = run_entries(&admin).await;
+    let mut count = std::collections::HashMap::<&str, usize>::new();
+    for (id, _, _) in &entries {
+        *count.entry(id.as_str()).or_default() += 1;
+    }
+    let twice: Vec<_> = count.iter().filter(|(_, n)| **n > 1).collect();
+    assert!(twice.is_empty(), "runs recorded twice: {twice:?}");
+    for id in &acked {
+        assert_eq!(count.get(id.as_str()), Some(&1), "entries of {id}");
+    }
+    assert!(
+        by_worker
+            .keys()
+            .all(|w| w == "worker-a1" || w == "worker-a2"),
+        "{by_worker:?}"
+    );
+    eprintln!(
+        "{} runs acknowledged, {} recorded done {by_worker:?}, {interrupted} interrupted",
+        acked.len(),
+        acked.len() - interrupted
+    );
+    // A fleet run's receipt verifies offline and names its worker.
+    let done = acked
+        .iter()
+        .rev()
+        .find(|id| count.contains_key(id.as_str()))
+        .expect("a run");
+    let r = dev.get_run(done).await.expect("get");
+    if r.status == RunStatus::Done {
+        let receipt = dev.run_receipt(done).await.expect("receipt");
+        let v = kasbah_audit::verify_receipt(&receipt, &vkey, Some(hello.digest))
+            .expect("receipt verifies");
+        match v.entry.body {
+            EntryBody::RunExecuted(e) => assert_eq!(e.worker, r.worker),
+            other => panic!("{other:?}"),
+        }
+    }
+    // The log after the crash extends the one seen before it.
+    let (ok, text) = audit_watch(&cp.url, &admin_token, &key, &state);
+    assert!(ok && text.contains("grew from"), "{text}");
+    wa1.stop().await;
+    wa2.stop().await;
+}
