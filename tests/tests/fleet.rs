@@ -220,6 +220,47 @@ async fn runs_execute_on_a_worker_of_their_zone_and_a_zone_without_one_is_refuse
         .await
         .expect("publish");
 
+    // The live workers, through the API: all of them for an admin, those
+    // of its zones for an operator limited to zone-a, none for a developer.
+    let ws = p.admin.fleet_workers().await.expect("workers");
+    let ids: Vec<&str> = ws.iter().map(|w| w.id.as_str()).collect();
+    assert_eq!(ids, ["worker-a", "worker-b"]);
+    for w in &ws {
+        assert_eq!(
+            w.zones,
+            [if w.id == "worker-a" {
+                "zone-a"
+            } else {
+                "zone-b"
+            }]
+        );
+        assert_eq!((w.capacity, w.version.is_empty()), (4, false));
+        assert!(w.heartbeat_age_ms < 10_000, "{w:?}");
+    }
+    let op = p
+        .admin
+        .create_operator(&CreateOperator {
+            name: "zone-a-reseller".into(),
+            max_tenants: 1,
+            ceiling: None,
+            zones: strings(&["zone-a"]),
+        })
+        .await
+        .expect("operator");
+    let op = Client::new(
+        &p.url,
+        &p.admin.operator_token(&op.id).await.expect("token").token,
+    );
+    let seen: Vec<String> = op
+        .fleet_workers()
+        .await
+        .expect("operator's view")
+        .into_iter()
+        .map(|w| w.id)
+        .collect();
+    assert_eq!(seen, ["worker-a"]);
+    assert_eq!(api_err(dev.fleet_workers().await).0, 403);
+
     // Each label lands in its zone, run by that zone's worker (the only
     // consumer of the zone's jobs), and answers like an in-process run.
     let mut ids = Vec::new();
@@ -305,6 +346,17 @@ async fn runs_execute_on_a_worker_of_their_zone_and_a_zone_without_one_is_refuse
     assert_eq!(run_entries(&p.admin).await.len(), before + 1);
 
     wa.stop().await;
+}
+
+/// Without `nats` the server has no fleet: its workers list is a clear
+/// `409 fleet_disabled`, not an empty list.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_embedded_server_has_no_fleet_workers() {
+    let p = Platform::start().await;
+    assert_eq!(
+        api_err(p.admin.fleet_workers().await),
+        (409, "fleet_disabled".into())
+    );
 }
 
 /// Outputs stay in the zone they were made in: an output larger than the

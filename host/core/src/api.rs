@@ -417,6 +417,36 @@ pub struct RunRecord {
     pub finished_at: Option<i64>,
 }
 
+/// A live fleet worker as the control plane last heard from it
+/// (`GET /v1/fleet/workers`, fleet mode).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(ToSchema))]
+pub struct FleetWorker {
+    /// Its id in the workers registry (what run records name).
+    pub id: String,
+    /// The zones it takes runs for, in its order of preference.
+    pub zones: Vec<String>,
+    /// Its GPU adapter entries.
+    pub adapters: Vec<FleetAdapter>,
+    /// Runs it executes at once.
+    pub capacity: u32,
+    /// Runs executing on it at its last heartbeat.
+    pub active: u32,
+    /// Its build (`kasbah-fleet` version).
+    pub version: String,
+    /// Milliseconds since its last heartbeat (at most the heartbeat TTL:
+    /// older ones are not live).
+    pub heartbeat_age_ms: u64,
+}
+
+/// A GPU adapter entry of a fleet worker.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(ToSchema))]
+pub struct FleetAdapter {
+    pub label: String,
+    pub zone: String,
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(ToSchema))]
 pub struct UsageRow {

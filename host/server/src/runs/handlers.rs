@@ -1,5 +1,5 @@
-//! Runs' HTTP handlers: start, read, output, list, usage. The rules are
-//! in `service.rs`.
+//! Runs' HTTP handlers: start, read, output, list, usage, the fleet's live
+//! workers. The rules are in `service.rs` and `workers.rs`.
 
 use axum::Json;
 use axum::body::Body;
@@ -7,11 +7,12 @@ use axum::extract::rejection::{JsonRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use kasbah_core::api::{CreateRun, RunRecord, UsageRow};
+use kasbah_core::api::{CreateRun, FleetWorker, RunRecord, UsageRow};
 use serde::Deserialize;
 
 use super::service::{self, OutputBody, Started};
 use super::storage::Period;
+use super::workers;
 use crate::caller::Caller;
 use crate::error::{ApiResult, ErrorBody};
 use crate::extract::{json_error, query_error};
@@ -90,6 +91,15 @@ pub async fn list_runs(
         q.tenant.as_deref(),
         q.limit,
     )?))
+}
+
+#[utoipa::path(get, tag = "api", path = "/v1/fleet/workers", responses((status = 200, body = Vec<FleetWorker>, description = "The live fleet workers (admins: all; operators: those of their zones), by id"),
+    (status = 409, body = ErrorBody, description = "`fleet_disabled`: this server executes runs itself (no `--nats`)")))]
+pub async fn fleet_workers(
+    State(s): State<AppState>,
+    caller: Caller,
+) -> ApiResult<Json<Vec<FleetWorker>>> {
+    Ok(Json(workers::live(&s, &caller)?))
 }
 
 #[derive(Deserialize, utoipa::IntoParams)]
