@@ -348,6 +348,91 @@ async fn runs_execute_on_a_worker_of_their_zone_and_a_zone_without_one_is_refuse
     wa.stop().await;
 }
 
+/// A result is recorded only from its own zone's results subject (the only
+/// one that zone's credentials may publish on): a result for a zone-b run
+/// published on zone-a's subject, claiming zone-b, is dropped, and the run
+/// is recorded from zone-b's worker.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_result_on_another_zones_subject_is_not_recorded() {
+    let nats = NatsServer::start().expect("nats-server (scripts/setup.sh installs it)");
+    let work = tempfile::tempdir().expect("tmp");
+    let url = nats.url();
+    let p = Platform::start_with(move |c| {
+        c.nats = Some(url);
+        c.zones.node = strings(&["zone-a", "zone-b"]);
+        c.gpu.adapters.clear();
+    })
+    .await;
+    let wb = Worker::start(&nats, "worker-b", &["zone-b"], work.path());
+    wait_live(&p, &["zone-b"]).await;
+    let (_t, dev) = p
+        .tenant(
+            "forgery",
+            Some(Policy {
+                zones: strings(&["zone-a", "zone-b"]).into_iter().collect(),
+                datasets: true,
+                limits: kasbah_policy::Limits {
+                    wall_time_ms: 2_000,
+                    ..kasbah_policy::Limits::default()
+                },
+                ..Policy::default()
+            }),
+        )
+        .await;
+    let hostile = dev
+        .publish(&guest_path("hostile"), "hostile", "1", |_, _| {})
+        .await
+        .expect("publish");
+    let r = dev
+        .run(&CreateRun {
+            module: hostile.digest.to_string(),
+            metadata: [("attack".to_string(), "sleep".to_string())].into(),
+            input_label: Some(strings(&["zone-b"])),
+            wait: false,
+            ..CreateRun::default()
+        })
+        .await
+        .expect("accepted");
+    let forged = kasbah_fleet::JobResult {
+        run_id: r.id.clone(),
+        worker: "forger".into(),
+        zone: "zone-b".into(),
+        adapter: None,
+        report: kasbah_core::RunReport {
+            outcome: Outcome::Ok {
+                output: kasbah_core::Output {
+                    content_type: "text/plain".into(),
+                    body: b"forged".to_vec(),
+                },
+            },
+            ..kasbah_core::RunReport::denied(hostile.digest, String::new())
+        },
+        started_at_ms: 0,
+        finished_at_ms: 0,
+        output: None,
+    };
+    let js = async_nats::jetstream::new(async_nats::connect(nats.url()).await.expect("connect"));
+    js.publish(
+        kasbah_fleet::proto::result_subject("zone-a"),
+        serde_json::to_vec(&forged).expect("json").into(),
+    )
+    .await
+    .expect("publish")
+    .await
+    .expect("stored");
+    let done = ended(&dev, &r.id, Duration::from_secs(30)).await;
+    assert!(
+        matches!(done.outcome, Some(Outcome::DeadlineExceeded { .. })),
+        "{done:?}"
+    );
+    assert_eq!(done.worker.as_deref(), Some("worker-b"));
+    assert_eq!(
+        entry_workers(&p.admin, &r.id).await,
+        [Some("worker-b".to_string())]
+    );
+    wb.stop().await;
+}
+
 /// Without `nats` the server has no fleet: its workers list is a clear
 /// `409 fleet_disabled`, not an empty list.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -8,7 +8,7 @@
 //! | jobs stream | [`JOBS_STREAM`] `KASBAH_JOBS`, work-queue retention, subjects `kasbah.jobs.>` | one [`Job`] per message on [`job_subject`] `kasbah.jobs.<zone>`, header `Nats-Msg-Id: <run_id>` |
 //! | per-zone consumer | [`zone_consumer`] `zone-<zone>`, durable pull, explicit ack, filter `kasbah.jobs.<zone>` | shared by every worker of the zone |
 //! | results stream | [`RESULTS_STREAM`] `KASBAH_RESULTS`, limits retention, subjects `kasbah.results.>` | one [`JobResult`] per message on [`result_subject`] `kasbah.results.<zone>`, header `Nats-Msg-Id: <run_id>` |
-//! | worker registry | KV [`WORKERS_BUCKET`] `kasbah-workers`, max age [`HEARTBEAT_TTL`] | key = worker id, value = [`WorkerInfo`] |
+//! | worker registry | KV [`WORKERS_BUCKET`] `kasbah-workers`, max age [`HEARTBEAT_TTL`] | one key per zone a worker serves, [`heartbeat_key`] `<zone>.<worker id>`, value = [`WorkerInfo`]; a zone's NATS user may write only its zone's keys, and [`live_workers`] counts a key only for its own zone |
 //! | module bytes | object store [`MODULES_BUCKET`] `kasbah-modules` | key = digest hex, put by the control plane |
 //! | zone data | object store [`zone_bucket`] `kasbah-zone-<zone>` | dataset bytes and run outputs (over [`INLINE_OUTPUT_MAX`], or stored as datasets), key = digest hex |
 //!
@@ -48,7 +48,7 @@ pub const RESULTS_MAX_AGE: Duration = Duration::from_secs(7 * 86_400);
 pub const DUPLICATE_WINDOW: Duration = Duration::from_secs(120);
 /// The header carrying the run id for JetStream's de-duplication.
 pub const MSG_ID_HEADER: &str = "Nats-Msg-Id";
-/// KV bucket of live workers: key = worker id, value = [`WorkerInfo`].
+/// KV bucket of live workers: key = [`heartbeat_key`], value = [`WorkerInfo`].
 pub const WORKERS_BUCKET: &str = "kasbah-workers";
 /// Entries of [`WORKERS_BUCKET`] expire this long after their last put: a
 /// worker that stops heartbeating disappears on its own.
@@ -345,6 +345,62 @@ impl JobResult {
     }
 }
 
+/// The key of `worker`'s heartbeat for `zone` in [`WORKERS_BUCKET`]:
+/// `<zone>.<worker>` (subject `$KV.kasbah-workers.<zone>.<worker>`). A
+/// worker writes one per zone it serves; a zone's NATS user may write only
+/// `$KV.kasbah-workers.<zone>.>` ([`worker_permissions`]).
+pub fn heartbeat_key(zone: &str, worker: &str) -> String {
+    format!("{zone}.{worker}")
+}
+
+/// The live workers from the entries of [`WORKERS_BUCKET`] (key, value) at
+/// `now_ms`, by id. An entry counts only for the zone its key names (the
+/// one zone its writer's credentials could write), and only if its value
+/// is the worker its key names, claims that zone, and is fresher than
+/// [`HEARTBEAT_TTL`]; anything else is ignored (a zone-a user cannot make
+/// a worker look live in zone-b). A worker's entries are merged: its zones
+/// are those of its accepted keys (in its own order of preference), its
+/// adapters those in these zones, the rest from its latest heartbeat.
+pub fn live_workers(
+    entries: impl IntoIterator<Item = (String, WorkerInfo)>,
+    now_ms: i64,
+) -> Vec<WorkerInfo> {
+    let ttl = i64::try_from(HEARTBEAT_TTL.as_millis()).unwrap_or(i64::MAX);
+    let mut by_id: BTreeMap<String, (WorkerInfo, BTreeSet<String>)> = BTreeMap::new();
+    for (key, info) in entries {
+        let Some((zone, id)) = key.split_once('.') else {
+            continue;
+        };
+        if !kasbah_policy::is_zone_name(zone)
+            || id != info.id
+            || !info.zones.iter().any(|z| z == zone)
+            || now_ms.saturating_sub(info.heartbeat_unix_ms) >= ttl
+        {
+            continue;
+        }
+        let zone = zone.to_string();
+        match by_id.get_mut(id) {
+            Some((latest, zones)) => {
+                zones.insert(zone);
+                if info.heartbeat_unix_ms > latest.heartbeat_unix_ms {
+                    *latest = info;
+                }
+            }
+            None => {
+                by_id.insert(id.to_string(), (info, BTreeSet::from([zone])));
+            }
+        }
+    }
+    by_id
+        .into_values()
+        .map(|(mut w, zones)| {
+            w.zones.retain(|z| zones.contains(z));
+            w.adapters.retain(|a| zones.contains(&a.zone));
+            w
+        })
+        .collect()
+}
+
 /// A GPU adapter entry of a worker.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct WorkerAdapter {
@@ -371,7 +427,8 @@ pub struct WorkerInfo {
 }
 
 /// What a zone worker's NATS user may publish and subscribe to: its zones'
-/// consumers, acks and result subjects, the workers KV, reads of the modules
+/// consumers, acks and result subjects, its zones' keys of the workers KV
+/// (`<zone>.*`), reads of the modules
 /// bucket and of its zones' buckets, puts into its zones' buckets (run
 /// outputs), replies on `inbox_prefix` — nothing
 /// else (no other zone's jobs or data, no stream or bucket administration,
@@ -387,7 +444,6 @@ pub fn worker_permissions(zones: &[String], inbox_prefix: &str) -> Permissions {
         format!("$JS.API.STREAM.INFO.{JOBS_STREAM}"),
         format!("$JS.API.STREAM.INFO.{RESULTS_STREAM}"),
         format!("$JS.API.STREAM.INFO.KV_{WORKERS_BUCKET}"),
-        format!("$KV.{WORKERS_BUCKET}.>"),
     ];
     let mut buckets = vec![MODULES_BUCKET.to_string()];
     for z in zones {
@@ -406,6 +462,8 @@ pub fn worker_permissions(zones: &[String], inbox_prefix: &str) -> Permissions {
             format!("$JS.API.CONSUMER.MSG.NEXT.{JOBS_STREAM}.{c}"),
             format!("$JS.ACK.{JOBS_STREAM}.{c}.>"),
             result_subject(z),
+            // Its heartbeat keys for this zone only (`heartbeat_key`).
+            format!("$KV.{WORKERS_BUCKET}.{z}.>"),
         ]);
         buckets.push(zone_bucket(z));
     }
@@ -772,5 +830,68 @@ mod tests {
         assert_eq!(serde_json::from_str::<JobResult>(&text).expect("back"), r);
         let plain = serde_json::to_value(result(b"x".to_vec(), None)).expect("json");
         assert!(plain.get("output").is_none());
+    }
+
+    #[test]
+    fn heartbeats_count_only_for_the_zone_their_key_names() {
+        let info = |id: &str, zones: &[&str], beat: i64| WorkerInfo {
+            id: id.into(),
+            zones: zones.iter().map(|z| z.to_string()).collect(),
+            adapters: zones
+                .iter()
+                .map(|z| WorkerAdapter {
+                    label: format!("gpu-{z}"),
+                    zone: z.to_string(),
+                })
+                .collect(),
+            capacity: 2,
+            active: 0,
+            version: "v".into(),
+            heartbeat_unix_ms: beat,
+        };
+        let now = 100_000;
+        let live = live_workers(
+            [
+                // A two-zone worker, one key per zone: both count.
+                (
+                    heartbeat_key("zone-b", "w2"),
+                    info("w2", &["zone-a", "zone-b"], now - 10),
+                ),
+                (
+                    heartbeat_key("zone-a", "w2"),
+                    info("w2", &["zone-a", "zone-b"], now - 5),
+                ),
+                // Written with zone-a's credentials, claiming zone-b too:
+                // it counts for zone-a only.
+                (
+                    heartbeat_key("zone-a", "w1"),
+                    info("w1", &["zone-a", "zone-b"], now),
+                ),
+                // A key that is not its value's worker, a zone the value
+                // does not claim, no zone at all, a stale beat: ignored.
+                (heartbeat_key("zone-a", "w3"), info("w4", &["zone-a"], now)),
+                (heartbeat_key("zone-c", "w5"), info("w5", &["zone-a"], now)),
+                ("w6".to_string(), info("w6", &["zone-a"], now)),
+                (heartbeat_key("Zone.A", "w7"), info("w7", &["zone-a"], now)),
+                (
+                    heartbeat_key("zone-a", "w8"),
+                    info("w8", &["zone-a"], now - 10_000),
+                ),
+            ],
+            now,
+        );
+        let ids: Vec<&str> = live.iter().map(|w| w.id.as_str()).collect();
+        assert_eq!(ids, ["w1", "w2"]);
+        assert_eq!(live[0].zones, ["zone-a"]);
+        assert_eq!(live[0].adapters.len(), 1);
+        assert_eq!(live[0].adapters[0].zone, "zone-a");
+        assert_eq!(live[1].zones, ["zone-a", "zone-b"]);
+        assert_eq!(live[1].heartbeat_unix_ms, now - 5, "the latest beat");
+        let p = worker_permissions(&["zone-a".to_string()], "_INBOX_w");
+        assert!(
+            p.publish
+                .contains(&"$KV.kasbah-workers.zone-a.>".to_string())
+        );
+        assert!(!p.publish.iter().any(|s| s == "$KV.kasbah-workers.>"));
     }
 }

@@ -39,7 +39,7 @@ use tokio::sync::{Semaphore, watch};
 use crate::proto::{
     ConsumerTiming, HEARTBEAT_INTERVAL, INLINE_OUTPUT_MAX, Job, JobResult, MODULES_BUCKET,
     MSG_ID_HEADER, StoredOutput, WORKERS_BUCKET, WorkerAdapter, WorkerInfo, ensure_streams,
-    ensure_zone, job_subject, result_subject, zone_bucket,
+    ensure_zone, heartbeat_key, job_subject, result_subject, zone_bucket,
 };
 
 /// Most jobs one pull asks for.
@@ -57,7 +57,8 @@ const NAK_DELAY: Duration = Duration::from_secs(1);
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct WorkerConfig {
-    /// Unique worker id, `[A-Za-z0-9_-]{1,64}` (its key in the workers KV).
+    /// Unique worker id, `[A-Za-z0-9_-]{1,64}` (its keys in the workers KV
+    /// are `<zone>.<id>`).
     /// Default: `<hostname>-<pid>`.
     pub id: String,
     /// NATS server URL(s), comma-separated.
@@ -392,8 +393,10 @@ pub async fn run(config: WorkerConfig, shutdown: impl Future<Output = ()>) -> an
     // Out of the registry first: a draining worker takes no new runs, so
     // placement must not count it.
     let _ = beat.await;
-    if let Err(e) = workers_kv.delete(&worker.id).await {
-        tracing::warn!(worker = worker.id, "removing heartbeat: {e}");
+    for z in &worker.zones {
+        if let Err(e) = workers_kv.delete(heartbeat_key(z, &worker.id)).await {
+            tracing::warn!(worker = worker.id, zone = z, "removing heartbeat: {e}");
+        }
     }
     for p in pullers {
         if let Err(e) = p.await {
@@ -448,10 +451,15 @@ async fn heartbeat(worker: &Worker, kv: &jetstream::kv::Store) {
         version: env!("CARGO_PKG_VERSION").into(),
         heartbeat_unix_ms: now_ms(),
     };
+    // One key per zone: a zone's credentials may write only its zone's keys,
+    // and the control plane counts each key for its own zone only.
     match serde_json::to_vec(&info) {
         Ok(body) => {
-            if let Err(e) = kv.put(&worker.id, body.into()).await {
-                tracing::warn!(worker = worker.id, "heartbeat: {e}");
+            let body = bytes::Bytes::from(body);
+            for z in &worker.zones {
+                if let Err(e) = kv.put(heartbeat_key(z, &worker.id), body.clone()).await {
+                    tracing::warn!(worker = worker.id, zone = z, "heartbeat: {e}");
+                }
             }
         }
         Err(e) => tracing::error!(worker = worker.id, "heartbeat encoding: {e}"),

@@ -31,7 +31,7 @@ use async_nats::jetstream::{AckKind, consumer};
 use futures_util::StreamExt;
 use kasbah_core::api::{PolicyRecord, RunRecord, RunStatus};
 use kasbah_core::{Outcome, RunReport};
-use kasbah_fleet::proto::{JobResult, StoredOutput};
+use kasbah_fleet::proto::{JobResult, StoredOutput, result_subject};
 use kasbah_runtime::Request;
 
 use super::execute::{count_run, keep_output};
@@ -195,6 +195,17 @@ async fn record_results(s: AppState, consumer: consumer::Consumer<consumer::pull
                         }
                     };
                     let done = match serde_json::from_slice::<JobResult>(&msg.payload) {
+                        // A zone's credentials publish on its own results
+                        // subject only: a result claiming another zone than
+                        // its subject's is forged.
+                        Ok(result) if msg.subject.as_str() != result_subject(&result.zone) => {
+                            tracing::error!(
+                                subject = %msg.subject,
+                                "a result claiming zone {:?} on another zone's subject, dropped",
+                                result.zone
+                            );
+                            true
+                        }
                         Ok(result) => record_one(&s, result).await,
                         Err(e) => {
                             tracing::error!("a result that does not decode, dropped: {e}");

@@ -6,7 +6,9 @@
 //!
 //! - **Live workers**: the workers KV bucket, re-read every
 //!   [`LIVE_REFRESH`]; placement only considers zones (and GPU adapter
-//!   entries) of workers whose heartbeat is fresh.
+//!   entries) of workers whose heartbeat is fresh, each heartbeat key
+//!   counting only for the zone it names (`<zone>.<worker>`: the only keys
+//!   that zone's credentials may write).
 //! - **Dispatch**: a run's module bytes go to the modules bucket (once per
 //!   digest), its datasets to its zone's bucket (once per digest and zone:
 //!   streamed from the blob store, or copied from the zone bucket holding a
@@ -24,7 +26,7 @@ use futures_util::StreamExt;
 use kasbah_core::Digest;
 use kasbah_core::api::{PolicyRecord, RunRecord};
 use kasbah_fleet::proto::{
-    self, HEARTBEAT_TTL, Job, JobDataset, MODULES_BUCKET, MSG_ID_HEADER, WORKERS_BUCKET, WorkerInfo,
+    self, Job, JobDataset, MODULES_BUCKET, MSG_ID_HEADER, WORKERS_BUCKET, WorkerInfo,
 };
 use kasbah_runtime::Request;
 use kasbah_runtime::kasbah_gpu::AdapterStatus;
@@ -89,18 +91,16 @@ impl Fleet {
         let Ok(mut keys) = kv.keys().await else {
             return;
         };
-        let now = now_ms();
-        let ttl = i64::try_from(HEARTBEAT_TTL.as_millis()).unwrap_or(i64::MAX);
-        let mut live = Vec::new();
+        let mut entries = Vec::new();
         while let Some(Ok(k)) = keys.next().await {
             if let Ok(Some(v)) = kv.get(&k).await
                 && let Ok(w) = serde_json::from_slice::<WorkerInfo>(&v)
-                && now.saturating_sub(w.heartbeat_unix_ms) < ttl
             {
-                live.push(w);
+                entries.push((k, w));
             }
         }
-        *lock(&self.live) = live;
+        // Each key counts only for the zone it names (see `live_workers`).
+        *lock(&self.live) = proto::live_workers(entries, now_ms());
     }
 
     /// The live workers' last heartbeats.
