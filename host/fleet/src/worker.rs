@@ -7,7 +7,8 @@
 //! runs; fetch the module (object store [`MODULES_BUCKET`], verified against
 //! its digest; the runtime caches compiled modules) and the datasets (the
 //! zone's object store, verified, cached in `work_dir/datasets/<hex>`,
-//! mode 0400); run it with the job's policy, its residency and a wall limit
+//! mode 0400, at most `max_dataset_cache_bytes`, least recently used out
+//! first, never a running job's: [`crate::cache`]); run it with the job's policy, its residency and a wall limit
 //! that ends at the job's deadline; put an output over
 //! [`INLINE_OUTPUT_MAX`] (or one stored as a dataset) in the zone's object
 //! store under its digest, so the result carries a [`StoredOutput`] instead
@@ -36,6 +37,7 @@ use sha2::Digest as _;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::{Semaphore, watch};
 
+use crate::cache::DatasetCache;
 use crate::proto::{
     ConsumerTiming, HEARTBEAT_INTERVAL, INLINE_OUTPUT_MAX, Job, JobResult, MODULES_BUCKET,
     MSG_ID_HEADER, StoredOutput, WORKERS_BUCKET, WorkerAdapter, WorkerInfo, ensure_streams,
@@ -65,8 +67,9 @@ pub struct WorkerConfig {
     pub nats: String,
     /// Runs executing at once.
     pub capacity: u32,
-    /// Cached datasets (never evicted yet) and per-run dataset
-    /// directories. One per worker: partial files are cleared at start.
+    /// Cached datasets (`datasets/`, at most `max_dataset_cache_bytes`)
+    /// and per-run dataset directories. One per worker: partial files are
+    /// cleared at start.
     pub work_dir: PathBuf,
     /// GPU adapter entries (label, zone, backend/name match), as the
     /// server's `[gpu]`. None by default.
@@ -93,6 +96,10 @@ pub struct WorkerConfig {
     pub max_module_bytes: u64,
     /// Largest dataset fetched from a zone bucket.
     pub max_dataset_bytes: u64,
+    /// Bytes of datasets kept in `work_dir/datasets` (least recently used
+    /// evicted first; datasets of running jobs are never evicted, so a
+    /// job's own datasets may exceed it while it runs).
+    pub max_dataset_cache_bytes: u64,
 }
 
 impl Default for WorkerConfig {
@@ -112,6 +119,7 @@ impl Default for WorkerConfig {
             nats_inbox_prefix: "_INBOX".into(),
             max_module_bytes: 256 << 20,
             max_dataset_bytes: 4 << 30,
+            max_dataset_cache_bytes: 16 << 30,
         }
     }
 }
@@ -231,7 +239,7 @@ struct Worker {
     runtime: Runtime,
     modules: ObjectStore,
     zone_stores: HashMap<String, ObjectStore>,
-    datasets_dir: PathBuf,
+    datasets: Arc<DatasetCache>,
     tmp_dir: PathBuf,
     timing: ConsumerTiming,
     max_module_bytes: u64,
@@ -257,6 +265,8 @@ pub async fn run(config: WorkerConfig, shutdown: impl Future<Output = ()>) -> an
     for d in [&tmp_dir, &scratch] {
         clear_dir(d);
     }
+    let datasets = DatasetCache::open(&datasets_dir, config.max_dataset_cache_bytes)
+        .with_context(|| format!("dataset cache {}", datasets_dir.display()))?;
 
     let client = crate::connect(
         &config.nats,
@@ -341,7 +351,7 @@ pub async fn run(config: WorkerConfig, shutdown: impl Future<Output = ()>) -> an
         runtime,
         modules,
         zone_stores,
-        datasets_dir,
+        datasets,
         tmp_dir,
         timing,
         max_module_bytes: config.max_module_bytes,
@@ -792,6 +802,9 @@ async fn execute(worker: &Worker, job: &Job) -> Result<RunReport, Prep> {
                 .map_err(|e| Prep::Refused(format!("module {}: {e}", job.module)))?
         }
     };
+    // Its datasets stay in the cache until the run has ended.
+    let digests: Vec<Digest> = job.datasets.iter().map(|d| d.digest).collect();
+    let _pins = worker.datasets.pin(&digests);
     let mut datasets = Vec::with_capacity(job.datasets.len());
     for d in &job.datasets {
         let path = fetch_dataset(worker, &job.zone, &d.digest).await?;
@@ -916,12 +929,15 @@ async fn fetch_module(worker: &Worker, digest: &Digest) -> Result<Vec<u8>, Prep>
 }
 
 /// The local copy of a dataset (`work_dir/datasets/<hex>`, 0400),
-/// downloaded from the zone's bucket on first use.
+/// downloaded from the zone's bucket on first use and kept in the bounded
+/// cache.
 async fn fetch_dataset(worker: &Worker, zone: &str, digest: &Digest) -> Result<PathBuf, Prep> {
-    let path = worker.datasets_dir.join(digest.hex());
-    if tokio::fs::metadata(&path).await.is_ok() {
+    if let Some(path) = worker.datasets.get(digest)
+        && tokio::fs::metadata(&path).await.is_ok()
+    {
         return Ok(path);
     }
+    let path = worker.datasets.path(digest);
     let Some(store) = worker.zone_stores.get(zone) else {
         return Err(Prep::Refused(format!("no object store for zone {zone}")));
     };
@@ -951,6 +967,8 @@ async fn fetch_dataset(worker: &Worker, zone: &str, digest: &Digest) -> Result<P
     tmp_path
         .persist(&path)
         .map_err(|e| Prep::Refused(format!("storing dataset {digest}: {e}")))?;
+    let size = tokio::fs::metadata(&path).await.map_err(io)?.len();
+    worker.datasets.admit(digest, size);
     Ok(path)
 }
 
