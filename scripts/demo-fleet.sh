@@ -63,8 +63,14 @@ wait_for() { # file pattern what: wait up to 30 s for a line in a log
 }
 indent() { sed 's/^/  /'; }
 step() { echo; echo "\$ kasbah $*"; }
-# The worker whose log says it finished run $1 (`run done`).
-ran_on() { grep -l "run done.*run=\"$1\"" "$work"/worker-*.log 2>/dev/null | sed 's|.*/worker-\(.*\)\.log|worker-\1|' | paste -sd, -; }
+# The worker that executed run $1, as its record names it.
+ran_on() { $KASBAH runs show "$1" --json | python3 -c 'import json,sys; print(json.load(sys.stdin).get("worker") or "")'; }
+# The live workers the control plane sees (GET /v1/fleet/workers), by id.
+live_workers() { KASBAH_TOKEN=$ADMIN $KASBAH fleet workers --json | python3 -c 'import json,sys; print(",".join(w["id"] for w in json.load(sys.stdin)))'; }
+wait_workers() { # ids (comma-separated, sorted): wait up to 30 s until exactly these are live
+    for _ in $(seq 300); do [ "$(live_workers)" = "$1" ] && return 0; sleep 0.1; done
+    echo "timed out waiting for live workers $1 (live: $(live_workers))" >&2; exit 1
+}
 
 echo
 echo "== the fleet: nats-server (JetStream), a control plane, zone workers =="
@@ -119,7 +125,9 @@ start_worker worker-b zone-b '
 [[gpu.adapters]]
 label = "gpu0"
 zone = "zone-b"'
-sleep 2 # the control plane refreshes its live-worker view every 500 ms
+wait_workers worker-a1,worker-a2,worker-b
+step "fleet workers   (GET /v1/fleet/workers: the control plane's live-worker view)"
+KASBAH_TOKEN=$ADMIN $KASBAH fleet workers | indent
 
 cat > "$work/tenant.toml" <<TOML
 zones = ["zone-a", "zone-b"]
@@ -191,7 +199,7 @@ $KASBAH runs show "$RUN" 2>&1 | indent
 finisher=$(ran_on "$RUN")
 [ -n "$finisher" ] && [ "$finisher" != "$victim" ] || { echo "expected another zone-a worker to finish $RUN" >&2; exit 1; }
 grep -h "run starts.*run=\"$RUN\"" "$work/$finisher.log" | sed "s/^.*INFO /  $finisher| /"
-echo "  -> finished by $finisher: JetStream redelivered the job after the ack wait (2 s without progress)"
+echo "  -> finished by $finisher (its record and its run_executed entry name it): JetStream redelivered the job after the ack wait (2 s without progress)"
 entries=$($KASBAH audit entries --json | python3 -c "
 import json, sys
 es = json.load(sys.stdin)
@@ -205,7 +213,9 @@ echo "== zone-b's only worker drains (SIGTERM): zone-b runs are refused =="
 kill -TERM "$pid_worker_b"
 wait "$pid_worker_b" || true
 grep -E "draining|worker stopped" "$work/worker-b.log" | sed 's/^.*INFO /  worker-b| /'
-sleep 1.5 # the control plane's live-worker view (refreshed every 500 ms)
+wait_workers "$finisher"   # worker-b left the registry (the killed one's heartbeat expired)
+step "fleet workers"
+KASBAH_TOKEN=$ADMIN $KASBAH fleet workers | indent
 step "run $HELLO --input-label zone-b"
 refusal=$(printf 'x' | $KASBAH run "$HELLO" --input-label zone-b 2>&1 || true)
 printf '%s\n' "$refusal" | cut -c1-200 | indent

@@ -54,6 +54,7 @@ fn run_entry(i: u64, module: Digest) -> Entry {
             peak_memory_bytes: 1 << 20,
             gpu_time_us: 0,
             gpu_bytes: 0,
+            worker: None,
         }),
     )
 }

@@ -29,10 +29,25 @@
 //! type 7 credential       action:str token_id:str role:str subject:str
 //!                         tenant:str expires_unix_ms:opt<u64>
 //!                         by_role:str by_subject:str
+//! type 8 run_executed     (every type 4 field, in type 4's order) worker:str
 //! ```
 //!
-//! Type 6 was added after types 1–5 were frozen, type 7 after type 6; the
-//! bytes of the older types are unchanged.
+//! Type 6 was added after types 1–5 were frozen, type 7 after type 6, type 8
+//! after type 7; the bytes of the older types are unchanged.
+//!
+//! **Type 8 is a run record that names the fleet worker that executed the
+//! run** (issue 14). It is the same logical entry as type 4 — one Rust
+//! variant, [`EntryBody::RunExecuted`], JSON `"type": "run_executed"`, kind
+//! `run_executed` for filters, receipts and `kasbah audit verify --run` —
+//! with one more field, `worker`, appended after type 4's last. The type
+//! number says whether the field is there: `worker: None` encodes as type 4
+//! (byte for byte what it always was: every in-process run, every run
+//! interrupted before a worker answered), `worker: Some(w)` as type 8, whose
+//! `worker` is therefore a plain `str`, not an `opt<str>`. An `opt<str>`
+//! would give one record two encodings (type 4, and type 8 with tag 0x00),
+//! breaking `encode(decode(b)) == b`; a separate variant would make every
+//! reader that looks for a run's record (receipts, the CLI, the tests that
+//! count one record per run) learn a second name for the same thing.
 //!
 //! Decoding is strict (unknown version or type, trailing bytes, non-0/1
 //! option tags, unsorted sets, bad UTF-8 are all errors), so every byte string
@@ -126,6 +141,12 @@ pub struct RunExecuted {
     pub peak_memory_bytes: u64,
     pub gpu_time_us: u64,
     pub gpu_bytes: u64,
+    /// The fleet worker that executed the run (its id in the workers
+    /// registry); absent for runs executed by the server itself, and for
+    /// fleet runs recorded `interrupted` with no worker's result. Present =
+    /// entry type 8, absent = type 4 (see the module docs).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub worker: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -183,6 +204,7 @@ impl EntryBody {
             EntryBody::TenantCreated(_) => 1,
             EntryBody::PolicySet(_) => 2,
             EntryBody::ModulePublished(_) => 3,
+            EntryBody::RunExecuted(e) if e.worker.is_some() => 8,
             EntryBody::RunExecuted(_) => 4,
             EntryBody::Denial(_) => 5,
             EntryBody::DatasetCreated(_) => 6,
@@ -471,6 +493,10 @@ impl Entry {
                 w.u64(e.peak_memory_bytes);
                 w.u64(e.gpu_time_us);
                 w.u64(e.gpu_bytes);
+                // Type 8 only (the tag says so, see the module docs).
+                if let Some(worker) = &e.worker {
+                    w.str("worker", worker)?;
+                }
             }
             EntryBody::Denial(e) => {
                 w.str("tenant", &e.tenant)?;
@@ -528,7 +554,7 @@ impl Entry {
                 version: r.str("version")?,
                 signer: r.opt_str("signer")?,
             }),
-            4 => EntryBody::RunExecuted(RunExecuted {
+            4 | 8 => EntryBody::RunExecuted(RunExecuted {
                 run_id: r.str("run_id")?,
                 tenant: r.str("tenant")?,
                 module: r.digest("module")?,
@@ -545,6 +571,11 @@ impl Entry {
                 peak_memory_bytes: r.u64("peak_memory_bytes")?,
                 gpu_time_us: r.u64("gpu_time_us")?,
                 gpu_bytes: r.u64("gpu_bytes")?,
+                worker: if tag == 8 {
+                    Some(r.str("worker")?)
+                } else {
+                    None
+                },
             }),
             5 => EntryBody::Denial(Denial {
                 tenant: r.str("tenant")?,

@@ -58,6 +58,7 @@ fn samples() -> Vec<Entry> {
                 peak_memory_bytes: 65536,
                 gpu_time_us: 77,
                 gpu_bytes: 4096,
+                worker: None,
             }),
         ),
         Entry::new(
@@ -412,3 +413,62 @@ fn credential_follows_the_grammar_and_decodes_strictly() {
     assert_eq!(v["type"], "credential");
     assert_eq!(v["token_id"], "tk_01");
 }
+
+/// Type 8 (`run_executed` naming its fleet worker) was added after type 7:
+/// type 4's fields in type 4's order, then `worker:str`; assembled by hand
+/// from the grammar here. A run record without a worker still encodes as
+/// type 4, byte for byte (the frozen golden), and one with a worker as
+/// type 8 only: every record has exactly one encoding.
+#[test]
+fn run_executed_with_a_worker_is_type_8_and_type_4_is_unchanged() {
+    let mut e = samples().remove(3);
+    let type4 = e.encode().expect("encode");
+    assert_eq!(hex::encode(&type4), GOLDEN[3].0, "type 4 bytes unchanged");
+    let EntryBody::RunExecuted(r) = &mut e.body else {
+        panic!("sample 3 is a run")
+    };
+    r.worker = Some("worker-a1".into());
+    let bytes = e.encode().expect("encode");
+    let mut want = type4.clone();
+    want[1] = 8;
+    want.extend(9u32.to_be_bytes());
+    want.extend(b"worker-a1");
+    assert_eq!(bytes, want);
+    assert_eq!(hex::encode(&bytes), RUN_EXECUTED_WORKER_GOLDEN);
+    let back = Entry::decode(&bytes).expect("decode");
+    assert_eq!(back, e);
+    // The same logical entry: kind, tenant, module, JSON type.
+    assert_eq!(back.body.kind(), "run_executed");
+    assert_eq!(back.body.tenant(), "acme");
+    assert_eq!(back.body.module(), Some(Digest::of(b"module bytes")));
+    let j = serde_json::to_value(&back).expect("json");
+    assert_eq!(
+        (j["type"].as_str(), j["worker"].as_str()),
+        (Some("run_executed"), Some("worker-a1"))
+    );
+    assert_eq!(serde_json::from_value::<Entry>(j).expect("parse"), e);
+    // Type 4's JSON has no `worker` key at all.
+    let j4 = serde_json::to_value(Entry::decode(&type4).expect("decode")).expect("json");
+    assert!(j4.get("worker").is_none(), "{j4}");
+    // Strict: every proper prefix (a type 8 without its worker included)
+    // and a trailing byte are refused; type 4 bytes followed by a worker
+    // are trailing bytes, not a type 8.
+    for n in 0..bytes.len() {
+        assert!(Entry::decode(&bytes[..n]).is_err(), "prefix {n}");
+    }
+    let mut long = bytes.clone();
+    long.push(0);
+    assert_eq!(Entry::decode(&long), Err(EntryError::TrailingBytes(1)));
+    let mut as4 = bytes.clone();
+    as4[1] = 4;
+    assert_eq!(Entry::decode(&as4), Err(EntryError::TrailingBytes(13)));
+    let mut bad = bytes.clone();
+    let last = bad.len() - 1;
+    bad[last] = 0xff;
+    assert_eq!(Entry::decode(&bad), Err(EntryError::BadUtf8("worker")));
+    let mut huge = bytes.clone();
+    huge[type4.len()..type4.len() + 4].copy_from_slice(&u32::MAX.to_be_bytes());
+    assert_eq!(Entry::decode(&huge), Err(EntryError::TooLong("worker")));
+}
+
+const RUN_EXECUTED_WORKER_GOLDEN: &str = "01080000019b76daa8030000000572756e2d310000000461636d655c073b6de205a83e4df87dcd07111be224ad4435a8c08ca0ba10e68dcf38fe92c96c6d5be8d08a12e7b5cdc1b207fa6b2430974c86803d8891675e76fd992c20000000019a129038d9a00aed0cf6a7ea059ca50a813449061ab87848cf1a13eafdf33b2c01e0ee8bb50685e05fa0f47ed04203ae953fdfd055f5bd2892ea186504254f8c3a000000020000000a65752d70617269732d310000000a6d612d72616261742d310000000a6d612d72616261742d31010000000a6c6c766d706970652d300000000000000003000000026f6b00000000000004d20100000000000013880000000000010000000000000000004d000000000000100000000009776f726b65722d6131";

@@ -53,6 +53,7 @@ fn entry(i: u64) -> Entry {
             peak_memory_bytes: 0,
             gpu_time_us: 0,
             gpu_bytes: 0,
+            worker: None,
         }),
         _ => EntryBody::Denial(Denial {
             tenant: "t0".into(),

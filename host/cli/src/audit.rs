@@ -175,7 +175,7 @@ fn describe(b: &kasbah_audit::EntryBody) -> String {
             r.run_id, r.outcome, r.module, r.policy_version
         ),
         RunExecuted(r) => format!(
-            "{} {} module {} policy v{} zone {}{} output label {{{}}}",
+            "{} {} module {} policy v{} zone {}{}{} output label {{{}}}",
             r.run_id,
             r.outcome,
             r.module,
@@ -184,6 +184,9 @@ fn describe(b: &kasbah_audit::EntryBody) -> String {
             r.adapter
                 .as_ref()
                 .map_or(String::new(), |a| format!(" adapter {a}")),
+            r.worker
+                .as_ref()
+                .map_or(String::new(), |w| format!(" worker {w}")),
             r.output_label.join(", ")
         ),
         Denial(d) => format!("{}: {}", d.action, d.reason),

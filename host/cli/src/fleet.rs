@@ -1,4 +1,5 @@
-//! `kasbah fleet`: setting up a fleet (no server needed).
+//! `kasbah fleet`: setting up a fleet (`nats-config`, no server needed) and
+//! looking at it (`workers`: the control plane's live workers).
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -16,6 +17,9 @@ pub enum FleetCmd {
     /// random passwords and scoped permissions) and each user's NATS credentials: the control
     /// plane's and one set per zone worker.
     NatsConfig(NatsConfigArgs),
+    /// List the fleet's live workers (admin or operator token): id, zones, adapters,
+    /// capacity, runs active, version, heartbeat age. Exit 2 on a server without a fleet.
+    Workers,
 }
 
 #[derive(Args)]
@@ -37,10 +41,46 @@ pub struct NatsConfigArgs {
     workers_per_zone: u32,
 }
 
-pub fn fleet(cmd: FleetCmd, json: bool) -> anyhow::Result<ExitCode> {
+pub fn fleet(ctx: &crate::remote::Ctx, cmd: FleetCmd) -> anyhow::Result<ExitCode> {
     match cmd {
-        FleetCmd::NatsConfig(args) => nats_config(args, json),
+        FleetCmd::NatsConfig(args) => nats_config(args, ctx.json),
+        FleetCmd::Workers => crate::remote::block_on(workers(ctx)),
     }
+}
+
+async fn workers(ctx: &crate::remote::Ctx) -> anyhow::Result<ExitCode> {
+    let ws = ctx.client()?.fleet_workers().await?;
+    if ctx.json {
+        outln!("{}", serde_json::to_string_pretty(&ws)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    outln!(
+        "{:<24} {:<24} {:>6} {:>8} {:>9}  {:<10} adapters",
+        "worker",
+        "zones",
+        "active",
+        "capacity",
+        "heartbeat",
+        "version"
+    );
+    for w in &ws {
+        let adapters: Vec<String> = w
+            .adapters
+            .iter()
+            .map(|a| format!("{}@{}", a.label, a.zone))
+            .collect();
+        outln!(
+            "{:<24} {:<24} {:>6} {:>8} {:>7}ms  {:<10} {}",
+            w.id,
+            w.zones.join(","),
+            w.active,
+            w.capacity,
+            w.heartbeat_age_ms,
+            w.version,
+            adapters.join(",")
+        );
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 fn nats_config(args: NatsConfigArgs, json: bool) -> anyhow::Result<ExitCode> {
@@ -142,6 +182,14 @@ mod tests {
     use super::*;
     use clap::FromArgMatches as _;
 
+    fn ctx(json: bool) -> crate::remote::Ctx {
+        crate::remote::Ctx {
+            url: "http://127.0.0.1:1".into(),
+            token: None,
+            json,
+        }
+    }
+
     fn parse(args: &[&str]) -> anyhow::Result<FleetCmd> {
         let m = crate::command().try_get_matches_from(args)?;
         match crate::Cli::from_arg_matches(&m)?.command {
@@ -166,7 +214,7 @@ mod tests {
             "--listen",
             "127.0.0.1:4333",
         ])?;
-        fleet(cmd, true)?;
+        fleet(&ctx(true), cmd)?;
         let conf = std::fs::read_to_string(out.join("nats-server.conf"))?;
         assert!(conf.contains("listen: \"127.0.0.1:4333\""), "{conf}");
         let store = format!("store_dir: {:?}", out.join("jetstream").to_string_lossy());
@@ -188,7 +236,7 @@ mod tests {
             "--out",
             &out_s,
         ])?;
-        let e = fleet(again, false).expect_err("overwrite");
+        let e = fleet(&ctx(false), again).expect_err("overwrite");
         assert!(e.to_string().contains("exists already"), "{e}");
         assert_eq!(std::fs::read_to_string(out.join("nats-server.conf"))?, conf);
         let bad_out = tmp.path().join("bad").to_string_lossy().into_owned();
@@ -201,7 +249,7 @@ mod tests {
             "--out",
             &bad_out,
         ])?;
-        let e = fleet(bad, false).expect_err("bad zones");
+        let e = fleet(&ctx(false), bad).expect_err("bad zones");
         assert!(e.to_string().contains("not a zone name"), "{e}");
         assert!(!tmp.path().join("bad").exists());
         // The text output, with three workers per zone and another store.
@@ -220,7 +268,7 @@ mod tests {
             "--workers-per-zone",
             "3",
         ])?;
-        fleet(cmd, false)?;
+        fleet(&ctx(false), cmd)?;
         let conf = std::fs::read_to_string(tmp.path().join("text/nats-server.conf"))?;
         assert!(conf.contains(&format!("store_dir: {store:?}")), "{conf}");
         assert!(tmp.path().join("text/worker-zone-a-3.toml").is_file());

@@ -51,7 +51,7 @@ enum Command {
     Serve(serve::ServeArgs),
     /// Run a zone worker of the fleet (NATS JetStream; see `kasbah serve --nats`).
     Worker(serve::WorkerArgs),
-    /// Fleet setup: the NATS server configuration and credentials (no server needed).
+    /// The fleet: NATS server configuration and credentials (no server needed), live workers.
     #[command(subcommand)]
     Fleet(fleet::FleetCmd),
     /// Who the token belongs to.
@@ -144,7 +144,7 @@ pub fn main() -> ExitCode {
         Command::Run(args) => local::run(args, cli.verbose > 0, ctx.json),
         Command::Serve(args) => serve::serve(args),
         Command::Worker(args) => serve::worker(args),
-        Command::Fleet(c) => fleet::fleet(c, ctx.json),
+        Command::Fleet(c) => fleet::fleet(&ctx, c),
         Command::Whoami => remote::block_on(remote::whoami(&ctx)),
         Command::Operator(c) => remote::block_on(remote::operator(&ctx, c)),
         Command::Tenant(c) => remote::block_on(remote::tenant(&ctx, c)),

@@ -698,10 +698,13 @@ fn show_run(ctx: &Ctx, r: &RunRecord, id_on_stdout: bool) -> anyhow::Result<Exit
         eprintln!("module   {}  policy v{}", r.module, r.policy_version);
         if let Some(zone) = &r.zone {
             eprintln!(
-                "placed   zone {zone}{}  output label {{{}}}",
+                "placed   zone {zone}{}{}  output label {{{}}}",
                 r.adapter
                     .as_ref()
                     .map_or(String::new(), |a| format!(", GPU adapter {a}")),
+                r.worker
+                    .as_ref()
+                    .map_or(String::new(), |w| format!(", fleet worker {w}")),
                 r.output_label.join(", ")
             );
         }

@@ -407,9 +407,44 @@ pub struct RunRecord {
     /// The dataset the output was stored as (`store_output_as`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub output_dataset: Option<String>,
+    /// The fleet worker that executed the run (fleet mode: its id in the
+    /// workers registry, a worker of `zone`); absent for runs the server
+    /// executed itself and for runs no worker answered.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub worker: Option<String>,
     pub created_at: i64,
     pub started_at: Option<i64>,
     pub finished_at: Option<i64>,
+}
+
+/// A live fleet worker as the control plane last heard from it
+/// (`GET /v1/fleet/workers`, fleet mode).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(ToSchema))]
+pub struct FleetWorker {
+    /// Its id in the workers registry (what run records name).
+    pub id: String,
+    /// The zones it takes runs for, in its order of preference.
+    pub zones: Vec<String>,
+    /// Its GPU adapter entries.
+    pub adapters: Vec<FleetAdapter>,
+    /// Runs it executes at once.
+    pub capacity: u32,
+    /// Runs executing on it at its last heartbeat.
+    pub active: u32,
+    /// Its build (`kasbah-fleet` version).
+    pub version: String,
+    /// Milliseconds since its last heartbeat (at most the heartbeat TTL:
+    /// older ones are not live).
+    pub heartbeat_age_ms: u64,
+}
+
+/// A GPU adapter entry of a fleet worker.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(ToSchema))]
+pub struct FleetAdapter {
+    pub label: String,
+    pub zone: String,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -9,12 +9,17 @@
 //! - [`connect()`]: connecting with a [`NatsAuth`] (user and password or a
 //!   `.creds` file, reply prefix), shared by the workers and the control
 //!   plane.
+//! - [`cache`]: a worker's bounded, least-recently-used dataset cache.
+//! - [`objects`]: object-store puts that fit `max_payload`, reads checked
+//!   against the digest an object is named by.
 //! - [`nats_config`]: the nats-server configuration and per-user
 //!   credentials of a fleet (`kasbah fleet nats-config`).
 //! - [`testing`]: a throw-away `nats-server` with JetStream for tests.
 
+pub mod cache;
 pub mod connect;
 pub mod nats_config;
+pub mod objects;
 pub mod proto;
 pub mod testing;
 pub mod worker;

@@ -8,9 +8,9 @@
 //! | jobs stream | [`JOBS_STREAM`] `KASBAH_JOBS`, work-queue retention, subjects `kasbah.jobs.>` | one [`Job`] per message on [`job_subject`] `kasbah.jobs.<zone>`, header `Nats-Msg-Id: <run_id>` |
 //! | per-zone consumer | [`zone_consumer`] `zone-<zone>`, durable pull, explicit ack, filter `kasbah.jobs.<zone>` | shared by every worker of the zone |
 //! | results stream | [`RESULTS_STREAM`] `KASBAH_RESULTS`, limits retention, subjects `kasbah.results.>` | one [`JobResult`] per message on [`result_subject`] `kasbah.results.<zone>`, header `Nats-Msg-Id: <run_id>` |
-//! | worker registry | KV [`WORKERS_BUCKET`] `kasbah-workers`, max age [`HEARTBEAT_TTL`] | key = worker id, value = [`WorkerInfo`] |
+//! | worker registry | KV [`WORKERS_BUCKET`] `kasbah-workers`, max age [`HEARTBEAT_TTL`] | one key per zone a worker serves, [`heartbeat_key`] `<zone>.<worker id>`, value = [`WorkerInfo`]; a zone's NATS user may write only its zone's keys, and [`live_workers`] counts a key only for its own zone |
 //! | module bytes | object store [`MODULES_BUCKET`] `kasbah-modules` | key = digest hex, put by the control plane |
-//! | zone data | object store [`zone_bucket`] `kasbah-zone-<zone>` | dataset bytes, key = digest hex |
+//! | zone data | object store [`zone_bucket`] `kasbah-zone-<zone>` | dataset bytes and run outputs (over [`INLINE_OUTPUT_MAX`], or stored as datasets), key = digest hex |
 //!
 //! Zone names are [`kasbah_policy::is_zone_name`] (lowercase letters,
 //! digits, `-`), so they are safe as subject tokens and in bucket names.
@@ -48,7 +48,7 @@ pub const RESULTS_MAX_AGE: Duration = Duration::from_secs(7 * 86_400);
 pub const DUPLICATE_WINDOW: Duration = Duration::from_secs(120);
 /// The header carrying the run id for JetStream's de-duplication.
 pub const MSG_ID_HEADER: &str = "Nats-Msg-Id";
-/// KV bucket of live workers: key = worker id, value = [`WorkerInfo`].
+/// KV bucket of live workers: key = [`heartbeat_key`], value = [`WorkerInfo`].
 pub const WORKERS_BUCKET: &str = "kasbah-workers";
 /// Entries of [`WORKERS_BUCKET`] expire this long after their last put: a
 /// worker that stops heartbeating disappears on its own.
@@ -73,6 +73,12 @@ pub const MAX_LIST: usize = 64;
 pub const MAX_META_LEN: usize = 4096;
 /// Bytes kept free in a result message for headers and framing.
 pub const RESULT_HEADROOM: usize = 4096;
+/// Outputs up to this size travel inside the result message (and are kept
+/// inline in the run's record); larger ones are put in the zone's object
+/// store by the worker and the result carries a [`StoredOutput`]. Mirrors
+/// `INLINE_OUTPUT_MAX` of kasbah-server's `runs/storage.rs` (a test there
+/// checks that they agree).
+pub const INLINE_OUTPUT_MAX: usize = 64 * 1024;
 
 /// Subject of the jobs for `zone`.
 pub fn job_subject(zone: &str) -> String {
@@ -135,6 +141,20 @@ pub struct Job {
     /// The run must be finished by then (Unix ms); a worker that receives
     /// it later reports `deadline_exceeded` without running it.
     pub deadline_unix_ms: i64,
+    /// The output is stored as a dataset (`store_output_as`): the worker
+    /// puts it in the zone's object store whatever its size.
+    #[serde(default)]
+    pub store_output: bool,
+}
+
+/// A run's output put in its zone's object store ([`zone_bucket`], object
+/// name = the digest's hex) by the worker that ran it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StoredOutput {
+    pub digest: Digest,
+    pub size: u64,
+    pub content_type: String,
 }
 
 /// Why a [`Job`] was refused by a worker before running.
@@ -228,14 +248,72 @@ pub struct JobResult {
     pub report: RunReport,
     pub started_at_ms: i64,
     pub finished_at_ms: i64,
+    /// The output, when the worker put it in the zone's object store (over
+    /// [`INLINE_OUTPUT_MAX`], or stored as a dataset). The report's output
+    /// body is then empty if the output is over [`INLINE_OUTPUT_MAX`], and
+    /// the output's bytes otherwise.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub output: Option<StoredOutput>,
 }
 
 impl JobResult {
+    /// Every problem with the result's own fields (ids, zone), at once: the
+    /// control plane drops a result that fails this (a worker id goes into
+    /// the run's record and its audit entry).
+    pub fn check(&self) -> Result<(), JobError> {
+        let mut p = Vec::new();
+        if !is_id(&self.run_id) {
+            p.push("run_id must be 1-128 of [A-Za-z0-9._-]".to_string());
+        }
+        if !is_id(&self.worker) {
+            p.push("worker must be 1-128 of [A-Za-z0-9._-]".into());
+        }
+        if !kasbah_policy::is_zone_name(&self.zone) {
+            p.push(format!("zone {:?} is not a zone name", self.zone));
+        }
+        if let Some(a) = &self.adapter
+            && !is_id(a)
+        {
+            p.push("adapter must be 1-128 of [A-Za-z0-9._-]".into());
+        }
+        if let Some(o) = &self.output {
+            match &self.report.outcome {
+                Outcome::Ok { output } => {
+                    if o.content_type.len() > MAX_META_LEN {
+                        p.push(format!("output content_type exceeds {MAX_META_LEN} bytes"));
+                    }
+                    if output.content_type != o.content_type {
+                        p.push("the stored output's content type is not the report's".into());
+                    }
+                    let big = o.size > INLINE_OUTPUT_MAX as u64;
+                    if big && !output.body.is_empty() {
+                        p.push(format!(
+                            "an output over {INLINE_OUTPUT_MAX} bytes must not be in the report"
+                        ));
+                    }
+                    if !big
+                        && (output.body.len() as u64 != o.size
+                            || Digest::of(&output.body) != o.digest)
+                    {
+                        p.push("the stored output is not the report's output".into());
+                    }
+                }
+                _ => p.push("a stored output for a run that did not end ok".into()),
+            }
+        }
+        if p.is_empty() {
+            Ok(())
+        } else {
+            Err(JobError(p))
+        }
+    }
+
     /// The message body, at most `max_payload` bytes (the server's
     /// `max_payload`, less [`RESULT_HEADROOM`] for headers). A report too
-    /// large to fit has its outcome replaced by `denied` ("output too large
-    /// for the fleet"; larger outputs through the object store are a later
-    /// step) and, if still too large, its captured stdio and logs dropped.
+    /// large to fit (outputs over [`INLINE_OUTPUT_MAX`] are in the object
+    /// store, so only a worker that failed to put one there, or huge
+    /// captured stdio, get here) has its outcome replaced by `denied` and,
+    /// if still too large, its captured stdio and logs dropped.
     pub fn encode(&self, max_payload: usize) -> Result<Vec<u8>, serde_json::Error> {
         let limit = max_payload.saturating_sub(RESULT_HEADROOM);
         let body = serde_json::to_vec(self)?;
@@ -243,6 +321,7 @@ impl JobResult {
             return Ok(body);
         }
         let mut smaller = self.clone();
+        smaller.output = None;
         let what = match &self.report.outcome {
             Outcome::Ok { output } => format!("an output of {} bytes", output.body.len()),
             _ => "a report".to_string(),
@@ -264,6 +343,62 @@ impl JobResult {
         smaller.report.denials.clear();
         serde_json::to_vec(&smaller)
     }
+}
+
+/// The key of `worker`'s heartbeat for `zone` in [`WORKERS_BUCKET`]:
+/// `<zone>.<worker>` (subject `$KV.kasbah-workers.<zone>.<worker>`). A
+/// worker writes one per zone it serves; a zone's NATS user may write only
+/// `$KV.kasbah-workers.<zone>.>` ([`worker_permissions`]).
+pub fn heartbeat_key(zone: &str, worker: &str) -> String {
+    format!("{zone}.{worker}")
+}
+
+/// The live workers from the entries of [`WORKERS_BUCKET`] (key, value) at
+/// `now_ms`, by id. An entry counts only for the zone its key names (the
+/// one zone its writer's credentials could write), and only if its value
+/// is the worker its key names, claims that zone, and is fresher than
+/// [`HEARTBEAT_TTL`]; anything else is ignored (a zone-a user cannot make
+/// a worker look live in zone-b). A worker's entries are merged: its zones
+/// are those of its accepted keys (in its own order of preference), its
+/// adapters those in these zones, the rest from its latest heartbeat.
+pub fn live_workers(
+    entries: impl IntoIterator<Item = (String, WorkerInfo)>,
+    now_ms: i64,
+) -> Vec<WorkerInfo> {
+    let ttl = i64::try_from(HEARTBEAT_TTL.as_millis()).unwrap_or(i64::MAX);
+    let mut by_id: BTreeMap<String, (WorkerInfo, BTreeSet<String>)> = BTreeMap::new();
+    for (key, info) in entries {
+        let Some((zone, id)) = key.split_once('.') else {
+            continue;
+        };
+        if !kasbah_policy::is_zone_name(zone)
+            || id != info.id
+            || !info.zones.iter().any(|z| z == zone)
+            || now_ms.saturating_sub(info.heartbeat_unix_ms) >= ttl
+        {
+            continue;
+        }
+        let zone = zone.to_string();
+        match by_id.get_mut(id) {
+            Some((latest, zones)) => {
+                zones.insert(zone);
+                if info.heartbeat_unix_ms > latest.heartbeat_unix_ms {
+                    *latest = info;
+                }
+            }
+            None => {
+                by_id.insert(id.to_string(), (info, BTreeSet::from([zone])));
+            }
+        }
+    }
+    by_id
+        .into_values()
+        .map(|(mut w, zones)| {
+            w.zones.retain(|z| zones.contains(z));
+            w.adapters.retain(|a| zones.contains(&a.zone));
+            w
+        })
+        .collect()
 }
 
 /// A GPU adapter entry of a worker.
@@ -292,8 +427,10 @@ pub struct WorkerInfo {
 }
 
 /// What a zone worker's NATS user may publish and subscribe to: its zones'
-/// consumers, acks and result subjects, the workers KV, reads of the modules
-/// bucket and of its zones' buckets, replies on `inbox_prefix` — nothing
+/// consumers, acks and result subjects, its zones' keys of the workers KV
+/// (`<zone>.*`), reads of the modules
+/// bucket and of its zones' buckets, puts into its zones' buckets (run
+/// outputs), replies on `inbox_prefix` — nothing
 /// else (no other zone's jobs or data, no stream or bucket administration,
 /// no publishing of jobs: the control plane, with
 /// [`control_plane_permissions`], creates them first). For a
@@ -307,7 +444,6 @@ pub fn worker_permissions(zones: &[String], inbox_prefix: &str) -> Permissions {
         format!("$JS.API.STREAM.INFO.{JOBS_STREAM}"),
         format!("$JS.API.STREAM.INFO.{RESULTS_STREAM}"),
         format!("$JS.API.STREAM.INFO.KV_{WORKERS_BUCKET}"),
-        format!("$KV.{WORKERS_BUCKET}.>"),
     ];
     let mut buckets = vec![MODULES_BUCKET.to_string()];
     for z in zones {
@@ -326,8 +462,17 @@ pub fn worker_permissions(zones: &[String], inbox_prefix: &str) -> Permissions {
             format!("$JS.API.CONSUMER.MSG.NEXT.{JOBS_STREAM}.{c}"),
             format!("$JS.ACK.{JOBS_STREAM}.{c}.>"),
             result_subject(z),
+            // Its heartbeat keys for this zone only (`heartbeat_key`).
+            format!("$KV.{WORKERS_BUCKET}.{z}.>"),
         ]);
         buckets.push(zone_bucket(z));
+    }
+    for z in zones {
+        // Outputs of the zone's runs go to its bucket: chunks, then the
+        // object's metadata (no purge or delete: an object of a digest is
+        // put once).
+        let b = zone_bucket(z);
+        publish.extend([format!("$O.{b}.C.>"), format!("$O.{b}.M.>")]);
     }
     for b in buckets {
         let s = format!("OBJ_{b}");
@@ -540,6 +685,7 @@ mod tests {
             content_type: Some("text/plain".into()),
             metadata: [("k".to_string(), "v".to_string())].into(),
             deadline_unix_ms: 1_700_000_000_000,
+            store_output: false,
         }
     }
 
@@ -597,6 +743,7 @@ mod tests {
             },
             started_at_ms: 1,
             finished_at_ms: 2,
+            output: None,
         };
         let big = r.encode(1 << 20).expect("encode");
         let back: JobResult = serde_json::from_slice(&big).expect("decode");
@@ -609,5 +756,142 @@ mod tests {
             o => panic!("expected denied, got {o:?}"),
         }
         assert_eq!(back.run_id, "run_1");
+    }
+
+    #[test]
+    fn stored_outputs_must_agree_with_the_report() {
+        let small = b"hello".to_vec();
+        let result = |body: Vec<u8>, output: Option<StoredOutput>| JobResult {
+            run_id: "run_1".into(),
+            worker: "w1".into(),
+            zone: "zone-a".into(),
+            adapter: None,
+            report: RunReport {
+                outcome: Outcome::Ok {
+                    output: kasbah_core::Output {
+                        content_type: "text/plain".into(),
+                        body,
+                    },
+                },
+                ..RunReport::denied(Digest::of(b"m"), String::new())
+            },
+            started_at_ms: 1,
+            finished_at_ms: 2,
+            output,
+        };
+        let stored = |d: &[u8], size: usize| StoredOutput {
+            digest: Digest::of(d),
+            size: size as u64,
+            content_type: "text/plain".into(),
+        };
+        let big = vec![b'x'; INLINE_OUTPUT_MAX + 1];
+        assert_eq!(result(small.clone(), None).check(), Ok(()));
+        assert_eq!(
+            result(small.clone(), Some(stored(&small, 5))).check(),
+            Ok(())
+        );
+        assert_eq!(
+            result(Vec::new(), Some(stored(&big, big.len()))).check(),
+            Ok(())
+        );
+        for (bad, needle) in [
+            (
+                result(big.clone(), Some(stored(&big, big.len()))),
+                "must not be in the report",
+            ),
+            (
+                result(small.clone(), Some(stored(b"other", 5))),
+                "not the report's output",
+            ),
+            (
+                result(Vec::new(), Some(stored(&small, 5))),
+                "not the report's output",
+            ),
+        ] {
+            let e = bad.check().expect_err("invalid").to_string();
+            assert!(e.contains(needle), "{needle} missing from {e}");
+        }
+        let mut denied = result(Vec::new(), Some(stored(&big, big.len())));
+        denied.report.outcome = Outcome::Denied { reason: "x".into() };
+        assert!(denied.check().is_err());
+        let mut bad_worker = result(small, None);
+        bad_worker.worker = "a b".into();
+        assert!(
+            bad_worker
+                .check()
+                .expect_err("invalid")
+                .to_string()
+                .contains("worker")
+        );
+        // A result naming a stored output round-trips; one without leaves
+        // no `output` key (older control planes read both).
+        let r = result(Vec::new(), Some(stored(&big, big.len())));
+        let text = serde_json::to_string(&r).expect("json");
+        assert_eq!(serde_json::from_str::<JobResult>(&text).expect("back"), r);
+        let plain = serde_json::to_value(result(b"x".to_vec(), None)).expect("json");
+        assert!(plain.get("output").is_none());
+    }
+
+    #[test]
+    fn heartbeats_count_only_for_the_zone_their_key_names() {
+        let info = |id: &str, zones: &[&str], beat: i64| WorkerInfo {
+            id: id.into(),
+            zones: zones.iter().map(|z| z.to_string()).collect(),
+            adapters: zones
+                .iter()
+                .map(|z| WorkerAdapter {
+                    label: format!("gpu-{z}"),
+                    zone: z.to_string(),
+                })
+                .collect(),
+            capacity: 2,
+            active: 0,
+            version: "v".into(),
+            heartbeat_unix_ms: beat,
+        };
+        let now = 100_000;
+        let live = live_workers(
+            [
+                // A two-zone worker, one key per zone: both count.
+                (
+                    heartbeat_key("zone-b", "w2"),
+                    info("w2", &["zone-a", "zone-b"], now - 10),
+                ),
+                (
+                    heartbeat_key("zone-a", "w2"),
+                    info("w2", &["zone-a", "zone-b"], now - 5),
+                ),
+                // Written with zone-a's credentials, claiming zone-b too:
+                // it counts for zone-a only.
+                (
+                    heartbeat_key("zone-a", "w1"),
+                    info("w1", &["zone-a", "zone-b"], now),
+                ),
+                // A key that is not its value's worker, a zone the value
+                // does not claim, no zone at all, a stale beat: ignored.
+                (heartbeat_key("zone-a", "w3"), info("w4", &["zone-a"], now)),
+                (heartbeat_key("zone-c", "w5"), info("w5", &["zone-a"], now)),
+                ("w6".to_string(), info("w6", &["zone-a"], now)),
+                (heartbeat_key("Zone.A", "w7"), info("w7", &["zone-a"], now)),
+                (
+                    heartbeat_key("zone-a", "w8"),
+                    info("w8", &["zone-a"], now - 10_000),
+                ),
+            ],
+            now,
+        );
+        let ids: Vec<&str> = live.iter().map(|w| w.id.as_str()).collect();
+        assert_eq!(ids, ["w1", "w2"]);
+        assert_eq!(live[0].zones, ["zone-a"]);
+        assert_eq!(live[0].adapters.len(), 1);
+        assert_eq!(live[0].adapters[0].zone, "zone-a");
+        assert_eq!(live[1].zones, ["zone-a", "zone-b"]);
+        assert_eq!(live[1].heartbeat_unix_ms, now - 5, "the latest beat");
+        let p = worker_permissions(&["zone-a".to_string()], "_INBOX_w");
+        assert!(
+            p.publish
+                .contains(&"$KV.kasbah-workers.zone-a.>".to_string())
+        );
+        assert!(!p.publish.iter().any(|s| s == "$KV.kasbah-workers.>"));
     }
 }

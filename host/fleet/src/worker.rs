@@ -7,9 +7,13 @@
 //! runs; fetch the module (object store [`MODULES_BUCKET`], verified against
 //! its digest; the runtime caches compiled modules) and the datasets (the
 //! zone's object store, verified, cached in `work_dir/datasets/<hex>`,
-//! mode 0400); run it with the job's policy, its residency and a wall limit
-//! that ends at the job's deadline; publish the [`JobResult`] and wait for
-//! JetStream's ack; then ack the job (double ack). A failure to reach NATS
+//! mode 0400, at most `max_dataset_cache_bytes`, least recently used out
+//! first, never a running job's: [`crate::cache`]); run it with the job's policy, its residency and a wall limit
+//! that ends at the job's deadline; put an output over
+//! [`INLINE_OUTPUT_MAX`] (or one stored as a dataset) in the zone's object
+//! store under its digest, so the result carries a [`StoredOutput`] instead
+//! of the bytes; publish the [`JobResult`] and wait for JetStream's ack;
+//! then ack the job (double ack). A failure to reach NATS
 //! while fetching or publishing leaves the job unacked (negatively acked
 //! where possible): it is delivered again, at most `max_deliver` times.
 
@@ -33,10 +37,11 @@ use sha2::Digest as _;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::{Semaphore, watch};
 
+use crate::cache::DatasetCache;
 use crate::proto::{
-    ConsumerTiming, HEARTBEAT_INTERVAL, Job, JobResult, MODULES_BUCKET, MSG_ID_HEADER,
-    WORKERS_BUCKET, WorkerAdapter, WorkerInfo, ensure_streams, ensure_zone, job_subject,
-    result_subject, zone_bucket,
+    ConsumerTiming, HEARTBEAT_INTERVAL, INLINE_OUTPUT_MAX, Job, JobResult, MODULES_BUCKET,
+    MSG_ID_HEADER, StoredOutput, WORKERS_BUCKET, WorkerAdapter, WorkerInfo, ensure_streams,
+    ensure_zone, heartbeat_key, job_subject, result_subject, zone_bucket,
 };
 
 /// Most jobs one pull asks for.
@@ -54,15 +59,17 @@ const NAK_DELAY: Duration = Duration::from_secs(1);
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct WorkerConfig {
-    /// Unique worker id, `[A-Za-z0-9_-]{1,64}` (its key in the workers KV).
+    /// Unique worker id, `[A-Za-z0-9_-]{1,64}` (its keys in the workers KV
+    /// are `<zone>.<id>`).
     /// Default: `<hostname>-<pid>`.
     pub id: String,
     /// NATS server URL(s), comma-separated.
     pub nats: String,
     /// Runs executing at once.
     pub capacity: u32,
-    /// Cached datasets (never evicted yet) and per-run dataset
-    /// directories. One per worker: partial files are cleared at start.
+    /// Cached datasets (`datasets/`, at most `max_dataset_cache_bytes`)
+    /// and per-run dataset directories. One per worker: partial files are
+    /// cleared at start.
     pub work_dir: PathBuf,
     /// GPU adapter entries (label, zone, backend/name match), as the
     /// server's `[gpu]`. None by default.
@@ -93,6 +100,10 @@ pub struct WorkerConfig {
     /// HMAC-checked with `<work_dir>/compiled.key`) across restarts;
     /// least recently used first out. 0: none.
     pub compiled_cache_bytes: u64,
+    /// Bytes of datasets kept in `work_dir/datasets` (least recently used
+    /// evicted first; datasets of running jobs are never evicted, so a
+    /// job's own datasets may exceed it while it runs).
+    pub max_dataset_cache_bytes: u64,
 }
 
 impl Default for WorkerConfig {
@@ -113,6 +124,7 @@ impl Default for WorkerConfig {
             max_module_bytes: 256 << 20,
             max_dataset_bytes: 4 << 30,
             compiled_cache_bytes: 1 << 30,
+            max_dataset_cache_bytes: 16 << 30,
         }
     }
 }
@@ -232,7 +244,7 @@ struct Worker {
     runtime: Runtime,
     modules: ObjectStore,
     zone_stores: HashMap<String, ObjectStore>,
-    datasets_dir: PathBuf,
+    datasets: Arc<DatasetCache>,
     tmp_dir: PathBuf,
     timing: ConsumerTiming,
     max_module_bytes: u64,
@@ -258,6 +270,8 @@ pub async fn run(config: WorkerConfig, shutdown: impl Future<Output = ()>) -> an
     for d in [&tmp_dir, &scratch] {
         clear_dir(d);
     }
+    let datasets = DatasetCache::open(&datasets_dir, config.max_dataset_cache_bytes)
+        .with_context(|| format!("dataset cache {}", datasets_dir.display()))?;
 
     let client = crate::connect(
         &config.nats,
@@ -348,7 +362,7 @@ pub async fn run(config: WorkerConfig, shutdown: impl Future<Output = ()>) -> an
         runtime,
         modules,
         zone_stores,
-        datasets_dir,
+        datasets,
         tmp_dir,
         timing,
         max_module_bytes: config.max_module_bytes,
@@ -400,8 +414,10 @@ pub async fn run(config: WorkerConfig, shutdown: impl Future<Output = ()>) -> an
     // Out of the registry first: a draining worker takes no new runs, so
     // placement must not count it.
     let _ = beat.await;
-    if let Err(e) = workers_kv.delete(&worker.id).await {
-        tracing::warn!(worker = worker.id, "removing heartbeat: {e}");
+    for z in &worker.zones {
+        if let Err(e) = workers_kv.delete(heartbeat_key(z, &worker.id)).await {
+            tracing::warn!(worker = worker.id, zone = z, "removing heartbeat: {e}");
+        }
     }
     for p in pullers {
         if let Err(e) = p.await {
@@ -456,10 +472,15 @@ async fn heartbeat(worker: &Worker, kv: &jetstream::kv::Store) {
         version: env!("CARGO_PKG_VERSION").into(),
         heartbeat_unix_ms: now_ms(),
     };
+    // One key per zone: a zone's credentials may write only its zone's keys,
+    // and the control plane counts each key for its own zone only.
     match serde_json::to_vec(&info) {
         Ok(body) => {
-            if let Err(e) = kv.put(&worker.id, body.into()).await {
-                tracing::warn!(worker = worker.id, "heartbeat: {e}");
+            let body = bytes::Bytes::from(body);
+            for z in &worker.zones {
+                if let Err(e) = kv.put(heartbeat_key(z, &worker.id), body.clone()).await {
+                    tracing::warn!(worker = worker.id, zone = z, "heartbeat: {e}");
+                }
             }
         }
         Err(e) => tracing::error!(worker = worker.id, "heartbeat encoding: {e}"),
@@ -651,6 +672,21 @@ async fn handle(worker: &Worker, zone: &str, msg: jetstream::Message) {
             return;
         }
     };
+    let (report, output) = match store_output(worker, &job, report).await {
+        Ok(r) => r,
+        Err(e) => {
+            // The object store is unreachable: the job goes back (and runs
+            // again), as when the result cannot be published.
+            tracing::warn!(
+                worker = worker.id,
+                run = job.run_id,
+                "storing the output failed, the job will be redelivered: {e:#}"
+            );
+            progress.abort();
+            let _ = msg.ack_with(AckKind::Nak(Some(NAK_DELAY))).await;
+            return;
+        }
+    };
     let result = JobResult {
         run_id: job.run_id.clone(),
         worker: worker.id.clone(),
@@ -659,6 +695,7 @@ async fn handle(worker: &Worker, zone: &str, msg: jetstream::Message) {
         report,
         started_at_ms,
         finished_at_ms: now_ms(),
+        output,
     };
     let outcome = result.report.outcome.kind();
     let published = publish_result(worker, &result).await;
@@ -719,6 +756,40 @@ async fn publish_result(worker: &Worker, result: &JobResult) -> anyhow::Result<(
     }
 }
 
+/// An ok output over [`INLINE_OUTPUT_MAX`], or one the run stores as a
+/// dataset, goes to the job's zone's object store (object = its digest's
+/// hex; chunks that fit the server's `max_payload`): it stays in the zone
+/// it was made in, and never has to fit in a message. The report keeps the
+/// bytes only if they are within [`INLINE_OUTPUT_MAX`].
+async fn store_output(
+    worker: &Worker,
+    job: &Job,
+    mut report: RunReport,
+) -> anyhow::Result<(RunReport, Option<StoredOutput>)> {
+    let Outcome::Ok { output } = &mut report.outcome else {
+        return Ok((report, None));
+    };
+    if output.body.len() <= INLINE_OUTPUT_MAX && !job.store_output {
+        return Ok((report, None));
+    }
+    let store = worker
+        .zone_stores
+        .get(&job.zone)
+        .ok_or_else(|| anyhow::anyhow!("no object store for zone {}", job.zone))?;
+    let digest = Digest::of(&output.body);
+    let chunk = crate::objects::chunk_size(worker.client.max_payload());
+    crate::objects::put(store, &digest, chunk, &mut output.body.as_slice()).await?;
+    let stored = StoredOutput {
+        digest,
+        size: output.body.len() as u64,
+        content_type: output.content_type.clone(),
+    };
+    if output.body.len() > INLINE_OUTPUT_MAX {
+        output.body = Vec::new();
+    }
+    Ok((report, Some(stored)))
+}
+
 fn host_failure(module: Digest, reason: String) -> RunReport {
     RunReport::denied(module, reason)
 }
@@ -742,6 +813,9 @@ async fn execute(worker: &Worker, job: &Job) -> Result<RunReport, Prep> {
                 .map_err(|e| Prep::Refused(format!("module {}: {e}", job.module)))?
         }
     };
+    // Its datasets stay in the cache until the run has ended.
+    let digests: Vec<Digest> = job.datasets.iter().map(|d| d.digest).collect();
+    let _pins = worker.datasets.pin(&digests);
     let mut datasets = Vec::with_capacity(job.datasets.len());
     for d in &job.datasets {
         let path = fetch_dataset(worker, &job.zone, &d.digest).await?;
@@ -866,12 +940,15 @@ async fn fetch_module(worker: &Worker, digest: &Digest) -> Result<Vec<u8>, Prep>
 }
 
 /// The local copy of a dataset (`work_dir/datasets/<hex>`, 0400),
-/// downloaded from the zone's bucket on first use.
+/// downloaded from the zone's bucket on first use and kept in the bounded
+/// cache.
 async fn fetch_dataset(worker: &Worker, zone: &str, digest: &Digest) -> Result<PathBuf, Prep> {
-    let path = worker.datasets_dir.join(digest.hex());
-    if tokio::fs::metadata(&path).await.is_ok() {
+    if let Some(path) = worker.datasets.get(digest)
+        && tokio::fs::metadata(&path).await.is_ok()
+    {
         return Ok(path);
     }
+    let path = worker.datasets.path(digest);
     let Some(store) = worker.zone_stores.get(zone) else {
         return Err(Prep::Refused(format!("no object store for zone {zone}")));
     };
@@ -901,6 +978,8 @@ async fn fetch_dataset(worker: &Worker, zone: &str, digest: &Digest) -> Result<P
     tmp_path
         .persist(&path)
         .map_err(|e| Prep::Refused(format!("storing dataset {digest}: {e}")))?;
+    let size = tokio::fs::metadata(&path).await.map_err(io)?.len();
+    worker.datasets.admit(digest, size);
     Ok(path)
 }
 

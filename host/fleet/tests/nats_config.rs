@@ -75,6 +75,7 @@ fn job(run_id: &str, zone: &str, module: Digest, input: &str) -> Job {
         content_type: Some("text/plain".into()),
         metadata: BTreeMap::new(),
         deadline_unix_ms: kasbah_fleet::worker::now_ms() + 60_000,
+        store_output: false,
     }
 }
 
@@ -210,7 +211,7 @@ async fn generated_credentials_run_their_zone_and_nothing_else() -> Res {
     while let Some(k) = keys.next().await {
         live.push(k?);
     }
-    assert_eq!(live, ["w-za"]);
+    assert_eq!(live, ["zone-a.w-za"]);
     let durable = js
         .get_stream(RESULTS_STREAM)
         .await?
@@ -262,6 +263,84 @@ async fn generated_credentials_run_their_zone_and_nothing_else() -> Res {
             .is_err(),
         "zone-b's bucket is visible with zone-a credentials"
     );
+    // Heartbeats: zone-a's user writes zone-a keys only; a zone-b key or
+    // a key outside every zone (what a forged zone-b worker would need) is
+    // refused by the server.
+    let zkv = zjs.get_key_value(proto::WORKERS_BUCKET).await?;
+    let forged = serde_json::to_vec(&kasbah_fleet::WorkerInfo {
+        id: "forged".into(),
+        zones: vec!["zone-b".into()],
+        adapters: Vec::new(),
+        capacity: 1,
+        active: 0,
+        version: "x".into(),
+        heartbeat_unix_ms: kasbah_fleet::worker::now_ms(),
+    })?;
+    zkv.put(
+        proto::heartbeat_key("zone-a", "probe"),
+        forged.clone().into(),
+    )
+    .await?;
+    for key in [
+        proto::heartbeat_key("zone-b", "forged"),
+        "forged".to_string(),
+    ] {
+        assert!(
+            zkv.put(&key, forged.clone().into()).await.is_err(),
+            "zone-a credentials wrote heartbeat key {key}"
+        );
+    }
+    let mut keys = kv.keys().await?;
+    let mut written = Vec::new();
+    while let Some(k) = keys.next().await {
+        written.push(k?);
+    }
+    written.sort();
+    assert_eq!(written, ["zone-a.probe", "zone-a.w-za"]);
+    // And what it could write claims nothing: the probe's value names
+    // another worker and another zone than its key.
+    let mut entries = Vec::new();
+    for k in &written {
+        if let Some(v) = kv.get(k).await? {
+            entries.push((k.clone(), serde_json::from_slice(&v)?));
+        }
+    }
+    let live: Vec<String> = proto::live_workers(entries, kasbah_fleet::worker::now_ms())
+        .into_iter()
+        .map(|w| w.id)
+        .collect();
+    assert_eq!(live, ["w-za"]);
+
+    // Its own zone's bucket takes a run output; zone-b's takes nothing.
+    let output = vec![b'o'; 200_000];
+    let od = Digest::of(&output);
+    let za_bucket = zjs.get_object_store(proto::zone_bucket("zone-a")).await?;
+    kasbah_fleet::objects::put(&za_bucket, &od, 64 * 1024, &mut output.as_slice()).await?;
+    let mut back = Vec::new();
+    tokio::io::AsyncReadExt::read_to_end(
+        &mut kasbah_fleet::objects::Checked::new(
+            js.get_object_store(proto::zone_bucket("zone-a"))
+                .await?
+                .get(od.hex())
+                .await?,
+            od,
+            output.len() as u64,
+        ),
+        &mut back,
+    )
+    .await?;
+    assert!(back == output, "the output read back differs");
+    let zb_bucket = js.get_object_store(proto::zone_bucket("zone-b")).await?;
+    let zb_chunks = format!("$O.{}.C.forged", proto::zone_bucket("zone-b"));
+    let zb_meta = format!("$O.{}.M.forged", proto::zone_bucket("zone-b"));
+    for subject in [zb_chunks, zb_meta] {
+        let acked = match zjs.publish(subject.clone(), "x".into()).await {
+            Ok(ack) => ack.await.is_ok(),
+            Err(_) => false,
+        };
+        assert!(!acked, "{subject} took a zone-a publish");
+    }
+    assert!(zb_bucket.info("forged").await.is_err());
     let direct = zjs
         .get_stream_no_info(format!("OBJ_{}", proto::zone_bucket("zone-b")))
         .await?;

@@ -139,6 +139,7 @@ impl Fleet {
             content_type: Some("text/plain".into()),
             metadata: BTreeMap::new(),
             deadline_unix_ms: kasbah_fleet::worker::now_ms() + 60_000,
+            store_output: false,
         }
     }
 
@@ -208,12 +209,19 @@ impl Fleet {
         Ok(stream.consumer_info(zone_consumer(zone)).await?)
     }
 
+    /// Worker `id`'s heartbeat (of any of its zones' keys).
     async fn heartbeat(&self, id: &str) -> Res<Option<WorkerInfo>> {
         let kv = self.js.get_key_value(WORKERS_BUCKET).await?;
-        Ok(match kv.get(id).await? {
-            Some(b) => Some(serde_json::from_slice(&b)?),
-            None => None,
-        })
+        let mut keys = kv.keys().await?;
+        while let Some(k) = keys.next().await {
+            let k = k?;
+            if k.split_once('.').is_some_and(|(_, w)| w == id)
+                && let Some(b) = kv.get(&k).await?
+            {
+                return Ok(Some(serde_json::from_slice(&b)?));
+            }
+        }
+        Ok(None)
     }
 }
 

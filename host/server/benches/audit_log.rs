@@ -75,6 +75,7 @@ fn run_entry(i: u64, module: Digest) -> Entry {
             peak_memory_bytes: 1 << 20,
             gpu_time_us: 0,
             gpu_bytes: 0,
+            worker: None,
         }),
     )
 }
@@ -222,6 +223,8 @@ async fn runs(n: usize) {
                     Finished {
                         report: report(module, true),
                         output: Some((Digest::of(b"HELLO"), 5, "text/plain".into(), None)),
+                        worker: None,
+                        output_zone: None,
                     },
                 )
                 .await

@@ -17,7 +17,7 @@ use crate::{audit, datasets, error, ops, registry, runs, tenancy};
         registry::handlers::publish_module, registry::handlers::list_modules, registry::handlers::get_module,
         runs::handlers::create_run, runs::handlers::get_run, runs::handlers::get_run_output, runs::handlers::list_runs,
         datasets::handlers::create_dataset, datasets::handlers::list_datasets, datasets::handlers::get_dataset,
-        runs::handlers::usage, ops::metrics,
+        runs::handlers::usage, runs::handlers::fleet_workers, ops::metrics,
         audit::handlers::key, audit::handlers::checkpoint, audit::handlers::entries,
         audit::handlers::inclusion, audit::handlers::consistency,
         audit::handlers::run_receipt, audit::handlers::module_receipt, audit::handlers::entry_receipt,

@@ -352,6 +352,12 @@ impl Client {
         Ok(resp.bytes().await?.to_vec())
     }
 
+    /// The fleet's live workers (admins and operators; `409 fleet_disabled`
+    /// on a server without a fleet).
+    pub async fn fleet_workers(&self) -> Result<Vec<FleetWorker>> {
+        Self::send(self.req(reqwest::Method::GET, "/v1/fleet/workers")).await
+    }
+
     pub async fn usage(&self, tenant: Option<&str>, period: &str) -> Result<Vec<UsageRow>> {
         let mut q = vec![("period", period.to_string())];
         if let Some(t) = tenant {

@@ -108,6 +108,8 @@ pub fn run_executed(r: &RunRecord) -> Entry {
             u64::try_from(g.gpu_time.as_micros()).unwrap_or(u64::MAX)
         }),
         gpu_bytes: gpu.map_or(0, |g| g.bytes_allocated),
+        // Fleet runs: entry type 8 (see `kasbah_audit::entry`).
+        worker: r.worker.clone(),
     }))
 }
 

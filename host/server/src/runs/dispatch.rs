@@ -14,7 +14,10 @@
 //!   in one process.
 //! - **Results**: one durable consumer (`control-plane`) on the results
 //!   stream records each result: the run's one final record and its entries
-//!   ([`RunStore::finish_run`]), then wakes a waiting request. A result for
+//!   ([`RunStore::finish_run`]), then wakes a waiting request. An output the
+//!   worker put in its zone's object store is recorded by reference (digest,
+//!   size, content type, `output_zone`); its bytes stay in that bucket and
+//!   `GET /v1/runs/{id}/output` streams them from there. A result for
 //!   a run already recorded (a job delivered twice) is acknowledged and
 //!   dropped: one record per run id. Results wait in the stream while the
 //!   control plane is down, and are recorded when it is back: runs that
@@ -26,16 +29,16 @@ use std::time::Duration;
 
 use async_nats::jetstream::{AckKind, consumer};
 use futures_util::StreamExt;
-use kasbah_core::RunReport;
 use kasbah_core::api::{PolicyRecord, RunRecord, RunStatus};
-use kasbah_fleet::proto::JobResult;
+use kasbah_core::{Outcome, RunReport};
+use kasbah_fleet::proto::{JobResult, StoredOutput, result_subject};
 use kasbah_runtime::Request;
 
 use super::execute::{count_run, keep_output};
 use super::fleet::{Fleet, LIVE_REFRESH};
 use super::placement::Placed;
 use super::scheduler::Admission;
-use super::storage::{Finished, NewRun, RunStore};
+use super::storage::{Finished, INLINE_OUTPUT_MAX, NewRun, RunStore};
 use crate::ids::now_ms;
 use crate::state::AppState;
 use crate::tenancy::storage::TenancyStore;
@@ -85,14 +88,30 @@ pub async fn execute(
             .saturating_add(s.config.fleet_result_grace_ms),
     );
     if let Err(e) = fleet
-        .dispatch(&s.blobs, &run, &policy, request, &placed.row)
+        .dispatch(
+            &s.blobs,
+            &run,
+            &policy,
+            request,
+            &placed.row,
+            &s.config.zones.node,
+        )
         .await
     {
         fleet.forget(&id);
         tracing::error!(run = %id, "dispatching to the fleet: {e}");
         let report =
             RunReport::denied(run.module, format!("the fleet could not take the run: {e}"));
-        return finish(s, &run, now_ms(), report, placed.stores_output()).await;
+        return finish(
+            s,
+            &run,
+            now_ms(),
+            report,
+            placed.stores_output(),
+            None,
+            None,
+        )
+        .await;
     }
     match tokio::time::timeout(wait, rx).await {
         Ok(Ok(record)) => Some(record),
@@ -105,18 +124,43 @@ pub async fn execute(
     }
 }
 
-/// Record a run's end (output kept as in-process runs keep it).
+/// Record a run's end, naming the worker that executed it, if one did.
+/// The output: where the worker put it (`stored`: in that zone's object
+/// store, the bytes also inline in the record if within
+/// [`INLINE_OUTPUT_MAX`]), otherwise kept as in-process runs keep it.
 async fn finish(
     s: &AppState,
     run: &NewRun,
     started_at: i64,
     report: RunReport,
     stores_output: bool,
+    worker: Option<String>,
+    stored: Option<(StoredOutput, String)>,
 ) -> Option<RunRecord> {
-    let output = keep_output(s, &run.id, &report, stores_output);
+    let (output, output_zone) = match stored {
+        Some((o, zone)) => {
+            let inline = match &report.outcome {
+                Outcome::Ok { output } if o.size <= INLINE_OUTPUT_MAX as u64 => {
+                    Some(output.body.clone())
+                }
+                _ => None,
+            };
+            (Some((o.digest, o.size, o.content_type, inline)), Some(zone))
+        }
+        None => (keep_output(s, &run.id, &report, stores_output), None),
+    };
     match s
         .runs
-        .finish_run(run, started_at, Finished { report, output })
+        .finish_run(
+            run,
+            started_at,
+            Finished {
+                report,
+                output,
+                worker,
+                output_zone,
+            },
+        )
         .await
     {
         Ok((record, _)) => Some(record),
@@ -151,6 +195,17 @@ async fn record_results(s: AppState, consumer: consumer::Consumer<consumer::pull
                         }
                     };
                     let done = match serde_json::from_slice::<JobResult>(&msg.payload) {
+                        // A zone's credentials publish on its own results
+                        // subject only: a result claiming another zone than
+                        // its subject's is forged.
+                        Ok(result) if msg.subject.as_str() != result_subject(&result.zone) => {
+                            tracing::error!(
+                                subject = %msg.subject,
+                                "a result claiming zone {:?} on another zone's subject, dropped",
+                                result.zone
+                            );
+                            true
+                        }
                         Ok(result) => record_one(&s, result).await,
                         Err(e) => {
                             tracing::error!("a result that does not decode, dropped: {e}");
@@ -178,6 +233,10 @@ async fn record_one(s: &AppState, result: JobResult) -> bool {
     let Some(fleet) = s.fleet.as_ref() else {
         return false;
     };
+    if let Err(e) = result.check() {
+        tracing::error!("a result with bad fields, dropped: {e}");
+        return true;
+    }
     let dispatched = fleet.take_pending(&result.run_id);
     let run = match dispatched {
         Some(run) => run,
@@ -220,7 +279,19 @@ async fn record_one(s: &AppState, result: JobResult) -> bool {
         .as_ref()
         .is_some_and(|r| r.store_output_as.is_some());
     count_run(s, &result.report);
-    match finish(s, &run, result.started_at_ms, result.report, stores_output).await {
+    let worker = Some(result.worker.clone());
+    let stored = result.output.map(|o| (o, result.zone.clone()));
+    match finish(
+        s,
+        &run,
+        result.started_at_ms,
+        result.report,
+        stores_output,
+        worker,
+        stored,
+    )
+    .await
+    {
         Some(record) => {
             tracing::debug!(run = %record.id, worker = %result.worker, "recorded");
             fleet.wake(record);

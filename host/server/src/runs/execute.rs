@@ -67,7 +67,16 @@ pub async fn execute(
     count_run(s, &report);
     match s
         .runs
-        .finish_run(&run, started_at, Finished { report, output })
+        .finish_run(
+            &run,
+            started_at,
+            Finished {
+                report,
+                output,
+                worker: None,
+                output_zone: None,
+            },
+        )
         .await
     {
         Ok((record, _)) => Some(record),

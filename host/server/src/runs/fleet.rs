@@ -6,11 +6,16 @@
 //!
 //! - **Live workers**: the workers KV bucket, re-read every
 //!   [`LIVE_REFRESH`]; placement only considers zones (and GPU adapter
-//!   entries) of workers whose heartbeat is fresh.
+//!   entries) of workers whose heartbeat is fresh, each heartbeat key
+//!   counting only for the zone it names (`<zone>.<worker>`: the only keys
+//!   that zone's credentials may write).
 //! - **Dispatch**: a run's module bytes go to the modules bucket (once per
-//!   digest), its datasets to its zone's bucket (once per digest and zone),
-//!   then its [`Job`] to `kasbah.jobs.<zone>` with the run id as
-//!   `Nats-Msg-Id`.
+//!   digest), its datasets to its zone's bucket (once per digest and zone:
+//!   streamed from the blob store, or copied from the zone bucket holding a
+//!   dataset a fleet run stored there), then its [`Job`] to
+//!   `kasbah.jobs.<zone>` with the run id as `Nats-Msg-Id`.
+//! - **Outputs in zone buckets**: [`Fleet::output`] streams a run output a
+//!   worker put in its zone's bucket, checked against its digest and size.
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
@@ -21,11 +26,13 @@ use futures_util::StreamExt;
 use kasbah_core::Digest;
 use kasbah_core::api::{PolicyRecord, RunRecord};
 use kasbah_fleet::proto::{
-    self, HEARTBEAT_TTL, Job, JobDataset, MODULES_BUCKET, MSG_ID_HEADER, WORKERS_BUCKET, WorkerInfo,
+    self, Job, JobDataset, MODULES_BUCKET, MSG_ID_HEADER, WORKERS_BUCKET, WorkerInfo,
 };
 use kasbah_runtime::Request;
 use kasbah_runtime::kasbah_gpu::AdapterStatus;
 use tokio::sync::oneshot;
+
+use kasbah_fleet::objects;
 
 use super::storage::{NewRun, RunResidency};
 use crate::blobs::Blobs;
@@ -84,18 +91,16 @@ impl Fleet {
         let Ok(mut keys) = kv.keys().await else {
             return;
         };
-        let now = now_ms();
-        let ttl = i64::try_from(HEARTBEAT_TTL.as_millis()).unwrap_or(i64::MAX);
-        let mut live = Vec::new();
+        let mut entries = Vec::new();
         while let Some(Ok(k)) = keys.next().await {
             if let Ok(Some(v)) = kv.get(&k).await
                 && let Ok(w) = serde_json::from_slice::<WorkerInfo>(&v)
-                && now.saturating_sub(w.heartbeat_unix_ms) < ttl
             {
-                live.push(w);
+                entries.push((k, w));
             }
         }
-        *lock(&self.live) = live;
+        // Each key counts only for the zone it names (see `live_workers`).
+        *lock(&self.live) = proto::live_workers(entries, now_ms());
     }
 
     /// The live workers' last heartbeats.
@@ -187,7 +192,8 @@ impl Fleet {
     }
 
     /// Publish an admitted run's job (its module and datasets put in their
-    /// buckets first, once per digest).
+    /// buckets first, once per digest; a dataset missing from the blob store
+    /// is looked for in the buckets of `zones`).
     pub async fn dispatch(
         &self,
         blobs: &Blobs,
@@ -195,10 +201,11 @@ impl Fleet {
         policy: &PolicyRecord,
         request: Request,
         row: &RunResidency,
+        zones: &[String],
     ) -> anyhow::Result<()> {
         self.ensure_module(blobs, &run.module).await?;
         for d in &row.datasets {
-            self.ensure_data(blobs, &row.zone, &d.digest).await?;
+            self.ensure_data(blobs, &row.zone, &d.digest, zones).await?;
         }
         let deadline = now_ms()
             .saturating_add(i64::try_from(policy.policy.limits.wall_time_ms).unwrap_or(i64::MAX));
@@ -223,6 +230,7 @@ impl Fleet {
             content_type: Some(request.content_type),
             metadata: request.metadata.into_iter().collect(),
             deadline_unix_ms: deadline,
+            store_output: row.store_output_as.is_some(),
         };
         let body = serde_json::to_vec(&job)?;
         if body.len() > self.max_payload {
@@ -252,12 +260,18 @@ impl Fleet {
             .get_object_store(MODULES_BUCKET)
             .await
             .map_err(|e| anyhow::anyhow!("modules bucket: {e}"))?;
-        put_blob(blobs, &store, digest).await?;
+        self.put_blob(blobs, &store, digest, &[]).await?;
         lock(&self.modules).insert(*digest);
         Ok(())
     }
 
-    async fn ensure_data(&self, blobs: &Blobs, zone: &str, digest: &Digest) -> anyhow::Result<()> {
+    async fn ensure_data(
+        &self,
+        blobs: &Blobs,
+        zone: &str,
+        digest: &Digest,
+        zones: &[String],
+    ) -> anyhow::Result<()> {
         let key = (zone.to_string(), *digest);
         if lock(&self.data).contains(&key) {
             return Ok(());
@@ -274,7 +288,8 @@ impl Fleet {
                 .await
                 .map_err(|e| anyhow::anyhow!("zone bucket {bucket}: {e}"))?,
         };
-        put_blob(blobs, &store, digest).await?;
+        let others: Vec<String> = zones.iter().filter(|z| *z != zone).cloned().collect();
+        self.put_blob(blobs, &store, digest, &others).await?;
         lock(&self.data).insert(key);
         Ok(())
     }
@@ -285,27 +300,94 @@ impl Fleet {
             let _ = tx.send(record);
         }
     }
+
+    /// Put `digest` into `store` (object = its hex) unless it is there:
+    /// streamed from the blob store (never read whole into memory), else
+    /// copied from the first of the buckets of `zones` that holds it (a
+    /// dataset a fleet run stored in the zone it ran in). Either source is
+    /// checked against the digest while it is read.
+    async fn put_blob(
+        &self,
+        blobs: &Blobs,
+        store: &object_store::ObjectStore,
+        digest: &Digest,
+        zones: &[String],
+    ) -> anyhow::Result<()> {
+        let key = digest.hex();
+        if store.info(&key).await.is_ok() {
+            return Ok(());
+        }
+        let chunk = objects::chunk_size(self.max_payload);
+        match tokio::fs::File::open(blobs.path(digest)).await {
+            Ok(file) => {
+                let size = file.metadata().await?.len();
+                let mut file = objects::Checked::new(file, *digest, size);
+                return objects::put(store, digest, chunk, &mut file).await;
+            }
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                anyhow::bail!("reading {digest}: {e}")
+            }
+            Err(_) => {}
+        }
+        for z in zones {
+            let Ok(source) = self.js.get_object_store(proto::zone_bucket(z)).await else {
+                continue;
+            };
+            let Ok(object) = source.get(&key).await else {
+                continue;
+            };
+            let size = object.info().size as u64;
+            let mut object = objects::Checked::new(object, *digest, size);
+            return objects::put(store, digest, chunk, &mut object).await;
+        }
+        anyhow::bail!("{digest} is missing from the blob store and from the zone buckets")
+    }
+
+    /// The bytes of a run output a worker put in `zone`'s bucket, as a
+    /// stream of chunks checked against `digest` and `size`: wrong bytes end
+    /// the stream with an error, never with a clean end.
+    pub async fn output(
+        &self,
+        zone: &str,
+        digest: &Digest,
+        size: u64,
+    ) -> anyhow::Result<OutputStream> {
+        let bucket = proto::zone_bucket(zone);
+        let store = self
+            .js
+            .get_object_store(&bucket)
+            .await
+            .map_err(|e| anyhow::anyhow!("zone bucket {bucket}: {e}"))?;
+        let object = store
+            .get(digest.hex())
+            .await
+            .map_err(|e| anyhow::anyhow!("{bucket}/{}: {e}", digest.hex()))?;
+        anyhow::ensure!(
+            object.info().size as u64 == size,
+            "{bucket}/{} holds {} bytes, the run recorded {size}",
+            digest.hex(),
+            object.info().size
+        );
+        let reader = objects::Checked::new(object, *digest, size);
+        Ok(Box::pin(futures_util::stream::unfold(
+            Some(reader),
+            |reader| async move {
+                use tokio::io::AsyncReadExt as _;
+                let mut reader = reader?;
+                let mut buf = vec![0u8; 64 * 1024];
+                match reader.read(&mut buf).await {
+                    Ok(0) => None,
+                    Ok(n) => {
+                        buf.truncate(n);
+                        Some((Ok(buf), Some(reader)))
+                    }
+                    Err(e) => Some((Err(e), None)),
+                }
+            },
+        )))
+    }
 }
 
-/// Put a blob from the blob store into an object store under its digest's
-/// hex, unless it is there.
-async fn put_blob(
-    blobs: &Blobs,
-    store: &object_store::ObjectStore,
-    digest: &Digest,
-) -> anyhow::Result<()> {
-    let key = digest.hex();
-    if store.info(&key).await.is_ok() {
-        return Ok(());
-    }
-    let bytes = blobs
-        .get(digest)
-        .map_err(|e| anyhow::anyhow!("reading {digest}: {e}"))?
-        .ok_or_else(|| anyhow::anyhow!("{digest} is missing from the blob store"))?;
-    let mut reader = std::io::Cursor::new(bytes);
-    store
-        .put(key.as_str(), &mut reader)
-        .await
-        .map_err(|e| anyhow::anyhow!("storing {digest}: {e}"))?;
-    Ok(())
-}
+/// A run output's bytes, chunk by chunk (see [`Fleet::output`]).
+pub type OutputStream =
+    std::pin::Pin<Box<dyn futures_util::Stream<Item = std::io::Result<Vec<u8>>> + Send>>;

@@ -1,16 +1,18 @@
-//! Runs' HTTP handlers: start, read, output, list, usage. The rules are
-//! in `service.rs`.
+//! Runs' HTTP handlers: start, read, output, list, usage, the fleet's live
+//! workers. The rules are in `service.rs` and `workers.rs`.
 
 use axum::Json;
+use axum::body::Body;
 use axum::extract::rejection::{JsonRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use kasbah_core::api::{CreateRun, RunRecord, UsageRow};
+use kasbah_core::api::{CreateRun, FleetWorker, RunRecord, UsageRow};
 use serde::Deserialize;
 
-use super::service::{self, Started};
+use super::service::{self, OutputBody, Started};
 use super::storage::Period;
+use super::workers;
 use crate::caller::Caller;
 use crate::error::{ApiResult, ErrorBody};
 use crate::extract::{json_error, query_error};
@@ -45,21 +47,28 @@ pub async fn get_run(
 }
 
 #[utoipa::path(get, tag = "api", path = "/v1/runs/{id}/output", responses((status = 200, content_type = "*/*", description = "The output bytes, with the content type the guest gave them"),
-    (status = 403, body = ErrorBody, description = "only the owning tenant and its auditors download outputs"), (status = 404, body = ErrorBody)))]
+    (status = 403, body = ErrorBody, description = "only the owning tenant and its auditors download outputs"), (status = 404, body = ErrorBody),
+    (status = 503, body = ErrorBody, description = "`output_unavailable` (fleet mode): the zone object store holding the output cannot be read now; Retry-After")))]
 pub async fn get_run_output(
     State(s): State<AppState>,
     caller: Caller,
     Path(id): Path<String>,
 ) -> ApiResult<Response> {
-    let (bytes, content_type, digest) = service::output(&s, &caller, &id)?;
+    let out = service::output(&s, &caller, &id).await?;
     let mut headers = HeaderMap::new();
-    if let Ok(v) = content_type.parse() {
+    if let Ok(v) = out.content_type.parse() {
         headers.insert(header::CONTENT_TYPE, v);
     }
-    if let Ok(v) = digest.to_string().parse() {
+    if let Ok(v) = out.digest.to_string().parse() {
         headers.insert("x-kasbah-digest", v);
     }
-    Ok((headers, bytes).into_response())
+    Ok(match out.body {
+        OutputBody::Bytes(bytes) => (headers, bytes).into_response(),
+        OutputBody::Stream(chunks) => {
+            headers.insert(header::CONTENT_LENGTH, out.size.into());
+            (headers, Body::from_stream(chunks)).into_response()
+        }
+    })
 }
 
 #[derive(Deserialize, utoipa::IntoParams)]
@@ -82,6 +91,15 @@ pub async fn list_runs(
         q.tenant.as_deref(),
         q.limit,
     )?))
+}
+
+#[utoipa::path(get, tag = "api", path = "/v1/fleet/workers", responses((status = 200, body = Vec<FleetWorker>, description = "The live fleet workers (admins: all; operators: those of their zones), by id"),
+    (status = 409, body = ErrorBody, description = "`fleet_disabled`: this server executes runs itself (no `--nats`)")))]
+pub async fn fleet_workers(
+    State(s): State<AppState>,
+    caller: Caller,
+) -> ApiResult<Json<Vec<FleetWorker>>> {
+    Ok(Json(workers::live(&s, &caller)?))
 }
 
 #[derive(Deserialize, utoipa::IntoParams)]

@@ -5,7 +5,8 @@
 //! refusals), `scheduler.rs` (admission and the worker permits),
 //! `execute.rs` (running it in this process) or `fleet.rs` (on a zone
 //! worker, over NATS JetStream) → `storage.rs` (the
-//! interface) / `sqlite.rs` (its SQLite implementation).
+//! interface) / `sqlite.rs` (its SQLite implementation). `workers.rs`: the
+//! fleet's live workers as the API shows them (`GET /v1/fleet/workers`).
 
 pub mod dispatch;
 pub mod execute;
@@ -16,3 +17,4 @@ pub mod scheduler;
 pub mod service;
 pub mod sqlite;
 pub mod storage;
+pub mod workers;

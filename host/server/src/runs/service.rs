@@ -13,9 +13,10 @@ use kasbah_runtime::Request;
 
 use super::dispatch;
 use super::execute::execute;
+use super::fleet::OutputStream;
 use super::placement::place_run;
 use super::scheduler::Refusal;
-use super::storage::{NewRun, Period, RunStore, queued_record};
+use super::storage::{NewRun, OutputPlace, Period, RunStore, queued_record};
 use crate::audit::storage::AuditStore;
 use crate::caller::Caller;
 use crate::error::{ApiError, ApiResult};
@@ -275,9 +276,28 @@ fn redact_output(s: &AppState, caller: &Caller, r: &mut RunRecord) -> ApiResult<
     Ok(())
 }
 
+/// A run's output for download.
+pub struct RunOutput {
+    pub body: OutputBody,
+    pub content_type: String,
+    pub digest: Digest,
+    pub size: u64,
+}
+
+/// The bytes of a run's output: in memory (inline in the record, or from
+/// this server's blob store), or streamed from the zone object store a
+/// fleet worker put it in (checked against its digest while streamed).
+pub enum OutputBody {
+    Bytes(Vec<u8>),
+    Stream(OutputStream),
+}
+
 /// A run's output: its bytes, content type and digest, for the owning
-/// tenant and its auditors (403 for others who see the record).
-pub fn output(s: &AppState, caller: &Caller, id: &str) -> ApiResult<(Vec<u8>, String, Digest)> {
+/// tenant and its auditors (403 for others who see the record). An output
+/// kept in a zone's object store is `503 output_unavailable` (Retry-After)
+/// while that store cannot be read, or when this server runs without the
+/// fleet.
+pub async fn output(s: &AppState, caller: &Caller, id: &str) -> ApiResult<RunOutput> {
     let r = visible_run(s, caller, id)?;
     if !caller.reads_outputs(s, &r.tenant_id)? {
         return Err(ApiError::forbidden(
@@ -285,15 +305,45 @@ pub fn output(s: &AppState, caller: &Caller, id: &str) -> ApiResult<(Vec<u8>, St
         ));
     }
     let out = r.output.ok_or_else(|| ApiError::not_found("output"))?;
-    let bytes = match s.runs.run_output_inline(id)? {
-        Some(b) => b,
-        None => s
-            .blobs
-            .get(&out.digest)
-            .map_err(ApiError::internal)?
-            .ok_or_else(|| ApiError::internal(format!("output blob {} missing", out.digest)))?,
+    let body = match s.runs.run_output_place(id)? {
+        Some(OutputPlace::Inline(b)) => OutputBody::Bytes(b),
+        Some(OutputPlace::Zone(zone)) => {
+            let Some(fleet) = s.fleet.as_ref() else {
+                return Err(ApiError::unavailable(
+                    "output_unavailable",
+                    format!(
+                        "the output is kept in zone {zone}'s object store and this server is not \
+                         connected to the fleet (start it with --nats)"
+                    ),
+                    60,
+                ));
+            };
+            let stream = fleet
+                .output(&zone, &out.digest, out.size)
+                .await
+                .map_err(|e| {
+                    tracing::error!(run = id, "reading the output from zone {zone}: {e:#}");
+                    ApiError::unavailable(
+                        "output_unavailable",
+                        format!("the output could not be read from zone {zone}'s object store"),
+                        5,
+                    )
+                })?;
+            OutputBody::Stream(stream)
+        }
+        Some(OutputPlace::Blobs) | None => OutputBody::Bytes(
+            s.blobs
+                .get(&out.digest)
+                .map_err(ApiError::internal)?
+                .ok_or_else(|| ApiError::internal(format!("output blob {} missing", out.digest)))?,
+        ),
     };
-    Ok((bytes, out.content_type, out.digest))
+    Ok(RunOutput {
+        body,
+        content_type: out.content_type,
+        digest: out.digest,
+        size: out.size,
+    })
 }
 
 /// The most recent runs (at most `limit`, 1–1000, default 50) of the

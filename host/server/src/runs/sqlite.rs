@@ -11,7 +11,7 @@ use kasbah_core::api::{OutputRef, RunRecord, RunStatus, UsageRow};
 use rusqlite::{Connection, OptionalExtension, params};
 
 use super::storage::{
-    Finished, NewRun, Period, ResidencyColumns, RunResidency, RunStore, assemble_run,
+    Finished, NewRun, OutputPlace, Period, ResidencyColumns, RunResidency, RunStore, assemble_run,
 };
 use crate::audit::entries;
 use crate::ids::now_ms;
@@ -170,10 +170,14 @@ impl RunStore for SqliteRuns {
             output_ref,
             Some(started_at),
             Some(finished_at),
-            run.residency
-                .as_ref()
-                .map(ResidencyColumns::placed)
-                .unwrap_or_default(),
+            ResidencyColumns {
+                worker: f.worker.clone(),
+                ..run
+                    .residency
+                    .as_ref()
+                    .map(ResidencyColumns::placed)
+                    .unwrap_or_default()
+            },
         );
         let entries = {
             let r = &record;
@@ -202,6 +206,8 @@ impl RunStore for SqliteRuns {
         };
         let outcome_kind = record.outcome.as_ref().map(|o| o.kind());
         let usage = record.usage.clone().unwrap_or_default();
+        let worker = f.worker;
+        let output_zone = f.output_zone;
         let new_run = run.clone();
         let written = self
             .db
@@ -235,6 +241,8 @@ impl RunStore for SqliteRuns {
                         started_at: Some(started_at),
                         finished_at,
                         output_dataset: output_dataset.clone(),
+                        worker,
+                        output_zone,
                     },
                 )?;
                 Ok((output_dataset, entries))
@@ -348,14 +356,21 @@ impl RunStore for SqliteRuns {
         Ok(rs.into_iter().map(|r| self.overlay_running(r)).collect())
     }
 
-    /// The inline output bytes of a run, if stored inline.
-    fn run_output_inline(&self, id: &str) -> DbResult<Option<Vec<u8>>> {
+    /// Where a finished run's output bytes are.
+    fn run_output_place(&self, id: &str) -> DbResult<Option<OutputPlace>> {
         self.db.with(|c| {
-            c.query_row("SELECT output_inline FROM runs WHERE id = ?1", [id], |r| {
-                r.get(0)
-            })
+            c.query_row(
+                "SELECT output_inline, output_zone FROM runs WHERE id = ?1",
+                [id],
+                |r| {
+                    Ok(match (r.get::<_, Option<Vec<u8>>>(0)?, r.get(1)?) {
+                        (Some(bytes), _) => OutputPlace::Inline(bytes),
+                        (None, Some(zone)) => OutputPlace::Zone(zone),
+                        (None, None) => OutputPlace::Blobs,
+                    })
+                },
+            )
             .optional()
-            .map(Option::flatten)
         })
     }
 
@@ -401,14 +416,14 @@ impl RunStore for SqliteRuns {
 
 const RUN_COLUMNS: &str = "SELECT id, tenant_id, module_digest, policy_version, status, input_digest, input_size,
     output_digest, output_size, output_content_type, output_inline, report_json, created_at, started_at, finished_at,
-    zone, adapter, datasets, input_label, output_label, output_dataset
+    zone, adapter, datasets, input_label, output_label, output_dataset, worker
     FROM runs";
 
 /// [`RUN_COLUMNS`] of a run in flight (read by the same [`row_run`]).
 const INFLIGHT_COLUMNS: &str =
     "SELECT id, tenant_id, module_digest, policy_version, 'queued', input_digest, input_size,
     NULL, NULL, NULL, NULL, NULL, created_at, NULL, NULL,
-    zone, adapter, datasets, input_label, output_label, NULL
+    zone, adapter, datasets, input_label, output_label, NULL, NULL
     FROM runs_inflight";
 
 /// What a run's final row holds besides what its in-flight row held.
@@ -424,6 +439,10 @@ struct FinalColumns {
     started_at: Option<i64>,
     finished_at: i64,
     output_dataset: Option<String>,
+    /// The fleet worker that executed the run.
+    worker: Option<String>,
+    /// The zone whose object store holds the output's bytes.
+    output_zone: Option<String>,
 }
 
 /// Turn a run's in-flight row into its one and only `runs` row (when it
@@ -438,10 +457,10 @@ fn finalize_run(c: &Connection, id: &str, status: RunStatus, f: FinalColumns) ->
                  input_size, created_at, zone, adapter, datasets, input_label, output_label,
                  store_output_as, status, outcome_kind, output_digest, output_size,
                  output_content_type, output_inline, wall_us, fuel, peak_memory, report_json,
-                 started_at, finished_at, output_dataset)
+                 started_at, finished_at, output_dataset, worker, output_zone)
              SELECT id, tenant_id, module_digest, policy_version, input_digest,
                  input_size, created_at, zone, adapter, datasets, input_label, output_label,
-                 store_output_as, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14
+                 store_output_as, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16
              FROM runs_inflight WHERE id = ?1",
         )?
         .execute(params![
@@ -458,7 +477,9 @@ fn finalize_run(c: &Connection, id: &str, status: RunStatus, f: FinalColumns) ->
             f.report_json,
             f.started_at,
             f.finished_at,
-            f.output_dataset
+            f.output_dataset,
+            f.worker,
+            f.output_zone
         ])?;
     if n != 1 {
         return Err(DbError::Batch(Arc::from(
@@ -492,7 +513,10 @@ fn row_run(r: &rusqlite::Row<'_>) -> rusqlite::Result<RunRecord> {
         None => None,
     };
     let status: String = r.get(4)?;
-    let residency = residency_columns(r, 15)?;
+    let residency = ResidencyColumns {
+        worker: r.get(21)?,
+        ..residency_columns(r, 15)?
+    };
     let run = NewRun {
         tenant_id: r.get(1)?,
         module: parse_digest(&r.get::<_, String>(2)?)?,
@@ -554,5 +578,6 @@ pub(crate) fn residency_columns(
         input_label: list(3)?,
         output_label: list(4)?,
         output_dataset: r.get(at + 5)?,
+        worker: None,
     })
 }

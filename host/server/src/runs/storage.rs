@@ -16,11 +16,31 @@ use crate::store::{DbResult, Pending};
 
 /// Inline outputs up to this size are returned in the run record itself.
 pub const INLINE_OUTPUT_MAX: usize = 64 * 1024;
+// Fleet workers decide by the same bound what travels in a result message
+// and what goes to their zone's object store.
+const _: () = assert!(INLINE_OUTPUT_MAX == kasbah_fleet::proto::INLINE_OUTPUT_MAX);
 
 /// What the run worker stores when a run ends.
 pub struct Finished {
     pub report: RunReport,
     pub output: Option<(Digest, u64, String, Option<Vec<u8>>)>,
+    /// The fleet worker that executed the run (`None`: this process).
+    pub worker: Option<String>,
+    /// The zone whose object store holds the output's bytes (fleet runs
+    /// whose worker stored the output there); `None`: inline or in this
+    /// server's blob store.
+    pub output_zone: Option<String>,
+}
+
+/// Where a run's output bytes are kept.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum OutputPlace {
+    /// In the run's row.
+    Inline(Vec<u8>),
+    /// In this server's blob store, by digest.
+    Blobs,
+    /// In this zone's object store (`kasbah-zone-<zone>`), by digest.
+    Zone(String),
 }
 
 /// A run as the API accepted it: what its record and its audit entry need
@@ -61,6 +81,8 @@ pub struct ResidencyColumns {
     pub input_label: Vec<String>,
     pub output_label: Vec<String>,
     pub output_dataset: Option<String>,
+    /// The fleet worker that executed the run (column `worker`).
+    pub worker: Option<String>,
 }
 
 impl ResidencyColumns {
@@ -73,6 +95,7 @@ impl ResidencyColumns {
             input_label: r.input_label.clone(),
             output_label: r.output_label.clone(),
             output_dataset: None,
+            worker: None,
         }
     }
 }
@@ -129,8 +152,9 @@ pub trait RunStore: Send + Sync {
     fn inflight(&self, id: &str) -> DbResult<Option<NewRun>>;
     /// A tenant's most recent runs (ended or not), newest first.
     fn runs(&self, tenant_id: &str, limit: u32) -> DbResult<Vec<RunRecord>>;
-    /// The inline output bytes of a run, if stored inline.
-    fn run_output_inline(&self, id: &str) -> DbResult<Option<Vec<u8>>>;
+    /// Where a finished run's output bytes are (`None`: no such finished
+    /// run).
+    fn run_output_place(&self, id: &str) -> DbResult<Option<OutputPlace>>;
     /// Runs, ok runs, wall time, fuel and memory per tenant per period.
     fn usage(
         &self,
@@ -202,5 +226,6 @@ pub fn assemble_run(
         input_label: residency.input_label,
         output_label: residency.output_label,
         output_dataset: residency.output_dataset,
+        worker: residency.worker,
     }
 }

@@ -90,7 +90,9 @@ CREATE TABLE IF NOT EXISTS runs (
     input_label TEXT,
     output_label TEXT,
     store_output_as TEXT,
-    output_dataset TEXT
+    output_dataset TEXT,
+    worker TEXT,
+    output_zone TEXT
 );
 CREATE INDEX IF NOT EXISTS runs_by_tenant ON runs(tenant_id, created_at);
 -- Runs accepted and not yet ended: a row here from admission until the
@@ -176,6 +178,8 @@ fn add_missing_column(
 ///   runs in flight) move to `runs_inflight`, where start-up marks them
 ///   interrupted like any other;
 /// - the `runs_by_status` index (only that start-up scan used it) goes;
+/// - runs gain `worker` (NULL: executed in-process, or recorded before) and
+///   `output_zone` (NULL: output inline or in the blob store);
 /// - operators gain `zones_json` (NULL: no zone restriction);
 /// - policy versions gain `set_by`, tokens their id, expiry, last use,
 ///   revocation and creator, auditors the operator that created them.
@@ -184,6 +188,12 @@ fn migrate(conn: &mut Connection) -> rusqlite::Result<()> {
     for col in RESIDENCY_COLUMNS {
         add_missing_column(&tx, "runs", col, "TEXT")?;
     }
+    // The fleet worker that executed a run (issue 14); NULL for runs
+    // executed in-process, and for every run recorded before the column.
+    add_missing_column(&tx, "runs", "worker", "TEXT")?;
+    // The zone whose object store holds a fleet run's output (NULL: inline
+    // or in the blob store, as for every run recorded before the column).
+    add_missing_column(&tx, "runs", "output_zone", "TEXT")?;
     add_missing_column(&tx, "operators", "zones_json", "TEXT")?;
     // Versions from before it was recorded read back with `set_by: null`.
     add_missing_column(&tx, "policies", "set_by", "TEXT")?;
@@ -398,6 +408,110 @@ mod tests {
             .await
             .expect("set");
         assert_eq!((v2.version, v2.set_by.as_deref()), (2, Some("admin")));
+        tokio::task::spawn_blocking(move || db.close())
+            .await
+            .expect("close");
+    }
+
+    /// A database from before runs named their fleet worker (no `worker`
+    /// column) opens with its runs intact (`worker` absent); a fleet run
+    /// finished afterwards keeps its worker in the row and in its
+    /// `run_executed` entry (type 8), an in-process one stays type 4.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn runs_gain_their_worker_column_and_keep_old_rows() {
+        use crate::runs::storage::{Finished, NewRun, RunResidency};
+        use kasbah_core::RunReport;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("kasbah.db");
+        let d = Digest::of(b"m");
+        let p = path.clone();
+        tokio::task::spawn_blocking(move || Db::open(&p, false).expect("create").close())
+            .await
+            .expect("create");
+        {
+            let c = Connection::open(&path).expect("open");
+            c.execute_batch(&format!(
+                "ALTER TABLE runs DROP COLUMN worker;
+                 ALTER TABLE runs DROP COLUMN output_zone;
+                 INSERT INTO tenants VALUES ('tn_a', 'a', NULL, 1, 0);
+                 INSERT INTO runs(id, tenant_id, module_digest, policy_version, status,
+                     input_digest, input_size, outcome_kind, created_at, zone)
+                     VALUES ('run_old', 'tn_a', '{d}', 1, 'done', '{d}', 1, 'ok', 10, 'zone-a');"
+            ))
+            .expect("the schema before `worker`");
+        }
+        let db = Arc::new(Db::open(&path, false).expect("open migrated"));
+        let runs = SqliteRuns::new(db.clone());
+        let old = runs.run("run_old").expect("read").expect("old run");
+        assert_eq!((old.status, old.worker), (RunStatus::Done, None));
+        assert_eq!(
+            runs.run_output_place("run_old").expect("read"),
+            Some(crate::runs::storage::OutputPlace::Blobs)
+        );
+        let placed = RunResidency {
+            zone: "zone-a".into(),
+            adapter: None,
+            datasets: Vec::new(),
+            input_label: vec!["zone-a".into()],
+            output_label: vec!["zone-a".into()],
+            store_output_as: None,
+        };
+        let mut kinds = Vec::new();
+        for (id, worker) in [("run_fleet", Some("worker-a1")), ("run_here", None)] {
+            let run = NewRun {
+                id: id.into(),
+                tenant_id: "tn_a".into(),
+                module: d,
+                policy_version: 1,
+                input_digest: d,
+                input_size: 1,
+                created_at: 20,
+                residency: Some(placed.clone()),
+            };
+            runs.insert_run(&run)
+                .await
+                .expect("insert")
+                .durable()
+                .await
+                .expect("durable");
+            let (record, index) = runs
+                .finish_run(
+                    &run,
+                    21,
+                    Finished {
+                        report: RunReport::denied(d, "x".into()),
+                        output: None,
+                        worker: worker.map(str::to_string),
+                        output_zone: None,
+                    },
+                )
+                .await
+                .expect("finish");
+            assert_eq!(record.worker.as_deref(), worker);
+            let read = runs.run(id).expect("read").expect("run");
+            assert_eq!(read.worker.as_deref(), worker, "{id} read back");
+            let (tag, body) = db
+                .audit_read(|snap| {
+                    let e = audit::entries(snap.conn, index..index + 1, None, 1).expect("entry");
+                    (
+                        e[0].bytes[1],
+                        Entry::decode(&e[0].bytes).expect("decode").body,
+                    )
+                })
+                .expect("audit");
+            match body {
+                EntryBody::RunExecuted(r) => {
+                    assert_eq!((r.run_id.as_str(), r.worker.as_deref()), (id, worker))
+                }
+                other => panic!("{other:?}"),
+            }
+            kinds.push(tag);
+        }
+        assert_eq!(
+            kinds,
+            [8, 4],
+            "entry type 8 names the worker, type 4 does not"
+        );
         tokio::task::spawn_blocking(move || db.close())
             .await
             .expect("close");
