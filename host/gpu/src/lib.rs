@@ -92,10 +92,14 @@ mod ops;
 mod process;
 mod proto;
 pub mod registry;
+mod resident;
 mod shader;
+mod v1;
+mod warm;
 
-pub use config::{AdapterConfig, GpuConfig};
-pub use ctx::{GpuCtx, MAX_LIVE_HANDLES};
+pub use config::{AdapterConfig, DEFAULT_RESIDENT_BYTES, GpuConfig};
+pub use ctx::{GpuCtx, GpuDataset, MAX_LIVE_HANDLES};
+pub use warm::MAX_CACHED_KERNELS;
 pub use host::{BufferRes, EncoderRes, PipelineRes};
 pub use process::{PROTOCOL, set_worker_program};
 pub use registry::{AdapterStatus, GpuRegistry};
@@ -116,11 +120,12 @@ pub fn native_instance() -> wgpu::Instance {
 
 use wasmtime::component::{HasData, Linker, ResourceTable};
 
-/// Host bindings of `kasbah:gpu` (world `gpu-host`). Other crates reuse them
-/// with bindgen's `with: { "kasbah:gpu": kasbah_gpu::bindings::kasbah::gpu }`.
+/// Host bindings of `kasbah:gpu@0.2.0` (world `gpu-host`). Other crates
+/// reuse them with bindgen's
+/// `with: { "kasbah:gpu@0.2.0": kasbah_gpu::bindings::kasbah::gpu }`.
 pub mod bindings {
     wasmtime::component::bindgen!({
-        path: "../../wit/deps/kasbah-gpu",
+        path: "../../wit/deps/kasbah-gpu-0.2.0",
         world: "kasbah:gpu/gpu-host",
         imports: { default: async | trappable },
         with: {
@@ -150,10 +155,28 @@ impl HasData for Gpu<'static> {
     type Data<'a> = Gpu<'a>;
 }
 
-/// Link `kasbah:gpu/compute` into `linker`.
+/// Host bindings of `kasbah:gpu@0.1.0`, served by the same implementation
+/// (`v1.rs` converts the types). Reuse them with
+/// `with: { "kasbah:gpu@0.1.0": kasbah_gpu::bindings_v1::kasbah::gpu }`.
+pub mod bindings_v1 {
+    wasmtime::component::bindgen!({
+        path: "../../wit/deps/kasbah-gpu",
+        world: "kasbah:gpu/gpu-host",
+        imports: { default: async | trappable },
+        with: {
+            "kasbah:gpu/compute.buffer": crate::host::BufferRes,
+            "kasbah:gpu/compute.compute-pipeline": crate::host::PipelineRes,
+            "kasbah:gpu/compute.command-encoder": crate::host::EncoderRes,
+        },
+    });
+}
+
+/// Link `kasbah:gpu/compute` into `linker`: `@0.2.0` and `@0.1.0` (the
+/// same implementation, the same resource table).
 pub fn add_to_linker<T: Send + 'static>(
     linker: &mut Linker<T>,
     get: fn(&mut T) -> Gpu<'_>,
 ) -> wasmtime::Result<()> {
-    bindings::kasbah::gpu::compute::add_to_linker::<T, Gpu<'static>>(linker, get)
+    bindings::kasbah::gpu::compute::add_to_linker::<T, Gpu<'static>>(linker, get)?;
+    bindings_v1::kasbah::gpu::compute::add_to_linker::<T, Gpu<'static>>(linker, get)
 }
