@@ -3,7 +3,7 @@
 //! errors come back as `failed("<kind>: <message>")` (or `denied` /
 //! `unavailable`), so a test can tell which check stopped the attack; an
 //! attack that gets through returns `Ok` with what it obtained.
-use kasbah_sdk::bindings::kasbah::gpu::compute as wit;
+use kasbah_sdk::bindings::kasbah::gpu0_2_0::compute as wit;
 use kasbah_sdk::gpu::{self, Batch, Buffer, BufferUsage, GpuError, Kernel};
 use kasbah_sdk::{Error, Pipeline, Request, Response};
 
