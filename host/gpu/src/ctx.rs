@@ -44,35 +44,35 @@ pub struct GpuDataset {
     /// What identifies its bytes: the dataset's digest (`sha256:…`), or the
     /// file's identity (device, inode, size, mtime) when there is none.
     pub key: String,
+    /// Its length when the run started (`None`: it could not be read).
+    pub len: Option<u64>,
 }
 
 impl GpuDataset {
     /// `name` backed by `path`; `digest` when the platform knows it.
     pub fn new(name: impl Into<String>, path: impl Into<PathBuf>, digest: Option<String>) -> Self {
+        use std::os::unix::fs::MetadataExt;
         let path = path.into();
-        let key = digest.unwrap_or_else(|| file_identity(&path));
+        let meta = std::fs::metadata(&path).ok();
+        // `file:<dev>:<ino>:<len>:<mtime>` without a digest (or the path
+        // when it cannot be read: the upload then fails anyway).
+        let key = digest.unwrap_or_else(|| match &meta {
+            Some(m) => format!(
+                "file:{}:{}:{}:{}.{}",
+                m.dev(),
+                m.ino(),
+                m.len(),
+                m.mtime(),
+                m.mtime_nsec()
+            ),
+            None => format!("path:{}", path.display()),
+        });
         GpuDataset {
             name: name.into(),
             path,
             key,
+            len: meta.map(|m| m.len()),
         }
-    }
-}
-
-/// `file:<dev>:<ino>:<len>:<mtime ns>` (or the path when it cannot be
-/// read: the upload then fails anyway).
-fn file_identity(path: &std::path::Path) -> String {
-    use std::os::unix::fs::MetadataExt;
-    match std::fs::metadata(path) {
-        Ok(m) => format!(
-            "file:{}:{}:{}:{}.{}",
-            m.dev(),
-            m.ino(),
-            m.len(),
-            m.mtime(),
-            m.mtime_nsec()
-        ),
-        Err(_) => format!("path:{}", path.display()),
     }
 }
 

@@ -71,9 +71,9 @@ impl Bound {
                 "a buffer of {size} bytes exceeds the device limit of {device_max}"
             )));
         }
-        let len = std::fs::metadata(&ds.path)
-            .map_err(|e| GpuError::Unavailable(format!("dataset {name}: {e}")))?
-            .len();
+        let len = ds
+            .len
+            .ok_or_else(|| GpuError::Unavailable(format!("dataset {name} cannot be read")))?;
         if offset.checked_add(size).is_none_or(|end| end > len) {
             return Err(invalid(format!(
                 "range {offset}+{size} is outside dataset {name} ({len} bytes)"
