@@ -36,11 +36,27 @@
 //! Consequences: an invalid shader, a hog, a crash or a hung device in one
 //! run cannot show up as an error, a stall or stale state in another, and
 //! killing a process never takes another tenant's work with it; the price
-//! is one process (and one device context) per concurrent GPU run. Warm
-//! model state (issue 11) fits this shape: a pooled process can keep a
-//! tenant's resident weights and kernels, and a run prefers an idle process
-//! already holding its tenant's state; a process is reset before it serves
-//! another tenant.
+//! is one process (and one device context) per concurrent GPU run.
+//!
+//! **Warm state is one tenant's, in pooled GPU processes** (issue 15).
+//! Dataset-backed buffers (`buffer-from-dataset`, `resident.rs`) stay
+//! resident in the process after the run, and compiled kernels stay cached
+//! (per WGSL hash and entry point). The platform keeps the record
+//! (`warm.rs`): which tenant a process holds state for, what is resident
+//! and cached under which id (warm ids carry `proto::WARM`; `Reset`
+//! keeps them), and the resident bytes per adapter entry and per tenant
+//! (host config and policy budgets, LRU eviction). A run takes an idle
+//! process already holding its tenant's state when there is one; a process
+//! that held another tenant's state is purged (every warm object
+//! destroyed, ordered before the run's first request) and its record
+//! forgotten, so nothing of one tenant is even present while another's run
+//! uses the process. Warm hits cost no request; the uploading run pays the
+//! upload. Runs without a tenant get a key of their own.
+//!
+//! **Two WIT versions, one implementation.** `kasbah:gpu@0.2.0`
+//! ([`bindings`]) is implemented in `host.rs`; `@0.1.0`
+//! ([`bindings_v1`]) is linked too and converted in `v1.rs`, so guests
+//! built before 0.2.0 run unchanged.
 //!
 //! **Every GPU call is synchronous from the guest's point of view.**
 //! `submit`, `dispatch`, `buffer.write` and `buffer.read` return once the
