@@ -91,13 +91,7 @@ fn hex(b: &[u8]) -> String {
     b.iter().map(|x| format!("{x:02x}")).collect()
 }
 
-async fn run_as(
-    tenant: &str,
-    policy: &Policy,
-    ds: &Dataset,
-    attack: &str,
-    arg: &str,
-) -> RunReport {
+async fn run_as(tenant: &str, policy: &Policy, ds: &Dataset, attack: &str, arg: &str) -> RunReport {
     let module = rt().load(&guest_bytes("gpu-hostile")).expect("load");
     let options = RunOptions {
         datasets: vec![
@@ -175,12 +169,29 @@ async fn dataset_buffers_read_back_but_cannot_be_written() {
     let whole = hex(&ds.bytes);
     let r = run_as("t-ro", &p, &ds, "from-dataset", "weights.bin 0 1024").await;
     assert_eq!(ok_text(&r), whole);
-    let r = run_as("t-ro", &p, &ds, "from-dataset", "weights.bin 512 256 bind-ro").await;
+    let r = run_as(
+        "t-ro",
+        &p,
+        &ds,
+        "from-dataset",
+        "weights.bin 512 256 bind-ro",
+    )
+    .await;
     assert_eq!(ok_text(&r), hex(&ds.bytes[512..768]));
     for op in ["write", "copy-into", "bind-rw"] {
-        let r = run_as("t-ro", &p, &ds, "from-dataset", &format!("weights.bin 0 1024 {op}")).await;
+        let r = run_as(
+            "t-ro",
+            &p,
+            &ds,
+            "from-dataset",
+            &format!("weights.bin 0 1024 {op}"),
+        )
+        .await;
         let m = gpu_error(&r, "invalid-argument");
-        assert!(m.contains("read-only") || m.contains("read_write"), "{op}: {m}");
+        assert!(
+            m.contains("read-only") || m.contains("read_write"),
+            "{op}: {m}"
+        );
     }
     // The bytes are unchanged after every attempt.
     let r = run_as("t-ro", &p, &ds, "from-dataset", "weights.bin 0 1024").await;
@@ -207,12 +218,18 @@ async fn a_tenant_uploads_once_per_adapter_and_its_kernels_are_cached() {
     let first = run_as("t-once", &p, &ds, "from-dataset", arg).await;
     assert_eq!(ok_text(&first), hex(&ds.bytes));
     let g = gpu(&first);
-    assert_eq!((g.resident_bytes_used, g.resident_bytes_uploaded), (4096, 4096));
+    assert_eq!(
+        (g.resident_bytes_used, g.resident_bytes_uploaded),
+        (4096, 4096)
+    );
     assert_eq!((g.kernels, g.kernels_cached), (1, 0));
     let warm = run_as("t-once", &p, &ds, "from-dataset", arg).await;
     assert_eq!(ok_text(&warm), hex(&ds.bytes));
     let w = gpu(&warm);
-    assert_eq!((w.resident_bytes_used, w.resident_bytes_uploaded), (4096, 0));
+    assert_eq!(
+        (w.resident_bytes_used, w.resident_bytes_uploaded),
+        (4096, 0)
+    );
     assert_eq!((w.kernels, w.kernels_cached), (0, 1), "a cache lookup");
     // Only the read-back was transferred (no upload).
     assert_eq!(w.bytes_transferred, 4096);
@@ -229,7 +246,11 @@ async fn another_tenant_on_the_same_gpu_process_reaches_nothing_warm() {
     let a1 = run_as("t-a", &p, &a, "from-dataset", "weights.bin 0 4096 bind-ro").await;
     assert_eq!(ok_text(&a1), hex(&a.bytes));
     let a2 = run_as("t-a", &p, &a, "kernels", "").await;
-    assert_eq!(gpu(&a2).kernels_cached, 2, "A's cache: both compiles are lookups");
+    assert_eq!(
+        gpu(&a2).kernels_cached,
+        2,
+        "A's cache: both compiles are lookups"
+    );
     assert_eq!(status("warm-iso").resident_bytes, 4096);
     let reused = status("warm-iso").devices_reused;
 

@@ -286,7 +286,11 @@ async fn through_the_platform_with_the_weights_as_datasets() {
 
     // The tenant's next run finds its weights and kernels warm on the
     // adapter: nothing uploaded, nothing compiled, same embeddings.
-    let first = run.usage.as_ref().and_then(|u| u.gpu.clone()).expect("usage");
+    let first = run
+        .usage
+        .as_ref()
+        .and_then(|u| u.gpu.clone())
+        .expect("usage");
     let again = dev
         .run(&CreateRun {
             module: module.digest.to_string(),
@@ -298,7 +302,11 @@ async fn through_the_platform_with_the_weights_as_datasets() {
         })
         .await
         .expect("run");
-    let warm = again.usage.as_ref().and_then(|u| u.gpu.clone()).expect("usage");
+    let warm = again
+        .usage
+        .as_ref()
+        .and_then(|u| u.gpu.clone())
+        .expect("usage");
     assert!(first.resident_bytes_uploaded > 80 << 20, "{first:?}");
     assert_eq!(warm.resident_bytes_uploaded, 0, "{warm:?}");
     assert_eq!(warm.resident_bytes_used, first.resident_bytes_used);

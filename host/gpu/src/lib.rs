@@ -115,10 +115,10 @@ mod warm;
 
 pub use config::{AdapterConfig, DEFAULT_RESIDENT_BYTES, GpuConfig};
 pub use ctx::{GpuCtx, GpuDataset, MAX_LIVE_HANDLES};
-pub use warm::MAX_CACHED_KERNELS;
 pub use host::{BufferRes, EncoderRes, PipelineRes};
 pub use process::{PROTOCOL, set_worker_program};
 pub use registry::{AdapterStatus, GpuRegistry};
+pub use warm::MAX_CACHED_KERNELS;
 
 /// Entry point of a GPU process: `args` are what follows `gpu-worker` on
 /// its command line. The `kasbah` binary and `kasbah-gpu-worker` call this

@@ -110,7 +110,9 @@ fn info(i: v2::AdapterInfo) -> v1::AdapterInfo {
 }
 
 impl v1::Host for Gpu<'_> {
-    async fn get_adapter_info(&mut self) -> wasmtime::Result<Result<v1::AdapterInfo, v1::GpuError>> {
+    async fn get_adapter_info(
+        &mut self,
+    ) -> wasmtime::Result<Result<v1::AdapterInfo, v1::GpuError>> {
         result(v2::Host::get_adapter_info(self).await, info)
     }
 

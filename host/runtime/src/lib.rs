@@ -578,11 +578,7 @@ impl Runtime {
                 .datasets
                 .iter()
                 .map(|d| {
-                    kasbah_gpu::GpuDataset::new(
-                        &d.name,
-                        &d.path,
-                        d.digest.map(|g| g.to_string()),
-                    )
+                    kasbah_gpu::GpuDataset::new(&d.name, &d.path, d.digest.map(|g| g.to_string()))
                 })
                 .collect(),
         );

@@ -231,7 +231,11 @@ fn attack(name: &str, arg: &str) -> Result<Response, GpuError> {
             let k = Kernel::new(COPY_RO, "main")?;
             let src = Buffer::from_slice(&[5u32; 64])?;
             let out = Buffer::new(256, storage)?;
-            k.dispatch().bind(0, &src).bind(1, &out).workgroups(1, 1, 1).run()?;
+            k.dispatch()
+                .bind(0, &src)
+                .bind(1, &out)
+                .workgroups(1, 1, 1)
+                .run()?;
             Response::text(hex(&out.read_bytes(0, 8)?))
         }
         "kernel-quota" => {
