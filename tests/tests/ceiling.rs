@@ -126,6 +126,7 @@ fn maximal_policy(admin_dir: &std::path::Path) -> Policy {
             max_invocations_per_dispatch: 1,
             max_invocations: 1,
             max_transfer_bytes: 1,
+            max_resident_bytes: 1,
         }),
     }
 }
