@@ -315,6 +315,7 @@ fn table(other_dir: std::path::PathBuf) -> Vec<(&'static str, Edit, Vec<Edit>)> 
         gpu_quota!(max_invocations_per_dispatch),
         gpu_quota!(max_invocations),
         gpu_quota!(max_transfer_bytes),
+        gpu_quota!(max_resident_bytes),
     ]
 }
 
