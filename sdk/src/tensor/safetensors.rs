@@ -44,6 +44,11 @@ pub struct SafeTensors {
     /// are mapped to dataset-backed buffers (cleared when the host says
     /// the resident budget is exhausted).
     dataset: Option<String>,
+    /// GPU copies recorded by `upload_concat`, submitted together by
+    /// [`SafeTensors::finish`] (or, best effort, when this is dropped).
+    pending: Option<Batch>,
+    /// The dataset-backed parts those copies read (alive until submitted).
+    parts: Vec<Buffer>,
 }
 
 /// `name` when `path` is a mounted dataset, `/datasets/<name>`.
@@ -136,7 +141,24 @@ impl SafeTensors {
             file,
             tensors,
             dataset: dataset_name(path),
+            pending: None,
+            parts: Vec::new(),
         })
+    }
+
+    /// Submit the GPU copies that assemble [`SafeTensors::upload_concat`]'s
+    /// tensors from dataset-backed parts (one submission for all of them).
+    /// Until then those tensors read as zeros; dropping `self` submits
+    /// them too but cannot report an error.
+    pub fn finish(mut self) -> Result<()> {
+        self.submit()
+    }
+
+    fn submit(&mut self) -> Result<()> {
+        let pending = self.pending.take();
+        let r = pending.map_or(Ok(()), Batch::submit);
+        self.parts.clear();
+        r
     }
 
     /// Whether tensors are mapped to dataset-backed (resident) buffers.
@@ -246,7 +268,9 @@ impl SafeTensors {
 
     /// Upload F32 tensors that share every dimension but the first,
     /// concatenated along the first (e.g. the query, key and value
-    /// projections of a layer as one fused weight).
+    /// projections of a layer as one fused weight). From dataset-backed
+    /// parts, the result is assembled by GPU copies that are submitted by
+    /// [`SafeTensors::finish`] (all of them in one submission).
     pub fn upload_concat(&mut self, names: &[&str]) -> Result<Tensor> {
         let mut shape: Option<Vec<usize>> = None;
         for name in names {
@@ -277,13 +301,16 @@ impl SafeTensors {
                 }
             }
             if parts.len() == names.len() {
-                let mut batch = Batch::new()?;
+                let batch = match &mut self.pending {
+                    Some(b) => b,
+                    slot @ None => slot.insert(Batch::new()?),
+                };
                 let mut offset = 0;
                 for p in &parts {
                     batch.copy(p, 0, t.buffer(), offset, p.size())?;
                     offset += p.size();
                 }
-                batch.submit()?;
+                self.parts.extend(parts);
                 return Ok(t);
             }
         }
@@ -292,5 +319,11 @@ impl SafeTensors {
             offset += self.copy_into(name, t.buffer(), offset)?;
         }
         Ok(t)
+    }
+}
+
+impl Drop for SafeTensors {
+    fn drop(&mut self) {
+        let _ = self.submit();
     }
 }
