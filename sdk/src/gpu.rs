@@ -21,7 +21,7 @@
 //! returns once the GPU has finished it. Buffers read as zeros until
 //! written, and workgroup memory starts zeroed.
 
-use crate::bindings::kasbah::gpu::compute as wit;
+use crate::bindings::kasbah::gpu0_2_0::compute as wit;
 
 pub use wit::{AdapterInfo, AdapterLimits, BufferUsage, GpuError, Quota};
 
@@ -142,6 +142,18 @@ impl Buffer {
     /// A zero-filled buffer of `size` bytes (a multiple of 4).
     pub fn new(size: u64, usage: BufferUsage) -> Result<Buffer> {
         let inner = wit::create_buffer(size, usage)?;
+        Ok(Buffer { inner, size })
+    }
+
+    /// A read-only storage buffer over bytes `offset..offset+size` of the
+    /// dataset `name` mounted in this run (`/datasets/<name>`), without
+    /// reading or uploading anything in the guest. The host keeps it
+    /// resident on the adapter: a later run of the same tenant gets it at
+    /// once. Bind it `var<storage, read>`; writing it, copying into it or
+    /// binding it `read_write` is `invalid-argument`. Its bytes count
+    /// against the tenant's resident budget (`out-of-quota` past it).
+    pub fn from_dataset(name: &str, offset: u64, size: u64) -> Result<Buffer> {
+        let inner = wit::buffer_from_dataset(name, offset, size)?;
         Ok(Buffer { inner, size })
     }
 

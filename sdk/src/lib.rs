@@ -33,8 +33,10 @@ pub mod bindings {
         pub_export_macro: true,
         export_macro_name: "__export_guest",
         default_bindings_module: "kasbah_sdk::bindings",
-        // kasbah:gpu lives in its own WIT package (wit/deps/kasbah-gpu).
-        generate_all,
+        // kasbah:gpu@0.2.0 lives in its own WIT package
+        // (wit/deps/kasbah-gpu-0.2.0); `generate_all` would also generate
+        // @0.1.0 and give both versioned module names.
+        with: { "kasbah:gpu/compute@0.2.0": generate },
     });
 }
 

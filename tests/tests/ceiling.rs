@@ -126,6 +126,7 @@ fn maximal_policy(admin_dir: &std::path::Path) -> Policy {
             max_invocations_per_dispatch: 1,
             max_invocations: 1,
             max_transfer_bytes: 1,
+            max_resident_bytes: 1,
         }),
     }
 }
@@ -314,6 +315,7 @@ fn table(other_dir: std::path::PathBuf) -> Vec<(&'static str, Edit, Vec<Edit>)> 
         gpu_quota!(max_invocations_per_dispatch),
         gpu_quota!(max_invocations),
         gpu_quota!(max_transfer_bytes),
+        gpu_quota!(max_resident_bytes),
     ]
 }
 

@@ -154,7 +154,7 @@ async fn without_a_gpu_grant_every_gpu_call_is_denied_not_trapped() {
         kasbah_tests::load("gpu-matmul")
             .imports()
             .iter()
-            .any(|i| i == "kasbah:gpu/compute@0.1.0")
+            .any(|i| i == "kasbah:gpu/compute@0.2.0")
     );
     assert_still_served().await;
 }

@@ -129,6 +129,13 @@ async fn embeddings_and_token_ids_match_sentence_transformers() {
 
     let gpu = r.usage.gpu.as_ref().expect("GPU usage in the run record");
     assert!(gpu.dispatches >= 6 * 7, "{} dispatches", gpu.dispatches);
+    // The weights are dataset-backed buffers (kasbah:gpu@0.2.0), not read
+    // and uploaded by the guest: ~90 MB of resident bytes.
+    assert!(
+        gpu.resident_bytes_used > 80 << 20,
+        "{} resident bytes",
+        gpu.resident_bytes_used
+    );
     eprintln!(
         "minilm: {} sentences, min cosine {min_cos:.9} (1 - cos = {:.1e}), run {:.2} s (GPU {:.2} s), timings {}",
         sentences,
@@ -276,4 +283,36 @@ async fn through_the_platform_with_the_weights_as_datasets() {
     let out: Value = serde_json::from_slice(&body).expect("output is JSON");
     let min_cos = check_against_reference(&out);
     eprintln!("minilm through the platform: min cosine {min_cos:.9}");
+
+    // The tenant's next run finds its weights and kernels warm on the
+    // adapter: nothing uploaded, nothing compiled, same embeddings.
+    let first = run
+        .usage
+        .as_ref()
+        .and_then(|u| u.gpu.clone())
+        .expect("usage");
+    let again = dev
+        .run(&CreateRun {
+            module: module.digest.to_string(),
+            input: Some(fixture_input()),
+            content_type: Some("application/json".into()),
+            wait: true,
+            datasets: names.clone(),
+            ..CreateRun::default()
+        })
+        .await
+        .expect("run");
+    let warm = again
+        .usage
+        .as_ref()
+        .and_then(|u| u.gpu.clone())
+        .expect("usage");
+    assert!(first.resident_bytes_uploaded > 80 << 20, "{first:?}");
+    assert_eq!(warm.resident_bytes_uploaded, 0, "{warm:?}");
+    assert_eq!(warm.resident_bytes_used, first.resident_bytes_used);
+    assert_eq!(warm.kernels, 0, "every kernel from the cache: {warm:?}");
+    assert!(warm.kernels_cached > 0);
+    let body = dev.run_output(&again.id).await.expect("run output");
+    let out: Value = serde_json::from_slice(&body).expect("output is JSON");
+    check_against_reference(&out);
 }

@@ -1011,6 +1011,7 @@ async fn the_runtime_mounts_datasets_read_only_without_a_server() {
     let options = RunOptions {
         datasets: vec![DatasetMount::new("model.bin", &src)],
         residency: None,
+        tenant: None,
     };
     let req = Request::new("!")
         .with_meta("datasets", "model.bin")
@@ -1040,6 +1041,7 @@ async fn the_runtime_mounts_datasets_read_only_without_a_server() {
     let bad = RunOptions {
         datasets: vec![DatasetMount::new("../etc", &src)],
         residency: None,
+        tenant: None,
     };
     let r = kasbah_tests::runtime()
         .run_with(&module, &policy, Request::new(""), &bad)

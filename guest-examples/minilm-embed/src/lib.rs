@@ -170,7 +170,7 @@ impl Model {
                 "model {path}: hidden size {hidden} does not split into {HEADS} heads"
             )));
         }
-        Ok(Model {
+        let model = Model {
             pos: st.upload("embeddings.position_embeddings.weight")?,
             typ: st.upload("embeddings.token_type_embeddings.weight")?,
             ln_g: st.upload("embeddings.LayerNorm.weight")?,
@@ -178,7 +178,10 @@ impl Model {
             word,
             layers,
             hidden,
-        })
+        };
+        // The fused QKV weights, assembled on the GPU in one submission.
+        st.finish()?;
+        Ok(model)
     }
 
     /// Embeddings of one padded batch: `ids` holds `batch` sequences of

@@ -201,6 +201,7 @@ pub fn run(args: RunArgs, echo_logs: bool, json: bool) -> anyhow::Result<ExitCod
             .map(local_dataset)
             .collect::<anyhow::Result<_>>()?,
         residency: None,
+        tenant: None,
     };
     if args.input_label.is_some() || args.store_output_as.is_some() {
         anyhow::bail!("--input-label and --store-output-as apply to server runs (sha256:…)");

@@ -255,6 +255,18 @@ pub struct GpuUsage {
     /// to answer, or to the kill when the run's deadline cut it short.
     #[serde(with = "duration_micros")]
     pub gpu_time: Duration,
+    /// Bytes of dataset-backed buffers (resident weights) the run used,
+    /// each once, whether already resident (a warm hit, not billed as a
+    /// transfer) or uploaded by this run.
+    #[serde(default)]
+    pub resident_bytes_used: u64,
+    /// Of those, the bytes this run uploaded (and paid as transfer and GPU
+    /// time): a warm hit uploads nothing.
+    #[serde(default)]
+    pub resident_bytes_uploaded: u64,
+    /// Compute pipelines taken from the kernel cache instead of compiled.
+    #[serde(default)]
+    pub kernels_cached: u64,
 }
 
 /// A bounded capture of one output stream (stdout, stderr).

@@ -819,7 +819,7 @@ async fn execute(worker: &Worker, job: &Job) -> Result<RunReport, Prep> {
     let mut datasets = Vec::with_capacity(job.datasets.len());
     for d in &job.datasets {
         let path = fetch_dataset(worker, &job.zone, &d.digest).await?;
-        datasets.push(DatasetMount::new(d.name.clone(), path));
+        datasets.push(DatasetMount::new(d.name.clone(), path).with_digest(d.digest));
     }
     let mut policy = job.policy.clone();
     // The run ends at the job's deadline at the latest (fetching took some).
@@ -845,6 +845,7 @@ async fn execute(worker: &Worker, job: &Job) -> Result<RunReport, Prep> {
             zone: job.zone.clone(),
             adapter: job.adapter.clone(),
         }),
+        tenant: Some(job.tenant.clone()),
     };
     match worker
         .runtime

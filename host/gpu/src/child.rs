@@ -211,12 +211,20 @@ fn open(label: &str, key: &AdapterKey, limits: &wgpu::Limits) -> Result<DeviceCt
     })
 }
 
+/// The process's objects. A run's own objects (`buffers`, `pipelines`,
+/// `prepared`) are dropped by `Reset` after every run. **Warm** objects
+/// (ids with [`proto::WARM`]: dataset-backed buffers, cached kernels) stay
+/// for the next run of the same tenant; the platform decides which exist
+/// (`Evict`) and drops them all before another tenant gets this process
+/// (`Purge`), so nothing of one tenant is even present while another runs.
 struct State {
     dev: DeviceCtx,
     shm: memmap2::MmapMut,
     buffers: HashMap<Id, wgpu::Buffer>,
     pipelines: HashMap<Id, wgpu::ComputePipeline>,
     prepared: HashMap<Id, ops::Command>,
+    warm_buffers: HashMap<Id, wgpu::Buffer>,
+    warm_pipelines: HashMap<Id, wgpu::ComputePipeline>,
 }
 
 fn unknown(what: &str, id: Id) -> Fault {
@@ -225,7 +233,28 @@ fn unknown(what: &str, id: Id) -> Fault {
 
 impl State {
     fn buffer(&self, id: Id) -> Result<&wgpu::Buffer, Fault> {
-        self.buffers.get(&id).ok_or_else(|| unknown("buffer", id))
+        let map = if proto::is_warm(id) {
+            &self.warm_buffers
+        } else {
+            &self.buffers
+        };
+        map.get(&id).ok_or_else(|| unknown("buffer", id))
+    }
+
+    fn pipeline(&self, id: Id) -> Result<&wgpu::ComputePipeline, Fault> {
+        let map = if proto::is_warm(id) {
+            &self.warm_pipelines
+        } else {
+            &self.pipelines
+        };
+        map.get(&id).ok_or_else(|| unknown("pipeline", id))
+    }
+
+    fn drop_warm(&mut self, id: Id) {
+        if let Some(b) = self.warm_buffers.remove(&id) {
+            b.destroy();
+        }
+        self.warm_pipelines.remove(&id);
     }
 
     fn shm_range(&self, len: u64) -> Result<usize, Fault> {
@@ -236,11 +265,7 @@ impl State {
     }
 
     fn dispatch(&self, d: Dispatch) -> Result<ops::Command, Fault> {
-        let pipeline = self
-            .pipelines
-            .get(&d.pipeline)
-            .ok_or_else(|| unknown("pipeline", d.pipeline))?
-            .clone();
+        let pipeline = self.pipeline(d.pipeline)?.clone();
         let mut ranges = Vec::with_capacity(d.bindings.len());
         for b in d.bindings {
             ranges.push(ops::BindRange {
@@ -261,7 +286,11 @@ impl State {
                 let usage = wgpu::BufferUsages::from_bits(usage)
                     .ok_or_else(|| Fault::InvalidArgument("buffer usage".into()))?;
                 let buffer = ops::create_buffer(&self.dev, size, usage)?;
-                self.buffers.insert(id, buffer);
+                if proto::is_warm(id) {
+                    self.warm_buffers.insert(id, buffer);
+                } else {
+                    self.buffers.insert(id, buffer);
+                }
                 Ok(Value::Done)
             }
             Request::DestroyBuffer { id } => {
@@ -284,7 +313,11 @@ impl State {
             }
             Request::Read { id, offset, size } => {
                 let len = self.shm_range(size)?;
-                let buffer = self.buffers.get(&id).ok_or_else(|| unknown("buffer", id))?;
+                let buffer = match proto::is_warm(id) {
+                    true => self.warm_buffers.get(&id),
+                    false => self.buffers.get(&id),
+                }
+                .ok_or_else(|| unknown("buffer", id))?;
                 let out = self
                     .shm
                     .get_mut(..len)
@@ -300,9 +333,14 @@ impl State {
             } => {
                 let (pipeline, facts) =
                     ops::create_pipeline(&self.dev, &code, &entry_point, workgroup_storage_limit)?;
-                self.pipelines.insert(id, pipeline);
+                if proto::is_warm(id) {
+                    self.warm_pipelines.insert(id, pipeline);
+                } else {
+                    self.pipelines.insert(id, pipeline);
+                }
                 Ok(Value::Pipeline {
                     workgroup_size: facts.workgroup_size,
+                    writable: facts.writable,
                 })
             }
             Request::DropPipeline { id } => {
@@ -361,6 +399,21 @@ impl State {
                 let _ = self.dev.device.poll(wgpu::PollType::Poll);
                 Ok(Value::Done)
             }
+            Request::Evict { ids } => {
+                for id in ids {
+                    self.drop_warm(id);
+                }
+                let _ = self.dev.device.poll(wgpu::PollType::Poll);
+                Ok(Value::Done)
+            }
+            Request::Purge => {
+                self.warm_pipelines.clear();
+                for (_, b) in self.warm_buffers.drain() {
+                    b.destroy();
+                }
+                let _ = self.dev.device.poll(wgpu::PollType::Poll);
+                Ok(Value::Done)
+            }
         }
     }
 }
@@ -405,6 +458,8 @@ fn serve(mut socket: UnixStream, shm: std::fs::File) -> i32 {
         buffers: HashMap::new(),
         pipelines: HashMap::new(),
         prepared: HashMap::new(),
+        warm_buffers: HashMap::new(),
+        warm_pipelines: HashMap::new(),
     };
     // The platform closes the socket when it no longer needs this device.
     while let Ok(req) = proto::recv::<Request>(&mut socket) {

@@ -9,6 +9,7 @@
 //! zone = "ma-rabat-1"      # residency zone of this entry
 //! backend = "vulkan"       # optional: vulkan | metal | dx12 | gl
 //! name = "llvmpipe"        # optional: case-insensitive substring of the adapter name
+//! max_resident_bytes = 1073741824  # optional: resident weights kept between runs
 //!
 //! [[adapters]]             # the same physical adapter, exposed in a second zone
 //! label = "gpu0-paris"
@@ -59,7 +60,18 @@ pub struct AdapterConfig {
     /// tenant's quota says (the device's own limit applies when lower).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_buffer_bytes: Option<u64>,
+    /// Bytes of dataset-backed buffers (resident weights) the entry's GPU
+    /// processes may keep between runs, all tenants together
+    /// ([`DEFAULT_RESIDENT_BYTES`] when absent; 0: nothing stays resident,
+    /// `buffer-from-dataset` answers `out-of-quota`). Least recently used
+    /// are evicted first; each tenant is also held to its policy's
+    /// `gpu.max_resident_bytes`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_resident_bytes: Option<u64>,
 }
+
+/// Resident bytes of an adapter entry whose configuration names none.
+pub const DEFAULT_RESIDENT_BYTES: u64 = 1 << 30;
 
 impl AdapterConfig {
     /// An entry matching any adapter of `backend` whose name contains `name`.
@@ -70,7 +82,13 @@ impl AdapterConfig {
             backend: None,
             name: None,
             max_buffer_bytes: None,
+            max_resident_bytes: None,
         }
+    }
+
+    pub fn max_resident_bytes(mut self, bytes: u64) -> Self {
+        self.max_resident_bytes = Some(bytes);
+        self
     }
 
     pub fn backend(mut self, backend: impl Into<String>) -> Self {

@@ -1,8 +1,10 @@
 //! Per-run GPU state: which adapter entry the run is bound to, its quota,
 //! what it has used so far, and (after the first GPU call) its device.
 
+use std::collections::HashMap;
+use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use kasbah_core::GpuUsage;
@@ -32,11 +34,59 @@ enum State {
     Bound(Box<Bound>),
 }
 
+/// A dataset mounted in a run, as `buffer-from-dataset` finds it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GpuDataset {
+    /// The name the guest uses (`/datasets/<name>`).
+    pub name: String,
+    /// The file on the host (read by the platform, never written).
+    pub path: PathBuf,
+    /// What identifies its bytes: the dataset's digest (`sha256:…`), or the
+    /// file's identity (device, inode, size, mtime) when there is none.
+    pub key: String,
+    /// Its length when the run started (`None`: it could not be read).
+    pub len: Option<u64>,
+}
+
+impl GpuDataset {
+    /// `name` backed by `path`; `digest` when the platform knows it.
+    pub fn new(name: impl Into<String>, path: impl Into<PathBuf>, digest: Option<String>) -> Self {
+        use std::os::unix::fs::MetadataExt;
+        let path = path.into();
+        let meta = std::fs::metadata(&path).ok();
+        // `file:<dev>:<ino>:<len>:<mtime>` without a digest (or the path
+        // when it cannot be read: the upload then fails anyway).
+        let key = digest.unwrap_or_else(|| match &meta {
+            Some(m) => format!(
+                "file:{}:{}:{}:{}.{}",
+                m.dev(),
+                m.ino(),
+                m.len(),
+                m.mtime(),
+                m.mtime_nsec()
+            ),
+            None => format!("path:{}", path.display()),
+        });
+        GpuDataset {
+            name: name.into(),
+            path,
+            key,
+            len: meta.map(|m| m.len()),
+        }
+    }
+}
+
 pub(crate) struct Bound {
     pub entry: Arc<Entry>,
     pub quota: GpuGrant,
+    /// Whose warm state this run may use (see `warm.rs`).
+    pub tenant: String,
+    pub datasets: Vec<GpuDataset>,
+    /// Warm objects (resident buffers, cached kernels) this run holds
+    /// handles to, with how many: never evicted while held.
+    pub pins: HashMap<Id, (u32, u64)>,
     deadline: Option<Instant>,
-    worker: Option<Worker>,
+    pub(crate) worker: Option<Worker>,
     /// A device call is awaiting its reply (since then). If the run is
     /// dropped meanwhile (deadline), the GPU process may still be working
     /// for this run: it is killed, never handed to another run, and the time
@@ -73,6 +123,12 @@ pub(crate) struct Accounting {
     /// Wall time of every call the GPU process worked on for this run,
     /// until its answer or until it was killed.
     pub gpu_time: Duration,
+    /// Resident bytes this run got handles to (warm or uploaded), counted
+    /// once per buffer, and those it uploaded (and paid for).
+    pub resident_used: u64,
+    pub resident_uploaded: u64,
+    /// Kernels found in the cache (no compile).
+    pub kernels_cached: u64,
 }
 
 impl GpuCtx {
@@ -93,6 +149,9 @@ impl GpuCtx {
             state: State::Bound(Box::new(Bound {
                 entry,
                 quota,
+                tenant: anonymous(),
+                datasets: Vec::new(),
+                pins: HashMap::new(),
                 deadline,
                 worker: None,
                 busy_since: None,
@@ -101,6 +160,22 @@ impl GpuCtx {
                 acct: Accounting::default(),
             })),
         }
+    }
+
+    /// Who the run is for and what it mounted. Warm state (resident
+    /// buffers, cached kernels) is shared only between runs with the same
+    /// `tenant`; `None` (a run with no tenant, e.g. a local one) gets a
+    /// key of its own, so nothing it leaves is reused. Call before the run
+    /// starts.
+    pub fn with_scope(mut self, tenant: Option<&str>, datasets: Vec<GpuDataset>) -> Self {
+        if let State::Bound(b) = &mut self.state {
+            b.tenant = match tenant {
+                Some(t) => format!("tenant:{t}"),
+                None => anonymous(),
+            };
+            b.datasets = datasets;
+        }
+        self
     }
 
     /// The state of a run that may use the GPU, or the error every call of
@@ -140,6 +215,9 @@ impl GpuCtx {
             invocations: b.acct.invocations_done,
             bytes_transferred: b.acct.transferred,
             gpu_time: b.acct.gpu_time + b.busy_since.map(|t| t.elapsed()).unwrap_or_default(),
+            resident_bytes_used: b.acct.resident_used,
+            resident_bytes_uploaded: b.acct.resident_uploaded,
+            kernels_cached: b.acct.kernels_cached,
         })
     }
 }
@@ -174,7 +252,7 @@ impl Bound {
             Some(w) => w,
             w @ None => {
                 self.answered = 0;
-                w.insert(self.entry.take_worker())
+                w.insert(self.entry.take_worker(&self.tenant))
             }
         };
         self.busy_since = Some(Instant::now());
@@ -208,6 +286,8 @@ impl Bound {
         if let Some(w) = self.worker.take() {
             self.entry.give_back(w, false);
         }
+        // Nothing warm survived with the dead process.
+        self.pins.clear();
         self.call(move |conn| conn.request(&retry)).await
     }
 
@@ -223,8 +303,41 @@ impl Bound {
 
     /// A fresh id for an object in the GPU process.
     pub fn new_id(&mut self) -> Id {
-        self.next_id = self.next_id.wrapping_add(1);
+        // Never a warm id (see `proto::WARM`).
+        self.next_id = self.next_id.wrapping_add(1) & !crate::proto::WARM;
         self.next_id
+    }
+
+    /// The run's GPU process, taking one on first use (for warm lookups,
+    /// which need no request).
+    pub fn worker(&mut self) -> &mut Worker {
+        match &mut self.worker {
+            Some(w) => w,
+            w @ None => {
+                self.answered = 0;
+                w.insert(self.entry.take_worker(&self.tenant))
+            }
+        }
+    }
+
+    /// One more handle on warm object `id` of `bytes` (0 for kernels).
+    pub fn pin(&mut self, id: Id, bytes: u64) {
+        self.pins.entry(id).or_insert((0, bytes)).0 += 1;
+    }
+
+    /// One handle fewer on warm object `id`.
+    pub fn unpin(&mut self, id: Id) {
+        if let Some(p) = self.pins.get_mut(&id) {
+            p.0 -= 1;
+            if p.0 == 0 {
+                self.pins.remove(&id);
+            }
+        }
+    }
+
+    /// Resident bytes this run holds handles to.
+    pub fn pinned_bytes(&self) -> u64 {
+        self.pins.values().map(|p| p.1).sum()
     }
 
     pub fn add_bytes(&mut self, size: u64) {
@@ -261,6 +374,12 @@ impl Bound {
     pub fn release_handle(&mut self) {
         self.acct.handles = self.acct.handles.saturating_sub(1);
     }
+}
+
+/// A warm-state key no other run shares.
+fn anonymous() -> String {
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    format!("anonymous:{}", NEXT.fetch_add(1, Ordering::Relaxed))
 }
 
 impl Drop for GpuCtx {

@@ -14,7 +14,7 @@ use crate::bindings::kasbah::gpu::compute::{
     self as wit, AdapterInfo, AdapterLimits, BufferBinding, BufferUsage, GpuError, Quota,
 };
 use crate::ctx::Bound;
-use crate::proto::{self, Bind, Cmd, Dispatch, Id, Request, Value};
+use crate::proto::{self, Bind, Cmd, Dispatch, Id, Request};
 
 /// Largest WGSL source accepted, in bytes.
 pub const MAX_WGSL_BYTES: usize = 1 << 20;
@@ -30,6 +30,9 @@ pub struct BufferRes {
     id: Id,
     size: u64,
     usage: BufferUsage,
+    /// A resident dataset-backed buffer (`buffer-from-dataset`): read-only,
+    /// shared with later runs of the tenant, never destroyed by the run.
+    resident: bool,
 }
 
 /// A guest's compiled kernel.
@@ -38,6 +41,10 @@ pub struct PipelineRes {
     entry_point: String,
     /// Invocations per workgroup (the product of its workgroup size).
     invocations: u64,
+    /// From the kernel cache (kept after the run).
+    cached: bool,
+    /// `(group, binding)` of the kernel's `read_write` storage variables.
+    writable: Vec<(u32, u32)>,
 }
 
 /// A guest's command encoder: commands validated at record time (a
@@ -185,7 +192,7 @@ impl Bound {
     }
 
     /// Reserve `bytes` of transfer (write, read-back, copy) in the quota.
-    fn reserve_transfer(&mut self, bytes: u64) -> Result<(), GpuError> {
+    pub(crate) fn reserve_transfer(&mut self, bytes: u64) -> Result<(), GpuError> {
         let total = self.acct.transfer_reserved.saturating_add(bytes);
         if total > self.quota.max_transfer_bytes {
             return Err(GpuError::OutOfQuota(format!(
@@ -210,9 +217,16 @@ impl Gpu<'_> {
     ) -> wasmtime::Result<Result<(Dispatch, u64), GpuError>> {
         let p = self.table.get(pipeline)?;
         let (pipeline, per_workgroup) = (p.id, p.invocations);
+        let writable = p.writable.clone();
         let mut ranges = Vec::with_capacity(bindings.len());
         for b in &bindings {
             let buf = self.table.get(&b.buffer)?;
+            if buf.resident && writable.contains(&(b.group, b.binding)) {
+                return Ok(Err(invalid(format!(
+                    "@group({}) @binding({}) is read_write in the kernel; a dataset-backed buffer is read-only",
+                    b.group, b.binding
+                ))));
+            }
             ranges.push((
                 b.group, b.binding, buf.id, buf.size, buf.usage, b.offset, b.size,
             ));
@@ -301,6 +315,7 @@ impl wit::Host for Gpu<'_> {
                 max_dispatches: q.max_dispatches,
                 max_workgroups_per_dimension: q.max_workgroups_per_dimension,
                 max_kernels: q.max_kernels,
+                max_resident_bytes: q.max_resident_bytes,
             },
         }))
     }
@@ -350,7 +365,29 @@ impl wit::Host for Gpu<'_> {
             .await;
         guest_try!(bound.settle_handle(created));
         bound.add_bytes(size);
-        let res = self.table.push(BufferRes { id, size, usage })?;
+        let res = self.table.push(BufferRes {
+            id,
+            size,
+            usage,
+            resident: false,
+        })?;
+        Ok(Ok(res))
+    }
+
+    async fn buffer_from_dataset(
+        &mut self,
+        name: String,
+        offset: u64,
+        size: u64,
+    ) -> wasmtime::Result<Result<Resource<BufferRes>, GpuError>> {
+        let bound = guest_try!(self.ctx.get());
+        let r = guest_try!(bound.dataset_buffer(&name, offset, size).await);
+        let res = self.table.push(BufferRes {
+            id: r.id,
+            size: r.size,
+            usage: BufferUsage::STORAGE | BufferUsage::COPY_SRC,
+            resident: true,
+        })?;
         Ok(Ok(res))
     }
 
@@ -372,29 +409,17 @@ impl wit::Host for Gpu<'_> {
                 code.len()
             ))));
         }
-        guest_try!(bound.reserve_handle());
-        bound.acct.kernels_attempted += 1;
-        let id = bound.new_id();
-        let built = bound
-            .request(Request::CreatePipeline {
-                id,
-                code,
-                entry_point: entry_point.clone(),
-                workgroup_storage_limit: bound.entry.limits.max_compute_workgroup_storage_size,
-            })
-            .await;
-        let workgroup_size = match guest_try!(bound.settle_handle(built)) {
-            Value::Pipeline { workgroup_size } => workgroup_size,
-            Value::Done => [1, 1, 1],
-        };
-        bound.acct.kernels_built += 1;
-        let invocations = workgroup_size
+        let k = guest_try!(bound.kernel(code, &entry_point).await);
+        let invocations = k
+            .workgroup_size
             .iter()
             .fold(1u64, |n, &d| n.saturating_mul(u64::from(d.max(1))));
         let res = self.table.push(PipelineRes {
-            id,
+            id: k.id,
             entry_point,
             invocations,
+            cached: k.warm,
+            writable: k.writable,
         })?;
         Ok(Ok(res))
     }
@@ -472,7 +497,11 @@ impl wit::HostBuffer for Gpu<'_> {
     ) -> wasmtime::Result<Result<(), GpuError>> {
         let b = self.table.get(&this)?;
         let (id, size, usage) = (b.id, b.size, b.usage);
+        let resident = b.resident;
         let bound = guest_try!(self.ctx.get());
+        if resident {
+            return Ok(Err(invalid("a dataset-backed buffer is read-only")));
+        }
         if !usage.contains(BufferUsage::COPY_DST) {
             return Ok(Err(invalid("write needs a buffer with copy-dst usage")));
         }
@@ -555,9 +584,14 @@ impl wit::HostBuffer for Gpu<'_> {
     async fn drop(&mut self, rep: Resource<BufferRes>) -> wasmtime::Result<()> {
         let b = self.table.delete(rep)?;
         if let Ok(bound) = self.ctx.get() {
-            bound.remove_bytes(b.size);
             bound.release_handle();
-            bound.post(Request::DestroyBuffer { id: b.id });
+            if b.resident {
+                // Stays resident for the tenant's next runs.
+                bound.unpin(b.id);
+            } else {
+                bound.remove_bytes(b.size);
+                bound.post(Request::DestroyBuffer { id: b.id });
+            }
         }
         Ok(())
     }
@@ -572,7 +606,11 @@ impl wit::HostComputePipeline for Gpu<'_> {
         let p = self.table.delete(rep)?;
         if let Ok(bound) = self.ctx.get() {
             bound.release_handle();
-            bound.post(Request::DropPipeline { id: p.id });
+            if p.cached {
+                bound.unpin(p.id);
+            } else {
+                bound.post(Request::DropPipeline { id: p.id });
+            }
         }
         Ok(())
     }
@@ -621,7 +659,13 @@ impl wit::HostCommandEncoder for Gpu<'_> {
         let (src_id, src_size, src_usage) = (src.id, src.size, src.usage);
         let dst = self.table.get(&destination)?;
         let (dst_id, dst_size, dst_usage) = (dst.id, dst.size, dst.usage);
+        let dst_resident = dst.resident;
         let bound = guest_try!(self.ctx.get());
+        if dst_resident {
+            return Ok(Err(invalid(
+                "copy-buffer-to-buffer: the destination is a dataset-backed buffer, which is read-only",
+            )));
+        }
         if recorded >= MAX_COMMANDS_PER_ENCODER {
             return Ok(Err(GpuError::OutOfQuota(format!(
                 "an encoder records at most {MAX_COMMANDS_PER_ENCODER} commands"

@@ -36,11 +36,27 @@
 //! Consequences: an invalid shader, a hog, a crash or a hung device in one
 //! run cannot show up as an error, a stall or stale state in another, and
 //! killing a process never takes another tenant's work with it; the price
-//! is one process (and one device context) per concurrent GPU run. Warm
-//! model state (issue 11) fits this shape: a pooled process can keep a
-//! tenant's resident weights and kernels, and a run prefers an idle process
-//! already holding its tenant's state; a process is reset before it serves
-//! another tenant.
+//! is one process (and one device context) per concurrent GPU run.
+//!
+//! **Warm state is one tenant's, in pooled GPU processes** (issue 15).
+//! Dataset-backed buffers (`buffer-from-dataset`, `resident.rs`) stay
+//! resident in the process after the run, and compiled kernels stay cached
+//! (per WGSL hash and entry point). The platform keeps the record
+//! (`warm.rs`): which tenant a process holds state for, what is resident
+//! and cached under which id (warm ids carry `proto::WARM`; `Reset`
+//! keeps them), and the resident bytes per adapter entry and per tenant
+//! (host config and policy budgets, LRU eviction). A run takes an idle
+//! process already holding its tenant's state when there is one; a process
+//! that held another tenant's state is purged (every warm object
+//! destroyed, ordered before the run's first request) and its record
+//! forgotten, so nothing of one tenant is even present while another's run
+//! uses the process. Warm hits cost no request; the uploading run pays the
+//! upload. Runs without a tenant get a key of their own.
+//!
+//! **Two WIT versions, one implementation.** `kasbah:gpu@0.2.0`
+//! ([`bindings`]) is implemented in `host.rs`; `@0.1.0`
+//! ([`bindings_v1`]) is linked too and converted in `v1.rs`, so guests
+//! built before 0.2.0 run unchanged.
 //!
 //! **Every GPU call is synchronous from the guest's point of view.**
 //! `submit`, `dispatch`, `buffer.write` and `buffer.read` return once the
@@ -92,13 +108,17 @@ mod ops;
 mod process;
 mod proto;
 pub mod registry;
+mod resident;
 mod shader;
+mod v1;
+mod warm;
 
-pub use config::{AdapterConfig, GpuConfig};
-pub use ctx::{GpuCtx, MAX_LIVE_HANDLES};
+pub use config::{AdapterConfig, DEFAULT_RESIDENT_BYTES, GpuConfig};
+pub use ctx::{GpuCtx, GpuDataset, MAX_LIVE_HANDLES};
 pub use host::{BufferRes, EncoderRes, PipelineRes};
 pub use process::{PROTOCOL, set_worker_program};
 pub use registry::{AdapterStatus, GpuRegistry};
+pub use warm::MAX_CACHED_KERNELS;
 
 /// Entry point of a GPU process: `args` are what follows `gpu-worker` on
 /// its command line. The `kasbah` binary and `kasbah-gpu-worker` call this
@@ -116,11 +136,12 @@ pub fn native_instance() -> wgpu::Instance {
 
 use wasmtime::component::{HasData, Linker, ResourceTable};
 
-/// Host bindings of `kasbah:gpu` (world `gpu-host`). Other crates reuse them
-/// with bindgen's `with: { "kasbah:gpu": kasbah_gpu::bindings::kasbah::gpu }`.
+/// Host bindings of `kasbah:gpu@0.2.0` (world `gpu-host`). Other crates
+/// reuse them with bindgen's
+/// `with: { "kasbah:gpu@0.2.0": kasbah_gpu::bindings::kasbah::gpu }`.
 pub mod bindings {
     wasmtime::component::bindgen!({
-        path: "../../wit/deps/kasbah-gpu",
+        path: "../../wit/deps/kasbah-gpu-0.2.0",
         world: "kasbah:gpu/gpu-host",
         imports: { default: async | trappable },
         with: {
@@ -150,10 +171,28 @@ impl HasData for Gpu<'static> {
     type Data<'a> = Gpu<'a>;
 }
 
-/// Link `kasbah:gpu/compute` into `linker`.
+/// Host bindings of `kasbah:gpu@0.1.0`, served by the same implementation
+/// (`v1.rs` converts the types). Reuse them with
+/// `with: { "kasbah:gpu@0.1.0": kasbah_gpu::bindings_v1::kasbah::gpu }`.
+pub mod bindings_v1 {
+    wasmtime::component::bindgen!({
+        path: "../../wit/deps/kasbah-gpu",
+        world: "kasbah:gpu/gpu-host",
+        imports: { default: async | trappable },
+        with: {
+            "kasbah:gpu/compute.buffer": crate::host::BufferRes,
+            "kasbah:gpu/compute.compute-pipeline": crate::host::PipelineRes,
+            "kasbah:gpu/compute.command-encoder": crate::host::EncoderRes,
+        },
+    });
+}
+
+/// Link `kasbah:gpu/compute` into `linker`: `@0.2.0` and `@0.1.0` (the
+/// same implementation, the same resource table).
 pub fn add_to_linker<T: Send + 'static>(
     linker: &mut Linker<T>,
     get: fn(&mut T) -> Gpu<'_>,
 ) -> wasmtime::Result<()> {
-    bindings::kasbah::gpu::compute::add_to_linker::<T, Gpu<'static>>(linker, get)
+    bindings::kasbah::gpu::compute::add_to_linker::<T, Gpu<'static>>(linker, get)?;
+    bindings_v1::kasbah::gpu::compute::add_to_linker::<T, Gpu<'static>>(linker, get)
 }

@@ -363,6 +363,8 @@ pub(crate) struct Worker {
     child: Arc<Mutex<Option<Child>>>,
     /// The nice value last given to the process's threads (see [`nice_for`]).
     nice: AtomicI32,
+    /// The warm objects (resident buffers, cached kernels) it holds.
+    pub warm: crate::warm::Warm,
 }
 
 /// The highest nice value a GPU process is given. Nice values rank a GPU
@@ -432,7 +434,7 @@ pub(crate) struct Timed<T> {
 impl Worker {
     /// Start a GPU process for `spec` in the background; the first call
     /// waits for its device.
-    pub(crate) fn spawn(spec: DeviceSpec) -> Worker {
+    pub(crate) fn spawn(spec: DeviceSpec, totals: Arc<crate::warm::Totals>) -> Worker {
         let (tx, rx) = mpsc::channel::<Job>();
         let health = Arc::new(Health::default());
         let child: Arc<Mutex<Option<Child>>> = Arc::new(Mutex::new(None));
@@ -457,6 +459,7 @@ impl Worker {
             health,
             child,
             nice: AtomicI32::new(0),
+            warm: crate::warm::Warm::new(totals),
         }
     }
 
@@ -580,6 +583,7 @@ impl Worker {
             health,
             child: Arc::new(Mutex::new(None)),
             nice: AtomicI32::new(0),
+            warm: crate::warm::Warm::new(Arc::default()),
         }
     }
 

@@ -21,6 +21,16 @@ pub const MAX_FRAME_BYTES: usize = 4 << 20;
 /// A handle the platform chose for an object that lives in the GPU process.
 pub type Id = u32;
 
+/// Ids with this bit set name **warm** objects: dataset-backed buffers and
+/// cached kernels that outlive a run (`Reset` keeps them; `Evict` and
+/// `Purge` drop them). Ids of a run's own objects never have it.
+pub const WARM: Id = 1 << 31;
+
+/// Whether `id` names a warm object.
+pub const fn is_warm(id: Id) -> bool {
+    id & WARM != 0
+}
+
 /// What the platform asks of a GPU process.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub enum Request {
@@ -80,8 +90,15 @@ pub enum Request {
     DispatchNow {
         dispatch: Dispatch,
     },
-    /// Drop every object (between runs).
+    /// Drop every object of the run (between runs); warm objects stay.
     Reset,
+    /// Drop these warm objects (evicted by the platform).
+    Evict {
+        ids: Vec<Id>,
+    },
+    /// Drop every warm object too (before the process serves another
+    /// tenant).
+    Purge,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -146,9 +163,11 @@ pub enum Fault {
 #[derive(Debug, Serialize, Deserialize)]
 pub enum Value {
     Done,
-    /// A pipeline was built; its entry point's workgroup size.
+    /// A pipeline was built; its entry point's workgroup size and the
+    /// `(group, binding)` of every `var<storage, read_write>` in the module.
     Pipeline {
         workgroup_size: [u32; 3],
+        writable: Vec<(u32, u32)>,
     },
 }
 

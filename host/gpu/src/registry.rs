@@ -9,10 +9,11 @@ use std::time::Instant;
 use kasbah_policy::GpuGrant;
 
 use crate::bindings::kasbah::gpu::compute::GpuError;
-use crate::config::{AdapterConfig, GpuConfig};
+use crate::config::{AdapterConfig, DEFAULT_RESIDENT_BYTES, GpuConfig};
 use crate::ctx::GpuCtx;
 use crate::process::{DeviceSpec, Worker};
-use crate::proto::ProbedAdapter;
+use crate::proto::{ProbedAdapter, Request};
+use crate::warm::Totals;
 
 /// The backend a probe needs: the one every entry names, or all when they
 /// differ or one leaves it open (a host configured for Vulkan never probes
@@ -59,6 +60,9 @@ pub(crate) struct Entry {
     /// Runs currently bound to this entry.
     pub active: AtomicUsize,
     pub stats: EntryCounters,
+    /// Resident bytes held by this entry's GPU processes, and the budget.
+    pub totals: Arc<Totals>,
+    pub resident_budget: u64,
 }
 
 #[derive(Default)]
@@ -67,6 +71,9 @@ pub(crate) struct EntryCounters {
     pub devices_reused: AtomicU64,
     pub devices_discarded: AtomicU64,
     pub runs_bound: AtomicU64,
+    /// Pooled processes handed to a run of another tenant than the one
+    /// whose warm state they held (which was dropped first).
+    pub warm_purged: AtomicU64,
 }
 
 /// A snapshot of one adapter entry, for operators and tests.
@@ -89,6 +96,12 @@ pub struct AdapterStatus {
     /// error, or the run ended while GPU work was still in flight).
     pub devices_discarded: u64,
     pub runs_bound: u64,
+    /// Resident bytes (dataset-backed buffers) kept by this entry's GPU
+    /// processes, all tenants together.
+    pub resident_bytes: u64,
+    /// Pooled processes whose warm state was dropped because a run of
+    /// another tenant took them.
+    pub warm_purged: u64,
 }
 
 /// The node's GPU adapters, by label and zone. Cheap to clone.
@@ -167,6 +180,8 @@ impl GpuRegistry {
                 devices_reused: e.stats.devices_reused.load(Ordering::Relaxed),
                 devices_discarded: e.stats.devices_discarded.load(Ordering::Relaxed),
                 runs_bound: e.stats.runs_bound.load(Ordering::Relaxed),
+                resident_bytes: e.totals.get("").0,
+                warm_purged: e.stats.warm_purged.load(Ordering::Relaxed),
             })
             .collect()
     }
@@ -272,6 +287,8 @@ fn unusable(c: &AdapterConfig, why: String, max_idle: usize) -> Entry {
         max_idle,
         active: AtomicUsize::new(0),
         stats: EntryCounters::default(),
+        totals: Arc::default(),
+        resident_budget: c.max_resident_bytes.unwrap_or(DEFAULT_RESIDENT_BYTES),
     }
 }
 
@@ -327,14 +344,35 @@ fn describe(adapters: &[ProbedAdapter]) -> String {
 }
 
 impl Entry {
-    /// An idle healthy GPU process of this entry, or a new one.
-    pub(crate) fn take_worker(self: &Arc<Self>) -> Worker {
+    /// An idle healthy GPU process of this entry for a run of `tenant`, or a
+    /// new one. Affinity: a process holding `tenant`'s warm state first,
+    /// then one holding nobody's, then the one idle longest. A process that
+    /// held another tenant's warm state has it dropped (`Purge`, ordered
+    /// before the run's first request) and forgotten before it is returned:
+    /// nothing of the previous tenant is reachable, or even present, while
+    /// this run uses it.
+    pub(crate) fn take_worker(self: &Arc<Self>, tenant: &str) -> Worker {
+        let mut w = self.pick_worker(tenant);
+        if w.warm.adopt(tenant) {
+            self.stats.warm_purged.fetch_add(1, Ordering::Relaxed);
+            w.post(|conn| {
+                let _ = conn.request(&Request::Purge);
+            });
+        }
+        w
+    }
+
+    fn pick_worker(self: &Arc<Self>, tenant: &str) -> Worker {
         loop {
-            let idle = self
-                .idle
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .pop();
+            let idle = {
+                let mut idle = self.idle.lock().unwrap_or_else(PoisonError::into_inner);
+                let pick = idle
+                    .iter()
+                    .rposition(|w| w.warm.tenant() == Some(tenant))
+                    .or_else(|| idle.iter().rposition(|w| w.warm.tenant().is_none()))
+                    .or_else(|| (!idle.is_empty()).then_some(0));
+                pick.map(|i| idle.remove(i))
+            };
             match idle {
                 // Lost or dead while it waited in the pool.
                 Some(w) if !w.is_alive() => {
@@ -353,8 +391,33 @@ impl Entry {
     fn new_worker(&self) -> Worker {
         self.stats.devices_created.fetch_add(1, Ordering::Relaxed);
         match &self.adapter {
-            Ok(spec) => Worker::spawn(spec.clone()),
+            Ok(spec) => Worker::spawn(spec.clone(), Arc::clone(&self.totals)),
             Err(why) => Worker::unavailable(why.clone()),
+        }
+    }
+
+    /// Evict the least recently used resident buffer of an idle pooled
+    /// process (of `tenant` only, when given). False when there is none.
+    pub(crate) fn evict_idle(&self, tenant: Option<&str>) -> bool {
+        let mut idle = self.idle.lock().unwrap_or_else(PoisonError::into_inner);
+        let victim = idle
+            .iter()
+            .enumerate()
+            .filter(|(_, w)| tenant.is_none_or(|t| w.warm.tenant() == Some(t)))
+            .filter_map(|(i, w)| w.warm.oldest_buffer(&|_| false).map(|t| (i, t)))
+            .min_by_key(|(_, t)| *t)
+            .map(|(i, _)| i);
+        let Some(w) = victim.and_then(|i| idle.get_mut(i)) else {
+            return false;
+        };
+        match w.warm.evict_lru_buffer(&|_| false) {
+            Some((id, _)) => {
+                w.post(move |conn| {
+                    let _ = conn.request(&Request::Evict { ids: vec![id] });
+                });
+                true
+            }
+            None => false,
         }
     }
 

@@ -44,7 +44,7 @@ pub(crate) const MAX_FUNCTION_BYTES: u64 = 8192;
 pub(crate) const MAX_VALUE_BYTES: u64 = 8192;
 
 /// What the host learns about an admitted entry point.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct ShaderFacts {
     /// `@workgroup_size` of the entry point. An override in it is resolved
     /// to its default, which is what the pipeline gets (the host passes no
@@ -53,6 +53,9 @@ pub(crate) struct ShaderFacts {
     /// constant, is refused: the host only dispatches kernels whose
     /// workgroup size it knows.
     pub workgroup_size: [u32; 3],
+    /// `(group, binding)` of every storage variable declared `read_write`
+    /// (the host refuses to bind a read-only buffer there).
+    pub writable: Vec<(u32, u32)>,
 }
 
 /// Parse and validate `code` (naga, the same front end and validator wgpu
@@ -184,7 +187,22 @@ pub(crate) fn check(
             }
         }
     }
-    Ok(ShaderFacts { workgroup_size })
+    let writable = module
+        .global_variables
+        .iter()
+        .filter_map(|(_, var)| match (var.space, &var.binding) {
+            (naga::AddressSpace::Storage { access }, Some(b))
+                if access.contains(naga::StorageAccess::STORE) =>
+            {
+                Some((b.group, b.binding))
+            }
+            _ => None,
+        })
+        .collect();
+    Ok(ShaderFacts {
+        workgroup_size,
+        writable,
+    })
 }
 
 /// The value of a global expression that is a literal, a constant, or an

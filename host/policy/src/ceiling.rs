@@ -478,6 +478,7 @@ impl GpuGrant {
             max_invocations_per_dispatch,
             max_invocations,
             max_transfer_bytes,
+            max_resident_bytes,
         } = self;
         let c = ceiling;
         [
@@ -508,6 +509,11 @@ impl GpuGrant {
                 "gpu.max_transfer_bytes",
                 *max_transfer_bytes,
                 c.max_transfer_bytes,
+            ),
+            (
+                "gpu.max_resident_bytes",
+                *max_resident_bytes,
+                c.max_resident_bytes,
             ),
         ]
         .into_iter()

@@ -42,6 +42,7 @@
 //! max_invocations_per_dispatch = 268435456   # workgroups × workgroup size
 //! max_invocations = 68719476736             # over the run
 //! max_transfer_bytes = 17179869184          # written + read back + copied
+//! max_resident_bytes = 268435456            # dataset-backed buffers kept on an adapter
 //! ```
 
 mod ceiling;
@@ -328,6 +329,10 @@ mod defaults {
     pub fn is_gpu_transfer_bytes(v: &u64) -> bool {
         *v == GPU_TRANSFER_BYTES
     }
+    pub const GPU_RESIDENT_BYTES: u64 = 256 * super::MIB;
+    pub fn is_gpu_resident_bytes(v: &u64) -> bool {
+        *v == GPU_RESIDENT_BYTES
+    }
 }
 
 pub const MIB: u64 = 1024 * 1024;
@@ -494,6 +499,11 @@ pub struct GpuGrant {
     /// Bytes one run may write to, read back from and copy between buffers.
     #[serde(skip_serializing_if = "defaults::is_gpu_transfer_bytes")]
     pub max_transfer_bytes: u64,
+    /// Bytes of dataset-backed buffers (`buffer-from-dataset`: resident
+    /// weights) this tenant may keep on one adapter between runs; also the
+    /// most one run may hold at once. Least recently used are evicted.
+    #[serde(skip_serializing_if = "defaults::is_gpu_resident_bytes")]
+    pub max_resident_bytes: u64,
 }
 
 impl Default for GpuGrant {
@@ -508,6 +518,7 @@ impl Default for GpuGrant {
             max_invocations_per_dispatch: defaults::GPU_INVOCATIONS_PER_DISPATCH,
             max_invocations: defaults::GPU_INVOCATIONS,
             max_transfer_bytes: defaults::GPU_TRANSFER_BYTES,
+            max_resident_bytes: defaults::GPU_RESIDENT_BYTES,
         }
     }
 }
@@ -537,6 +548,7 @@ impl GpuGrant {
             max_invocations_per_dispatch: 1 << 48,
             max_invocations: 1 << 60,
             max_transfer_bytes: 1 << 50,
+            max_resident_bytes: 64 * 1024 * MIB,
         }
     }
 
@@ -599,6 +611,11 @@ impl GpuGrant {
                 "gpu.max_transfer_bytes",
                 self.max_transfer_bytes,
                 c.max_transfer_bytes,
+            ),
+            (
+                "gpu.max_resident_bytes",
+                self.max_resident_bytes,
+                c.max_resident_bytes,
             ),
         ] {
             if v == 0 {

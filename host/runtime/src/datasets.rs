@@ -28,6 +28,10 @@ pub struct DatasetMount {
     pub name: String,
     /// The file on the host (read, never written).
     pub path: PathBuf,
+    /// The dataset's digest, when the platform knows it: the key of its
+    /// GPU-resident ranges (`kasbah:gpu` `buffer-from-dataset`); without
+    /// it the file's identity is used.
+    pub digest: Option<kasbah_core::Digest>,
 }
 
 impl DatasetMount {
@@ -35,7 +39,14 @@ impl DatasetMount {
         DatasetMount {
             name: name.into(),
             path: path.into(),
+            digest: None,
         }
+    }
+
+    /// The same, with the dataset's digest.
+    pub fn with_digest(mut self, digest: kasbah_core::Digest) -> Self {
+        self.digest = Some(digest);
+        self
     }
 }
 

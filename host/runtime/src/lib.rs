@@ -69,7 +69,8 @@ pub mod bindings {
         require_store_data_send: true,
         with: {
             "wasi": wasmtime_wasi::p2::bindings,
-            "kasbah:gpu": kasbah_gpu::bindings::kasbah::gpu,
+            "kasbah:gpu@0.2.0": kasbah_gpu::bindings::kasbah::gpu,
+            "kasbah:gpu@0.1.0": kasbah_gpu::bindings_v1::kasbah::gpu,
         },
     });
 }
@@ -159,6 +160,10 @@ pub struct RunOptions {
     /// Placement and label; `None` (local runs): no residency enforcement,
     /// GPU bound by the policy's zones.
     pub residency: Option<Residency>,
+    /// The tenant the run is for: GPU warm state (resident dataset-backed
+    /// buffers, cached kernels) is shared only between runs of the same
+    /// tenant. `None`: nothing this run leaves warm is reused.
+    pub tenant: Option<String>,
 }
 
 /// The request handed to a pipeline.
@@ -619,6 +624,16 @@ impl Runtime {
                 )),
             },
         };
+        let gpu = gpu.with_scope(
+            options.tenant.as_deref(),
+            options
+                .datasets
+                .iter()
+                .map(|d| {
+                    kasbah_gpu::GpuDataset::new(&d.name, &d.path, d.digest.map(|g| g.to_string()))
+                })
+                .collect(),
+        );
 
         let mut table = ResourceTable::new();
         // Backstop for every WASI resource (streams, pollables, sockets,

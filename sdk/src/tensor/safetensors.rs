@@ -4,9 +4,17 @@
 //! little-endian data. The file is read tensor by tensor (seek + read), so a
 //! guest never needs the whole file in memory; uploads go to the GPU in
 //! chunks.
+//!
+//! When the file is a mounted dataset (`/datasets/<name>`), tensors are not
+//! read at all: [`SafeTensors::upload`] maps each one to a dataset-backed
+//! buffer ([`Buffer::from_dataset`]), which the host uploads once and keeps
+//! resident for the tenant's later runs, and [`SafeTensors::upload_concat`]
+//! assembles its result on the GPU from such buffers (one batch of copies).
+//! If the tenant's resident budget is too small, it falls back to reading
+//! and uploading.
 
 use super::{Tensor, invalid, numel};
-use crate::gpu::{Buffer, Result};
+use crate::gpu::{Batch, Buffer, GpuError, Result};
 use std::collections::BTreeMap;
 use std::fs::File;
 use std::io::{Read, Seek, SeekFrom};
@@ -32,6 +40,23 @@ pub struct TensorInfo {
 pub struct SafeTensors {
     file: File,
     tensors: BTreeMap<String, TensorInfo>,
+    /// The dataset name when the file is `/datasets/<name>` and tensors
+    /// are mapped to dataset-backed buffers (cleared when the host says
+    /// the resident budget is exhausted).
+    dataset: Option<String>,
+    /// GPU copies recorded by `upload_concat`, submitted together by
+    /// [`SafeTensors::finish`] (or, best effort, when this is dropped).
+    pending: Option<Batch>,
+    /// The dataset-backed parts those copies read (alive until submitted).
+    parts: Vec<Buffer>,
+}
+
+/// `name` when `path` is a mounted dataset, `/datasets/<name>`.
+fn dataset_name(path: &Path) -> Option<String> {
+    let rest = path.strip_prefix("/datasets").ok()?;
+    let mut parts = rest.components();
+    let name = parts.next()?.as_os_str().to_str()?.to_string();
+    parts.next().is_none().then_some(name)
 }
 
 fn io(e: std::io::Error, what: &str) -> crate::gpu::GpuError {
@@ -112,7 +137,56 @@ impl SafeTensors {
                 },
             );
         }
-        Ok(SafeTensors { file, tensors })
+        Ok(SafeTensors {
+            file,
+            tensors,
+            dataset: dataset_name(path),
+            pending: None,
+            parts: Vec::new(),
+        })
+    }
+
+    /// Submit the GPU copies that assemble [`SafeTensors::upload_concat`]'s
+    /// tensors from dataset-backed parts (one submission for all of them).
+    /// Until then those tensors read as zeros; dropping `self` submits
+    /// them too but cannot report an error.
+    pub fn finish(mut self) -> Result<()> {
+        self.submit()
+    }
+
+    fn submit(&mut self) -> Result<()> {
+        let pending = self.pending.take();
+        let r = pending.map_or(Ok(()), Batch::submit);
+        self.parts.clear();
+        r
+    }
+
+    /// Whether tensors are mapped to dataset-backed (resident) buffers.
+    pub fn maps_dataset(&self) -> bool {
+        self.dataset.is_some()
+    }
+
+    /// Never map tensors to dataset-backed buffers: read and upload them.
+    pub fn read_only_mode(&mut self) {
+        self.dataset = None;
+    }
+
+    /// The F32 tensor `name` as a dataset-backed buffer, or `None` when
+    /// this file is not a dataset or the host has no room for it (the
+    /// caller uploads instead).
+    fn mapped(&mut self, name: &str) -> Result<Option<Buffer>> {
+        let Some(dataset) = self.dataset.clone() else {
+            return Ok(None);
+        };
+        let info = self.f32_info(name)?;
+        match Buffer::from_dataset(&dataset, info.begin, info.end - info.begin) {
+            Ok(b) => Ok(Some(b)),
+            Err(GpuError::OutOfQuota(_)) => {
+                self.dataset = None;
+                Ok(None)
+            }
+            Err(e) => Err(e),
+        }
     }
 
     /// Every tensor, by name.
@@ -179,9 +253,14 @@ impl SafeTensors {
         Ok(total)
     }
 
-    /// Upload the F32 tensor `name` into a new GPU tensor of its shape.
+    /// The F32 tensor `name` as a GPU tensor of its shape: dataset-backed
+    /// (read-only, resident across runs) when the file is a mounted
+    /// dataset, else uploaded into a new buffer.
     pub fn upload(&mut self, name: &str) -> Result<Tensor> {
         let info = self.f32_info(name)?;
+        if let Some(b) = self.mapped(name)? {
+            return Tensor::from_buffer(b, &info.shape);
+        }
         let t = Tensor::zeros(&info.shape)?;
         self.copy_into(name, t.buffer(), 0)?;
         Ok(t)
@@ -189,7 +268,9 @@ impl SafeTensors {
 
     /// Upload F32 tensors that share every dimension but the first,
     /// concatenated along the first (e.g. the query, key and value
-    /// projections of a layer as one fused weight).
+    /// projections of a layer as one fused weight). From dataset-backed
+    /// parts, the result is assembled by GPU copies that are submitted by
+    /// [`SafeTensors::finish`] (all of them in one submission).
     pub fn upload_concat(&mut self, names: &[&str]) -> Result<Tensor> {
         let mut shape: Option<Vec<usize>> = None;
         for name in names {
@@ -210,10 +291,39 @@ impl SafeTensors {
         let shape = shape.ok_or_else(|| invalid("nothing to concatenate"))?;
         numel(&shape)?;
         let t = Tensor::zeros(&shape)?;
+        if self.dataset.is_some() {
+            // Dataset-backed parts, copied together on the GPU.
+            let mut parts = Vec::with_capacity(names.len());
+            for name in names {
+                match self.mapped(name)? {
+                    Some(b) => parts.push(b),
+                    None => break,
+                }
+            }
+            if parts.len() == names.len() {
+                let batch = match &mut self.pending {
+                    Some(b) => b,
+                    slot @ None => slot.insert(Batch::new()?),
+                };
+                let mut offset = 0;
+                for p in &parts {
+                    batch.copy(p, 0, t.buffer(), offset, p.size())?;
+                    offset += p.size();
+                }
+                self.parts.extend(parts);
+                return Ok(t);
+            }
+        }
         let mut offset = 0;
         for name in names {
             offset += self.copy_into(name, t.buffer(), offset)?;
         }
         Ok(t)
+    }
+}
+
+impl Drop for SafeTensors {
+    fn drop(&mut self) {
+        let _ = self.submit();
     }
 }

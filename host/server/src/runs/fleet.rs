@@ -135,6 +135,8 @@ impl Fleet {
                     devices_reused: 0,
                     devices_discarded: 0,
                     runs_bound: 0,
+                    resident_bytes: 0,
+                    warm_purged: 0,
                 })
             })
             .collect()

@@ -205,13 +205,14 @@ pub async fn place_run(
     let options = RunOptions {
         datasets: datasets
             .iter()
-            .map(|d| DatasetMount::new(&d.name, s.blobs.path(&d.digest)))
+            .map(|d| DatasetMount::new(&d.name, s.blobs.path(&d.digest)).with_digest(d.digest))
             .collect(),
         residency: Some(Residency {
             label: label.clone(),
             zone: zone.clone(),
             adapter: adapter.clone(),
         }),
+        tenant: Some(tenant.to_string()),
     };
     let row = RunResidency {
         zone,
@@ -257,6 +258,8 @@ fn would_place_with_every_zone(
             devices_reused: 0,
             devices_discarded: 0,
             runs_bound: 0,
+            resident_bytes: 0,
+            warm_purged: 0,
         })
         .collect();
     place(node, policy, uses_gpu, &adapters, input_label, datasets).is_ok()
@@ -324,6 +327,8 @@ mod tests {
             devices_reused: 0,
             devices_discarded: 0,
             runs_bound: 0,
+            resident_bytes: 0,
+            warm_purged: 0,
         }
     }
 

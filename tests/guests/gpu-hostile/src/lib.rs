@@ -3,7 +3,7 @@
 //! errors come back as `failed("<kind>: <message>")` (or `denied` /
 //! `unavailable`), so a test can tell which check stopped the attack; an
 //! attack that gets through returns `Ok` with what it obtained.
-use kasbah_sdk::bindings::kasbah::gpu::compute as wit;
+use kasbah_sdk::bindings::kasbah::gpu0_2_0::compute as wit;
 use kasbah_sdk::gpu::{self, Batch, Buffer, BufferUsage, GpuError, Kernel};
 use kasbah_sdk::{Error, Pipeline, Request, Response};
 
@@ -61,6 +61,30 @@ const SPIN: &str = "
     for (var i = 0u; i < n; i = i + 1u) { x = x * 1664525u + 1013904223u; }
     if (x == 0u) { data[3] = id.x; }
 }";
+
+// Reads `src` (a read-only binding) into `out`.
+const COPY_RO: &str = "
+@group(0) @binding(0) var<storage, read> src: array<u32>;
+@group(0) @binding(1) var<storage, read_write> out: array<u32>;
+@compute @workgroup_size(64) fn main(@builtin(global_invocation_id) id: vec3<u32>) {
+    if (id.x < arrayLength(&out)) { out[id.x] = src[id.x]; }
+}";
+
+fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+/// `name offset size` → a dataset-backed buffer.
+fn dataset_range(arg: &str) -> Result<(Buffer, Vec<&str>), GpuError> {
+    let w: Vec<&str> = arg.split_whitespace().collect();
+    let bad = || GpuError::InvalidArgument("usage: name offset size [op]".into());
+    let (Some(name), Some(off), Some(size)) = (w.first(), w.get(1), w.get(2)) else {
+        return Err(bad());
+    };
+    let off: u64 = off.parse().map_err(|_| bad())?;
+    let size: u64 = size.parse().map_err(|_| bad())?;
+    Ok((Buffer::from_dataset(name, off, size)?, w[3..].to_vec()))
+}
 
 fn nonzero_bytes(b: &[u8]) -> usize {
     b.iter().filter(|&&x| x != 0).count()
@@ -152,6 +176,67 @@ fn attack(name: &str, arg: &str) -> Result<Response, GpuError> {
         "compile" => {
             Kernel::new(arg, "main")?;
             Response::text("compiled")
+        }
+        // `name offset size [op]`: a dataset-backed buffer, then `op`:
+        // `read` (default: its bytes in hex), `bind-ro` (read through a
+        // kernel, in hex), or an attempt to modify it: `write`,
+        // `copy-into`, `bind-rw`.
+        "from-dataset" => {
+            let (b, op) = dataset_range(arg)?;
+            let size = b.size();
+            match op.first().copied().unwrap_or("read") {
+                "read" => Response::text(hex(&b.read_bytes(0, size)?)),
+                "bind-ro" => {
+                    let out = Buffer::new(size, storage)?;
+                    let k = Kernel::new(COPY_RO, "main")?;
+                    let groups = gpu::workgroups_for((size / 4) as u32, 64);
+                    k.dispatch()
+                        .bind(0, &b)
+                        .bind(1, &out)
+                        .workgroups(groups, 1, 1)
+                        .run()?;
+                    Response::text(hex(&out.read_bytes(0, size)?))
+                }
+                "write" => {
+                    b.raw().write(0, &[1, 2, 3, 4])?;
+                    Response::text("wrote a dataset-backed buffer")
+                }
+                "copy-into" => {
+                    let src = Buffer::from_slice(&[7u32; 4])?;
+                    let mut batch = Batch::new()?;
+                    batch.copy(&src, 0, &b, 0, 16)?;
+                    batch.submit()?;
+                    Response::text("copied into a dataset-backed buffer")
+                }
+                "bind-rw" => {
+                    let k = Kernel::new(TRIVIAL, "main")?;
+                    k.dispatch().bind(0, &b).workgroups(1, 1, 1).run()?;
+                    Response::text("bound a dataset-backed buffer read_write")
+                }
+                other => return Err(GpuError::InvalidArgument(format!("op {other}"))),
+            }
+        }
+        // `name offset size; name offset size; ...`: hold them all at once.
+        "hold-datasets" => {
+            let mut held = Vec::new();
+            for part in arg.split(';') {
+                held.push(dataset_range(part)?.0);
+            }
+            Response::text(format!("holding {}", held.len()))
+        }
+        // Compile `COPY_RO` twice and use the second: both are cache
+        // lookups once a run of the tenant compiled it.
+        "kernels" => {
+            let _first = Kernel::new(COPY_RO, "main")?;
+            let k = Kernel::new(COPY_RO, "main")?;
+            let src = Buffer::from_slice(&[5u32; 64])?;
+            let out = Buffer::new(256, storage)?;
+            k.dispatch()
+                .bind(0, &src)
+                .bind(1, &out)
+                .workgroups(1, 1, 1)
+                .run()?;
+            Response::text(hex(&out.read_bytes(0, 8)?))
         }
         "kernel-quota" => {
             let mut kept = Vec::new();
