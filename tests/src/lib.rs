@@ -164,12 +164,27 @@ pub const GPU_ZONES: &[(&str, &str)] = &[
     ("lavapipe-hang", "zone-hang"),
 ];
 
+/// `KASBAH_TEST_GPU_NAME`: a substring of the adapter name the tests and
+/// benches use (`scripts/gpu-bench.sh` sets it to pick a real GPU over
+/// lavapipe); the first Vulkan adapter when unset.
+pub fn test_gpu_name() -> Option<String> {
+    std::env::var("KASBAH_TEST_GPU_NAME")
+        .ok()
+        .filter(|n| !n.is_empty())
+}
+
 /// The test host's GPU configuration (see [`GPU_ZONES`]).
 pub fn gpu_config() -> GpuConfig {
     GpuConfig {
         adapters: GPU_ZONES
             .iter()
-            .map(|(label, zone)| AdapterConfig::new(*label, *zone).backend("vulkan"))
+            .map(|(label, zone)| {
+                let entry = AdapterConfig::new(*label, *zone).backend("vulkan");
+                match test_gpu_name() {
+                    Some(name) => entry.name(name),
+                    None => entry,
+                }
+            })
             .collect(),
         max_idle_devices: 2,
     }

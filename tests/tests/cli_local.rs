@@ -201,3 +201,52 @@ fn kasbah_run_embeds_a_sentence_with_local_weights() {
     assert!((norm - 1.0).abs() < 1e-3, "L2-normalised: {norm}");
     assert!(text(&o.stderr).contains("gpu      local-local in zone local"));
 }
+
+/// `kasbah gpu adapters` lists what the platform's GPU processes see (the
+/// probe `kasbah serve` runs at start): lavapipe here, as a Vulkan CPU
+/// device with compute; `--json` carries the same adapters.
+#[test]
+fn kasbah_gpu_adapters_lists_what_the_gpu_processes_see() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let o = Command::new(BIN)
+        .env("XDG_RUNTIME_DIR", dir.path())
+        .args(["gpu", "adapters", "--backend", "vulkan"])
+        .output()
+        .expect("spawn kasbah");
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o.stderr));
+    let listed = text(&o.stdout);
+    let rows: Vec<Vec<&str>> = listed
+        .lines()
+        .map(|l| l.split('\t').collect())
+        .collect();
+    assert!(!rows.is_empty(), "{listed}");
+    assert!(rows.iter().all(|r| r.len() == 5 && r[2] == "vulkan"), "{listed}");
+    assert!(
+        rows.iter().any(|r| r[0].contains("llvmpipe") && r[1] == "cpu" && r[4] == "compute"),
+        "lavapipe is listed as a Vulkan CPU adapter with compute: {listed}"
+    );
+
+    let o = Command::new(BIN)
+        .env("XDG_RUNTIME_DIR", dir.path())
+        .args(["gpu", "adapters", "--backend", "vulkan", "--json"])
+        .output()
+        .expect("spawn kasbah");
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o.stderr));
+    let json: serde_json::Value = serde_json::from_slice(&o.stdout).expect("JSON");
+    let names: Vec<&str> = json
+        .as_array()
+        .expect("a list")
+        .iter()
+        .filter_map(|a| a["name"].as_str())
+        .collect();
+    assert_eq!(names, rows.iter().map(|r| r[0]).collect::<Vec<_>>());
+
+    // A backend no driver provides here: nothing listed, exit 1.
+    let o = Command::new(BIN)
+        .env("XDG_RUNTIME_DIR", dir.path())
+        .args(["gpu", "adapters", "--backend", "dx12"])
+        .output()
+        .expect("spawn kasbah");
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o.stderr));
+    assert!(text(&o.stdout).is_empty());
+}

@@ -6,6 +6,7 @@
 
 mod audit;
 mod fleet;
+mod gpu;
 mod local;
 pub mod out;
 mod remote;
@@ -54,6 +55,9 @@ enum Command {
     /// The fleet: NATS server configuration and credentials (no server needed), live workers.
     #[command(subcommand)]
     Fleet(fleet::FleetCmd),
+    /// This machine's GPU adapters, as the platform's GPU processes see them (no server needed).
+    #[command(subcommand)]
+    Gpu(gpu::GpuCmd),
     /// Who the token belongs to.
     Whoami,
     /// Operators (admin).
@@ -145,6 +149,7 @@ pub fn main() -> ExitCode {
         Command::Serve(args) => serve::serve(args),
         Command::Worker(args) => serve::worker(args),
         Command::Fleet(c) => fleet::fleet(&ctx, c),
+        Command::Gpu(c) => gpu::gpu(c, ctx.json),
         Command::Whoami => remote::block_on(remote::whoami(&ctx)),
         Command::Operator(c) => remote::block_on(remote::operator(&ctx, c)),
         Command::Tenant(c) => remote::block_on(remote::tenant(&ctx, c)),

@@ -19,7 +19,7 @@ mod native;
 
 use std::time::{Duration, Instant};
 
-use kasbah_gpu::{AdapterConfig, GpuConfig};
+use kasbah_gpu::GpuConfig;
 use kasbah_policy::{GpuGrant, Limits, MIB, Policy};
 use kasbah_runtime::{Request, Runtime, RuntimeConfig};
 use wgpu::util::DeviceExt;
@@ -167,7 +167,7 @@ fn main() {
     let runtime = Runtime::new(RuntimeConfig {
         max_concurrent_instances: 4,
         gpu: GpuConfig {
-            adapters: vec![AdapterConfig::new("bench", "bench-zone").backend("vulkan")],
+            adapters: vec![native::bench_entry()],
             ..GpuConfig::default()
         },
         ..RuntimeConfig::default()

@@ -18,7 +18,7 @@ mod native;
 
 use std::time::Instant;
 
-use kasbah_gpu::{AdapterConfig, GpuConfig};
+use kasbah_gpu::GpuConfig;
 use kasbah_policy::{GpuGrant, Limits, Policy};
 use kasbah_runtime::{Request, Runtime, RuntimeConfig};
 
@@ -129,7 +129,7 @@ fn main() {
         .expect("tokio");
     let runtime = Runtime::new(RuntimeConfig {
         gpu: GpuConfig {
-            adapters: vec![AdapterConfig::new("bench", "bench-zone").backend("vulkan")],
+            adapters: vec![native::bench_entry()],
             ..GpuConfig::default()
         },
         ..RuntimeConfig::default()

@@ -127,6 +127,43 @@ pub fn gpu_worker_main(args: &[String]) -> i32 {
     child::main(args)
 }
 
+/// One adapter a GPU process of this host sees (`kasbah gpu adapters`):
+/// what an operator matches an [`AdapterConfig`] entry against.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct SeenAdapter {
+    /// The adapter's name (an entry's `name` is a substring of it).
+    pub name: String,
+    /// `vulkan`, `gl`, … (an entry's `backend`).
+    pub backend: String,
+    /// `discrete-gpu`, `integrated-gpu`, `virtual-gpu`, `cpu` or `other`.
+    pub device_type: String,
+    pub driver: String,
+    pub vendor: u32,
+    pub device: u32,
+    /// Whether it runs compute shaders (entries on one that does not are
+    /// unusable).
+    pub compute: bool,
+}
+
+/// The adapters a GPU process of this host sees on `backend` (any when
+/// `None`), probed in a GPU process as the platform does at start.
+pub fn adapters(backend: Option<&str>) -> Result<Vec<SeenAdapter>, String> {
+    let probe = process::probe(backend)?;
+    Ok(probe
+        .adapters
+        .iter()
+        .map(|a| SeenAdapter {
+            name: a.key.name.clone(),
+            backend: a.key.backend.clone(),
+            device_type: a.device_type.clone(),
+            driver: a.driver.clone(),
+            vendor: a.key.vendor,
+            device: a.key.device,
+            compute: a.compute,
+        })
+        .collect())
+}
+
 /// A wgpu instance for in-process use by benchmarks' native baselines
 /// (the platform itself never creates one: its GPU work happens in GPU
 /// processes).

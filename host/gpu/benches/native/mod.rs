@@ -12,9 +12,15 @@ pub fn median(v: &mut [Duration]) -> Duration {
 pub fn device() -> (wgpu::Device, wgpu::Queue) {
     let instance = kasbah_gpu::native_instance();
     let adapters = pollster::block_on(instance.enumerate_adapters(wgpu::Backends::VULKAN));
+    // The same adapter as the platform side: the first Vulkan one, or the
+    // first whose name holds `KASBAH_TEST_GPU_NAME` (see `bench_entry`).
+    let want = kasbah_tests::test_gpu_name().map(|n| n.to_lowercase());
     let adapter = adapters
         .into_iter()
-        .next()
+        .find(|a| {
+            want.as_ref()
+                .is_none_or(|w| a.get_info().name.to_lowercase().contains(w))
+        })
         .expect("a Vulkan adapter (lavapipe: apt-get install mesa-vulkan-drivers)");
     let limits = kasbah_gpu::registry::device_limits(&adapter.limits(), None);
     let (device, queue) = pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor {
@@ -42,4 +48,15 @@ pub fn pipeline(d: &wgpu::Device, wgsl: &str, entry: &str) -> wgpu::ComputePipel
         compilation_options: wgpu::PipelineCompilationOptions::default(),
         cache: None,
     })
+}
+
+/// The platform side's adapter entry: the first Vulkan adapter, or the
+/// first whose name holds `KASBAH_TEST_GPU_NAME`.
+#[allow(dead_code)]
+pub fn bench_entry() -> kasbah_gpu::AdapterConfig {
+    let entry = kasbah_gpu::AdapterConfig::new("bench", "bench-zone").backend("vulkan");
+    match kasbah_tests::test_gpu_name() {
+        Some(name) => entry.name(name),
+        None => entry,
+    }
 }
