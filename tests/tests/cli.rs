@@ -46,7 +46,12 @@ async fn every_command_ends_quietly_with_status_0_when_stdout_is_closed() {
     dev.publish(&kasbah_tests::guest_path("hello"), "hello", "1", |_, _| {})
         .await
         .expect("publish");
+    let ds = dev
+        .create_dataset_bytes(vec![b'd'; 300_000], "big.bin", None)
+        .await
+        .expect("dataset");
     let cases: &[(&str, &[&str])] = &[
+        (&dev_token, &["dataset", "download", &ds.id]),
         (&dev_token, &["runs", "list"]),
         (&dev_token, &["--json", "runs", "list"]),
         (&dev_token, &["modules"]),
@@ -231,4 +236,33 @@ fn no_ansi_colours_when_stderr_is_not_a_terminal() {
         String::from_utf8_lossy(&seen)
     );
     assert!(String::from_utf8_lossy(&seen).contains("WARN"));
+}
+
+#[tokio::test]
+async fn dataset_download_writes_the_bytes_of_the_dataset() {
+    let p = Platform::start().await;
+    let (t, dev) = p.tenant("acme", None).await;
+    let dev_token = p.admin.tenant_token(&t.id).await.expect("token").token;
+    let bytes: Vec<u8> = (0..100_000u32).map(|i| (i % 253) as u8).collect();
+    let ds = dev
+        .create_dataset_bytes(bytes.clone(), "table.bin", None)
+        .await
+        .expect("dataset");
+    let dir = tempfile::tempdir().expect("tmp");
+    let file = dir.path().join("got.bin");
+    let mut c = kasbah(&p.url, &dev_token);
+    c.args(["dataset", "download", &ds.id, "-o"]).arg(&file);
+    let o = out(c).await;
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(std::fs::read(&file).expect("written") == bytes);
+    let mut c = kasbah(&p.url, &dev_token);
+    c.args(["dataset", "download", &ds.id]);
+    let o = out(c).await;
+    assert!(o.status.success() && o.stdout == bytes);
+    // An admin reads the record, not the bytes.
+    let admin = p.server.admin_token.clone().expect("admin");
+    let mut c = kasbah(&p.url, &admin);
+    c.args(["dataset", "download", &ds.id]);
+    let o = out(c).await;
+    assert!(!o.status.success() && o.stdout.is_empty());
 }

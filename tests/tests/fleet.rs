@@ -572,6 +572,198 @@ async fn outputs_over_the_message_limit_stay_in_their_zone_bucket() {
     wb.stop().await;
 }
 
+/// Every file under `dir` (recursively, links not followed) whose bytes
+/// contain `needle`.
+fn files_containing(dir: &std::path::Path, needle: &[u8]) -> Vec<std::path::PathBuf> {
+    let mut found = Vec::new();
+    let mut todo = vec![dir.to_path_buf()];
+    while let Some(d) = todo.pop() {
+        let Ok(entries) = std::fs::read_dir(&d) else {
+            continue;
+        };
+        for e in entries.flatten() {
+            let Ok(t) = e.file_type() else { continue };
+            if t.is_dir() {
+                todo.push(e.path());
+            } else if t.is_file() {
+                let bytes = std::fs::read(e.path()).unwrap_or_default();
+                if bytes.windows(needle.len()).any(|w| w == needle) {
+                    found.push(e.path());
+                }
+            }
+        }
+    }
+    found
+}
+
+/// A dataset uploaded to a fleet control plane lives only in the buckets of
+/// its label's zones: nowhere under the control plane's data dir, in
+/// zone-b's bucket (not zone-a's), mounted by a zone-b run, downloadable
+/// digest-equal, refused to a zone-a run and absent from the zone-a
+/// workers' work dirs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn uploaded_datasets_live_only_in_their_zones_buckets() {
+    let nats = NatsServer::start().expect("nats-server (scripts/setup.sh installs it)");
+    let work = tempfile::tempdir().expect("tmp");
+    let url = nats.url();
+    let p = Platform::start_with(move |c| {
+        c.nats = Some(url);
+        c.zones.node = strings(&["zone-a", "zone-b"]);
+        c.gpu.adapters.clear();
+    })
+    .await;
+    let wa1 = Worker::start(&nats, "worker-a1", &["zone-a"], work.path());
+    let wa2 = Worker::start(&nats, "worker-a2", &["zone-a"], work.path());
+    let wb = Worker::start(&nats, "worker-b", &["zone-b"], work.path());
+    wait_live(&p, &["zone-a", "zone-b"]).await;
+    let (_t, dev) = p
+        .tenant(
+            "zoned-data",
+            Some(Policy {
+                zones: strings(&["zone-a", "zone-b"]).into_iter().collect(),
+                datasets: true,
+                ..Policy::default()
+            }),
+        )
+        .await;
+    let hostile = dev
+        .publish(&guest_path("hostile"), "hostile", "1", |_, _| {})
+        .await
+        .expect("publish");
+    let hello = dev
+        .publish(&guest_path("hello"), "hello", "1.0.0", |_, _| {})
+        .await
+        .expect("publish");
+
+    // Several object chunks' worth, over the inline output size.
+    let marker = b"ZONE-B-ONLY-DATA-5e1f0a9c";
+    let bytes: Vec<u8> = marker
+        .iter()
+        .copied()
+        .cycle()
+        .take(marker.len() * 12_000)
+        .collect();
+    let digest = kasbah_core::Digest::of(&bytes);
+    let d = dev
+        .create_dataset_bytes(bytes.clone(), "weights-b", Some(&strings(&["zone-b"])[..]))
+        .await
+        .expect("upload");
+    assert_eq!((d.digest, d.size), (digest, bytes.len() as u64));
+    assert!(d.zone_stored, "{d:?}");
+    assert!(dev.dataset(&d.id).await.expect("get").zone_stored);
+    // The same upload again answers the existing record.
+    let again = dev
+        .create_dataset_bytes(bytes.clone(), "weights-b", Some(&strings(&["zone-b"])[..]))
+        .await
+        .expect("same again");
+    assert_eq!(again.id, d.id);
+
+    let data_dir = p.server.state.config.data_dir.clone();
+    let on_cp = files_containing(&data_dir, marker);
+    assert!(
+        on_cp.is_empty(),
+        "dataset bytes on the control plane: {on_cp:?}"
+    );
+    assert!(!p.server.state.blobs.path(&digest).exists());
+
+    // In zone-b's bucket, the right bytes; not in zone-a's.
+    let cp = async_nats::connect(nats.url()).await.expect("connect");
+    let js = async_nats::jetstream::new(cp);
+    let bucket = |z: &str| kasbah_fleet::proto::zone_bucket(z);
+    let mut object = js
+        .get_object_store(bucket("zone-b"))
+        .await
+        .expect("zone-b bucket")
+        .get(digest.hex())
+        .await
+        .expect("in zone-b's bucket");
+    let mut in_b = Vec::new();
+    tokio::io::AsyncReadExt::read_to_end(&mut object, &mut in_b)
+        .await
+        .expect("read");
+    assert!(in_b == bytes, "zone-b's bucket holds other bytes");
+    if let Ok(a) = js.get_object_store(bucket("zone-a")).await {
+        assert!(a.info(digest.hex()).await.is_err(), "in zone-a's bucket");
+    }
+
+    // A zone-b run reads it from its mount; a zone-a run may not mount it.
+    let path = "/datasets/weights-b".to_string();
+    let r = dev
+        .run(&CreateRun {
+            module: hostile.digest.to_string(),
+            input: Some(path.clone()),
+            datasets: vec!["weights-b".into()],
+            metadata: [("attack".to_string(), "symlink".to_string())].into(),
+            ..CreateRun::default()
+        })
+        .await
+        .expect("zone-b run");
+    assert_eq!(r.status, RunStatus::Done, "{r:?}");
+    assert!(matches!(r.outcome, Some(Outcome::Ok { .. })), "{r:?}");
+    assert_eq!(
+        (r.zone.as_deref(), r.worker.as_deref()),
+        (Some("zone-b"), Some("worker-b"))
+    );
+    assert_eq!(r.output.as_ref().map(|o| o.digest), Some(digest));
+    assert!(dev.run_output(&r.id).await.expect("output") == bytes);
+    let refused = dev
+        .run(&CreateRun {
+            module: hostile.digest.to_string(),
+            input: Some(path),
+            input_label: Some(strings(&["zone-a"])),
+            datasets: vec!["weights-b".into()],
+            metadata: [("attack".to_string(), "symlink".to_string())].into(),
+            ..CreateRun::default()
+        })
+        .await;
+    assert_eq!(api_err(refused), (403, "residency_violation".into()));
+    for i in 0..4 {
+        let r = dev
+            .run(&run_req(&hello, &format!("a{i}"), &["zone-a"]))
+            .await
+            .expect("zone-a run");
+        assert_eq!(r.zone.as_deref(), Some("zone-a"));
+    }
+
+    // Download: streamed from zone-b's bucket, digest-equal. Only the
+    // tenant's developers (and auditors) download; other tenants get 404.
+    let got = dev.dataset_content(&d.id).await.expect("download");
+    assert_eq!(kasbah_core::Digest::of(&got), digest);
+    assert!(got == bytes);
+    let (_o, other) = p.tenant("other", None).await;
+    assert_eq!(api_err(other.dataset_content(&d.id).await).0, 404);
+    assert_eq!(api_err(p.admin.dataset_content(&d.id).await).0, 403);
+
+    // Still nowhere on the control plane, nor on zone-a's workers.
+    let on_cp = files_containing(&data_dir, marker);
+    assert!(
+        on_cp.is_empty(),
+        "dataset bytes on the control plane: {on_cp:?}"
+    );
+    for w in ["worker-a1", "worker-a2"] {
+        let found = files_containing(&work.path().join(w), marker);
+        assert!(found.is_empty(), "dataset bytes on {w}: {found:?}");
+    }
+    // Control: the scan finds them where they are (zone-b's worker cache).
+    assert!(
+        !files_containing(&work.path().join("worker-b"), marker).is_empty(),
+        "the scan does not see zone-b's copy"
+    );
+
+    // The bucket cannot serve them: 503 dataset_unavailable, not a 500.
+    js.get_object_store(bucket("zone-b"))
+        .await
+        .expect("bucket")
+        .delete(digest.hex())
+        .await
+        .expect("delete");
+    let (status, code) = api_err(dev.dataset_content(&d.id).await);
+    assert_eq!((status, code.as_str()), (503, "dataset_unavailable"));
+    wa1.stop().await;
+    wa2.stop().await;
+    wb.stop().await;
+}
+
 /// A control plane that stops while its runs execute on workers loses
 /// nothing: the results wait in the stream and are recorded (once, not as
 /// `interrupted`) when it is back on the same data dir.

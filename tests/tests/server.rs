@@ -878,3 +878,56 @@ async fn kill_9_during_runs_marks_them_interrupted_and_loses_nothing_acknowledge
     let _ = srv2.child.kill();
     let _ = srv2.child.wait();
 }
+
+/// Embedded mode: a dataset is downloaded from the blob store by its
+/// tenant's developers and the auditors granted it (others: 404, admins:
+/// 403), checked against its digest while streamed (a blob changed on disk
+/// ends the body with an error, never with the wrong bytes cleanly).
+#[tokio::test]
+async fn datasets_download_to_their_tenant_checked_against_their_digest() {
+    let p = Platform::start().await;
+    let (a, dev_a) = p.tenant("ds-a", None).await;
+    let (_b, dev_b) = p.tenant("ds-b", None).await;
+    let bytes: Vec<u8> = (0..200_000u32).map(|i| (i % 251) as u8).collect();
+    let d = dev_a
+        .create_dataset_bytes(bytes.clone(), "table.bin", None)
+        .await
+        .expect("upload");
+    assert!(!d.zone_stored, "embedded datasets are in the blob store");
+    assert!(dev_a.dataset_content(&d.id).await.expect("download") == bytes);
+    assert_eq!(api_err(dev_b.dataset_content(&d.id).await).0, 404);
+    assert_eq!(api_err(p.admin.dataset_content(&d.id).await).0, 403);
+    assert_eq!(
+        api_err(dev_a.dataset_content("ds_0000000000000000").await).0,
+        404
+    );
+    let aud = p.client(
+        &p.admin
+            .create_auditor(&CreateAuditor {
+                name: "ds-auditor".into(),
+                tenants: vec![a.id.clone()],
+                ttl_seconds: None,
+            })
+            .await
+            .expect("auditor")
+            .token,
+    );
+    assert!(aud.dataset_content(&d.id).await.expect("auditor") == bytes);
+
+    // The same size, other bytes: the download fails.
+    let path = p.server.state.blobs.path(&d.digest);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+    }
+    let mut other = bytes.clone();
+    other[150_000] ^= 1;
+    std::fs::write(&path, &other).expect("tamper");
+    let got = dev_a.dataset_content(&d.id).await;
+    assert!(
+        got.is_err(),
+        "changed bytes served: {} bytes",
+        got.map_or(0, |b| b.len())
+    );
+}

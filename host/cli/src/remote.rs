@@ -832,6 +832,15 @@ pub enum DatasetCmd {
         /// The dataset's id.
         id: String,
     },
+    /// Download a dataset's bytes (its tenant's developers and auditors),
+    /// checked against its digest.
+    Download {
+        /// The dataset's id.
+        id: String,
+        /// Write them here (default: stdout).
+        #[arg(long, short)]
+        output: Option<PathBuf>,
+    },
 }
 
 pub async fn dataset(ctx: &Ctx, c: DatasetCmd) -> anyhow::Result<ExitCode> {
@@ -854,6 +863,21 @@ pub async fn dataset(ctx: &Ctx, c: DatasetCmd) -> anyhow::Result<ExitCode> {
             ctx.print(&d, show)
         }
         DatasetCmd::Show { id } => ctx.print(&client.dataset(&id).await?, show),
+        DatasetCmd::Download { id, output } => {
+            let d = client.dataset(&id).await?;
+            let bytes = client.dataset_content(&id).await?;
+            anyhow::ensure!(
+                kasbah_core::Digest::of(&bytes) == d.digest,
+                "the bytes received are not dataset {id}'s ({})",
+                d.digest
+            );
+            match output {
+                Some(path) => std::fs::write(&path, &bytes)
+                    .map_err(|e| anyhow::anyhow!("writing {}: {e}", path.display()))?,
+                None => crate::out::write_bytes(&bytes)?,
+            }
+            Ok(ExitCode::SUCCESS)
+        }
         DatasetCmd::List { tenant } => {
             let ds = client.datasets(tenant.as_deref()).await?;
             ctx.print(&ds, |ds| {

@@ -303,6 +303,12 @@ pub struct DatasetRecord {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub source_run: Option<String>,
     pub created_at: i64,
+    /// Uploaded to a fleet control plane: the bytes live only in the object
+    /// store buckets of the label's zones (`kasbah-zone-<zone>`), never on
+    /// the control plane's disk. Absent (false): in the server's blob store
+    /// (or, for a fleet run's output, in the bucket of the zone it ran in).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub zone_stored: bool,
 }
 
 /// A dataset a run mounted.

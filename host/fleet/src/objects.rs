@@ -69,7 +69,8 @@ pub async fn put(
 
 /// An [`AsyncRead`] over an object that fails (an `InvalidData` error
 /// instead of the end of the data) if the bytes are not `size` bytes with
-/// SHA-256 `digest`: a reader never sees a clean end of wrong bytes.
+/// SHA-256 `digest`: a reader never sees a clean end of wrong bytes, nor
+/// all `size` of them (the read that would complete them fails instead).
 pub struct Checked<R> {
     inner: R,
     digest: Digest,
@@ -130,6 +131,21 @@ impl<R: AsyncRead + Unpin> AsyncRead for Checked<R> {
         if let Some(h) = me.hasher.as_mut() {
             h.update(new);
         }
+        if me.read == me.size
+            && let Some(h) = me.hasher.take()
+        {
+            // The last bytes: checked before they are handed out, so that a
+            // reader told the size (an HTTP `Content-Length`) never receives
+            // all of wrong bytes and takes them for a complete body.
+            let got = Digest::from_bytes(h.finalize().into());
+            if got != me.digest {
+                buf.set_filled(before);
+                return Poll::Ready(Err(invalid(format!(
+                    "object {} has digest {got}",
+                    me.digest
+                ))));
+            }
+        }
         Poll::Ready(Ok(()))
     }
 }
@@ -151,11 +167,15 @@ mod tests {
         assert_eq!(out, body);
         let mut other = body.clone();
         other[99_999] = 8;
+        let mut got = Vec::new();
         let e = Checked::new(&other[..], d, body.len() as u64)
-            .read_to_end(&mut Vec::new())
+            .read_to_end(&mut got)
             .await
             .expect_err("other bytes");
         assert_eq!(e.kind(), std::io::ErrorKind::InvalidData);
+        // Never all of them: the last bytes are withheld, so a reader that
+        // knows the size never sees a complete body of wrong bytes.
+        assert!(got.len() < body.len(), "{} bytes handed out", got.len());
         let short = Checked::new(&body[..10], d, body.len() as u64)
             .read_to_end(&mut Vec::new())
             .await;

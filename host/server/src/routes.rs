@@ -70,6 +70,10 @@ pub fn router(state: AppState) -> Router {
             post(datasets::create_dataset).get(datasets::list_datasets),
         )
         .route("/v1/datasets/{id}", get(datasets::get_dataset))
+        .route(
+            "/v1/datasets/{id}/content",
+            get(datasets::get_dataset_content),
+        )
         .route("/v1/runs", post(runs::create_run).get(runs::list_runs))
         .route("/v1/runs/{id}", get(runs::get_run))
         .route("/v1/runs/{id}/output", get(runs::get_run_output))

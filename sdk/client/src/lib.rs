@@ -319,6 +319,12 @@ impl Client {
         Self::send(self.req(reqwest::Method::GET, &format!("/v1/datasets/{id}"))).await
     }
 
+    /// A dataset's bytes (its tenant's developers and auditors), checked by
+    /// the server against its digest while streamed.
+    pub async fn dataset_content(&self, id: &str) -> Result<Vec<u8>> {
+        self.bytes(&format!("/v1/datasets/{id}/content")).await
+    }
+
     pub async fn run(&self, req: &CreateRun) -> Result<RunRecord> {
         Self::send(self.req(reqwest::Method::POST, "/v1/runs").json(req)).await
     }
@@ -336,10 +342,12 @@ impl Client {
     }
 
     pub async fn run_output(&self, id: &str) -> Result<Vec<u8>> {
-        let resp = self
-            .req(reqwest::Method::GET, &format!("/v1/runs/{id}/output"))
-            .send()
-            .await?;
+        self.bytes(&format!("/v1/runs/{id}/output")).await
+    }
+
+    /// A GET answering raw bytes (an error envelope otherwise).
+    async fn bytes(&self, path: &str) -> Result<Vec<u8>> {
+        let resp = self.req(reqwest::Method::GET, path).send().await?;
         if !resp.status().is_success() {
             let status = resp.status().as_u16();
             let v: serde_json::Value = resp.json().await.unwrap_or_default();

@@ -11,6 +11,13 @@
 //! label answers the existing record (200), anything else `409
 //! dataset_exists`. Other tenants' datasets are 404, as for modules.
 //!
+//! In fleet mode an upload goes to the object store bucket of each zone of
+//! its label and nowhere else (the record says `zone_stored`);
+//! `GET /v1/datasets/{id}/content` streams a dataset back, checked against
+//! its digest, from the blob store or from one of its zones' buckets.
+//! There is no delete: datasets are immutable, and run records and audit
+//! entries name them by digest.
+//!
 //! A run's output can become a dataset too (`store_output_as`): see
 //! `sqlite.rs::store_output`, called in the run's finishing transaction.
 //!
@@ -20,7 +27,8 @@ use axum::Json;
 use axum::body::Body;
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Path, Query, State};
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
 use kasbah_core::api::DatasetRecord;
 use serde::Deserialize;
 
@@ -117,4 +125,26 @@ pub async fn get_dataset(
     Path(id): Path<String>,
 ) -> ApiResult<Json<DatasetRecord>> {
     Ok(Json(service::get(&s, &caller, &id)?))
+}
+
+#[utoipa::path(get, tag = "datasets", path = "/v1/datasets/{id}/content",
+    responses((status = 200, content_type = "application/octet-stream", description = "The dataset bytes, streamed and checked against its digest (header `x-kasbah-digest`)"),
+        (status = 403, body = ErrorBody, description = "only the owning tenant and its auditors download datasets"), (status = 404, body = ErrorBody),
+        (status = 503, body = ErrorBody, description = "`dataset_unavailable`: none of its zones' object stores can serve it now, or the server is not connected to the fleet; Retry-After")))]
+pub async fn get_dataset_content(
+    State(s): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> ApiResult<Response> {
+    let content = service::content(&s, &caller, &id).await?;
+    let mut headers = HeaderMap::new();
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/octet-stream"),
+    );
+    headers.insert(header::CONTENT_LENGTH, content.record.size.into());
+    if let Ok(v) = content.record.digest.to_string().parse() {
+        headers.insert("x-kasbah-digest", v);
+    }
+    Ok((headers, Body::from_stream(content.body)).into_response())
 }

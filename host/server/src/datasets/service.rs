@@ -15,6 +15,7 @@ use crate::audit::service::residency_violation;
 use crate::caller::Caller;
 use crate::error::{ApiError, ApiResult};
 use crate::ids::{new_id, now_ms};
+use crate::runs::fleet::{OutputStream, checked_stream};
 use crate::state::AppState;
 use crate::tenancy::service::policy;
 use crate::validate::parse_digest;
@@ -87,6 +88,12 @@ pub async fn refuse(s: &AppState, c: &Create, message: String) -> ApiError {
 /// record the dataset. `Ok((true, _))`: created; `Ok((false, _))`: the
 /// same dataset (bytes and label) already existed; another one of that
 /// name is `409 dataset_exists`.
+///
+/// Fleet mode: the bytes go to the object store bucket of each zone of the
+/// label (created if missing) and nowhere else; `tmp` is removed once they
+/// are there, and the record says `zone_stored`. A bucket that cannot take
+/// them is `503 zone_store_unavailable` (Retry-After), nothing recorded.
+/// Embedded mode: into the blob store, sealed read-only.
 pub async fn create(
     s: &AppState,
     c: Create,
@@ -94,32 +101,129 @@ pub async fn create(
     size: u64,
     tmp: tempfile::NamedTempFile,
 ) -> ApiResult<(bool, DatasetRecord)> {
-    s.blobs.commit(tmp, &digest).map_err(ApiError::internal)?;
-    seal_blob(s, &digest);
+    let label: Vec<String> = c.label.unwrap_or_default().into_iter().collect();
+    let zone_stored = match s.fleet.as_ref() {
+        Some(fleet) => {
+            // A name taken already: answer before putting bytes anywhere.
+            if let Some(existing) = s.datasets.by_name(&c.tenant, &c.name)? {
+                return existing_or_conflict(existing, &digest, &label);
+            }
+            let stored = fleet.store_dataset(&label, &digest, size, tmp.path()).await;
+            drop(tmp);
+            stored.map_err(|e| {
+                tracing::error!("storing dataset {:?} in its zones: {e:#}", c.name);
+                ApiError::unavailable(
+                    "zone_store_unavailable",
+                    format!(
+                        "the dataset could not be stored in the object store of its zones ({})",
+                        label.join(",")
+                    ),
+                    5,
+                )
+            })?;
+            true
+        }
+        None => {
+            s.blobs.commit(tmp, &digest).map_err(ApiError::internal)?;
+            seal_blob(s, &digest);
+            false
+        }
+    };
     let record = DatasetRecord {
         id: new_id("ds"),
         tenant_id: c.tenant,
         name: c.name,
         digest,
         size,
-        label: c.label.unwrap_or_default().into_iter().collect(),
+        label,
         source_run: None,
         created_at: now_ms(),
+        zone_stored,
     };
     match s.datasets.create(&record).await? {
         Ok(r) => Ok((true, r)),
-        Err(existing) if existing.digest == record.digest && existing.label == record.label => {
-            Ok((false, existing))
+        Err(existing) => existing_or_conflict(existing, &record.digest, &record.label),
+    }
+}
+
+/// A dataset of the same name exists: the same one (bytes and label) is
+/// answered as it is, any other is `409 dataset_exists`.
+fn existing_or_conflict(
+    existing: DatasetRecord,
+    digest: &Digest,
+    label: &[String],
+) -> ApiResult<(bool, DatasetRecord)> {
+    if existing.digest == *digest && existing.label == label {
+        return Ok((false, existing));
+    }
+    Err(ApiError::conflict(
+        "dataset_exists",
+        format!(
+            "dataset {:?} already exists ({}, label {}); datasets are immutable",
+            existing.name,
+            existing.digest,
+            existing.label.join(",")
+        ),
+    ))
+}
+
+/// A dataset's bytes, for download.
+pub struct DatasetContent {
+    pub record: DatasetRecord,
+    pub body: OutputStream,
+}
+
+/// A dataset's bytes, for its tenant's developers and the auditors granted
+/// it (403 for others who see the record; 404 for those who do not),
+/// checked against its digest and size while streamed: from the blob store
+/// if there, else (fleet mode) from the first of its label zones' buckets
+/// that serves them. None can: `503 dataset_unavailable` + Retry-After.
+pub async fn content(s: &AppState, caller: &Caller, id: &str) -> ApiResult<DatasetContent> {
+    let d = get(s, caller, id)?;
+    if !caller.reads_outputs(s, &d.tenant_id)? {
+        return Err(ApiError::forbidden(
+            "dataset bytes are released only to the owning tenant and its auditors",
+        ));
+    }
+    if !d.zone_stored {
+        match tokio::fs::File::open(s.blobs.path(&d.digest)).await {
+            Ok(f) => {
+                let body = checked_stream(f, d.digest, d.size);
+                return Ok(DatasetContent { record: d, body });
+            }
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                return Err(ApiError::internal(e));
+            }
+            // A fleet run's output stored as a dataset: in a zone bucket.
+            Err(_) => {}
         }
-        Err(existing) => Err(ApiError::conflict(
-            "dataset_exists",
+    }
+    let Some(fleet) = s.fleet.as_ref() else {
+        return Err(ApiError::unavailable(
+            "dataset_unavailable",
             format!(
-                "dataset {:?} already exists ({}, label {}); datasets are immutable",
-                existing.name,
-                existing.digest,
-                existing.label.join(",")
+                "dataset {:?} is kept in the object stores of its zones ({}) and this server is \
+                 not connected to the fleet (start it with --nats)",
+                d.name,
+                d.label.join(",")
             ),
-        )),
+            60,
+        ));
+    };
+    match fleet.dataset(&d.label, &d.digest, d.size).await {
+        Ok(body) => Ok(DatasetContent { record: d, body }),
+        Err(e) => {
+            tracing::error!(dataset = %d.id, "reading the dataset from its zones: {e:#}");
+            Err(ApiError::unavailable(
+                "dataset_unavailable",
+                format!(
+                    "dataset {:?} could not be read from the object store of any of its zones ({})",
+                    d.name,
+                    d.label.join(",")
+                ),
+                5,
+            ))
+        }
     }
 }
 

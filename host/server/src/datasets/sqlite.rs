@@ -1,5 +1,6 @@
 //! Datasets in SQLite: one row per dataset (unique per tenant and name),
-//! the bytes in the blob store.
+//! the bytes in the blob store, or (`zone_stored`, uploads to a fleet
+//! control plane) in the label zones' object store buckets only.
 
 use std::sync::Arc;
 
@@ -112,6 +113,7 @@ pub(crate) fn store_output(
                 label: residency.output_label.clone(),
                 source_run: Some(run_id.to_string()),
                 created_at: now_ms(),
+                zone_stored: false,
             };
             insert(c, &row)?;
             return Ok((Some(row.id.clone()), Some(entries::dataset_created(&row))));
@@ -120,8 +122,8 @@ pub(crate) fn store_output(
     Ok((Some(id), None))
 }
 
-const COLUMNS: &str =
-    "SELECT id, tenant_id, name, digest, size, label_json, source_run, created_at FROM datasets";
+const COLUMNS: &str = "SELECT id, tenant_id, name, digest, size, label_json, source_run, created_at, zone_stored \
+     FROM datasets";
 
 pub(crate) fn by_name(
     c: &Connection,
@@ -137,8 +139,9 @@ fn insert(c: &Connection, d: &DatasetRecord) -> DbResult<()> {
     let label = serde_json::to_string(&d.label)
         .map_err(|e| DbError::Sql(rusqlite::Error::ToSqlConversionFailure(Box::new(e))))?;
     c.prepare_cached(
-        "INSERT INTO datasets(id, tenant_id, name, digest, size, label_json, source_run, created_at)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+        "INSERT INTO datasets(id, tenant_id, name, digest, size, label_json, source_run, created_at,
+                              zone_stored)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
     )?
     .execute(params![
         d.id,
@@ -148,7 +151,8 @@ fn insert(c: &Connection, d: &DatasetRecord) -> DbResult<()> {
         d.size as i64,
         label,
         d.source_run,
-        d.created_at
+        d.created_at,
+        d.zone_stored.then_some(1i64)
     ])?;
     Ok(())
 }
@@ -167,5 +171,6 @@ fn row_dataset(r: &rusqlite::Row<'_>) -> rusqlite::Result<DatasetRecord> {
         label: serde_json::from_str(&r.get::<_, String>(5)?).map_err(conversion)?,
         source_run: r.get(6)?,
         created_at: r.get(7)?,
+        zone_stored: r.get::<_, Option<i64>>(8)?.is_some_and(|v| v != 0),
     })
 }

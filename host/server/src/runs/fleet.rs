@@ -16,6 +16,10 @@
 //!   `kasbah.jobs.<zone>` with the run id as `Nats-Msg-Id`.
 //! - **Outputs in zone buckets**: [`Fleet::output`] streams a run output a
 //!   worker put in its zone's bucket, checked against its digest and size.
+//! - **Uploaded datasets in zone buckets**: [`Fleet::store_dataset`] puts
+//!   an upload in the bucket of each zone of its label (and nowhere else);
+//!   [`Fleet::dataset`] streams it back from the first bucket that serves
+//!   it. Dispatch then finds it in the run's zone bucket already.
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
@@ -278,18 +282,7 @@ impl Fleet {
         if lock(&self.data).contains(&key) {
             return Ok(());
         }
-        let bucket = proto::zone_bucket(zone);
-        let store = match self.js.get_object_store(&bucket).await {
-            Ok(st) => st,
-            Err(_) => self
-                .js
-                .create_object_store(object_store::Config {
-                    bucket: bucket.clone(),
-                    ..Default::default()
-                })
-                .await
-                .map_err(|e| anyhow::anyhow!("zone bucket {bucket}: {e}"))?,
-        };
+        let store = self.zone_store(zone).await?;
         let others: Vec<String> = zones.iter().filter(|z| *z != zone).cloned().collect();
         self.put_blob(blobs, &store, digest, &others).await?;
         lock(&self.data).insert(key);
@@ -366,30 +359,100 @@ impl Fleet {
             .map_err(|e| anyhow::anyhow!("{bucket}/{}: {e}", digest.hex()))?;
         anyhow::ensure!(
             object.info().size as u64 == size,
-            "{bucket}/{} holds {} bytes, the run recorded {size}",
+            "{bucket}/{} holds {} bytes, the record says {size}",
             digest.hex(),
             object.info().size
         );
-        let reader = objects::Checked::new(object, *digest, size);
-        Ok(Box::pin(futures_util::stream::unfold(
-            Some(reader),
-            |reader| async move {
-                use tokio::io::AsyncReadExt as _;
-                let mut reader = reader?;
-                let mut buf = vec![0u8; 64 * 1024];
-                match reader.read(&mut buf).await {
-                    Ok(0) => None,
-                    Ok(n) => {
-                        buf.truncate(n);
-                        Some((Ok(buf), Some(reader)))
-                    }
-                    Err(e) => Some((Err(e), None)),
-                }
-            },
-        )))
+        Ok(checked_stream(object, *digest, size))
+    }
+
+    /// The bytes of a dataset kept in zone buckets, from the first of
+    /// `zones` whose bucket serves them (checked as [`Fleet::output`]
+    /// checks outputs); the error names every zone that could not.
+    pub async fn dataset(
+        &self,
+        zones: &[String],
+        digest: &Digest,
+        size: u64,
+    ) -> anyhow::Result<OutputStream> {
+        let mut failures = Vec::new();
+        for zone in zones {
+            match self.output(zone, digest, size).await {
+                Ok(stream) => return Ok(stream),
+                Err(e) => failures.push(format!("{zone}: {e:#}")),
+            }
+        }
+        anyhow::bail!("no zone bucket serves {digest}: {}", failures.join("; "))
+    }
+
+    /// Store an uploaded dataset (the complete bytes in `file`, `size`
+    /// bytes with SHA-256 `digest`) in the bucket of each of `zones`
+    /// (created if missing), checked against the digest while read. Used
+    /// instead of the blob store: the control plane keeps no copy.
+    pub async fn store_dataset(
+        &self,
+        zones: &[String],
+        digest: &Digest,
+        size: u64,
+        file: &std::path::Path,
+    ) -> anyhow::Result<()> {
+        let chunk = objects::chunk_size(self.max_payload);
+        for zone in zones {
+            let store = self.zone_store(zone).await?;
+            let f = tokio::fs::File::open(file)
+                .await
+                .map_err(|e| anyhow::anyhow!("reading the upload: {e}"))?;
+            let mut reader = objects::Checked::new(f, *digest, size);
+            objects::put(&store, digest, chunk, &mut reader).await?;
+            lock(&self.data).insert((zone.clone(), *digest));
+        }
+        Ok(())
+    }
+
+    /// `zone`'s object store bucket, created if it does not exist yet.
+    async fn zone_store(&self, zone: &str) -> anyhow::Result<object_store::ObjectStore> {
+        let bucket = proto::zone_bucket(zone);
+        match self.js.get_object_store(&bucket).await {
+            Ok(st) => Ok(st),
+            Err(_) => self
+                .js
+                .create_object_store(object_store::Config {
+                    bucket: bucket.clone(),
+                    ..Default::default()
+                })
+                .await
+                .map_err(|e| anyhow::anyhow!("zone bucket {bucket}: {e}")),
+        }
     }
 }
 
 /// A run output's bytes, chunk by chunk (see [`Fleet::output`]).
 pub type OutputStream =
     std::pin::Pin<Box<dyn futures_util::Stream<Item = std::io::Result<Vec<u8>>> + Send>>;
+
+/// `reader`'s bytes in chunks of up to 64 KiB, checked against `digest` and
+/// `size` while read: wrong bytes end the stream with an error, never with
+/// a clean end.
+pub fn checked_stream(
+    reader: impl tokio::io::AsyncRead + Unpin + Send + 'static,
+    digest: Digest,
+    size: u64,
+) -> OutputStream {
+    let reader = objects::Checked::new(reader, digest, size);
+    Box::pin(futures_util::stream::unfold(
+        Some(reader),
+        |reader| async move {
+            use tokio::io::AsyncReadExt as _;
+            let mut reader = reader?;
+            let mut buf = vec![0u8; 64 * 1024];
+            match reader.read(&mut buf).await {
+                Ok(0) => None,
+                Ok(n) => {
+                    buf.truncate(n);
+                    Some((Ok(buf), Some(reader)))
+                }
+                Err(e) => Some((Err(e), None)),
+            }
+        },
+    ))
+}

@@ -310,6 +310,7 @@ mod tests {
             size: 1,
             label: label.iter().map(|s| s.to_string()).collect(),
             source_run: None,
+            zone_stored: false,
             created_at: 0,
         }
     }

@@ -127,6 +127,9 @@ CREATE TABLE IF NOT EXISTS datasets (
     label_json TEXT NOT NULL,
     source_run TEXT,
     created_at INTEGER NOT NULL,
+    -- 1: uploaded to a fleet control plane, the bytes only in the label
+    -- zones' object store buckets (NULL: in the blob store).
+    zone_stored INTEGER,
     UNIQUE (tenant_id, name)
 );
 CREATE INDEX IF NOT EXISTS datasets_by_digest ON datasets(tenant_id, digest);
@@ -194,6 +197,9 @@ fn migrate(conn: &mut Connection) -> rusqlite::Result<()> {
     // The zone whose object store holds a fleet run's output (NULL: inline
     // or in the blob store, as for every run recorded before the column).
     add_missing_column(&tx, "runs", "output_zone", "TEXT")?;
+    // Datasets uploaded to a fleet control plane live only in their zones'
+    // buckets; NULL for every dataset recorded before the column.
+    add_missing_column(&tx, "datasets", "zone_stored", "INTEGER")?;
     add_missing_column(&tx, "operators", "zones_json", "TEXT")?;
     // Versions from before it was recorded read back with `set_by: null`.
     add_missing_column(&tx, "policies", "set_by", "TEXT")?;
