@@ -4,7 +4,7 @@
 SHELL := /bin/bash
 export XDG_RUNTIME_DIR ?= /tmp/kasbah-xdg-$(shell id -u)
 
-.PHONY: setup demo test lint bench bench-minilm
+.PHONY: setup demo test lint bench bench-minilm bench-gpu
 
 setup:
 	@mkdir -p -m 0700 "$(XDG_RUNTIME_DIR)"
@@ -32,3 +32,9 @@ bench: setup
 ## installs sentence-transformers into a venv the first time unless MINILM_PYTHON is set).
 bench-minilm: setup
 	./scripts/bench-minilm.sh
+
+## The GPU benches as one script for a machine with a real GPU (lavapipe otherwise): the adapters
+## wgpu sees, MiniLM at batches 1/32/256 (first vs warm runs, fixed cost), the small host-call bench.
+## GPU=NAME picks the adapter by a substring of its name.
+bench-gpu: setup
+	./scripts/gpu-bench.sh $(GPU)

@@ -5,7 +5,7 @@
 # (first run vs warm runs, sentences/s, per-run fixed cost), then the small
 # host-call bench (guest vs native dispatch and round-trip costs).
 #
-#   scripts/gpu-bench.sh [ADAPTER_NAME_SUBSTRING [REPS]]
+#   scripts/gpu-bench.sh [ADAPTER_NAME_SUBSTRING [REPS]]     (make bench-gpu [GPU=NAME])
 #
 # ADAPTER_NAME_SUBSTRING picks the adapter the benches use (case-insensitive
 # substring of its name, e.g. "H200" or "llvmpipe"); by default the first
