@@ -504,31 +504,32 @@ async fn a_restarted_server_preloads_recent_modules_and_survives_a_damaged_one()
         .create_tenant(&CreateTenant {
             name: "acme".into(),
             operator_id: None,
-            policy: None,
+            // GPU granted: the second module is gpu-matmul.
+            policy: Some(kasbah_tests::minilm_policy("local")),
         })
         .await
         .expect("tenant");
     let token = admin.tenant_token(&t.id).await.expect("token").token;
     let dev = kasbah_client::Client::new(&url, &token);
     let mut digests = Vec::new();
-    for name in ["hostile", "hello"] {
+    for name in ["gpu-matmul", "hello"] {
         let m = dev
             .publish(&kasbah_tests::guest_path(name), name, "1", |_, _| {})
             .await
             .expect("publish");
         digests.push(m.digest);
     }
-    let (hostile, hello) = (digests[0], digests[1]);
-    let hostile_artifact = server
+    let (matmul, hello) = (digests[0], digests[1]);
+    let matmul_artifact = server
         .state
         .runtime
-        .artifact_path(&guest_bytes("hostile"))
+        .artifact_path(&guest_bytes("gpu-matmul"))
         .expect("path");
     server.shutdown().await.expect("shutdown");
-    // hostile used an hour ago, hello just now.
+    // matmul used an hour ago, hello just now.
     std::fs::File::options()
         .write(true)
-        .open(&hostile_artifact)
+        .open(&matmul_artifact)
         .expect("open")
         .set_modified(std::time::SystemTime::now() - std::time::Duration::from_secs(3600))
         .expect("mtime");
@@ -543,7 +544,7 @@ async fn a_restarted_server_preloads_recent_modules_and_survives_a_damaged_one()
         .expect("join");
     assert_eq!(loaded, 1);
     let rt = &server.state.runtime;
-    assert!(rt.cached(&hello).is_some() && rt.cached(&hostile).is_none());
+    assert!(rt.cached(&hello).is_some() && rt.cached(&matmul).is_none());
     assert_eq!(rt.compiled(), 0);
     server.shutdown().await.expect("shutdown");
 
@@ -554,10 +555,10 @@ async fn a_restarted_server_preloads_recent_modules_and_survives_a_damaged_one()
     server.shutdown().await.expect("shutdown");
 
     // A damaged artifact: refused and removed; the server starts and serves.
-    let mut bytes = std::fs::read(&hostile_artifact).expect("artifact");
+    let mut bytes = std::fs::read(&matmul_artifact).expect("artifact");
     let i = bytes.len() / 2;
     bytes[i] ^= 0x01;
-    std::fs::write(&hostile_artifact, &bytes).expect("damage");
+    std::fs::write(&matmul_artifact, &bytes).expect("damage");
     let mut server = kasbah_server::start(config(16)).await.expect("restart");
     let loaded = server
         .preload
@@ -569,7 +570,7 @@ async fn a_restarted_server_preloads_recent_modules_and_survives_a_damaged_one()
     let rt = server.state.runtime.clone();
     assert_eq!(rt.artifact_stats().rejected, 1);
     assert_eq!(rt.compiled(), 0, "a preload never compiles");
-    assert!(rt.cached(&hostile).is_none() && !hostile_artifact.exists());
+    assert!(rt.cached(&matmul).is_none() && !matmul_artifact.exists());
     let url = format!("http://{}", server.addr);
     let dev = kasbah_client::Client::new(&url, &token);
     let r = dev
@@ -584,21 +585,18 @@ async fn a_restarted_server_preloads_recent_modules_and_survives_a_damaged_one()
     assert!(matches!(r.outcome, Some(Outcome::Ok { .. })), "{r:?}");
     assert_eq!(dev.run_output(&r.id).await.expect("output"), b"PRELOADED");
     assert_eq!(rt.compiled(), 0, "hello ran from the preload");
-    // hostile's first run compiles it (whatever the guest then does).
+    // gpu-matmul's first run compiles it, and it runs correctly.
     let r = dev
         .run(&CreateRun {
-            module: hostile.to_string(),
-            input: Some("\"noop\"".into()),
+            module: matmul.to_string(),
+            input: Some("8".into()),
             wait: true,
             ..CreateRun::default()
         })
         .await
         .expect("run");
-    assert!(
-        matches!(r.outcome, Some(Outcome::GuestError { .. })),
-        "{r:?}"
-    );
+    assert!(matches!(r.outcome, Some(Outcome::Ok { .. })), "{r:?}");
     assert_eq!(rt.compiled(), 1);
-    assert!(hostile_artifact.is_file(), "rewritten");
+    assert!(matmul_artifact.is_file(), "rewritten");
     server.shutdown().await.expect("shutdown");
 }
