@@ -199,7 +199,7 @@ impl ArtifactCache {
                 })
             })
             .collect();
-        files.sort_by(|a, b| b.0.cmp(&a.0));
+        files.sort_by_key(|f| std::cmp::Reverse(f.0));
         let mut total = 0u64;
         let mut out = Vec::new();
         for (_, len, digest) in files {
