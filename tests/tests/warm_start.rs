@@ -379,3 +379,224 @@ async fn planted_fifos_and_symlinks_are_refused_without_blocking() {
     assert_eq!(rt.artifact_stats(), stats(0, 0, 1, 1));
     assert!(std::fs::symlink_metadata(&path).expect("stat").is_file());
 }
+
+/// `Runtime::preload` loads a module only from a verified artifact, never
+/// compiles, and leaves a damaged artifact refused and removed (the module
+/// then compiles on its first run, as without a preload).
+#[tokio::test]
+async fn preload_uses_only_verified_artifacts_and_never_compiles() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let hello = guest_bytes("hello");
+    let digest = kasbah_core::Digest::of(&hello);
+
+    // Nothing on disk: nothing loaded, nothing compiled.
+    let rt = restart(tmp.path());
+    assert!(!rt.preload(&hello).expect("preload"));
+    assert_eq!(rt.compiled(), 0);
+    assert!(rt.cached(&digest).is_none());
+    assert!(rt.recent_artifacts(16, u64::MAX).is_empty());
+    hello_works(&rt).await; // compiles and writes the artifact
+    let path = rt.artifact_path(&hello).expect("path");
+    drop(rt);
+
+    // A verified artifact: loaded and linked before any run.
+    let rt = restart(tmp.path());
+    assert_eq!(rt.recent_artifacts(16, u64::MAX), vec![digest]);
+    assert!(rt.preload(&hello).expect("preload"));
+    assert!(rt.cached(&digest).is_some(), "in memory after the preload");
+    assert_eq!(rt.artifact_stats(), stats(1, 0, 0, 0));
+    hello_works(&rt).await;
+    assert_eq!(rt.compiled(), 0);
+    assert_eq!(
+        rt.artifact_stats().hits,
+        1,
+        "the run used the preloaded module"
+    );
+    drop(rt);
+
+    // A damaged one: refused, removed, not compiled by the preload.
+    let mut bytes = std::fs::read(&path).expect("artifact");
+    let i = bytes.len() / 2;
+    bytes[i] ^= 0x01;
+    std::fs::write(&path, &bytes).expect("damage");
+    let rt = restart(tmp.path());
+    assert!(!rt.preload(&hello).expect("preload"));
+    assert_eq!(rt.artifact_stats(), stats(0, 0, 1, 0));
+    assert_eq!(rt.compiled(), 0);
+    assert!(rt.cached(&digest).is_none());
+    assert!(!path.exists(), "the damaged artifact is removed");
+    hello_works(&rt).await;
+    assert_eq!(rt.compiled(), 1);
+}
+
+/// What a restart preloads: this engine's artifacts, most recently used
+/// first, bounded in count and in bytes; other names, other engines'
+/// files and symlinks are skipped.
+#[test]
+fn recent_artifacts_are_newest_first_and_bounded() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let rt = restart(tmp.path());
+    let (a, b) = (guest_bytes("hello"), guest_bytes("hostile"));
+    rt.load(&a).expect("load a");
+    rt.load(&b).expect("load b");
+    let (pa, pb) = (
+        rt.artifact_path(&a).expect("a"),
+        rt.artifact_path(&b).expect("b"),
+    );
+    // `a` used an hour ago, `b` now.
+    let old = std::time::SystemTime::now() - std::time::Duration::from_secs(3600);
+    std::fs::File::options()
+        .write(true)
+        .open(&pa)
+        .expect("open")
+        .set_modified(old)
+        .expect("mtime");
+    let (da, db) = (kasbah_core::Digest::of(&a), kasbah_core::Digest::of(&b));
+    let dir = pa.parent().expect("dir").to_path_buf();
+    // Noise: another engine's file, a bad name, a symlink under a good name.
+    let engine = pa
+        .file_name()
+        .and_then(|n| n.to_str())
+        .and_then(|n| n.split('.').nth(1))
+        .expect("engine part")
+        .to_string();
+    std::fs::write(
+        dir.join(format!("{}.{}.cwasm", "ab".repeat(32), "cd".repeat(32))),
+        b"x",
+    )
+    .expect("other engine");
+    std::fs::write(dir.join(format!("zz.{engine}.cwasm")), b"x").expect("bad name");
+    std::os::unix::fs::symlink(&pb, dir.join(format!("{}.{engine}.cwasm", "ef".repeat(32))))
+        .expect("symlink");
+
+    assert_eq!(rt.recent_artifacts(16, u64::MAX), vec![db, da]);
+    assert_eq!(rt.recent_artifacts(1, u64::MAX), vec![db]);
+    assert_eq!(rt.recent_artifacts(0, u64::MAX), vec![]);
+    let (sa, sb) = (size(&pa), size(&pb));
+    assert_eq!(rt.recent_artifacts(16, sa + sb), vec![db, da]);
+    assert_eq!(rt.recent_artifacts(16, sa + sb - 1), vec![db]);
+    assert_eq!(rt.recent_artifacts(16, sb - 1), vec![]);
+}
+
+/// The platform: a restarted server preloads its recently used modules in
+/// the background (bounded by `preload_modules`), so they are in memory
+/// before their first run; a damaged artifact met by the preload is
+/// refused and removed, the server starts anyway, and that module's first
+/// run compiles it and succeeds.
+#[tokio::test]
+async fn a_restarted_server_preloads_recent_modules_and_survives_a_damaged_one() {
+    use kasbah_core::api::{CreateRun, CreateTenant};
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let dir = tmp.path().join("data");
+    let config = |preload_modules: usize| kasbah_server::ServerConfig {
+        preload_modules,
+        ..kasbah_tests::platform::config(&dir)
+    };
+    let server = kasbah_server::start(config(16)).await.expect("start");
+    assert!(
+        server.preload.is_none(),
+        "nothing to preload on a new data dir"
+    );
+    let url = format!("http://{}", server.addr);
+    let admin_token = server.admin_token.clone().expect("token");
+    let admin = kasbah_client::Client::new(&url, &admin_token);
+    let t = admin
+        .create_tenant(&CreateTenant {
+            name: "acme".into(),
+            operator_id: None,
+            // GPU granted: the second module is gpu-matmul.
+            policy: Some(kasbah_tests::minilm_policy("local")),
+        })
+        .await
+        .expect("tenant");
+    let token = admin.tenant_token(&t.id).await.expect("token").token;
+    let dev = kasbah_client::Client::new(&url, &token);
+    let mut digests = Vec::new();
+    for name in ["gpu-matmul", "hello"] {
+        let m = dev
+            .publish(&kasbah_tests::guest_path(name), name, "1", |_, _| {})
+            .await
+            .expect("publish");
+        digests.push(m.digest);
+    }
+    let (matmul, hello) = (digests[0], digests[1]);
+    let matmul_artifact = server
+        .state
+        .runtime
+        .artifact_path(&guest_bytes("gpu-matmul"))
+        .expect("path");
+    server.shutdown().await.expect("shutdown");
+    // matmul used an hour ago, hello just now.
+    std::fs::File::options()
+        .write(true)
+        .open(&matmul_artifact)
+        .expect("open")
+        .set_modified(std::time::SystemTime::now() - std::time::Duration::from_secs(3600))
+        .expect("mtime");
+
+    // Bounded: one module, the most recently used.
+    let mut server = kasbah_server::start(config(1)).await.expect("restart");
+    let loaded = server
+        .preload
+        .take()
+        .expect("preload")
+        .join()
+        .expect("join");
+    assert_eq!(loaded, 1);
+    let rt = &server.state.runtime;
+    assert!(rt.cached(&hello).is_some() && rt.cached(&matmul).is_none());
+    assert_eq!(rt.compiled(), 0);
+    server.shutdown().await.expect("shutdown");
+
+    // Off.
+    let server = kasbah_server::start(config(0)).await.expect("restart");
+    assert!(server.preload.is_none());
+    assert!(server.state.runtime.cached(&hello).is_none());
+    server.shutdown().await.expect("shutdown");
+
+    // A damaged artifact: refused and removed; the server starts and serves.
+    let mut bytes = std::fs::read(&matmul_artifact).expect("artifact");
+    let i = bytes.len() / 2;
+    bytes[i] ^= 0x01;
+    std::fs::write(&matmul_artifact, &bytes).expect("damage");
+    let mut server = kasbah_server::start(config(16)).await.expect("restart");
+    let loaded = server
+        .preload
+        .take()
+        .expect("preload")
+        .join()
+        .expect("join");
+    assert_eq!(loaded, 1, "hello only");
+    let rt = server.state.runtime.clone();
+    assert_eq!(rt.artifact_stats().rejected, 1);
+    assert_eq!(rt.compiled(), 0, "a preload never compiles");
+    assert!(rt.cached(&matmul).is_none() && !matmul_artifact.exists());
+    let url = format!("http://{}", server.addr);
+    let dev = kasbah_client::Client::new(&url, &token);
+    let r = dev
+        .run(&CreateRun {
+            module: hello.to_string(),
+            input: Some("preloaded".into()),
+            wait: true,
+            ..CreateRun::default()
+        })
+        .await
+        .expect("run");
+    assert!(matches!(r.outcome, Some(Outcome::Ok { .. })), "{r:?}");
+    assert_eq!(dev.run_output(&r.id).await.expect("output"), b"PRELOADED");
+    assert_eq!(rt.compiled(), 0, "hello ran from the preload");
+    // gpu-matmul's first run compiles it, and it runs correctly.
+    let r = dev
+        .run(&CreateRun {
+            module: matmul.to_string(),
+            input: Some("8".into()),
+            wait: true,
+            ..CreateRun::default()
+        })
+        .await
+        .expect("run");
+    assert!(matches!(r.outcome, Some(Outcome::Ok { .. })), "{r:?}");
+    assert_eq!(rt.compiled(), 1);
+    assert!(matmul_artifact.is_file(), "rewritten");
+    server.shutdown().await.expect("shutdown");
+}

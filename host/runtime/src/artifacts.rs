@@ -169,6 +169,49 @@ impl ArtifactCache {
         ))
     }
 
+    /// The digests of this engine's artifacts on disk, most recently used
+    /// first: at most `max_count` of them, and only as many as fit in
+    /// `max_bytes` of artifact files together (for preloading at start).
+    /// Names that are not `<64 hex>.<this engine>.cwasm`, and anything
+    /// that is not a regular file, are skipped; nothing is opened.
+    pub fn recent(&self, max_count: usize, max_bytes: u64) -> Vec<Digest> {
+        let suffix = format!(".{}.{EXT}", Digest::from_bytes(self.engine).hex());
+        let Ok(entries) = std::fs::read_dir(&self.dir) else {
+            return Vec::new();
+        };
+        let mut files: Vec<(SystemTime, u64, Digest)> = entries
+            .filter_map(Result::ok)
+            .filter_map(|e| {
+                let name = e.file_name();
+                let hex = name.to_str()?.strip_suffix(suffix.as_str())?;
+                if hex.len() != 64 || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
+                    return None;
+                }
+                let digest: Digest = format!("sha256:{hex}").parse().ok()?;
+                // `DirEntry::metadata` does not follow symlinks.
+                let m = e.metadata().ok()?;
+                m.is_file().then(|| {
+                    (
+                        m.modified().unwrap_or(SystemTime::UNIX_EPOCH),
+                        m.len(),
+                        digest,
+                    )
+                })
+            })
+            .collect();
+        files.sort_by_key(|f| std::cmp::Reverse(f.0));
+        let mut total = 0u64;
+        let mut out = Vec::new();
+        for (_, len, digest) in files {
+            if out.len() >= max_count || total.saturating_add(len) > max_bytes {
+                break;
+            }
+            total += len;
+            out.push(digest);
+        }
+        out
+    }
+
     fn mac(&self, digest: &Digest, artifact: &[u8]) -> [u8; MAC_LEN] {
         hmac_sha256(
             &self.key,

@@ -408,9 +408,41 @@ impl Runtime {
     /// Concurrent loads of the same bytes compile once: the others wait for
     /// that compile and get the same module.
     pub fn load(&self, wasm: &[u8]) -> Result<Arc<Module>, LoadError> {
+        self.load_or_preload(wasm, false)?
+            .ok_or_else(|| LoadError::Invalid("not loaded".into()))
+    }
+
+    /// Load `wasm` only if a verified compiled artifact for it is on disk
+    /// (see `artifacts.rs`); never compile. `Ok(true)`: the module is now
+    /// in the in-memory cache (deserialized and linked, an `InstancePre`
+    /// ready: no instance is made and no guest code runs, so nothing is
+    /// shared between runs beyond what [`Self::load`] shares). `Ok(false)`:
+    /// no artifact, or one refused (removed, counted as rejected); the
+    /// module's first run compiles it as usual. For warming a restarted
+    /// process with the modules it ran recently ([`Self::recent_artifacts`]).
+    pub fn preload(&self, wasm: &[u8]) -> Result<bool, LoadError> {
+        Ok(self.load_or_preload(wasm, true)?.is_some())
+    }
+
+    /// Digests of the compiled artifacts on disk for this engine, most
+    /// recently used first, at most `max_count` and `max_bytes` of files
+    /// together. Empty without an artifact cache.
+    pub fn recent_artifacts(&self, max_count: usize, max_bytes: u64) -> Vec<Digest> {
+        self.inner
+            .artifacts
+            .as_ref()
+            .map(|a| a.recent(max_count, max_bytes))
+            .unwrap_or_default()
+    }
+
+    fn load_or_preload(
+        &self,
+        wasm: &[u8],
+        artifact_only: bool,
+    ) -> Result<Option<Arc<Module>>, LoadError> {
         let digest = Digest::of(wasm);
         if let Some(m) = self.cached(&digest) {
-            return Ok(m);
+            return Ok(Some(m));
         }
         let gate = lock(&self.inner.compiling)
             .entry(digest)
@@ -418,10 +450,10 @@ impl Runtime {
             .clone();
         let turn = lock(&gate);
         let loaded = match self.cached(&digest) {
-            Some(m) => Ok(m),
+            Some(m) => Ok(Some(m)),
             None => self
-                .compile(digest, wasm)
-                .map(|module| self.keep(digest, module)),
+                .compile(digest, wasm, artifact_only)
+                .map(|module| module.map(|m| self.keep(digest, m))),
         };
         drop(turn);
         let mut gates = lock(&self.inner.compiling);
@@ -475,7 +507,14 @@ impl Runtime {
         cache.get(digest).cloned()
     }
 
-    fn compile(&self, digest: Digest, wasm: &[u8]) -> Result<Module, LoadError> {
+    /// Deserialize from the artifact cache or compile; with
+    /// `artifact_only`, `Ok(None)` instead of compiling.
+    fn compile(
+        &self,
+        digest: Digest,
+        wasm: &[u8],
+        artifact_only: bool,
+    ) -> Result<Option<Module>, LoadError> {
         // A component's preamble is `\0asm` + version 0x0d + layer 1.
         if wasm.len() < 8 || &wasm[0..4] != b"\0asm" {
             return Err(LoadError::Invalid("not WebAssembly (bad magic)".into()));
@@ -487,6 +526,7 @@ impl Runtime {
         let cache = self.inner.artifacts.as_ref();
         let (component, fresh) = match cache.and_then(|c| c.load(engine, &digest)) {
             Some(c) => (c, false),
+            None if artifact_only => return Ok(None),
             None => {
                 let c = Component::new(engine, wasm)
                     .map_err(|e| LoadError::Invalid(format!("{e:#}")))?;
@@ -513,12 +553,12 @@ impl Runtime {
             .instantiate_pre(&component)
             .map_err(|e| format!("{e:#}"))
             .and_then(|pre| bindings::PipelinePre::new(pre).map_err(|e| format!("{e:#}")));
-        Ok(Module {
+        Ok(Some(Module {
             digest,
             size: wasm.len(),
             imports,
             pre,
-        })
+        }))
     }
 
     /// Run `module` on `request` under `policy`. Guest behaviour of any kind

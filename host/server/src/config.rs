@@ -31,6 +31,13 @@ pub struct ServerConfig {
     /// run of a module after a restart loads it instead of compiling it.
     /// The least recently used go first. 0: no disk cache.
     pub compiled_cache_bytes: u64,
+    /// At start, in the background, load (verify + deserialize + link, no
+    /// compile, no instance) up to this many of the most recently used
+    /// compiled modules from `<data_dir>/compiled/`, so their first run
+    /// after a restart does not pay for it. 0: none.
+    pub preload_modules: usize,
+    /// ... and at most this many bytes of their artifact files together.
+    pub preload_bytes: u64,
     /// `fsync` every commit (SQLite `synchronous = FULL`): survives power
     /// loss, not only process crashes. Writes are group-committed, so this
     /// costs one fsync per batch, not per request. On by default: a signed
@@ -107,6 +114,8 @@ impl Default for ServerConfig {
             max_request_bytes: 64 << 20,
             max_module_bytes: 256 << 20,
             compiled_cache_bytes: 1 << 30,
+            preload_modules: 16,
+            preload_bytes: 256 << 20,
             gpu: kasbah_runtime::kasbah_gpu::GpuConfig {
                 adapters: vec![kasbah_runtime::kasbah_gpu::AdapterConfig::new(
                     "gpu0", "local",

@@ -39,6 +39,10 @@ pub struct Server {
     pub state: AppState,
     /// The connection limits in force (the cap after the fd limit).
     pub limits: http::ConnLimits,
+    /// The background preload of recently used compiled modules
+    /// (`runs::execute::preload_recent`), if one was started: joining it
+    /// gives how many modules it loaded.
+    pub preload: Option<std::thread::JoinHandle<usize>>,
     task: tokio::task::JoinHandle<()>,
     stop: tokio::sync::oneshot::Sender<std::time::Duration>,
 }
@@ -179,6 +183,7 @@ pub async fn start(mut config: ServerConfig) -> anyhow::Result<Server> {
     if let Some(fleet) = &state.fleet {
         crate::runs::dispatch::start(fleet, state.clone()).await?;
     }
+    let preload = crate::runs::execute::preload_recent(&state);
     let app = router(state.clone());
     let (stop, stopped) = tokio::sync::oneshot::channel::<Duration>();
     let task = tokio::spawn(http::serve(listener, app, limits, async move {
@@ -195,6 +200,7 @@ pub async fn start(mut config: ServerConfig) -> anyhow::Result<Server> {
         interrupted_runs,
         state,
         limits,
+        preload,
         task,
         stop,
     })

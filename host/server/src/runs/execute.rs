@@ -122,6 +122,69 @@ pub async fn load_module(s: &AppState, digest: &Digest) -> Result<Arc<Module>, S
         .map_err(|e| format!("loading module {digest}: {e}"))
 }
 
+/// Warm a (re)started server in the background, never delaying or failing
+/// its start: wake each guest thread once, then load the most recently used
+/// compiled modules from the artifact cache (bounded by `preload_modules`
+/// and `preload_bytes`; verified like any load, never compiled; a refused
+/// artifact is removed and that module compiles on its first run). Only
+/// code is loaded: no instance is made and no guest code runs. Returns the
+/// thread, so tests can wait for it; `None` when there is nothing to do.
+pub fn preload_recent(s: &AppState) -> Option<std::thread::JoinHandle<usize>> {
+    let threads = match s.config.guest_threads {
+        0 => std::thread::available_parallelism().map_or(1, usize::from),
+        n => n,
+    };
+    for _ in 0..threads {
+        // Dropped: nobody waits for it.
+        let _ = s.guests.spawn(async {});
+    }
+    if s.fleet.is_some() || s.config.preload_modules == 0 {
+        return None;
+    }
+    let digests = s
+        .runtime
+        .recent_artifacts(s.config.preload_modules, s.config.preload_bytes);
+    if digests.is_empty() {
+        return None;
+    }
+    let s = s.clone();
+    let spawned = std::thread::Builder::new()
+        .name("kasbah-preload".into())
+        .spawn(move || {
+            let started = std::time::Instant::now();
+            let mut loaded = 0;
+            for d in &digests {
+                // An artifact whose module is gone (deleted data) is skipped.
+                let bytes = match s.blobs.get(d) {
+                    Ok(Some(b)) => b,
+                    Ok(None) => continue,
+                    Err(e) => {
+                        tracing::warn!("preload: reading module {d}: {e}");
+                        continue;
+                    }
+                };
+                match s.runtime.preload(&bytes) {
+                    Ok(true) => loaded += 1,
+                    Ok(false) => {}
+                    Err(e) => tracing::warn!("preload: module {d}: {e}"),
+                }
+            }
+            tracing::info!(
+                "preloaded {loaded} of {} recently used modules in {:?}",
+                digests.len(),
+                started.elapsed()
+            );
+            loaded
+        });
+    match spawned {
+        Ok(h) => Some(h),
+        Err(e) => {
+            tracing::warn!("preload thread: {e}");
+            None
+        }
+    }
+}
+
 /// What a run's record keeps of its output: the bytes inline (up to
 /// [`INLINE_OUTPUT_MAX`]) or in the blob store (larger ones, and outputs
 /// stored as a dataset), with digest, size and content type.
