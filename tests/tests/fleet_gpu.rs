@@ -106,7 +106,7 @@ async fn minilm_runs_on_a_gpu_zone_worker_and_its_second_run_is_warm() {
         .expect("publish minilm-embed");
 
     // The weights and vocab, labelled zone-b: stored in zone-b's bucket.
-    let zone_b = vec!["zone-b".to_string()];
+    let zone_b = ["zone-b".to_string()];
     let upload = Instant::now();
     let mut names = Vec::new();
     let mut bytes = 0;
