@@ -215,14 +215,15 @@ fn kasbah_gpu_adapters_lists_what_the_gpu_processes_see() {
         .expect("spawn kasbah");
     assert_eq!(o.status.code(), Some(0), "{}", text(&o.stderr));
     let listed = text(&o.stdout);
-    let rows: Vec<Vec<&str>> = listed
-        .lines()
-        .map(|l| l.split('\t').collect())
-        .collect();
+    let rows: Vec<Vec<&str>> = listed.lines().map(|l| l.split('\t').collect()).collect();
     assert!(!rows.is_empty(), "{listed}");
-    assert!(rows.iter().all(|r| r.len() == 5 && r[2] == "vulkan"), "{listed}");
     assert!(
-        rows.iter().any(|r| r[0].contains("llvmpipe") && r[1] == "cpu" && r[4] == "compute"),
+        rows.iter().all(|r| r.len() == 5 && r[2] == "vulkan"),
+        "{listed}"
+    );
+    assert!(
+        rows.iter()
+            .any(|r| r[0].contains("llvmpipe") && r[1] == "cpu" && r[4] == "compute"),
         "lavapipe is listed as a Vulkan CPU adapter with compute: {listed}"
     );
 

@@ -12,18 +12,15 @@ use kasbah_core::{GuestErrorKind, Outcome, RunReport};
 use kasbah_policy::Policy;
 use kasbah_runtime::Request;
 use kasbah_runtime::kasbah_gpu::{AdapterConfig, GpuConfig};
+use kasbah_tests::minilm_reference::{
+    check_against_reference, cosine, fixture, fixture_input, floats,
+};
 use kasbah_tests::platform::Platform;
-use kasbah_tests::{guest_path, minilm_datasets, run_minilm, workspace_root};
+use kasbah_tests::{guest_path, minilm_datasets, run_minilm};
 use serde_json::{Value, json};
 
 fn minilm_policy() -> Policy {
     kasbah_tests::minilm_policy("zone-a")
-}
-
-fn fixture() -> Value {
-    let path = workspace_root().join("tests/fixtures/minilm/reference.json");
-    let text = std::fs::read_to_string(&path).expect("read the reference fixture");
-    serde_json::from_str(&text).expect("fixture is JSON")
 }
 
 fn ok_json(r: &RunReport) -> Value {
@@ -31,72 +28,6 @@ fn ok_json(r: &RunReport) -> Value {
         Outcome::Ok { output } => serde_json::from_slice(&output.body).expect("output is JSON"),
         other => panic!("expected ok, got {other:?}\nlogs: {:?}", r.logs),
     }
-}
-
-fn floats(v: &Value) -> Vec<f64> {
-    v.as_array()
-        .expect("array of numbers")
-        .iter()
-        .map(|x| x.as_f64().expect("number"))
-        .collect()
-}
-
-fn cosine(a: &[f64], b: &[f64]) -> f64 {
-    assert_eq!(a.len(), b.len());
-    let dot: f64 = a.iter().zip(b).map(|(x, y)| x * y).sum();
-    let na: f64 = a.iter().map(|x| x * x).sum::<f64>().sqrt();
-    let nb: f64 = b.iter().map(|x| x * x).sum::<f64>().sqrt();
-    dot / (na * nb)
-}
-
-/// The whole fixture as one request (object form, ids returned).
-fn fixture_input() -> String {
-    let fx = fixture();
-    let texts: Vec<&str> = fx["sentences"]
-        .as_array()
-        .expect("sentences")
-        .iter()
-        .map(|s| s["text"].as_str().expect("text"))
-        .collect();
-    json!({ "sentences": texts, "return_ids": true }).to_string()
-}
-
-/// Token ids identical and cosine ≥ 0.9999 for every fixture sentence;
-/// returns the smallest cosine.
-fn check_against_reference(out: &Value) -> f64 {
-    let fx = fixture();
-    let sentences = fx["sentences"].as_array().expect("sentences");
-    let texts: Vec<&str> = sentences
-        .iter()
-        .map(|s| s["text"].as_str().expect("text"))
-        .collect();
-    assert_eq!(out["dim"], 384);
-    let embeddings = out["embeddings"].as_array().expect("embeddings");
-    let ids = out["ids"].as_array().expect("ids");
-    assert_eq!(embeddings.len(), sentences.len());
-    let mut min_cos = f64::INFINITY;
-    let mut problems = Vec::new();
-    for (i, s) in sentences.iter().enumerate() {
-        let text = &texts[i];
-        if ids[i] != s["ids"] {
-            problems.push(format!(
-                "{text:?}: token ids\n  got  {}\n  want {}",
-                ids[i], s["ids"]
-            ));
-        }
-        let got = floats(&embeddings[i]);
-        let want = floats(&s["embedding"]);
-        assert_eq!(got.len(), 384);
-        let norm: f64 = got.iter().map(|x| x * x).sum::<f64>().sqrt();
-        assert!((norm - 1.0).abs() < 1e-4, "{text:?}: norm {norm}");
-        let c = cosine(&got, &want);
-        min_cos = min_cos.min(c);
-        if c.is_nan() || c < 0.9999 {
-            problems.push(format!("{text:?}: cosine {c}"));
-        }
-    }
-    assert!(problems.is_empty(), "{}", problems.join("\n"));
-    min_cos
 }
 
 #[tokio::test]
