@@ -22,10 +22,10 @@ mkdir -p -m 0700 "$XDG_RUNTIME_DIR"
 ./scripts/setup.sh
 
 echo "== Vulkan adapters (wgpu) =="
-list="$(cargo run -q --release -p kasbah --bin kasbah -- gpu adapters)"
+list="$(cargo run -q -p kasbah --bin kasbah -- gpu adapters --backend vulkan)"
 echo "$list"
 if [ -z "$want" ]; then
-    # Lines are `name<TAB>device-type<TAB>driver`: the first non-CPU one.
+    # Lines are `name<TAB>device-type<TAB>backend<TAB>driver<TAB>compute`: the first non-CPU one.
     want="$(awk -F'\t' '$2 != "cpu" { print $1; exit }' <<<"$list")"
     [ -n "$want" ] || want="$(awk -F'\t' 'NR == 1 { print $1 }' <<<"$list")"
 fi
