@@ -114,6 +114,18 @@ impl Drop for ProcWorker {
     }
 }
 
+/// A control plane on `nats` serving zone-a and zone-b (GPUs are the
+/// workers'; the control plane runs nothing).
+async fn control_plane(nats: &NatsServer) -> Platform {
+    let url = nats.url();
+    Platform::start_with(move |c| {
+        c.nats = Some(url);
+        c.zones.node = strings(&["zone-a", "zone-b"]);
+        c.gpu.adapters.clear();
+    })
+    .await
+}
+
 /// Wait until the control plane sees exactly `zones` as live.
 async fn wait_live(p: &Platform, zones: &[&str]) {
     let fleet = p.server.state.fleet.clone().expect("fleet mode");
@@ -194,14 +206,7 @@ async fn denials(c: &Client) -> Vec<String> {
 async fn runs_execute_on_a_worker_of_their_zone_and_a_zone_without_one_is_refused() {
     let nats = NatsServer::start().expect("nats-server (scripts/setup.sh installs it)");
     let work = tempfile::tempdir().expect("tmp");
-    let url = nats.url();
-    let p = Platform::start_with(move |c| {
-        c.nats = Some(url);
-        c.zones.node = strings(&["zone-a", "zone-b"]);
-        // GPUs are the workers'; the control plane runs nothing.
-        c.gpu.adapters.clear();
-    })
-    .await;
+    let p = control_plane(&nats).await;
     let wa = Worker::start(&nats, "worker-a", &["zone-a"], work.path());
     let wb = Worker::start(&nats, "worker-b", &["zone-b"], work.path());
     wait_live(&p, &["zone-a", "zone-b"]).await;
@@ -356,13 +361,7 @@ async fn runs_execute_on_a_worker_of_their_zone_and_a_zone_without_one_is_refuse
 async fn a_result_on_another_zones_subject_is_not_recorded() {
     let nats = NatsServer::start().expect("nats-server (scripts/setup.sh installs it)");
     let work = tempfile::tempdir().expect("tmp");
-    let url = nats.url();
-    let p = Platform::start_with(move |c| {
-        c.nats = Some(url);
-        c.zones.node = strings(&["zone-a", "zone-b"]);
-        c.gpu.adapters.clear();
-    })
-    .await;
+    let p = control_plane(&nats).await;
     let wb = Worker::start(&nats, "worker-b", &["zone-b"], work.path());
     wait_live(&p, &["zone-b"]).await;
     let (_t, dev) = p
@@ -456,13 +455,7 @@ async fn outputs_over_the_message_limit_stay_in_their_zone_bucket() {
     let nats = NatsServer::start_with_config("max_payload: 65536\n")
         .expect("nats-server (scripts/setup.sh installs it)");
     let work = tempfile::tempdir().expect("tmp");
-    let url = nats.url();
-    let p = Platform::start_with(move |c| {
-        c.nats = Some(url);
-        c.zones.node = strings(&["zone-a", "zone-b"]);
-        c.gpu.adapters.clear();
-    })
-    .await;
+    let p = control_plane(&nats).await;
     let wa = Worker::start(&nats, "worker-a", &["zone-a"], work.path());
     let wb = Worker::start(&nats, "worker-b", &["zone-b"], work.path());
     wait_live(&p, &["zone-a", "zone-b"]).await;
@@ -605,13 +598,7 @@ fn files_containing(dir: &std::path::Path, needle: &[u8]) -> Vec<std::path::Path
 async fn uploaded_datasets_live_only_in_their_zones_buckets() {
     let nats = NatsServer::start().expect("nats-server (scripts/setup.sh installs it)");
     let work = tempfile::tempdir().expect("tmp");
-    let url = nats.url();
-    let p = Platform::start_with(move |c| {
-        c.nats = Some(url);
-        c.zones.node = strings(&["zone-a", "zone-b"]);
-        c.gpu.adapters.clear();
-    })
-    .await;
+    let p = control_plane(&nats).await;
     let wa1 = Worker::start(&nats, "worker-a1", &["zone-a"], work.path());
     let wa2 = Worker::start(&nats, "worker-a2", &["zone-a"], work.path());
     let wb = Worker::start(&nats, "worker-b", &["zone-b"], work.path());

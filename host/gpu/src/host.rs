@@ -18,6 +18,9 @@ use crate::proto::{self, Bind, Cmd, Dispatch, Id, Request};
 
 /// Largest WGSL source accepted, in bytes.
 pub const MAX_WGSL_BYTES: usize = 1 << 20;
+/// Longest entry point name (it is part of each kernel-cache key and goes
+/// to the GPU process).
+pub const MAX_ENTRY_POINT_BYTES: usize = 256;
 /// Bindings in one dispatch.
 pub const MAX_BINDINGS_PER_DISPATCH: usize = 64;
 /// Commands one encoder may record.
@@ -401,6 +404,12 @@ impl wit::Host for Gpu<'_> {
             return Ok(Err(GpuError::OutOfQuota(format!(
                 "this run may create at most {} compute pipelines",
                 bound.quota.max_kernels
+            ))));
+        }
+        if entry_point.len() > MAX_ENTRY_POINT_BYTES {
+            return Ok(Err(invalid(format!(
+                "entry point name of {} bytes exceeds {MAX_ENTRY_POINT_BYTES}",
+                entry_point.len()
             ))));
         }
         if code.len() > MAX_WGSL_BYTES {

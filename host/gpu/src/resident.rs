@@ -263,13 +263,18 @@ impl Bound {
         } else {
             self.request(request).await
         };
-        let (workgroup_size, writable) = match self.settle_handle(built)? {
+        // Fail closed: a pipeline without its `read_write` bindings would
+        // turn off the read-only check of dataset buffers.
+        let built = built.and_then(|v| match v {
             Value::Pipeline {
                 workgroup_size,
                 writable,
-            } => (workgroup_size, writable),
-            Value::Done => ([1, 1, 1], Vec::new()),
-        };
+            } => Ok((workgroup_size, writable)),
+            _ => Err(GpuError::DeviceLost(
+                "the GPU process answered a pipeline request without a pipeline".into(),
+            )),
+        });
+        let (workgroup_size, writable) = self.settle_handle(built)?;
         self.acct.kernels_built += 1;
         let warm = proto::is_warm(id);
         if warm {

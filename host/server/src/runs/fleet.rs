@@ -45,6 +45,8 @@ use crate::store::lock;
 
 /// How often the live-worker view is refreshed from the workers bucket.
 pub const LIVE_REFRESH: Duration = Duration::from_millis(500);
+/// Most heartbeat keys read per refresh of the live-worker view.
+const MAX_WORKER_KEYS: usize = 4096;
 /// The control plane's durable consumer on the results stream.
 pub const RESULTS_CONSUMER: &str = "control-plane";
 
@@ -96,7 +98,13 @@ impl Fleet {
             return;
         };
         let mut entries = Vec::new();
-        while let Some(Ok(k)) = keys.next().await {
+        // A zone's user may write any number of keys under its zone: read a
+        // bounded number (far above any real fleet) every refresh.
+        let mut read = 0;
+        while read < MAX_WORKER_KEYS
+            && let Some(Ok(k)) = keys.next().await
+        {
+            read += 1;
             if let Ok(Some(v)) = kv.get(&k).await
                 && let Ok(w) = serde_json::from_slice::<WorkerInfo>(&v)
             {

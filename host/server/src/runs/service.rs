@@ -331,12 +331,27 @@ pub async fn output(s: &AppState, caller: &Caller, id: &str) -> ApiResult<RunOut
                 })?;
             OutputBody::Stream(stream)
         }
-        Some(OutputPlace::Blobs) | None => OutputBody::Bytes(
-            s.blobs
+        Some(OutputPlace::Blobs) | None => {
+            let bytes = s
+                .blobs
                 .get(&out.digest)
                 .map_err(ApiError::internal)?
-                .ok_or_else(|| ApiError::internal(format!("output blob {} missing", out.digest)))?,
-        ),
+                .ok_or_else(|| ApiError::internal(format!("output blob {} missing", out.digest)))?;
+            // Checked as zone-bucket outputs and dataset downloads are.
+            if Digest::of(&bytes) != out.digest {
+                tracing::error!(
+                    run = id,
+                    "output blob {} does not match its digest",
+                    out.digest
+                );
+                return Err(ApiError::unavailable(
+                    "output_unavailable",
+                    "the stored output does not match its digest".to_string(),
+                    5,
+                ));
+            }
+            OutputBody::Bytes(bytes)
+        }
     };
     Ok(RunOutput {
         body,
