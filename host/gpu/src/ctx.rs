@@ -170,7 +170,7 @@ impl GpuCtx {
     pub fn with_scope(mut self, tenant: Option<&str>, datasets: Vec<GpuDataset>) -> Self {
         if let State::Bound(b) = &mut self.state {
             b.tenant = match tenant {
-                Some(t) => format!("tenant:{t}"),
+                Some(t) => format!("{}{t}", crate::restore::TENANT_SCOPE),
                 None => anonymous(),
             };
             b.datasets = datasets;
@@ -247,6 +247,7 @@ impl Bound {
         T: Send + 'static,
         F: FnOnce(&mut Conn) -> Result<T, GpuError> + Send + 'static,
     {
+        self.await_restore().await;
         let budget = self.wait_budget();
         let worker = match &mut self.worker {
             Some(w) => w,
@@ -306,6 +307,14 @@ impl Bound {
         // Never a warm id (see `proto::WARM`).
         self.next_id = self.next_id.wrapping_add(1) & !crate::proto::WARM;
         self.next_id
+    }
+
+    /// Before the run's first GPU process: wait for a restore of this
+    /// tenant's warm state that is under way (`Entry::wait_restore`).
+    pub async fn await_restore(&self) {
+        if self.worker.is_none() {
+            self.entry.wait_restore(&self.tenant, self.deadline).await;
+        }
     }
 
     /// The run's GPU process, taking one on first use (for warm lookups,

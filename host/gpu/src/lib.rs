@@ -109,6 +109,7 @@ mod process;
 mod proto;
 pub mod registry;
 mod resident;
+pub mod restore;
 mod shader;
 mod v1;
 mod warm;
@@ -118,6 +119,7 @@ pub use ctx::{GpuCtx, GpuDataset, MAX_LIVE_HANDLES};
 pub use host::{BufferRes, EncoderRes, PipelineRes};
 pub use process::{PROTOCOL, set_worker_program};
 pub use registry::{AdapterStatus, GpuRegistry};
+pub use restore::{RestoreGate, RestorePlan, RestoreStats, WarmRecord};
 pub use warm::MAX_CACHED_KERNELS;
 
 /// Entry point of a GPU process: `args` are what follows `gpu-worker` on

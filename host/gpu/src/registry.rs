@@ -13,6 +13,7 @@ use crate::config::{AdapterConfig, DEFAULT_RESIDENT_BYTES, GpuConfig};
 use crate::ctx::GpuCtx;
 use crate::process::{DeviceSpec, Worker};
 use crate::proto::{ProbedAdapter, Request};
+use crate::restore::Ledger;
 use crate::warm::Totals;
 
 /// The backend a probe needs: the one every entry names, or all when they
@@ -63,6 +64,12 @@ pub(crate) struct Entry {
     /// Resident bytes held by this entry's GPU processes, and the budget.
     pub totals: Arc<Totals>,
     pub resident_budget: u64,
+    /// What each tenant last had resident here (`restore.rs`).
+    ledger: Mutex<Ledger>,
+    /// Warm-state scopes being restored right now, and a wake-up for the
+    /// runs of those tenants waiting for them (`Entry::wait_restore`).
+    restoring: Mutex<std::collections::HashSet<String>>,
+    restored: tokio::sync::Notify,
 }
 
 #[derive(Default)]
@@ -156,6 +163,10 @@ impl GpuRegistry {
         GpuRegistry {
             entries: entries.into(),
         }
+    }
+
+    pub(crate) fn entries(&self) -> &[Arc<Entry>] {
+        &self.entries
     }
 
     /// A registry with no adapters (every GPU call: `denied` or `unavailable`).
@@ -289,6 +300,9 @@ fn unusable(c: &AdapterConfig, why: String, max_idle: usize) -> Entry {
         stats: EntryCounters::default(),
         totals: Arc::default(),
         resident_budget: c.max_resident_bytes.unwrap_or(DEFAULT_RESIDENT_BYTES),
+        ledger: Mutex::default(),
+        restoring: Mutex::default(),
+        restored: tokio::sync::Notify::new(),
     }
 }
 
@@ -344,6 +358,14 @@ fn describe(adapters: &[ProbedAdapter]) -> String {
 }
 
 impl Entry {
+    pub(crate) fn ledger(&self) -> std::sync::MutexGuard<'_, Ledger> {
+        self.ledger.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    pub(crate) fn max_idle(&self) -> usize {
+        self.max_idle
+    }
+
     /// An idle healthy GPU process of this entry for a run of `tenant`, or a
     /// new one. Affinity: a process holding `tenant`'s warm state first,
     /// then one holding nobody's, then the one idle longest. A process that
@@ -388,6 +410,59 @@ impl Entry {
         self.new_worker()
     }
 
+    /// Mark `scope`'s restore as under way (false: it already is); runs of
+    /// that tenant wait for it before taking a GPU process.
+    pub(crate) fn begin_restore(&self, scope: &str) -> bool {
+        self.restoring
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(scope.to_string())
+    }
+
+    pub(crate) fn end_restore(&self, scope: &str) {
+        self.restoring
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(scope);
+        self.restored.notify_waiters();
+    }
+
+    /// Before a run of `scope` takes its GPU process: if that tenant's warm
+    /// state is being restored (after a platform restart), wait for it (at
+    /// most until `deadline`), so the run finds it instead of uploading a
+    /// second copy.
+    pub(crate) async fn wait_restore(&self, scope: &str, deadline: Option<Instant>) {
+        loop {
+            let notified = self.restored.notified();
+            let mut notified = std::pin::pin!(notified);
+            notified.as_mut().enable();
+            let busy = self
+                .restoring
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .contains(scope);
+            if !busy {
+                return;
+            }
+            match deadline {
+                Some(d) => {
+                    if tokio::time::timeout_at(d.into(), notified).await.is_err() {
+                        return;
+                    }
+                }
+                None => notified.await,
+            }
+        }
+    }
+
+    /// A new GPU process for `scope`'s warm state (the restore at start:
+    /// never one of the pool's, which hold other tenants' state).
+    pub(crate) fn fresh_worker(&self, scope: &str) -> Worker {
+        let mut w = self.new_worker();
+        w.warm.adopt(scope);
+        w
+    }
+
     fn new_worker(&self) -> Worker {
         self.stats.devices_created.fetch_add(1, Ordering::Relaxed);
         match &self.adapter {
@@ -429,6 +504,9 @@ impl Entry {
         if reusable && worker.health.is_healthy() && worker.restore_priority() {
             let mut idle = self.idle.lock().unwrap_or_else(PoisonError::into_inner);
             if idle.len() < self.max_idle {
+                if let Some(tenant) = worker.warm.tenant() {
+                    self.ledger().record(tenant, worker.warm.buffers_by_age());
+                }
                 worker.reset();
                 idle.push(worker);
                 return;

@@ -86,6 +86,7 @@ impl Bound {
             size,
         };
         self.reserve_handle()?;
+        self.await_restore().await;
         let hit = self.worker().warm.buffer(&key);
         if let Some(r) = hit {
             if !self.pins.contains_key(&r.id) {
@@ -166,34 +167,7 @@ impl Bound {
         let id = self.worker().warm.insert_buffer(key.clone(), size);
         let path = path.to_path_buf();
         let filled = self
-            .call(move |conn| {
-                conn.request(&Request::CreateBuffer {
-                    id,
-                    size,
-                    usage: RESIDENT_USAGE.bits(),
-                })?;
-                let mut file = std::fs::File::open(&path)
-                    .map_err(|e| GpuError::Unavailable(format!("dataset: {e}")))?;
-                file.seek(SeekFrom::Start(offset))
-                    .map_err(|e| GpuError::Unavailable(format!("dataset: {e}")))?;
-                let mut at = 0u64;
-                while at < size {
-                    let n = usize::try_from((size - at).min(proto::SHM_BYTES as u64))
-                        .map_err(|_| invalid("chunk"))?;
-                    let shm = conn.shm()?;
-                    let chunk = shm.get_mut(..n).ok_or_else(|| invalid("upload chunk"))?;
-                    file.read_exact(chunk)
-                        .map_err(|e| GpuError::Unavailable(format!("dataset changed: {e}")))?;
-                    conn.request(&Request::Write {
-                        id,
-                        offset: at,
-                        len: n as u64,
-                        flush: at + n as u64 == size,
-                    })?;
-                    at += n as u64;
-                }
-                Ok(())
-            })
+            .call(move |conn| fill_from_file(conn, id, &path, offset, size))
             .await;
         if let Err(e) = filled {
             if let Some(w) = &mut self.worker {
@@ -220,6 +194,7 @@ impl Bound {
             code: Sha256::digest(code.as_bytes()).into(),
             entry_point: entry_point.to_string(),
         };
+        self.await_restore().await;
         let hit = self.worker().warm.kernel(&key);
         if let Some(k) = hit {
             self.pin(k.id, 0);
@@ -291,6 +266,44 @@ impl Bound {
             writable,
         })
     }
+}
+
+/// Create resident buffer `id` in the GPU process and fill it with
+/// `size` bytes of the file at `path` from `offset` (through the shared
+/// memory region, in chunks). Used by runs and by the restore at start.
+pub(crate) fn fill_from_file(
+    conn: &mut crate::process::Conn,
+    id: Id,
+    path: &std::path::Path,
+    offset: u64,
+    size: u64,
+) -> Result<(), GpuError> {
+    conn.request(&Request::CreateBuffer {
+        id,
+        size,
+        usage: RESIDENT_USAGE.bits(),
+    })?;
+    let mut file =
+        std::fs::File::open(path).map_err(|e| GpuError::Unavailable(format!("dataset: {e}")))?;
+    file.seek(SeekFrom::Start(offset))
+        .map_err(|e| GpuError::Unavailable(format!("dataset: {e}")))?;
+    let mut at = 0u64;
+    while at < size {
+        let n = usize::try_from((size - at).min(proto::SHM_BYTES as u64))
+            .map_err(|_| invalid("chunk"))?;
+        let shm = conn.shm()?;
+        let chunk = shm.get_mut(..n).ok_or_else(|| invalid("upload chunk"))?;
+        file.read_exact(chunk)
+            .map_err(|e| GpuError::Unavailable(format!("dataset changed: {e}")))?;
+        conn.request(&Request::Write {
+            id,
+            offset: at,
+            len: n as u64,
+            flush: at + n as u64 == size,
+        })?;
+        at += n as u64;
+    }
+    Ok(())
 }
 
 fn over_pinned(size: u64, pinned: u64, budget: u64) -> GpuError {

@@ -167,6 +167,13 @@ impl Warm {
         self.next_id
     }
 
+    /// The resident ranges, least recently used first.
+    pub fn buffers_by_age(&self) -> Vec<(ResidentKey, u64)> {
+        let mut v: Vec<(&ResidentKey, &Resident)> = self.buffers.iter().collect();
+        v.sort_by_key(|(_, r)| r.last_used);
+        v.into_iter().map(|(k, r)| (k.clone(), r.size)).collect()
+    }
+
     #[cfg(test)]
     pub fn kernels(&self) -> usize {
         self.kernels.len()

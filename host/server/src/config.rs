@@ -38,6 +38,12 @@ pub struct ServerConfig {
     pub preload_modules: usize,
     /// ... and at most this many bytes of their artifact files together.
     pub preload_bytes: u64,
+    /// Keep GPU-resident dataset ranges across restarts: the ledger of what
+    /// each tenant had resident per adapter entry is kept in
+    /// `<data_dir>/gpu-warm.json` and re-uploaded in the background at
+    /// start, each range checked again against the tenant's current policy,
+    /// its datasets and the budgets. In-process execution only.
+    pub restore_gpu_state: bool,
     /// `fsync` every commit (SQLite `synchronous = FULL`): survives power
     /// loss, not only process crashes. Writes are group-committed, so this
     /// costs one fsync per batch, not per request. On by default: a signed
@@ -116,6 +122,7 @@ impl Default for ServerConfig {
             compiled_cache_bytes: 1 << 30,
             preload_modules: 16,
             preload_bytes: 256 << 20,
+            restore_gpu_state: true,
             gpu: kasbah_runtime::kasbah_gpu::GpuConfig {
                 adapters: vec![kasbah_runtime::kasbah_gpu::AdapterConfig::new(
                     "gpu0", "local",

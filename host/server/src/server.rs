@@ -43,6 +43,9 @@ pub struct Server {
     /// (`runs::execute::preload_recent`), if one was started: joining it
     /// gives how many modules it loaded.
     pub preload: Option<std::thread::JoinHandle<usize>>,
+    /// The restore of GPU warm state and the ledger's saver
+    /// (`runs::gpu_state`).
+    pub gpu_state: crate::runs::gpu_state::GpuStateTasks,
     task: tokio::task::JoinHandle<()>,
     stop: tokio::sync::oneshot::Sender<std::time::Duration>,
 }
@@ -90,7 +93,12 @@ impl Server {
             );
         }
         let state = self.state;
-        tokio::task::spawn_blocking(move || state.db.close()).await?;
+        let gpu_state = self.gpu_state;
+        tokio::task::spawn_blocking(move || {
+            gpu_state.stop(&state);
+            state.db.close()
+        })
+        .await?;
         Ok(())
     }
 }
@@ -184,6 +192,7 @@ pub async fn start(mut config: ServerConfig) -> anyhow::Result<Server> {
         crate::runs::dispatch::start(fleet, state.clone()).await?;
     }
     let preload = crate::runs::execute::preload_recent(&state);
+    let gpu_state = crate::runs::gpu_state::start(&state);
     let app = router(state.clone());
     let (stop, stopped) = tokio::sync::oneshot::channel::<Duration>();
     let task = tokio::spawn(http::serve(listener, app, limits, async move {
@@ -201,6 +210,7 @@ pub async fn start(mut config: ServerConfig) -> anyhow::Result<Server> {
         state,
         limits,
         preload,
+        gpu_state,
         task,
         stop,
     })

@@ -5,12 +5,14 @@
 //! refusals), `scheduler.rs` (admission and the worker permits),
 //! `execute.rs` (running it in this process) or `fleet.rs` (on a zone
 //! worker, over NATS JetStream) → `storage.rs` (the
-//! interface) / `sqlite.rs` (its SQLite implementation). `workers.rs`: the
+//! interface) / `sqlite.rs` (its SQLite implementation). `gpu_state.rs`: GPU warm state kept across
+//! restarts (in-process execution). `workers.rs`: the
 //! fleet's live workers as the API shows them (`GET /v1/fleet/workers`).
 
 pub mod dispatch;
 pub mod execute;
 pub mod fleet;
+pub mod gpu_state;
 pub mod handlers;
 pub mod placement;
 pub mod scheduler;
