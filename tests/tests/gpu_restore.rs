@@ -1,8 +1,9 @@
 //! GPU warm state survives a server restart (issue 15): the ledger of what
-//! each tenant had resident is kept in the data dir and re-uploaded at
+//! each tenant had resident (dataset ranges) and cached (kernels, with their
+//! WGSL) is kept in the data dir and re-uploaded at
 //! start, each range checked again against the tenant's *current* policy,
 //! its datasets and the budgets. A tenant whose GPU grant was withdrawn
-//! meanwhile gets nothing back; a budget lowered meanwhile bounds what
+//! meanwhile gets nothing back (and is forgotten); a budget lowered meanwhile bounds what
 //! comes back; another tenant reaches nothing of what was restored.
 
 use std::collections::BTreeMap;
@@ -162,10 +163,15 @@ async fn resident_ranges_come_back_after_a_restart_within_the_current_policy() {
         (4096, 0),
         "the first run after the restart finds its weights resident"
     );
+    assert_eq!(
+        (g.kernels, g.kernels_cached),
+        (0, 1),
+        "... and its kernel compiled"
+    );
     assert_eq!(output(&url, &a, &first).await, hex(&weights(1)).as_bytes());
     let restore = restored(&mut server).await;
     assert_eq!((restore.processes, restore.buffers), (1, 1), "{restore:?}");
-    assert_eq!(restore.bytes, 4096);
+    assert_eq!((restore.bytes, restore.kernels), (4096, 1));
     assert_eq!(restore.skipped, 1, "beta has no GPU grant now: {restore:?}");
     assert_eq!(resident_bytes(&server), 4096);
 

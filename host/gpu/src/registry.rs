@@ -505,7 +505,11 @@ impl Entry {
             let mut idle = self.idle.lock().unwrap_or_else(PoisonError::into_inner);
             if idle.len() < self.max_idle {
                 if let Some(tenant) = worker.warm.tenant() {
-                    self.ledger().record(tenant, worker.warm.buffers_by_age());
+                    self.ledger().record(
+                        tenant,
+                        worker.warm.buffers_by_age(),
+                        worker.warm.kernel_sources_by_age(),
+                    );
                 }
                 worker.reset();
                 idle.push(worker);

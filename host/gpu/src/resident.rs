@@ -226,6 +226,9 @@ impl Bound {
             // run's own.
             Err(()) => self.new_id(),
         };
+        let source: Option<std::sync::Arc<str>> = (proto::is_warm(id)
+            && code.len() <= crate::warm::MAX_KEPT_SOURCE_BYTES)
+            .then(|| code.as_str().into());
         let request = Request::CreatePipeline {
             id,
             code,
@@ -255,7 +258,7 @@ impl Bound {
         if warm {
             if let Some(w) = &mut self.worker {
                 w.warm
-                    .insert_kernel(key, id, workgroup_size, writable.clone());
+                    .insert_kernel(key, id, workgroup_size, writable.clone(), source);
             }
             self.pin(id, 0);
         }

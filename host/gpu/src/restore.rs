@@ -33,15 +33,20 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
+use sha2::{Digest as _, Sha256};
 
 use crate::registry::{Entry, GpuRegistry};
-use crate::warm::ResidentKey;
+use crate::warm::{KernelKey, ResidentKey};
 
 /// Tenants remembered per adapter entry (the least recent forgotten).
 pub const MAX_LEDGER_TENANTS: usize = 64;
 /// Ranges remembered per tenant and entry (the least recently used
 /// forgotten).
 pub const MAX_LEDGER_RANGES: usize = 1024;
+/// Kernels remembered per tenant and entry, and the bytes of their WGSL
+/// together (the least recently used forgotten first).
+pub const MAX_LEDGER_KERNELS: usize = 64;
+pub const MAX_LEDGER_KERNEL_BYTES: usize = 1 << 20;
 /// The warm-state key of a tenant's runs (`GpuCtx::with_scope`).
 pub(crate) const TENANT_SCOPE: &str = "tenant:";
 /// How long one range's upload may take during a restore before its GPU
@@ -57,7 +62,14 @@ pub struct ResidentRange {
     pub size: u64,
 }
 
-/// What one tenant had resident on one adapter entry.
+/// A cached kernel's source, to compile it again.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KernelSource {
+    pub entry_point: String,
+    pub code: String,
+}
+
+/// What one tenant had resident (and cached) on one adapter entry.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct WarmRecord {
     /// The adapter entry's label.
@@ -67,6 +79,10 @@ pub struct WarmRecord {
     pub seq: u64,
     /// Least recently used first.
     pub buffers: Vec<ResidentRange>,
+    /// Cached kernels whose WGSL the process kept, least recently used
+    /// first.
+    #[serde(default)]
+    pub kernels: Vec<KernelSource>,
 }
 
 /// What a restore may use, answered from the platform's current state.
@@ -87,6 +103,8 @@ pub struct RestoreStats {
     /// Ranges uploaded and resident.
     pub buffers: usize,
     pub bytes: u64,
+    /// Kernels compiled into the cache.
+    pub kernels: usize,
     /// Ranges (or whole records) not restored: no grant, no dataset, out of
     /// range, over a budget, or a failed upload.
     pub skipped: usize,
@@ -97,6 +115,7 @@ impl RestoreStats {
         self.processes += o.processes;
         self.buffers += o.buffers;
         self.bytes += o.bytes;
+        self.kernels += o.kernels;
         self.skipped += o.skipped;
     }
 }
@@ -105,15 +124,45 @@ impl RestoreStats {
 #[derive(Debug, Default)]
 pub(crate) struct Ledger {
     seq: u64,
-    tenants: HashMap<String, (u64, Vec<ResidentRange>)>,
+    tenants: HashMap<String, Held>,
+}
+
+#[derive(Debug)]
+struct Held {
+    seq: u64,
+    ranges: Vec<ResidentRange>,
+    kernels: Vec<(String, Arc<str>)>,
+}
+
+/// The most recent kernels within [`MAX_LEDGER_KERNELS`] and
+/// [`MAX_LEDGER_KERNEL_BYTES`] (input and output least recent first).
+fn bound_kernels(mut kernels: Vec<(String, Arc<str>)>) -> Vec<(String, Arc<str>)> {
+    if kernels.len() > MAX_LEDGER_KERNELS {
+        kernels.drain(..kernels.len() - MAX_LEDGER_KERNELS);
+    }
+    let mut total = 0usize;
+    let keep_from = kernels
+        .iter()
+        .rposition(|(e, c)| {
+            total += e.len() + c.len();
+            total > MAX_LEDGER_KERNEL_BYTES
+        })
+        .map_or(0, |i| i + 1);
+    kernels.drain(..keep_from);
+    kernels
 }
 
 impl Ledger {
     /// The pooled process of warm-state key `scope` (`tenant:<id>`; runs
     /// without a tenant have keys of their own and are not kept) now holds
-    /// `ranges` (least recently used first); an empty list forgets the
-    /// tenant.
-    pub fn record(&mut self, scope: &str, ranges: Vec<(ResidentKey, u64)>) {
+    /// `ranges` and caches `kernels` (least recently used first); nothing
+    /// at all forgets the tenant.
+    pub fn record(
+        &mut self,
+        scope: &str,
+        ranges: Vec<(ResidentKey, u64)>,
+        kernels: Vec<(String, Arc<str>)>,
+    ) {
         let Some(tenant) = scope.strip_prefix(TENANT_SCOPE) else {
             return;
         };
@@ -129,13 +178,19 @@ impl Ledger {
         if ranges.len() > MAX_LEDGER_RANGES {
             ranges.drain(..ranges.len() - MAX_LEDGER_RANGES);
         }
-        if ranges.is_empty() {
+        let kernels = bound_kernels(kernels);
+        if ranges.is_empty() && kernels.is_empty() {
             self.forget(tenant);
             return;
         }
         // Every give-back counts as a use: the order is by recency.
         self.seq += 1;
-        self.tenants.insert(tenant.to_string(), (self.seq, ranges));
+        let held = Held {
+            seq: self.seq,
+            ranges,
+            kernels,
+        };
+        self.tenants.insert(tenant.to_string(), held);
         self.trim();
     }
 
@@ -149,13 +204,23 @@ impl Ledger {
     /// Take a record from an earlier process (its order kept, after what
     /// this ledger already knows).
     fn seed(&mut self, r: &WarmRecord) {
-        if self.tenants.contains_key(&r.tenant) || r.buffers.is_empty() {
+        if self.tenants.contains_key(&r.tenant) || (r.buffers.is_empty() && r.kernels.is_empty()) {
             return;
         }
         self.seq += 1;
         let mut ranges = r.buffers.clone();
         ranges.truncate(MAX_LEDGER_RANGES);
-        self.tenants.insert(r.tenant.clone(), (self.seq, ranges));
+        let kernels = r
+            .kernels
+            .iter()
+            .map(|k| (k.entry_point.clone(), Arc::from(k.code.as_str())))
+            .collect();
+        let held = Held {
+            seq: self.seq,
+            ranges,
+            kernels: bound_kernels(kernels),
+        };
+        self.tenants.insert(r.tenant.clone(), held);
         self.trim();
     }
 
@@ -164,7 +229,7 @@ impl Ledger {
             let Some(oldest) = self
                 .tenants
                 .iter()
-                .min_by_key(|(_, (seq, _))| *seq)
+                .min_by_key(|(_, h)| h.seq)
                 .map(|(t, _)| t.clone())
             else {
                 return;
@@ -181,11 +246,19 @@ impl Ledger {
         let mut v: Vec<WarmRecord> = self
             .tenants
             .iter()
-            .map(|(tenant, (seq, buffers))| WarmRecord {
+            .map(|(tenant, h)| WarmRecord {
                 adapter: adapter.to_string(),
                 tenant: tenant.clone(),
-                seq: *seq,
-                buffers: buffers.clone(),
+                seq: h.seq,
+                buffers: h.ranges.clone(),
+                kernels: h
+                    .kernels
+                    .iter()
+                    .map(|(e, c)| KernelSource {
+                        entry_point: e.clone(),
+                        code: c.to_string(),
+                    })
+                    .collect(),
             })
             .collect();
         v.sort_by_key(|r| std::cmp::Reverse(r.seq));
@@ -376,6 +449,63 @@ async fn restore_one(job: Job, gate: &dyn RestoreGate) -> RestoreStats {
             }
         }
     }
+    for k in &r.kernels {
+        if !worker.health.is_healthy() {
+            break;
+        }
+        if k.code.len() > crate::host::MAX_WGSL_BYTES
+            || k.entry_point.len() > crate::host::MAX_ENTRY_POINT_BYTES
+        {
+            stats.skipped += 1;
+            continue;
+        }
+        let key = KernelKey {
+            code: Sha256::digest(k.code.as_bytes()).into(),
+            entry_point: k.entry_point.clone(),
+        };
+        if worker.warm.kernel(&key).is_some() {
+            continue;
+        }
+        let Ok(evicted) = worker.warm.kernel_room(&|_| false) else {
+            break;
+        };
+        if !evicted.is_empty() {
+            worker.post(move |conn| {
+                let _ = conn.request(&crate::proto::Request::Evict { ids: evicted });
+            });
+        }
+        let id = worker.warm.kernel_id();
+        let request = crate::proto::Request::CreatePipeline {
+            id,
+            code: k.code.clone(),
+            entry_point: k.entry_point.clone(),
+            workgroup_storage_limit: entry.limits.max_compute_workgroup_storage_size,
+        };
+        let done = worker
+            .call(Some(UPLOAD_BUDGET), Duration::ZERO, move |conn| {
+                conn.request(&request)
+            })
+            .await;
+        match done.result {
+            Ok(crate::proto::Value::Pipeline {
+                workgroup_size,
+                writable,
+            }) => {
+                let source = Some(Arc::from(k.code.as_str()));
+                worker
+                    .warm
+                    .insert_kernel(key, id, workgroup_size, writable, source);
+                stats.kernels += 1;
+            }
+            Ok(_) | Err(_) => {
+                // An id the process may hold: dropped like an eviction.
+                worker.post(move |conn| {
+                    let _ = conn.request(&crate::proto::Request::Evict { ids: vec![id] });
+                });
+                stats.skipped += 1;
+            }
+        }
+    }
     let healthy = worker.health.is_healthy();
     entry.give_back(worker, healthy);
     stats
@@ -399,23 +529,35 @@ mod tests {
     #[test]
     fn the_ledger_keeps_digests_only_and_is_bounded() {
         let mut l = Ledger::default();
-        l.record("anonymous-7", vec![key("sha256:aa", 0)]);
+        l.record("anonymous-7", vec![key("sha256:aa", 0)], Vec::new());
         assert!(
             l.records("x").is_empty(),
             "runs without a tenant are not kept"
         );
-        l.record("tenant:a", vec![key("sha256:aa", 0), key("file:1:2", 1)]);
+        l.record(
+            "tenant:a",
+            vec![key("sha256:aa", 0), key("file:1:2", 1)],
+            Vec::new(),
+        );
         let g = l.generation();
-        l.record("tenant:a", vec![key("sha256:aa", 0), key("file:1:2", 1)]);
+        l.record(
+            "tenant:a",
+            vec![key("sha256:aa", 0), key("file:1:2", 1)],
+            Vec::new(),
+        );
         assert_eq!(l.generation(), g + 1, "a use is recorded (recency)");
         let r = l.records("x");
         assert_eq!(r.len(), 1);
         assert_eq!(r[0].buffers.len(), 1, "file-identity keys are not kept");
         assert_eq!(r[0].tenant, "a");
-        l.record("tenant:a", Vec::new());
+        l.record("tenant:a", Vec::new(), Vec::new());
         assert!(l.records("x").is_empty());
         for t in 0..MAX_LEDGER_TENANTS + 5 {
-            l.record(&format!("tenant:t{t}"), vec![key("sha256:aa", 0)]);
+            l.record(
+                &format!("tenant:t{t}"),
+                vec![key("sha256:aa", 0)],
+                Vec::new(),
+            );
         }
         let r = l.records("x");
         assert_eq!(r.len(), MAX_LEDGER_TENANTS);
@@ -427,10 +569,33 @@ mod tests {
         let many: Vec<_> = (0..MAX_LEDGER_RANGES as u64 + 3)
             .map(|n| key("sha256:bb", n))
             .collect();
-        l.record("tenant:big", many);
+        l.record("tenant:big", many, Vec::new());
         let big = l.records("x").into_iter().find(|r| r.tenant == "big");
         let big = big.expect("big");
         assert_eq!(big.buffers.len(), MAX_LEDGER_RANGES);
         assert_eq!(big.buffers[0].offset, 12, "the least recently used dropped");
+        let src =
+            |n: usize| -> (String, Arc<str>) { (format!("k{n}"), Arc::from("x".repeat(100_000))) };
+        l.record("tenant:k", Vec::new(), (0..20).map(src).collect());
+        let k = l
+            .records("x")
+            .into_iter()
+            .find(|r| r.tenant == "k")
+            .expect("k");
+        assert_eq!(k.kernels.len(), 10, "1 MiB of WGSL at most");
+        assert_eq!(k.kernels[0].entry_point, "k10", "the most recent kept");
+        l.record(
+            "tenant:k",
+            Vec::new(),
+            (0..100)
+                .map(|n| (format!("e{n}"), Arc::from("y")))
+                .collect(),
+        );
+        let k = l
+            .records("x")
+            .into_iter()
+            .find(|r| r.tenant == "k")
+            .expect("k");
+        assert_eq!(k.kernels.len(), MAX_LEDGER_KERNELS);
     }
 }

@@ -17,6 +17,11 @@ use crate::proto::{Id, WARM};
 
 /// Cached kernels one GPU process keeps (least recently used evicted).
 pub const MAX_CACHED_KERNELS: usize = 256;
+/// A cached kernel's WGSL is kept (for the restore after a restart,
+/// `restore.rs`) only if it is at most this long ...
+pub const MAX_KEPT_SOURCE_BYTES: usize = 64 << 10;
+/// ... and while the kept sources of the process stay within this.
+pub const MAX_KEPT_SOURCES_BYTES: usize = 4 << 20;
 
 /// A dataset-backed buffer: a byte range of a dataset, by content.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -49,6 +54,8 @@ pub(crate) struct CachedKernel {
     pub id: Id,
     pub workgroup_size: [u32; 3],
     pub writable: Vec<(u32, u32)>,
+    /// Its WGSL, when kept (see [`MAX_KEPT_SOURCE_BYTES`]).
+    pub source: Option<Arc<str>>,
     last_used: u64,
 }
 
@@ -113,6 +120,8 @@ pub(crate) struct Warm {
     tenant: Option<String>,
     buffers: HashMap<ResidentKey, Resident>,
     kernels: HashMap<KernelKey, CachedKernel>,
+    /// Bytes of WGSL kept by `kernels`.
+    kept_source: usize,
     next_id: Id,
     clock: u64,
 }
@@ -124,6 +133,7 @@ impl Warm {
             tenant: None,
             buffers: HashMap::new(),
             kernels: HashMap::new(),
+            kept_source: 0,
             next_id: WARM,
             clock: 0,
         }
@@ -154,6 +164,7 @@ impl Warm {
         let had = !self.buffers.is_empty() || !self.kernels.is_empty();
         self.buffers.clear();
         self.kernels.clear();
+        self.kept_source = 0;
         had
     }
 
@@ -260,6 +271,7 @@ impl Warm {
                 .map(|(key, _)| key.clone())
                 .ok_or(())?;
             if let Some(k) = self.kernels.remove(&key) {
+                self.kept_source -= k.source.as_ref().map_or(0, |s| s.len());
                 evicted.push(k.id);
             }
         }
@@ -277,17 +289,40 @@ impl Warm {
         id: Id,
         workgroup_size: [u32; 3],
         writable: Vec<(u32, u32)>,
+        source: Option<Arc<str>>,
     ) {
         let last_used = self.tick();
-        self.kernels.insert(
+        let source = source.filter(|s| {
+            s.len() <= MAX_KEPT_SOURCE_BYTES && self.kept_source + s.len() <= MAX_KEPT_SOURCES_BYTES
+        });
+        self.kept_source += source.as_ref().map_or(0, |s| s.len());
+        let old = self.kernels.insert(
             key,
             CachedKernel {
                 id,
                 workgroup_size,
                 writable,
+                source,
                 last_used,
             },
         );
+        if let Some(old) = old {
+            self.kept_source -= old.source.as_ref().map_or(0, |s| s.len());
+        }
+    }
+
+    /// The kept sources of the cached kernels, least recently used first:
+    /// `(entry point, WGSL)`.
+    pub fn kernel_sources_by_age(&self) -> Vec<(String, Arc<str>)> {
+        let mut v: Vec<(&KernelKey, &CachedKernel)> = self
+            .kernels
+            .iter()
+            .filter(|(_, k)| k.source.is_some())
+            .collect();
+        v.sort_by_key(|(_, k)| k.last_used);
+        v.into_iter()
+            .filter_map(|(key, k)| Some((key.entry_point.clone(), k.source.clone()?)))
+            .collect()
     }
 }
 
@@ -350,7 +385,7 @@ mod tests {
                 code: [0; 32],
                 entry_point: format!("k{i}"),
             };
-            w.insert_kernel(k, id, [1, 1, 1], Vec::new());
+            w.insert_kernel(k, id, [1, 1, 1], Vec::new(), None);
         }
         assert_eq!(w.kernel_room(&|_| false).map(|v| v.len()), Ok(1));
         assert_eq!(w.kernels(), MAX_CACHED_KERNELS - 1);
@@ -359,7 +394,7 @@ mod tests {
             code: [1; 32],
             entry_point: "x".into(),
         };
-        w.insert_kernel(k, id, [1, 1, 1], Vec::new());
+        w.insert_kernel(k, id, [1, 1, 1], Vec::new(), None);
         assert_eq!(w.kernel_room(&|_| true), Err(()));
     }
 }
