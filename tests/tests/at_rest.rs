@@ -99,6 +99,7 @@ async fn the_data_dir_is_private_under_any_umask_and_fixed_at_start() {
         "kasbah.db-shm",
         "audit-log.key",
         "compiled.key",
+        "gpu-warm.json",
     ] {
         if dir.join(f).exists() {
             set(&dir.join(f), 0o644);

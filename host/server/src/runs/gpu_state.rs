@@ -68,9 +68,17 @@ pub fn save(s: &AppState) {
     let path = ledger_path(s);
     let records = s.runtime.gpu().warm_ledger();
     let write = || -> std::io::Result<()> {
+        use std::io::Write as _;
+        use std::os::unix::fs::OpenOptionsExt as _;
         let tmp = path.with_extension("json.tmp");
         let bytes = serde_json::to_vec(&records).map_err(std::io::Error::other)?;
-        std::fs::write(&tmp, bytes)?;
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&tmp)?;
+        f.write_all(&bytes)?;
         crate::at_rest::set_mode(&tmp, 0o600)?;
         std::fs::rename(&tmp, &path)
     };

@@ -127,6 +127,10 @@ impl Db {
         conn.pragma_update(None, "wal_autocheckpoint", writer::WAL_AUTOCHECKPOINT_PAGES)?;
         let mut conn = conn;
         schema::create(&mut conn)?;
+        let now_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX));
+        schema::record_start(&mut conn, now_ms)?;
         let size = audit::check(&conn)
             .map_err(|e| anyhow::anyhow!("{}: {e}; refusing to start", path.display()))?;
         let mut readers = Vec::with_capacity(READERS);
