@@ -7,10 +7,15 @@
 //! Once: a data dir with a tenant, both modules published and the MiniLM
 //! weights uploaded as datasets. Then ROUNDS times, for each module, two
 //! fresh server processes on that data dir:
-//! - **cold**: `<data_dir>/compiled/` removed first, so the first run
-//!   compiles the module (publishing compiled it in an earlier process);
-//! - **disk**: the artifact the cold process wrote is there, so the first run
-//!   loads it (HMAC check + deserialize) instead of compiling;
+//! - **cold**: `<data_dir>/compiled/` and the GPU ledger
+//!   (`<data_dir>/gpu-warm.json`) removed first, so the first run compiles
+//!   the module (publishing compiled it in an earlier process) and uploads
+//!   its weights and compiles its kernels;
+//! - **disk**: the artifact and the ledger the previous process wrote are
+//!   there, so the first run loads the module (HMAC check + deserialize)
+//!   instead of compiling it, and finds the weights resident and kernels
+//!   cached (restored at start, in the background; the run waits for the
+//!   restore if it is still under way);
 //! - **disk+other**: the same, after one run of another module (`gpu-matmul`
 //!   on an 8×8 product): the first run then no longer pays for what is first
 //!   in the process (connection, token and policy lookups, the first SQLite
@@ -286,6 +291,7 @@ fn main() -> anyhow::Result<()> {
             for (m, mode) in MODES.iter().enumerate() {
                 if *mode == "cold" {
                     std::fs::remove_dir_all(data.join("compiled")).ok();
+                    std::fs::remove_file(data.join("gpu-warm.json")).ok();
                 }
                 let serve = Serve::start(&config, &data)?;
                 let client = Client::new(&serve.url, &setup.token);
