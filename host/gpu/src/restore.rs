@@ -41,8 +41,8 @@ use crate::warm::{KernelKey, ResidentKey};
 /// Tenants remembered per adapter entry (the least recent forgotten).
 pub const MAX_LEDGER_TENANTS: usize = 64;
 /// Ranges remembered per tenant and entry (the least recently used
-/// forgotten).
-pub const MAX_LEDGER_RANGES: usize = 1024;
+/// forgotten; MiniLM's weights are ~100 ranges).
+pub const MAX_LEDGER_RANGES: usize = 256;
 /// Kernels remembered per tenant and entry, and the bytes of their WGSL
 /// together (the least recently used forgotten first).
 pub const MAX_LEDGER_KERNELS: usize = 64;
@@ -242,7 +242,10 @@ impl Ledger {
         self.seq
     }
 
-    fn records(&self, adapter: &str) -> Vec<WarmRecord> {
+    /// The records, most recent first; only the first `with_kernels`
+    /// carry their kernels' WGSL (only as many tenants as an entry pools
+    /// processes are restored: a ledger stays a few MiB at most).
+    fn records(&self, adapter: &str, with_kernels: usize) -> Vec<WarmRecord> {
         let mut v: Vec<WarmRecord> = self
             .tenants
             .iter()
@@ -262,6 +265,9 @@ impl Ledger {
             })
             .collect();
         v.sort_by_key(|r| std::cmp::Reverse(r.seq));
+        for r in v.iter_mut().skip(with_kernels) {
+            r.kernels.clear();
+        }
         v
     }
 }
@@ -271,7 +277,7 @@ impl GpuRegistry {
     pub fn warm_ledger(&self) -> Vec<WarmRecord> {
         self.entries()
             .iter()
-            .flat_map(|e| e.ledger().records(&e.label))
+            .flat_map(|e| e.ledger().records(&e.label, e.max_idle()))
             .collect()
     }
 
@@ -531,7 +537,7 @@ mod tests {
         let mut l = Ledger::default();
         l.record("anonymous-7", vec![key("sha256:aa", 0)], Vec::new());
         assert!(
-            l.records("x").is_empty(),
+            l.records("x", 1).is_empty(),
             "runs without a tenant are not kept"
         );
         l.record(
@@ -546,12 +552,12 @@ mod tests {
             Vec::new(),
         );
         assert_eq!(l.generation(), g + 1, "a use is recorded (recency)");
-        let r = l.records("x");
+        let r = l.records("x", 1);
         assert_eq!(r.len(), 1);
         assert_eq!(r[0].buffers.len(), 1, "file-identity keys are not kept");
         assert_eq!(r[0].tenant, "a");
         l.record("tenant:a", Vec::new(), Vec::new());
-        assert!(l.records("x").is_empty());
+        assert!(l.records("x", 1).is_empty());
         for t in 0..MAX_LEDGER_TENANTS + 5 {
             l.record(
                 &format!("tenant:t{t}"),
@@ -559,7 +565,7 @@ mod tests {
                 Vec::new(),
             );
         }
-        let r = l.records("x");
+        let r = l.records("x", 1);
         assert_eq!(r.len(), MAX_LEDGER_TENANTS);
         assert_eq!(r[0].tenant, format!("t{}", MAX_LEDGER_TENANTS + 4));
         assert!(
@@ -570,7 +576,7 @@ mod tests {
             .map(|n| key("sha256:bb", n))
             .collect();
         l.record("tenant:big", many, Vec::new());
-        let big = l.records("x").into_iter().find(|r| r.tenant == "big");
+        let big = l.records("x", 1).into_iter().find(|r| r.tenant == "big");
         let big = big.expect("big");
         assert_eq!(big.buffers.len(), MAX_LEDGER_RANGES);
         assert_eq!(big.buffers[0].offset, 12, "the least recently used dropped");
@@ -578,7 +584,7 @@ mod tests {
             |n: usize| -> (String, Arc<str>) { (format!("k{n}"), Arc::from("x".repeat(100_000))) };
         l.record("tenant:k", Vec::new(), (0..20).map(src).collect());
         let k = l
-            .records("x")
+            .records("x", 1)
             .into_iter()
             .find(|r| r.tenant == "k")
             .expect("k");
@@ -591,11 +597,12 @@ mod tests {
                 .map(|n| (format!("e{n}"), Arc::from("y")))
                 .collect(),
         );
-        let k = l
-            .records("x")
-            .into_iter()
-            .find(|r| r.tenant == "k")
-            .expect("k");
-        assert_eq!(k.kernels.len(), MAX_LEDGER_KERNELS);
+        let all = l.records("x", 1);
+        assert_eq!(all[0].tenant, "k", "the most recent first");
+        assert_eq!(all[0].kernels.len(), MAX_LEDGER_KERNELS);
+        assert!(
+            all[1..].iter().all(|r| r.kernels.is_empty()),
+            "kernels only for the tenants a restore would take"
+        );
     }
 }

@@ -19,7 +19,8 @@ use crate::tenancy::storage::TenancyStore;
 /// The ledger file under the data dir.
 pub const LEDGER_FILE: &str = "gpu-warm.json";
 /// A ledger file larger than this is not read (it is a few KiB normally:
-/// at most 64 tenants × 1024 ranges per adapter entry).
+/// at most 64 tenants × 256 ranges per adapter entry, and
+/// kernel sources of a few tenants).
 const MAX_LEDGER_BYTES: u64 = 16 << 20;
 /// How often a changed ledger is written while the server runs.
 const SAVE_EVERY: Duration = Duration::from_secs(2);
