@@ -348,7 +348,12 @@ mod tests {
         let w1 = CosignerKey::from_seed("w1.example", &[2; 32]).expect("w1");
         let w2 = CosignerKey::from_seed("w2.example", &[3; 32]).expect("w2");
         let text = cp.checkpoint.text();
-        let note = format!("{}{}{}", cp.note, w1.cosign(&text, 1_700_000_000), w2.cosign(&text, 7));
+        let note = format!(
+            "{}{}{}",
+            cp.note,
+            w1.cosign(&text, 1_700_000_000),
+            w2.cosign(&text, 7)
+        );
         let (v1, v2) = (w1.verifier(), w2.verifier());
         assert_eq!(v1.verify(&note), Ok(1_700_000_000));
         assert_eq!(v2.verify(&note), Ok(7));
@@ -357,9 +362,17 @@ mod tests {
         // vkeys round-trip and carry type 0x04 (not the log key type).
         let parsed: CosignerVerifier = v1.to_string().parse().expect("vkey");
         assert_eq!(parsed, v1);
-        assert!(log.verifier().to_string().parse::<CosignerVerifier>().is_err());
+        assert!(
+            log.verifier()
+                .to_string()
+                .parse::<CosignerVerifier>()
+                .is_err()
+        );
         assert!(v1.to_string().parse::<crate::LogVerifier>().is_err());
-        assert_ne!(v1.key_id(), crate::note::key_id("w1.example", &v1.key.to_bytes()));
+        assert_ne!(
+            v1.key_id(),
+            crate::note::key_id("w1.example", &v1.key.to_bytes())
+        );
 
         assert_eq!(
             require_cosignatures(&note, &[v1.clone(), v2.clone()], 2).expect("2 of 2"),
@@ -397,7 +410,9 @@ mod tests {
         let back = CosignerKey::load(&path).expect("load");
         assert_eq!(back.verifier(), k.verifier());
         assert!(k.save(&path).is_err(), "never overwrites");
-        let log_key = LogSigner::generate("x").expect("log key").to_private_key_string();
+        let log_key = LogSigner::generate("x")
+            .expect("log key")
+            .to_private_key_string();
         assert!(matches!(
             CosignerKey::from_private_key_string(&log_key),
             Err(KeyError::UnsupportedAlgorithm(1))

@@ -242,7 +242,10 @@ pub(crate) fn read_secret(path: &Path) -> Result<Zeroizing<String>, KeyError> {
     Ok(Zeroizing::new(std::fs::read_to_string(path).map_err(io)?))
 }
 
-pub(crate) fn split_key<'a>(s: &'a str, what: &'static str) -> Result<(&'a str, u32, &'a str), KeyError> {
+pub(crate) fn split_key<'a>(
+    s: &'a str,
+    what: &'static str,
+) -> Result<(&'a str, u32, &'a str), KeyError> {
     // name+hexid+base64; base64 may itself contain '+', the name may not.
     let mut parts = s.splitn(3, '+');
     let (Some(name), Some(id), Some(b64)) = (parts.next(), parts.next(), parts.next()) else {

@@ -280,10 +280,28 @@ mod tests {
             assert_eq!(t.path(), p);
         }
         for bad in [
-            "", "0", "0/", "00/000", "64/000", "0/0", "0/0000", "0/001/002", "0/x001",
-            "0/x000/001", "0/000.p/0", "0/000.p/256", "0/000.p/05", "0/000.p/", "x/000",
-            "entries/000.p/x", "0/x001/x002/x003/x004/x005/x006/x007/008", "0/-01",
-            "0/x999/x999/x999/x999/x999/x999/999", "0/000.p/1/2", "-1/000", "+1/000",
+            "",
+            "0",
+            "0/",
+            "00/000",
+            "64/000",
+            "0/0",
+            "0/0000",
+            "0/001/002",
+            "0/x001",
+            "0/x000/001",
+            "0/000.p/0",
+            "0/000.p/256",
+            "0/000.p/05",
+            "0/000.p/",
+            "x/000",
+            "entries/000.p/x",
+            "0/x001/x002/x003/x004/x005/x006/x007/008",
+            "0/-01",
+            "0/x999/x999/x999/x999/x999/x999/999",
+            "0/000.p/1/2",
+            "-1/000",
+            "+1/000",
         ] {
             assert!(Tile::parse(bad).is_err(), "{bad:?} accepted");
         }
@@ -321,7 +339,10 @@ mod tests {
             sub.append_leaf_hashes(&leaves[(i * 256) as usize..((i + 1) * 256) as usize])
                 .expect("sub");
             let want = sub.root().expect("root");
-            assert_eq!(&l1[(i * 32) as usize..(i as usize + 1) * 32], want.as_bytes());
+            assert_eq!(
+                &l1[(i * 32) as usize..(i as usize + 1) * 32],
+                want.as_bytes()
+            );
         }
         let l0 = read_hash_tile(log.store(), &Tile::parse("0/257.p/44").expect("t")).expect("t");
         assert_eq!(l0.len(), 44 * 32);

@@ -102,7 +102,8 @@ pub fn parse_request(body: &str) -> Result<AddCheckpoint, Refusal> {
         if proof.len() == MAX_PROOF_LINES {
             return Err(bad("more than 63 consistency proof lines"));
         }
-        proof.push(Hash::from_base64(line).ok_or_else(|| bad("a proof line is not a base64 hash"))?);
+        proof
+            .push(Hash::from_base64(line).ok_or_else(|| bad("a proof line is not a base64 hash"))?);
     }
     Ok(AddCheckpoint {
         old_size,
@@ -122,10 +123,9 @@ pub fn check(
     last: impl FnOnce(&str) -> Option<Cosigned>,
 ) -> Result<Checkpoint, Refusal> {
     let parsed = parse_note(&req.note).map_err(|e| bad(format!("checkpoint note: {e}")))?;
-    let checkpoint =
-        Checkpoint::parse(parsed.text).map_err(|e| bad(format!("checkpoint: {e}")))?;
-    let keys =
-        keys_for(&checkpoint.origin).ok_or_else(|| Refusal::UnknownLog(checkpoint.origin.clone()))?;
+    let checkpoint = Checkpoint::parse(parsed.text).map_err(|e| bad(format!("checkpoint: {e}")))?;
+    let keys = keys_for(&checkpoint.origin)
+        .ok_or_else(|| Refusal::UnknownLog(checkpoint.origin.clone()))?;
     // Signatures by unknown keys are ignored; a line naming a trusted key
     // must verify; at least one trusted key must have signed.
     let mut signed = false;
@@ -146,7 +146,9 @@ pub fn check(
     }
     let (old, new) = (req.old_size, checkpoint.size);
     if old > new {
-        return Err(bad(format!("old size {old} is larger than the checkpoint's {new}")));
+        return Err(bad(format!(
+            "old size {old} is larger than the checkpoint's {new}"
+        )));
     }
     let current = last(&checkpoint.origin);
     let current_size = current.as_ref().map_or(0, |c| c.size);
@@ -236,7 +238,10 @@ mod tests {
         ] {
             assert!(parse_request(bad).is_err(), "{bad:?}");
         }
-        let many = format!("old 1\n{}\nx", "PlRNCrwHpqhGrupue0L7gxbjbMiKA9temvuZZDDpkaw=\n".repeat(64));
+        let many = format!(
+            "old 1\n{}\nx",
+            "PlRNCrwHpqhGrupue0L7gxbjbMiKA9temvuZZDDpkaw=\n".repeat(64)
+        );
         assert!(parse_request(&many).is_err());
     }
 
@@ -268,7 +273,10 @@ mod tests {
         // Rollback: the witness is at 20, the log claims 7 → 409 with 20.
         assert_eq!(
             check(&req(7, 7), keys, |_| at(20)).expect_err("stale"),
-            Refusal::Conflict { old: 7, current: 20 }
+            Refusal::Conflict {
+                old: 7,
+                current: 20
+            }
         );
         // Old size above the checkpoint's: 400.
         let mut r = req(7, 7);
@@ -281,13 +289,21 @@ mod tests {
             proof: fork.consistency_proof(7, 20).expect("proof"),
             note: fork.checkpoint_at(20, &key).expect("cp").note,
         };
-        assert_eq!(check(&forked, keys, |_| at(7)).expect_err("fork").status(), 422);
+        assert_eq!(
+            check(&forked, keys, |_| at(7)).expect_err("fork").status(),
+            422
+        );
         let same_size_fork = AddCheckpoint {
             old_size: 20,
             proof: vec![],
             note: fork.checkpoint_at(20, &key).expect("cp").note,
         };
-        assert_eq!(check(&same_size_fork, keys, |_| at(20)).expect_err("fork").status(), 422);
+        assert_eq!(
+            check(&same_size_fork, keys, |_| at(20))
+                .expect_err("fork")
+                .status(),
+            422
+        );
         // A bad proof, and a proof from the empty tree.
         let mut r = req(7, 20);
         r.proof[0] = Hash::leaf(b"x");
