@@ -10,6 +10,10 @@
 //! * [`note`], [`checkpoint`]: C2SP signed notes (Ed25519) and checkpoints.
 //! * [`receipt`]: offline receipt verification and the fork/rollback
 //!   [`Watcher`].
+//! * [`tiles`]: the tree as C2SP tlog-tiles (hash tiles read from the
+//!   store, entry bundles).
+//! * [`cosignature`], [`witness`]: C2SP tlog-cosignature (Ed25519, type
+//!   0x04) and the rules of a tlog-witness `add-checkpoint` call.
 //!
 //! No async runtime, no HTTP, no wasmtime: the SDK's native client reuses the
 //! verifier half as is.
@@ -50,15 +54,19 @@
 //! ```
 
 pub mod checkpoint;
+pub mod cosignature;
 pub mod entry;
 pub mod hash;
 pub mod note;
 pub mod receipt;
 pub mod store;
+pub mod tiles;
 pub mod tree;
 pub mod verify;
+pub mod witness;
 
 pub use checkpoint::{Checkpoint, CheckpointError, SignedCheckpoint, open_checkpoint};
+pub use cosignature::{CosignatureError, CosignerKey, CosignerVerifier, require_cosignatures};
 pub use entry::{
     Credential, DatasetCreated, Denial, Entry, EntryBody, EntryError, ModulePublished, PolicySet,
     RunExecuted, TenantCreated,

@@ -169,46 +169,13 @@ impl LogSigner {
     /// Write the private key to a new file readable only by its owner
     /// (mode 0600). Refuses to overwrite an existing file.
     pub fn save(&self, path: &Path) -> Result<(), KeyError> {
-        use std::io::Write as _;
-        let io = |source| KeyError::Io {
-            path: path.display().to_string(),
-            source,
-        };
-        let mut opts = std::fs::OpenOptions::new();
-        opts.write(true).create_new(true);
-        #[cfg(unix)]
-        {
-            use std::os::unix::fs::OpenOptionsExt as _;
-            opts.mode(0o600);
-        }
-        let mut f = opts.open(path).map_err(io)?;
-        let mut text = Zeroizing::new(self.to_private_key_string());
-        text.push('\n');
-        f.write_all(text.as_bytes())
-            .and_then(|()| f.sync_all())
-            .map_err(io)
+        write_secret(path, &Zeroizing::new(self.to_private_key_string()))
     }
 
     /// Read a key written by [`Self::save`]. On Unix, refuses a file that
     /// group or others can read.
     pub fn load(path: &Path) -> Result<Self, KeyError> {
-        let io = |source| KeyError::Io {
-            path: path.display().to_string(),
-            source,
-        };
-        #[cfg(unix)]
-        {
-            use std::os::unix::fs::PermissionsExt as _;
-            let mode = std::fs::metadata(path).map_err(io)?.permissions().mode();
-            if mode & 0o077 != 0 {
-                return Err(KeyError::InsecurePermissions {
-                    path: path.display().to_string(),
-                    mode: mode & 0o7777,
-                });
-            }
-        }
-        let text = Zeroizing::new(std::fs::read_to_string(path).map_err(io)?);
-        Self::from_private_key_string(&text)
+        Self::from_private_key_string(&read_secret(path)?)
     }
 
     /// Sign `text` (which must end in a newline and be valid note text) and
@@ -231,7 +198,54 @@ impl LogSigner {
     }
 }
 
-fn split_key<'a>(s: &'a str, what: &'static str) -> Result<(&'a str, u32, &'a str), KeyError> {
+/// Write a private key string to a new file readable only by its owner
+/// (mode 0600), with a final newline. Refuses to overwrite a file.
+pub(crate) fn write_secret(path: &Path, secret: &str) -> Result<(), KeyError> {
+    use std::io::Write as _;
+    let io = |source| KeyError::Io {
+        path: path.display().to_string(),
+        source,
+    };
+    let mut opts = std::fs::OpenOptions::new();
+    opts.write(true).create_new(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt as _;
+        opts.mode(0o600);
+    }
+    let mut f = opts.open(path).map_err(io)?;
+    let mut text = Zeroizing::new(secret.to_owned());
+    text.push('\n');
+    f.write_all(text.as_bytes())
+        .and_then(|()| f.sync_all())
+        .map_err(io)
+}
+
+/// Read a private key file; on Unix, refuse one that group or others can
+/// read.
+pub(crate) fn read_secret(path: &Path) -> Result<Zeroizing<String>, KeyError> {
+    let io = |source| KeyError::Io {
+        path: path.display().to_string(),
+        source,
+    };
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        let mode = std::fs::metadata(path).map_err(io)?.permissions().mode();
+        if mode & 0o077 != 0 {
+            return Err(KeyError::InsecurePermissions {
+                path: path.display().to_string(),
+                mode: mode & 0o7777,
+            });
+        }
+    }
+    Ok(Zeroizing::new(std::fs::read_to_string(path).map_err(io)?))
+}
+
+pub(crate) fn split_key<'a>(
+    s: &'a str,
+    what: &'static str,
+) -> Result<(&'a str, u32, &'a str), KeyError> {
     // name+hexid+base64; base64 may itself contain '+', the name may not.
     let mut parts = s.splitn(3, '+');
     let (Some(name), Some(id), Some(b64)) = (parts.next(), parts.next(), parts.next()) else {

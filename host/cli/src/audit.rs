@@ -1,13 +1,17 @@
 //! `kasbah audit …`: the log key, offline receipt verification and the
 //! fork/rollback watcher.
 //!
-//! Exit codes: 0 ok; 1 a receipt was rejected; 3 the watcher caught the log
-//! misbehaving (fork, rollback, bad proof or signature); 2 usage or
-//! transport errors.
+//! Exit codes: 0 ok; 1 a receipt was rejected, or the checkpoint lacks the
+//! witness cosignatures demanded (`--witness … --threshold k`); 3 the
+//! watcher caught the log misbehaving (fork, rollback, bad proof or
+//! signature); 2 usage or transport errors.
 
 use anyhow::Context;
 use clap::Subcommand;
-use kasbah_audit::{LogSigner, LogVerifier, Receipt, WatchOutcome, Watcher, verify_receipt};
+use kasbah_audit::{
+    CosignerVerifier, LogSigner, LogVerifier, Receipt, WatchOutcome, Watcher, require_cosignatures,
+    verify_receipt,
+};
 use kasbah_core::Digest;
 use std::io::Read as _;
 use std::path::{Path, PathBuf};
@@ -61,6 +65,8 @@ pub enum AuditCmd {
         /// Require the entry to be the record of this run.
         #[arg(long)]
         run: Option<String>,
+        #[command(flatten)]
+        witnesses: WitnessArgs,
     },
     /// Check that the log only grew since the last checkpoint seen.
     ///
@@ -78,7 +84,70 @@ pub enum AuditCmd {
         /// Keep watching, checking every this many seconds.
         #[arg(long)]
         every: Option<u64>,
+        #[command(flatten)]
+        witnesses: WitnessArgs,
     },
+}
+
+/// Witness cosignatures demanded on the checkpoint accepted.
+#[derive(clap::Args, Clone, Default)]
+pub struct WitnessArgs {
+    /// A witness's verifier key (vkey of type 0x04, or a file holding
+    /// one); repeat for several.
+    #[arg(long = "witness")]
+    witness: Vec<String>,
+    /// Valid cosignatures required from distinct --witness keys (default:
+    /// all of them).
+    #[arg(long, requires = "witness")]
+    threshold: Option<usize>,
+}
+
+impl WitnessArgs {
+    /// The keys and threshold, checked.
+    fn load(&self) -> anyhow::Result<(Vec<CosignerVerifier>, usize)> {
+        let keys = self
+            .witness
+            .iter()
+            .map(|w| load_witness(w))
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        let threshold = self.threshold.unwrap_or(keys.len());
+        if threshold > keys.len() {
+            return Err(crate::CliError {
+                code: "usage",
+                message: format!(
+                    "--threshold {threshold} is more than the {} --witness keys given",
+                    keys.len()
+                ),
+            }
+            .into());
+        }
+        Ok((keys, threshold))
+    }
+}
+
+/// A witness vkey string, or a file holding one.
+fn load_witness(arg: &str) -> anyhow::Result<CosignerVerifier> {
+    if let Ok(k) = arg.trim().parse::<CosignerVerifier>() {
+        return Ok(k);
+    }
+    let text = std::fs::read_to_string(arg).with_context(|| {
+        format!("--witness {arg:?} is neither a witness verifier key nor a readable file")
+    })?;
+    text.trim()
+        .parse()
+        .map_err(|e| anyhow::anyhow!("{arg}: not a witness verifier key: {e}"))
+}
+
+/// Check the cosignatures `witnesses` demands on a checkpoint note.
+fn cosigned(
+    note: &str,
+    keys: &[CosignerVerifier],
+    threshold: usize,
+) -> Result<Vec<String>, String> {
+    if threshold == 0 {
+        return Ok(Vec::new());
+    }
+    require_cosignatures(note, keys, threshold).map_err(|e| e.to_string())
 }
 
 /// A vkey string, or a file holding one.
@@ -159,8 +228,14 @@ pub async fn audit(ctx: &Ctx, c: AuditCmd) -> anyhow::Result<ExitCode> {
             key,
             module,
             run,
-        } => verify(ctx, &receipt, &key, module, run.as_deref()),
-        AuditCmd::Watch { key, state, every } => watch(ctx, &key, state, every).await,
+            witnesses,
+        } => verify(ctx, &receipt, &key, module, run.as_deref(), &witnesses),
+        AuditCmd::Watch {
+            key,
+            state,
+            every,
+            witnesses,
+        } => watch(ctx, &key, state, every, &witnesses).await,
     }
 }
 
@@ -213,8 +288,10 @@ fn verify(
     key: &str,
     module: Option<Digest>,
     run: Option<&str>,
+    witnesses: &WitnessArgs,
 ) -> anyhow::Result<ExitCode> {
     let key = load_key(key)?;
+    let (wkeys, threshold) = witnesses.load()?;
     let receipt = read_receipt(path)?;
     let rejected = |reason: String| {
         eprintln!("receipt REJECTED: {reason}");
@@ -223,6 +300,10 @@ fn verify(
     let v = match verify_receipt(&receipt, &key, module) {
         Ok(v) => v,
         Err(e) => return rejected(e.to_string()),
+    };
+    let cosigners = match cosigned(&receipt.checkpoint, &wkeys, threshold) {
+        Ok(c) => c,
+        Err(e) => return rejected(format!("checkpoint not witnessed enough: {e}")),
     };
     if let Some(want) = run {
         match &v.entry.body {
@@ -253,6 +334,7 @@ fn verify(
                     "size": v.checkpoint.checkpoint.size,
                     "root": v.checkpoint.checkpoint.root,
                 },
+                "cosigned_by": cosigners,
             }))?
         );
     } else {
@@ -270,6 +352,9 @@ fn verify(
             v.checkpoint.checkpoint.size,
             key
         );
+        if !cosigners.is_empty() {
+            crate::outln!("  cosigned by  {}", cosigners.join(", "));
+        }
         crate::outln!("  keep the checkpoint: `kasbah audit watch` proves later ones extend it");
     }
     Ok(ExitCode::SUCCESS)
@@ -298,15 +383,17 @@ async fn watch(
     key: &str,
     state: Option<PathBuf>,
     every: Option<u64>,
+    witnesses: &WitnessArgs,
 ) -> anyhow::Result<ExitCode> {
     let key = load_key(key)?;
+    let witnesses = witnesses.load()?;
     let state = match state {
         Some(s) => s,
         None => default_state(&key)?,
     };
     let client = ctx.client()?;
     loop {
-        let code = watch_once(&client, &key, &state).await?;
+        let code = watch_once(&client, &key, &state, &witnesses).await?;
         match every {
             Some(secs) if code == ExitCode::SUCCESS => {
                 tokio::time::sleep(Duration::from_secs(secs.max(1))).await
@@ -320,6 +407,7 @@ async fn watch_once(
     client: &kasbah_client::Client,
     key: &LogVerifier,
     state: &Path,
+    (wkeys, threshold): &(Vec<CosignerVerifier>, usize),
 ) -> anyhow::Result<ExitCode> {
     let alarm = |what: String, evidence: &[&str]| {
         eprintln!("ALERT: {what}");
@@ -328,10 +416,15 @@ async fn watch_once(
         }
         ExitCode::from(3)
     };
+    // Only a checkpoint with the cosignatures demanded is considered.
+    let note = client.checkpoint().await?;
+    if let Err(e) = cosigned(&note, wkeys, *threshold) {
+        eprintln!("checkpoint not accepted: {e}");
+        return Ok(ExitCode::from(1));
+    }
     let trusted = match std::fs::read_to_string(state) {
         Ok(t) => t,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            let note = client.checkpoint().await?;
             let c = match kasbah_audit::open_checkpoint(key, &note) {
                 Ok(c) => c,
                 Err(e) => return Ok(alarm(format!("checkpoint rejected: {e}"), &[&note])),
@@ -348,7 +441,7 @@ async fn watch_once(
     };
     let mut watcher = Watcher::new(key.clone(), &trusted)
         .map_err(|e| anyhow::anyhow!("the saved checkpoint in {}: {e}", state.display()))?;
-    match client.watch(&mut watcher).await {
+    match client.watch_note(&mut watcher, &note).await {
         Ok(WatchOutcome::Unchanged) => {
             crate::outln!("unchanged: {}", watcher.trusted().checkpoint);
             Ok(ExitCode::SUCCESS)

@@ -11,6 +11,7 @@ mod local;
 pub mod out;
 mod remote;
 mod serve;
+mod witness;
 
 use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 use std::io::IsTerminal;
@@ -90,6 +91,9 @@ enum Command {
     /// The audit log: key, checkpoints, entries, offline receipt verification, fork watcher.
     #[command(subcommand)]
     Audit(audit::AuditCmd),
+    /// Run a transparency-log witness (C2SP tlog-witness) and make its key (no server needed).
+    #[command(subcommand)]
+    Witness(witness::WitnessCmd),
 }
 
 pub fn main() -> ExitCode {
@@ -162,6 +166,7 @@ pub fn main() -> ExitCode {
         Command::Runs(c) => remote::block_on(remote::runs(&ctx, c)),
         Command::Usage(a) => remote::block_on(remote::usage(&ctx, a)),
         Command::Audit(c) => remote::block_on(audit::audit(&ctx, c)),
+        Command::Witness(c) => witness::witness(c),
     };
     match result {
         Ok(code) => code,

@@ -4,9 +4,9 @@
 //! applies are in `caller.rs` and `tenancy/access.rs`.
 
 use axum::extract::FromRequestParts;
-use axum::http::StatusCode;
 use axum::http::header::AUTHORIZATION;
 use axum::http::request::Parts;
+use axum::http::{HeaderMap, StatusCode};
 
 use crate::caller::Caller;
 use crate::error::{ApiError, ApiResult};
@@ -17,33 +17,38 @@ impl FromRequestParts<AppState> for Caller {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> ApiResult<Self> {
-        let header = parts
-            .headers
-            .get(AUTHORIZATION)
-            .ok_or_else(|| ApiError::unauthenticated("missing `Authorization: Bearer <token>`"))?;
-        let token = header
-            .to_str()
-            .ok()
-            .and_then(|h| h.strip_prefix("Bearer "))
-            .map(str::trim)
-            .filter(|t| !t.is_empty())
-            .ok_or_else(|| ApiError::unauthenticated("malformed Authorization header"))?;
-        match state.tenancy.caller(token).await? {
-            TokenCheck::Valid(c) => Ok(c),
-            TokenCheck::Unknown => Err(ApiError::unauthenticated("unknown token")),
-            // Distinct codes: they tell the holder whether to renew or to
-            // ask why, and tell nobody else anything (it takes the secret
-            // to get either answer).
-            TokenCheck::Expired => Err(ApiError::new(
-                StatusCode::UNAUTHORIZED,
-                "token_expired",
-                "this token has expired; ask for a new one",
-            )),
-            TokenCheck::Revoked => Err(ApiError::new(
-                StatusCode::UNAUTHORIZED,
-                "token_revoked",
-                "this token has been revoked",
-            )),
-        }
+        authenticate(&parts.headers, state).await
+    }
+}
+
+/// The caller a request's bearer token names (for routes whose handler
+/// decides whether a token is needed, e.g. the tile-served log).
+pub async fn authenticate(headers: &HeaderMap, state: &AppState) -> ApiResult<Caller> {
+    let header = headers
+        .get(AUTHORIZATION)
+        .ok_or_else(|| ApiError::unauthenticated("missing `Authorization: Bearer <token>`"))?;
+    let token = header
+        .to_str()
+        .ok()
+        .and_then(|h| h.strip_prefix("Bearer "))
+        .map(str::trim)
+        .filter(|t| !t.is_empty())
+        .ok_or_else(|| ApiError::unauthenticated("malformed Authorization header"))?;
+    match state.tenancy.caller(token).await? {
+        TokenCheck::Valid(c) => Ok(c),
+        TokenCheck::Unknown => Err(ApiError::unauthenticated("unknown token")),
+        // Distinct codes: they tell the holder whether to renew or to
+        // ask why, and tell nobody else anything (it takes the secret
+        // to get either answer).
+        TokenCheck::Expired => Err(ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "token_expired",
+            "this token has expired; ask for a new one",
+        )),
+        TokenCheck::Revoked => Err(ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "token_revoked",
+            "this token has been revoked",
+        )),
     }
 }

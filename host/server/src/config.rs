@@ -65,6 +65,27 @@ pub struct ServerConfig {
     pub audit_origin: String,
     /// Most entries one `GET /v1/audit/entries` examines.
     pub audit_page: u64,
+    /// Serve `GET /checkpoint` and the hash tiles `GET /tile/<L>/<N>` (C2SP
+    /// tlog-tiles) without a token: they reveal sizes and hashes only, what
+    /// witnesses see anyway. `false`: any valid token.
+    pub audit_tiles_public: bool,
+    /// Serve the entry bundles `GET /tile/entries/<N>` without a token. They
+    /// hold every tenant's entries (names, digests, run ids, reasons), so by
+    /// default only admins read them.
+    pub audit_entry_bundles_public: bool,
+    /// Witnesses (C2SP tlog-witness) each new checkpoint is submitted to,
+    /// with a consistency proof; their cosignatures are added to the
+    /// checkpoints served.
+    pub audit_witnesses: Vec<WitnessConfig>,
+    /// Cosignatures a checkpoint needs before it replaces the one served
+    /// (default: every configured witness). Until then the previous
+    /// cosigned checkpoint stays served, so clients demanding cosignatures
+    /// see a slightly older tree rather than an uncosigned one.
+    pub witness_quorum: Option<usize>,
+    /// How often the log looks for a new checkpoint to submit.
+    pub witness_interval_ms: u64,
+    /// Time limit of one submission (connect, send, answer).
+    pub witness_timeout_ms: u64,
     /// Lifetime of a token created without `ttl_seconds` (and of the
     /// bootstrap admin token), in seconds.
     pub token_ttl_seconds: u64,
@@ -104,6 +125,24 @@ pub struct ServerConfig {
     pub nats_inbox_prefix: String,
 }
 
+/// A witness the log submits its checkpoints to.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WitnessConfig {
+    /// Its submission prefix: `POST <url>/add-checkpoint`.
+    pub url: String,
+    /// Its cosigner verifier key (`name+keyid+base64(0x04 ‖ key)`).
+    pub key: String,
+}
+
+impl WitnessConfig {
+    pub fn verifier(&self) -> anyhow::Result<kasbah_audit::CosignerVerifier> {
+        self.key
+            .parse()
+            .map_err(|e| anyhow::anyhow!("witness key {:?}: {e}", self.key))
+    }
+}
+
 /// The largest `token_max_ttl_seconds` accepted (100 years): keeps
 /// `now + ttl` far from overflowing milliseconds in an i64.
 pub const MAX_TOKEN_TTL_SECONDS: u64 = 100 * 366 * 86_400;
@@ -134,6 +173,12 @@ impl Default for ServerConfig {
             fsync_every_commit: true,
             audit_origin: "kasbah.local/log".into(),
             audit_page: 1000,
+            audit_tiles_public: true,
+            audit_entry_bundles_public: false,
+            audit_witnesses: Vec::new(),
+            witness_quorum: None,
+            witness_interval_ms: 1000,
+            witness_timeout_ms: 5000,
             token_ttl_seconds: 90 * 86_400,
             token_max_ttl_seconds: 366 * 86_400,
             header_read_timeout_ms: 10_000,
@@ -184,6 +229,25 @@ impl ServerConfig {
         anyhow::ensure!(
             self.token_max_ttl_seconds <= MAX_TOKEN_TTL_SECONDS,
             "token_max_ttl_seconds must be at most {MAX_TOKEN_TTL_SECONDS} (100 years)"
+        );
+        for w in &self.audit_witnesses {
+            w.verifier()?;
+            // Cosignatures are verified against the pinned key, so the
+            // transport needs no integrity of its own; this build has no TLS.
+            anyhow::ensure!(
+                w.url.starts_with("http://"),
+                "witness url {:?} must start with http:// (no TLS in this build)",
+                w.url
+            );
+        }
+        anyhow::ensure!(
+            self.witness_quorum
+                .is_none_or(|q| (1..=self.audit_witnesses.len()).contains(&q)),
+            "witness_quorum must be between 1 and the number of audit_witnesses"
+        );
+        anyhow::ensure!(
+            self.witness_interval_ms >= 10 && self.witness_timeout_ms >= 10,
+            "witness_interval_ms and witness_timeout_ms must be at least 10"
         );
         let mut problems = self.zones.problems(self.gpu_zones());
         problems.extend(self.nats_auth().problems());

@@ -26,7 +26,8 @@
 //! | `registry/` | modules: publish checks (component, imports granted, host links), records |
 //! | `datasets/` | datasets: labels within the tenant's zones, uploads (fleet mode: into the label zones' object store buckets only), downloads, mounts by name |
 //! | `runs/` | runs: admission (`scheduler.rs`), placement (`placement.rs`), execution in this process (`execute.rs`) or on the fleet's zone workers (`fleet.rs`: the NATS side; `dispatch.rs`: dispatch, results, lost runs), records, usage |
-//! | `audit/` | the log: entry builders (`entries.rs`), tables and queries (`log.rs`), key and checkpoints (`key.rs`), reads and refusals (`service.rs`) |
+//! | `audit/` | the log: entry builders (`entries.rs`), tables and queries (`log.rs`), key and checkpoints (`key.rs`), reads and refusals (`service.rs`), the C2SP tile-served log (`tiles.rs`), submitting checkpoints to witnesses (`witnesses.rs`) |
+//! | `witness/` | `kasbah witness serve`, a C2SP tlog-witness (not part of the platform API; its router is `routes::witness_router`) |
 //! | `store/` | the SQLite core: open, readers, [`store::Db::write`] (change + entries in one batch transaction), `writer.rs` (group commit), `schema.rs` (every table, migrations) |
 //! | `state.rs` | [`state::AppState`]: config, each domain's storage, blobs, runtime, guest threads, scheduler, metrics, log key |
 //! | `routes.rs`, `openapi.rs`, `ops.rs` | the router, the OpenAPI document, `/metrics` |
@@ -71,6 +72,7 @@ pub mod state;
 pub mod store;
 pub mod tenancy;
 pub mod validate;
+pub mod witness;
 
 pub use config::ServerConfig;
 pub use openapi::openapi_document;

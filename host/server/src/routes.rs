@@ -16,6 +16,8 @@ use crate::registry::handlers as registry;
 use crate::runs::handlers as runs;
 use crate::state::AppState;
 use crate::tenancy::handlers as tenancy;
+use crate::witness::handlers as witness;
+use crate::witness::service::WitnessService;
 
 async fn not_found() -> ApiError {
     ApiError::not_found("route")
@@ -89,6 +91,9 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/audit/proof/inclusion", get(audit::inclusion))
         .route("/v1/audit/proof/consistency", get(audit::consistency))
         .route("/v1/usage", get(runs::usage))
+        // The log as C2SP tlog-tiles (public by default: see the config).
+        .route("/checkpoint", get(audit::tlog_checkpoint))
+        .route("/tile/{*path}", get(audit::tlog_tile))
         .fallback(not_found)
         .layer(axum::middleware::from_fn(move |req, next| {
             error::json_objects(req, next, max_body)
@@ -96,4 +101,16 @@ pub fn router(state: AppState) -> Router {
         .layer(DefaultBodyLimit::max(max_body))
         .layer(axum::middleware::map_response(error::envelope))
         .with_state(state)
+}
+
+/// The router of `kasbah witness serve` (C2SP tlog-witness), a service of
+/// its own: the add-checkpoint call and the monitoring checkpoint.
+pub fn witness_router(w: std::sync::Arc<WitnessService>) -> Router {
+    Router::new()
+        .route("/add-checkpoint", post(witness::add_checkpoint))
+        .route("/{origin_hash}/checkpoint", get(witness::checkpoint))
+        .layer(DefaultBodyLimit::max(
+            kasbah_audit::witness::MAX_REQUEST_BYTES,
+        ))
+        .with_state(w)
 }

@@ -48,6 +48,8 @@ pub struct Server {
     pub gpu_state: crate::runs::gpu_state::GpuStateTasks,
     task: tokio::task::JoinHandle<()>,
     stop: tokio::sync::oneshot::Sender<std::time::Duration>,
+    /// Submits new checkpoints to the configured witnesses.
+    witnesses: Option<tokio::task::JoinHandle<()>>,
 }
 
 impl Server {
@@ -55,6 +57,9 @@ impl Server {
     /// background; their records are written when they do).
     pub fn stop(self) {
         self.task.abort();
+        if let Some(w) = &self.witnesses {
+            w.abort();
+        }
     }
 
     /// Serve until `signal` resolves, then [`Self::shutdown`] within the
@@ -79,6 +84,9 @@ impl Server {
     /// interrupted on the next start.
     pub async fn shutdown_within(self, grace: Duration) -> anyhow::Result<()> {
         let deadline = tokio::time::Instant::now() + grace;
+        if let Some(w) = &self.witnesses {
+            w.abort();
+        }
         let _ = self.stop.send(grace);
         self.task.await?;
         // Runs detached from their request (async runs, or sync runs whose
@@ -193,6 +201,7 @@ pub async fn start(mut config: ServerConfig) -> anyhow::Result<Server> {
     }
     let preload = crate::runs::execute::preload_recent(&state);
     let gpu_state = crate::runs::gpu_state::start(&state);
+    let witnesses = crate::audit::witnesses::start(&state)?;
     let app = router(state.clone());
     let (stop, stopped) = tokio::sync::oneshot::channel::<Duration>();
     let task = tokio::spawn(http::serve(listener, app, limits, async move {
@@ -213,5 +222,6 @@ pub async fn start(mut config: ServerConfig) -> anyhow::Result<Server> {
         gpu_state,
         task,
         stop,
+        witnesses,
     })
 }

@@ -482,9 +482,16 @@ impl Client {
     /// rollback is [`Error::Watch`].
     pub async fn watch(&self, watcher: &mut Watcher) -> Result<WatchOutcome> {
         let note = self.checkpoint().await?;
+        self.watch_note(watcher, &note).await
+    }
+
+    /// [`Self::watch`] for a checkpoint note already fetched (e.g. one
+    /// whose witness cosignatures the caller checked first): fetches the
+    /// consistency proof from the trusted size and updates the watcher.
+    pub async fn watch_note(&self, watcher: &mut Watcher, note: &str) -> Result<WatchOutcome> {
         // Parse (unverified) only to learn the size to ask a proof for; the
         // watcher verifies the signature and the proof.
-        let offered = kasbah_audit::note::parse_note(&note)
+        let offered = kasbah_audit::note::parse_note(note)
             .ok()
             .and_then(|n| kasbah_audit::Checkpoint::parse(n.text).ok());
         let trusted = watcher.trusted().checkpoint.size;
@@ -494,7 +501,7 @@ impl Client {
             }
             _ => Vec::new(),
         };
-        Ok(watcher.update(&note, &proof)?)
+        Ok(watcher.update(note, &proof)?)
     }
 }
 

@@ -4,13 +4,14 @@
 use axum::Json;
 use axum::extract::rejection::{PathRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
-use axum::http::header;
+use axum::http::{HeaderMap, HeaderValue, header};
 use axum::response::{IntoResponse, Response};
 use kasbah_audit::Receipt;
 use kasbah_core::api::{AuditEntries, AuditReceipt, ConsistencyProof, InclusionProof};
 use serde::Deserialize;
 
-use super::service;
+use super::{service, tiles};
+use crate::auth::authenticate;
 use crate::caller::Caller;
 use crate::error::{ApiError, ApiResult, ErrorBody};
 use crate::extract::query_error;
@@ -172,6 +173,63 @@ pub async fn entry_receipt(
 ) -> ApiResult<Json<Receipt>> {
     let Path(index) = index.map_err(|e| ApiError::bad_request("invalid_request", e.body_text()))?;
     Ok(Json(service::entry_receipt(&s, &caller, index)?))
+}
+
+/// `Cache-Control` of the mutable checkpoint (C2SP: no caching beyond a
+/// few seconds), of full tiles (immutable) and of partial ones.
+const CHECKPOINT_CACHE: &str = "no-cache, max-age=0";
+const FULL_TILE_CACHE: &str = "public, max-age=31536000, immutable";
+const PARTIAL_TILE_CACHE: &str = "public, max-age=10";
+
+/// The caller, when the configuration wants one for `path`.
+async fn tile_caller(s: &AppState, headers: &HeaderMap, path: &str) -> ApiResult<()> {
+    let caller = match tiles::required_role(s, path) {
+        None => None,
+        Some(_) => Some(authenticate(headers, s).await?),
+    };
+    tiles::authorize(s, path, caller.as_ref())
+}
+
+/// `GET /checkpoint` (C2SP tlog-tiles): the log's checkpoint with the
+/// cosignatures collected so far. Not in the OpenAPI document: the format
+/// is C2SP's. Public unless `audit_tiles_public = false`.
+pub async fn tlog_checkpoint(State(s): State<AppState>, headers: HeaderMap) -> ApiResult<Response> {
+    tile_caller(&s, &headers, "checkpoint").await?;
+    Ok((
+        [
+            (header::CONTENT_TYPE, "text/plain; charset=utf-8"),
+            (header::CACHE_CONTROL, CHECKPOINT_CACHE),
+        ],
+        tiles::checkpoint(&s)?,
+    )
+        .into_response())
+}
+
+/// `GET /tile/<L>/<N>[.p/<W>]` and `GET /tile/entries/<N>[.p/<W>]` (C2SP
+/// tlog-tiles): hash tiles of height 8 and entry bundles; 404 beyond the
+/// tree, 400 for a path the spec does not allow.
+pub async fn tlog_tile(
+    State(s): State<AppState>,
+    headers: HeaderMap,
+    Path(path): Path<String>,
+) -> ApiResult<Response> {
+    tile_caller(&s, &headers, &path).await?;
+    let t = tiles::tile(&s, &path)?;
+    let public = tiles::required_role(&s, &path).is_none();
+    let cache = match (t.full, public) {
+        (true, true) => FULL_TILE_CACHE,
+        (true, false) => "private, max-age=31536000, immutable",
+        (false, true) => PARTIAL_TILE_CACHE,
+        (false, false) => "private, max-age=10",
+    };
+    let mut resp = t.bytes.into_response();
+    let h = resp.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/octet-stream"),
+    );
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static(cache));
+    Ok(resp)
 }
 
 #[cfg(test)]

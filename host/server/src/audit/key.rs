@@ -7,10 +7,14 @@ use kasbah_audit::{Log, LogError, LogSigner, LogVerifier, Receipt, SignedCheckpo
 
 use super::log::{Snapshot, StoredEntry};
 
-/// The log's signing key and the latest checkpoint it signed.
+/// The log's signing key, the latest checkpoint it signed, and the newest
+/// checkpoint witnesses cosigned (`audit/witnesses.rs` fills it).
 pub struct AuditKey {
     signer: LogSigner,
     latest: Mutex<Option<SignedCheckpoint>>,
+    /// Its note carries the log's signature and the cosignature lines
+    /// collected so far, in that order.
+    witnessed: Mutex<Option<SignedCheckpoint>>,
 }
 
 /// File name of the log's private key in the data dir.
@@ -41,16 +45,14 @@ impl AuditKey {
             tracing::info!(key = %s.verifier(), "created the audit log key {}", path.display());
             s
         };
-        Ok(AuditKey {
-            signer,
-            latest: Mutex::new(None),
-        })
+        Ok(AuditKey::from_signer(signer))
     }
 
     pub fn from_signer(signer: LogSigner) -> Self {
         AuditKey {
             signer,
             latest: Mutex::new(None),
+            witnessed: Mutex::new(None),
         }
     }
 
@@ -80,19 +82,57 @@ impl AuditKey {
         Ok(signed)
     }
 
-    /// A receipt for `entry` (read in the same snapshot) proven into a
-    /// checkpoint that covers it. The log checks the bytes against the
-    /// stored leaf and the proof against the checkpoint before handing it
-    /// out.
-    pub fn receipt(&self, snap: &Snapshot<'_>, entry: StoredEntry) -> Result<Receipt, LogError> {
-        let size = snap.size;
-        // The cached checkpoint is good if it already covers the entry.
-        let cached = self
-            .latest
+    /// The newest cosigned checkpoint, if witnesses cosigned one.
+    pub fn witnessed(&self) -> Option<SignedCheckpoint> {
+        self.witnessed
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .clone()
-            .filter(|c| c.checkpoint.size > entry.index && c.checkpoint.size <= size);
+    }
+
+    /// Record cosignatures collected on `signed` (a checkpoint this key
+    /// signed): kept if it is newer than the one held, or the same tree
+    /// with more cosignatures.
+    pub fn set_witnessed(&self, signed: SignedCheckpoint) {
+        let mut w = self
+            .witnessed
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let better = w.as_ref().is_none_or(|c| {
+            c.checkpoint.size < signed.checkpoint.size
+                || (c.checkpoint == signed.checkpoint && c.note.len() < signed.note.len())
+        });
+        if better {
+            *w = Some(signed);
+        }
+    }
+
+    /// The checkpoint to serve from a snapshot: the newest cosigned one when
+    /// there is one (it may lag the log by a submission round), else a
+    /// freshly signed one.
+    pub fn served(&self, snap: &Snapshot<'_>) -> Result<SignedCheckpoint, LogError> {
+        match self.witnessed().filter(|c| c.checkpoint.size <= snap.size) {
+            Some(c) => Ok(c),
+            None => self.checkpoint(snap),
+        }
+    }
+
+    /// A receipt for `entry` (read in the same snapshot) proven into a
+    /// checkpoint that covers it: the cosigned one if it does, else the
+    /// latest. The log checks the bytes against the stored leaf and the
+    /// proof against the checkpoint before handing it out.
+    pub fn receipt(&self, snap: &Snapshot<'_>, entry: StoredEntry) -> Result<Receipt, LogError> {
+        let size = snap.size;
+        let covers =
+            |c: &SignedCheckpoint| c.checkpoint.size > entry.index && c.checkpoint.size <= size;
+        // A cached checkpoint is good if it already covers the entry.
+        let cached = self.witnessed().filter(covers).or_else(|| {
+            self.latest
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .clone()
+                .filter(covers)
+        });
         let checkpoint = match cached {
             Some(c) => c,
             None => self.checkpoint(snap)?,

@@ -17,6 +17,8 @@ pub mod log;
 pub mod service;
 pub mod sqlite;
 pub mod storage;
+pub mod tiles;
+pub mod witnesses;
 
 #[cfg(test)]
 mod log_tests;

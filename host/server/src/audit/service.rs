@@ -61,10 +61,12 @@ fn b64(hashes: &[Hash]) -> Vec<String> {
     hashes.iter().map(Hash::to_base64).collect()
 }
 
-/// The latest checkpoint, as a signed note.
+/// The latest checkpoint, as a signed note: with witnesses configured, the
+/// newest one they cosigned, with their cosignature lines (see
+/// `AuditKey::served`).
 pub fn checkpoint(s: &AppState) -> ApiResult<String> {
     let signed =
-        s.db.audit_read(|snap| s.audit.checkpoint(snap))?
+        s.db.audit_read(|snap| s.audit.served(snap))?
             .map_err(log_error)?;
     Ok(signed.note)
 }
