@@ -48,6 +48,7 @@ pub async fn get_run(
 
 #[utoipa::path(get, tag = "api", path = "/v1/runs/{id}/output", responses((status = 200, content_type = "*/*", description = "The output bytes, with the content type the guest gave them"),
     (status = 403, body = ErrorBody, description = "only the owning tenant and its auditors download outputs"), (status = 404, body = ErrorBody),
+    (status = 409, body = ErrorBody, description = "`run_not_finished` (queued or running) or `no_output` (ended without output)"),
     (status = 503, body = ErrorBody, description = "`output_unavailable` (fleet mode): the zone object store holding the output cannot be read now; Retry-After")))]
 pub async fn get_run_output(
     State(s): State<AppState>,

@@ -293,7 +293,8 @@ pub enum OutputBody {
 }
 
 /// A run's output: its bytes, content type and digest, for the owning
-/// tenant and its auditors (403 for others who see the record). An output
+/// tenant and its auditors (403 for others who see the record; 409 while
+/// the run has not finished, or when it ended without output). An output
 /// kept in a zone's object store is `503 output_unavailable` (Retry-After)
 /// while that store cannot be read, or when this server runs without the
 /// fleet.
@@ -304,7 +305,19 @@ pub async fn output(s: &AppState, caller: &Caller, id: &str) -> ApiResult<RunOut
             "run outputs are released only to the owning tenant and its auditors",
         ));
     }
-    let out = r.output.ok_or_else(|| ApiError::not_found("output"))?;
+    let Some(out) = r.output else {
+        // The run exists: its output does not (yet).
+        return Err(match &r.outcome {
+            None => ApiError::conflict(
+                "run_not_finished",
+                format!("run {id} is {}: its output exists once it finishes", r.status.as_str()),
+            ),
+            Some(o) => ApiError::conflict(
+                "no_output",
+                format!("run {id} ended with outcome {} and has no output", o.kind()),
+            ),
+        });
+    };
     let body = match s.runs.run_output_place(id)? {
         Some(OutputPlace::Inline(b)) => OutputBody::Bytes(b),
         Some(OutputPlace::Zone(zone)) => {
