@@ -157,10 +157,7 @@ fn cli_keys_and_envelopes_read_by_an_independent_parser() {
     // and that is SHA-256 of the printed public key's raw bytes.
     assert_eq!(line_value(&said, "key_id"), printed_id);
     let raw = STANDARD.decode(&printed_pub).expect("base64 key");
-    assert_eq!(
-        Digest::of(&raw).to_string(),
-        format!("sha256:{printed_id}")
-    );
+    assert_eq!(Digest::of(&raw).to_string(), format!("sha256:{printed_id}"));
     assert_eq!(
         line_value(&said, "subject"),
         Digest::of(&std::fs::read(&module).expect("module")).to_string()
@@ -172,7 +169,8 @@ fn cli_keys_and_envelopes_read_by_an_independent_parser() {
     let vk = ed25519_dalek::VerifyingKey::from_bytes(&raw.clone().try_into().expect("32 bytes"))
         .expect("key");
     let s = ed25519_dalek::Signature::from_slice(&sig).expect("sig");
-    vk.verify_strict(&pae, &s).expect("signature verifies over Python's PAE");
+    vk.verify_strict(&pae, &s)
+        .expect("signature verifies over Python's PAE");
     let mut other = pae.clone();
     let last = other.len() - 1;
     other[last] ^= 1;
@@ -242,7 +240,11 @@ async fn signature_policy_refuses_and_records_signers() {
 
     let refused = |r: Result<_, (u16, String, String)>, what: &str| {
         let (status, code, message) = r.expect_err(what);
-        assert_eq!((status, code.as_str()), (422, "signature_required"), "{what}: {message}");
+        assert_eq!(
+            (status, code.as_str()),
+            (422, "signature_required"),
+            "{what}: {message}"
+        );
         assert!(
             message.contains(&id1) && message.contains(&id2) && message.contains("requires 2"),
             "{what}: the refusal names the accepted key ids and the threshold: {message}"
@@ -264,8 +266,7 @@ async fn signature_policy_refuses_and_records_signers() {
     );
     assert!(m.contains("1 found"), "{m}");
     // A bad signature by a listed key does not count.
-    let mut bad: serde_json::Value =
-        serde_json::from_slice(&envelope(&k2, &bytes)).expect("json");
+    let mut bad: serde_json::Value = serde_json::from_slice(&envelope(&k2, &bytes)).expect("json");
     let mut sig = STANDARD
         .decode(bad["signatures"][0]["sig"].as_str().expect("sig"))
         .expect("b64");
@@ -276,7 +277,10 @@ async fn signature_policy_refuses_and_records_signers() {
             &dev,
             &file,
             "1",
-            &[envelope(&k1, &bytes), serde_json::to_vec(&bad).expect("json")],
+            &[
+                envelope(&k1, &bytes),
+                serde_json::to_vec(&bad).expect("json"),
+            ],
         )
         .await,
         "bad signature",
@@ -338,7 +342,11 @@ async fn signature_policy_refuses_and_records_signers() {
         &dev,
         &file,
         "1",
-        &[envelope(&k2, &bytes), envelope(&k1, &bytes), envelope(&k3, &bytes)],
+        &[
+            envelope(&k2, &bytes),
+            envelope(&k1, &bytes),
+            envelope(&k3, &bytes),
+        ],
     )
     .await
     .expect("signed publish");
@@ -391,10 +399,15 @@ async fn signature_policy_refuses_and_records_signers() {
         &p.url,
         None,
     ));
-    assert!(verified.contains("receipt OK") && verified.contains(&want[0]), "{verified}");
+    assert!(
+        verified.contains("receipt OK") && verified.contains(&want[0]),
+        "{verified}"
+    );
     // The module's bytes come back to its developers, digest-checked.
     assert_eq!(
-        dev.module_content(&digest.to_string()).await.expect("content"),
+        dev.module_content(&digest.to_string())
+            .await
+            .expect("content"),
         bytes
     );
 }
@@ -412,11 +425,20 @@ async fn revoked_keys_stop_counting_and_ceilings_require_signatures() {
     // Keys from the CLI.
     let gen_key = |name: &str| {
         let out = ok(&cli(
-            &["key", "generate", "--out", &d.join(name).display().to_string()],
+            &[
+                "key",
+                "generate",
+                "--out",
+                &d.join(name).display().to_string(),
+            ],
             &p.url,
             None,
         ));
-        (d.join(name), line_value(&out, "public key:"), line_value(&out, "key id:"))
+        (
+            d.join(name),
+            line_value(&out, "public key:"),
+            line_value(&out, "key id:"),
+        )
     };
     let (key_a, pub_a, id_a) = gen_key("a.key");
     let (key_b, pub_b, id_b) = gen_key("b.key");
@@ -449,7 +471,11 @@ async fn revoked_keys_stop_counting_and_ceilings_require_signatures() {
         policy,
     };
     assert_eq!(
-        api_err(telecom.create_tenant(&create(Some(Policy::default()))).await),
+        api_err(
+            telecom
+                .create_tenant(&create(Some(Policy::default())))
+                .await
+        ),
         (422, "policy_exceeds_ceiling".into()),
         "an unsigned policy exceeds a ceiling that requires signatures"
     );
@@ -504,7 +530,10 @@ async fn revoked_keys_stop_counting_and_ceilings_require_signatures() {
         &p.url,
         Some(&dev_token),
     ));
-    assert!(published.contains(&format!("signed by {id_a}")), "{published}");
+    assert!(
+        published.contains(&format!("signed by {id_a}")),
+        "{published}"
+    );
 
     // Who may revoke: not the developer, not another operator (404), not
     // an unknown tenant; the tenant's operator may.
@@ -546,7 +575,11 @@ async fn revoked_keys_stop_counting_and_ceilings_require_signatures() {
         vec![id_a.clone()]
     );
     // Again: idempotent, the first revocation answered, no second entry.
-    let again = p.admin.revoke_signing_key(&t.id, &id_a).await.expect("again");
+    let again = p
+        .admin
+        .revoke_signing_key(&t.id, &id_a)
+        .await
+        .expect("again");
     assert_eq!(again.by_role, "operator");
 
     // A new module signed by a only: refused, a named as revoked; the
@@ -562,8 +595,15 @@ async fn revoked_keys_stop_counting_and_ceilings_require_signatures() {
     let (status, code, message) = publish(&dev, &module2, "2", &[env_a2.clone()])
         .await
         .expect_err("revoked key");
-    assert_eq!((status, code.as_str()), (422, "signature_required"), "{message}");
-    assert!(message.contains("revoked, not counted") && message.contains(&id_a), "{message}");
+    assert_eq!(
+        (status, code.as_str()),
+        (422, "signature_required"),
+        "{message}"
+    );
+    assert!(
+        message.contains("revoked, not counted") && message.contains(&id_a),
+        "{message}"
+    );
     assert_eq!(dev.modules().await.expect("list").len(), 1);
     // b still counts.
     let sig2_b = d.join("b2.sig.json");
@@ -572,7 +612,11 @@ async fn revoked_keys_stop_counting_and_ceilings_require_signatures() {
     let m2 = publish(&dev, &module2, "2", &[env_a2, env_b2])
         .await
         .expect("signed by b");
-    assert_eq!(m2.signers, vec![id_b.clone()], "a's signature is not recorded");
+    assert_eq!(
+        m2.signers,
+        vec![id_b.clone()],
+        "a's signature is not recorded"
+    );
 
     // The log: one type 10 entry naming a and the operator.
     let (_, log) = p.admin.audit_log_entries(0, None).await.expect("log");
@@ -587,7 +631,12 @@ async fn revoked_keys_stop_counting_and_ceilings_require_signatures() {
     let (tag, r) = &revocations[0];
     assert_eq!(*tag, 10);
     assert_eq!(
-        (r.tenant.as_str(), r.key_id.as_str(), r.by_role.as_str(), r.by_subject.as_str()),
+        (
+            r.tenant.as_str(),
+            r.key_id.as_str(),
+            r.by_role.as_str(),
+            r.by_subject.as_str()
+        ),
         (t.id.as_str(), id_a.as_str(), "operator", op.id.as_str())
     );
 }
@@ -649,7 +698,13 @@ async fn module_content_goes_to_owners_and_their_auditors_only() {
     let out: PathBuf = dir.path().join("m.wasm");
     let token = dev_a_token(&p, &a.id).await;
     ok(&cli(
-        &["modules", "content", &digest, "-o", &out.display().to_string()],
+        &[
+            "modules",
+            "content",
+            &digest,
+            "-o",
+            &out.display().to_string(),
+        ],
         &p.url,
         Some(&token),
     ));

@@ -341,8 +341,8 @@ impl Envelope {
         let payload = STANDARD
             .decode(&envelope.payload)
             .map_err(|_| DsseError::Malformed("payload is not base64".into()))?;
-        let st: Statement = serde_json::from_slice(&payload)
-            .map_err(|e| DsseError::Statement(e.to_string()))?;
+        let st: Statement =
+            serde_json::from_slice(&payload).map_err(|e| DsseError::Statement(e.to_string()))?;
         if st.type_ != STATEMENT_TYPE {
             return Err(DsseError::Statement(format!("_type is {:?}", st.type_)));
         }

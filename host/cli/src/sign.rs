@@ -25,7 +25,12 @@ pub enum KeyCmd {
         out: PathBuf,
     },
     /// Print a key's public key and key id (a private or public PEM file).
-    Show { file: PathBuf },
+    Show {
+        file: PathBuf,
+        /// Print only the public key (base64 of the raw 32 bytes), as a policy's `signatures.keys` lists it.
+        #[arg(long)]
+        raw: bool,
+    },
     /// Stop a key counting for a tenant's new publishes (admin; the tenant's
     /// operator). The revocation is an audit entry.
     Revoke {
@@ -93,7 +98,11 @@ fn print_key(ctx: &Ctx, k: &PublicKey, files: Option<(&Path, &Path)>) -> anyhow:
 pub async fn key(ctx: &Ctx, c: KeyCmd) -> anyhow::Result<ExitCode> {
     match c {
         KeyCmd::Generate { out } => {
-            let key = if out.is_dir() { out.join(KEY_FILE) } else { out };
+            let key = if out.is_dir() {
+                out.join(KEY_FILE)
+            } else {
+                out
+            };
             let mut pubf = key.clone().into_os_string();
             pubf.push(".pub");
             let pubf = PathBuf::from(pubf);
@@ -112,7 +121,11 @@ pub async fn key(ctx: &Ctx, c: KeyCmd) -> anyhow::Result<ExitCode> {
                 .with_context(|| format!("writing {}", pubf.display()))?;
             print_key(ctx, &signer.public(), Some((&key, &pubf)))
         }
-        KeyCmd::Show { file } => print_key(ctx, &public_of(&file)?, None),
+        KeyCmd::Show { file, raw: true } => {
+            crate::outln!("{}", public_of(&file)?);
+            Ok(ExitCode::SUCCESS)
+        }
+        KeyCmd::Show { file, raw: false } => print_key(ctx, &public_of(&file)?, None),
         KeyCmd::Revoke { tenant, key } => {
             let id = key_id_of(&key)?;
             let r = ctx.client()?.revoke_signing_key(&tenant, &id).await?;

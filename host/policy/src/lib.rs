@@ -52,7 +52,8 @@
 mod ceiling;
 
 pub use ceiling::{
-    Bounds, Ceiling, SignatureCeiling, Cidr, EnvCeiling, Excess, NetRule, NetworkCeiling, RuleHost, special_range,
+    Bounds, Ceiling, Cidr, EnvCeiling, Excess, NetRule, NetworkCeiling, RuleHost, SignatureCeiling,
+    special_range,
 };
 
 use serde::{Deserialize, Serialize};

@@ -22,10 +22,22 @@ fn signatures_parse_and_validate() {
     assert_eq!((s.keys.len(), s.threshold), (2, 2));
     for (bad, why) in [
         (format!("keys = [\"{K1}\"]\nthreshold = 0"), "at least 1"),
-        (format!("keys = [\"{K1}\"]\nthreshold = 2"), "more than the 1 keys"),
-        ("keys = [\"not-a-key\"]\nthreshold = 1".to_string(), "not an Ed25519 public key"),
-        (format!("keys = [\"{K1}\", \"{K1}\"]\nthreshold = 1"), "listed twice"),
-        (format!("keys = [\"{K1}\"]\nthreshold = 1\nextra = 1"), "unknown field"),
+        (
+            format!("keys = [\"{K1}\"]\nthreshold = 2"),
+            "more than the 1 keys",
+        ),
+        (
+            "keys = [\"not-a-key\"]\nthreshold = 1".to_string(),
+            "not an Ed25519 public key",
+        ),
+        (
+            format!("keys = [\"{K1}\", \"{K1}\"]\nthreshold = 1"),
+            "listed twice",
+        ),
+        (
+            format!("keys = [\"{K1}\"]\nthreshold = 1\nextra = 1"),
+            "unknown field",
+        ),
     ] {
         let e = Policy::from_toml(&format!("[signatures]\n{bad}\n")).expect_err(&bad);
         assert!(e.to_string().contains(why), "{bad}: {e}");

@@ -67,8 +67,8 @@ pub fn parse<'a>(values: impl ExactSizeIterator<Item = &'a [u8]>) -> ApiResult<S
                     "{SIGNATURE_HEADER} #{i} is not base64 (of a DSSE envelope's JSON)"
                 ))
             })?;
-        let env = Envelope::parse(&json)
-            .map_err(|e| invalid(format!("{SIGNATURE_HEADER} #{i}: {e}")))?;
+        let env =
+            Envelope::parse(&json).map_err(|e| invalid(format!("{SIGNATURE_HEADER} #{i}: {e}")))?;
         out.push(env);
     }
     Ok(Signatures(out))
@@ -177,9 +177,8 @@ pub async fn check(
             ""
         }
     );
-    if let Err(e) = s
-        .db
-        .record_denial(
+    if let Err(e) =
+        s.db.record_denial(
             tenant,
             digest.copied(),
             "publish",

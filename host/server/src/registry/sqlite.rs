@@ -81,10 +81,7 @@ impl ModuleStore for SqliteModules {
         Ok(result)
     }
 
-    async fn revoke_signing_key(
-        &self,
-        r: &SigningKeyRevocation,
-    ) -> DbResult<SigningKeyRevocation> {
+    async fn revoke_signing_key(&self, r: &SigningKeyRevocation) -> DbResult<SigningKeyRevocation> {
         let r = r.clone();
         let (result, _) = self
             .db
