@@ -592,7 +592,7 @@ async fn revoked_keys_stop_counting_and_ceilings_require_signatures() {
     let sig2_a = d.join("a2.sig.json");
     sign(&key_a, &sig2_a, &module2);
     let env_a2 = std::fs::read(&sig2_a).expect("env");
-    let (status, code, message) = publish(&dev, &module2, "2", &[env_a2.clone()])
+    let (status, code, message) = publish(&dev, &module2, "2", std::slice::from_ref(&env_a2))
         .await
         .expect_err("revoked key");
     assert_eq!(

@@ -188,11 +188,13 @@ pub async fn check(
     {
         tracing::error!("auditing a refused publish: {e}");
     }
-    Err(super::service::refused(
-        s,
-        "signature_required",
-        ApiError::unprocessable("signature_required", message),
-    ))
+    s.metrics
+        .publishes_refused
+        .get_or_create(&crate::metrics::ReasonLabel {
+            reason: "signature_required".to_string(),
+        })
+        .inc();
+    Err(ApiError::unprocessable("signature_required", message))
 }
 
 /// Revoke a signing key for a tenant's publishes: admins, or the operator
