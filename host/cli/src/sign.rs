@@ -26,6 +26,7 @@ pub enum KeyCmd {
     },
     /// Print a key's public key and key id (a private or public PEM file).
     Show {
+        /// The key file (`KEY` or `KEY.pub`).
         file: PathBuf,
         /// Print only the public key (base64 of the raw 32 bytes), as a policy's `signatures.keys` lists it.
         #[arg(long)]
