@@ -691,6 +691,22 @@ async fn module_content_goes_to_owners_and_their_auditors_only() {
             "{who}"
         );
     }
+    // The document describes the new operations and the record's shape.
+    let doc: serde_json::Value = reqwest::get(format!("{}/openapi.json", p.url))
+        .await
+        .expect("openapi")
+        .json()
+        .await
+        .expect("json");
+    for path in [
+        "/v1/modules/{digest}/content",
+        "/v1/tenants/{id}/signing-keys/{key_id}/revoke",
+        "/v1/tenants/{id}/signing-keys/revoked",
+    ] {
+        assert!(doc["paths"][path].is_object(), "{path} documented");
+    }
+    assert!(doc["components"]["schemas"]["SigningKeyRevocation"].is_object());
+    assert!(doc["components"]["schemas"]["ModuleRecord"]["properties"]["signers"].is_object());
     // A malformed digest is a clear error, not a 500.
     assert_eq!(api_err(dev_a.module_content("sha256:zz").await).0 / 100, 4);
     // The CLI downloads and checks.

@@ -454,6 +454,13 @@ impl Ceiling {
                 threshold: s.threshold,
             }
             .problems("signatures", &mut out);
+            if !s.keys.is_empty() && s.threshold as usize > s.keys.len() {
+                out.push(format!(
+                    "signatures.threshold {} is more than the {} keys the ceiling allows",
+                    s.threshold,
+                    s.keys.len()
+                ));
+            }
         }
         for (name, v, c) in limits.exceeding(&Limits::hard_ceiling()) {
             out.push(format!("{name} = {v} exceeds the hard ceiling {c}"));

@@ -54,6 +54,18 @@ fn a_ceiling_may_require_signatures_as_a_floor() {
         ..Ceiling::standard()
     };
     assert!(ceiling.problems().is_empty());
+    let impossible = Ceiling {
+        signatures: Some(SignatureCeiling {
+            threshold: 3,
+            keys: vec![K1.into(), K2.into()],
+        }),
+        ..Ceiling::standard()
+    };
+    assert!(
+        impossible.problems()[0].contains("more than the 2 keys"),
+        "{:?}",
+        impossible.problems()
+    );
     let unsigned = Policy::default();
     let ex = unsigned.exceeding(&ceiling, bounds());
     assert_eq!(ex.len(), 1, "{ex:?}");

@@ -113,7 +113,8 @@ pub async fn get_module(
     )?))
 }
 
-#[utoipa::path(get, tag = "api", path = "/v1/modules/{digest}/content", params(TenantFilter),
+#[utoipa::path(get, tag = "api", path = "/v1/modules/{digest}/content",
+    params(("digest" = String, Path, description = "The module's digest (`sha256:…`)"), TenantFilter),
     responses((status = 200, content_type = "application/wasm", description = "The module's bytes, streamed and checked against its digest (header `x-kasbah-digest`)"),
         (status = 404, body = ErrorBody, description = "not a module of a tenant whose code the caller reads (its developers, auditors granted it)")))]
 pub async fn get_module_content(
@@ -136,6 +137,8 @@ pub async fn get_module_content(
 }
 
 #[utoipa::path(post, tag = "api", path = "/v1/tenants/{id}/signing-keys/{key_id}/revoke",
+    params(("id" = String, Path, description = "Tenant id (`tn_…`)"),
+        ("key_id" = String, Path, pattern = r"^[0-9a-f]{64}$", description = "The key id: 64 lowercase hex digits, SHA-256 of the raw Ed25519 public key")),
     responses((status = 200, body = SigningKeyRevocation, description = "revoked now, or already (the first revocation); a `signing_key_revoked` audit entry the first time"),
         (status = 404, body = ErrorBody), (status = 403, body = ErrorBody), (status = 422, body = ErrorBody, description = "`invalid_key_id`")))]
 pub async fn revoke_signing_key(
@@ -147,6 +150,7 @@ pub async fn revoke_signing_key(
 }
 
 #[utoipa::path(get, tag = "api", path = "/v1/tenants/{id}/signing-keys/revoked",
+    params(("id" = String, Path, description = "Tenant id (`tn_…`)")),
     responses((status = 200, body = Vec<String>, description = "key ids revoked for the tenant"), (status = 404, body = ErrorBody)))]
 pub async fn revoked_signing_keys(
     State(s): State<AppState>,
