@@ -403,6 +403,40 @@ async fn signature_policy_refuses_and_records_signers() {
         verified.contains("receipt OK") && verified.contains(&want[0]),
         "{verified}"
     );
+    // The envelopes are kept: an auditor of the tenant reads them and
+    // checks them again offline against the log's signer ids.
+    let auditor = p
+        .admin
+        .create_auditor(&CreateAuditor {
+            name: "sovereign".into(),
+            tenants: vec![t.id.clone()],
+            ttl_seconds: None,
+        })
+        .await
+        .expect("auditor");
+    let envs = p
+        .client(&auditor.token)
+        .module_signatures(&digest.to_string())
+        .await
+        .expect("signatures");
+    assert_eq!(envs.len(), 3, "every envelope sent is kept");
+    let keys = [k1.public(), k2.public(), k3.public()];
+    let mut again: Vec<String> = envs
+        .iter()
+        .map(|e| {
+            kasbah_audit::dsse::Envelope::parse(&serde_json::to_vec(e).expect("json"))
+                .expect("stored envelope parses")
+        })
+        .filter(|c| c.names(&digest))
+        .flat_map(|c| c.signers(&keys[..2]))
+        .collect();
+    again.sort();
+    assert_eq!(again, want);
+    let (_, other_dev) = p.tenant("other", None).await;
+    assert_eq!(
+        api_err(other_dev.module_signatures(&digest.to_string()).await),
+        (404, "not_found".into())
+    );
     // The module's bytes come back to its developers, digest-checked.
     assert_eq!(
         dev.module_content(&digest.to_string())
@@ -657,6 +691,13 @@ async fn module_content_goes_to_owners_and_their_auditors_only() {
         .expect("publish");
     assert!(m.signers.is_empty());
     let digest = m.digest.to_string();
+    assert!(
+        dev_a
+            .module_signatures(&digest)
+            .await
+            .expect("none")
+            .is_empty()
+    );
     assert_eq!(dev_a.module_content(&digest).await.expect("owner"), bytes);
     let auditor = |tenants: Vec<String>, name: &str| CreateAuditor {
         name: name.into(),
@@ -700,6 +741,7 @@ async fn module_content_goes_to_owners_and_their_auditors_only() {
         .expect("json");
     for path in [
         "/v1/modules/{digest}/content",
+        "/v1/modules/{digest}/signatures",
         "/v1/tenants/{id}/signing-keys/{key_id}/revoke",
         "/v1/tenants/{id}/signing-keys/revoked",
     ] {

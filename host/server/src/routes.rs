@@ -70,6 +70,10 @@ pub fn router(state: AppState) -> Router {
             get(registry::get_module_content),
         )
         .route(
+            "/v1/modules/{digest}/signatures",
+            get(registry::get_module_signatures),
+        )
+        .route(
             "/v1/tenants/{id}/signing-keys/{key_id}/revoke",
             post(registry::revoke_signing_key),
         )

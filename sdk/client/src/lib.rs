@@ -291,6 +291,17 @@ impl Client {
         self.bytes(&format!("/v1/modules/{digest}/content")).await
     }
 
+    /// The DSSE envelopes the module's publish carried (empty: no verified
+    /// signer), as JSON values: check them again with
+    /// `kasbah_audit::dsse::Envelope::parse`.
+    pub async fn module_signatures(&self, digest: &str) -> Result<Vec<serde_json::Value>> {
+        Self::send(self.req(
+            reqwest::Method::GET,
+            &format!("/v1/modules/{digest}/signatures"),
+        ))
+        .await
+    }
+
     /// Revoke a module signing key (its key id) for a tenant's publishes
     /// (admins; the tenant's operator).
     pub async fn revoke_signing_key(

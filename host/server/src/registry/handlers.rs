@@ -159,3 +159,21 @@ pub async fn revoked_signing_keys(
 ) -> ApiResult<Json<Vec<String>>> {
     Ok(Json(signing::revoked(&s, &caller, &tenant)?))
 }
+
+#[utoipa::path(get, tag = "api", path = "/v1/modules/{digest}/signatures",
+    params(("digest" = String, Path, description = "The module's digest (`sha256:…`)"), TenantFilter),
+    responses((status = 200, body = Vec<Object>, description = "The DSSE envelopes the publish carried (empty: no verified signer), to check again offline"),
+        (status = 404, body = ErrorBody)))]
+pub async fn get_module_signatures(
+    State(s): State<AppState>,
+    caller: Caller,
+    Path(digest): Path<String>,
+    Query(f): Query<TenantFilter>,
+) -> ApiResult<Json<serde_json::Value>> {
+    Ok(Json(service::signatures(
+        &s,
+        &caller,
+        &digest,
+        f.tenant.as_deref(),
+    )?))
+}

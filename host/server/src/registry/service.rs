@@ -267,3 +267,19 @@ pub async fn content(
     }
     Err(ApiError::not_found("module"))
 }
+
+/// The DSSE envelopes a signed module's publish carried (an empty array
+/// for a module published without verified signers), for whoever reads the
+/// module's record.
+pub fn signatures(
+    s: &AppState,
+    caller: &Caller,
+    digest: &str,
+    tenant: Option<&str>,
+) -> ApiResult<serde_json::Value> {
+    let m = module(s, caller, digest, tenant)?;
+    match s.modules.module_signatures(&m.tenant_id, &m.digest)? {
+        Some(text) => serde_json::from_str(&text).map_err(ApiError::internal),
+        None => Ok(serde_json::Value::Array(Vec::new())),
+    }
+}

@@ -16,8 +16,8 @@ use crate::store::DbResult;
 
 pub trait ModuleStore: Send + Sync {
     /// Record a module for a tenant, with its `module_published` entry
-    /// (type 9 when `m.signers` is not empty) and the DSSE envelopes that
-    /// signed it (`signatures`, JSON). Same digest again → the existing
+    /// (type 9 when `m.signers` is not empty) and the DSSE envelopes the
+    /// publish carried (`signatures`, a JSON array). Same digest again → the existing
     /// record (no new entry); same name+version with other bytes →
     /// `Ok(Err(existing digest))`.
     fn insert_module(
