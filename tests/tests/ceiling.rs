@@ -9,7 +9,7 @@ use kasbah_client::Client;
 use kasbah_core::api::*;
 use kasbah_policy::{
     Ceiling, DirGrant, DirMode, EnvCeiling, EnvGrant, GpuGrant, Limits, NetworkCeiling,
-    NetworkGrant, Policy,
+    NetworkGrant, Policy, SignatureCeiling, SignaturePolicy,
 };
 use kasbah_tests::platform::{Platform, api_err};
 
@@ -48,6 +48,21 @@ fn refusal<T: std::fmt::Debug>(r: kasbah_client::Result<T>) -> (u16, String, BTr
     }
 }
 
+/// Ed25519 public keys (base64 of 32 bytes) for the `signatures` rows.
+const KEYS: [&str; 4] = [
+    "AQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQE=",
+    "AgICAgICAgICAgICAgICAgICAgICAgICAgICAgICAgI=",
+    "AwMDAwMDAwMDAwMDAwMDAwMDAwMDAwMDAwMDAwMDAwM=",
+    "BAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQ=",
+];
+
+fn sigs(keys: &[usize], threshold: u32) -> Option<SignaturePolicy> {
+    Some(SignaturePolicy {
+        keys: keys.iter().map(|&i| KEYS[i].to_string()).collect(),
+        threshold,
+    })
+}
+
 fn names(v: &[&str]) -> BTreeSet<String> {
     v.iter().map(|s| s.to_string()).collect()
 }
@@ -75,6 +90,11 @@ fn table_ceiling() -> Ceiling {
             zones: names(&["zone-a"]),
             max_workgroups_per_dimension: 1024,
             ..GpuGrant::default()
+        }),
+        // A floor: at least 2 signatures, by keys among the first three.
+        signatures: Some(SignatureCeiling {
+            threshold: 2,
+            keys: KEYS[..3].iter().map(|k| k.to_string()).collect(),
         }),
     }
 }
@@ -128,6 +148,7 @@ fn maximal_policy(admin_dir: &std::path::Path) -> Policy {
             max_transfer_bytes: 1,
             max_resident_bytes: 1,
         }),
+        signatures: sigs(&[0], 1),
     }
 }
 
@@ -316,6 +337,16 @@ fn table(other_dir: std::path::PathBuf) -> Vec<(&'static str, Edit, Vec<Edit>)> 
         gpu_quota!(max_invocations),
         gpu_quota!(max_transfer_bytes),
         gpu_quota!(max_resident_bytes),
+        (
+            "signatures.keys",
+            edit(|p| p.signatures = sigs(&[0, 2], 2)),
+            vec![edit(|p| p.signatures = sigs(&[0, 3], 2))],
+        ),
+        (
+            "signatures.threshold",
+            edit(|p| p.signatures = sigs(&[0, 1, 2], 3)),
+            vec![edit(|p| p.signatures = sigs(&[0, 1], 1))],
+        ),
     ]
 }
 
@@ -339,6 +370,7 @@ fn base_policy(admin_dir: &std::path::Path) -> Policy {
         },
         limits: c.limits.clone(),
         gpu: c.gpu.clone(),
+        signatures: sigs(&[0, 1], 2),
     }
 }
 

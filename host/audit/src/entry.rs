@@ -30,10 +30,27 @@
 //!                         tenant:str expires_unix_ms:opt<u64>
 //!                         by_role:str by_subject:str
 //! type 8 run_executed     (every type 4 field, in type 4's order) worker:str
+//! type 9 module_published (every type 3 field, in type 3's order)
+//!                         signers:set<str> (non-empty)
+//! type 10 signing_key_revoked tenant:str key_id:str by_role:str by_subject:str
 //! ```
 //!
 //! Type 6 was added after types 1–5 were frozen, type 7 after type 6, type 8
-//! after type 7; the bytes of the older types are unchanged.
+//! after type 7, types 9 and 10 after type 8; the bytes of the older types
+//! are unchanged.
+//!
+//! **Type 9 is a module publish with verified signers** (issue 16): type 3
+//! plus the set of key ids (hex SHA-256 of each raw Ed25519 public key, see
+//! `dsse.rs`) whose DSSE signatures of the module the server verified. Same
+//! logical entry as type 3 (one variant, kind `module_published`), chosen
+//! by the type number exactly as type 8 is for type 4: an empty `signers`
+//! encodes as type 3, byte for byte as before; a non-empty one as type 9,
+//! and a type 9 with an empty set is refused when decoding, so every record
+//! keeps one encoding. (Type 3's own `signer:opt<str>` predates signing and
+//! is written as absent by the server.)
+//!
+//! **Type 10 records a signing key revoked** for a tenant's publishes, by
+//! the admin or operator who sets that tenant's policy.
 //!
 //! **Type 8 is a run record that names the fleet worker that executed the
 //! run** (issue 14). It is the same logical entry as type 4 — one Rust
@@ -88,6 +105,7 @@ pub enum EntryBody {
     Denial(Denial),
     DatasetCreated(DatasetCreated),
     Credential(Credential),
+    SigningKeyRevoked(SigningKeyRevoked),
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -112,8 +130,25 @@ pub struct ModulePublished {
     pub size: u64,
     pub name: String,
     pub version: String,
-    /// The key that signed the module digest, if it was signed.
+    /// The key that signed the module digest, if it was signed (type 3's
+    /// field from before signing existed; the server writes `None`).
     pub signer: Option<String>,
+    /// Key ids whose signatures of the module the server verified at
+    /// publish (a set: sorted, no duplicates). Non-empty = entry type 9,
+    /// empty = type 3 (see the module docs).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub signers: Vec<String>,
+}
+
+/// A module signing key stops counting for a tenant's new publishes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SigningKeyRevoked {
+    pub tenant: String,
+    /// The key id (hex SHA-256 of the raw Ed25519 public key).
+    pub key_id: String,
+    /// Who revoked it: the acting token's role and subject.
+    pub by_role: String,
+    pub by_subject: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -203,12 +238,14 @@ impl EntryBody {
         match self {
             EntryBody::TenantCreated(_) => 1,
             EntryBody::PolicySet(_) => 2,
+            EntryBody::ModulePublished(e) if !e.signers.is_empty() => 9,
             EntryBody::ModulePublished(_) => 3,
             EntryBody::RunExecuted(e) if e.worker.is_some() => 8,
             EntryBody::RunExecuted(_) => 4,
             EntryBody::Denial(_) => 5,
             EntryBody::DatasetCreated(_) => 6,
             EntryBody::Credential(_) => 7,
+            EntryBody::SigningKeyRevoked(_) => 10,
         }
     }
 
@@ -222,6 +259,7 @@ impl EntryBody {
             EntryBody::Denial(_) => "denial",
             EntryBody::DatasetCreated(_) => "dataset_created",
             EntryBody::Credential(_) => "credential",
+            EntryBody::SigningKeyRevoked(_) => "signing_key_revoked",
         }
     }
 
@@ -235,6 +273,7 @@ impl EntryBody {
             EntryBody::Denial(e) => &e.tenant,
             EntryBody::DatasetCreated(e) => &e.tenant,
             EntryBody::Credential(e) => &e.tenant,
+            EntryBody::SigningKeyRevoked(e) => &e.tenant,
         }
     }
 
@@ -247,7 +286,8 @@ impl EntryBody {
             EntryBody::TenantCreated(_)
             | EntryBody::PolicySet(_)
             | EntryBody::DatasetCreated(_)
-            | EntryBody::Credential(_) => None,
+            | EntryBody::Credential(_)
+            | EntryBody::SigningKeyRevoked(_) => None,
         }
     }
 }
@@ -271,6 +311,8 @@ pub enum EntryError {
     BadOptionTag(&'static str, u8),
     #[error("set {0} is not strictly ascending (unsorted or duplicated)")]
     UnsortedSet(&'static str),
+    #[error("set {0} is empty where the entry type requires members")]
+    EmptySet(&'static str),
 }
 
 struct Writer(Vec<u8>);
@@ -475,6 +517,10 @@ impl Entry {
                 w.str("name", &e.name)?;
                 w.str("version", &e.version)?;
                 w.opt_str("signer", e.signer.as_deref())?;
+                // Type 9 only (the tag says so, see the module docs).
+                if !e.signers.is_empty() {
+                    w.str_set("signers", &e.signers)?;
+                }
             }
             EntryBody::RunExecuted(e) => {
                 w.str("run_id", &e.run_id)?;
@@ -523,6 +569,12 @@ impl Entry {
                 w.str("by_role", &e.by_role)?;
                 w.str("by_subject", &e.by_subject)?;
             }
+            EntryBody::SigningKeyRevoked(e) => {
+                w.str("tenant", &e.tenant)?;
+                w.str("key_id", &e.key_id)?;
+                w.str("by_role", &e.by_role)?;
+                w.str("by_subject", &e.by_subject)?;
+            }
         }
         Ok(w.0)
     }
@@ -546,13 +598,22 @@ impl Entry {
                 policy: r.digest("policy")?,
                 policy_version: r.u64("policy_version")?,
             }),
-            3 => EntryBody::ModulePublished(ModulePublished {
+            3 | 9 => EntryBody::ModulePublished(ModulePublished {
                 tenant: r.str("tenant")?,
                 module: r.digest("module")?,
                 size: r.u64("size")?,
                 name: r.str("name")?,
                 version: r.str("version")?,
                 signer: r.opt_str("signer")?,
+                signers: if tag == 9 {
+                    let set = r.str_set("signers")?;
+                    if set.is_empty() {
+                        return Err(EntryError::EmptySet("signers"));
+                    }
+                    set
+                } else {
+                    Vec::new()
+                },
             }),
             4 | 8 => EntryBody::RunExecuted(RunExecuted {
                 run_id: r.str("run_id")?,
@@ -599,6 +660,12 @@ impl Entry {
                 subject: r.str("subject")?,
                 tenant: r.str("tenant")?,
                 expires_unix_ms: r.opt_u64("expires_unix_ms")?,
+                by_role: r.str("by_role")?,
+                by_subject: r.str("by_subject")?,
+            }),
+            10 => EntryBody::SigningKeyRevoked(SigningKeyRevoked {
+                tenant: r.str("tenant")?,
+                key_id: r.str("key_id")?,
                 by_role: r.str("by_role")?,
                 by_subject: r.str("by_subject")?,
             }),

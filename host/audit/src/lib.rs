@@ -7,6 +7,8 @@
 //!   the store; the server implements it over SQLite in its own transaction.
 //! * [`verify`]: the RFC 9162 §2.1.3.2 / §2.1.4.2 verifiers.
 //! * [`entry`]: audit entries and their frozen canonical byte format.
+//! * [`dsse`]: module signatures (in-toto statements in DSSE envelopes,
+//!   Ed25519 keys, key ids).
 //! * [`note`], [`checkpoint`]: C2SP signed notes (Ed25519) and checkpoints.
 //! * [`receipt`]: offline receipt verification and the fork/rollback
 //!   [`Watcher`].
@@ -55,6 +57,7 @@
 
 pub mod checkpoint;
 pub mod cosignature;
+pub mod dsse;
 pub mod entry;
 pub mod hash;
 pub mod note;
@@ -69,7 +72,7 @@ pub use checkpoint::{Checkpoint, CheckpointError, SignedCheckpoint, open_checkpo
 pub use cosignature::{CosignatureError, CosignerKey, CosignerVerifier, require_cosignatures};
 pub use entry::{
     Credential, DatasetCreated, Denial, Entry, EntryBody, EntryError, ModulePublished, PolicySet,
-    RunExecuted, TenantCreated,
+    RunExecuted, SigningKeyRevoked, TenantCreated,
 };
 pub use hash::Hash;
 pub use note::{KeyError, LogSigner, LogVerifier, NoteError};

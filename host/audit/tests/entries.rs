@@ -5,7 +5,7 @@
 use kasbah_audit::entry::{ENTRY_FORMAT_V1, MAX_SET_LEN, MAX_STR_LEN};
 use kasbah_audit::{
     Denial, Entry, EntryBody, EntryError, Hash, ModulePublished, PolicySet, RunExecuted,
-    TenantCreated,
+    SigningKeyRevoked, TenantCreated,
 };
 use kasbah_core::Digest;
 
@@ -37,6 +37,7 @@ fn samples() -> Vec<Entry> {
                 name: "hello".into(),
                 version: "1.0.0".into(),
                 signer: Some("acme.example/release+1a2b3c4d".into()),
+                signers: vec![],
             }),
         ),
         Entry::new(
@@ -226,8 +227,8 @@ fn decoding_is_strict() {
         v2[0] = 2;
         assert_eq!(Entry::decode(&v2), Err(EntryError::UnsupportedVersion(2)));
         let mut ty = b.clone();
-        ty[1] = 9;
-        assert_eq!(Entry::decode(&ty), Err(EntryError::UnknownType(9)));
+        ty[1] = 200;
+        assert_eq!(Entry::decode(&ty), Err(EntryError::UnknownType(200)));
     }
     // Option tag 2 where 0/1 is expected (ModulePublished.signer).
     let mut b = hex::decode(GOLDEN[2].0).expect("hex");
@@ -472,3 +473,124 @@ fn run_executed_with_a_worker_is_type_8_and_type_4_is_unchanged() {
 }
 
 const RUN_EXECUTED_WORKER_GOLDEN: &str = "01080000019b76daa8030000000572756e2d310000000461636d655c073b6de205a83e4df87dcd07111be224ad4435a8c08ca0ba10e68dcf38fe92c96c6d5be8d08a12e7b5cdc1b207fa6b2430974c86803d8891675e76fd992c20000000019a129038d9a00aed0cf6a7ea059ca50a813449061ab87848cf1a13eafdf33b2c01e0ee8bb50685e05fa0f47ed04203ae953fdfd055f5bd2892ea186504254f8c3a000000020000000a65752d70617269732d310000000a6d612d72616261742d310000000a6d612d72616261742d31010000000a6c6c766d706970652d300000000000000003000000026f6b00000000000004d20100000000000013880000000000010000000000000000004d000000000000100000000009776f726b65722d6131";
+
+/// Type 9 (`module_published` with verified signers, issue 16) was added
+/// after type 8: type 3's fields in type 3's order, then `signers:set<str>`,
+/// non-empty; assembled by hand from the grammar here. A publish without
+/// signers still encodes as type 3, byte for byte (the frozen golden).
+#[test]
+fn module_published_with_signers_is_type_9_and_type_3_is_unchanged() {
+    let mut e = samples().remove(2);
+    let type3 = e.encode().expect("encode");
+    assert_eq!(hex::encode(&type3), GOLDEN[2].0, "type 3 bytes unchanged");
+    let EntryBody::ModulePublished(m) = &mut e.body else {
+        panic!("sample 2 is a publish")
+    };
+    m.signer = None;
+    let unsigned3 = e.encode().expect("encode");
+    let EntryBody::ModulePublished(m) = &mut e.body else {
+        panic!("sample 2 is a publish")
+    };
+    // Given out of order and duplicated: encoded sorted, once each.
+    m.signers = vec!["bb".repeat(32), "aa".repeat(32), "bb".repeat(32)];
+    let bytes = e.encode().expect("encode");
+    let mut want = unsigned3.clone();
+    want[1] = 9;
+    want.extend(2u32.to_be_bytes());
+    for id in ["aa".repeat(32), "bb".repeat(32)] {
+        want.extend(64u32.to_be_bytes());
+        want.extend(id.as_bytes());
+    }
+    assert_eq!(bytes, want);
+    assert_eq!(hex::encode(&bytes), MODULE_PUBLISHED_SIGNERS_GOLDEN);
+    let back = Entry::decode(&bytes).expect("decode");
+    let EntryBody::ModulePublished(b) = &back.body else {
+        panic!("decoded a publish")
+    };
+    assert_eq!(b.signers, vec!["aa".repeat(32), "bb".repeat(32)]);
+    assert_eq!(back.body.kind(), "module_published");
+    assert_eq!(back.body.module(), Some(Digest::of(b"module bytes")));
+    assert_eq!(back.encode().expect("encode"), bytes);
+    let j = serde_json::to_value(&back).expect("json");
+    assert_eq!(j["type"], "module_published");
+    assert_eq!(j["signers"][1], "bb".repeat(32));
+    assert_eq!(serde_json::from_value::<Entry>(j).expect("parse"), back);
+    // Type 3's JSON has no `signers` key.
+    let j3 = serde_json::to_value(Entry::decode(&unsigned3).expect("decode")).expect("json");
+    assert!(j3.get("signers").is_none(), "{j3}");
+    // Strict: prefixes, a trailing byte, an empty or unsorted set, type 3
+    // bytes followed by a set.
+    for n in 0..bytes.len() {
+        assert!(Entry::decode(&bytes[..n]).is_err(), "prefix {n}");
+    }
+    let mut long = bytes.clone();
+    long.push(0);
+    assert_eq!(Entry::decode(&long), Err(EntryError::TrailingBytes(1)));
+    let mut empty = unsigned3.clone();
+    empty[1] = 9;
+    empty.extend(0u32.to_be_bytes());
+    assert_eq!(Entry::decode(&empty), Err(EntryError::EmptySet("signers")));
+    let mut as3 = bytes.clone();
+    as3[1] = 3;
+    assert!(matches!(
+        Entry::decode(&as3),
+        Err(EntryError::TrailingBytes(_))
+    ));
+    let mut unsorted = unsigned3.clone();
+    unsorted[1] = 9;
+    unsorted.extend(2u32.to_be_bytes());
+    for id in ["bb".repeat(32), "aa".repeat(32)] {
+        unsorted.extend(64u32.to_be_bytes());
+        unsorted.extend(id.as_bytes());
+    }
+    assert_eq!(
+        Entry::decode(&unsorted),
+        Err(EntryError::UnsortedSet("signers"))
+    );
+}
+
+const MODULE_PUBLISHED_SIGNERS_GOLDEN: &str = "01090000019b76daa8020000000461636d655c073b6de205a83e4df87dcd07111be224ad4435a8c08ca0ba10e68dcf38fe92000000000000000c0000000568656c6c6f00000005312e302e30000000000200000040616161616161616161616161616161616161616161616161616161616161616161616161616161616161616161616161616161616161616161616161616161610000004062626262626262626262626262626262626262626262626262626262626262626262626262626262626262626262626262626262626262626262626262626262";
+
+/// Type 10 (`signing_key_revoked`, issue 16): four strings, assembled by
+/// hand from the grammar here.
+#[test]
+fn signing_key_revoked_is_type_10_and_decodes_strictly() {
+    let e = Entry::new(
+        T + 10,
+        EntryBody::SigningKeyRevoked(SigningKeyRevoked {
+            tenant: "acme".into(),
+            key_id: "ab".repeat(32),
+            by_role: "operator".into(),
+            by_subject: "op-1".into(),
+        }),
+    );
+    let bytes = e.encode().expect("encode");
+    let mut want = vec![ENTRY_FORMAT_V1, 10];
+    want.extend((T + 10).to_be_bytes());
+    for s in ["acme", &"ab".repeat(32), "operator", "op-1"] {
+        want.extend((s.len() as u32).to_be_bytes());
+        want.extend(s.as_bytes());
+    }
+    assert_eq!(bytes, want);
+    assert_eq!(hex::encode(&bytes), SIGNING_KEY_REVOKED_GOLDEN);
+    let back = Entry::decode(&bytes).expect("decode");
+    assert_eq!(back, e);
+    assert_eq!(back.body.kind(), "signing_key_revoked");
+    assert_eq!(back.body.tenant(), "acme");
+    assert_eq!(back.body.module(), None);
+    for n in 0..bytes.len() {
+        assert!(Entry::decode(&bytes[..n]).is_err(), "prefix {n}");
+    }
+    let mut long = bytes.clone();
+    long.push(0);
+    assert_eq!(Entry::decode(&long), Err(EntryError::TrailingBytes(1)));
+    let v = serde_json::to_value(&back).expect("json");
+    assert_eq!(v["type"], "signing_key_revoked");
+    assert_eq!(serde_json::from_value::<Entry>(v).expect("parse"), e);
+    // Type 11 is not this build's to read.
+    let mut eleven = bytes.clone();
+    eleven[1] = 11;
+    assert!(Entry::decode(&eleven).is_err());
+}
+
+const SIGNING_KEY_REVOKED_GOLDEN: &str = "010a0000019b76daa80a0000000461636d650000004061626162616261626162616261626162616261626162616261626162616261626162616261626162616261626162616261626162616261626162616261626162000000086f70657261746f72000000046f702d31";

@@ -35,6 +35,7 @@ fn entry(i: u64) -> Entry {
             name: "m".into(),
             version: format!("0.{i}.0"),
             signer: None,
+            signers: vec![],
         }),
         2 => EntryBody::RunExecuted(RunExecuted {
             run_id: format!("run-{i}"),

@@ -244,7 +244,18 @@ fn describe(b: &kasbah_audit::EntryBody) -> String {
     match b {
         TenantCreated(t) => format!("operator {:?}", t.operator),
         PolicySet(p) => format!("policy v{} {}", p.policy_version, p.policy),
-        ModulePublished(m) => format!("{}@{} {} ({} bytes)", m.name, m.version, m.module, m.size),
+        ModulePublished(m) => format!(
+            "{}@{} {} ({} bytes){}",
+            m.name,
+            m.version,
+            m.module,
+            m.size,
+            crate::remote::signed_by(&m.signers)
+        ),
+        SigningKeyRevoked(k) => format!(
+            "signing key {} revoked by {} {}",
+            k.key_id, k.by_role, k.by_subject
+        ),
         RunExecuted(r) if r.zone.is_empty() => format!(
             "{} {} module {} policy v{}",
             r.run_id, r.outcome, r.module, r.policy_version

@@ -12,6 +12,7 @@ pub mod out;
 mod remote;
 mod serve;
 mod witness;
+mod sign;
 
 use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 use std::io::IsTerminal;
@@ -76,6 +77,11 @@ enum Command {
     /// Tokens: list their metadata, revoke (admin: any; operator: its tenants' and auditors').
     #[command(subcommand)]
     Tokens(remote::TokensCmd),
+    /// Module signing keys: generate (no server needed), show, revoke for a tenant (admin, operator).
+    #[command(subcommand)]
+    Key(sign::KeyCmd),
+    /// Sign a component: a DSSE envelope around an in-toto statement naming its sha256 (no server needed).
+    Sign(sign::SignArgs),
     /// Publish a component to the registry (developer).
     Publish(remote::PublishArgs),
     /// Published modules (lists them without a subcommand).
@@ -160,6 +166,8 @@ pub fn main() -> ExitCode {
         Command::Policy(c) => remote::block_on(remote::policy(&ctx, c)),
         Command::Auditor(c) => remote::block_on(remote::auditor(&ctx, c)),
         Command::Tokens(c) => remote::block_on(remote::tokens(&ctx, c)),
+        Command::Key(c) => remote::block_on(sign::key(&ctx, c)),
+        Command::Sign(a) => sign::sign(&ctx, a),
         Command::Publish(a) => remote::block_on(remote::publish(&ctx, a)),
         Command::Modules(a) => remote::block_on(remote::modules(&ctx, a)),
         Command::Dataset(c) => remote::block_on(remote::dataset(&ctx, c)),

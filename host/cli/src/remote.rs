@@ -27,7 +27,11 @@ impl Ctx {
         Ok(Client::new(&self.url, token))
     }
 
-    fn print<T: Serialize>(&self, value: &T, human: impl FnOnce(&T)) -> anyhow::Result<ExitCode> {
+    pub(crate) fn print<T: Serialize>(
+        &self,
+        value: &T,
+        human: impl FnOnce(&T),
+    ) -> anyhow::Result<ExitCode> {
         if self.json {
             crate::outln!("{}", serde_json::to_string_pretty(value)?);
         } else {
@@ -499,6 +503,9 @@ pub struct PublishArgs {
     /// Version to publish it as.
     #[arg(long, default_value = "0.1.0")]
     version: String,
+    /// A signature envelope (`kasbah sign`) to send with it; repeatable.
+    #[arg(long = "signature", value_name = "FILE")]
+    signatures: Vec<PathBuf>,
 }
 
 pub async fn publish(ctx: &Ctx, a: PublishArgs) -> anyhow::Result<ExitCode> {
@@ -521,13 +528,23 @@ pub async fn publish(ctx: &Ctx, a: PublishArgs) -> anyhow::Result<ExitCode> {
             .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
         )
     };
+    let mut envelopes = Vec::new();
+    for f in &a.signatures {
+        envelopes.push(std::fs::read(f).with_context(|| format!("reading {}", f.display()))?);
+    }
     let b = bar.clone();
     let m = ctx
         .client()?
-        .publish_checked(&a.file, &name, &a.version, move |sent, total| {
-            b.set_length(total);
-            b.set_position(sent);
-        })
+        .publish_signed(
+            &a.file,
+            &name,
+            &a.version,
+            &envelopes,
+            move |sent, total| {
+                b.set_length(total);
+                b.set_position(sent);
+            },
+        )
         .await;
     bar.finish_and_clear();
     let (m, created) = m?;
@@ -538,11 +555,12 @@ pub async fn publish(ctx: &Ctx, a: PublishArgs) -> anyhow::Result<ExitCode> {
     match publish_result(&m, created, &name, &a.version) {
         Published::New => ctx.print(&m, |m| {
             crate::outln!(
-                "published {}@{} {} ({} bytes)",
+                "published {}@{} {} ({} bytes){}",
                 m.name,
                 m.version,
                 m.digest,
-                m.size
+                m.size,
+                signed_by(&m.signers)
             )
         }),
         Published::Unchanged => ctx.print(&m, |m| {
@@ -562,6 +580,15 @@ pub async fn publish(ctx: &Ctx, a: PublishArgs) -> anyhow::Result<ExitCode> {
                 a.version, m.digest, m.name, m.version
             ),
         })),
+    }
+}
+
+/// `, signed by …` for a module's verified signers (empty: nothing).
+pub(crate) fn signed_by(signers: &[String]) -> String {
+    if signers.is_empty() {
+        String::new()
+    } else {
+        format!(", signed by {}", signers.join(", "))
     }
 }
 
@@ -597,6 +624,15 @@ pub struct ModulesArgs {
 pub enum ModulesCmd {
     /// List published modules (the default).
     List,
+    /// Download a module's bytes (its tenant's developers and auditors),
+    /// checked against its digest.
+    Content {
+        /// The module's digest (`sha256:…`).
+        digest: String,
+        /// Write them here.
+        #[arg(short, long)]
+        output: PathBuf,
+    },
     /// Download the receipt of a module's publication (verify it with
     /// `kasbah audit verify --module DIGEST`).
     Receipt {
@@ -630,9 +666,24 @@ pub(crate) fn save_receipt(
 }
 
 pub async fn modules(ctx: &Ctx, a: ModulesArgs) -> anyhow::Result<ExitCode> {
-    if let Some(ModulesCmd::Receipt { digest, output }) = a.cmd {
-        let r = ctx.client()?.module_receipt(&digest).await?;
-        return save_receipt(&r, output);
+    match a.cmd {
+        Some(ModulesCmd::Receipt { digest, output }) => {
+            let r = ctx.client()?.module_receipt(&digest).await?;
+            return save_receipt(&r, output);
+        }
+        Some(ModulesCmd::Content { digest, output }) => {
+            let bytes = ctx.client()?.module_content(&digest).await?;
+            // Check here too: the bytes are what was asked for.
+            let got = kasbah_core::Digest::of(&bytes);
+            if got.to_string() != digest {
+                anyhow::bail!("the server sent bytes with digest {got}, not {digest}");
+            }
+            std::fs::write(&output, &bytes)
+                .with_context(|| format!("writing {}", output.display()))?;
+            eprintln!("{} bytes written to {}", bytes.len(), output.display());
+            return Ok(ExitCode::SUCCESS);
+        }
+        Some(ModulesCmd::List) | None => {}
     }
     let ms = ctx.client()?.modules().await?;
     ctx.print(&ms, |ms| {

@@ -224,6 +224,24 @@ pub struct ModuleRecord {
     /// Every interface the component imports.
     pub imports: Vec<String>,
     pub created_at: i64,
+    /// Key ids (hex SHA-256 of each raw Ed25519 public key) whose DSSE
+    /// signatures of the module the server verified at publish, sorted;
+    /// absent when none did.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub signers: Vec<String>,
+}
+
+/// A module signing key revoked for a tenant's publishes.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(ToSchema))]
+pub struct SigningKeyRevocation {
+    pub tenant_id: String,
+    /// Hex SHA-256 of the raw Ed25519 public key.
+    pub key_id: String,
+    pub revoked_at: i64,
+    /// The revoker's role and subject.
+    pub by_role: String,
+    pub by_subject: String,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -19,6 +19,10 @@
 //! [gpu]                              # absent: no GPU; present: zones and every quota
 //! zones = ["ma-rabat-1"]
 //! max_buffer_bytes = 268435456
+//!
+//! [signatures]                       # absent: tenants may publish unsigned
+//! threshold = 1                      # tenants' policies must require at least this many
+//! keys = []                          # non-empty: tenants may list only these keys
 //! ```
 //!
 //! What a ceiling leaves out, the operator cannot grant. Special addresses
@@ -38,7 +42,7 @@ use std::str::FromStr;
 
 use crate::{
     DirGrant, DirMode, EnvGrant, GpuGrant, Limits, NetHost, NetTarget, NetworkGrant, Policy,
-    is_zone_name,
+    SignaturePolicy, is_zone_name,
 };
 
 /// The bound an admin sets on what an operator may grant its tenants.
@@ -60,6 +64,24 @@ pub struct Ceiling {
     /// GPU zones within `zones` (empty: any zone the operator may use).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub gpu: Option<GpuGrant>,
+    /// `None`: tenants may publish unsigned modules. `Some`: every tenant
+    /// policy must require signatures, at least this threshold, by keys
+    /// among these (empty: any keys).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signatures: Option<SignatureCeiling>,
+}
+
+/// What an operator's tenants must require of module signatures. Unlike
+/// the other ceiling fields this is a floor: a tenant's policy may demand
+/// more signatures, never fewer.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SignatureCeiling {
+    /// The lowest threshold a tenant policy may set (at least 1).
+    pub threshold: u32,
+    /// Keys a tenant policy may list (base64 raw Ed25519); empty: any.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub keys: Vec<String>,
 }
 
 /// Environment variables an operator may grant.
@@ -377,6 +399,7 @@ impl Ceiling {
                     .collect(),
             },
             gpu: Some(GpuGrant::hard_ceiling()),
+            signatures: None,
         }
     }
 
@@ -402,7 +425,7 @@ impl Ceiling {
     /// the current top-level keys; `{}` is a legacy all-defaults ceiling).
     pub fn from_stored_json(s: &str) -> Result<Self, serde_json::Error> {
         let v: serde_json::Value = serde_json::from_str(s)?;
-        let current = ["limits", "datasets", "env", "network", "gpu"];
+        let current = ["limits", "datasets", "env", "network", "gpu", "signatures"];
         let legacy = v
             .as_object()
             .is_some_and(|o| !o.keys().any(|k| current.contains(&k.as_str())));
@@ -422,8 +445,23 @@ impl Ceiling {
             env,
             network: _,
             gpu,
+            signatures,
         } = self;
         let mut out = Vec::new();
+        if let Some(s) = signatures {
+            SignaturePolicy {
+                keys: s.keys.clone(),
+                threshold: s.threshold,
+            }
+            .problems("signatures", &mut out);
+            if !s.keys.is_empty() && s.threshold as usize > s.keys.len() {
+                out.push(format!(
+                    "signatures.threshold {} is more than the {} keys the ceiling allows",
+                    s.threshold,
+                    s.keys.len()
+                ));
+            }
+        }
         for (name, v, c) in limits.exceeding(&Limits::hard_ceiling()) {
             out.push(format!("{name} = {v} exceeds the hard ceiling {c}"));
         }
@@ -459,6 +497,7 @@ impl Default for Ceiling {
             env: EnvCeiling::default(),
             network: NetworkCeiling::default(),
             gpu: None,
+            signatures: None,
         }
     }
 }
@@ -572,9 +611,39 @@ impl Policy {
             network,
             limits,
             gpu,
+            signatures,
         } = self;
         let mut out = Vec::new();
         let mut push = |field: String, detail: String| out.push(Excess { field, detail });
+        if let Some(c) = &ceiling.signatures {
+            match signatures {
+                None => push(
+                    "signatures".into(),
+                    format!(
+                        "the operator's ceiling requires module signatures (threshold at least {})",
+                        c.threshold
+                    ),
+                ),
+                Some(s) => {
+                    if s.threshold < c.threshold {
+                        push(
+                            "signatures.threshold".into(),
+                            format!("{} < the ceiling's {}", s.threshold, c.threshold),
+                        );
+                    }
+                    if !c.keys.is_empty() {
+                        let over: Vec<&String> =
+                            s.keys.iter().filter(|k| !c.keys.contains(k)).collect();
+                        if !over.is_empty() {
+                            push(
+                                "signatures.keys".into(),
+                                format!("{} not among the ceiling's signatures.keys", list(over)),
+                            );
+                        }
+                    }
+                }
+            }
+        }
 
         // zones: within the operator's zones, and not "every node zone".
         if !bounds.zones.is_empty() {

@@ -43,12 +43,17 @@
 //! max_invocations = 68719476736             # over the run
 //! max_transfer_bytes = 17179869184          # written + read back + copied
 //! max_resident_bytes = 268435456            # dataset-backed buffers kept on an adapter
+//!
+//! [signatures]                 # absent = publish needs no signature
+//! keys = ["<base64 Ed25519 public key>"]   # as `kasbah key generate` prints it
+//! threshold = 1                # valid signatures by distinct listed, unrevoked keys
 //! ```
 
 mod ceiling;
 
 pub use ceiling::{
-    Bounds, Ceiling, Cidr, EnvCeiling, Excess, NetRule, NetworkCeiling, RuleHost, special_range,
+    Bounds, Ceiling, Cidr, EnvCeiling, Excess, NetRule, NetworkCeiling, RuleHost, SignatureCeiling,
+    special_range,
 };
 
 use serde::{Deserialize, Serialize};
@@ -86,6 +91,54 @@ pub struct Policy {
     /// GPU compute (`kasbah:gpu`). `None`: no GPU, every call is denied.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub gpu: Option<GpuGrant>,
+    /// Module signatures a publish needs. `None`: none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signatures: Option<SignaturePolicy>,
+}
+
+/// Most keys a signature policy (or ceiling) lists.
+pub const MAX_SIGNING_KEYS: usize = 32;
+
+/// Publish needs `threshold` valid DSSE signatures of the module, each by a
+/// distinct key of `keys` that is not revoked for the tenant.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SignaturePolicy {
+    /// Ed25519 public keys, each the base64 of its raw 32 bytes (a key id
+    /// alone cannot verify a signature, so keys are listed whole).
+    pub keys: Vec<String>,
+    pub threshold: u32,
+}
+
+/// Whether `k` is the base64 of 32 bytes (the shape of an Ed25519 public
+/// key; whether it is a valid point is checked where signatures are).
+pub fn is_public_key(k: &str) -> bool {
+    use base64::Engine as _;
+    k.len() == 44
+        && base64::engine::general_purpose::STANDARD
+            .decode(k)
+            .is_ok_and(|b| b.len() == 32)
+}
+
+impl SignaturePolicy {
+    fn problems(&self, field: &str, out: &mut Vec<String>) {
+        if self.keys.len() > MAX_SIGNING_KEYS {
+            out.push(format!("{field}.keys: at most {MAX_SIGNING_KEYS} keys"));
+        }
+        let mut seen = BTreeSet::new();
+        for (i, k) in self.keys.iter().enumerate() {
+            if !is_public_key(k) {
+                out.push(format!(
+                    "{field}.keys[{i}] is not an Ed25519 public key (base64 of 32 bytes, as `kasbah key generate` prints it)"
+                ));
+            } else if !seen.insert(k) {
+                out.push(format!("{field}.keys[{i}] is listed twice"));
+            }
+        }
+        if self.threshold == 0 {
+            out.push(format!("{field}.threshold must be at least 1"));
+        }
+    }
 }
 
 fn is_false(b: &bool) -> bool {
@@ -748,6 +801,16 @@ impl Policy {
         }
         if let Some(gpu) = &self.gpu {
             gpu.problems(&self.zones, &mut problems);
+        }
+        if let Some(sig) = &self.signatures {
+            sig.problems("signatures", &mut problems);
+            if sig.threshold as usize > sig.keys.len() {
+                problems.push(format!(
+                    "signatures.threshold {} is more than the {} keys listed",
+                    sig.threshold,
+                    sig.keys.len()
+                ));
+            }
         }
         if problems.is_empty() {
             Ok(())

@@ -68,6 +68,22 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/modules/{digest}", get(registry::get_module))
         .route("/v1/modules/{digest}/receipt", get(audit::module_receipt))
         .route(
+            "/v1/modules/{digest}/content",
+            get(registry::get_module_content),
+        )
+        .route(
+            "/v1/modules/{digest}/signatures",
+            get(registry::get_module_signatures),
+        )
+        .route(
+            "/v1/tenants/{id}/signing-keys/{key_id}/revoke",
+            post(registry::revoke_signing_key),
+        )
+        .route(
+            "/v1/tenants/{id}/signing-keys/revoked",
+            get(registry::revoked_signing_keys),
+        )
+        .route(
             "/v1/datasets",
             post(datasets::create_dataset).get(datasets::list_datasets),
         )

@@ -246,15 +246,35 @@ impl Client {
         version: &str,
         progress: impl Fn(u64, u64) + Send + Sync + 'static,
     ) -> Result<(ModuleRecord, bool)> {
+        self.publish_signed(path, name, version, &[], progress)
+            .await
+    }
+
+    /// [`Self::publish_checked`] with signatures: each of `envelopes` is a
+    /// DSSE envelope's JSON (what `kasbah sign` writes), sent as one
+    /// `Kasbah-Signature` header (base64) while the body streams.
+    pub async fn publish_signed(
+        &self,
+        path: &Path,
+        name: &str,
+        version: &str,
+        envelopes: &[Vec<u8>],
+        progress: impl Fn(u64, u64) + Send + Sync + 'static,
+    ) -> Result<(ModuleRecord, bool)> {
+        use base64::Engine as _;
         let (total, body) = upload_body(path, progress).await?;
-        let resp = self
+        let mut rb = self
             .req(reqwest::Method::POST, "/v1/modules")
             .query(&[("name", name), ("version", version)])
             .header("content-type", "application/wasm")
-            .header("content-length", total)
-            .body(body)
-            .send()
-            .await?;
+            .header("content-length", total);
+        for e in envelopes {
+            rb = rb.header(
+                "kasbah-signature",
+                base64::engine::general_purpose::STANDARD.encode(e),
+            );
+        }
+        let resp = rb.body(body).send().await?;
         let created = resp.status() == reqwest::StatusCode::CREATED;
         let bytes = Self::check(resp).await?;
         let m = serde_json::from_slice(&bytes).map_err(|e| Error::Decode(e.to_string()))?;
@@ -263,6 +283,46 @@ impl Client {
 
     pub async fn modules(&self) -> Result<Vec<ModuleRecord>> {
         Self::send(self.req(reqwest::Method::GET, "/v1/modules")).await
+    }
+
+    /// A module's bytes (its tenant's developers and auditors), checked by
+    /// the server against its digest while streamed.
+    pub async fn module_content(&self, digest: &str) -> Result<Vec<u8>> {
+        self.bytes(&format!("/v1/modules/{digest}/content")).await
+    }
+
+    /// The DSSE envelopes the module's publish carried (empty: no verified
+    /// signer), as JSON values: check them again with
+    /// `kasbah_audit::dsse::Envelope::parse`.
+    pub async fn module_signatures(&self, digest: &str) -> Result<Vec<serde_json::Value>> {
+        Self::send(self.req(
+            reqwest::Method::GET,
+            &format!("/v1/modules/{digest}/signatures"),
+        ))
+        .await
+    }
+
+    /// Revoke a module signing key (its key id) for a tenant's publishes
+    /// (admins; the tenant's operator).
+    pub async fn revoke_signing_key(
+        &self,
+        tenant: &str,
+        key_id: &str,
+    ) -> Result<SigningKeyRevocation> {
+        Self::send(self.req(
+            reqwest::Method::POST,
+            &format!("/v1/tenants/{tenant}/signing-keys/{key_id}/revoke"),
+        ))
+        .await
+    }
+
+    /// The key ids revoked for a tenant.
+    pub async fn revoked_signing_keys(&self, tenant: &str) -> Result<Vec<String>> {
+        Self::send(self.req(
+            reqwest::Method::GET,
+            &format!("/v1/tenants/{tenant}/signing-keys/revoked"),
+        ))
+        .await
     }
 
     /// Stream a file to the server as a dataset named `name` with the

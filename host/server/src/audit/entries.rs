@@ -6,10 +6,12 @@
 
 use kasbah_audit::{
     Credential, DatasetCreated, Denial, Entry, EntryBody, ModulePublished, PolicySet, RunExecuted,
-    TenantCreated,
+    SigningKeyRevoked, TenantCreated,
 };
 use kasbah_core::Digest;
-use kasbah_core::api::{DatasetRecord, ModuleRecord, PolicyRecord, Role, RunRecord, RunStatus};
+use kasbah_core::api::{
+    DatasetRecord, ModuleRecord, PolicyRecord, Role, RunRecord, RunStatus, SigningKeyRevocation,
+};
 
 use crate::caller::Caller;
 use crate::ids::now_ms;
@@ -146,7 +148,8 @@ pub fn dataset_created(d: &DatasetRecord) -> Entry {
     )
 }
 
-/// A module was published (the first time these bytes were, for this tenant).
+/// A module was published (the first time these bytes were, for this
+/// tenant): type 3, or type 9 naming the verified signers.
 pub fn module_published(m: &ModuleRecord) -> Entry {
     entry(EntryBody::ModulePublished(ModulePublished {
         tenant: m.tenant_id.clone(),
@@ -155,5 +158,16 @@ pub fn module_published(m: &ModuleRecord) -> Entry {
         name: m.name.clone(),
         version: m.version.clone(),
         signer: None,
+        signers: m.signers.clone(),
+    }))
+}
+
+/// A signing key was revoked for a tenant's publishes (type 10).
+pub fn signing_key_revoked(r: &SigningKeyRevocation) -> Entry {
+    entry(EntryBody::SigningKeyRevoked(SigningKeyRevoked {
+        tenant: r.tenant_id.clone(),
+        key_id: r.key_id.clone(),
+        by_role: r.by_role.clone(),
+        by_subject: r.by_subject.clone(),
     }))
 }

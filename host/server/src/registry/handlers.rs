@@ -1,15 +1,17 @@
-//! The module registry's HTTP handlers: publish (streamed upload), list,
-//! get. The rules are in `service.rs`.
+//! The module registry's HTTP handlers: publish (streamed upload, its
+//! signatures as `Kasbah-Signature` headers), list, get, content; signing
+//! key revocation. The rules are in `service.rs` and `signing.rs`.
 
 use axum::Json;
 use axum::body::Body;
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Path, Query, State};
-use axum::http::{HeaderMap, StatusCode};
-use kasbah_core::api::ModuleRecord;
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use kasbah_core::api::{ModuleRecord, SigningKeyRevocation};
 use serde::Deserialize;
 
-use super::service;
+use super::{service, signing};
 use crate::caller::Caller;
 use crate::error::{ApiResult, ErrorBody};
 use crate::extract::{DRAIN_LIMIT, UploadRefused, drain, query_error, receive_upload};
@@ -31,10 +33,11 @@ fn default_version() -> String {
     "0.0.0".into()
 }
 
-#[utoipa::path(post, tag = "api", path = "/v1/modules", params(PublishParams),
+#[utoipa::path(post, tag = "api", path = "/v1/modules", params(PublishParams,
+        ("kasbah-signature" = Option<String>, Header, description = "A DSSE envelope (in-toto statement naming the module's sha256, as `kasbah sign` writes it), base64 of its JSON; repeat the header for more signatures (at most 16)")),
     request_body(content = Vec<u8>, content_type = "application/wasm", description = "The component bytes, streamed"),
     responses((status = 201, body = ModuleRecord), (status = 200, body = ModuleRecord, description = "identical bytes already published"),
-        (status = 413, body = ErrorBody), (status = 422, body = ErrorBody), (status = 409, body = ErrorBody)))]
+        (status = 413, body = ErrorBody), (status = 422, body = ErrorBody, description = "among others `signature_required` (the policy's threshold of valid signatures by listed, unrevoked keys not met; names the key ids) and `invalid_signature` (a malformed envelope)"), (status = 409, body = ErrorBody)))]
 pub async fn publish_module(
     State(s): State<AppState>,
     caller: Caller,
@@ -44,9 +47,19 @@ pub async fn publish_module(
 ) -> ApiResult<(StatusCode, Json<ModuleRecord>)> {
     // Refusals before the upload is read still read (and discard) a bounded
     // amount of it, so the client sees the error instead of a reset.
+    let sigs = headers.get_all(signing::SIGNATURE_HEADER);
     let checked = service::may_publish(&caller)
         .and_then(|()| params.map_err(query_error))
-        .and_then(|Query(p)| service::plan(&s, &caller, &p.name, &p.version));
+        .and_then(|Query(p)| {
+            let values: Vec<&[u8]> = sigs.iter().map(HeaderValue::as_bytes).collect();
+            service::plan(&s, &caller, &p.name, &p.version, values.into_iter())
+        });
+    let checked = match checked {
+        Ok(plan) => service::check_signatures_early(&s, &plan)
+            .await
+            .map(|()| plan),
+        Err(e) => Err(e),
+    };
     let plan = match checked {
         Ok(plan) => plan,
         Err(e) => {
@@ -93,6 +106,71 @@ pub async fn get_module(
     Query(f): Query<TenantFilter>,
 ) -> ApiResult<Json<ModuleRecord>> {
     Ok(Json(service::module(
+        &s,
+        &caller,
+        &digest,
+        f.tenant.as_deref(),
+    )?))
+}
+
+#[utoipa::path(get, tag = "api", path = "/v1/modules/{digest}/content",
+    params(("digest" = String, Path, description = "The module's digest (`sha256:…`)"), TenantFilter),
+    responses((status = 200, content_type = "application/wasm", description = "The module's bytes, streamed and checked against its digest (header `x-kasbah-digest`)"),
+        (status = 404, body = ErrorBody, description = "not a module of a tenant whose code the caller reads (its developers, auditors granted it)")))]
+pub async fn get_module_content(
+    State(s): State<AppState>,
+    caller: Caller,
+    Path(digest): Path<String>,
+    Query(f): Query<TenantFilter>,
+) -> ApiResult<Response> {
+    let (m, body) = service::content(&s, &caller, &digest, f.tenant.as_deref()).await?;
+    let mut headers = HeaderMap::new();
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/wasm"),
+    );
+    headers.insert(header::CONTENT_LENGTH, m.size.into());
+    if let Ok(v) = m.digest.to_string().parse() {
+        headers.insert("x-kasbah-digest", v);
+    }
+    Ok((headers, Body::from_stream(body)).into_response())
+}
+
+#[utoipa::path(post, tag = "api", path = "/v1/tenants/{id}/signing-keys/{key_id}/revoke",
+    params(("id" = String, Path, description = "Tenant id (`tn_…`)"),
+        ("key_id" = String, Path, pattern = r"^[0-9a-f]{64}$", description = "The key id: 64 lowercase hex digits, SHA-256 of the raw Ed25519 public key")),
+    responses((status = 200, body = SigningKeyRevocation, description = "revoked now, or already (the first revocation); a `signing_key_revoked` audit entry the first time"),
+        (status = 404, body = ErrorBody), (status = 403, body = ErrorBody), (status = 422, body = ErrorBody, description = "`invalid_key_id`")))]
+pub async fn revoke_signing_key(
+    State(s): State<AppState>,
+    caller: Caller,
+    Path((tenant, key_id)): Path<(String, String)>,
+) -> ApiResult<Json<SigningKeyRevocation>> {
+    Ok(Json(signing::revoke(&s, &caller, &tenant, &key_id).await?))
+}
+
+#[utoipa::path(get, tag = "api", path = "/v1/tenants/{id}/signing-keys/revoked",
+    params(("id" = String, Path, description = "Tenant id (`tn_…`)")),
+    responses((status = 200, body = Vec<String>, description = "key ids revoked for the tenant"), (status = 404, body = ErrorBody)))]
+pub async fn revoked_signing_keys(
+    State(s): State<AppState>,
+    caller: Caller,
+    Path(tenant): Path<String>,
+) -> ApiResult<Json<Vec<String>>> {
+    Ok(Json(signing::revoked(&s, &caller, &tenant)?))
+}
+
+#[utoipa::path(get, tag = "api", path = "/v1/modules/{digest}/signatures",
+    params(("digest" = String, Path, description = "The module's digest (`sha256:…`)"), TenantFilter),
+    responses((status = 200, body = Vec<Object>, description = "The DSSE envelopes the publish carried (empty: no verified signer), to check again offline"),
+        (status = 404, body = ErrorBody)))]
+pub async fn get_module_signatures(
+    State(s): State<AppState>,
+    caller: Caller,
+    Path(digest): Path<String>,
+    Query(f): Query<TenantFilter>,
+) -> ApiResult<Json<serde_json::Value>> {
+    Ok(Json(service::signatures(
         &s,
         &caller,
         &digest,

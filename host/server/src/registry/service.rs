@@ -2,7 +2,8 @@
 //! large a module may be (the policy's `max_module_bytes`, within the
 //! server's), what a module must be (a component exporting the pipeline
 //! world whose imports the tenant's policy grants and this host links).
-//! A refusal for imports is a policy decision and is audited. No HTTP here.
+//! A refusal for imports is a policy decision and is audited. Signatures:
+//! `signing.rs`. No HTTP here.
 
 use std::sync::Arc;
 
@@ -10,11 +11,13 @@ use kasbah_core::Digest;
 use kasbah_core::api::{ModuleRecord, PolicyRecord, Role};
 use kasbah_runtime::LoadError;
 
+use super::signing::{self, Requirement, Signatures};
 use super::storage::ModuleStore;
 use crate::audit::storage::AuditStore;
 use crate::caller::Caller;
 use crate::error::{ApiError, ApiResult};
 use crate::ids::now_ms;
+use crate::runs::fleet::{OutputStream, checked_stream};
 use crate::state::AppState;
 use crate::tenancy::service::policy;
 use crate::validate::{parse_digest, valid_name};
@@ -27,6 +30,9 @@ pub struct Publish {
     policy: Arc<PolicyRecord>,
     /// Most bytes the module may have.
     pub max: u64,
+    /// What the tenant's policy demands of signatures, and what came.
+    requirement: Option<Requirement>,
+    signatures: Signatures,
 }
 
 /// Only developer tokens publish (checked before anything else).
@@ -37,8 +43,15 @@ pub fn may_publish(caller: &Caller) -> ApiResult<()> {
     )
 }
 
-/// The checks before the upload: caller, name, version, the tenant's policy.
-pub fn plan(s: &AppState, caller: &Caller, name: &str, version: &str) -> ApiResult<Publish> {
+/// The checks before the upload: caller, name, version, the tenant's
+/// policy, the signatures' shape (`signatures`: the header values).
+pub fn plan<'a>(
+    s: &AppState,
+    caller: &Caller,
+    name: &str,
+    version: &str,
+    signatures: impl ExactSizeIterator<Item = &'a [u8]>,
+) -> ApiResult<Publish> {
     may_publish(caller)?;
     let name = valid_name(name)?.to_string();
     let version = valid_name(version)?.to_string();
@@ -48,13 +61,25 @@ pub fn plan(s: &AppState, caller: &Caller, name: &str, version: &str) -> ApiResu
         .limits
         .max_module_bytes
         .min(s.config.max_module_bytes);
+    let signatures = signing::parse(signatures)?;
+    let requirement = signing::requirement(s, &caller.subject, &policy)?;
     Ok(Publish {
         tenant: caller.subject.clone(),
         name,
         version,
         policy,
         max,
+        requirement,
+        signatures,
     })
+}
+
+/// Before the upload is read: enough valid signatures, whatever bytes
+/// they name (the exact check follows in [`publish`]).
+pub async fn check_signatures_early(s: &AppState, p: &Publish) -> ApiResult<()> {
+    signing::check(s, &p.tenant, p.requirement.as_ref(), &p.signatures, None)
+        .await
+        .map(drop)
 }
 
 /// Count a refused publish (by code) and pass its error on.
@@ -97,6 +122,15 @@ pub async fn publish(
             ApiError::unprocessable("empty_module", "the upload is empty"),
         ));
     }
+    // Signed by enough listed, unrevoked keys: these bytes, not others.
+    let signers = signing::check(
+        s,
+        &p.tenant,
+        p.requirement.as_ref(),
+        &p.signatures,
+        Some(&digest),
+    )
+    .await?;
     // Validate: a component exporting the pipeline world, imports granted.
     let bytes = std::fs::read(tmp.path()).map_err(ApiError::internal)?;
     let runtime = s.runtime.clone();
@@ -160,8 +194,14 @@ pub async fn publish(
         size,
         imports: module.imports().to_vec(),
         created_at: now_ms(),
+        signers,
     };
-    match s.modules.insert_module(&record).await? {
+    let envelopes = if record.signers.is_empty() {
+        None
+    } else {
+        p.signatures.to_json()
+    };
+    match s.modules.insert_module(&record, envelopes).await? {
         Ok(stored) if stored.created_at == record.created_at => {
             s.metrics.modules_published.inc();
             Ok((true, stored))
@@ -201,4 +241,45 @@ pub fn module(
         }
     }
     Err(ApiError::not_found("module"))
+}
+
+/// A module's bytes, for its tenant's developers and the auditors granted
+/// it (404 for everyone else, admins included: they read records, not
+/// code), checked against its digest and size while streamed.
+pub async fn content(
+    s: &AppState,
+    caller: &Caller,
+    digest: &str,
+    tenant: Option<&str>,
+) -> ApiResult<(ModuleRecord, OutputStream)> {
+    let digest = parse_digest(digest)?;
+    for t in caller.readable_tenants(s, tenant)? {
+        if !caller.reads_outputs(s, &t)? {
+            continue;
+        }
+        if let Some(m) = s.modules.module(&t, &digest)? {
+            let f = tokio::fs::File::open(s.blobs.path(&m.digest))
+                .await
+                .map_err(ApiError::internal)?;
+            let body = checked_stream(f, m.digest, m.size);
+            return Ok((m, body));
+        }
+    }
+    Err(ApiError::not_found("module"))
+}
+
+/// The DSSE envelopes a signed module's publish carried (an empty array
+/// for a module published without verified signers), for whoever reads the
+/// module's record.
+pub fn signatures(
+    s: &AppState,
+    caller: &Caller,
+    digest: &str,
+    tenant: Option<&str>,
+) -> ApiResult<serde_json::Value> {
+    let m = module(s, caller, digest, tenant)?;
+    match s.modules.module_signatures(&m.tenant_id, &m.digest)? {
+        Some(text) => serde_json::from_str(&text).map_err(ApiError::internal),
+        None => Ok(serde_json::Value::Array(Vec::new())),
+    }
 }

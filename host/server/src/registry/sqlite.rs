@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use kasbah_core::Digest;
-use kasbah_core::api::ModuleRecord;
+use kasbah_core::api::{ModuleRecord, SigningKeyRevocation};
 use rusqlite::{Connection, OptionalExtension, params};
 
 use super::storage::ModuleStore;
@@ -32,7 +32,11 @@ impl ModuleStore for SqliteModules {
     /// Record a module for a tenant, with its `module_published` audit
     /// entry. Same digest again → the existing record (no new entry);
     /// same name+version with other bytes → `Err(existing digest)`.
-    async fn insert_module(&self, m: &ModuleRecord) -> DbResult<Result<ModuleRecord, Digest>> {
+    async fn insert_module(
+        &self,
+        m: &ModuleRecord,
+        signatures: Option<String>,
+    ) -> DbResult<Result<ModuleRecord, Digest>> {
         let m = m.clone();
         let (result, _) = self
             .db
@@ -51,8 +55,9 @@ impl ModuleStore for SqliteModules {
                     return Ok((Err(parse_digest(&d)?), Vec::new()));
                 }
                 tx.execute(
-                    "INSERT INTO modules(tenant_id, digest, name, version, size, imports_json, created_at)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                    "INSERT INTO modules(tenant_id, digest, name, version, size, imports_json, created_at,
+                                         signers_json, signatures_json)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
                     params![
                         m.tenant_id,
                         m.digest.to_string(),
@@ -60,7 +65,13 @@ impl ModuleStore for SqliteModules {
                         m.version,
                         m.size as i64,
                         json(&m.imports)?,
-                        m.created_at
+                        m.created_at,
+                        if m.signers.is_empty() {
+                            None
+                        } else {
+                            Some(json(&m.signers)?)
+                        },
+                        signatures,
                     ],
                 )?;
                 let e = entries::module_published(&m);
@@ -68,6 +79,63 @@ impl ModuleStore for SqliteModules {
             })
             .await?;
         Ok(result)
+    }
+
+    async fn revoke_signing_key(&self, r: &SigningKeyRevocation) -> DbResult<SigningKeyRevocation> {
+        let r = r.clone();
+        let (result, _) = self
+            .db
+            .write(move |tx| {
+                let existing = tx
+                    .query_row(
+                        "SELECT revoked_at, by_role, by_subject FROM signing_key_revocations
+                         WHERE tenant_id = ?1 AND key_id = ?2",
+                        params![r.tenant_id, r.key_id],
+                        |row| {
+                            Ok(SigningKeyRevocation {
+                                tenant_id: r.tenant_id.clone(),
+                                key_id: r.key_id.clone(),
+                                revoked_at: row.get(0)?,
+                                by_role: row.get(1)?,
+                                by_subject: row.get(2)?,
+                            })
+                        },
+                    )
+                    .optional()?;
+                if let Some(e) = existing {
+                    return Ok((e, Vec::new()));
+                }
+                tx.execute(
+                    "INSERT INTO signing_key_revocations(tenant_id, key_id, revoked_at, by_role, by_subject)
+                     VALUES (?1, ?2, ?3, ?4, ?5)",
+                    params![r.tenant_id, r.key_id, r.revoked_at, r.by_role, r.by_subject],
+                )?;
+                let e = entries::signing_key_revoked(&r);
+                Ok((r, vec![e]))
+            })
+            .await?;
+        Ok(result)
+    }
+
+    fn revoked_signing_keys(&self, tenant_id: &str) -> DbResult<Vec<String>> {
+        self.db.with(|c| {
+            let mut st = c.prepare_cached(
+                "SELECT key_id FROM signing_key_revocations WHERE tenant_id = ?1 ORDER BY key_id",
+            )?;
+            st.query_map([tenant_id], |r| r.get(0))?.collect()
+        })
+    }
+
+    fn module_signatures(&self, tenant_id: &str, digest: &Digest) -> DbResult<Option<String>> {
+        self.db.with(|c| {
+            c.query_row(
+                "SELECT signatures_json FROM modules WHERE tenant_id = ?1 AND digest = ?2",
+                params![tenant_id, digest.to_string()],
+                |r| r.get::<_, Option<String>>(0),
+            )
+            .optional()
+            .map(Option::flatten)
+        })
     }
 
     fn module(&self, tenant_id: &str, digest: &Digest) -> DbResult<Option<ModuleRecord>> {
@@ -99,7 +167,7 @@ impl ModuleStore for SqliteModules {
     fn modules(&self, tenant_ids: &[String]) -> DbResult<Vec<ModuleRecord>> {
         self.db.with(|c| {
             let mut st = c.prepare(
-                "SELECT tenant_id, digest, name, version, size, imports_json, created_at
+                "SELECT tenant_id, digest, name, version, size, imports_json, created_at, signers_json
                  FROM modules WHERE tenant_id = ?1 ORDER BY created_at",
             )?;
             let mut out = Vec::new();
@@ -124,6 +192,10 @@ fn row_module(r: &rusqlite::Row<'_>) -> rusqlite::Result<ModuleRecord> {
         size: r.get::<_, i64>(4)? as u64,
         imports: from_json(&r.get::<_, String>(5)?)?,
         created_at: r.get(6)?,
+        signers: match r.get::<_, Option<String>>(7)? {
+            Some(s) => from_json(&s)?,
+            None => Vec::new(),
+        },
     })
 }
 
@@ -133,7 +205,7 @@ fn module_row(
     digest: &Digest,
 ) -> rusqlite::Result<Option<ModuleRecord>> {
     c.prepare_cached(
-        "SELECT tenant_id, digest, name, version, size, imports_json, created_at
+        "SELECT tenant_id, digest, name, version, size, imports_json, created_at, signers_json
          FROM modules WHERE tenant_id = ?1 AND digest = ?2",
     )?
     .query_row(params![tenant_id, digest.to_string()], row_module)

@@ -2,24 +2,39 @@
 //! `sqlite.rs`.
 //!
 //! Contract: [`ModuleStore::insert_module`] commits the module's row and its
-//! `module_published` entry in one transaction.
+//! `module_published` entry in one transaction;
+//! [`ModuleStore::revoke_signing_key`] the revocation and its
+//! `signing_key_revoked` entry.
 
 use std::future::Future;
 use std::sync::Arc;
 
 use kasbah_core::Digest;
-use kasbah_core::api::ModuleRecord;
+use kasbah_core::api::{ModuleRecord, SigningKeyRevocation};
 
 use crate::store::DbResult;
 
 pub trait ModuleStore: Send + Sync {
-    /// Record a module for a tenant, with its `module_published` entry.
-    /// Same digest again → the existing record (no new entry); same
-    /// name+version with other bytes → `Ok(Err(existing digest))`.
+    /// Record a module for a tenant, with its `module_published` entry
+    /// (type 9 when `m.signers` is not empty) and the DSSE envelopes the
+    /// publish carried (`signatures`, a JSON array). Same digest again → the existing
+    /// record (no new entry); same name+version with other bytes →
+    /// `Ok(Err(existing digest))`.
     fn insert_module(
         &self,
         m: &ModuleRecord,
+        signatures: Option<String>,
     ) -> impl Future<Output = DbResult<Result<ModuleRecord, Digest>>> + Send;
+    /// Revoke a signing key for a tenant, with its `signing_key_revoked`
+    /// entry. Already revoked → the existing revocation (no new entry).
+    fn revoke_signing_key(
+        &self,
+        r: &SigningKeyRevocation,
+    ) -> impl Future<Output = DbResult<SigningKeyRevocation>> + Send;
+    /// The key ids revoked for a tenant.
+    fn revoked_signing_keys(&self, tenant_id: &str) -> DbResult<Vec<String>>;
+    /// The DSSE envelopes (JSON array) stored with a tenant's module.
+    fn module_signatures(&self, tenant_id: &str, digest: &Digest) -> DbResult<Option<String>>;
     fn module(&self, tenant_id: &str, digest: &Digest) -> DbResult<Option<ModuleRecord>>;
     /// [`Self::module`] for the run path: modules are immutable and never
     /// deleted, so implementations may cache what they found.

@@ -61,8 +61,18 @@ CREATE TABLE IF NOT EXISTS modules (
     size INTEGER NOT NULL,
     imports_json TEXT NOT NULL,
     created_at INTEGER NOT NULL,
+    signers_json TEXT,
+    signatures_json TEXT,
     PRIMARY KEY (tenant_id, digest),
     UNIQUE (tenant_id, name, version)
+);
+CREATE TABLE IF NOT EXISTS signing_key_revocations (
+    tenant_id TEXT NOT NULL REFERENCES tenants(id),
+    key_id TEXT NOT NULL,
+    revoked_at INTEGER NOT NULL,
+    by_role TEXT NOT NULL,
+    by_subject TEXT NOT NULL,
+    PRIMARY KEY (tenant_id, key_id)
 );
 CREATE TABLE IF NOT EXISTS runs (
     id TEXT PRIMARY KEY,
@@ -215,6 +225,7 @@ fn add_missing_column(
 /// - runs gain `worker` (NULL: executed in-process, or recorded before) and
 ///   `output_zone` (NULL: output inline or in the blob store);
 /// - operators gain `zones_json` (NULL: no zone restriction);
+/// - modules gain `signers_json` and `signatures_json` (NULL: unsigned);
 /// - policy versions gain `set_by`, tokens their id, expiry, last use,
 ///   revocation and creator, auditors the operator that created them.
 fn migrate(conn: &mut Connection) -> rusqlite::Result<()> {
@@ -252,6 +263,10 @@ fn migrate(conn: &mut Connection) -> rusqlite::Result<()> {
          CREATE INDEX IF NOT EXISTS tokens_by_subject ON tokens(role, subject);",
     )?;
     add_missing_column(&tx, "auditors", "operator_id", "TEXT")?;
+    // Module signatures (issue 16): the verified signer key ids and the
+    // DSSE envelopes; NULL for modules published before (and unsigned ones).
+    add_missing_column(&tx, "modules", "signers_json", "TEXT")?;
+    add_missing_column(&tx, "modules", "signatures_json", "TEXT")?;
     let table_exists = |name: &str| -> rusqlite::Result<bool> {
         tx.query_row(
             "SELECT COUNT(*) FROM sqlite_schema WHERE type = 'table' AND name = ?1",
