@@ -28,6 +28,7 @@ pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/openapi.json", get(openapi_json))
         .route("/metrics", get(ops::metrics))
+        .route("/readyz", get(ops::readyz))
         .route("/v1/whoami", get(tenancy::whoami))
         .route(
             "/v1/operators",
