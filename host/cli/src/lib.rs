@@ -10,6 +10,7 @@ mod gpu;
 mod local;
 pub mod out;
 mod remote;
+pub mod repro;
 mod serve;
 
 use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
@@ -48,6 +49,8 @@ struct Cli {
 enum Command {
     /// Run a pipeline: a `.wasm` file locally, or a published `sha256:…` module on the server.
     Run(local::RunArgs),
+    /// Build a guest crate for wasm32-wasip2 reproducibly, with SLSA provenance (no server needed).
+    Build(BuildArgs),
     /// Start the platform service.
     Serve(serve::ServeArgs),
     /// Run a zone worker of the fleet (NATS JetStream; see `kasbah serve --nats`).
@@ -90,6 +93,17 @@ enum Command {
     /// The audit log: key, checkpoints, entries, offline receipt verification, fork watcher.
     #[command(subcommand)]
     Audit(audit::AuditCmd),
+}
+
+#[derive(clap::Args)]
+struct BuildArgs {
+    /// The guest crate's directory (inside a cargo workspace with a Cargo.lock).
+    #[arg(default_value = ".")]
+    dir: std::path::PathBuf,
+    /// Write the module here (default: <workspace>/target/kasbah-build/<name>.wasm); the
+    /// provenance goes next to it as <FILE>.provenance.json.
+    #[arg(long)]
+    out: Option<std::path::PathBuf>,
 }
 
 pub fn main() -> ExitCode {
@@ -146,6 +160,9 @@ pub fn main() -> ExitCode {
     let result = match cli.command {
         Command::Run(args) if args.is_remote() => remote::block_on(remote::run(&ctx, args)),
         Command::Run(args) => local::run(args, cli.verbose > 0, ctx.json),
+        Command::Build(a) => {
+            repro::build_command(&a.dir, a.out.as_deref(), ctx.json).map(|()| ExitCode::SUCCESS)
+        }
         Command::Serve(args) => serve::serve(args),
         Command::Worker(args) => serve::worker(args),
         Command::Fleet(c) => fleet::fleet(&ctx, c),
