@@ -30,7 +30,11 @@
 //!                         tenant:str expires_unix_ms:opt<u64>
 //!                         by_role:str by_subject:str
 //! type 8 run_executed     (every type 4 field, in type 4's order) worker:str
+//! type 11 provenance_published tenant:str module:digest statement:digest
+//!                         source:digest cargo_lock:digest toolchain:str
 //! ```
+//!
+//! Types 9 and 10 are reserved (module signing, issue 16 item 1).
 //!
 //! Type 6 was added after types 1–5 were frozen, type 7 after type 6, type 8
 //! after type 7; the bytes of the older types are unchanged.
@@ -88,6 +92,7 @@ pub enum EntryBody {
     Denial(Denial),
     DatasetCreated(DatasetCreated),
     Credential(Credential),
+    ProvenancePublished(ProvenancePublished),
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -198,6 +203,24 @@ pub struct Credential {
     pub by_subject: String,
 }
 
+/// A module's build provenance (an in-toto Statement v1 with a SLSA
+/// provenance v1 predicate, from `kasbah build`) was published next to it
+/// (type 11).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProvenancePublished {
+    pub tenant: String,
+    /// The module the statement's subject names.
+    pub module: Digest,
+    /// SHA-256 of the statement's bytes as uploaded (and served back).
+    pub statement: Digest,
+    /// The `source` material: the source tree digest (`kasbah-source-tree/v1`).
+    pub source: Digest,
+    /// The `Cargo.lock` material.
+    pub cargo_lock: Digest,
+    /// The toolchain that built it (rustc's version line, and the target).
+    pub toolchain: String,
+}
+
 impl EntryBody {
     fn tag(&self) -> u8 {
         match self {
@@ -209,6 +232,7 @@ impl EntryBody {
             EntryBody::Denial(_) => 5,
             EntryBody::DatasetCreated(_) => 6,
             EntryBody::Credential(_) => 7,
+            EntryBody::ProvenancePublished(_) => 11,
         }
     }
 
@@ -222,6 +246,7 @@ impl EntryBody {
             EntryBody::Denial(_) => "denial",
             EntryBody::DatasetCreated(_) => "dataset_created",
             EntryBody::Credential(_) => "credential",
+            EntryBody::ProvenancePublished(_) => "provenance_published",
         }
     }
 
@@ -235,6 +260,7 @@ impl EntryBody {
             EntryBody::Denial(e) => &e.tenant,
             EntryBody::DatasetCreated(e) => &e.tenant,
             EntryBody::Credential(e) => &e.tenant,
+            EntryBody::ProvenancePublished(e) => &e.tenant,
         }
     }
 
@@ -244,6 +270,7 @@ impl EntryBody {
             EntryBody::ModulePublished(e) => Some(e.module),
             EntryBody::RunExecuted(e) => Some(e.module),
             EntryBody::Denial(e) => e.module,
+            EntryBody::ProvenancePublished(e) => Some(e.module),
             EntryBody::TenantCreated(_)
             | EntryBody::PolicySet(_)
             | EntryBody::DatasetCreated(_)
@@ -523,6 +550,14 @@ impl Entry {
                 w.str("by_role", &e.by_role)?;
                 w.str("by_subject", &e.by_subject)?;
             }
+            EntryBody::ProvenancePublished(e) => {
+                w.str("tenant", &e.tenant)?;
+                w.digest(&e.module);
+                w.digest(&e.statement);
+                w.digest(&e.source);
+                w.digest(&e.cargo_lock);
+                w.str("toolchain", &e.toolchain)?;
+            }
         }
         Ok(w.0)
     }
@@ -601,6 +636,14 @@ impl Entry {
                 expires_unix_ms: r.opt_u64("expires_unix_ms")?,
                 by_role: r.str("by_role")?,
                 by_subject: r.str("by_subject")?,
+            }),
+            11 => EntryBody::ProvenancePublished(ProvenancePublished {
+                tenant: r.str("tenant")?,
+                module: r.digest("module")?,
+                statement: r.digest("statement")?,
+                source: r.digest("source")?,
+                cargo_lock: r.digest("cargo_lock")?,
+                toolchain: r.str("toolchain")?,
             }),
             t => return Err(EntryError::UnknownType(t)),
         };

@@ -60,7 +60,7 @@ pub mod verify;
 
 pub use checkpoint::{Checkpoint, CheckpointError, SignedCheckpoint, open_checkpoint};
 pub use entry::{
-    Credential, DatasetCreated, Denial, Entry, EntryBody, EntryError, ModulePublished, PolicySet,
+    Credential, DatasetCreated, Denial, Entry, EntryBody, ProvenancePublished, EntryError, ModulePublished, PolicySet,
     RunExecuted, TenantCreated,
 };
 pub use hash::Hash;

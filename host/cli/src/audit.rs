@@ -229,6 +229,10 @@ fn describe(b: &kasbah_audit::EntryBody) -> String {
             "token {} {} ({} {}) by {} {}",
             c.token_id, c.action, c.role, c.subject, c.by_role, c.by_subject
         ),
+        ProvenancePublished(p) => format!(
+            "module {} statement {} source {} Cargo.lock {} toolchain {:?}",
+            p.module, p.statement, p.source, p.cargo_lock, p.toolchain
+        ),
     }
 }
 

@@ -5,11 +5,11 @@
 //! here, and a storage write that returns it.
 
 use kasbah_audit::{
-    Credential, DatasetCreated, Denial, Entry, EntryBody, ModulePublished, PolicySet, RunExecuted,
-    TenantCreated,
+    Credential, DatasetCreated, Denial, Entry, EntryBody, ModulePublished, PolicySet,
+    ProvenancePublished, RunExecuted, TenantCreated,
 };
 use kasbah_core::Digest;
-use kasbah_core::api::{DatasetRecord, ModuleRecord, PolicyRecord, Role, RunRecord, RunStatus};
+use kasbah_core::api::{DatasetRecord, ModuleRecord, ProvenanceRecord, PolicyRecord, Role, RunRecord, RunStatus};
 
 use crate::caller::Caller;
 use crate::ids::now_ms;
@@ -147,6 +147,18 @@ pub fn dataset_created(d: &DatasetRecord) -> Entry {
 }
 
 /// A module was published (the first time these bytes were, for this tenant).
+/// A module's provenance statement was published (type 11).
+pub fn provenance_published(p: &ProvenanceRecord) -> Entry {
+    entry(EntryBody::ProvenancePublished(ProvenancePublished {
+        tenant: p.tenant_id.clone(),
+        module: p.module,
+        statement: p.statement,
+        source: p.source,
+        cargo_lock: p.cargo_lock,
+        toolchain: p.toolchain.clone(),
+    }))
+}
+
 pub fn module_published(m: &ModuleRecord) -> Entry {
     entry(EntryBody::ModulePublished(ModulePublished {
         tenant: m.tenant_id.clone(),

@@ -1,11 +1,12 @@
 //! The module registry: a tenant's published components (immutable, by
 //! digest; unique name@version), checked at publish against the tenant's
-//! policy and this host's linker.
+//! policy and this host's linker; their build provenance (`provenance.rs`).
 //!
 //! `handlers.rs` (HTTP) → `service.rs` (the rules) → `storage.rs` (the
 //! interface) / `sqlite.rs` (its SQLite implementation).
 
 pub mod handlers;
+pub mod provenance;
 pub mod service;
 pub mod sqlite;
 pub mod storage;
