@@ -499,6 +499,10 @@ pub struct PublishArgs {
     /// Version to publish it as.
     #[arg(long, default_value = "0.1.0")]
     version: String,
+    /// Also publish its provenance statement (`kasbah build` writes it next
+    /// to the module as <FILE>.provenance.json); it goes in the log next to the module.
+    #[arg(long)]
+    provenance: Option<PathBuf>,
 }
 
 pub async fn publish(ctx: &Ctx, a: PublishArgs) -> anyhow::Result<ExitCode> {
@@ -531,6 +535,11 @@ pub async fn publish(ctx: &Ctx, a: PublishArgs) -> anyhow::Result<ExitCode> {
         .await;
     bar.finish_and_clear();
     let (m, created) = m?;
+    if let Some(file) = &a.provenance
+        && publish_result(&m, created, &name, &a.version) != Published::SameBytesAs
+    {
+        return publish_provenance(ctx, &m, file).await;
+    }
     // Modules are content-addressed per tenant: the server answers a publish
     // of bytes it already has with the existing record (200), whatever name
     // and version were asked for. Say so; a different name/version is not
@@ -565,6 +574,34 @@ pub async fn publish(ctx: &Ctx, a: PublishArgs) -> anyhow::Result<ExitCode> {
     }
 }
 
+/// The module is published; now its provenance statement.
+async fn publish_provenance(
+    ctx: &Ctx,
+    m: &ModuleRecord,
+    file: &std::path::Path,
+) -> anyhow::Result<ExitCode> {
+    let statement = std::fs::read(file).with_context(|| format!("reading {}", file.display()))?;
+    let (p, _) = ctx
+        .client()?
+        .put_provenance(&m.digest.to_string(), statement)
+        .await
+        .with_context(|| format!("{} is published; its provenance was not", m.digest))?;
+    let both = serde_json::json!({ "module": m, "provenance": p });
+    ctx.print(&both, |_| {
+        crate::outln!(
+            "published {}@{} {} ({} bytes)\nprovenance {} recorded: source {}, Cargo.lock {}, {}",
+            m.name,
+            m.version,
+            m.digest,
+            m.size,
+            p.statement,
+            p.source,
+            p.cargo_lock,
+            p.toolchain
+        )
+    })
+}
+
 /// What a publish did, from the record the server answered with.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Published {
@@ -597,6 +634,14 @@ pub struct ModulesArgs {
 pub enum ModulesCmd {
     /// List published modules (the default).
     List,
+    /// Download a module's provenance statement (owner and granted auditors).
+    Provenance {
+        /// The module's digest (`sha256:…`).
+        digest: String,
+        /// Write it here instead of stdout.
+        #[arg(short, long)]
+        output: Option<PathBuf>,
+    },
     /// Download the receipt of a module's publication (verify it with
     /// `kasbah audit verify --module DIGEST`).
     Receipt {
@@ -633,6 +678,16 @@ pub async fn modules(ctx: &Ctx, a: ModulesArgs) -> anyhow::Result<ExitCode> {
     if let Some(ModulesCmd::Receipt { digest, output }) = a.cmd {
         let r = ctx.client()?.module_receipt(&digest).await?;
         return save_receipt(&r, output);
+    }
+    if let Some(ModulesCmd::Provenance { digest, output }) = a.cmd {
+        let bytes = ctx.client()?.provenance(&digest).await?;
+        match output {
+            Some(p) => {
+                std::fs::write(&p, &bytes).with_context(|| format!("writing {}", p.display()))?
+            }
+            None => crate::out::write_bytes(&bytes)?,
+        }
+        return Ok(ExitCode::SUCCESS);
     }
     let ms = ctx.client()?.modules().await?;
     ctx.print(&ms, |ms| {
