@@ -60,8 +60,8 @@ pub mod verify;
 
 pub use checkpoint::{Checkpoint, CheckpointError, SignedCheckpoint, open_checkpoint};
 pub use entry::{
-    Credential, DatasetCreated, Denial, Entry, EntryBody, ProvenancePublished, EntryError, ModulePublished, PolicySet,
-    RunExecuted, TenantCreated,
+    Credential, DatasetCreated, Denial, Entry, EntryBody, EntryError, ModulePublished, PolicySet,
+    ProvenancePublished, RunExecuted, TenantCreated,
 };
 pub use hash::Hash;
 pub use note::{KeyError, LogSigner, LogVerifier, NoteError};

@@ -499,12 +499,7 @@ fn provenance_published_follows_the_grammar_and_decodes_strictly() {
     let mut want = vec![ENTRY_FORMAT_V1, 11];
     want.extend((T + 11).to_be_bytes());
     want.extend(s("acme"));
-    for d in [
-        &b"module"[..],
-        b"statement",
-        b"source tree",
-        b"Cargo.lock",
-    ] {
+    for d in [&b"module"[..], b"statement", b"source tree", b"Cargo.lock"] {
         want.extend_from_slice(Digest::of(d).as_bytes());
     }
     want.extend(s(

@@ -89,7 +89,9 @@ fn walk(root: &Path, dir: &Path, out: &mut BTreeMap<String, String>) -> anyhow::
             .with_context(|| format!("{} is not a UTF-8 path", path.display()))?
             .replace(std::path::MAIN_SEPARATOR, "/");
         if kind.is_symlink() {
-            bail!("the source tree holds a symbolic link: {rel} (not allowed in a reproducible build)");
+            bail!(
+                "the source tree holds a symbolic link: {rel} (not allowed in a reproducible build)"
+            );
         } else if kind.is_dir() {
             walk(root, &path, out)?;
         } else if kind.is_file() {

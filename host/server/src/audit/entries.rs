@@ -9,7 +9,9 @@ use kasbah_audit::{
     ProvenancePublished, RunExecuted, TenantCreated,
 };
 use kasbah_core::Digest;
-use kasbah_core::api::{DatasetRecord, ModuleRecord, ProvenanceRecord, PolicyRecord, Role, RunRecord, RunStatus};
+use kasbah_core::api::{
+    DatasetRecord, ModuleRecord, PolicyRecord, ProvenanceRecord, Role, RunRecord, RunStatus,
+};
 
 use crate::caller::Caller;
 use crate::ids::now_ms;

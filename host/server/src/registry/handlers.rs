@@ -131,5 +131,8 @@ pub async fn get_provenance(
     Query(f): Query<TenantFilter>,
 ) -> ApiResult<([(axum::http::header::HeaderName, &'static str); 1], Vec<u8>)> {
     let bytes = provenance::statement(&s, &caller, &digest, f.tenant.as_deref())?;
-    Ok(([(axum::http::header::CONTENT_TYPE, "application/json")], bytes))
+    Ok((
+        [(axum::http::header::CONTENT_TYPE, "application/json")],
+        bytes,
+    ))
 }

@@ -65,7 +65,9 @@ pub fn check(tenant: &str, module: &Digest, bytes: &[u8]) -> ApiResult<Provenanc
         return Err(invalid(format!("_type must be {STATEMENT_TYPE}")));
     }
     if st["predicateType"] != SLSA_PROVENANCE_V1 {
-        return Err(invalid(format!("predicateType must be {SLSA_PROVENANCE_V1}")));
+        return Err(invalid(format!(
+            "predicateType must be {SLSA_PROVENANCE_V1}"
+        )));
     }
     let subjects = st["subject"]
         .as_array()
@@ -139,9 +141,7 @@ pub async fn publish(
         Ok(existing) => Ok((false, existing)),
         Err(other) => Err(ApiError::conflict(
             "provenance_exists",
-            format!(
-                "{module} already has a provenance statement ({other}); it is immutable"
-            ),
+            format!("{module} already has a provenance statement ({other}); it is immutable"),
         )),
     }
 }
