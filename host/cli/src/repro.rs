@@ -18,7 +18,8 @@
 //! The module then gets its metadata (with `wasm-metadata`): `producers`
 //! `processed-by` rustc (its version line) and kasbah, `sdk` kasbah-sdk (the
 //! version in `Cargo.lock`), and a `revision` custom section (the git commit,
-//! `-dirty` when the tree has changes) when the source is a git checkout.
+//! `-dirty` when the tree has changes or untracked files) when the source
+//! root is the top level of a git checkout.
 //!
 //! The source root is the cargo workspace holding the crate (`cargo
 //! locate-project --workspace`); a guest inside the kasbah repository builds
@@ -228,19 +229,28 @@ fn plan(dir: &Path) -> anyhow::Result<Plan> {
             .success()
             .then(|| String::from_utf8_lossy(&out.stdout).trim().to_string())
     };
-    let revision = git(&["rev-parse", "HEAD"]).map(|rev| {
-        match git(&["status", "--porcelain", "--untracked-files=no"]) {
+    // Only a checkout whose top level is the source root: a copy of the
+    // source that happens to lie inside some other repository has no
+    // revision (it would name that repository's commit).
+    let in_git = git(&["rev-parse", "--show-toplevel"])
+        .and_then(|top| PathBuf::from(top).canonicalize().ok())
+        .is_some_and(|top| top == root);
+    let revision = if in_git {
+        git(&["rev-parse", "HEAD"]).map(|rev| match git(&["status", "--porcelain"]) {
             Some(s) if s.is_empty() => rev,
             _ => format!("{rev}-dirty"),
-        }
-    });
+        })
+    } else {
+        None
+    };
     let source_date_epoch = match std::env::var("SOURCE_DATE_EPOCH") {
         Ok(v) => v
             .parse()
             .context("SOURCE_DATE_EPOCH is not a number of seconds")?,
-        Err(_) => git(&["log", "-1", "--format=%ct"])
+        Err(_) if in_git => git(&["log", "-1", "--format=%ct"])
             .and_then(|t| t.parse().ok())
             .unwrap_or(0),
+        Err(_) => 0,
     };
     let tree = source_tree(&root)?;
     Ok(Plan {
