@@ -6,7 +6,7 @@
 //! checks the statement's subject and materials; the statement's `source`
 //! material is recomputed here by `find | sort | sha256sum` (not kasbah's
 //! code); publishing the statement puts a type 11 entry in the log and serves
-//! it back to the owner and granted auditors only.
+//! it (and the module's bytes) back to the owner and granted auditors only.
 //!
 //! Builds are slow (a fresh target dir each: ~20-40 s for hello, ~40-60 s
 //! for minilm-embed on 2 cores), so hello is built once here and shared
@@ -450,6 +450,26 @@ async fn provenance_is_published_next_to_the_module_and_served_to_owner_and_audi
     );
     assert_eq!(
         api_err(p.admin.provenance(&hello.digest).await),
+        (404, "not_found".into())
+    );
+
+    // The module's bytes likewise (`GET /v1/modules/{digest}/content`), so
+    // an auditor can compare them with a rebuild.
+    let bytes = std::fs::read(&hello.module).expect("module");
+    assert_eq!(
+        dev.module_content(&hello.digest).await.expect("owner"),
+        bytes
+    );
+    assert_eq!(
+        aud.module_content(&hello.digest).await.expect("auditor"),
+        bytes
+    );
+    assert_eq!(
+        api_err(other.module_content(&hello.digest).await),
+        (404, "not_found".into())
+    );
+    assert_eq!(
+        api_err(p.admin.module_content(&hello.digest).await),
         (404, "not_found".into())
     );
 

@@ -634,6 +634,14 @@ pub struct ModulesArgs {
 pub enum ModulesCmd {
     /// List published modules (the default).
     List,
+    /// Download a module's bytes (owner and granted auditors).
+    Download {
+        /// The module's digest (`sha256:…`).
+        digest: String,
+        /// Write them here instead of stdout.
+        #[arg(short, long)]
+        output: Option<PathBuf>,
+    },
     /// Download a module's provenance statement (owner and granted auditors).
     Provenance {
         /// The module's digest (`sha256:…`).
@@ -679,8 +687,22 @@ pub async fn modules(ctx: &Ctx, a: ModulesArgs) -> anyhow::Result<ExitCode> {
         let r = ctx.client()?.module_receipt(&digest).await?;
         return save_receipt(&r, output);
     }
-    if let Some(ModulesCmd::Provenance { digest, output }) = a.cmd {
-        let bytes = ctx.client()?.provenance(&digest).await?;
+    let fetched = match &a.cmd {
+        Some(ModulesCmd::Provenance { digest, output }) => {
+            Some((ctx.client()?.provenance(digest).await?, output.clone()))
+        }
+        Some(ModulesCmd::Download { digest, output }) => {
+            let bytes = ctx.client()?.module_content(digest).await?;
+            // The server checks the bytes as it streams them; check again here.
+            let got = kasbah_core::Digest::of(&bytes).to_string();
+            if &got != digest {
+                bail!("the server sent bytes whose digest is {got}, not {digest}");
+            }
+            Some((bytes, output.clone()))
+        }
+        _ => None,
+    };
+    if let Some((bytes, output)) = fetched {
         match output {
             Some(p) => {
                 std::fs::write(&p, &bytes).with_context(|| format!("writing {}", p.display()))?

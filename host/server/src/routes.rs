@@ -66,6 +66,10 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/modules/{digest}", get(registry::get_module))
         .route("/v1/modules/{digest}/receipt", get(audit::module_receipt))
         .route(
+            "/v1/modules/{digest}/content",
+            get(registry::get_module_content),
+        )
+        .route(
             "/v1/modules/{digest}/provenance",
             put(registry::put_provenance).get(registry::get_provenance),
         )

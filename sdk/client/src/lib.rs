@@ -284,6 +284,15 @@ impl Client {
         Ok((p, created))
     }
 
+    /// A module's bytes (the owner and its auditors).
+    pub async fn module_content(&self, digest: &str) -> Result<Vec<u8>> {
+        Self::send_bytes(self.req(
+            reqwest::Method::GET,
+            &format!("/v1/modules/{digest}/content"),
+        ))
+        .await
+    }
+
     /// A module's provenance statement, byte for byte as published.
     pub async fn provenance(&self, digest: &str) -> Result<Vec<u8>> {
         Self::send_bytes(self.req(

@@ -136,3 +136,28 @@ pub async fn get_provenance(
         bytes,
     ))
 }
+
+#[utoipa::path(get, tag = "api", path = "/v1/modules/{digest}/content", params(TenantFilter),
+    responses((status = 200, content_type = "application/wasm", body = Vec<u8>,
+        description = "The module's bytes (owner and granted auditors); `x-kasbah-digest` names them"),
+        (status = 404, body = ErrorBody)))]
+pub async fn get_module_content(
+    State(s): State<AppState>,
+    caller: Caller,
+    Path(digest): Path<String>,
+    Query(f): Query<TenantFilter>,
+) -> ApiResult<axum::response::Response> {
+    use axum::http::{HeaderValue, header};
+    use axum::response::IntoResponse;
+    let (m, body) = service::content(&s, &caller, &digest, f.tenant.as_deref()).await?;
+    let mut headers = HeaderMap::new();
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/wasm"),
+    );
+    headers.insert(header::CONTENT_LENGTH, m.size.into());
+    if let Ok(v) = m.digest.to_string().parse() {
+        headers.insert("x-kasbah-digest", v);
+    }
+    Ok((headers, Body::from_stream(body)).into_response())
+}

@@ -15,6 +15,7 @@ use crate::audit::storage::AuditStore;
 use crate::caller::Caller;
 use crate::error::{ApiError, ApiResult};
 use crate::ids::now_ms;
+use crate::runs::fleet::{OutputStream, checked_stream};
 use crate::state::AppState;
 use crate::tenancy::service::policy;
 use crate::validate::{parse_digest, valid_name};
@@ -198,6 +199,31 @@ pub fn module(
     for t in caller.readable_tenants(s, tenant)? {
         if let Some(m) = s.modules.module(&t, &digest)? {
             return Ok(m);
+        }
+    }
+    Err(ApiError::not_found("module"))
+}
+
+/// A module's bytes, for its tenant's developers and the auditors granted
+/// it (others, admins included, 404), checked against the digest as they
+/// stream.
+pub async fn content(
+    s: &AppState,
+    caller: &Caller,
+    digest: &str,
+    tenant: Option<&str>,
+) -> ApiResult<(ModuleRecord, OutputStream)> {
+    let digest = parse_digest(digest)?;
+    for t in caller.readable_tenants(s, tenant)? {
+        if !caller.reads_outputs(s, &t)? {
+            continue;
+        }
+        if let Some(m) = s.modules.module(&t, &digest)? {
+            let f = tokio::fs::File::open(s.blobs.path(&digest))
+                .await
+                .map_err(ApiError::internal)?;
+            let body = checked_stream(f, digest, m.size);
+            return Ok((m, body));
         }
     }
     Err(ApiError::not_found("module"))
