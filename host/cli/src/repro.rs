@@ -133,6 +133,11 @@ fn cargo() -> String {
     std::env::var("CARGO").unwrap_or_else(|_| "cargo".into())
 }
 
+/// The rustc cargo will use (`RUSTC` if set, as cargo does).
+fn rustc() -> String {
+    std::env::var("RUSTC").unwrap_or_else(|_| "rustc".into())
+}
+
 fn output(cmd: &mut Command, what: &str) -> anyhow::Result<String> {
     let out = cmd
         .stderr(Stdio::piped())
@@ -214,7 +219,7 @@ fn plan(dir: &Path) -> anyhow::Result<Plan> {
         .and_then(|v| v.as_str())
         .map(str::to_string);
     let rustc_vv = output(
-        Command::new("rustc").current_dir(&crate_dir).arg("-vV"),
+        Command::new(rustc()).current_dir(&crate_dir).arg("-vV"),
         "rustc -vV",
     )?;
     let rustc_line = rustc_vv.lines().next().unwrap_or_default().to_string();
@@ -278,7 +283,7 @@ pub fn build(dir: &Path) -> anyhow::Result<Built> {
         .tempdir()
         .context("creating the build's target directory")?;
     let sysroot = output(
-        Command::new("rustc")
+        Command::new(rustc())
             .current_dir(&p.crate_dir)
             .args(["--print", "sysroot"]),
         "rustc --print sysroot",
@@ -540,4 +545,71 @@ pub fn provenance_path(module: &Path) -> PathBuf {
     let mut s = module.as_os_str().to_os_string();
     s.push(".provenance.json");
     PathBuf::from(s)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The tree digest's definition: regular files only, `target/` dirs and
+    /// `.git` skipped at any depth (a *file* named `target` counts), lines
+    /// `<sha256>  <path>` sorted bytewise, the digest their SHA-256.
+    #[test]
+    fn source_tree_follows_its_definition() {
+        let d = tempfile::tempdir().expect("tmp");
+        let w = |p: &str, b: &str| {
+            let p = d.path().join(p);
+            std::fs::create_dir_all(p.parent().expect("parent")).expect("mkdir");
+            std::fs::write(p, b).expect("write");
+        };
+        w("b.txt", "b");
+        w("a/Z.rs", "z");
+        w("a/target", "a file named target");
+        w("target/debug/x", "skipped");
+        w("sub/target/y", "skipped");
+        w(".git/HEAD", "skipped");
+        w("sub/.git", "gitdir: skipped");
+        let t = source_tree(d.path()).expect("tree");
+        let h = |s: &str| hex::encode(Sha256::digest(s.as_bytes()));
+        let want = format!(
+            "{}  a/Z.rs\n{}  a/target\n{}  b.txt\n",
+            h("z"),
+            h("a file named target"),
+            h("b")
+        );
+        assert_eq!(t.manifest, want);
+        assert_eq!(t.files, 3);
+        assert_eq!(t.digest, h(&want));
+        // One byte changes the digest.
+        w("a/Z.rs", "y");
+        assert_ne!(source_tree(d.path()).expect("tree").digest, t.digest);
+    }
+
+    #[test]
+    fn a_symlink_in_the_tree_is_refused() {
+        let d = tempfile::tempdir().expect("tmp");
+        std::fs::write(d.path().join("a"), "a").expect("write");
+        std::os::unix::fs::symlink("/etc/passwd", d.path().join("link")).expect("symlink");
+        let e = source_tree(d.path()).err().expect("refused");
+        assert!(e.to_string().contains("symbolic link: link"), "{e}");
+    }
+
+    #[test]
+    fn statement_helpers_read_subject_and_materials() {
+        let st = serde_json::json!({
+            "subject": [{ "name": "m.wasm", "digest": { "sha256": "ab" } }],
+            "predicate": { "buildDefinition": { "resolvedDependencies": [
+                { "name": "source", "digest": { "sha256": "cd" } }
+            ] } }
+        });
+        assert_eq!(subject(&st), Some("ab"));
+        assert_eq!(material(&st, "source"), Some("cd"));
+        assert_eq!(material(&st, "Cargo.lock"), None);
+        let two = serde_json::json!({ "subject": [st["subject"][0], st["subject"][0]] });
+        assert_eq!(subject(&two), None, "two subjects name no one module");
+        assert_eq!(
+            provenance_path(Path::new("out/m.wasm")),
+            PathBuf::from("out/m.wasm.provenance.json")
+        );
+    }
 }
