@@ -343,10 +343,17 @@ pub fn build(dir: &Path) -> anyhow::Result<Built> {
         bail!("cargo build failed (see its messages above)");
     }
     let mut artifact = None;
+    let mut outside = std::collections::BTreeSet::new();
     for line in out.stdout.split(|b| *b == b'\n') {
         let Ok(msg) = serde_json::from_slice::<serde_json::Value>(line) else {
             continue;
         };
+        if let Some(dir) = msg["package_id"]
+            .as_str()
+            .and_then(|id| path_outside(id, &p.root))
+        {
+            outside.insert(dir);
+        }
         if msg["reason"] != "compiler-artifact" || msg["target"]["name"].as_str().is_none() {
             continue;
         }
@@ -362,6 +369,16 @@ pub fn build(dir: &Path) -> anyhow::Result<Built> {
         {
             artifact = Some(PathBuf::from(f));
         }
+    }
+    if !outside.is_empty() {
+        let list: Vec<String> = outside.iter().map(|d| d.display().to_string()).collect();
+        bail!(
+            "path dependencies outside the source root {}: {} (their source is not in the \
+             provenance's source tree and their paths are not remapped; move them into the \
+             workspace)",
+            p.root.display(),
+            list.join(", ")
+        );
     }
     let artifact = artifact.with_context(|| {
         format!(
@@ -385,6 +402,28 @@ pub fn build(dir: &Path) -> anyhow::Result<Built> {
         statement,
         file_name,
     })
+}
+
+/// A path package's directory (cargo's `path+file:///dir#name@version`
+/// package id) when it lies outside `root`.
+fn path_outside(package_id: &str, root: &Path) -> Option<PathBuf> {
+    let url = package_id.strip_prefix("path+file://")?;
+    let raw = url.split('#').next()?;
+    // Percent-decoding (cargo encodes spaces and the like in the URL).
+    let mut bytes = Vec::with_capacity(raw.len());
+    let mut it = raw.bytes();
+    while let Some(b) = it.next() {
+        if b == b'%' {
+            let hi = it.next()?;
+            let lo = it.next()?;
+            let hex = [hi, lo];
+            bytes.push(u8::from_str_radix(std::str::from_utf8(&hex).ok()?, 16).ok()?);
+        } else {
+            bytes.push(b);
+        }
+    }
+    let dir = PathBuf::from(String::from_utf8(bytes).ok()?);
+    (!dir.starts_with(root)).then_some(dir)
 }
 
 /// The remaps as recorded (targets only: the machine's paths stay out).
@@ -583,6 +622,32 @@ mod tests {
         // One byte changes the digest.
         w("a/Z.rs", "y");
         assert_ne!(source_tree(d.path()).expect("tree").digest, t.digest);
+    }
+
+    #[test]
+    fn path_dependencies_outside_the_root_are_found() {
+        let root = Path::new("/src/ws");
+        assert_eq!(
+            path_outside("path+file:///src/ws/sdk#kasbah-sdk@0.1.0", root),
+            None
+        );
+        assert_eq!(path_outside("path+file:///src/ws/guest#0.1.0", root), None);
+        assert_eq!(
+            path_outside("path+file:///opt/kasbah%20sdk#kasbah-sdk@0.1.0", root),
+            Some(PathBuf::from("/opt/kasbah sdk"))
+        );
+        assert_eq!(
+            path_outside("path+file:///src/ws-other#x@1.0.0", root),
+            Some(PathBuf::from("/src/ws-other")),
+            "a sibling whose name starts like the root is outside"
+        );
+        assert_eq!(
+            path_outside(
+                "registry+https://github.com/rust-lang/crates.io-index#serde@1.0.0",
+                root
+            ),
+            None
+        );
     }
 
     #[test]
