@@ -85,6 +85,10 @@ pub fn router(state: AppState) -> Router {
             get(registry::revoked_signing_keys),
         )
         .route(
+            "/v1/modules/{digest}/provenance",
+            put(registry::put_provenance).get(registry::get_provenance),
+        )
+        .route(
             "/v1/datasets",
             post(datasets::create_dataset).get(datasets::list_datasets),
         )

@@ -74,6 +74,20 @@ CREATE TABLE IF NOT EXISTS signing_key_revocations (
     by_subject TEXT NOT NULL,
     PRIMARY KEY (tenant_id, key_id)
 );
+
+-- A module's build provenance (issue 16): one in-toto statement per module.
+CREATE TABLE IF NOT EXISTS module_provenance (
+    tenant_id TEXT NOT NULL,
+    module TEXT NOT NULL,
+    statement_digest TEXT NOT NULL,
+    source TEXT NOT NULL,
+    cargo_lock TEXT NOT NULL,
+    toolchain TEXT NOT NULL,
+    statement BLOB NOT NULL,
+    created_at INTEGER NOT NULL,
+    PRIMARY KEY (tenant_id, module),
+    FOREIGN KEY (tenant_id, module) REFERENCES modules(tenant_id, digest)
+);
 CREATE TABLE IF NOT EXISTS runs (
     id TEXT PRIMARY KEY,
     tenant_id TEXT NOT NULL REFERENCES tenants(id),
