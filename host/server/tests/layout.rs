@@ -16,7 +16,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
 const MAX_LINES: usize = 600;
-const DOMAINS: &[&str] = &["tenancy", "registry", "datasets", "runs", "audit"];
+const DOMAINS: &[&str] = &["tenancy", "registry", "datasets", "runs", "audit", "console"];
 
 /// A source file as a module path (`tenancy/sqlite.rs` → `tenancy::sqlite`).
 fn module_of(src: &Path, file: &Path) -> String {
