@@ -4,6 +4,7 @@
 
 use std::net::TcpListener;
 use std::path::PathBuf;
+use std::os::unix::process::CommandExt;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -48,7 +49,10 @@ impl Browser {
             .or_else(|| which(&["chromium", "chromium-browser", "google-chrome"]))
             .ok_or_else(|| anyhow::anyhow!("chromium not found: `make setup` installs it"))?;
         let port = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+        // Its own process group: chromium and its helpers inherit it, and
+        // Drop ends the whole group even when a test fails half way.
         let driver = Command::new(driver_bin)
+            .process_group(0)
             .arg(format!("--port={port}"))
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -72,7 +76,7 @@ impl Browser {
             "goog:loggingPrefs": {"browser": "ALL"},
             "goog:chromeOptions": {
                 "binary": chrome,
-                "args": ["--headless=new", "--no-sandbox", "--disable-gpu",
+                "args": ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-crash-reporter",
                     "--disable-dev-shm-usage", format!("--window-size={width},{height}")],
             },
         }}});
@@ -248,15 +252,19 @@ impl Browser {
         Ok(p)
     }
 
-    pub async fn quit(mut self) {
+    pub async fn quit(self) {
         let _ = self.cmd("DELETE", "", None).await;
-        let _ = self.driver.kill();
-        let _ = self.driver.wait();
     }
 }
 
 impl Drop for Browser {
+    /// End chromedriver's process group (chromedriver, chromium and every
+    /// helper it started), then reap chromedriver.
     fn drop(&mut self) {
+        let _ = Command::new("kill")
+            .args(["-KILL", "--", &format!("-{}", self.driver.id())])
+            .status();
         let _ = self.driver.kill();
+        let _ = self.driver.wait();
     }
 }
