@@ -11,7 +11,12 @@ use std::process::Command;
 fn main() {
     let manifest = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").expect("manifest dir"));
     let root = manifest.join("../..");
-    for p in ["host/audit/src", "host/audit/Cargo.toml", "host/audit-wasm", "host/core/src"] {
+    for p in [
+        "host/audit/src",
+        "host/audit/Cargo.toml",
+        "host/audit-wasm",
+        "host/core/src",
+    ] {
         println!("cargo:rerun-if-changed={}", root.join(p).display());
     }
     let out = PathBuf::from(std::env::var("OUT_DIR").expect("OUT_DIR"));

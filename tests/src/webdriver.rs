@@ -3,8 +3,8 @@
 //! `scripts/setup.sh`). Only the commands the tests use.
 
 use std::net::TcpListener;
-use std::path::PathBuf;
 use std::os::unix::process::CommandExt;
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -223,7 +223,9 @@ impl Browser {
     }
 
     pub async fn tag(&self, el: &str) -> anyhow::Result<String> {
-        let v = self.cmd("GET", &format!("/element/{el}/name"), None).await?;
+        let v = self
+            .cmd("GET", &format!("/element/{el}/name"), None)
+            .await?;
         Ok(v.as_str().unwrap_or_default().to_string())
     }
 
@@ -245,8 +247,8 @@ impl Browser {
     pub async fn screenshot(&self, name: &str) -> anyhow::Result<PathBuf> {
         use base64::Engine as _;
         let v = self.cmd("GET", "/screenshot", None).await?;
-        let png = base64::engine::general_purpose::STANDARD
-            .decode(v.as_str().unwrap_or_default())?;
+        let png =
+            base64::engine::general_purpose::STANDARD.decode(v.as_str().unwrap_or_default())?;
         let p = self.shots.join(format!("{name}.png"));
         std::fs::write(&p, png)?;
         Ok(p)

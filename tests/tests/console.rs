@@ -113,8 +113,12 @@ async fn console_roles_receipts_isolation_and_ten_thousand_runs() -> anyhow::Res
     let hello = guest_path("hello");
     let ma = dev_a.publish(&hello, "hello", "1.0.0", |_, _| {}).await?;
     let mb = dev_b.publish(&hello, "hello-b", "2.0.0", |_, _| {}).await?;
-    let run_a = dev_a.run(&run_req(&ma.digest.to_string(), "from a")).await?;
-    let run_b = dev_b.run(&run_req(&mb.digest.to_string(), "secret of b")).await?;
+    let run_a = dev_a
+        .run(&run_req(&ma.digest.to_string(), "from a"))
+        .await?;
+    let run_b = dev_b
+        .run(&run_req(&mb.digest.to_string(), "secret of b"))
+        .await?;
     let mut pol = p.admin.policy(&ta.id).await?.policy;
     pol.limits.memory_bytes /= 2;
     p.admin.set_policy(&ta.id, &pol).await?;
@@ -151,7 +155,10 @@ async fn console_roles_receipts_isolation_and_ten_thousand_runs() -> anyhow::Res
         .and_then(|v| v.to_str().ok())
         .unwrap_or_default()
         .to_string();
-    assert!(csp.contains("default-src 'self'") && csp.contains("script-src 'self' 'wasm-unsafe-eval'"), "{csp}");
+    assert!(
+        csp.contains("default-src 'self'") && csp.contains("script-src 'self' 'wasm-unsafe-eval'"),
+        "{csp}"
+    );
     assert!(page.text().await?.contains("/console/app.js"));
 
     // A bad token is refused on the login page.
@@ -170,7 +177,10 @@ async fn console_roles_receipts_isolation_and_ten_thousand_runs() -> anyhow::Res
     b.click(&link).await?;
     b.wait("#view[data-ready='tenant'] #diff-summary").await?;
     let summary = b.text_of("#diff-summary").await?;
-    assert!(summary.starts_with("1 field(s) differ between version 1 and version 2"), "{summary}");
+    assert!(
+        summary.starts_with("1 field(s) differ between version 1 and version 2"),
+        "{summary}"
+    );
     assert!(b.text_of("#diff").await?.contains("limits.memory_bytes"));
     b.screenshot("admin-policy-diff").await?;
     open(&b, &url, "usage", "usage").await?;
@@ -188,11 +198,18 @@ async fn console_roles_receipts_isolation_and_ten_thousand_runs() -> anyhow::Res
         .expect("operator token listed")
         .id;
     let op2 = p.admin.operator_token(&op.id).await?.token;
-    b.click(&b.wait(&format!("button[data-token='{op_token_id}']")).await?).await?;
+    b.click(
+        &b.wait(&format!("button[data-token='{op_token_id}']"))
+            .await?,
+    )
+    .await?;
     b.accept_alert().await?;
     let deadline = Instant::now() + Duration::from_secs(10);
     while p.client(&op_tok).whoami().await.is_ok() {
-        anyhow::ensure!(Instant::now() < deadline, "revoke from the UI did not take effect");
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "revoke from the UI did not take effect"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     sign_out(&b).await?;
@@ -200,7 +217,10 @@ async fn console_roles_receipts_isolation_and_ten_thousand_runs() -> anyhow::Res
     // Operator: its tenants (none yet) and usage; not the admin's operators list.
     sign_in(&b, &url, &op2, "operators").await?;
     let text = b.text_of("#view").await?;
-    assert!(text.contains("console-op") && !text.contains("console-a"), "{text}");
+    assert!(
+        text.contains("console-op") && !text.contains("console-a"),
+        "{text}"
+    );
     open(&b, &url, "tenants", "tenants").await?;
     assert!(!b.text_of("#view").await?.contains(&ta.id));
     b.screenshot("operator-tenants").await?;
@@ -210,7 +230,10 @@ async fn console_roles_receipts_isolation_and_ten_thousand_runs() -> anyhow::Res
     // tenant B's run is nowhere, and its id is a 404 in the UI.
     sign_in(&b, &url, &tok_a, "modules").await?;
     let text = b.text_of("#view").await?;
-    assert!(text.contains(&ma.digest.to_string()) && !text.contains("hello-b"), "{text}");
+    assert!(
+        text.contains(&ma.digest.to_string()) && !text.contains("hello-b"),
+        "{text}"
+    );
     let mut fetches = Vec::new();
     for _ in 0..3 {
         let (ms, wall) = open(&b, &url, "runs", "runs").await?;
@@ -221,23 +244,39 @@ async fn console_roles_receipts_isolation_and_ten_thousand_runs() -> anyhow::Res
         fetches.iter().map(|f| f.0).collect::<Vec<_>>(),
         fetches.iter().map(|f| f.1).collect::<Vec<_>>()
     );
-    assert_eq!(b.text_of("#runs-count").await?, "50 run(s) on this page, newest first.");
+    assert_eq!(
+        b.text_of("#runs-count").await?,
+        "50 run(s) on this page, newest first."
+    );
     let page1 = b.text_of("#view").await?;
     assert!(page1.contains(&run_a.id), "the real run is the newest");
     b.screenshot("developer-runs").await?;
-    b.click(&b.wait("#view a[href^='#/runs/before/']").await?).await?;
+    b.click(&b.wait("#view a[href^='#/runs/before/']").await?)
+        .await?;
     b.wait("#view[data-ready='runs'] a[href='#/runs']").await?;
     let page2 = b.text_of("#view").await?;
-    assert!(page2.contains("run_seed_000050") && !page2.contains(&run_a.id), "page 2 continues");
+    assert!(
+        page2.contains("run_seed_000050") && !page2.contains(&run_a.id),
+        "page 2 continues"
+    );
     for text in [&page1, &page2] {
-        assert!(!text.contains(&run_b.id) && !text.contains(&tb.id), "tenant B leaks");
+        assert!(
+            !text.contains(&run_b.id) && !text.contains(&tb.id),
+            "tenant B leaks"
+        );
     }
     open(&b, &url, &format!("run/{}", run_b.id), "run").await?;
     let text = b.text_of("#view").await?;
-    assert!(text.contains("not_found") && !text.contains("secret of b"), "{text}");
+    assert!(
+        text.contains("not_found") && !text.contains("secret of b"),
+        "{text}"
+    );
     open(&b, &url, &format!("run/{}", run_a.id), "run").await?;
     let text = b.text_of("#view").await?;
-    assert!(text.contains("Outcome") && text.contains(&ma.digest.to_string()), "{text}");
+    assert!(
+        text.contains("Outcome") && text.contains(&ma.digest.to_string()),
+        "{text}"
+    );
     b.screenshot("developer-run").await?;
     open(&b, &url, "datasets", "datasets").await?;
     b.set_size(390, 844).await?;
@@ -261,8 +300,15 @@ async fn console_roles_receipts_isolation_and_ten_thousand_runs() -> anyhow::Res
     b.click(&b.wait("#verify-run").await?).await?;
     let v = b.wait("#receipt-verdict [data-verdict]").await?;
     let text = b.text(&v).await?;
-    assert_eq!(b.attr(&v, "data-verdict").await?.as_deref(), Some("ok"), "{text}");
-    assert!(text.contains("VERIFIED") && text.contains("run_executed"), "{text}");
+    assert_eq!(
+        b.attr(&v, "data-verdict").await?.as_deref(),
+        Some("ok"),
+        "{text}"
+    );
+    assert!(
+        text.contains("VERIFIED") && text.contains("run_executed"),
+        "{text}"
+    );
     b.screenshot("auditor-receipt-verified").await?;
 
     let mut receipt = serde_json::to_value(dev_a.run_receipt(&run_a.id).await?)?;
@@ -277,19 +323,37 @@ async fn console_roles_receipts_isolation_and_ten_thousand_runs() -> anyhow::Res
     b.click(&b.wait("#verify-pasted").await?).await?;
     let v = b.wait("#receipt-verdict [data-verdict='failed']").await?;
     let text = b.text(&v).await?;
-    assert!(text.contains("FAILED") && text.contains("not included"), "{text}");
+    assert!(
+        text.contains("FAILED") && text.contains("not included"),
+        "{text}"
+    );
     b.screenshot("auditor-receipt-tampered").await?;
 
     open(&b, &url, "log", "log").await?;
     let v = b.wait("#checkpoint-verdict [data-verdict]").await?;
-    assert_eq!(b.attr(&v, "data-verdict").await?.as_deref(), Some("ok"), "{}", b.text(&v).await?);
+    assert_eq!(
+        b.attr(&v, "data-verdict").await?.as_deref(),
+        Some("ok"),
+        "{}",
+        b.text(&v).await?
+    );
     b.screenshot("auditor-log").await?;
     open(&b, &url, "modules", "modules").await?;
-    b.click(&b.wait(&format!("button[data-module='{}']", ma.digest)).await?).await?;
+    b.click(
+        &b.wait(&format!("button[data-module='{}']", ma.digest))
+            .await?,
+    )
+    .await?;
     let v = b.wait(".receipt-verdict [data-verdict]").await?;
     let text = b.text(&v).await?;
-    assert!(text.contains("VERIFIED") && text.contains("module_published"), "{text}");
-    assert!(!b.text_of("#view").await?.contains("hello-b"), "the auditor is granted tenant A only");
+    assert!(
+        text.contains("VERIFIED") && text.contains("module_published"),
+        "{text}"
+    );
+    assert!(
+        !b.text_of("#view").await?.contains("hello-b"),
+        "the auditor is granted tenant A only"
+    );
     b.screenshot("auditor-modules").await?;
 
     // Every control reached above is a real link or button.
@@ -316,7 +380,11 @@ async fn runs_cursor_pages_and_refuses_foreign_cursors() -> anyhow::Result<()> {
     let run_a = dev_a.run(&run_req(&ma.digest.to_string(), "a")).await?;
     let run_b = dev_b.run(&run_req(&mb.digest.to_string(), "b")).await?;
     seed_runs(p.dir.path(), &run_a.id, 120)?;
-    let tok_a = p.admin.tenant_token(&dev_a.whoami().await?.subject).await?.token;
+    let tok_a = p
+        .admin
+        .tenant_token(&dev_a.whoami().await?.subject)
+        .await?
+        .token;
     let http = reqwest::Client::new();
     let get = |q: String| {
         http.get(format!("{}/v1/runs{q}", p.url))

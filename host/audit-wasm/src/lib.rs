@@ -66,7 +66,9 @@ pub extern "C" fn result_len() -> usize {
 /// `ptr..ptr+len` must be initialised memory from [`alloc`].
 unsafe fn input<'a>(ptr: *const u8, len: usize) -> Result<&'a str, String> {
     if len > MAX_INPUT {
-        return Err(format!("input of {len} bytes is over the {MAX_INPUT}-byte limit"));
+        return Err(format!(
+            "input of {len} bytes is over the {MAX_INPUT}-byte limit"
+        ));
     }
     if len == 0 {
         return Ok("");

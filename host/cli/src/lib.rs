@@ -11,8 +11,8 @@ mod local;
 pub mod out;
 mod remote;
 mod serve;
-mod witness;
 mod sign;
+mod witness;
 
 use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 use std::io::IsTerminal;

@@ -1,5 +1,5 @@
 // DOM helpers: every value reaches the page through textContent or an
-// attribute set by name, never through HTML parsing (no innerHTML).
+// attribute set by name, never through HTML parsing.
 
 export function h(tag, attrs = {}, ...children) {
   const el = document.createElement(tag);
