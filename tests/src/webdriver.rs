@@ -237,6 +237,18 @@ impl Browser {
         Ok(v.to_string())
     }
 
+    /// Run a script in the page (WebDriver's channel, not the page's: the
+    /// CSP does not apply). Tests use it only to play an attacker who
+    /// tampered with the browser's storage.
+    pub async fn execute(&self, script: &str, args: Value) -> anyhow::Result<Value> {
+        self.cmd(
+            "POST",
+            "/execute/sync",
+            Some(json!({"script": script, "args": args})),
+        )
+        .await
+    }
+
     /// Accept a `confirm()` dialog.
     pub async fn accept_alert(&self) -> anyhow::Result<()> {
         self.cmd("POST", "/alert/accept", None).await?;

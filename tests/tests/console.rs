@@ -338,6 +338,34 @@ async fn console_roles_receipts_isolation_and_ten_thousand_runs() -> anyhow::Res
         b.text(&v).await?
     );
     b.screenshot("auditor-log").await?;
+    // A checkpoint inconsistent with the pinned one: pin a forked tree of
+    // the same size (signed with the real log key, as a lying log would),
+    // then the log's true checkpoint must fail loudly as a fork.
+    let signer = kasbah_audit::LogSigner::load(&p.dir.path().join("audit-log.key"))?;
+    let real = kasbah_audit::open_checkpoint(&signer.verifier(), &p.admin.checkpoint().await?)?;
+    let forked = kasbah_audit::Checkpoint::new(
+        signer.name(),
+        real.checkpoint.size,
+        kasbah_audit::Hash::leaf(b"another history"),
+    )
+    .sign(&signer)?;
+    b.execute(
+        "localStorage.setItem('kasbah.pinnedCheckpoint', arguments[0])",
+        serde_json::json!([forked.note]),
+    )
+    .await?;
+    open(&b, &url, "log", "log").await?;
+    let v = b.wait("#checkpoint-verdict [data-verdict]").await?;
+    let text = b.text(&v).await?;
+    assert_eq!(
+        b.attr(&v, "data-verdict").await?.as_deref(),
+        Some("failed"),
+        "{text}"
+    );
+    assert!(text.contains("FAILED") && text.contains("FORK"), "{text}");
+    b.screenshot("auditor-log-fork").await?;
+    b.click(&b.wait("#nav a[href='#/key']").await?).await?;
+    b.click(&b.wait("#forget-checkpoint").await?).await?;
     open(&b, &url, "modules", "modules").await?;
     b.click(
         &b.wait(&format!("button[data-module='{}']", ma.digest))

@@ -61,7 +61,7 @@ function renderNav(active) {
     h('button', { type: 'button', id: 'logout', onclick: () => { session.clear(); me = null; location.hash = ''; start(); } }, 'Sign out'));
 }
 
-async function route() {
+async function route(ev) {
   const el = clear(view());
   if (!me) { renderNav(); el.append(loginView()); return; }
   const [name, ...args] = location.hash.replace(/^#\/?/, '').split('/').map(decodeURIComponent);
@@ -77,6 +77,9 @@ async function route() {
   }
   el.setAttribute('data-fetch-ms', timing.ms.toFixed(1));
   el.setAttribute('data-ready', page);
+  // After in-page navigation, keyboard and screen-reader focus moves to
+  // the new content (the nav link that was activated is left behind).
+  if (ev?.type === 'hashchange') el.focus();
 }
 
 async function start() {
