@@ -18,6 +18,7 @@ pub struct Browser {
     base: String,
     session: String,
     driver: Child,
+    /// Screenshots; files the page downloads land in `downloads/` below.
     pub shots: PathBuf,
 }
 
@@ -48,6 +49,9 @@ impl Browser {
             .map(PathBuf::from)
             .or_else(|| which(&["chromium", "chromium-browser", "google-chrome"]))
             .ok_or_else(|| anyhow::anyhow!("chromium not found: `make setup` installs it"))?;
+        let shots = crate::workspace_root().join("target/console-screenshots");
+        let downloads = shots.join("downloads");
+        std::fs::create_dir_all(&downloads)?;
         let port = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
         // Its own process group: chromium and its helpers inherit it, and
         // Drop ends the whole group even when a test fails half way.
@@ -78,6 +82,8 @@ impl Browser {
                 "binary": chrome,
                 "args": ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-crash-reporter",
                     "--disable-dev-shm-usage", format!("--window-size={width},{height}")],
+                "prefs": {"download.default_directory": downloads,
+                    "download.prompt_for_download": false},
             },
         }}});
         let r: Value = http
@@ -91,15 +97,22 @@ impl Browser {
             .as_str()
             .ok_or_else(|| anyhow::anyhow!("no session: {r}"))?
             .to_string();
-        let shots = crate::workspace_root().join("target/console-screenshots");
-        std::fs::create_dir_all(&shots)?;
-        Ok(Browser {
+        let b = Browser {
             http,
             base,
             session,
             driver,
             shots,
-        })
+        };
+        // Headless chromium holds downloads as unconfirmed without this.
+        b.cmd(
+            "POST",
+            "/chromium/send_command",
+            Some(json!({"cmd": "Browser.setDownloadBehavior",
+                "params": {"behavior": "allow", "downloadPath": downloads}})),
+        )
+        .await?;
+        Ok(b)
     }
 
     async fn cmd(&self, method: &str, path: &str, body: Option<Value>) -> anyhow::Result<Value> {

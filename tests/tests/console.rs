@@ -278,6 +278,29 @@ async fn console_roles_receipts_isolation_and_ten_thousand_runs() -> anyhow::Res
         "{text}"
     );
     b.screenshot("developer-run").await?;
+    b.click(&b.wait("#download").await?).await?;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !b
+        .text_of("#download-status")
+        .await?
+        .starts_with("downloaded ")
+    {
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "the output download did not finish"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let saved = b.shots.join("downloads").join(format!("{}.out", run_a.id));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while std::fs::read(&saved).ok() != Some(dev_a.run_output(&run_a.id).await?) {
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "{} is not the run's output",
+            saved.display()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     open(&b, &url, "datasets", "datasets").await?;
     b.set_size(390, 844).await?;
     open(&b, &url, "runs", "runs").await?;

@@ -66,7 +66,7 @@ export async function run(el, { args, me }) {
     : h('p', {}, 'none'));
   if (r.denials?.length) el.append(h('h3', {}, 'Denials'), json(r.denials));
   if (r.output) {
-    const status = h('span', { role: 'status' });
+    const status = h('span', { role: 'status', id: 'download-status' });
     el.append(h('h3', {}, 'Output'), kv([['Digest', r.output.digest], ['Size', r.output.size], ['Type', r.output.content_type]]),
       r.output.inline ? captured(r.output.inline) : null,
       h('div', { class: 'row' }, h('button', {
