@@ -41,8 +41,8 @@ function loginView(message) {
     try {
       me = await api.whoami(token);
       session.set(token);
-      location.hash = `#/${NAV[me.role][0][0]}`;
-      start();
+      const first = `#/${NAV[me.role][0][0]}`;
+      if (location.hash === first) route(); else location.hash = first;
     } catch (e) {
       clear(view()).append(loginView(e.status === 401 ? { message: 'that token was refused (unknown, expired or revoked)' } : e));
     }
@@ -58,28 +58,39 @@ function renderNav(active) {
     nav.append(h('a', { href: `#/${id}`, 'aria-current': id === active ? 'page' : false }, label));
   }
   who.append(`${me.role} · ${me.subject} `,
-    h('button', { type: 'button', id: 'logout', onclick: () => { session.clear(); me = null; location.hash = ''; start(); } }, 'Sign out'));
+    h('button', { type: 'button', id: 'logout', onclick: () => { session.clear(); me = null; route(); } }, 'Sign out'));
 }
 
+// Each navigation renders into a detached element and swaps it in only if
+// no later navigation started meanwhile (login + hashchange, fast clicks).
+let seq = 0;
+
 async function route(ev) {
-  const el = clear(view());
-  if (!me) { renderNav(); el.append(loginView()); return; }
+  const my = ++seq;
+  const v = view();
+  if (!me) { renderNav(); v.replaceChildren(loginView()); return; }
   const [name, ...args] = location.hash.replace(/^#\/?/, '').split('/').map(decodeURIComponent);
   const page = name && ROUTES[name] ? name : NAV[me.role][0][0];
   renderNav(page === 'tenant' ? 'tenants' : page === 'run' ? 'runs' : page);
-  el.removeAttribute('data-ready');
+  v.removeAttribute('data-ready');
+  v.setAttribute('aria-busy', 'true');
+  const el = document.createElement('div');
   timing.reset();
   try {
     await ROUTES[page](el, { me, args });
   } catch (e) {
-    if (e.status === 401) { session.clear(); me = null; el.append(loginView(e)); renderNav(); return; }
+    if (my !== seq) return;
+    if (e.status === 401) { session.clear(); me = null; renderNav(); v.replaceChildren(loginView(e)); return; }
     el.append(errorBox(e));
   }
-  el.setAttribute('data-fetch-ms', timing.ms.toFixed(1));
-  el.setAttribute('data-ready', page);
+  if (my !== seq) return;
+  v.replaceChildren(el);
+  v.removeAttribute('aria-busy');
+  v.setAttribute('data-fetch-ms', timing.ms.toFixed(1));
+  v.setAttribute('data-ready', page);
   // After in-page navigation, keyboard and screen-reader focus moves to
   // the new content (the nav link that was activated is left behind).
-  if (ev?.type === 'hashchange') el.focus();
+  if (ev?.type === 'hashchange') v.focus();
 }
 
 async function start() {
