@@ -121,7 +121,11 @@ async fn console_roles_receipts_isolation_and_ten_thousand_runs() -> anyhow::Res
         .await?;
     let mut pol = p.admin.policy(&ta.id).await?.policy;
     pol.limits.memory_bytes /= 2;
+    pol.datasets = true;
     p.admin.set_policy(&ta.id, &pol).await?;
+    let ds = dev_a
+        .create_dataset_bytes(b"weights".to_vec(), "weights", Some(&["local".to_string()]))
+        .await?;
     let tok_a = p.admin.tenant_token(&ta.id).await?.token;
     let auditor = p
         .admin
@@ -178,7 +182,7 @@ async fn console_roles_receipts_isolation_and_ten_thousand_runs() -> anyhow::Res
     b.wait("#view[data-ready='tenant'] #diff-summary").await?;
     let summary = b.text_of("#diff-summary").await?;
     assert!(
-        summary.starts_with("1 field(s) differ between version 1 and version 2"),
+        summary.starts_with("2 field(s) differ between version 1 and version 2"),
         "{summary}"
     );
     assert!(b.text_of("#diff").await?.contains("limits.memory_bytes"));
@@ -302,6 +306,12 @@ async fn console_roles_receipts_isolation_and_ten_thousand_runs() -> anyhow::Res
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     open(&b, &url, "datasets", "datasets").await?;
+    let text = b.text_of("#view").await?;
+    assert!(
+        text.contains(&ds.id) && text.contains("weights") && text.contains("local"),
+        "{text}"
+    );
+    b.screenshot("developer-datasets").await?;
     b.set_size(390, 844).await?;
     open(&b, &url, "runs", "runs").await?;
     b.screenshot("developer-runs-phone").await?;
