@@ -28,9 +28,13 @@ thread_local! {
 }
 
 /// Allocate `len` bytes for an input; the page frees it with [`dealloc`].
+/// Over [`MAX_INPUT`]: null, and the page must not write (it checks).
 #[unsafe(no_mangle)]
 pub extern "C" fn alloc(len: usize) -> *mut u8 {
-    let mut v = vec![0u8; len.min(MAX_INPUT)];
+    if len > MAX_INPUT {
+        return std::ptr::null_mut();
+    }
+    let mut v = vec![0u8; len];
     let p = v.as_mut_ptr();
     std::mem::forget(v);
     p
@@ -42,7 +46,9 @@ pub extern "C" fn alloc(len: usize) -> *mut u8 {
 /// `ptr` must come from [`alloc`] with the same `len`, freed once.
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn dealloc(ptr: *mut u8, len: usize) {
-    let len = len.min(MAX_INPUT);
+    if ptr.is_null() || len > MAX_INPUT {
+        return;
+    }
     // SAFETY: the caller's contract: ptr/len from `alloc`, whose Vec had
     // capacity == length == len.
     drop(unsafe { Vec::from_raw_parts(ptr, len, len) });

@@ -123,3 +123,20 @@ fn checkpoints_advance_only_along_a_consistency_proof() {
     let note = log.checkpoint(&stranger).expect("cp").note;
     assert!(checkpoint_verdict(&input(None, &note, &[]), &vkey()).is_err());
 }
+
+#[test]
+fn inputs_over_the_bound_are_refused_before_any_write() {
+    use kasbah_audit_wasm::{FAILED, MAX_INPUT, alloc, dealloc, result_len, result_ptr};
+    assert!(alloc(MAX_INPUT + 1).is_null());
+    let p = alloc(MAX_INPUT);
+    assert!(!p.is_null());
+    // SAFETY: p is from alloc(MAX_INPUT), freed once; the length check
+    // comes before the bytes are read.
+    unsafe {
+        let status = kasbah_audit_wasm::verify_receipt(p, MAX_INPUT + 1, p, 0);
+        assert_eq!(status, FAILED);
+        let out = std::slice::from_raw_parts(result_ptr(), result_len());
+        assert!(std::str::from_utf8(out).expect("utf-8").contains("limit"));
+        dealloc(p, MAX_INPUT);
+    }
+}

@@ -27,9 +27,13 @@ async function wasm() {
   return exports_;
 }
 
+const MAX_INPUT = 1 << 20; // host/audit-wasm's bound: alloc() refuses more
+
 function put(x, text) {
   const bytes = new TextEncoder().encode(text);
+  if (bytes.length > MAX_INPUT) throw new Error(`input of ${bytes.length} bytes is over the verifier's ${MAX_INPUT}-byte limit`);
   const p = x.alloc(bytes.length);
+  if (!p) throw new Error('the verifier refused to allocate');
   new Uint8Array(x.memory.buffer, p, bytes.length).set(bytes);
   return [p, bytes.length];
 }
@@ -37,12 +41,24 @@ function put(x, text) {
 // Call one verify_* export; the verdict is what the wasm wrote.
 async function call(fn, input, key) {
   const x = await wasm();
-  const [ip, il] = put(x, input);
-  const [kp, kl] = put(x, key);
-  const status = x[fn](ip, il, kp, kl);
-  const out = JSON.parse(new TextDecoder().decode(new Uint8Array(x.memory.buffer, x.result_ptr(), x.result_len())));
-  x.dealloc(ip, il);
-  x.dealloc(kp, kl);
+  let ip, il, kp, kl;
+  try {
+    [ip, il] = put(x, input);
+    [kp, kl] = put(x, key);
+  } catch (e) {
+    if (ip) x.dealloc(ip, il);
+    return { ok: false, error: e.message };
+  }
+  let status, out;
+  try {
+    status = x[fn](ip, il, kp, kl);
+    out = JSON.parse(new TextDecoder().decode(new Uint8Array(x.memory.buffer, x.result_ptr(), x.result_len())));
+    x.dealloc(ip, il);
+    x.dealloc(kp, kl);
+  } catch (e) {
+    exports_ = null; // a trapped instance is not reused
+    return { ok: false, error: `the verifier trapped: ${e.message}` };
+  }
   return { ...out, ok: status === 0 && out.ok === true };
 }
 
