@@ -27,6 +27,7 @@
 //! | `datasets/` | datasets: labels within the tenant's zones, uploads (fleet mode: into the label zones' object store buckets only), downloads, mounts by name |
 //! | `runs/` | runs: admission (`scheduler.rs`), placement (`placement.rs`), execution in this process (`execute.rs`) or on the fleet's zone workers (`fleet.rs`: the NATS side; `dispatch.rs`: dispatch, results, lost runs), records, usage |
 //! | `audit/` | the log: entry builders (`entries.rs`), tables and queries (`log.rs`), key and checkpoints (`key.rs`), reads and refusals (`service.rs`), the C2SP tile-served log (`tiles.rs`), submitting checkpoints to witnesses (`witnesses.rs`) |
+//! | `console/` | the web console: embedded assets (`assets.rs`, `assets/`: hand-written ES modules, no JS toolchain; the verifier wasm from `build.rs`) and their handlers (CSP headers) |
 //! | `witness/` | `kasbah witness serve`, a C2SP tlog-witness (not part of the platform API; its router is `routes::witness_router`) |
 //! | `store/` | the SQLite core: open, readers, [`store::Db::write`] (change + entries in one batch transaction), `writer.rs` (group commit), `schema.rs` (every table, migrations) |
 //! | `state.rs` | [`state::AppState`]: config, each domain's storage, blobs, runtime, guest threads, scheduler, metrics, log key |
@@ -56,6 +57,7 @@ pub mod auth;
 pub mod blobs;
 pub mod caller;
 pub mod config;
+pub mod console;
 pub mod datasets;
 pub mod error;
 pub mod extract;

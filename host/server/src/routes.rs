@@ -8,6 +8,7 @@ use axum::extract::DefaultBodyLimit;
 use axum::routing::{delete, get, post, put};
 
 use crate::audit::handlers as audit;
+use crate::console::handlers as console;
 use crate::datasets::handlers as datasets;
 use crate::error::{self, ApiError};
 use crate::openapi::openapi_json;
@@ -26,6 +27,9 @@ async fn not_found() -> ApiError {
 pub fn router(state: AppState) -> Router {
     let max_body = state.config.max_request_bytes;
     Router::new()
+        // The web console (not part of the API document).
+        .route("/", get(console::index))
+        .route("/console/{name}", get(console::asset))
         .route("/openapi.json", get(openapi_json))
         .route("/metrics", get(ops::metrics))
         .route("/readyz", get(ops::readyz))

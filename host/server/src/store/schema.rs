@@ -398,7 +398,7 @@ mod tests {
         assert_eq!(flying.adapter.as_deref(), Some("gpu0"));
         assert_eq!(flying.input_label, vec!["zone-b".to_string()]);
         let listed: Vec<String> = runs
-            .runs("tn_a", 10)
+            .runs("tn_a", 10, None)
             .expect("list")
             .into_iter()
             .map(|r| r.id)
