@@ -441,6 +441,24 @@ pub struct RunRecord {
     pub finished_at: Option<i64>,
 }
 
+/// `GET /v1/runs/{id}/logs` (without `follow`): a run's logs and stdio so
+/// far.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(ToSchema))]
+pub struct RunLogs {
+    pub id: String,
+    pub status: RunStatus,
+    #[cfg_attr(feature = "openapi", schema(value_type = Object))]
+    pub logs: Logs,
+    #[cfg_attr(feature = "openapi", schema(value_type = Object))]
+    pub stdout: Captured,
+    #[cfg_attr(feature = "openapi", schema(value_type = Object))]
+    pub stderr: Captured,
+    /// The run ended: these are its record's, with its drop counts. While
+    /// it runs: what its live feed kept so far (drop counts come at the end).
+    pub complete: bool,
+}
+
 /// A live fleet worker as the control plane last heard from it
 /// (`GET /v1/fleet/workers`, fleet mode).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -165,6 +165,10 @@ pub enum Outcome {
     /// The run was refused before any guest code ran (e.g. the module needs
     /// an import the host does not provide).
     Denied { reason: String },
+    /// The tenant cancelled the run (`POST /v1/runs/{id}/cancel`) while it
+    /// was queued or running; a running guest was stopped. Usage is what it
+    /// took until then.
+    Cancelled {},
 }
 
 impl Outcome {
@@ -179,6 +183,7 @@ impl Outcome {
             Outcome::FuelExhausted { .. } => "fuel_exhausted",
             Outcome::OutputTooLarge { .. } => "output_too_large",
             Outcome::Denied { .. } => "denied",
+            Outcome::Cancelled {} => "cancelled",
         }
     }
 
@@ -207,15 +212,20 @@ impl Outcome {
                 format!("output too large ({size} bytes > {limit})")
             }
             Outcome::Denied { reason } => format!("denied: {reason}"),
+            Outcome::Cancelled {} => "cancelled".to_string(),
         }
     }
 }
 
 /// Resources one run consumed.
+///
+/// JSON: the wall time is `wall_time_us` (microseconds). `wall_time` (the
+/// same microseconds, the field's name before issue 18) is still written
+/// for older readers and read when `wall_time_us` is absent.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(into = "UsageJson", try_from = "UsageJson")]
 pub struct Usage {
     /// Wall-clock time from store creation to the end of the call.
-    #[serde(with = "duration_micros")]
     pub wall_time: Duration,
     /// Fuel consumed, when fuel metering is on.
     pub fuel_consumed: Option<u64>,
@@ -227,8 +237,60 @@ pub struct Usage {
     pub gpu: Option<GpuUsage>,
 }
 
+/// [`Usage`] as JSON (see there).
+#[derive(Serialize, Deserialize)]
+struct UsageJson {
+    #[serde(default)]
+    wall_time_us: Option<u64>,
+    /// Deprecated: `wall_time_us`.
+    #[serde(default)]
+    wall_time: Option<u64>,
+    fuel_consumed: Option<u64>,
+    peak_memory_bytes: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    gpu: Option<GpuUsage>,
+}
+
+impl From<Usage> for UsageJson {
+    fn from(u: Usage) -> Self {
+        let us = micros(&u.wall_time);
+        UsageJson {
+            wall_time_us: Some(us),
+            wall_time: Some(us),
+            fuel_consumed: u.fuel_consumed,
+            peak_memory_bytes: u.peak_memory_bytes,
+            gpu: u.gpu,
+        }
+    }
+}
+
+impl TryFrom<UsageJson> for Usage {
+    type Error = String;
+    fn try_from(u: UsageJson) -> Result<Self, String> {
+        let us = u
+            .wall_time_us
+            .or(u.wall_time)
+            .ok_or("usage: missing field `wall_time_us`")?;
+        Ok(Usage {
+            wall_time: Duration::from_micros(us),
+            fuel_consumed: u.fuel_consumed,
+            peak_memory_bytes: u.peak_memory_bytes,
+            gpu: u.gpu,
+        })
+    }
+}
+
+fn micros(d: &Duration) -> u64 {
+    u64::try_from(d.as_micros()).unwrap_or(u64::MAX)
+}
+
 /// What one run did with its GPU adapter.
+///
+/// JSON: `gpu_time_us` (microseconds); `gpu_time`, the same value under its
+/// name before issue 18, is still written and read when `gpu_time_us` is
+/// absent.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(into = "GpuUsageJson", try_from = "GpuUsageJson")]
 pub struct GpuUsage {
     /// The host's label of the adapter entry the run was bound to.
     pub adapter: String,
@@ -253,20 +315,87 @@ pub struct GpuUsage {
     /// Wall-clock time the run's GPU process worked for it: every device
     /// call (compiles, writes, dispatches, copies, read-backs) from request
     /// to answer, or to the kill when the run's deadline cut it short.
-    #[serde(with = "duration_micros")]
     pub gpu_time: Duration,
     /// Bytes of dataset-backed buffers (resident weights) the run used,
     /// each once, whether already resident (a warm hit, not billed as a
     /// transfer) or uploaded by this run.
-    #[serde(default)]
     pub resident_bytes_used: u64,
     /// Of those, the bytes this run uploaded (and paid as transfer and GPU
     /// time): a warm hit uploads nothing.
-    #[serde(default)]
     pub resident_bytes_uploaded: u64,
     /// Compute pipelines taken from the kernel cache instead of compiled.
-    #[serde(default)]
     pub kernels_cached: u64,
+}
+
+/// [`GpuUsage`] as JSON (see there).
+#[derive(Serialize, Deserialize)]
+struct GpuUsageJson {
+    adapter: String,
+    zone: String,
+    dispatches: u64,
+    kernels: u64,
+    bytes_allocated: u64,
+    peak_bytes: u64,
+    #[serde(default)]
+    invocations: u64,
+    #[serde(default)]
+    bytes_transferred: u64,
+    #[serde(default)]
+    gpu_time_us: Option<u64>,
+    /// Deprecated: `gpu_time_us`.
+    #[serde(default)]
+    gpu_time: Option<u64>,
+    #[serde(default)]
+    resident_bytes_used: u64,
+    #[serde(default)]
+    resident_bytes_uploaded: u64,
+    #[serde(default)]
+    kernels_cached: u64,
+}
+
+impl From<GpuUsage> for GpuUsageJson {
+    fn from(g: GpuUsage) -> Self {
+        let us = micros(&g.gpu_time);
+        GpuUsageJson {
+            adapter: g.adapter,
+            zone: g.zone,
+            dispatches: g.dispatches,
+            kernels: g.kernels,
+            bytes_allocated: g.bytes_allocated,
+            peak_bytes: g.peak_bytes,
+            invocations: g.invocations,
+            bytes_transferred: g.bytes_transferred,
+            gpu_time_us: Some(us),
+            gpu_time: Some(us),
+            resident_bytes_used: g.resident_bytes_used,
+            resident_bytes_uploaded: g.resident_bytes_uploaded,
+            kernels_cached: g.kernels_cached,
+        }
+    }
+}
+
+impl TryFrom<GpuUsageJson> for GpuUsage {
+    type Error = String;
+    fn try_from(g: GpuUsageJson) -> Result<Self, String> {
+        let us = g
+            .gpu_time_us
+            .or(g.gpu_time)
+            .ok_or("gpu usage: missing field `gpu_time_us`")?;
+        Ok(GpuUsage {
+            adapter: g.adapter,
+            zone: g.zone,
+            dispatches: g.dispatches,
+            kernels: g.kernels,
+            bytes_allocated: g.bytes_allocated,
+            peak_bytes: g.peak_bytes,
+            invocations: g.invocations,
+            bytes_transferred: g.bytes_transferred,
+            gpu_time: Duration::from_micros(us),
+            resident_bytes_used: g.resident_bytes_used,
+            resident_bytes_uploaded: g.resident_bytes_uploaded,
+            kernels_cached: g.kernels_cached,
+        })
+    }
 }
 
 /// A bounded capture of one output stream (stdout, stderr).
@@ -308,6 +437,51 @@ pub struct Logs {
     pub dropped: u64,
 }
 
+/// One event of a run's log stream (`GET /v1/runs/{id}/logs?follow=true`,
+/// server-sent events whose event name is `type` and whose data is this
+/// JSON). The runtime emits `log`, `stdout` and `stderr` as the guest
+/// produces them (only what the per-run bounds keep); the server adds `gap`
+/// (this client fell behind: that many events were skipped for it; the run
+/// record has them all) and `end` (the run ended; the last event).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum LogEvent {
+    Log {
+        level: LogLevel,
+        message: String,
+    },
+    Stdout {
+        #[serde(with = "bytes_as_base64_or_text")]
+        bytes: Vec<u8>,
+    },
+    Stderr {
+        #[serde(with = "bytes_as_base64_or_text")]
+        bytes: Vec<u8>,
+    },
+    Gap {
+        missed: u64,
+    },
+    End {
+        /// The run's status (`done`, `interrupted`).
+        status: String,
+        /// Its outcome (an ok outcome's body is in the record's `output`).
+        outcome: Option<Outcome>,
+    },
+}
+
+impl LogEvent {
+    /// The SSE event name (`log`, `stdout`, `stderr`, `gap`, `end`).
+    pub fn name(&self) -> &'static str {
+        match self {
+            LogEvent::Log { .. } => "log",
+            LogEvent::Stdout { .. } => "stdout",
+            LogEvent::Stderr { .. } => "stderr",
+            LogEvent::Gap { .. } => "gap",
+            LogEvent::End { .. } => "end",
+        }
+    }
+}
+
 /// A capability use the policy refused during a run (e.g. a connect to an
 /// address outside the allowlist). The guest saw an error; the host kept a note.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -342,18 +516,6 @@ impl RunReport {
             logs: Logs::default(),
             denials: Vec::new(),
         }
-    }
-}
-
-mod duration_micros {
-    use serde::{Deserialize, Deserializer, Serializer};
-    use std::time::Duration;
-
-    pub fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_u64(u64::try_from(d.as_micros()).unwrap_or(u64::MAX))
-    }
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
-        Ok(Duration::from_micros(u64::deserialize(d)?))
     }
 }
 

@@ -76,6 +76,7 @@ pub async fn execute(
     request: Request,
     admission: Admission,
     placed: Placed,
+    live: Arc<super::live::LiveRun>,
 ) -> Option<RunRecord> {
     let _admission = admission;
     let id = run.id.clone();
@@ -113,7 +114,21 @@ pub async fn execute(
         )
         .await;
     }
-    match tokio::time::timeout(wait, rx).await {
+    let result = tokio::select! {
+        r = tokio::time::timeout(wait, rx) => r,
+        () = live.cancel.cancelled() => {
+            // Recorded here, now: the worker is not told, and the result
+            // it may still send is dropped (one record per run); no usage
+            // is billed for what it ran.
+            fleet.forget(&id);
+            let report = RunReport {
+                outcome: Outcome::Cancelled {},
+                ..RunReport::denied(run.module, String::new())
+            };
+            return finish(s, &run, now_ms(), report, false, None, None).await;
+        }
+    };
+    match result {
         Ok(Ok(record)) => Some(record),
         _ => {
             fleet.forget(&id);
