@@ -757,11 +757,17 @@ impl Runtime {
                 .call_run(&mut store, &wit_request)
                 .await
         };
-        // A cancel drops the call like the deadline does (a guest blocked
-        // in a host call is not interrupted by the epoch).
+        // A cancel interrupts a running guest at its next epoch tick (a
+        // trap: its fuel is accounted); a guest blocked in a host call is
+        // not interrupted by the epoch, so two ticks later its call is
+        // dropped, as at the deadline.
+        let tick = self.inner.config.epoch_tick;
         let cancelled = async {
             match &cancel {
-                Some(c) => c.cancelled().await,
+                Some(c) => {
+                    c.cancelled().await;
+                    tokio::time::sleep(tick * 2).await;
+                }
                 None => std::future::pending().await,
             }
         };
