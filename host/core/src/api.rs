@@ -379,7 +379,9 @@ pub struct OutputRef {
     pub digest: Digest,
     pub size: u64,
     pub content_type: String,
-    /// `GET` this (same credentials) for the bytes.
+    /// `GET` this (same credentials) for the bytes. Absent in a local
+    /// run's record (`kasbah run FILE.wasm --json`), whose output is inline.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub url: String,
     /// The bytes themselves when small (text, or `{"base64": …}`).
     #[cfg_attr(feature = "openapi", schema(value_type = Object))]

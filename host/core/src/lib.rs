@@ -3,6 +3,7 @@
 //! Deliberately free of wasmtime/wgpu/axum so clients can depend on it.
 
 pub mod api;
+pub mod report;
 
 use serde::{Deserialize, Serialize};
 use sha2::{Digest as _, Sha256};
