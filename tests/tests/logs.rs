@@ -236,7 +236,11 @@ async fn cancel_stops_running_and_queued_runs_audited_and_billed() {
     tokio::time::sleep(Duration::from_millis(300)).await;
     let asked = Instant::now();
     let r = dev.cancel_run(&spin.id).await.expect("cancel running");
-    assert!(asked.elapsed() < Duration::from_secs(5), "{:?}", asked.elapsed());
+    assert!(
+        asked.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        asked.elapsed()
+    );
     assert_eq!(r.status, RunStatus::Done);
     assert_eq!(r.outcome, Some(Outcome::Cancelled {}));
     let u = r.usage.expect("usage");
@@ -259,7 +263,11 @@ async fn cancel_stops_running_and_queued_runs_audited_and_billed() {
     let asked = Instant::now();
     let s = dev.cancel_run(&sleeper.id).await.expect("cancel sleeper");
     assert_eq!(s.outcome, Some(Outcome::Cancelled {}));
-    assert!(asked.elapsed() < Duration::from_secs(5), "{:?}", asked.elapsed());
+    assert!(
+        asked.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        asked.elapsed()
+    );
 
     // Audited like every outcome: a run_executed entry with `cancelled`.
     let log = dev.audit_entries(0, None).await.expect("entries");
@@ -282,4 +290,3 @@ async fn cancel_stops_running_and_queued_runs_audited_and_billed() {
         .expect("run");
     assert_eq!(quick.outcome.as_ref().map(|o| o.kind()), Some("ok"));
 }
-

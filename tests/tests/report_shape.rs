@@ -84,12 +84,20 @@ async fn local_json_and_server_records_share_one_shape() {
         .args(["-i", "in.txt", "--content-type", "text/plain"])
         .output()
         .expect("spawn");
-    assert_eq!(o.status.code(), Some(0), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(
+        o.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
     let local: Value = serde_json::from_slice(&o.stdout).expect("local JSON");
 
     let (lk, sk) = (key_paths(&local), key_paths(&server));
     let missing: Vec<&String> = lk.difference(&sk).collect();
-    assert!(missing.is_empty(), "local keys the server lacks: {missing:?}");
+    assert!(
+        missing.is_empty(),
+        "local keys the server lacks: {missing:?}"
+    );
     let server_only: BTreeSet<&str> = sk.difference(&lk).map(String::as_str).collect();
     assert_eq!(
         server_only,
@@ -111,7 +119,15 @@ async fn local_json_and_server_records_share_one_shape() {
         assert_eq!(v["usage"]["wall_time_us"], v["usage"]["wall_time"]);
     }
     // The same values where both have them.
-    for k in ["module", "status", "input_digest", "input_size", "output", "logs", "denials"] {
+    for k in [
+        "module",
+        "status",
+        "input_digest",
+        "input_size",
+        "output",
+        "logs",
+        "denials",
+    ] {
         let (mut a, mut b) = (local[k].clone(), server[k].clone());
         if k == "output" {
             a.as_object_mut().map(|o| o.remove("url"));

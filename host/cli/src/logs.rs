@@ -80,7 +80,9 @@ pub async fn logs(ctx: &Ctx, id: &str, follow: bool) -> anyhow::Result<ExitCode>
             if !ctx.json {
                 eprintln!(
                     "outcome  {}",
-                    outcome.as_ref().map_or(status.clone(), |o| o.kind().to_string())
+                    outcome
+                        .as_ref()
+                        .map_or(status.clone(), |o| o.kind().to_string())
                 );
             }
             break;

@@ -719,15 +719,15 @@ pub async fn run(ctx: &Ctx, args: RunArgs) -> anyhow::Result<ExitCode> {
     };
     let client = ctx.client()?;
     let req = CreateRun {
-            module: args.module.clone(),
-            input,
-            input_base64,
-            content_type: Some(args.content_type.clone()),
-            metadata: args.meta.iter().cloned().collect(),
-            wait: !args.no_wait,
-            datasets: args.datasets.clone(),
-            input_label: args.input_label.clone(),
-            store_output_as: args.store_output_as.clone(),
+        module: args.module.clone(),
+        input,
+        input_base64,
+        content_type: Some(args.content_type.clone()),
+        metadata: args.meta.iter().cloned().collect(),
+        wait: !args.no_wait,
+        datasets: args.datasets.clone(),
+        input_label: args.input_label.clone(),
+        store_output_as: args.store_output_as.clone(),
     };
     // Waiting: the run's logs and stdio on stderr as they come.
     let record = if args.no_wait || ctx.json {

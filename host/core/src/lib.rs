@@ -580,6 +580,35 @@ mod tests {
     }
 
     #[test]
+    fn usage_json_carries_units_and_reads_the_old_names() {
+        let u = Usage {
+            wall_time: Duration::from_micros(1500),
+            fuel_consumed: Some(7),
+            peak_memory_bytes: 64,
+            gpu: Some(GpuUsage {
+                gpu_time: Duration::from_micros(40),
+                ..GpuUsage::default()
+            }),
+        };
+        let j = serde_json::to_value(&u).expect("json");
+        assert_eq!(j["wall_time_us"], 1500);
+        assert_eq!(j["wall_time"], 1500, "the old name, still written");
+        assert_eq!(j["gpu"]["gpu_time_us"], 40);
+        assert_eq!(j["gpu"]["gpu_time"], 40);
+        assert_eq!(serde_json::from_value::<Usage>(j).expect("back"), u);
+        // Records stored before issue 18 have only the old names.
+        let old = serde_json::json!({"wall_time": 1500, "fuel_consumed": 7,
+            "peak_memory_bytes": 64, "gpu": {"adapter": "", "zone": "", "dispatches": 0,
+            "kernels": 0, "bytes_allocated": 0, "peak_bytes": 0, "gpu_time": 40}});
+        assert_eq!(serde_json::from_value::<Usage>(old).expect("old"), u);
+        let none = serde_json::json!({"fuel_consumed": null, "peak_memory_bytes": 0});
+        assert!(serde_json::from_value::<Usage>(none).is_err());
+        let c = serde_json::to_value(Outcome::Cancelled {}).expect("json");
+        assert_eq!(c, serde_json::json!({"kind": "cancelled"}));
+        assert_eq!(Outcome::Cancelled {}.kind(), "cancelled");
+    }
+
+    #[test]
     fn outcome_json_is_tagged_and_binary_output_is_base64() {
         let o = Outcome::Ok {
             output: Output {

@@ -737,12 +737,14 @@ impl Runtime {
         let cancel = control.cancel.clone();
         let stop = cancel.clone();
         store.epoch_deadline_callback(move |_| {
-            Ok(if Instant::now() >= deadline || stop.as_ref().is_some_and(|c| c.is_cancelled()) {
-                UpdateDeadline::Interrupt
-            } else {
-                // Let other runs on this executor thread make progress.
-                UpdateDeadline::Yield(1)
-            })
+            Ok(
+                if Instant::now() >= deadline || stop.as_ref().is_some_and(|c| c.is_cancelled()) {
+                    UpdateDeadline::Interrupt
+                } else {
+                    // Let other runs on this executor thread make progress.
+                    UpdateDeadline::Yield(1)
+                },
+            )
         });
 
         let wit_request = wit::Request {

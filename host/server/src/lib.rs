@@ -25,7 +25,7 @@
 //! | `tenancy/` | operators and ceilings, tenants and policy versions, auditors, tokens (`tokens.rs`: lifecycle rules; `access.rs`: which tenants a caller reaches) |
 //! | `registry/` | modules: publish checks (component, imports granted, host links), records, content; `signing.rs`: signatures at publish (DSSE envelopes, policy threshold), signing-key revocation |
 //! | `datasets/` | datasets: labels within the tenant's zones, uploads (fleet mode: into the label zones' object store buckets only), downloads, mounts by name |
-//! | `runs/` | runs: admission (`scheduler.rs`), placement (`placement.rs`), execution in this process (`execute.rs`) or on the fleet's zone workers (`fleet.rs`: the NATS side; `dispatch.rs`: dispatch, results, lost runs), records, usage |
+//! | `runs/` | runs: admission (`scheduler.rs`), placement (`placement.rs`), execution in this process (`execute.rs`) or on the fleet's zone workers (`fleet.rs`: the NATS side; `dispatch.rs`: dispatch, results, lost runs), live logs and cancel (`live.rs`: the feed; `follow.rs`: reading it, cancelling), records, usage |
 //! | `audit/` | the log: entry builders (`entries.rs`), tables and queries (`log.rs`), key and checkpoints (`key.rs`), reads and refusals (`service.rs`), the C2SP tile-served log (`tiles.rs`), submitting checkpoints to witnesses (`witnesses.rs`) |
 //! | `witness/` | `kasbah witness serve`, a C2SP tlog-witness (not part of the platform API; its router is `routes::witness_router`) |
 //! | `store/` | the SQLite core: open, readers, [`store::Db::write`] (change + entries in one batch transaction), `writer.rs` (group commit), `schema.rs` (every table, migrations) |

@@ -29,9 +29,10 @@ impl Client {
             .send()
             .await?;
         if !resp.status().is_success() {
-            return Err(Self::check(resp).await.err().unwrap_or_else(|| {
-                Error::Decode("an error status without an error body".into())
-            }));
+            return Err(Self::check(resp)
+                .await
+                .err()
+                .unwrap_or_else(|| Error::Decode("an error status without an error body".into())));
         }
         let state = (resp.bytes_stream().boxed(), Vec::<u8>::new(), false);
         Ok(futures_util::stream::unfold(

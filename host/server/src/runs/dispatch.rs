@@ -76,10 +76,12 @@ pub async fn execute(
     request: Request,
     admission: Admission,
     placed: Placed,
-    live: Arc<super::live::LiveRun>,
 ) -> Option<RunRecord> {
     let _admission = admission;
     let id = run.id.clone();
+    // Registered at admission (`service::start`); a run without one
+    // cannot be cancelled.
+    let cancel = s.live.get(&id).map(|l| l.cancel.clone());
     let rx = fleet.expect(&run);
     let wait = Duration::from_millis(
         policy
@@ -116,7 +118,12 @@ pub async fn execute(
     }
     let result = tokio::select! {
         r = tokio::time::timeout(wait, rx) => r,
-        () = live.cancel.cancelled() => {
+        () = async {
+            match &cancel {
+                Some(c) => c.cancelled().await,
+                None => std::future::pending().await,
+            }
+        } => {
             // Recorded here, now: the worker is not told, and the result
             // it may still send is dropped (one record per run); no usage
             // is billed for what it ran.

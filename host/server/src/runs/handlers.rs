@@ -11,7 +11,7 @@ use axum::response::{IntoResponse, Response};
 use kasbah_core::api::{CreateRun, FleetWorker, RunLogs, RunRecord, UsageRow};
 use serde::Deserialize;
 
-use super::live;
+use super::follow as live;
 use super::service::{self, OutputBody, Started};
 use super::storage::Period;
 use super::workers;

@@ -141,7 +141,6 @@ pub async fn start(s: &AppState, caller: &Caller, req: CreateRun) -> ApiResult<S
                     request,
                     admission,
                     placed,
-                    live,
                 )
                 .await
             }
@@ -326,7 +325,10 @@ pub async fn output(s: &AppState, caller: &Caller, id: &str) -> ApiResult<RunOut
         return Err(match &r.outcome {
             None => ApiError::conflict(
                 "run_not_finished",
-                format!("run {id} is {}: its output exists once it finishes", r.status.as_str()),
+                format!(
+                    "run {id} is {}: its output exists once it finishes",
+                    r.status.as_str()
+                ),
             ),
             Some(o) => ApiError::conflict(
                 "no_output",
