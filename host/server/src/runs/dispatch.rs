@@ -132,6 +132,7 @@ pub async fn execute(
                 outcome: Outcome::Cancelled {},
                 ..RunReport::denied(run.module, String::new())
             };
+            count_run(s, &report);
             return finish(s, &run, now_ms(), report, false, None, None).await;
         }
     };
