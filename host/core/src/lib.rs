@@ -4,6 +4,7 @@
 
 pub mod api;
 pub mod report;
+mod units;
 
 use serde::{Deserialize, Serialize};
 use sha2::{Digest as _, Sha256};
@@ -224,7 +225,7 @@ impl Outcome {
 /// same microseconds, the field's name before issue 18) is still written
 /// for older readers and read when `wall_time_us` is absent.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(into = "UsageJson", try_from = "UsageJson")]
+#[serde(into = "units::UsageJson", try_from = "units::UsageJson")]
 pub struct Usage {
     /// Wall-clock time from store creation to the end of the call.
     pub wall_time: Duration,
@@ -238,60 +239,13 @@ pub struct Usage {
     pub gpu: Option<GpuUsage>,
 }
 
-/// [`Usage`] as JSON (see there).
-#[derive(Serialize, Deserialize)]
-struct UsageJson {
-    #[serde(default)]
-    wall_time_us: Option<u64>,
-    /// Deprecated: `wall_time_us`.
-    #[serde(default)]
-    wall_time: Option<u64>,
-    fuel_consumed: Option<u64>,
-    peak_memory_bytes: u64,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    gpu: Option<GpuUsage>,
-}
-
-impl From<Usage> for UsageJson {
-    fn from(u: Usage) -> Self {
-        let us = micros(&u.wall_time);
-        UsageJson {
-            wall_time_us: Some(us),
-            wall_time: Some(us),
-            fuel_consumed: u.fuel_consumed,
-            peak_memory_bytes: u.peak_memory_bytes,
-            gpu: u.gpu,
-        }
-    }
-}
-
-impl TryFrom<UsageJson> for Usage {
-    type Error = String;
-    fn try_from(u: UsageJson) -> Result<Self, String> {
-        let us = u
-            .wall_time_us
-            .or(u.wall_time)
-            .ok_or("usage: missing field `wall_time_us`")?;
-        Ok(Usage {
-            wall_time: Duration::from_micros(us),
-            fuel_consumed: u.fuel_consumed,
-            peak_memory_bytes: u.peak_memory_bytes,
-            gpu: u.gpu,
-        })
-    }
-}
-
-fn micros(d: &Duration) -> u64 {
-    u64::try_from(d.as_micros()).unwrap_or(u64::MAX)
-}
-
 /// What one run did with its GPU adapter.
 ///
 /// JSON: `gpu_time_us` (microseconds); `gpu_time`, the same value under its
 /// name before issue 18, is still written and read when `gpu_time_us` is
 /// absent.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(into = "GpuUsageJson", try_from = "GpuUsageJson")]
+#[serde(into = "units::GpuUsageJson", try_from = "units::GpuUsageJson")]
 pub struct GpuUsage {
     /// The host's label of the adapter entry the run was bound to.
     pub adapter: String,
@@ -326,77 +280,6 @@ pub struct GpuUsage {
     pub resident_bytes_uploaded: u64,
     /// Compute pipelines taken from the kernel cache instead of compiled.
     pub kernels_cached: u64,
-}
-
-/// [`GpuUsage`] as JSON (see there).
-#[derive(Serialize, Deserialize)]
-struct GpuUsageJson {
-    adapter: String,
-    zone: String,
-    dispatches: u64,
-    kernels: u64,
-    bytes_allocated: u64,
-    peak_bytes: u64,
-    #[serde(default)]
-    invocations: u64,
-    #[serde(default)]
-    bytes_transferred: u64,
-    #[serde(default)]
-    gpu_time_us: Option<u64>,
-    /// Deprecated: `gpu_time_us`.
-    #[serde(default)]
-    gpu_time: Option<u64>,
-    #[serde(default)]
-    resident_bytes_used: u64,
-    #[serde(default)]
-    resident_bytes_uploaded: u64,
-    #[serde(default)]
-    kernels_cached: u64,
-}
-
-impl From<GpuUsage> for GpuUsageJson {
-    fn from(g: GpuUsage) -> Self {
-        let us = micros(&g.gpu_time);
-        GpuUsageJson {
-            adapter: g.adapter,
-            zone: g.zone,
-            dispatches: g.dispatches,
-            kernels: g.kernels,
-            bytes_allocated: g.bytes_allocated,
-            peak_bytes: g.peak_bytes,
-            invocations: g.invocations,
-            bytes_transferred: g.bytes_transferred,
-            gpu_time_us: Some(us),
-            gpu_time: Some(us),
-            resident_bytes_used: g.resident_bytes_used,
-            resident_bytes_uploaded: g.resident_bytes_uploaded,
-            kernels_cached: g.kernels_cached,
-        }
-    }
-}
-
-impl TryFrom<GpuUsageJson> for GpuUsage {
-    type Error = String;
-    fn try_from(g: GpuUsageJson) -> Result<Self, String> {
-        let us = g
-            .gpu_time_us
-            .or(g.gpu_time)
-            .ok_or("gpu usage: missing field `gpu_time_us`")?;
-        Ok(GpuUsage {
-            adapter: g.adapter,
-            zone: g.zone,
-            dispatches: g.dispatches,
-            kernels: g.kernels,
-            bytes_allocated: g.bytes_allocated,
-            peak_bytes: g.peak_bytes,
-            invocations: g.invocations,
-            bytes_transferred: g.bytes_transferred,
-            gpu_time: Duration::from_micros(us),
-            resident_bytes_used: g.resident_bytes_used,
-            resident_bytes_uploaded: g.resident_bytes_uploaded,
-            kernels_cached: g.kernels_cached,
-        })
-    }
 }
 
 /// A bounded capture of one output stream (stdout, stderr).
