@@ -290,3 +290,55 @@ async fn cancel_stops_running_and_queued_runs_audited_and_billed() {
         .expect("run");
     assert_eq!(quick.outcome.as_ref().map(|o| o.kind()), Some("ok"));
 }
+
+/// The CLI: `kasbah run sha256:…` shows the run's logs and stdout on
+/// stderr as they come (the output on stdout); `kasbah runs logs` prints
+/// them after; `kasbah runs cancel` of a finished run fails (409).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_cli_shows_logs_as_they_come_and_after() {
+    let p = Platform::start().await;
+    let (t, dev) = p.tenant("acme", Some(policy(Limits::default()))).await;
+    let m = hostile(&dev).await;
+    let token = p.admin.tenant_token(&t.id).await.expect("token").token;
+    let dir = tempfile::tempdir().expect("tmp");
+    std::fs::write(dir.path().join("in.txt"), "3 100").expect("input");
+    let kasbah = |args: &[&str]| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_kasbah-under-test"))
+            .current_dir(dir.path())
+            .env("KASBAH_URL", &p.url)
+            .env("KASBAH_TOKEN", &token)
+            .args(args)
+            .output()
+            .expect("spawn kasbah")
+    };
+    let o = tokio::task::block_in_place(|| {
+        kasbah(&["run", &m, "--input", "in.txt", "--meta", "attack=ticks"])
+    });
+    let stderr = String::from_utf8_lossy(&o.stderr).into_owned();
+    assert_eq!(o.status.code(), Some(0), "{stderr}");
+    assert_eq!(String::from_utf8_lossy(&o.stdout).trim(), "ticked 3");
+    let at = |needle: &str| {
+        stderr
+            .find(needle)
+            .unwrap_or_else(|| panic!("{needle:?} not in {stderr}"))
+    };
+    assert!(at("log      info tick 0") < at("stdout   | out 0"));
+    assert!(at("stdout   | out 0") < at("log      info tick 2"));
+    assert!(at("log      info tick 2") < at("outcome  ok"));
+    let id = stderr
+        .lines()
+        .find_map(|l| l.strip_prefix("run      "))
+        .and_then(|l| l.split_whitespace().next())
+        .expect("run id")
+        .to_string();
+    let o = tokio::task::block_in_place(|| kasbah(&["runs", "logs", &id]));
+    let logs = String::from_utf8_lossy(&o.stderr).into_owned();
+    assert_eq!(o.status.code(), Some(0), "{logs}");
+    assert!(
+        logs.contains("log      info tick 1") && logs.contains("stdout   | out 2"),
+        "{logs}"
+    );
+    let o = tokio::task::block_in_place(|| kasbah(&["runs", "cancel", &id]));
+    assert_ne!(o.status.code(), Some(0));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("run_finished"));
+}
