@@ -119,6 +119,20 @@ step "usage   (as the operator, for billing)"
 KASBAH_TOKEN=$OPTOK $KASBAH usage
 step "runs list   (as the operator: refused, operators see usage only)"
 KASBAH_TOKEN=$OPTOK $KASBAH runs list 2>&1 || true
+AUD=$(KASBAH_TOKEN=$OPTOK $KASBAH auditor create ministry-auditor --tenant "$TN")
+echo
+echo "== the web console (issue 17): served by kasbah serve at / =="
+echo "  open $KASBAH_URL/ and paste one of these tokens (each sees what its role may):"
+echo "    admin:     $ADMIN"
+echo "    operator:  $OPTOK"
+echo "    developer: $DEV"
+echo "    auditor:   $AUD"
+echo "  as the auditor, pin the log's public key on 'Log key' first (receipts are verified in the page): $KEY"
+if [ -n "${KASBAH_DEMO_CONSOLE:-}" ] && [ -t 0 ]; then
+    read -r -p "  the server stays up for the console; press Enter to go on with the demo " _
+else
+    echo "  (this server stops when the demo moves on; KASBAH_DEMO_CONSOLE=1 make demo keeps it up until you press Enter)"
+fi
 kill "$server_pid"; wait "$server_pid" 2>/dev/null || true; server_pid=""
 echo
 mkdir -p "$work/data" "$work/rw"

@@ -1,16 +1,20 @@
 #!/usr/bin/env bash
 # Idempotent setup for a fresh Debian machine with Rust (rustup) installed:
-# the wasm32-wasip2 target for guests, and Mesa lavapipe (Vulkan on the CPU)
-# so GPU pipelines run without a GPU.
+# the wasm32-wasip2 target for guests, wasm32-unknown-unknown for the web
+# console's in-browser verifier, Mesa lavapipe (Vulkan on the CPU) so GPU
+# pipelines run without a GPU, and chromium + chromedriver for the console's
+# headless browser tests.
 set -euo pipefail
 
-if ! rustup target list --installed 2>/dev/null | grep -qx wasm32-wasip2; then
-    echo "setup: adding rust target wasm32-wasip2" >&2
-    rustup target add wasm32-wasip2
-fi
+for t in wasm32-wasip2 wasm32-unknown-unknown; do
+    if ! rustup target list --installed 2>/dev/null | grep -qx "$t"; then
+        echo "setup: adding rust target $t" >&2
+        rustup target add "$t"
+    fi
+done
 
 missing=()
-for pkg in mesa-vulkan-drivers libvulkan1; do
+for pkg in mesa-vulkan-drivers libvulkan1 chromium chromium-driver; do
     dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
 done
 if ((${#missing[@]})); then

@@ -16,7 +16,11 @@
 //!   instead of compiling it, and finds the weights resident and kernels
 //!   cached (restored at start, in the background; the run waits for the
 //!   restore if it is still under way);
-//! - **disk+other**: the same, after one run of another module (`gpu-matmul`
+//! - **ready**: as disk, but the first request waits until `GET /readyz`
+//!   answers 200 (the start-up warm-up done: recent modules loaded, GPU warm
+//!   state restored), as a load balancer would; printed: the time from the
+//!   process start to ready;
+//! - **disk+other**: as disk, after one run of another module (`gpu-matmul`
 //!   on an 8×8 product): the first run then no longer pays for what is first
 //!   in the process (connection, token and policy lookups, the first SQLite
 //!   writes, the first GPU process), only for what is first about this
@@ -153,6 +157,24 @@ fn minilm_fixed(out: &[u8]) -> (f64, f64) {
     (f("load_vocab") + f("load_weights"), f("compile_kernels"))
 }
 
+/// Poll `GET /readyz` until the start-up warm-up is done.
+async fn wait_ready(url: &str) -> anyhow::Result<()> {
+    let http = reqwest::Client::new();
+    for _ in 0..6000 {
+        if http
+            .get(format!("{url}/readyz"))
+            .send()
+            .await?
+            .status()
+            .is_success()
+        {
+            return Ok(());
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+    anyhow::bail!("{url} never became ready")
+}
+
 fn runtime_loads(names: &[&str]) -> anyhow::Result<()> {
     println!("Runtime::load alone (fresh runtime each time; no server):");
     for name in names {
@@ -280,11 +302,14 @@ fn main() -> anyhow::Result<()> {
          {hello_warm} (hello) / {minilm_warm} (minilm-embed) runs after the first; client wall \
          (server-side run wall, i.e. usage.wall_time, which excludes the module load)"
     );
-    // cold: no artifacts; disk: with them; disk+other: with them, after a
-    // run of another module.
-    const MODES: [&str; 3] = ["cold", "disk", "disk+other"];
+    // cold: no artifacts, no GPU ledger; disk: with them, the first request
+    // at once; ready: with them, once `GET /readyz` says the start-up
+    // warm-up is done; disk+other: with them, at once, after a run of
+    // another module.
+    const MODES: [&str; 4] = ["cold", "disk", "ready", "disk+other"];
     for (name, module, input, datasets, warm_n) in cases {
-        let mut first: [Vec<(f64, f64)>; 3] = Default::default();
+        let mut first: [Vec<(f64, f64)>; 4] = Default::default();
+        let mut ready_after = Vec::new();
         let mut warm = Vec::new();
         let mut fixed: Vec<(&str, (f64, f64))> = Vec::new();
         for round in 0..rounds {
@@ -293,9 +318,14 @@ fn main() -> anyhow::Result<()> {
                     std::fs::remove_dir_all(data.join("compiled")).ok();
                     std::fs::remove_file(data.join("gpu-warm.json")).ok();
                 }
+                let started = Instant::now();
                 let serve = Serve::start(&config, &data)?;
                 let client = Client::new(&serve.url, &setup.token);
                 rt.block_on(async {
+                    if *mode == "ready" {
+                        wait_ready(&serve.url).await?;
+                        ready_after.push(started.elapsed().as_secs_f64());
+                    }
                     if *mode == "disk+other" {
                         run_once(&client, &setup.other, "8", &[]).await?;
                     }
@@ -344,6 +374,10 @@ fn main() -> anyhow::Result<()> {
         }
         let (c, d) = (med(&first[0]).0, med(&first[1]).0);
         println!("  {name:13} cold/disk {:6.2}×", c / d);
+        println!(
+            "  {name:13} process start to /readyz 200 (median): {}",
+            ms(median(ready_after))
+        );
         for (what, (weights, kernels)) in fixed {
             println!(
                 "  {name:13} {what:4} run, in the guest: weights read + upload {weights:8.1} ms, kernel compiles {kernels:7.1} ms"

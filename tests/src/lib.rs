@@ -321,6 +321,8 @@ pub fn assert_not_leaked(report: &RunReport, needle: &str) {
 }
 
 /// A real kasbah server on loopback, in this process, on a temp data dir.
+pub mod webdriver;
+
 pub mod platform {
     use kasbah_client::Client;
     use kasbah_core::api::{CreateTenant, Tenant};

@@ -170,6 +170,7 @@ async fn resident_ranges_come_back_after_a_restart_within_the_current_policy() {
     );
     assert_eq!(output(&url, &a, &first).await, hex(&weights(1)).as_bytes());
     let restore = restored(&mut server).await;
+    assert_ready(&url).await;
     assert_eq!((restore.processes, restore.buffers), (1, 1), "{restore:?}");
     assert_eq!((restore.bytes, restore.kernels), (4096, 1));
     assert_eq!(restore.skipped, 1, "beta has no GPU grant now: {restore:?}");
@@ -229,6 +230,29 @@ async fn resident_ranges_come_back_after_a_restart_within_the_current_policy() {
     let g = gpu(&run(&url, &c).await);
     assert_eq!(g.resident_bytes_uploaded, 4096);
     server.shutdown().await.expect("shutdown");
+}
+
+/// `GET /readyz` (no token) answers 200 once the start-up warm-up is done.
+async fn assert_ready(url: &str) {
+    let http = reqwest::Client::new();
+    let until = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        let r = http
+            .get(format!("{url}/readyz"))
+            .send()
+            .await
+            .expect("readyz");
+        let status = r.status().as_u16();
+        let body: serde_json::Value = r.json().await.expect("json");
+        if status == 200 {
+            assert_eq!(body["ready"], true, "{body}");
+            return;
+        }
+        assert_eq!(status, 503, "{body}");
+        assert_eq!(body["ready"], false, "{body}");
+        assert!(std::time::Instant::now() < until, "never ready: {body}");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
 }
 
 fn admin_at(url: &str, token: &str) -> Client {

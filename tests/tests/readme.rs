@@ -35,7 +35,8 @@
 //!   printed fails the test, naming it.
 //! - **Files** the commands name that the test provides: `hello.wasm` and
 //!   `target/wasm32-wasip2/guest/hello.wasm` (the hello guest), `in.txt` and
-//!   `weights.bin`; the data dir `./kasbah-data` is the server's. Any other
+//!   `weights.bin`, and `guest-examples/` (a link to the workspace's guest
+//!   crates, for `kasbah build`); the data dir `./kasbah-data` is the server's. Any other
 //!   file must come from a TOML block or an earlier command.
 //! - **Other shell blocks** (`make demo`/`make test`, the benchmarks) are not
 //!   run here (CI runs `make demo` and `make test`; benches take minutes), but
@@ -466,6 +467,8 @@ fn every_readme_command_works_on_the_default_config() {
     std::fs::write(w.join("weights.bin"), [7u8; 4096]).expect("write");
     std::os::unix::fs::symlink(CLI, w.join("target/debug/kasbah")).expect("symlink");
     std::os::unix::fs::symlink(CLI, w.join("bin/kasbah")).expect("symlink");
+    std::os::unix::fs::symlink(root.join("guest-examples"), w.join("guest-examples"))
+        .expect("symlink");
 
     // TOML examples, written under the names they give.
     let mut toml_files = Vec::new();

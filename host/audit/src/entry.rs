@@ -33,7 +33,10 @@
 //! type 9 module_published (every type 3 field, in type 3's order)
 //!                         signers:set<str> (non-empty)
 //! type 10 signing_key_revoked tenant:str key_id:str by_role:str by_subject:str
+//! type 11 provenance_published tenant:str module:digest statement:digest
+//!                         source:digest cargo_lock:digest toolchain:str
 //! ```
+//!
 //!
 //! Type 6 was added after types 1–5 were frozen, type 7 after type 6, type 8
 //! after type 7, types 9 and 10 after type 8; the bytes of the older types
@@ -106,6 +109,7 @@ pub enum EntryBody {
     DatasetCreated(DatasetCreated),
     Credential(Credential),
     SigningKeyRevoked(SigningKeyRevoked),
+    ProvenancePublished(ProvenancePublished),
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -233,6 +237,24 @@ pub struct Credential {
     pub by_subject: String,
 }
 
+/// A module's build provenance (an in-toto Statement v1 with a SLSA
+/// provenance v1 predicate, from `kasbah build`) was published next to it
+/// (type 11).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProvenancePublished {
+    pub tenant: String,
+    /// The module the statement's subject names.
+    pub module: Digest,
+    /// SHA-256 of the statement's bytes as uploaded (and served back).
+    pub statement: Digest,
+    /// The `source` material: the source tree digest (`kasbah-source-tree/v1`).
+    pub source: Digest,
+    /// The `Cargo.lock` material.
+    pub cargo_lock: Digest,
+    /// The toolchain that built it (rustc's version line, and the target).
+    pub toolchain: String,
+}
+
 impl EntryBody {
     fn tag(&self) -> u8 {
         match self {
@@ -246,6 +268,7 @@ impl EntryBody {
             EntryBody::DatasetCreated(_) => 6,
             EntryBody::Credential(_) => 7,
             EntryBody::SigningKeyRevoked(_) => 10,
+            EntryBody::ProvenancePublished(_) => 11,
         }
     }
 
@@ -260,6 +283,7 @@ impl EntryBody {
             EntryBody::DatasetCreated(_) => "dataset_created",
             EntryBody::Credential(_) => "credential",
             EntryBody::SigningKeyRevoked(_) => "signing_key_revoked",
+            EntryBody::ProvenancePublished(_) => "provenance_published",
         }
     }
 
@@ -274,6 +298,7 @@ impl EntryBody {
             EntryBody::DatasetCreated(e) => &e.tenant,
             EntryBody::Credential(e) => &e.tenant,
             EntryBody::SigningKeyRevoked(e) => &e.tenant,
+            EntryBody::ProvenancePublished(e) => &e.tenant,
         }
     }
 
@@ -283,6 +308,7 @@ impl EntryBody {
             EntryBody::ModulePublished(e) => Some(e.module),
             EntryBody::RunExecuted(e) => Some(e.module),
             EntryBody::Denial(e) => e.module,
+            EntryBody::ProvenancePublished(e) => Some(e.module),
             EntryBody::TenantCreated(_)
             | EntryBody::PolicySet(_)
             | EntryBody::DatasetCreated(_)
@@ -575,6 +601,14 @@ impl Entry {
                 w.str("by_role", &e.by_role)?;
                 w.str("by_subject", &e.by_subject)?;
             }
+            EntryBody::ProvenancePublished(e) => {
+                w.str("tenant", &e.tenant)?;
+                w.digest(&e.module);
+                w.digest(&e.statement);
+                w.digest(&e.source);
+                w.digest(&e.cargo_lock);
+                w.str("toolchain", &e.toolchain)?;
+            }
         }
         Ok(w.0)
     }
@@ -668,6 +702,14 @@ impl Entry {
                 key_id: r.str("key_id")?,
                 by_role: r.str("by_role")?,
                 by_subject: r.str("by_subject")?,
+            }),
+            11 => EntryBody::ProvenancePublished(ProvenancePublished {
+                tenant: r.str("tenant")?,
+                module: r.digest("module")?,
+                statement: r.digest("statement")?,
+                source: r.digest("source")?,
+                cargo_lock: r.digest("cargo_lock")?,
+                toolchain: r.str("toolchain")?,
             }),
             t => return Err(EntryError::UnknownType(t)),
         };

@@ -87,6 +87,25 @@ pub enum AuditCmd {
         #[command(flatten)]
         witnesses: WitnessArgs,
     },
+    /// Rebuild a module from source with `kasbah build` and say whether the
+    /// bytes match (exit 0 `match`, 1 `mismatch`; both digests named).
+    ///
+    /// With --provenance, also check that the statement's subject is the
+    /// digest and that its materials (source tree, Cargo.lock, rustc, target)
+    /// are what this rebuild used.
+    Rebuild {
+        /// The published module's digest (`sha256:…`).
+        digest: Digest,
+        /// The guest crate's directory (as given to `kasbah build`).
+        #[arg(long)]
+        source: PathBuf,
+        /// The module's provenance statement (`kasbah build` wrote it next to the module).
+        #[arg(long)]
+        provenance: Option<PathBuf>,
+        /// Keep the rebuilt module here.
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
 }
 
 /// Witness cosignatures demanded on the checkpoint accepted.
@@ -236,6 +255,12 @@ pub async fn audit(ctx: &Ctx, c: AuditCmd) -> anyhow::Result<ExitCode> {
             every,
             witnesses,
         } => watch(ctx, &key, state, every, &witnesses).await,
+        AuditCmd::Rebuild {
+            digest,
+            source,
+            provenance,
+            out,
+        } => rebuild(ctx, &digest, &source, provenance.as_deref(), out.as_deref()),
     }
 }
 
@@ -289,6 +314,10 @@ fn describe(b: &kasbah_audit::EntryBody) -> String {
         Credential(c) => format!(
             "token {} {} ({} {}) by {} {}",
             c.token_id, c.action, c.role, c.subject, c.by_role, c.by_subject
+        ),
+        ProvenancePublished(p) => format!(
+            "module {} statement {} source {} Cargo.lock {} toolchain {:?}",
+            p.module, p.statement, p.source, p.cargo_lock, p.toolchain
         ),
     }
 }
@@ -489,4 +518,87 @@ async fn watch_once(
         }
         Err(e) => Err(e.into()),
     }
+}
+
+/// `kasbah audit rebuild`: 0 match, 1 mismatch (module or a material).
+fn rebuild(
+    ctx: &Ctx,
+    digest: &Digest,
+    source: &Path,
+    provenance: Option<&Path>,
+    out: Option<&Path>,
+) -> anyhow::Result<ExitCode> {
+    let statement: Option<serde_json::Value> = match provenance {
+        Some(p) => {
+            let text =
+                std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?;
+            Some(
+                serde_json::from_str(&text)
+                    .with_context(|| format!("{} is not JSON", p.display()))?,
+            )
+        }
+        None => None,
+    };
+    let built = crate::repro::build(source)?;
+    if let Some(o) = out {
+        std::fs::write(o, &built.module).with_context(|| format!("writing {}", o.display()))?;
+    }
+    let mut checks = vec![(
+        "module".to_string(),
+        digest.to_string(),
+        built.digest.clone(),
+    )];
+    if let Some(st) = &statement {
+        let want = |v: Option<&str>| v.map_or("(absent)".to_string(), |h| format!("sha256:{h}"));
+        checks.push((
+            "provenance subject".into(),
+            digest.to_string(),
+            want(crate::repro::subject(st)),
+        ));
+        for m in ["source", "Cargo.lock", "rustc"] {
+            checks.push((
+                format!("material {m}"),
+                want(crate::repro::material(st, m)),
+                want(crate::repro::material(&built.statement, m)),
+            ));
+        }
+        let target = |s: &serde_json::Value| {
+            s["predicate"]["buildDefinition"]["externalParameters"]["target"]
+                .as_str()
+                .unwrap_or("(absent)")
+                .to_string()
+        };
+        checks.push(("target".into(), target(st), target(&built.statement)));
+    }
+    let ok = checks.iter().all(|(_, a, b)| a == b);
+    if ctx.json {
+        let list: Vec<serde_json::Value> = checks
+            .iter()
+            .map(|(what, expected, rebuilt)| {
+                serde_json::json!({ "check": what, "expected": expected, "rebuilt": rebuilt, "match": expected == rebuilt })
+            })
+            .collect();
+        crate::outln!(
+            "{}",
+            serde_json::json!({ "match": ok, "expected": digest.to_string(), "rebuilt": built.digest, "checks": list })
+        );
+    } else {
+        crate::outln!(
+            "{}: expected {digest}, rebuilt {}",
+            if ok { "match" } else { "mismatch" },
+            built.digest
+        );
+        for (what, expected, rebuilt) in &checks[1..] {
+            if expected == rebuilt {
+                crate::outln!("  {what}: match {expected}");
+            } else {
+                crate::outln!("  {what}: MISMATCH expected {expected}, rebuilt {rebuilt}");
+            }
+        }
+    }
+    Ok(if ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
 }

@@ -11,6 +11,7 @@ mod local;
 mod logs;
 pub mod out;
 mod remote;
+pub mod repro;
 mod serve;
 mod sign;
 mod witness;
@@ -51,6 +52,8 @@ struct Cli {
 enum Command {
     /// Run a pipeline: a `.wasm` file locally, or a published `sha256:…` module on the server.
     Run(local::RunArgs),
+    /// Build a guest crate for wasm32-wasip2 reproducibly, with SLSA provenance (no server needed).
+    Build(BuildArgs),
     /// Start the platform service.
     Serve(serve::ServeArgs),
     /// Run a zone worker of the fleet (NATS JetStream; see `kasbah serve --nats`).
@@ -101,6 +104,17 @@ enum Command {
     /// Run a transparency-log witness (C2SP tlog-witness) and make its key (no server needed).
     #[command(subcommand)]
     Witness(witness::WitnessCmd),
+}
+
+#[derive(clap::Args)]
+struct BuildArgs {
+    /// The guest crate's directory (inside a cargo workspace with a Cargo.lock).
+    #[arg(default_value = ".")]
+    dir: std::path::PathBuf,
+    /// Write the module here (default: <workspace>/target/kasbah-build/<name>.wasm); the
+    /// provenance goes next to it as <FILE>.provenance.json.
+    #[arg(long)]
+    out: Option<std::path::PathBuf>,
 }
 
 pub fn main() -> ExitCode {
@@ -157,6 +171,9 @@ pub fn main() -> ExitCode {
     let result = match cli.command {
         Command::Run(args) if args.is_remote() => remote::block_on(remote::run(&ctx, args)),
         Command::Run(args) => local::run(args, cli.verbose > 0, ctx.json),
+        Command::Build(a) => {
+            repro::build_command(&a.dir, a.out.as_deref(), ctx.json).map(|()| ExitCode::SUCCESS)
+        }
         Command::Serve(args) => serve::serve(args),
         Command::Worker(args) => serve::worker(args),
         Command::Fleet(c) => fleet::fleet(&ctx, c),

@@ -506,6 +506,10 @@ pub struct PublishArgs {
     /// A signature envelope (`kasbah sign`) to send with it; repeatable.
     #[arg(long = "signature", value_name = "FILE")]
     signatures: Vec<PathBuf>,
+    /// Also publish its provenance statement (`kasbah build` writes it next
+    /// to the module as <FILE>.provenance.json); it goes in the log next to the module.
+    #[arg(long)]
+    provenance: Option<PathBuf>,
 }
 
 pub async fn publish(ctx: &Ctx, a: PublishArgs) -> anyhow::Result<ExitCode> {
@@ -548,6 +552,11 @@ pub async fn publish(ctx: &Ctx, a: PublishArgs) -> anyhow::Result<ExitCode> {
         .await;
     bar.finish_and_clear();
     let (m, created) = m?;
+    if let Some(file) = &a.provenance
+        && publish_result(&m, created, &name, &a.version) != Published::SameBytesAs
+    {
+        return publish_provenance(ctx, &m, file).await;
+    }
     // Modules are content-addressed per tenant: the server answers a publish
     // of bytes it already has with the existing record (200), whatever name
     // and version were asked for. Say so; a different name/version is not
@@ -592,6 +601,34 @@ pub(crate) fn signed_by(signers: &[String]) -> String {
     }
 }
 
+/// The module is published; now its provenance statement.
+async fn publish_provenance(
+    ctx: &Ctx,
+    m: &ModuleRecord,
+    file: &std::path::Path,
+) -> anyhow::Result<ExitCode> {
+    let statement = std::fs::read(file).with_context(|| format!("reading {}", file.display()))?;
+    let (p, _) = ctx
+        .client()?
+        .put_provenance(&m.digest.to_string(), statement)
+        .await
+        .with_context(|| format!("{} is published; its provenance was not", m.digest))?;
+    let both = serde_json::json!({ "module": m, "provenance": p });
+    ctx.print(&both, |_| {
+        crate::outln!(
+            "published {}@{} {} ({} bytes)\nprovenance {} recorded: source {}, Cargo.lock {}, {}",
+            m.name,
+            m.version,
+            m.digest,
+            m.size,
+            p.statement,
+            p.source,
+            p.cargo_lock,
+            p.toolchain
+        )
+    })
+}
+
 /// What a publish did, from the record the server answered with.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Published {
@@ -632,6 +669,14 @@ pub enum ModulesCmd {
         /// Write them here.
         #[arg(short, long)]
         output: PathBuf,
+    },
+    /// Download a module's provenance statement (owner and granted auditors).
+    Provenance {
+        /// The module's digest (`sha256:…`).
+        digest: String,
+        /// Write it here instead of stdout.
+        #[arg(short, long)]
+        output: Option<PathBuf>,
     },
     /// Download the receipt of a module's publication (verify it with
     /// `kasbah audit verify --module DIGEST`).
@@ -683,7 +728,22 @@ pub async fn modules(ctx: &Ctx, a: ModulesArgs) -> anyhow::Result<ExitCode> {
             eprintln!("{} bytes written to {}", bytes.len(), output.display());
             return Ok(ExitCode::SUCCESS);
         }
-        Some(ModulesCmd::List) | None => {}
+        Some(ModulesCmd::List) | Some(ModulesCmd::Provenance { .. }) | None => {}
+    }
+    let fetched = match &a.cmd {
+        Some(ModulesCmd::Provenance { digest, output }) => {
+            Some((ctx.client()?.provenance(digest).await?, output.clone()))
+        }
+        _ => None,
+    };
+    if let Some((bytes, output)) = fetched {
+        match output {
+            Some(p) => {
+                std::fs::write(&p, &bytes).with_context(|| format!("writing {}", p.display()))?
+            }
+            None => crate::out::write_bytes(&bytes)?,
+        }
+        return Ok(ExitCode::SUCCESS);
     }
     let ms = ctx.client()?.modules().await?;
     ctx.print(&ms, |ms| {

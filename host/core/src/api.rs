@@ -244,6 +244,29 @@ pub struct SigningKeyRevocation {
     pub by_subject: String,
 }
 
+/// A module's build provenance as the log recorded it (entry type 11). The
+/// statement itself: `GET /v1/modules/{digest}/provenance`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(ToSchema))]
+pub struct ProvenanceRecord {
+    #[cfg_attr(feature = "openapi", schema(value_type = String, example = "sha256:4c44…"))]
+    pub module: Digest,
+    pub tenant_id: String,
+    /// SHA-256 of the statement's bytes.
+    #[cfg_attr(feature = "openapi", schema(value_type = String))]
+    pub statement: Digest,
+    /// The `source` material (kasbah-source-tree/v1 digest).
+    #[cfg_attr(feature = "openapi", schema(value_type = String))]
+    pub source: Digest,
+    /// The `Cargo.lock` material.
+    #[cfg_attr(feature = "openapi", schema(value_type = String))]
+    pub cargo_lock: Digest,
+    /// rustc's version line and the target.
+    pub toolchain: String,
+    pub size: u64,
+    pub created_at: i64,
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(ToSchema))]
 #[serde(deny_unknown_fields)]

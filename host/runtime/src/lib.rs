@@ -540,6 +540,13 @@ impl Runtime {
         if !ty.exports(engine).any(|(name, _)| name == HANDLER_EXPORT) {
             return Err(LoadError::MissingExport);
         }
+        // The memories' copy-on-write images (a memfd each, filled with the
+        // data segments) are made here rather than by the first
+        // instantiation: a preloaded module's first run does not pay for
+        // them. A failure only means instantiation makes them (or copies).
+        if let Err(e) = component.initialize_copy_on_write_image() {
+            tracing::debug!(module = %digest, "copy-on-write image: {e:#}");
+        }
         if fresh && let Some(cache) = cache {
             // Synchronous: a few ms of serialize + write on a compile of
             // tens of ms or more; the next process finds it at once.

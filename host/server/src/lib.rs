@@ -23,10 +23,11 @@
 //! | where | what |
 //! |---|---|
 //! | `tenancy/` | operators and ceilings, tenants and policy versions, auditors, tokens (`tokens.rs`: lifecycle rules; `access.rs`: which tenants a caller reaches) |
-//! | `registry/` | modules: publish checks (component, imports granted, host links), records, content; `signing.rs`: signatures at publish (DSSE envelopes, policy threshold), signing-key revocation |
+//! | `registry/` | modules: publish checks (component, imports granted, host links), records, content; `signing.rs`: signatures at publish (DSSE envelopes, policy threshold), signing-key revocation; `provenance.rs`: build provenance statements (checked against the module, entry type 11, served to owner and auditors) |
 //! | `datasets/` | datasets: labels within the tenant's zones, uploads (fleet mode: into the label zones' object store buckets only), downloads, mounts by name |
 //! | `runs/` | runs: admission (`scheduler.rs`), placement (`placement.rs`), execution in this process (`execute.rs`) or on the fleet's zone workers (`fleet.rs`: the NATS side; `dispatch.rs`: dispatch, results, lost runs), live logs and cancel (`live.rs`: the feed; `follow.rs`: reading it, cancelling), records, usage |
 //! | `audit/` | the log: entry builders (`entries.rs`), tables and queries (`log.rs`), key and checkpoints (`key.rs`), reads and refusals (`service.rs`), the C2SP tile-served log (`tiles.rs`), submitting checkpoints to witnesses (`witnesses.rs`) |
+//! | `console/` | the web console: embedded assets (`assets.rs`, `assets/`: hand-written ES modules, no JS toolchain; the verifier wasm from `build.rs`) and their handlers (CSP headers) |
 //! | `witness/` | `kasbah witness serve`, a C2SP tlog-witness (not part of the platform API; its router is `routes::witness_router`) |
 //! | `store/` | the SQLite core: open, readers, [`store::Db::write`] (change + entries in one batch transaction), `writer.rs` (group commit), `schema.rs` (every table, migrations) |
 //! | `state.rs` | [`state::AppState`]: config, each domain's storage, blobs, runtime, guest threads, scheduler, metrics, log key |
@@ -56,6 +57,7 @@ pub mod auth;
 pub mod blobs;
 pub mod caller;
 pub mod config;
+pub mod console;
 pub mod datasets;
 pub mod error;
 pub mod extract;

@@ -8,6 +8,7 @@ use axum::extract::DefaultBodyLimit;
 use axum::routing::{delete, get, post, put};
 
 use crate::audit::handlers as audit;
+use crate::console::handlers as console;
 use crate::datasets::handlers as datasets;
 use crate::error::{self, ApiError};
 use crate::openapi::openapi_json;
@@ -26,8 +27,12 @@ async fn not_found() -> ApiError {
 pub fn router(state: AppState) -> Router {
     let max_body = state.config.max_request_bytes;
     Router::new()
+        // The web console (not part of the API document).
+        .route("/", get(console::index))
+        .route("/console/{name}", get(console::asset))
         .route("/openapi.json", get(openapi_json))
         .route("/metrics", get(ops::metrics))
+        .route("/readyz", get(ops::readyz))
         .route("/v1/whoami", get(tenancy::whoami))
         .route(
             "/v1/operators",
@@ -82,6 +87,10 @@ pub fn router(state: AppState) -> Router {
         .route(
             "/v1/tenants/{id}/signing-keys/revoked",
             get(registry::revoked_signing_keys),
+        )
+        .route(
+            "/v1/modules/{digest}/provenance",
+            put(registry::put_provenance).get(registry::get_provenance),
         )
         .route(
             "/v1/datasets",

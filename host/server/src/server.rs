@@ -196,6 +196,7 @@ pub async fn start(mut config: ServerConfig) -> anyhow::Result<Server> {
         metrics,
         audit,
         fleet,
+        warmup: Default::default(),
     }));
     if let Some(fleet) = &state.fleet {
         crate::runs::dispatch::start(fleet, state.clone()).await?;

@@ -43,6 +43,32 @@ pub struct Inner {
     pub audit: AuditKey,
     /// Where runs execute: on the fleet (`nats` configured), else here.
     pub fleet: Option<Arc<Fleet>>,
+    /// What the start-up warm-up is still doing (`GET /readyz`).
+    pub warmup: Warmup,
+}
+
+/// The background warm-up after a start: recently used modules loaded from
+/// the artifact cache, GPU warm state restored. Requests are served during
+/// it; `GET /readyz` says when it is done (a load balancer's readiness).
+#[derive(Default)]
+pub struct Warmup {
+    pub modules: std::sync::atomic::AtomicBool,
+    pub gpu: std::sync::atomic::AtomicBool,
+}
+
+impl Warmup {
+    /// What is still warming up (empty: ready).
+    pub fn pending(&self) -> Vec<&'static str> {
+        use std::sync::atomic::Ordering::Acquire;
+        let mut v = Vec::new();
+        if self.modules.load(Acquire) {
+            v.push("modules");
+        }
+        if self.gpu.load(Acquire) {
+            v.push("gpu");
+        }
+        v
+    }
 }
 
 /// A multi-thread tokio runtime of its own for guest execution. Guests

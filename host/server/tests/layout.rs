@@ -16,7 +16,9 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
 const MAX_LINES: usize = 600;
-const DOMAINS: &[&str] = &["tenancy", "registry", "datasets", "runs", "audit"];
+const DOMAINS: &[&str] = &[
+    "tenancy", "registry", "datasets", "runs", "audit", "console",
+];
 
 /// A source file as a module path (`tenancy/sqlite.rs` → `tenancy::sqlite`).
 fn module_of(src: &Path, file: &Path) -> String {
@@ -358,4 +360,19 @@ fn no_source_file_is_longer_than_600_lines() {
     assert!(long.is_empty(), "over {MAX_LINES} lines: {long:?}");
     let longest = c.lines.iter().max_by_key(|(_, n)| **n);
     println!("{} files; longest: {longest:?}", c.lines.len());
+}
+
+/// The console's hand-written assets (JS, CSS, HTML) are held to the same
+/// length as the Rust sources.
+#[test]
+fn no_console_asset_is_longer_than_600_lines() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("src/console/assets");
+    let mut n = 0;
+    for e in std::fs::read_dir(&dir).expect("assets dir") {
+        let p = e.expect("entry").path();
+        let lines = std::fs::read_to_string(&p).expect("read").lines().count();
+        assert!(lines <= MAX_LINES, "{}: {lines} lines", p.display());
+        n += 1;
+    }
+    assert!(n >= 5, "{n} assets");
 }

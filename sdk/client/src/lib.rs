@@ -283,6 +283,38 @@ impl Client {
         Ok((m, created))
     }
 
+    /// Publish a module's provenance statement (`kasbah build` writes it
+    /// next to the module): the record, and whether this request stored it
+    /// (`true`, 201) or the server already had these bytes (`false`, 200).
+    pub async fn put_provenance(
+        &self,
+        digest: &str,
+        statement: Vec<u8>,
+    ) -> Result<(ProvenanceRecord, bool)> {
+        let resp = self
+            .req(
+                reqwest::Method::PUT,
+                &format!("/v1/modules/{digest}/provenance"),
+            )
+            .header("content-type", "application/json")
+            .body(statement)
+            .send()
+            .await?;
+        let created = resp.status() == reqwest::StatusCode::CREATED;
+        let bytes = Self::check(resp).await?;
+        let p = serde_json::from_slice(&bytes).map_err(|e| Error::Decode(e.to_string()))?;
+        Ok((p, created))
+    }
+
+    /// A module's provenance statement, byte for byte as published.
+    pub async fn provenance(&self, digest: &str) -> Result<Vec<u8>> {
+        Self::send_bytes(self.req(
+            reqwest::Method::GET,
+            &format!("/v1/modules/{digest}/provenance"),
+        ))
+        .await
+    }
+
     pub async fn modules(&self) -> Result<Vec<ModuleRecord>> {
         Self::send(self.req(reqwest::Method::GET, "/v1/modules")).await
     }

@@ -5,12 +5,13 @@
 //! here, and a storage write that returns it.
 
 use kasbah_audit::{
-    Credential, DatasetCreated, Denial, Entry, EntryBody, ModulePublished, PolicySet, RunExecuted,
-    SigningKeyRevoked, TenantCreated,
+    Credential, DatasetCreated, Denial, Entry, EntryBody, ModulePublished, PolicySet,
+    ProvenancePublished, RunExecuted, SigningKeyRevoked, TenantCreated,
 };
 use kasbah_core::Digest;
 use kasbah_core::api::{
-    DatasetRecord, ModuleRecord, PolicyRecord, Role, RunRecord, RunStatus, SigningKeyRevocation,
+    DatasetRecord, ModuleRecord, PolicyRecord, ProvenanceRecord, Role, RunRecord, RunStatus,
+    SigningKeyRevocation,
 };
 
 use crate::caller::Caller;
@@ -146,6 +147,18 @@ pub fn dataset_created(d: &DatasetRecord) -> Entry {
             run_id: d.source_run.clone(),
         }),
     )
+}
+
+/// A module's provenance statement was published (type 11).
+pub fn provenance_published(p: &ProvenanceRecord) -> Entry {
+    entry(EntryBody::ProvenancePublished(ProvenancePublished {
+        tenant: p.tenant_id.clone(),
+        module: p.module,
+        statement: p.statement,
+        source: p.source,
+        cargo_lock: p.cargo_lock,
+        toolchain: p.toolchain.clone(),
+    }))
 }
 
 /// A module was published (the first time these bytes were, for this

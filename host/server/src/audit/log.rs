@@ -378,6 +378,7 @@ impl Encoded {
             EntryBody::ModulePublished(m) => Some(m.module.to_string()),
             EntryBody::RunExecuted(r) => Some(r.run_id.clone()),
             EntryBody::Credential(c) => Some(c.token_id.clone()),
+            EntryBody::ProvenancePublished(p) => Some(p.module.to_string()),
             _ => None,
         };
         Ok(Encoded {

@@ -8,10 +8,10 @@ use axum::extract::rejection::QueryRejection;
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use kasbah_core::api::{ModuleRecord, SigningKeyRevocation};
+use kasbah_core::api::{ModuleRecord, ProvenanceRecord, SigningKeyRevocation};
 use serde::Deserialize;
 
-use super::{service, signing};
+use super::{provenance, service, signing};
 use crate::caller::Caller;
 use crate::error::{ApiResult, ErrorBody};
 use crate::extract::{DRAIN_LIMIT, UploadRefused, drain, query_error, receive_upload};
@@ -111,6 +111,43 @@ pub async fn get_module(
         &digest,
         f.tenant.as_deref(),
     )?))
+}
+
+#[utoipa::path(put, tag = "api", path = "/v1/modules/{digest}/provenance",
+    request_body(content = Object, content_type = "application/json",
+        description = "An in-toto Statement v1 with a SLSA provenance v1 predicate (`kasbah build` writes it); at most 64 KiB"),
+    responses((status = 201, body = ProvenanceRecord), (status = 200, body = ProvenanceRecord, description = "this statement was already published"),
+        (status = 404, body = ErrorBody), (status = 409, body = ErrorBody, description = "`provenance_exists`: the module has another statement"),
+        (status = 413, body = ErrorBody), (status = 422, body = ErrorBody, description = "`invalid_provenance`, `provenance_subject_mismatch`")))]
+pub async fn put_provenance(
+    State(s): State<AppState>,
+    caller: Caller,
+    Path(digest): Path<String>,
+    body: axum::body::Bytes,
+) -> ApiResult<(StatusCode, Json<ProvenanceRecord>)> {
+    let (created, record) = provenance::publish(&s, &caller, &digest, &body).await?;
+    let status = if created {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
+    Ok((status, Json(record)))
+}
+
+#[utoipa::path(get, tag = "api", path = "/v1/modules/{digest}/provenance", params(TenantFilter),
+    responses((status = 200, content_type = "application/json", body = Object, description = "The statement, byte for byte as published"),
+        (status = 404, body = ErrorBody)))]
+pub async fn get_provenance(
+    State(s): State<AppState>,
+    caller: Caller,
+    Path(digest): Path<String>,
+    Query(f): Query<TenantFilter>,
+) -> ApiResult<([(axum::http::header::HeaderName, &'static str); 1], Vec<u8>)> {
+    let bytes = provenance::statement(&s, &caller, &digest, f.tenant.as_deref())?;
+    Ok((
+        [(axum::http::header::CONTENT_TYPE, "application/json")],
+        bytes,
+    ))
 }
 
 #[utoipa::path(get, tag = "api", path = "/v1/modules/{digest}/content",

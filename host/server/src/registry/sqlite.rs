@@ -1,11 +1,12 @@
 //! The module registry in SQLite: one row per (tenant, digest), unique
-//! (tenant, name, version).
+//! (tenant, name, version); `module_provenance`: at most one statement per
+//! (tenant, module).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use kasbah_core::Digest;
-use kasbah_core::api::{ModuleRecord, SigningKeyRevocation};
+use kasbah_core::api::{ModuleRecord, ProvenanceRecord, SigningKeyRevocation};
 use rusqlite::{Connection, OptionalExtension, params};
 
 use super::storage::ModuleStore;
@@ -180,7 +181,80 @@ impl ModuleStore for SqliteModules {
         })
     }
 
-    // ---- runs -----------------------------------------------------------
+    async fn insert_provenance(
+        &self,
+        p: &ProvenanceRecord,
+        statement: &[u8],
+    ) -> DbResult<Result<ProvenanceRecord, Digest>> {
+        let p = p.clone();
+        let statement = statement.to_vec();
+        let (result, _) = self
+            .db
+            .write(move |tx| {
+                if let Some((existing, _)) = provenance_row(tx, &p.tenant_id, &p.module)? {
+                    return Ok(if existing.statement == p.statement {
+                        (Ok(existing), Vec::new())
+                    } else {
+                        (Err(existing.statement), Vec::new())
+                    });
+                }
+                tx.execute(
+                    "INSERT INTO module_provenance(tenant_id, module, statement_digest, source, cargo_lock,
+                         toolchain, statement, created_at)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+                    params![
+                        p.tenant_id,
+                        p.module.to_string(),
+                        p.statement.to_string(),
+                        p.source.to_string(),
+                        p.cargo_lock.to_string(),
+                        p.toolchain,
+                        statement,
+                        p.created_at
+                    ],
+                )?;
+                let e = entries::provenance_published(&p);
+                Ok((Ok(p), vec![e]))
+            })
+            .await?;
+        Ok(result)
+    }
+
+    fn provenance(
+        &self,
+        tenant_id: &str,
+        module: &Digest,
+    ) -> DbResult<Option<(ProvenanceRecord, Vec<u8>)>> {
+        self.db.with(|c| provenance_row(c, tenant_id, module))
+    }
+}
+
+fn provenance_row(
+    c: &Connection,
+    tenant_id: &str,
+    module: &Digest,
+) -> rusqlite::Result<Option<(ProvenanceRecord, Vec<u8>)>> {
+    c.prepare_cached(
+        "SELECT statement_digest, source, cargo_lock, toolchain, statement, created_at
+         FROM module_provenance WHERE tenant_id = ?1 AND module = ?2",
+    )?
+    .query_row(params![tenant_id, module.to_string()], |r| {
+        let statement: Vec<u8> = r.get(4)?;
+        Ok((
+            ProvenanceRecord {
+                module: *module,
+                tenant_id: tenant_id.to_string(),
+                statement: parse_digest(&r.get::<_, String>(0)?)?,
+                source: parse_digest(&r.get::<_, String>(1)?)?,
+                cargo_lock: parse_digest(&r.get::<_, String>(2)?)?,
+                toolchain: r.get(3)?,
+                size: statement.len() as u64,
+                created_at: r.get(5)?,
+            },
+            statement,
+        ))
+    })
+    .optional()
 }
 
 fn row_module(r: &rusqlite::Row<'_>) -> rusqlite::Result<ModuleRecord> {

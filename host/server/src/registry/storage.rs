@@ -4,13 +4,15 @@
 //! Contract: [`ModuleStore::insert_module`] commits the module's row and its
 //! `module_published` entry in one transaction;
 //! [`ModuleStore::revoke_signing_key`] the revocation and its
-//! `signing_key_revoked` entry.
+//! `signing_key_revoked` entry;
+//! [`ModuleStore::insert_provenance`] a statement's row and its
+//! `provenance_published` entry (type 11).
 
 use std::future::Future;
 use std::sync::Arc;
 
 use kasbah_core::Digest;
-use kasbah_core::api::{ModuleRecord, SigningKeyRevocation};
+use kasbah_core::api::{ModuleRecord, ProvenanceRecord, SigningKeyRevocation};
 
 use crate::store::DbResult;
 
@@ -45,4 +47,19 @@ pub trait ModuleStore: Send + Sync {
     ) -> DbResult<Option<Arc<ModuleRecord>>>;
     /// The tenants' modules, oldest first.
     fn modules(&self, tenant_ids: &[String]) -> DbResult<Vec<ModuleRecord>>;
+    /// Record a module's provenance statement, with its
+    /// `provenance_published` entry. The same statement again → the
+    /// existing record (no new entry); another statement for the module →
+    /// `Ok(Err(existing statement digest))`.
+    fn insert_provenance(
+        &self,
+        p: &ProvenanceRecord,
+        statement: &[u8],
+    ) -> impl Future<Output = DbResult<Result<ProvenanceRecord, Digest>>> + Send;
+    /// A module's provenance record and statement bytes.
+    fn provenance(
+        &self,
+        tenant_id: &str,
+        module: &Digest,
+    ) -> DbResult<Option<(ProvenanceRecord, Vec<u8>)>>;
 }

@@ -161,9 +161,14 @@ pub fn preload_recent(s: &AppState) -> Option<std::thread::JoinHandle<usize>> {
         return None;
     }
     let s = s.clone();
+    s.warmup
+        .modules
+        .store(true, std::sync::atomic::Ordering::Release);
+    let state = s.clone();
     let spawned = std::thread::Builder::new()
         .name("kasbah-preload".into())
         .spawn(move || {
+            let s = state;
             let started = std::time::Instant::now();
             let mut loaded = 0;
             for d in &digests {
@@ -187,12 +192,18 @@ pub fn preload_recent(s: &AppState) -> Option<std::thread::JoinHandle<usize>> {
                 digests.len(),
                 started.elapsed()
             );
+            s.warmup
+                .modules
+                .store(false, std::sync::atomic::Ordering::Release);
             loaded
         });
     match spawned {
         Ok(h) => Some(h),
         Err(e) => {
             tracing::warn!("preload thread: {e}");
+            s.warmup
+                .modules
+                .store(false, std::sync::atomic::Ordering::Release);
             None
         }
     }

@@ -134,9 +134,16 @@ pub fn start(s: &AppState) -> GpuStateTasks {
     let plan = s.runtime.gpu().plan_restore(&records);
     let restore = (!plan.is_empty()).then(|| {
         let gate: std::sync::Arc<dyn RestoreGate> = std::sync::Arc::new(Gate(s.clone()));
+        s.warmup
+            .gpu
+            .store(true, std::sync::atomic::Ordering::Release);
+        let s = s.clone();
         tokio::spawn(async move {
             let started = std::time::Instant::now();
             let stats = plan.run(gate).await;
+            s.warmup
+                .gpu
+                .store(false, std::sync::atomic::Ordering::Release);
             tracing::info!(
                 "GPU warm state restored in {:?}: {} processes, {} ranges, {} bytes ({} skipped)",
                 started.elapsed(),

@@ -135,6 +135,9 @@ pub struct RunsQuery {
     pub tenant: Option<String>,
     /// At most this many, newest first (default 50, max 1000).
     pub limit: Option<u32>,
+    /// Cursor: only runs older than this run (the last id of the
+    /// previous page); an id the caller cannot read is a 404.
+    pub before: Option<String>,
 }
 
 #[utoipa::path(get, tag = "api", path = "/v1/runs", params(RunsQuery), responses((status = 200, body = Vec<RunRecord>)))]
@@ -148,6 +151,7 @@ pub async fn list_runs(
         &caller,
         q.tenant.as_deref(),
         q.limit,
+        q.before.as_deref(),
     )?))
 }
 

@@ -393,19 +393,38 @@ pub async fn output(s: &AppState, caller: &Caller, id: &str) -> ApiResult<RunOut
 }
 
 /// The most recent runs (at most `limit`, 1–1000, default 50) of the
-/// tenants the caller reads, newest first.
+/// tenants the caller reads, newest first; with `before` (a run id the
+/// caller may read: the last of the previous page), only older runs.
 pub fn list(
     s: &AppState,
     caller: &Caller,
     tenant: Option<&str>,
     limit: Option<u32>,
+    before: Option<&str>,
 ) -> ApiResult<Vec<RunRecord>> {
     let limit = limit.unwrap_or(50).clamp(1, 1000);
+    let tenants = caller.readable_tenants(s, tenant)?;
+    let cursor = match before {
+        None => None,
+        Some(id) => {
+            // A cursor the caller cannot read is an unknown run: its
+            // timestamp would otherwise leak through the page it selects.
+            let r = s
+                .runs
+                .run(id)?
+                .filter(|r| tenants.contains(&r.tenant_id))
+                .ok_or_else(|| ApiError::not_found("run"))?;
+            Some((r.created_at, r.id))
+        }
+    };
     let mut out = Vec::new();
-    for t in caller.readable_tenants(s, tenant)? {
-        out.extend(s.runs.runs(&t, limit)?);
+    for t in &tenants {
+        out.extend(
+            s.runs
+                .runs(t, limit, cursor.as_ref().map(|(at, id)| (*at, id.as_str())))?,
+        );
     }
-    out.sort_by_key(|r| std::cmp::Reverse(r.created_at));
+    out.sort_by(|a, b| (b.created_at, &b.id).cmp(&(a.created_at, &a.id)));
     out.truncate(limit as usize);
     for r in &mut out {
         redact_output(s, caller, r)?;

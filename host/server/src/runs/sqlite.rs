@@ -341,16 +341,27 @@ impl RunStore for SqliteRuns {
     }
 
     /// A tenant's most recent runs (ended or not), newest first.
-    fn runs(&self, tenant_id: &str, limit: u32) -> DbResult<Vec<RunRecord>> {
+    fn runs(
+        &self,
+        tenant_id: &str,
+        limit: u32,
+        before: Option<(i64, &str)>,
+    ) -> DbResult<Vec<RunRecord>> {
+        // The cursor is (created_at, id), newest first: `(i64::MAX, "")`
+        // when absent, which every row sorts before. `created_at <= ?3`
+        // keeps the index range on (tenant_id, created_at) for deep pages.
+        let (at, id) = before.unwrap_or((i64::MAX, ""));
         let rs: Vec<RunRecord> = self.db.with(|c| {
             c.prepare_cached(&format!(
                 "SELECT * FROM ({RUN_COLUMNS} WHERE tenant_id = ?1
-                     ORDER BY created_at DESC LIMIT ?2)
+                     AND created_at <= ?3 AND (created_at < ?3 OR id < ?4)
+                     ORDER BY created_at DESC, id DESC LIMIT ?2)
                  UNION ALL
-                 SELECT * FROM ({INFLIGHT_COLUMNS} WHERE tenant_id = ?1)
-                 ORDER BY created_at DESC LIMIT ?2"
+                 SELECT * FROM ({INFLIGHT_COLUMNS} WHERE tenant_id = ?1
+                     AND created_at <= ?3 AND (created_at < ?3 OR id < ?4))
+                 ORDER BY created_at DESC, id DESC LIMIT ?2"
             ))?
-            .query_map(params![tenant_id, limit], row_run)?
+            .query_map(params![tenant_id, limit, at, id], row_run)?
             .collect()
         })?;
         Ok(rs.into_iter().map(|r| self.overlay_running(r)).collect())

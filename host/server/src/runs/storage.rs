@@ -150,8 +150,15 @@ pub trait RunStore: Send + Sync {
     /// A run accepted and not yet ended, as it was accepted (what
     /// [`Self::finish_run`] needs): for results that arrive after a restart.
     fn inflight(&self, id: &str) -> DbResult<Option<NewRun>>;
-    /// A tenant's most recent runs (ended or not), newest first.
-    fn runs(&self, tenant_id: &str, limit: u32) -> DbResult<Vec<RunRecord>>;
+    /// A tenant's most recent runs (ended or not), newest first (by
+    /// `created_at`, then id), older than the `before` cursor
+    /// `(created_at, id)` when given.
+    fn runs(
+        &self,
+        tenant_id: &str,
+        limit: u32,
+        before: Option<(i64, &str)>,
+    ) -> DbResult<Vec<RunRecord>>;
     /// Where a finished run's output bytes are (`None`: no such finished
     /// run).
     fn run_output_place(&self, id: &str) -> DbResult<Option<OutputPlace>>;

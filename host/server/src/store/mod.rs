@@ -15,6 +15,7 @@
 
 pub mod error;
 pub mod schema;
+pub mod starts;
 pub mod writer;
 
 use std::ops::Range;
@@ -130,7 +131,7 @@ impl Db {
         let now_ms = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX));
-        schema::record_start(&mut conn, now_ms)?;
+        starts::record_start(&mut conn, now_ms)?;
         let size = audit::check(&conn)
             .map_err(|e| anyhow::anyhow!("{}: {e}; refusing to start", path.display()))?;
         let mut readers = Vec::with_capacity(READERS);

@@ -74,6 +74,20 @@ CREATE TABLE IF NOT EXISTS signing_key_revocations (
     by_subject TEXT NOT NULL,
     PRIMARY KEY (tenant_id, key_id)
 );
+
+-- A module's build provenance (issue 16): one in-toto statement per module.
+CREATE TABLE IF NOT EXISTS module_provenance (
+    tenant_id TEXT NOT NULL,
+    module TEXT NOT NULL,
+    statement_digest TEXT NOT NULL,
+    source TEXT NOT NULL,
+    cargo_lock TEXT NOT NULL,
+    toolchain TEXT NOT NULL,
+    statement BLOB NOT NULL,
+    created_at INTEGER NOT NULL,
+    PRIMARY KEY (tenant_id, module),
+    FOREIGN KEY (tenant_id, module) REFERENCES modules(tenant_id, digest)
+);
 CREATE TABLE IF NOT EXISTS runs (
     id TEXT PRIMARY KEY,
     tenant_id TEXT NOT NULL REFERENCES tenants(id),
@@ -149,39 +163,9 @@ CREATE INDEX IF NOT EXISTS datasets_by_digest ON datasets(tenant_id, digest);
 pub fn create(conn: &mut Connection) -> rusqlite::Result<()> {
     conn.execute_batch(SCHEMA)?;
     conn.execute_batch(DATASETS)?;
-    conn.execute_batch(STARTS)?;
+    conn.execute_batch(super::starts::SCHEMA)?;
     conn.execute_batch(crate::audit::log::SCHEMA)?;
     migrate(conn)
-}
-
-/// When this data dir was opened by a server, and by which version.
-const STARTS: &str = r#"
-CREATE TABLE IF NOT EXISTS server_starts (
-    started_at INTEGER NOT NULL,
-    version TEXT NOT NULL
-);
-"#;
-
-/// Most start records kept.
-const MAX_STARTS: i64 = 100;
-
-/// Record this start (keeping the last [`MAX_STARTS`]). Called on the
-/// writer's connection when the database is opened: besides the record, it
-/// makes that connection's first commit happen now — SQLite creates the WAL
-/// file (deleted at the last clean close) and fsyncs its directory on a
-/// connection's first sync, ~2-10 ms that the first request after a restart
-/// paid before.
-pub fn record_start(conn: &mut Connection, now_ms: i64) -> rusqlite::Result<()> {
-    let tx = conn.transaction()?;
-    tx.execute(
-        "INSERT INTO server_starts (started_at, version) VALUES (?1, ?2)",
-        rusqlite::params![now_ms, env!("CARGO_PKG_VERSION")],
-    )?;
-    tx.execute(
-        "DELETE FROM server_starts WHERE rowid <= (SELECT MAX(rowid) FROM server_starts) - ?1",
-        [MAX_STARTS],
-    )?;
-    tx.commit()
 }
 
 /// Columns `runs` gained when run residency moved into it (databases made
@@ -414,7 +398,7 @@ mod tests {
         assert_eq!(flying.adapter.as_deref(), Some("gpu0"));
         assert_eq!(flying.input_label, vec!["zone-b".to_string()]);
         let listed: Vec<String> = runs
-            .runs("tn_a", 10)
+            .runs("tn_a", 10, None)
             .expect("list")
             .into_iter()
             .map(|r| r.id)
@@ -567,26 +551,5 @@ mod tests {
         tokio::task::spawn_blocking(move || db.close())
             .await
             .expect("close");
-    }
-
-    #[test]
-    fn starts_are_recorded_and_bounded() {
-        use super::{MAX_STARTS, create, record_start};
-        let mut conn = rusqlite::Connection::open_in_memory().expect("open");
-        create(&mut conn).expect("schema");
-        for t in 0..MAX_STARTS + 5 {
-            record_start(&mut conn, 1_000 + t).expect("record");
-        }
-        let (n, first, last): (i64, i64, i64) = conn
-            .query_row(
-                "SELECT COUNT(*), MIN(started_at), MAX(started_at) FROM server_starts",
-                [],
-                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
-            )
-            .expect("count");
-        assert_eq!(
-            (n, first, last),
-            (MAX_STARTS, 1_005, 1_000 + MAX_STARTS + 4)
-        );
     }
 }
