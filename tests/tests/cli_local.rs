@@ -75,7 +75,8 @@ fn kasbah_run_uses_this_machines_gpu_under_a_gpu_policy() {
         gpu["bytes_allocated"].as_u64() >= Some(3 * 48 * 48 * 4),
         "{gpu}"
     );
-    assert!(gpu["gpu_time"].as_u64() > Some(0), "{gpu}");
+    assert!(gpu["gpu_time_us"].as_u64() > Some(0), "{gpu}");
+    assert_eq!(gpu["gpu_time"], gpu["gpu_time_us"], "the old name, kept");
 
     // No `[gpu]` section: every GPU call is denied, the run is not ok.
     let o = kasbah_run(d, &[wasm, "-i", "size.txt"]);

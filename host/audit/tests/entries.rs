@@ -595,6 +595,36 @@ fn signing_key_revoked_is_type_10_and_decodes_strictly() {
 
 const SIGNING_KEY_REVOKED_GOLDEN: &str = "010a0000019b76daa80a0000000461636d650000004061626162616261626162616261626162616261626162616261626162616261626162616261626162616261626162616261626162616261626162616261626162000000086f70657261746f72000000046f702d31";
 
+/// Issue 18 added the outcome `cancelled`. Outcomes are a `str` field of
+/// type 4 (not an enumerated byte), so a cancelled run is a type 4 entry
+/// whose only difference from the frozen golden is that string (length
+/// prefix and bytes); the goldens above are unchanged.
+#[test]
+fn a_cancelled_run_is_type_4_with_its_outcome_string() {
+    let ok = samples().remove(3);
+    let mut cancelled = ok.clone();
+    let EntryBody::RunExecuted(r) = &mut cancelled.body else {
+        panic!("sample 3 is a run")
+    };
+    r.outcome = "cancelled".into();
+    let bytes = cancelled.encode().expect("encode");
+    let golden = hex::decode(GOLDEN[3].0).expect("hex");
+    let at = golden
+        .windows(6)
+        .position(|w| w == [0, 0, 0, 2, b'o', b'k'])
+        .expect("the outcome in the golden");
+    let mut want = golden[..at].to_vec();
+    want.extend(9u32.to_be_bytes());
+    want.extend(b"cancelled");
+    want.extend(&golden[at + 6..]);
+    assert_eq!(bytes, want);
+    assert_eq!(bytes[1], 4);
+    assert_eq!(hex::encode(&bytes), RUN_CANCELLED_GOLDEN);
+    assert_eq!(Entry::decode(&bytes).expect("decode"), cancelled);
+}
+
+const RUN_CANCELLED_GOLDEN: &str = "01040000019b76daa8030000000572756e2d310000000461636d655c073b6de205a83e4df87dcd07111be224ad4435a8c08ca0ba10e68dcf38fe92c96c6d5be8d08a12e7b5cdc1b207fa6b2430974c86803d8891675e76fd992c20000000019a129038d9a00aed0cf6a7ea059ca50a813449061ab87848cf1a13eafdf33b2c01e0ee8bb50685e05fa0f47ed04203ae953fdfd055f5bd2892ea186504254f8c3a000000020000000a65752d70617269732d310000000a6d612d72616261742d310000000a6d612d72616261742d31010000000a6c6c766d706970652d3000000000000000030000000963616e63656c6c656400000000000004d20100000000000013880000000000010000000000000000004d0000000000001000";
+
 /// Type 11 (`provenance_published`, issue 16): the grammar in `entry.rs` assembled by hand; a
 /// golden hex; round-trips; strict (every proper prefix, a trailing byte and
 /// the reserved neighbours' tags refused).

@@ -8,6 +8,7 @@ mod audit;
 mod fleet;
 mod gpu;
 mod local;
+mod logs;
 pub mod out;
 mod remote;
 pub mod repro;

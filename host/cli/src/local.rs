@@ -131,6 +131,12 @@ fn parse_kv(s: &str) -> Result<(String, String), String> {
         .ok_or_else(|| format!("expected key=value, got {s:?}"))
 }
 
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
+
 /// The usage lines both local and server runs print (stderr).
 pub fn print_usage(u: &kasbah_core::Usage) {
     eprintln!(
@@ -213,12 +219,22 @@ pub fn run(args: RunArgs, echo_logs: bool, json: bool) -> anyhow::Result<ExitCod
         .enable_all()
         .build()
         .context("starting tokio")?;
+    let input = json.then(|| request.body.clone());
+    let started_at = now_ms();
     let report = rt.block_on(runtime.run_with(&module, &policy, request, &options))?;
 
     let mut out = std::io::stdout().lock();
-    if json {
-        serde_json::to_writer_pretty(&mut out, &report)?;
+    if let Some(input) = input {
+        // The server's run record shape (see `kasbah_core::report`).
+        let ok = report.outcome.is_ok();
+        let record = kasbah_core::report::LocalRunRecord::new(report, &input, started_at, now_ms());
+        serde_json::to_writer_pretty(&mut out, &record)?;
         writeln!(out)?;
+        return Ok(if ok {
+            ExitCode::SUCCESS
+        } else {
+            ExitCode::from(1)
+        });
     } else {
         if let kasbah_core::Outcome::Ok { output } = &report.outcome {
             out.write_all(&output.body)?;

@@ -777,20 +777,24 @@ pub async fn run(ctx: &Ctx, args: RunArgs) -> anyhow::Result<ExitCode> {
             )),
         ),
     };
-    let record = ctx
-        .client()?
-        .run(&CreateRun {
-            module: args.module.clone(),
-            input,
-            input_base64,
-            content_type: Some(args.content_type.clone()),
-            metadata: args.meta.iter().cloned().collect(),
-            wait: !args.no_wait,
-            datasets: args.datasets.clone(),
-            input_label: args.input_label.clone(),
-            store_output_as: args.store_output_as.clone(),
-        })
-        .await?;
+    let client = ctx.client()?;
+    let req = CreateRun {
+        module: args.module.clone(),
+        input,
+        input_base64,
+        content_type: Some(args.content_type.clone()),
+        metadata: args.meta.iter().cloned().collect(),
+        wait: !args.no_wait,
+        datasets: args.datasets.clone(),
+        input_label: args.input_label.clone(),
+        store_output_as: args.store_output_as.clone(),
+    };
+    // Waiting: the run's logs and stdio on stderr as they come.
+    let record = if args.no_wait || ctx.json {
+        client.run(&req).await?
+    } else {
+        crate::logs::run_following(&client, req).await?
+    };
     show_run(ctx, &record, args.no_wait)
 }
 
@@ -875,6 +879,20 @@ pub enum RunsCmd {
         /// The run's id.
         id: String,
     },
+    /// A run's logs and stdout/stderr (so far, or `-f`: as they come, to
+    /// stderr, until the run ends).
+    Logs {
+        /// The run's id.
+        id: String,
+        /// Follow the run until it ends.
+        #[arg(short, long)]
+        follow: bool,
+    },
+    /// Cancel a queued or running run of your tenant (it ends `cancelled`).
+    Cancel {
+        /// The run's id.
+        id: String,
+    },
     /// Download the receipt of a run (verify it with `kasbah audit verify`).
     Receipt {
         /// The run's id.
@@ -915,6 +933,8 @@ pub async fn runs(ctx: &Ctx, c: RunsCmd) -> anyhow::Result<ExitCode> {
             crate::out::write_bytes(&bytes)?;
             Ok(ExitCode::SUCCESS)
         }
+        RunsCmd::Logs { id, follow } => crate::logs::logs(ctx, &id, follow).await,
+        RunsCmd::Cancel { id } => crate::logs::cancel(ctx, &id).await,
         RunsCmd::Receipt { id, output } => save_receipt(&client.run_receipt(&id).await?, output),
     }
 }

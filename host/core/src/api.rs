@@ -402,7 +402,9 @@ pub struct OutputRef {
     pub digest: Digest,
     pub size: u64,
     pub content_type: String,
-    /// `GET` this (same credentials) for the bytes.
+    /// `GET` this (same credentials) for the bytes. Absent in a local
+    /// run's record (`kasbah run FILE.wasm --json`), whose output is inline.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub url: String,
     /// The bytes themselves when small (text, or `{"base64": …}`).
     #[cfg_attr(feature = "openapi", schema(value_type = Object))]
@@ -462,6 +464,24 @@ pub struct RunRecord {
     pub created_at: i64,
     pub started_at: Option<i64>,
     pub finished_at: Option<i64>,
+}
+
+/// `GET /v1/runs/{id}/logs` (without `follow`): a run's logs and stdio so
+/// far.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(ToSchema))]
+pub struct RunLogs {
+    pub id: String,
+    pub status: RunStatus,
+    #[cfg_attr(feature = "openapi", schema(value_type = Object))]
+    pub logs: Logs,
+    #[cfg_attr(feature = "openapi", schema(value_type = Object))]
+    pub stdout: Captured,
+    #[cfg_attr(feature = "openapi", schema(value_type = Object))]
+    pub stderr: Captured,
+    /// The run ended: these are its record's, with its drop counts. While
+    /// it runs: what its live feed kept so far (drop counts come at the end).
+    pub complete: bool,
 }
 
 /// A live fleet worker as the control plane last heard from it

@@ -3,6 +3,8 @@
 //! Deliberately free of wasmtime/wgpu/axum so clients can depend on it.
 
 pub mod api;
+pub mod report;
+mod units;
 
 use serde::{Deserialize, Serialize};
 use sha2::{Digest as _, Sha256};
@@ -165,6 +167,10 @@ pub enum Outcome {
     /// The run was refused before any guest code ran (e.g. the module needs
     /// an import the host does not provide).
     Denied { reason: String },
+    /// The tenant cancelled the run (`POST /v1/runs/{id}/cancel`) while it
+    /// was queued or running; a running guest was stopped. Usage is what it
+    /// took until then.
+    Cancelled {},
 }
 
 impl Outcome {
@@ -179,6 +185,7 @@ impl Outcome {
             Outcome::FuelExhausted { .. } => "fuel_exhausted",
             Outcome::OutputTooLarge { .. } => "output_too_large",
             Outcome::Denied { .. } => "denied",
+            Outcome::Cancelled {} => "cancelled",
         }
     }
 
@@ -207,15 +214,20 @@ impl Outcome {
                 format!("output too large ({size} bytes > {limit})")
             }
             Outcome::Denied { reason } => format!("denied: {reason}"),
+            Outcome::Cancelled {} => "cancelled".to_string(),
         }
     }
 }
 
 /// Resources one run consumed.
+///
+/// JSON: the wall time is `wall_time_us` (microseconds). `wall_time` (the
+/// same microseconds, the field's name before issue 18) is still written
+/// for older readers and read when `wall_time_us` is absent.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(into = "units::UsageJson", try_from = "units::UsageJson")]
 pub struct Usage {
     /// Wall-clock time from store creation to the end of the call.
-    #[serde(with = "duration_micros")]
     pub wall_time: Duration,
     /// Fuel consumed, when fuel metering is on.
     pub fuel_consumed: Option<u64>,
@@ -228,7 +240,12 @@ pub struct Usage {
 }
 
 /// What one run did with its GPU adapter.
+///
+/// JSON: `gpu_time_us` (microseconds); `gpu_time`, the same value under its
+/// name before issue 18, is still written and read when `gpu_time_us` is
+/// absent.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(into = "units::GpuUsageJson", try_from = "units::GpuUsageJson")]
 pub struct GpuUsage {
     /// The host's label of the adapter entry the run was bound to.
     pub adapter: String,
@@ -253,19 +270,15 @@ pub struct GpuUsage {
     /// Wall-clock time the run's GPU process worked for it: every device
     /// call (compiles, writes, dispatches, copies, read-backs) from request
     /// to answer, or to the kill when the run's deadline cut it short.
-    #[serde(with = "duration_micros")]
     pub gpu_time: Duration,
     /// Bytes of dataset-backed buffers (resident weights) the run used,
     /// each once, whether already resident (a warm hit, not billed as a
     /// transfer) or uploaded by this run.
-    #[serde(default)]
     pub resident_bytes_used: u64,
     /// Of those, the bytes this run uploaded (and paid as transfer and GPU
     /// time): a warm hit uploads nothing.
-    #[serde(default)]
     pub resident_bytes_uploaded: u64,
     /// Compute pipelines taken from the kernel cache instead of compiled.
-    #[serde(default)]
     pub kernels_cached: u64,
 }
 
@@ -308,6 +321,51 @@ pub struct Logs {
     pub dropped: u64,
 }
 
+/// One event of a run's log stream (`GET /v1/runs/{id}/logs?follow=true`,
+/// server-sent events whose event name is `type` and whose data is this
+/// JSON). The runtime emits `log`, `stdout` and `stderr` as the guest
+/// produces them (only what the per-run bounds keep); the server adds `gap`
+/// (this client fell behind: that many events were skipped for it; the run
+/// record has them all) and `end` (the run ended; the last event).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum LogEvent {
+    Log {
+        level: LogLevel,
+        message: String,
+    },
+    Stdout {
+        #[serde(with = "bytes_as_base64_or_text")]
+        bytes: Vec<u8>,
+    },
+    Stderr {
+        #[serde(with = "bytes_as_base64_or_text")]
+        bytes: Vec<u8>,
+    },
+    Gap {
+        missed: u64,
+    },
+    End {
+        /// The run's status (`done`, `interrupted`).
+        status: String,
+        /// Its outcome (an ok outcome's body is in the record's `output`).
+        outcome: Option<Outcome>,
+    },
+}
+
+impl LogEvent {
+    /// The SSE event name (`log`, `stdout`, `stderr`, `gap`, `end`).
+    pub fn name(&self) -> &'static str {
+        match self {
+            LogEvent::Log { .. } => "log",
+            LogEvent::Stdout { .. } => "stdout",
+            LogEvent::Stderr { .. } => "stderr",
+            LogEvent::Gap { .. } => "gap",
+            LogEvent::End { .. } => "end",
+        }
+    }
+}
+
 /// A capability use the policy refused during a run (e.g. a connect to an
 /// address outside the allowlist). The guest saw an error; the host kept a note.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -342,18 +400,6 @@ impl RunReport {
             logs: Logs::default(),
             denials: Vec::new(),
         }
-    }
-}
-
-mod duration_micros {
-    use serde::{Deserialize, Deserializer, Serializer};
-    use std::time::Duration;
-
-    pub fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_u64(u64::try_from(d.as_micros()).unwrap_or(u64::MAX))
-    }
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
-        Ok(Duration::from_micros(u64::deserialize(d)?))
     }
 }
 
@@ -414,6 +460,35 @@ mod tests {
         ] {
             assert!(bad.parse::<Digest>().is_err(), "{bad} should be rejected");
         }
+    }
+
+    #[test]
+    fn usage_json_carries_units_and_reads_the_old_names() {
+        let u = Usage {
+            wall_time: Duration::from_micros(1500),
+            fuel_consumed: Some(7),
+            peak_memory_bytes: 64,
+            gpu: Some(GpuUsage {
+                gpu_time: Duration::from_micros(40),
+                ..GpuUsage::default()
+            }),
+        };
+        let j = serde_json::to_value(&u).expect("json");
+        assert_eq!(j["wall_time_us"], 1500);
+        assert_eq!(j["wall_time"], 1500, "the old name, still written");
+        assert_eq!(j["gpu"]["gpu_time_us"], 40);
+        assert_eq!(j["gpu"]["gpu_time"], 40);
+        assert_eq!(serde_json::from_value::<Usage>(j).expect("back"), u);
+        // Records stored before issue 18 have only the old names.
+        let old = serde_json::json!({"wall_time": 1500, "fuel_consumed": 7,
+            "peak_memory_bytes": 64, "gpu": {"adapter": "", "zone": "", "dispatches": 0,
+            "kernels": 0, "bytes_allocated": 0, "peak_bytes": 0, "gpu_time": 40}});
+        assert_eq!(serde_json::from_value::<Usage>(old).expect("old"), u);
+        let none = serde_json::json!({"fuel_consumed": null, "peak_memory_bytes": 0});
+        assert!(serde_json::from_value::<Usage>(none).is_err());
+        let c = serde_json::to_value(Outcome::Cancelled {}).expect("json");
+        assert_eq!(c, serde_json::json!({"kind": "cancelled"}));
+        assert_eq!(Outcome::Cancelled {}.kind(), "cancelled");
     }
 
     #[test]

@@ -26,6 +26,7 @@
 //! host's [`ZonesConfig`] (see `residency.rs`).
 
 mod artifacts;
+pub mod control;
 pub mod datasets;
 mod fs;
 mod limits;
@@ -36,6 +37,7 @@ mod stdio;
 mod wasi;
 
 pub use artifacts::{ArtifactCacheConfig, ArtifactStats};
+pub use control::{Cancel, LiveSink, RunControl};
 pub use datasets::{DatasetMount, MountError};
 pub use residency::{NetZone, Residency, StorageZone, ZonesConfig};
 
@@ -589,6 +591,22 @@ impl Runtime {
         request: Request,
         options: &RunOptions,
     ) -> Result<RunReport, RunError> {
+        self.run_controlled(module, policy, request, options, &RunControl::default())
+            .await
+    }
+
+    /// [`Self::run_with`] with a live feed of its logs and stdio, and a
+    /// way to cancel it (see [`RunControl`]). A run cancelled before or
+    /// while it executes ends as [`Outcome::Cancelled`], with the usage it
+    /// took until then.
+    pub async fn run_controlled(
+        &self,
+        module: &Module,
+        policy: &Policy,
+        request: Request,
+        options: &RunOptions,
+        control: &RunControl,
+    ) -> Result<RunReport, RunError> {
         let started = Instant::now();
         let limits = &policy.limits;
         let wall = Duration::from_millis(limits.wall_time_ms);
@@ -601,6 +619,12 @@ impl Runtime {
             ..RunReport::denied(module.digest, reason)
         };
 
+        if control.cancel.as_ref().is_some_and(|c| c.is_cancelled()) {
+            return Ok(RunReport {
+                outcome: Outcome::Cancelled {},
+                ..denied(String::new())
+            });
+        }
         let pre = match &module.pre {
             Ok(pre) => pre,
             Err(e) => return Ok(denied(format!("module cannot be linked on this host: {e}"))),
@@ -652,6 +676,7 @@ impl Runtime {
         let mounts = wasi::RunMounts {
             residency: options.residency.as_ref().map(|r| (zones, r)),
             datasets: mounted.as_ref().map(|m| m.path()),
+            live: control.live.clone(),
         };
         let mut parts = match wasi::build(policy, allowlist, denials.clone(), mounts) {
             Ok(p) => p,
@@ -701,7 +726,8 @@ impl Runtime {
                     limits.max_log_bytes,
                     limits.max_log_records,
                     self.inner.config.echo_guest_logs,
-                ),
+                )
+                .with_live(control.live.clone()),
                 gpu,
                 lookup: parts.lookup.clone(),
                 fs: Arc::new(fs::FsGuard::new(limits, denials.clone())),
@@ -715,13 +741,17 @@ impl Runtime {
                 .map_err(|e| RunError::Internal(format!("set_fuel: {e}")))?;
         }
         store.set_epoch_deadline(1);
+        let cancel = control.cancel.clone();
+        let stop = cancel.clone();
         store.epoch_deadline_callback(move |_| {
-            Ok(if Instant::now() >= deadline {
-                UpdateDeadline::Interrupt
-            } else {
-                // Let other runs on this executor thread make progress.
-                UpdateDeadline::Yield(1)
-            })
+            Ok(
+                if Instant::now() >= deadline || stop.as_ref().is_some_and(|c| c.is_cancelled()) {
+                    UpdateDeadline::Interrupt
+                } else {
+                    // Let other runs on this executor thread make progress.
+                    UpdateDeadline::Yield(1)
+                },
+            )
         });
 
         let wit_request = wit::Request {
@@ -736,7 +766,28 @@ impl Runtime {
                 .call_run(&mut store, &wit_request)
                 .await
         };
-        let result = tokio::time::timeout(wall, call).await;
+        // A cancel interrupts a running guest at its next epoch tick (a
+        // trap: its fuel is accounted); a guest blocked in a host call is
+        // not interrupted by the epoch, so two ticks later its call is
+        // dropped, as at the deadline.
+        let tick = self.inner.config.epoch_tick;
+        let cancelled = async {
+            match &cancel {
+                Some(c) => {
+                    c.cancelled().await;
+                    tokio::time::sleep(tick * 2).await;
+                }
+                None => std::future::pending().await,
+            }
+        };
+        let result = tokio::time::timeout(wall, async {
+            tokio::select! {
+                r = call => Some(r),
+                () = cancelled => None,
+            }
+        })
+        .await;
+        let was_cancelled = cancel.as_ref().is_some_and(|c| c.is_cancelled());
 
         let wall_time = started.elapsed();
         let fuel_consumed = if self.inner.config.fuel_metering {
@@ -755,10 +806,11 @@ impl Runtime {
         let logs = state.log.take();
 
         let outcome = match result {
+            Ok(None) => Outcome::Cancelled {},
             Err(_elapsed) => Outcome::DeadlineExceeded {
                 limit_ms: limits.wall_time_ms,
             },
-            Ok(Ok(Ok(resp))) => {
+            Ok(Some(Ok(Ok(resp)))) => {
                 let size = resp.body.len() as u64;
                 if resp.content_type.len() > MAX_CONTENT_TYPE_BYTES {
                     Outcome::OutputTooLarge {
@@ -781,7 +833,7 @@ impl Runtime {
                     }
                 }
             }
-            Ok(Ok(Err(e))) => {
+            Ok(Some(Ok(Err(e)))) => {
                 let (code, message) = match e {
                     wit::Error::InvalidInput(m) => (GuestErrorKind::InvalidInput, m),
                     wit::Error::Denied(m) => (GuestErrorKind::Denied, m),
@@ -791,11 +843,16 @@ impl Runtime {
                 let message = bounded_message(message, limits.max_output_bytes);
                 Outcome::GuestError { code, message }
             }
-            Ok(Err(err)) => {
+            Ok(Some(Err(err))) => {
                 if let Some(e) = err.downcast_ref::<PoolConcurrencyLimitError>() {
                     return Err(RunError::Capacity(e.to_string()));
                 }
-                classify_error(&err, limits, memory_denied)
+                // The epoch interrupt of a cancelled run is its cancel.
+                if was_cancelled && matches!(err.downcast_ref::<Trap>(), Some(Trap::Interrupt)) {
+                    Outcome::Cancelled {}
+                } else {
+                    classify_error(&err, limits, memory_denied)
+                }
             }
         };
         drop(store);

@@ -16,6 +16,8 @@ pub struct LogCtx {
     logs: Logs,
     /// Also forward records to the host's `tracing` output (CLI `--verbose`).
     echo: bool,
+    /// Kept records, also sent here as they come (see `control.rs`).
+    live: Option<crate::control::LiveSink>,
 }
 
 impl LogCtx {
@@ -26,7 +28,13 @@ impl LogCtx {
             max_records: usize::try_from(max_records).unwrap_or(usize::MAX),
             logs: Logs::default(),
             echo,
+            live: None,
         }
+    }
+
+    pub(crate) fn with_live(mut self, live: Option<crate::control::LiveSink>) -> Self {
+        self.live = live;
+        self
     }
 
     pub fn take(&mut self) -> Logs {
@@ -68,6 +76,12 @@ impl wit::Host for Log<'_> {
         // Only kept records are echoed: a flood must not flood the host's log.
         if ctx.echo {
             tracing::info!(target: "guest", ?level, "{message}");
+        }
+        if let Some(live) = &ctx.live {
+            live.send(kasbah_core::LogEvent::Log {
+                level,
+                message: message.clone(),
+            });
         }
         ctx.logs.records.push(LogRecord { level, message });
     }

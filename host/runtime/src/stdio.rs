@@ -22,10 +22,19 @@ struct Buf {
     dropped: u64,
 }
 
+/// Which stream a pipe is (for live events).
+#[derive(Clone, Copy)]
+pub(crate) enum Stream {
+    Stdout,
+    Stderr,
+}
+
 #[derive(Clone)]
 pub(crate) struct BoundedPipe {
     capacity: usize,
     buf: Arc<Mutex<Buf>>,
+    /// Kept bytes are also sent here as they are written.
+    live: Option<(crate::control::LiveSink, Stream)>,
 }
 
 impl BoundedPipe {
@@ -33,7 +42,13 @@ impl BoundedPipe {
         BoundedPipe {
             capacity,
             buf: Arc::default(),
+            live: None,
         }
+    }
+
+    pub(crate) fn with_live(mut self, live: Option<crate::control::LiveSink>, s: Stream) -> Self {
+        self.live = live.map(|l| (l, s));
+        self
     }
 
     fn push(&self, data: &[u8]) {
@@ -42,6 +57,17 @@ impl BoundedPipe {
         let keep = room.min(data.len());
         b.bytes.extend_from_slice(&data[..keep]);
         b.dropped += (data.len() - keep) as u64;
+        drop(b);
+        // Only what the bound kept: the live feed is bounded by it too.
+        if keep > 0
+            && let Some((live, stream)) = &self.live
+        {
+            let bytes = data[..keep].to_vec();
+            live.send(match stream {
+                Stream::Stdout => kasbah_core::LogEvent::Stdout { bytes },
+                Stream::Stderr => kasbah_core::LogEvent::Stderr { bytes },
+            });
+        }
     }
 
     pub(crate) fn take(&self) -> Captured {

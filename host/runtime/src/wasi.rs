@@ -7,7 +7,7 @@ use wasmtime_wasi::{FsPerms, WasiCtxBuilder};
 
 use crate::net::{Allowlist, Denials};
 use crate::residency::{Residency, ZonesConfig};
-use crate::stdio::BoundedPipe;
+use crate::stdio::{BoundedPipe, Stream};
 
 pub(crate) struct WasiParts {
     pub builder: WasiCtxBuilder,
@@ -33,6 +33,8 @@ pub enum ApplyError {
 pub(crate) struct RunMounts<'a> {
     pub residency: Option<(&'a ZonesConfig, &'a Residency)>,
     pub datasets: Option<&'a std::path::Path>,
+    /// Where kept stdout/stderr bytes also go as they are written.
+    pub live: Option<crate::control::LiveSink>,
 }
 
 pub(crate) fn build(
@@ -44,8 +46,8 @@ pub(crate) fn build(
     let mut b = WasiCtxBuilder::new();
     // stdin stays closed (the default); the request body is the input.
     let stdio = usize::try_from(policy.limits.max_stdio_bytes).unwrap_or(usize::MAX);
-    let stdout = BoundedPipe::new(stdio);
-    let stderr = BoundedPipe::new(stdio);
+    let stdout = BoundedPipe::new(stdio).with_live(mounts.live.clone(), Stream::Stdout);
+    let stderr = BoundedPipe::new(stdio).with_live(mounts.live.clone(), Stream::Stderr);
     b.stdout(stdout.clone());
     b.stderr(stderr.clone());
     b.arg("pipeline");

@@ -104,6 +104,8 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/runs", post(runs::create_run).get(runs::list_runs))
         .route("/v1/runs/{id}", get(runs::get_run))
         .route("/v1/runs/{id}/output", get(runs::get_run_output))
+        .route("/v1/runs/{id}/logs", get(runs::run_logs))
+        .route("/v1/runs/{id}/cancel", post(runs::cancel_run))
         .route("/v1/fleet/workers", get(runs::fleet_workers))
         .route("/v1/runs/{id}/receipt", get(audit::run_receipt))
         .route("/v1/audit/key", get(audit::key))

@@ -192,6 +192,7 @@ pub async fn start(mut config: ServerConfig) -> anyhow::Result<Server> {
         runtime,
         guests,
         scheduler,
+        live: Default::default(),
         metrics,
         audit,
         fleet,

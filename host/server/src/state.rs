@@ -36,6 +36,8 @@ pub struct Inner {
     /// The tokio runtime guests execute on (see [`GuestThreads`]).
     pub guests: GuestThreads,
     pub scheduler: Arc<Scheduler>,
+    /// Runs in flight: live logs and cancellation (`runs/live.rs`).
+    pub live: crate::runs::live::LiveRuns,
     pub metrics: Metrics,
     /// The audit log's signing key and latest checkpoint.
     pub audit: AuditKey,

@@ -5,6 +5,8 @@
 //! receipts that [`verify_receipt`] checks offline with only the log's key;
 //! [`Client::watch`] moves a [`Watcher`] forward along consistency proofs.
 
+mod logs;
+
 use std::path::Path;
 
 use futures_util::StreamExt;

@@ -79,6 +79,9 @@ pub async fn execute(
 ) -> Option<RunRecord> {
     let _admission = admission;
     let id = run.id.clone();
+    // Registered at admission (`service::start`); a run without one
+    // cannot be cancelled.
+    let cancel = s.live.get(&id).map(|l| l.cancel.clone());
     let rx = fleet.expect(&run);
     let wait = Duration::from_millis(
         policy
@@ -113,7 +116,27 @@ pub async fn execute(
         )
         .await;
     }
-    match tokio::time::timeout(wait, rx).await {
+    let result = tokio::select! {
+        r = tokio::time::timeout(wait, rx) => r,
+        () = async {
+            match &cancel {
+                Some(c) => c.cancelled().await,
+                None => std::future::pending().await,
+            }
+        } => {
+            // Recorded here, now: the worker is not told, and the result
+            // it may still send is dropped (one record per run); no usage
+            // is billed for what it ran.
+            fleet.forget(&id);
+            let report = RunReport {
+                outcome: Outcome::Cancelled {},
+                ..RunReport::denied(run.module, String::new())
+            };
+            count_run(s, &report);
+            return finish(s, &run, now_ms(), report, false, None, None).await;
+        }
+    };
+    match result {
         Ok(Ok(record)) => Some(record),
         _ => {
             fleet.forget(&id);

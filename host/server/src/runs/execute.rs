@@ -12,6 +12,7 @@ use kasbah_core::api::{PolicyRecord, RunRecord};
 use kasbah_core::{Digest, Outcome, RunReport};
 use kasbah_runtime::{Module, Request};
 
+use super::live::LiveRun;
 use super::placement::Placed;
 use super::scheduler::Admission;
 use super::storage::{Finished, INLINE_OUTPUT_MAX, NewRun, RunStore};
@@ -20,7 +21,9 @@ use crate::state::AppState;
 
 /// Run one admitted request to completion and store its record; returns
 /// the stored record (`None` if storing failed, logged). Never panics on
-/// guest behaviour; host faults end up in the record as outcomes.
+/// guest behaviour; host faults end up in the record as outcomes. `live`
+/// gets the run's logs and stdio as they come and may cancel it (queued:
+/// it never starts; running: the guest is stopped).
 pub async fn execute(
     s: &AppState,
     run: NewRun,
@@ -28,20 +31,30 @@ pub async fn execute(
     request: Request,
     admission: Admission,
     placed: Placed,
+    live: Arc<LiveRun>,
 ) -> Option<RunRecord> {
     let _admission = admission;
-    let worker = s.scheduler.worker().await?;
     let id = run.id.as_str();
     let digest = run.module;
+    // A run cancelled while it waits for a worker never starts.
+    let worker = tokio::select! {
+        w = s.scheduler.worker() => Some(w?),
+        () = live.cancel.cancelled() => None,
+    };
     let started_at = s.runs.mark_running(id);
-    let report = match load_module(s, &digest).await {
-        Ok(module) => {
+    let report = match (&worker, load_module(s, &digest).await) {
+        (None, _) => RunReport {
+            outcome: Outcome::Cancelled {},
+            ..RunReport::denied(digest, String::new())
+        },
+        (Some(_), Ok(module)) => {
             // On the guest threads, not this request's (see `GuestThreads`).
             let runtime = s.runtime.clone();
             let options = placed.options.clone();
+            let control = live.control();
             let run = s.guests.spawn(async move {
                 runtime
-                    .run_with(&module, &policy.policy, request, &options)
+                    .run_controlled(&module, &policy.policy, request, &options, &control)
                     .await
             });
             match run {
@@ -55,7 +68,7 @@ pub async fn execute(
                 None => host_failure(digest, "the guest runtime has shut down".into()),
             }
         }
-        Err(e) => host_failure(digest, e),
+        (Some(_), Err(e)) => host_failure(digest, e),
     };
     // The worker permit bounds runs *executing*; storing the result waits on
     // a group commit (an fsync) and needs no CPU, so the next run starts now.

@@ -6,10 +6,12 @@ use axum::body::Body;
 use axum::extract::rejection::{JsonRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
-use kasbah_core::api::{CreateRun, FleetWorker, RunRecord, UsageRow};
+use kasbah_core::api::{CreateRun, FleetWorker, RunLogs, RunRecord, UsageRow};
 use serde::Deserialize;
 
+use super::follow as live;
 use super::service::{self, OutputBody, Started};
 use super::storage::Period;
 use super::workers;
@@ -70,6 +72,61 @@ pub async fn get_run_output(
             (headers, Body::from_stream(chunks)).into_response()
         }
     })
+}
+
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct LogsQuery {
+    /// `true`: server-sent events as the run produces them (`log`,
+    /// `stdout`, `stderr`, `gap` when this client fell behind, then `end`
+    /// with the outcome); otherwise the logs so far as JSON.
+    #[serde(default)]
+    pub follow: bool,
+}
+
+#[utoipa::path(get, tag = "api", path = "/v1/runs/{id}/logs", params(LogsQuery),
+    responses((status = 200, body = RunLogs, description = "the logs and stdio so far (JSON), or with `follow=true` a `text/event-stream`: events `log`, `stdout`, `stderr`, `gap`, `end`, each with a JSON `kasbah_core::LogEvent` as data"),
+        (status = 404, body = ErrorBody)))]
+pub async fn run_logs(
+    State(s): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+    q: Result<Query<LogsQuery>, QueryRejection>,
+) -> ApiResult<Response> {
+    let Query(q) = q.map_err(query_error)?;
+    if !q.follow {
+        return Ok(Json(live::logs(&s, &caller, &id)?).into_response());
+    }
+    let events = live::follow(&s, &caller, &id)?;
+    let events = futures_util::StreamExt::map(events, |e| {
+        Ok::<_, std::convert::Infallible>(
+            Event::default()
+                .event(e.name())
+                .data(serde_json::to_string(&e).unwrap_or_default()),
+        )
+    });
+    Ok(Sse::new(events)
+        .keep_alive(KeepAlive::default())
+        .into_response())
+}
+
+#[utoipa::path(post, tag = "api", path = "/v1/runs/{id}/cancel",
+    responses((status = 200, body = RunRecord, description = "the run ended; its record (outcome `cancelled`, unless it ended on its own first)"),
+        (status = 202, body = RunRecord, description = "cancelled; the run has not stopped yet (poll its record)"),
+        (status = 404, body = ErrorBody, description = "no such run of the caller's tenant (only its developers cancel)"),
+        (status = 409, body = ErrorBody, description = "`run_finished`, or `not_cancellable` (not executing in this server process)")))]
+pub async fn cancel_run(
+    State(s): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> ApiResult<(StatusCode, Json<RunRecord>)> {
+    let (ended, r) = live::cancel(&s, &caller, &id).await?;
+    let status = if ended {
+        StatusCode::OK
+    } else {
+        StatusCode::ACCEPTED
+    };
+    Ok((status, Json(r)))
 }
 
 #[derive(Deserialize, utoipa::IntoParams)]

@@ -6,14 +6,18 @@
 //! `execute.rs` (running it in this process) or `fleet.rs` (on a zone
 //! worker, over NATS JetStream) → `storage.rs` (the
 //! interface) / `sqlite.rs` (its SQLite implementation). `gpu_state.rs`: GPU warm state kept across
-//! restarts (in-process execution). `workers.rs`: the
+//! restarts (in-process execution). `live.rs`: runs in flight as
+//! clients follow their logs and cancel them; `follow.rs`: the rules of
+//! reading those logs and of cancelling. `workers.rs`: the
 //! fleet's live workers as the API shows them (`GET /v1/fleet/workers`).
 
 pub mod dispatch;
 pub mod execute;
 pub mod fleet;
+pub mod follow;
 pub mod gpu_state;
 pub mod handlers;
+pub mod live;
 pub mod placement;
 pub mod scheduler;
 pub mod service;

@@ -113,6 +113,7 @@ pub async fn start(s: &AppState, caller: &Caller, req: CreateRun) -> ApiResult<S
     // commits, and nobody hears of the run before it is durable (below).
     // The result's commit, later in the same writer, implies it.
     let inserted = s.runs.insert_run(&run).await?;
+    let live = s.live.start(&run.id, &run.tenant_id, s.fleet.is_none());
     let mut request = Request::new(input);
     if let Some(ct) = req.content_type {
         request = request.with_content_type(ct);
@@ -129,6 +130,7 @@ pub async fn start(s: &AppState, caller: &Caller, req: CreateRun) -> ApiResult<S
     let accepted = queued_record(&run);
     s.metrics.runs_in_flight.inc();
     let run_to_end = async move {
+        let id = run.id.clone();
         let record = match task_state.fleet.clone() {
             Some(fleet) => {
                 dispatch::execute(
@@ -142,8 +144,21 @@ pub async fn start(s: &AppState, caller: &Caller, req: CreateRun) -> ApiResult<S
                 )
                 .await
             }
-            None => execute(&task_state, run, policy_for_run, request, admission, placed).await,
+            None => {
+                execute(
+                    &task_state,
+                    run,
+                    policy_for_run,
+                    request,
+                    admission,
+                    placed,
+                    live,
+                )
+                .await
+            }
         };
+        // Followers read the stored record when the feed closes.
+        task_state.live.end(&id);
         task_state.metrics.runs_in_flight.dec();
         record
     };

@@ -227,6 +227,19 @@ impl Pipeline for Hostile {
                 }
                 Ok(Response::text("printed"))
             }
+            // `arg` = "<n> <ms>": n times a log record and a stdout line,
+            // `ms` apart (the live-logs tests follow them as they come).
+            "ticks" => {
+                let mut it = arg.split_whitespace();
+                let n: usize = it.next().and_then(|v| v.parse().ok()).unwrap_or(0);
+                let ms: u64 = it.next().and_then(|v| v.parse().ok()).unwrap_or(0);
+                for i in 0..n {
+                    log::info(&format!("tick {i}"));
+                    println!("out {i}");
+                    std::thread::sleep(std::time::Duration::from_millis(ms));
+                }
+                Ok(Response::text(format!("ticked {n}")))
+            }
             "log-flood" => {
                 for i in 0..100_000 {
                     log::info(&format!(
