@@ -8,6 +8,7 @@ mod audit;
 mod fleet;
 mod gpu;
 mod local;
+mod new;
 pub mod out;
 mod remote;
 mod serve;
@@ -50,6 +51,8 @@ struct Cli {
 enum Command {
     /// Run a pipeline: a `.wasm` file locally, or a published `sha256:…` module on the server.
     Run(local::RunArgs),
+    /// Create a pipeline crate (Cargo project with the SDK, a guest build profile, a test, a README).
+    New(new::NewArgs),
     /// Start the platform service.
     Serve(serve::ServeArgs),
     /// Run a zone worker of the fleet (NATS JetStream; see `kasbah serve --nats`).
@@ -156,6 +159,7 @@ pub fn main() -> ExitCode {
     let result = match cli.command {
         Command::Run(args) if args.is_remote() => remote::block_on(remote::run(&ctx, args)),
         Command::Run(args) => local::run(args, cli.verbose > 0, ctx.json),
+        Command::New(a) => new::new(a),
         Command::Serve(args) => serve::serve(args),
         Command::Worker(args) => serve::worker(args),
         Command::Fleet(c) => fleet::fleet(&ctx, c),
