@@ -16,7 +16,7 @@ use crate::{audit, datasets, error, ops, registry, runs, tenancy};
         tenancy::handlers::create_tenant_token, tenancy::handlers::create_auditor, tenancy::handlers::list_tokens, tenancy::handlers::revoke_token,
         registry::handlers::publish_module, registry::handlers::list_modules, registry::handlers::get_module,
         registry::handlers::get_module_content, registry::handlers::get_module_signatures, registry::handlers::revoke_signing_key, registry::handlers::revoked_signing_keys,
-        runs::handlers::create_run, runs::handlers::get_run, runs::handlers::get_run_output, runs::handlers::list_runs,
+        runs::handlers::create_run, runs::handlers::invoke, runs::handlers::get_run, runs::handlers::get_run_output, runs::handlers::list_runs,
         datasets::handlers::create_dataset, datasets::handlers::list_datasets, datasets::handlers::get_dataset, datasets::handlers::get_dataset_content,
         runs::handlers::usage, runs::handlers::fleet_workers, ops::metrics,
         audit::handlers::key, audit::handlers::checkpoint, audit::handlers::entries,

@@ -8,12 +8,15 @@
 //! interface) / `sqlite.rs` (its SQLite implementation). `gpu_state.rs`: GPU warm state kept across
 //! restarts (in-process execution). `workers.rs`: the
 //! fleet's live workers as the API shows them (`GET /v1/fleet/workers`).
+//! `invoke.rs`: raw HTTP invoke (`POST /v1/invoke/{name}`), a run started
+//! like `POST /v1/runs`, its outcome mapped onto an HTTP status.
 
 pub mod dispatch;
 pub mod execute;
 pub mod fleet;
 pub mod gpu_state;
 pub mod handlers;
+pub mod invoke;
 pub mod placement;
 pub mod scheduler;
 pub mod service;
