@@ -47,7 +47,7 @@ pub struct InvokeQuery {
 
 #[utoipa::path(post, tag = "api", path = "/v1/invoke/{name}",
     params(("name" = String, Path, description = "The caller tenant's module: `name` (the version published last), `name@version`, or its digest"), InvokeQuery),
-    request_body(content = Vec<u8>, content_type = "*/*", description = "The run's input, as is; its Content-Type is passed to the pipeline"),
+    request_body(content = Vec<u8>, content_type = "*/*", description = "The run's input, as is; its Content-Type is passed to the pipeline, and `kasbah-meta-KEY: value` headers as its metadata"),
     responses((status = 200, content_type = "*/*", description = "`ok`: the output's bytes with its content type; headers `kasbah-run-id`, `kasbah-outcome`, `kasbah-module` (the digest run)"),
         (status = 202, body = RunRecord, description = "still running after the server's sync wait; poll `GET /v1/runs/{id}`"),
         (status = 403, body = ErrorBody, description = "`residency_violation`, `denied` (host), `guest_denied`"),
@@ -83,7 +83,27 @@ pub async fn invoke(
         .datasets
         .map(|d| d.split(',').map(str::to_string).collect())
         .unwrap_or_default();
-    let answer = invoke::invoke(&s, &caller, &name, content_type, datasets, body.to_vec()).await?;
+    // `kasbah-meta-KEY: value` headers are the run's metadata (hyper
+    // bounds their number and size).
+    let mut metadata = Vec::new();
+    for (k, v) in &headers {
+        if let Some(key) = k.as_str().strip_prefix(invoke::META_HEADER_PREFIX) {
+            let v = v.to_str().map_err(|_| {
+                crate::error::ApiError::unprocessable(
+                    "invalid_request",
+                    format!("header {k} is not visible ASCII"),
+                )
+            })?;
+            metadata.push((key.to_string(), v.to_string()));
+        }
+    }
+    let input = invoke::Input {
+        content_type,
+        metadata,
+        datasets,
+        body: body.to_vec(),
+    };
+    let answer = invoke::invoke(&s, &caller, &name, input).await?;
     let (record, mut response) = match answer {
         Invoked::Ok(record, out) => {
             let response = output_response(out);

@@ -38,17 +38,29 @@ pub enum Invoked {
     Accepted(RunRecord),
 }
 
-/// Run the caller tenant's module `reference` on `body`.
+/// Request headers named `kasbah-meta-KEY` carry the run's metadata.
+pub const META_HEADER_PREFIX: &str = "kasbah-meta-";
+
+/// Most metadata entries an invoke carries.
+pub const MAX_METADATA: usize = 32;
+
+/// What a raw invoke carries besides the module.
+pub struct Input {
+    pub content_type: Option<String>,
+    pub metadata: Vec<(String, String)>,
+    pub datasets: Vec<String>,
+    pub body: Vec<u8>,
+}
+
+/// Run the caller tenant's module `reference` on `input`.
 pub async fn invoke(
     s: &AppState,
     caller: &Caller,
     reference: &str,
-    content_type: Option<String>,
-    datasets: Vec<String>,
-    body: Vec<u8>,
+    input: Input,
 ) -> ApiResult<Invoked> {
     service::may_start(caller)?;
-    if let Some(ct) = &content_type
+    if let Some(ct) = &input.content_type
         && ct.len() > MAX_CONTENT_TYPE
     {
         return Err(ApiError::unprocessable(
@@ -56,13 +68,21 @@ pub async fn invoke(
             format!("Content-Type is longer than {MAX_CONTENT_TYPE} bytes"),
         ));
     }
+    if input.metadata.len() > MAX_METADATA {
+        return Err(ApiError::unprocessable(
+            "invalid_request",
+            format!("at most {MAX_METADATA} kasbah-meta-* headers"),
+        ));
+    }
     let req = CreateRun {
         module: reference.to_string(),
-        content_type,
+        content_type: input.content_type,
+        metadata: input.metadata.into_iter().collect(),
         wait: true,
-        datasets,
+        datasets: input.datasets,
         ..CreateRun::default()
     };
+    let body = input.body;
     let record = match service::start_with_input(s, caller, req, body).await? {
         Started::Accepted(r) => return Ok(Invoked::Accepted(r)),
         Started::Finished(r) => r,
