@@ -95,12 +95,7 @@ fn kasbah_new_makes_a_crate_that_builds_offline_outside_the_workspace_and_runs()
     assert!(!d.join("linked/vendor").exists());
 
     // The default: the SDK and WIT embedded in the binary, vendored.
-    let o = kasbah(
-        d,
-        &["new", "word-count", "--dir", "pipelines/wc"],
-        b"",
-        &[],
-    );
+    let o = kasbah(d, &["new", "word-count", "--dir", "pipelines/wc"], b"", &[]);
     assert_eq!(o.status.code(), Some(0), "{}", text(&o.stderr));
     let krate = d.join("pipelines/wc");
     let manifest = std::fs::read_to_string(krate.join("Cargo.toml")).expect("manifest");
@@ -118,8 +113,16 @@ fn kasbah_new_makes_a_crate_that_builds_offline_outside_the_workspace_and_runs()
     assert!(krate.join("vendor/wit/pipeline.wit").is_file());
     assert!(krate.join("vendor/kasbah-sdk/src/lib.rs").is_file());
     let readme = std::fs::read_to_string(krate.join("README.md")).expect("readme");
-    for want in ["cargo build --release --target wasm32-wasip2", "kasbah run", "kasbah publish", "/v1/invoke/word-count"] {
-        assert!(readme.contains(want), "{want} missing from README:\n{readme}");
+    for want in [
+        "cargo build --release --target wasm32-wasip2",
+        "kasbah run",
+        "kasbah publish",
+        "/v1/invoke/word-count",
+    ] {
+        assert!(
+            readme.contains(want),
+            "{want} missing from README:\n{readme}"
+        );
     }
 
     // Builds offline into a component, and its unit tests pass natively.
@@ -127,14 +130,29 @@ fn kasbah_new_makes_a_crate_that_builds_offline_outside_the_workspace_and_runs()
     let o = cargo(
         &krate,
         &target,
-        &["build", "--offline", "--release", "--target", "wasm32-wasip2"],
+        &[
+            "build",
+            "--offline",
+            "--release",
+            "--target",
+            "wasm32-wasip2",
+        ],
     );
     assert!(o.status.success(), "build: {}", text(&o.stderr));
     let wasm = target.join("wasm32-wasip2/release/word_count.wasm");
     let bytes = std::fs::read(&wasm).expect("component built");
-    assert_eq!(&bytes[..8], b"\0asm\x0d\0\x01\0", "a component, not a core module");
+    assert_eq!(
+        &bytes[..8],
+        b"\0asm\x0d\0\x01\0",
+        "a component, not a core module"
+    );
     let o = cargo(&krate, &target, &["test", "--offline"]);
-    assert!(o.status.success(), "cargo test: {}{}", text(&o.stdout), text(&o.stderr));
+    assert!(
+        o.status.success(),
+        "cargo test: {}{}",
+        text(&o.stdout),
+        text(&o.stderr)
+    );
     assert!(text(&o.stdout).contains("2 passed"), "{}", text(&o.stdout));
 
     // And `kasbah run` runs it in the sandbox.
@@ -142,7 +160,11 @@ fn kasbah_new_makes_a_crate_that_builds_offline_outside_the_workspace_and_runs()
     let o = kasbah(d, &["run", wasm], b"hello from outside", &[]);
     assert_eq!(o.status.code(), Some(0), "{}", text(&o.stderr));
     assert_eq!(text(&o.stdout).trim_end(), "HELLO FROM OUTSIDE");
-    assert!(text(&o.stderr).contains("word-count: 18 bytes in"), "{}", text(&o.stderr));
+    assert!(
+        text(&o.stderr).contains("word-count: 18 bytes in"),
+        "{}",
+        text(&o.stderr)
+    );
 }
 
 /// `bytes` with a custom section appended: another digest, the same code.
@@ -185,7 +207,13 @@ async fn modules_by_name_run_and_read_the_digest_they_name() {
     let (b, other) = p.tenant("other", None).await;
     let hello = guest_bytes("hello");
     let v1 = publish_bytes(&dev, &hello, "hello", "1").await;
-    let v2 = publish_bytes(&dev, &with_custom_section(hello.clone(), "v2"), "hello", "2").await;
+    let v2 = publish_bytes(
+        &dev,
+        &with_custom_section(hello.clone(), "v2"),
+        "hello",
+        "2",
+    )
+    .await;
     assert_ne!(v1.digest, v2.digest);
     // Another tenant's `hello` is not acme's.
     let theirs = publish_bytes(&other, &with_custom_section(hello, "b"), "hello", "9").await;
@@ -197,7 +225,10 @@ async fn modules_by_name_run_and_read_the_digest_they_name() {
     ] {
         let r = dev.run(&run_req(reference, "by name")).await.expect("run");
         assert_eq!(r.module, want, "{reference} ran the digest it names");
-        assert!(matches!(r.outcome, Some(Outcome::Ok { .. })), "{reference}: {r:?}");
+        assert!(
+            matches!(r.outcome, Some(Outcome::Ok { .. })),
+            "{reference}: {r:?}"
+        );
         let out = r.output.as_ref().and_then(|o| o.inline.as_ref());
         assert_eq!(out.map(|b| b.bytes.as_slice()), Some(&b"BY NAME"[..]));
         // The receipt proves the digest that ran.
@@ -245,7 +276,10 @@ async fn modules_by_name_run_and_read_the_digest_they_name() {
     let key = dev.audit_key().await.expect("key");
     let mr = dev.module_receipt("hello@2").await.expect("module receipt");
     kasbah_audit::verify_receipt(&mr, &key, Some(v2.digest)).expect("names v2");
-    assert_eq!(api_err(dev.module("hello@3").await), (404, "not_found".into()));
+    assert_eq!(
+        api_err(dev.module("hello@3").await),
+        (404, "not_found".into())
+    );
     assert_eq!(
         api_err(dev.module("x@y@z").await),
         (422, "invalid_module_ref".into())
@@ -265,21 +299,36 @@ async fn modules_by_name_run_and_read_the_digest_they_name() {
         }
     };
     let (status, v) = admin_get("/v1/modules/hello".into()).await;
-    assert_eq!((status, v["error"]["code"].as_str()), (422, Some("ambiguous_module")), "{v}");
+    assert_eq!(
+        (status, v["error"]["code"].as_str()),
+        (422, Some("ambiguous_module")),
+        "{v}"
+    );
     let (status, v) = admin_get(format!("/v1/modules/hello?tenant={}", a.id)).await;
     assert_eq!(status, 200, "{v}");
     assert_eq!(v["digest"], v2.digest.to_string());
     let (status, v) = admin_get("/v1/modules/hello@9".into()).await;
-    assert_eq!((status, v["tenant_id"].as_str()), (200, Some(b.id.as_str())), "{v}");
+    assert_eq!(
+        (status, v["tenant_id"].as_str()),
+        (200, Some(b.id.as_str())),
+        "{v}"
+    );
 
     // The CLI: `kasbah run hello@1` runs on the server.
     let tok = p.admin.tenant_token(&a.id).await.expect("token").token;
     let dir = tempfile::tempdir().expect("tmp");
-    let env = [("KASBAH_URL", p.url.as_str()), ("KASBAH_TOKEN", tok.as_str())];
+    let env = [
+        ("KASBAH_URL", p.url.as_str()),
+        ("KASBAH_TOKEN", tok.as_str()),
+    ];
     let o = kasbah(dir.path(), &["run", "hello@1"], b"from the cli", &env);
     assert_eq!(o.status.code(), Some(0), "{}", text(&o.stderr));
     assert_eq!(text(&o.stdout).trim_end(), "FROM THE CLI");
-    assert!(text(&o.stderr).contains(&v1.digest.to_string()), "{}", text(&o.stderr));
+    assert!(
+        text(&o.stderr).contains(&v1.digest.to_string()),
+        "{}",
+        text(&o.stderr)
+    );
     let o = kasbah(dir.path(), &["run", "hello@7"], b"x", &env);
     assert_eq!(o.status.code(), Some(2), "{}", text(&o.stderr));
     assert!(text(&o.stderr).contains("not found"), "{}", text(&o.stderr));
@@ -302,6 +351,17 @@ fn hostile_policy(dir: &Path, limits: Limits) -> Policy {
         ..Policy::default()
     }
 }
+
+/// An invoke and what it answers: module, body, `kasbah-meta-attack`,
+/// status, error code, outcome.
+type Case = (
+    &'static str,
+    Vec<u8>,
+    Option<&'static str>,
+    u16,
+    &'static str,
+    &'static str,
+);
 
 fn header(r: &reqwest::Response, name: &str) -> String {
     r.headers()
@@ -368,20 +428,64 @@ async fn invoke_answers_the_output_and_maps_outcomes_to_statuses() {
 
     // Content types pass through both ways; a JSON body that is not an
     // object is the pipeline's business, not refused by the API.
-    let r = invoke("hostile", b"[1, 2]".to_vec(), "application/json", Some("echo")).await;
+    let r = invoke(
+        "hostile",
+        b"[1, 2]".to_vec(),
+        "application/json",
+        Some("echo"),
+    )
+    .await;
     assert_eq!(r.status(), 200);
     assert_eq!(header(&r, "content-type"), "application/json");
     assert_eq!(r.bytes().await.expect("body").as_ref(), b"[1, 2]");
-    let r = invoke(&hostile.digest.to_string(), b"x".to_vec(), "text/csv", Some("echo")).await;
-    assert_eq!((r.status().as_u16(), header(&r, "content-type")), (200, "text/csv".into()));
+    let r = invoke(
+        &hostile.digest.to_string(),
+        b"x".to_vec(),
+        "text/csv",
+        Some("echo"),
+    )
+    .await;
+    assert_eq!(
+        (r.status().as_u16(), header(&r, "content-type")),
+        (200, "text/csv".into())
+    );
 
     // Outcomes other than ok: the error envelope, the outcome in a header.
-    let cases: [(&str, Vec<u8>, Option<&str>, u16, &str, &str); 5] = [
-        ("hello", vec![0xff, 0xfe], None, 422, "invalid_input", "guest_error"),
-        ("hostile", b"x".to_vec(), Some("loop"), 504, "deadline_exceeded", "deadline_exceeded"),
+    // (module, body, kasbah-meta-attack, status, error code, outcome)
+    let cases: [Case; 5] = [
+        (
+            "hello",
+            vec![0xff, 0xfe],
+            None,
+            422,
+            "invalid_input",
+            "guest_error",
+        ),
+        (
+            "hostile",
+            b"x".to_vec(),
+            Some("loop"),
+            504,
+            "deadline_exceeded",
+            "deadline_exceeded",
+        ),
         ("hostile", b"x".to_vec(), Some("panic"), 502, "trap", "trap"),
-        ("hostile", b"x".to_vec(), Some("read-passwd"), 403, "guest_denied", "guest_error"),
-        ("hostile", b"10".to_vec(), Some("giant-error"), 502, "guest_failed", "guest_error"),
+        (
+            "hostile",
+            b"x".to_vec(),
+            Some("read-passwd"),
+            403,
+            "guest_denied",
+            "guest_error",
+        ),
+        (
+            "hostile",
+            b"10".to_vec(),
+            Some("giant-error"),
+            502,
+            "guest_failed",
+            "guest_error",
+        ),
     ];
     for (module, body, meta, status, code, outcome) in cases {
         let r = invoke(module, body, "application/octet-stream", meta).await;

@@ -12,8 +12,8 @@ mod new;
 pub mod out;
 mod remote;
 mod serve;
-mod witness;
 mod sign;
+mod witness;
 
 use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 use std::io::IsTerminal;

@@ -253,7 +253,9 @@ pub struct CreateRun {
     /// last). The record names the digest that ran.
     #[cfg_attr(
         feature = "openapi",
-        schema(pattern = r"^(sha256:[0-9a-f]{64}|[A-Za-z0-9._+-]{1,128}(@[A-Za-z0-9._+-]{1,128})?)$")
+        schema(
+            pattern = r"^(sha256:[0-9a-f]{64}|[A-Za-z0-9._+-]{1,128}(@[A-Za-z0-9._+-]{1,128})?)$"
+        )
     )]
     pub module: String,
     /// Input as UTF-8 text…

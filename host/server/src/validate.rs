@@ -116,7 +116,16 @@ mod tests {
             Some("hello".to_string())
         );
         let long = "a".repeat(129);
-        for bad in ["", "@1", "hello@", "a@b@c", "x/y", "a b", "he:llo", long.as_str()] {
+        for bad in [
+            "",
+            "@1",
+            "hello@",
+            "a@b@c",
+            "x/y",
+            "a b",
+            "he:llo",
+            long.as_str(),
+        ] {
             assert_eq!(
                 parse_module_ref(bad).map_err(|e| e.code).err(),
                 Some("invalid_module_ref"),

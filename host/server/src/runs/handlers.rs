@@ -119,8 +119,14 @@ pub async fn invoke(
     for (name, value) in [
         ("kasbah-run-id", Some(record.id.clone())),
         ("kasbah-module", Some(record.module.to_string())),
-        ("kasbah-run-status", Some(record.status.as_str().to_string())),
-        ("kasbah-outcome", record.outcome.as_ref().map(|o| o.kind().to_string())),
+        (
+            "kasbah-run-status",
+            Some(record.status.as_str().to_string()),
+        ),
+        (
+            "kasbah-outcome",
+            record.outcome.as_ref().map(|o| o.kind().to_string()),
+        ),
     ] {
         if let Some(v) = value.and_then(|v| HeaderValue::from_str(&v).ok()) {
             h.insert(name, v);

@@ -21,10 +21,10 @@ use crate::audit::storage::AuditStore;
 use crate::caller::Caller;
 use crate::error::{ApiError, ApiResult};
 use crate::ids::{new_run_id, now_ms};
+use crate::registry::service::resolve as resolve_module;
 use crate::state::AppState;
 use crate::tenancy::service::policy;
 use crate::tenancy::storage::TenancyStore;
-use crate::registry::service::resolve as resolve_module;
 use crate::validate::parse_module_ref;
 
 /// Only developer tokens start runs (checked before anything else).
@@ -323,7 +323,10 @@ pub async fn output(s: &AppState, caller: &Caller, id: &str) -> ApiResult<RunOut
         return Err(match &r.outcome {
             None => ApiError::conflict(
                 "run_not_finished",
-                format!("run {id} is {}: its output exists once it finishes", r.status.as_str()),
+                format!(
+                    "run {id} is {}: its output exists once it finishes",
+                    r.status.as_str()
+                ),
             ),
             Some(o) => ApiError::conflict(
                 "no_output",
