@@ -117,7 +117,7 @@ pub async fn get_module(
 #[utoipa::path(get, tag = "api", path = "/v1/modules/{digest}/content",
     params(("digest" = String, Path, description = "The module: its digest (`sha256:…`), `name@version`, or `name` (the version its tenant published last)"), TenantFilter),
     responses((status = 200, content_type = "application/wasm", description = "The module's bytes, streamed and checked against its digest (header `x-kasbah-digest`)"),
-        (status = 404, body = ErrorBody, description = "not a module of a tenant whose code the caller reads (its developers, auditors granted it)")))]
+        (status = 404, body = ErrorBody, description = "not a module of a tenant whose code the caller reads (its developers, auditors granted it)"), (status = 422, body = ErrorBody, description = "`invalid_module_ref`, `ambiguous_module`")))]
 pub async fn get_module_content(
     State(s): State<AppState>,
     caller: Caller,
@@ -164,7 +164,7 @@ pub async fn revoked_signing_keys(
 #[utoipa::path(get, tag = "api", path = "/v1/modules/{digest}/signatures",
     params(("digest" = String, Path, description = "The module: its digest (`sha256:…`), `name@version`, or `name` (the version its tenant published last)"), TenantFilter),
     responses((status = 200, body = Vec<Object>, description = "The DSSE envelopes the publish carried (empty: no verified signer), to check again offline"),
-        (status = 404, body = ErrorBody)))]
+        (status = 404, body = ErrorBody), (status = 422, body = ErrorBody, description = "`invalid_module_ref`, `ambiguous_module`")))]
 pub async fn get_module_signatures(
     State(s): State<AppState>,
     caller: Caller,
