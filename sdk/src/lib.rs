@@ -120,8 +120,26 @@ pub mod gpu;
 pub mod tensor;
 
 /// Structured logging to the host (bounded per run by the tenant's policy).
+/// Compiled for a native target (a pipeline's own `cargo test`), records
+/// go to stderr instead: there is no host to take them.
 pub mod log {
+    #[cfg(target_arch = "wasm32")]
     use crate::bindings::kasbah::pipeline::log::{Level, log};
+
+    #[cfg(not(target_arch = "wasm32"))]
+    #[derive(Debug)]
+    enum Level {
+        Trace,
+        Debug,
+        Info,
+        Warn,
+        Error,
+    }
+
+    #[cfg(not(target_arch = "wasm32"))]
+    fn log(level: Level, msg: &str) {
+        eprintln!("[{level:?}] {msg}");
+    }
 
     pub fn trace(msg: &str) {
         log(Level::Trace, msg)

@@ -17,7 +17,11 @@
 //!   `target/debug/kasbah` are the CLI built for this test. Comments (from the
 //!   first ` #` outside quotes) are not run. Only these lines are treated
 //!   specially:
-//!   - `cargo build …` is not run: building this test built the CLI.
+//!   - `cargo build …` is not run: building this test built the CLI. Except
+//!     `cargo build … --manifest-path DIR/Cargo.toml` of a crate an earlier
+//!     `kasbah new` made: that one is built for real, `--offline`, in a build
+//!     directory kept between test runs (`$CARGO_TARGET_DIR/kasbah-new-test`),
+//!     and its component copied to `DIR/target/…` where the README expects it.
 //!   - `… kasbah serve …` starts the server as written, in the background, with
 //!     `KASBAH_LISTEN=127.0.0.1:0` (a free port) and otherwise the default
 //!     config; its stdout gives the admin token and the address.
@@ -319,6 +323,57 @@ impl Walk {
         }
     }
 
+    /// `cargo build … --manifest-path DIR/Cargo.toml` of a `kasbah new`
+    /// crate (see the module doc).
+    fn build_new_crate(&mut self, n: usize, cmd: &str) {
+        let words: Vec<&str> = cmd.split_whitespace().collect();
+        let manifest = words
+            .iter()
+            .position(|w| *w == "--manifest-path")
+            .and_then(|i| words.get(i + 1))
+            .unwrap_or_else(|| panic!("{}: --manifest-path without a path", self.at(n)));
+        let manifest = self.work.join(manifest);
+        let krate = manifest.parent().expect("a crate directory").to_path_buf();
+        let text = std::fs::read_to_string(&manifest)
+            .unwrap_or_else(|e| panic!("{}: {}: {e}", self.at(n), manifest.display()));
+        assert!(
+            krate.join("vendor/kasbah-sdk").is_dir(),
+            "{}: {} is not a crate `kasbah new` made",
+            self.at(n),
+            krate.display()
+        );
+        let name = text
+            .lines()
+            .find_map(|l| l.strip_prefix("name = \""))
+            .and_then(|l| l.strip_suffix('"'))
+            .unwrap_or_else(|| panic!("{}: no package name", self.at(n)))
+            .replace('-', "_");
+        let target = std::env::var_os("CARGO_TARGET_DIR")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| kasbah_tests::workspace_root().join("target"))
+            .join("kasbah-new-test");
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let out = Command::new(cargo)
+            .current_dir(&self.work)
+            .args(&words[1..])
+            .arg("--offline")
+            .env("CARGO_TARGET_DIR", &target)
+            .output()
+            .expect("run cargo");
+        assert!(
+            out.status.success(),
+            "{}: `{cmd}` failed:\n{}",
+            self.at(n),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let rel = Path::new("wasm32-wasip2/release").join(format!("{name}.wasm"));
+        let dest = krate.join("target").join(&rel);
+        std::fs::create_dir_all(dest.parent().expect("dir")).expect("mkdir");
+        std::fs::copy(target.join(&rel), &dest)
+            .unwrap_or_else(|e| panic!("{}: copying {}: {e}", self.at(n), rel.display()));
+        self.ran += 1;
+    }
+
     fn run(&mut self, n: usize, cmd: &str, comment: &str) {
         let line = self.substitute(n, cmd);
         let out = self
@@ -537,6 +592,9 @@ fn every_readme_command_works_on_the_default_config() {
             let first = cmd.split_whitespace().next().unwrap_or("");
             let second = cmd.split_whitespace().nth(1).unwrap_or("");
             match (first, second) {
+                ("cargo", "build") if cmd.contains("--manifest-path") => {
+                    walk.build_new_crate(n, cmd)
+                }
                 ("cargo", "build") => {}
                 ("kasbah" | "target/debug/kasbah", "serve") => walk.serve(n, cmd),
                 ("export", _) => walk.export(n, cmd, comment),

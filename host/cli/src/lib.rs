@@ -9,6 +9,7 @@ mod fleet;
 mod gpu;
 mod local;
 mod logs;
+mod new;
 pub mod out;
 mod remote;
 pub mod repro;
@@ -54,6 +55,8 @@ enum Command {
     Run(local::RunArgs),
     /// Build a guest crate for wasm32-wasip2 reproducibly, with SLSA provenance (no server needed).
     Build(BuildArgs),
+    /// Create a pipeline crate (Cargo project with the SDK, a guest build profile, a test, a README).
+    New(new::NewArgs),
     /// Start the platform service.
     Serve(serve::ServeArgs),
     /// Run a zone worker of the fleet (NATS JetStream; see `kasbah serve --nats`).
@@ -174,6 +177,7 @@ pub fn main() -> ExitCode {
         Command::Build(a) => {
             repro::build_command(&a.dir, a.out.as_deref(), ctx.json).map(|()| ExitCode::SUCCESS)
         }
+        Command::New(a) => new::new(a),
         Command::Serve(args) => serve::serve(args),
         Command::Worker(args) => serve::worker(args),
         Command::Fleet(c) => fleet::fleet(&ctx, c),

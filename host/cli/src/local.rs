@@ -21,8 +21,9 @@ use std::process::ExitCode;
 #[derive(Args)]
 pub struct RunArgs {
     /// The pipeline: a component file (`.wasm`, built for wasm32-wasip2) to
-    /// run locally, or a published module's digest (`sha256:…`) to run on
-    /// the server.
+    /// run locally, or a published module to run on the server: its digest
+    /// (`sha256:…`), `name@version`, or `name` (the version published last).
+    /// An existing file, or a name ending in `.wasm` or holding a `/`, is local.
     pub module: String,
     /// Input file, or `-` for stdin.
     #[arg(short, long, default_value = "-")]
@@ -87,7 +88,7 @@ fn compile_cache(arg: Option<&str>) -> Option<kasbah_runtime::ArtifactCacheConfi
 
 impl RunArgs {
     pub fn is_remote(&self) -> bool {
-        self.module.starts_with("sha256:")
+        is_module_ref(&self.module)
     }
 
     /// The input bytes (`-` = stdin).
@@ -102,6 +103,26 @@ impl RunArgs {
             std::fs::read(&self.input).with_context(|| format!("cannot read input {}", self.input))
         }
     }
+}
+
+/// Whether `kasbah run`'s argument names a published module rather than a
+/// local file: a `sha256:` digest, or `name[@version]` (letters, digits,
+/// `-_.+`) that is no existing path and does not end in `.wasm`.
+pub fn is_module_ref(m: &str) -> bool {
+    if m.starts_with("sha256:") {
+        return true;
+    }
+    let name_like = |p: &str| {
+        !p.is_empty()
+            && p.len() <= 128
+            && p.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"-_.+".contains(&b))
+    };
+    let ok = match m.split_once('@') {
+        Some((n, v)) => name_like(n) && name_like(v),
+        None => name_like(m),
+    };
+    ok && !m.ends_with(".wasm") && !std::path::Path::new(m).exists()
 }
 
 /// `name=path`, or a path whose file name is the dataset name.

@@ -664,7 +664,7 @@ pub enum ModulesCmd {
     /// Download a module's bytes (its tenant's developers and auditors),
     /// checked against its digest.
     Content {
-        /// The module's digest (`sha256:…`).
+        /// The module: its digest (`sha256:…`), `name@version` or `name`.
         digest: String,
         /// Write them here.
         #[arg(short, long)]
@@ -681,7 +681,7 @@ pub enum ModulesCmd {
     /// Download the receipt of a module's publication (verify it with
     /// `kasbah audit verify --module DIGEST`).
     Receipt {
-        /// The module's digest (`sha256:…`).
+        /// The module: its digest (`sha256:…`), `name@version` or `name`.
         digest: String,
         /// Write it here instead of stdout.
         #[arg(short, long)]
@@ -717,11 +717,18 @@ pub async fn modules(ctx: &Ctx, a: ModulesArgs) -> anyhow::Result<ExitCode> {
             return save_receipt(&r, output);
         }
         Some(ModulesCmd::Content { digest, output }) => {
-            let bytes = ctx.client()?.module_content(&digest).await?;
+            let client = ctx.client()?;
+            // A name: the digest it names now, from the module's record.
+            let want = if digest.starts_with("sha256:") {
+                digest.clone()
+            } else {
+                client.module(&digest).await?.digest.to_string()
+            };
+            let bytes = client.module_content(&want).await?;
             // Check here too: the bytes are what was asked for.
             let got = kasbah_core::Digest::of(&bytes);
-            if got.to_string() != digest {
-                anyhow::bail!("the server sent bytes with digest {got}, not {digest}");
+            if got.to_string() != want {
+                anyhow::bail!("the server sent bytes with digest {got}, not {want}");
             }
             std::fs::write(&output, &bytes)
                 .with_context(|| format!("writing {}", output.display()))?;

@@ -271,8 +271,15 @@ pub struct ProvenanceRecord {
 #[cfg_attr(feature = "openapi", derive(ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct CreateRun {
-    /// Module digest (`sha256:…`), published by the caller's tenant.
-    #[cfg_attr(feature = "openapi", schema(pattern = r"^sha256:[0-9a-f]{64}$"))]
+    /// The module, published by the caller's tenant: its digest
+    /// (`sha256:…`), `name@version`, or `name` (the version published
+    /// last). The record names the digest that ran.
+    #[cfg_attr(
+        feature = "openapi",
+        schema(
+            pattern = r"^(sha256:[0-9a-f]{64}|[A-Za-z0-9._+-]{1,128}(@[A-Za-z0-9._+-]{1,128})?)$"
+        )
+    )]
     pub module: String,
     /// Input as UTF-8 text…
     #[serde(default)]

@@ -84,6 +84,15 @@ impl ApiError {
             ..Self::new(StatusCode::SERVICE_UNAVAILABLE, code, m)
         }
     }
+    /// 502: the pipeline behind a raw invoke failed (trapped, hit a limit,
+    /// returned `failed`).
+    pub fn bad_gateway(code: &'static str, m: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_GATEWAY, code, m)
+    }
+    /// 504: the pipeline behind a raw invoke ran past its deadline.
+    pub fn gateway_timeout(code: &'static str, m: impl Into<String>) -> Self {
+        Self::new(StatusCode::GATEWAY_TIMEOUT, code, m)
+    }
     /// Log the detail; tell the client only that something went wrong.
     pub fn internal(detail: impl std::fmt::Display) -> Self {
         tracing::error!("internal error: {detail}");
@@ -237,7 +246,8 @@ pub async fn json_objects(
         .is_some_and(|m| {
             m == "application/json" || (m.starts_with("application/") && m.ends_with("+json"))
         });
-    if !is_json {
+    // A raw invoke's body is the pipeline's input, whatever JSON it is.
+    if !is_json || req.uri().path().starts_with("/v1/invoke/") {
         return next.run(req).await;
     }
     let (parts, body) = req.into_parts();

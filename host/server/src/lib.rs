@@ -23,9 +23,9 @@
 //! | where | what |
 //! |---|---|
 //! | `tenancy/` | operators and ceilings, tenants and policy versions, auditors, tokens (`tokens.rs`: lifecycle rules; `access.rs`: which tenants a caller reaches) |
-//! | `registry/` | modules: publish checks (component, imports granted, host links), records, content; `signing.rs`: signatures at publish (DSSE envelopes, policy threshold), signing-key revocation; `provenance.rs`: build provenance statements (checked against the module, entry type 11, served to owner and auditors) |
+//! | `registry/` | modules: publish checks (component, imports granted, host links), records, content, lookup by digest or `name[@version]`; `signing.rs`: signatures at publish (DSSE envelopes, policy threshold), signing-key revocation; `provenance.rs`: build provenance statements (checked against the module, entry type 11, served to owner and auditors) |
 //! | `datasets/` | datasets: labels within the tenant's zones, uploads (fleet mode: into the label zones' object store buckets only), downloads, mounts by name |
-//! | `runs/` | runs: admission (`scheduler.rs`), placement (`placement.rs`), execution in this process (`execute.rs`) or on the fleet's zone workers (`fleet.rs`: the NATS side; `dispatch.rs`: dispatch, results, lost runs), live logs and cancel (`live.rs`: the feed; `follow.rs`: reading it, cancelling), records, usage |
+//! | `runs/` | runs: admission (`scheduler.rs`), placement (`placement.rs`), execution in this process (`execute.rs`) or on the fleet's zone workers (`fleet.rs`: the NATS side; `dispatch.rs`: dispatch, results, lost runs), live logs and cancel (`live.rs`: the feed; `follow.rs`: reading it, cancelling), records, usage; `invoke.rs`: raw HTTP invoke, outcome → status |
 //! | `audit/` | the log: entry builders (`entries.rs`), tables and queries (`log.rs`), key and checkpoints (`key.rs`), reads and refusals (`service.rs`), the C2SP tile-served log (`tiles.rs`), submitting checkpoints to witnesses (`witnesses.rs`) |
 //! | `console/` | the web console: embedded assets (`assets.rs`, `assets/`: hand-written ES modules, no JS toolchain; the verifier wasm from `build.rs`) and their handlers (CSP headers) |
 //! | `witness/` | `kasbah witness serve`, a C2SP tlog-witness (not part of the platform API; its router is `routes::witness_router`) |

@@ -17,7 +17,7 @@ use crate::{audit, datasets, error, ops, registry, runs, tenancy};
         registry::handlers::publish_module, registry::handlers::list_modules, registry::handlers::get_module,
         registry::handlers::get_module_content, registry::handlers::get_module_signatures, registry::handlers::revoke_signing_key, registry::handlers::revoked_signing_keys,
         registry::handlers::put_provenance, registry::handlers::get_provenance,
-        runs::handlers::create_run, runs::handlers::get_run, runs::handlers::get_run_output, runs::handlers::list_runs,
+        runs::handlers::create_run, runs::handlers::invoke, runs::handlers::get_run, runs::handlers::get_run_output, runs::handlers::list_runs,
         runs::handlers::run_logs, runs::handlers::cancel_run,
         datasets::handlers::create_dataset, datasets::handlers::list_datasets, datasets::handlers::get_dataset, datasets::handlers::get_dataset_content,
         runs::handlers::usage, runs::handlers::fleet_workers, ops::metrics,

@@ -103,6 +103,7 @@ pub fn router(state: AppState) -> Router {
         )
         .route("/v1/runs", post(runs::create_run).get(runs::list_runs))
         .route("/v1/runs/{id}", get(runs::get_run))
+        .route("/v1/invoke/{name}", post(runs::invoke))
         .route("/v1/runs/{id}/output", get(runs::get_run_output))
         .route("/v1/runs/{id}/logs", get(runs::run_logs))
         .route("/v1/runs/{id}/cancel", post(runs::cancel_run))

@@ -319,6 +319,11 @@ impl Client {
         Self::send(self.req(reqwest::Method::GET, "/v1/modules")).await
     }
 
+    /// A module's record: `reference` is its digest, `name@version` or `name`.
+    pub async fn module(&self, reference: &str) -> Result<ModuleRecord> {
+        Self::send(self.req(reqwest::Method::GET, &format!("/v1/modules/{reference}"))).await
+    }
+
     /// A module's bytes (its tenant's developers and auditors), checked by
     /// the server against its digest while streamed.
     pub async fn module_content(&self, digest: &str) -> Result<Vec<u8>> {

@@ -143,9 +143,9 @@ pub struct ReceiptQuery {
     pub tenant: Option<String>,
 }
 
-#[utoipa::path(get, path = "/v1/modules/{digest}/receipt", tag = "audit", params(ReceiptQuery),
+#[utoipa::path(get, path = "/v1/modules/{digest}/receipt", tag = "audit", params(("digest" = String, Path, description = "The module: its digest (`sha256:…`), `name@version`, or `name` (the version its tenant published last)"), ReceiptQuery),
     responses((status = 200, body = AuditReceipt, description = "The module's `module_published` entry proven into the latest checkpoint"),
-        (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)))]
+        (status = 400, body = ErrorBody), (status = 404, body = ErrorBody), (status = 422, body = ErrorBody, description = "`invalid_module_ref`, `ambiguous_module`")))]
 pub async fn module_receipt(
     State(s): State<AppState>,
     caller: Caller,

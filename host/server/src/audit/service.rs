@@ -15,9 +15,7 @@ use super::log::{self as audit, StoreError};
 use super::storage::AuditStore;
 use crate::caller::Caller;
 use crate::error::{ApiError, ApiResult};
-use crate::registry::storage::ModuleStore;
 use crate::state::AppState;
-use crate::validate::parse_digest;
 
 impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> Self {
@@ -194,21 +192,16 @@ pub fn run_receipt(s: &AppState, run: &RunRecord) -> ApiResult<Receipt> {
 }
 
 /// The receipt of a module's `module_published` entry, among the tenants
-/// the caller reads.
+/// the caller reads (`reference`: digest, `name@version` or `name`).
 pub fn module_receipt(
     s: &AppState,
     caller: &Caller,
-    digest: &str,
+    reference: &str,
     tenant: Option<&str>,
 ) -> ApiResult<Receipt> {
-    let digest = parse_digest(digest)?;
-    for t in caller.readable_tenants(s, tenant)? {
-        if s.modules.module(&t, &digest)?.is_some() {
-            return receipt_for(s, "module_published", &digest.to_string(), &t)?
-                .ok_or_else(|| ApiError::not_found("audit entry for this module"));
-        }
-    }
-    Err(ApiError::not_found("module"))
+    let m = crate::registry::service::module(s, caller, reference, tenant)?;
+    receipt_for(s, "module_published", &m.digest.to_string(), &m.tenant_id)?
+        .ok_or_else(|| ApiError::not_found("audit entry for this module"))
 }
 
 /// The receipt of any entry the caller may read (its tenants' entries;

@@ -97,8 +97,9 @@ pub async fn list_modules(
     Ok(Json(service::modules(&s, &caller, f.tenant.as_deref())?))
 }
 
-#[utoipa::path(get, tag = "api", path = "/v1/modules/{digest}", params(TenantFilter),
-    responses((status = 200, body = ModuleRecord), (status = 404, body = ErrorBody)))]
+#[utoipa::path(get, tag = "api", path = "/v1/modules/{digest}", params(("digest" = String, Path, description = "The module: its digest (`sha256:…`), `name@version`, or `name` (the version its tenant published last)"), TenantFilter),
+    responses((status = 200, body = ModuleRecord), (status = 404, body = ErrorBody),
+        (status = 422, body = ErrorBody, description = "`invalid_module_ref`; `ambiguous_module`: a name several readable tenants published (pass `tenant`)")))]
 pub async fn get_module(
     State(s): State<AppState>,
     caller: Caller,
@@ -151,9 +152,9 @@ pub async fn get_provenance(
 }
 
 #[utoipa::path(get, tag = "api", path = "/v1/modules/{digest}/content",
-    params(("digest" = String, Path, description = "The module's digest (`sha256:…`)"), TenantFilter),
+    params(("digest" = String, Path, description = "The module: its digest (`sha256:…`), `name@version`, or `name` (the version its tenant published last)"), TenantFilter),
     responses((status = 200, content_type = "application/wasm", description = "The module's bytes, streamed and checked against its digest (header `x-kasbah-digest`)"),
-        (status = 404, body = ErrorBody, description = "not a module of a tenant whose code the caller reads (its developers, auditors granted it)")))]
+        (status = 404, body = ErrorBody, description = "not a module of a tenant whose code the caller reads (its developers, auditors granted it)"), (status = 422, body = ErrorBody, description = "`invalid_module_ref`, `ambiguous_module`")))]
 pub async fn get_module_content(
     State(s): State<AppState>,
     caller: Caller,
@@ -198,9 +199,9 @@ pub async fn revoked_signing_keys(
 }
 
 #[utoipa::path(get, tag = "api", path = "/v1/modules/{digest}/signatures",
-    params(("digest" = String, Path, description = "The module's digest (`sha256:…`)"), TenantFilter),
+    params(("digest" = String, Path, description = "The module: its digest (`sha256:…`), `name@version`, or `name` (the version its tenant published last)"), TenantFilter),
     responses((status = 200, body = Vec<Object>, description = "The DSSE envelopes the publish carried (empty: no verified signer), to check again offline"),
-        (status = 404, body = ErrorBody)))]
+        (status = 404, body = ErrorBody), (status = 422, body = ErrorBody, description = "`invalid_module_ref`, `ambiguous_module`")))]
 pub async fn get_module_signatures(
     State(s): State<AppState>,
     caller: Caller,

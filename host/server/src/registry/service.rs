@@ -20,7 +20,7 @@ use crate::ids::now_ms;
 use crate::runs::fleet::{OutputStream, checked_stream};
 use crate::state::AppState;
 use crate::tenancy::service::policy;
-use crate::validate::{parse_digest, valid_name};
+use crate::validate::{ModuleRef, parse_module_ref, valid_name};
 
 /// A publish that passed the checks made before its bytes are read.
 pub struct Publish {
@@ -227,20 +227,66 @@ pub fn modules(
     Ok(s.modules.modules(&tenants)?)
 }
 
-/// A module by digest among the tenants the caller reads.
+/// The tenant's module `r` names, for running it: a digest (cached:
+/// modules are immutable), `name@version`, or `name` (the version the
+/// tenant published last). Unknown → 404 `not_found`.
+pub fn resolve(s: &AppState, tenant: &str, r: &ModuleRef) -> ApiResult<Arc<ModuleRecord>> {
+    let found = match r {
+        ModuleRef::Digest(d) => s.modules.module_cached(tenant, d)?,
+        ModuleRef::Name { name, version } => s
+            .modules
+            .module_by_name(tenant, name, version.as_deref())?
+            .map(Arc::new),
+    };
+    found.ok_or_else(|| ApiError::not_found(&format!("module {r}")))
+}
+
+/// The module `reference` names among `tenants`. A digest: the first
+/// tenant's that has it (a module's bytes are the same for all). A name:
+/// exactly one tenant may have it, else 422 `ambiguous_module` (an admin
+/// or auditor reading several tenants passes `tenant`).
+fn find(s: &AppState, tenants: &[String], reference: &str) -> ApiResult<ModuleRecord> {
+    let r = parse_module_ref(reference)?;
+    let mut found: Vec<ModuleRecord> = Vec::new();
+    for t in tenants {
+        let m = match &r {
+            ModuleRef::Digest(d) => s.modules.module(t, d)?,
+            ModuleRef::Name { name, version } => {
+                s.modules.module_by_name(t, name, version.as_deref())?
+            }
+        };
+        if let Some(m) = m {
+            if matches!(r, ModuleRef::Digest(_)) {
+                return Ok(m);
+            }
+            found.push(m);
+        }
+    }
+    match found.len() {
+        0 => Err(ApiError::not_found(&format!("module {r}"))),
+        1 => Ok(found.remove(0)),
+        _ => {
+            let tenants: Vec<&str> = found.iter().map(|m| m.tenant_id.as_str()).collect();
+            Err(ApiError::unprocessable(
+                "ambiguous_module",
+                format!(
+                    "module {r} is published by several tenants ({}); pass ?tenant= or the digest",
+                    tenants.join(", ")
+                ),
+            ))
+        }
+    }
+}
+
+/// A module by reference (digest, `name@version`, `name`) among the
+/// tenants the caller reads.
 pub fn module(
     s: &AppState,
     caller: &Caller,
-    digest: &str,
+    reference: &str,
     tenant: Option<&str>,
 ) -> ApiResult<ModuleRecord> {
-    let digest = parse_digest(digest)?;
-    for t in caller.readable_tenants(s, tenant)? {
-        if let Some(m) = s.modules.module(&t, &digest)? {
-            return Ok(m);
-        }
-    }
-    Err(ApiError::not_found("module"))
+    find(s, &caller.readable_tenants(s, tenant)?, reference)
 }
 
 /// A module's bytes, for its tenant's developers and the auditors granted
@@ -249,23 +295,21 @@ pub fn module(
 pub async fn content(
     s: &AppState,
     caller: &Caller,
-    digest: &str,
+    reference: &str,
     tenant: Option<&str>,
 ) -> ApiResult<(ModuleRecord, OutputStream)> {
-    let digest = parse_digest(digest)?;
+    let mut code_readers = Vec::new();
     for t in caller.readable_tenants(s, tenant)? {
-        if !caller.reads_outputs(s, &t)? {
-            continue;
-        }
-        if let Some(m) = s.modules.module(&t, &digest)? {
-            let f = tokio::fs::File::open(s.blobs.path(&m.digest))
-                .await
-                .map_err(ApiError::internal)?;
-            let body = checked_stream(f, m.digest, m.size);
-            return Ok((m, body));
+        if caller.reads_outputs(s, &t)? {
+            code_readers.push(t);
         }
     }
-    Err(ApiError::not_found("module"))
+    let m = find(s, &code_readers, reference)?;
+    let f = tokio::fs::File::open(s.blobs.path(&m.digest))
+        .await
+        .map_err(ApiError::internal)?;
+    let body = checked_stream(f, m.digest, m.size);
+    Ok((m, body))
 }
 
 /// The DSSE envelopes a signed module's publish carried (an empty array

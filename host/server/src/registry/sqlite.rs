@@ -143,6 +143,31 @@ impl ModuleStore for SqliteModules {
         self.db.with(|c| module_row(c, tenant_id, digest))
     }
 
+    fn module_by_name(
+        &self,
+        tenant_id: &str,
+        name: &str,
+        version: Option<&str>,
+    ) -> DbResult<Option<ModuleRecord>> {
+        self.db.with(|c| match version {
+            Some(v) => c
+                .prepare_cached(
+                    "SELECT tenant_id, digest, name, version, size, imports_json, created_at, signers_json
+                     FROM modules WHERE tenant_id = ?1 AND name = ?2 AND version = ?3",
+                )?
+                .query_row(params![tenant_id, name, v], row_module)
+                .optional(),
+            None => c
+                .prepare_cached(
+                    "SELECT tenant_id, digest, name, version, size, imports_json, created_at, signers_json
+                     FROM modules WHERE tenant_id = ?1 AND name = ?2
+                     ORDER BY created_at DESC, rowid DESC LIMIT 1",
+                )?
+                .query_row(params![tenant_id, name], row_module)
+                .optional(),
+        })
+    }
+
     /// [`Self::module`], with found modules cached (they are immutable).
     fn module_cached(
         &self,

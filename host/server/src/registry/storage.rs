@@ -38,6 +38,14 @@ pub trait ModuleStore: Send + Sync {
     /// The DSSE envelopes (JSON array) stored with a tenant's module.
     fn module_signatures(&self, tenant_id: &str, digest: &Digest) -> DbResult<Option<String>>;
     fn module(&self, tenant_id: &str, digest: &Digest) -> DbResult<Option<ModuleRecord>>;
+    /// A tenant's module by name: that `version`, or (`None`) the version
+    /// published last (newest `created_at`; the later insert on a tie).
+    fn module_by_name(
+        &self,
+        tenant_id: &str,
+        name: &str,
+        version: Option<&str>,
+    ) -> DbResult<Option<ModuleRecord>>;
     /// [`Self::module`] for the run path: modules are immutable and never
     /// deleted, so implementations may cache what they found.
     fn module_cached(

@@ -5,14 +5,15 @@ use axum::Json;
 use axum::body::Body;
 use axum::extract::rejection::{JsonRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use kasbah_core::api::{CreateRun, FleetWorker, RunLogs, RunRecord, UsageRow};
 use serde::Deserialize;
 
 use super::follow as live;
-use super::service::{self, OutputBody, Started};
+use super::invoke::{self, Invoked};
+use super::service::{self, OutputBody, RunOutput, Started};
 use super::storage::Period;
 use super::workers;
 use crate::caller::Caller;
@@ -39,6 +40,121 @@ pub async fn create_run(
     })
 }
 
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct InvokeQuery {
+    /// Datasets of the tenant to mount, comma-separated names or digests (as `datasets` in `POST /v1/runs`).
+    pub datasets: Option<String>,
+}
+
+#[utoipa::path(post, tag = "api", path = "/v1/invoke/{name}",
+    params(("name" = String, Path, description = "The caller tenant's module: `name` (the version published last), `name@version`, or its digest"), InvokeQuery),
+    request_body(content = Vec<u8>, content_type = "*/*", description = "The run's input, as is; its Content-Type is passed to the pipeline, and `kasbah-meta-KEY: value` headers as its metadata"),
+    responses((status = 200, content_type = "*/*", description = "`ok`: the output's bytes with its content type; headers `kasbah-run-id`, `kasbah-outcome`, `kasbah-module` (the digest run)"),
+        (status = 202, body = RunRecord, description = "still running after the server's sync wait; poll `GET /v1/runs/{id}`"),
+        (status = 403, body = ErrorBody, description = "`residency_violation`, `denied` (host), `guest_denied`"),
+        (status = 413, body = ErrorBody, description = "`input_too_large` (the policy's `max_input_bytes`) or `payload_too_large`"),
+        (status = 422, body = ErrorBody, description = "`invalid_input` (the pipeline refused the input), `invalid_module_ref`"),
+        (status = 429, body = ErrorBody),
+        (status = 502, body = ErrorBody, description = "`guest_failed`, `trap`, `memory_limit`, `fuel_exhausted`, `output_too_large`"),
+        (status = 503, body = ErrorBody, description = "`guest_unavailable`, `no_capacity` (fleet mode)"),
+        (status = 504, body = ErrorBody, description = "`deadline_exceeded`")))]
+pub async fn invoke(
+    State(s): State<AppState>,
+    caller: Caller,
+    Path(name): Path<String>,
+    q: Result<Query<InvokeQuery>, QueryRejection>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> ApiResult<Response> {
+    let Query(q) = q.map_err(query_error)?;
+    let content_type = match headers.get(header::CONTENT_TYPE) {
+        None => None,
+        Some(v) => Some(
+            v.to_str()
+                .map_err(|_| {
+                    crate::error::ApiError::unprocessable(
+                        "invalid_request",
+                        "Content-Type is not visible ASCII",
+                    )
+                })?
+                .to_string(),
+        ),
+    };
+    let datasets = q
+        .datasets
+        .map(|d| d.split(',').map(str::to_string).collect())
+        .unwrap_or_default();
+    // `kasbah-meta-KEY: value` headers are the run's metadata (hyper
+    // bounds their number and size).
+    let mut metadata = Vec::new();
+    for (k, v) in &headers {
+        if let Some(key) = k.as_str().strip_prefix(invoke::META_HEADER_PREFIX) {
+            let v = v.to_str().map_err(|_| {
+                crate::error::ApiError::unprocessable(
+                    "invalid_request",
+                    format!("header {k} is not visible ASCII"),
+                )
+            })?;
+            metadata.push((key.to_string(), v.to_string()));
+        }
+    }
+    let input = invoke::Input {
+        content_type,
+        metadata,
+        datasets,
+        body: body.to_vec(),
+    };
+    let answer = invoke::invoke(&s, &caller, &name, input).await?;
+    let (record, mut response) = match answer {
+        Invoked::Ok(record, out) => {
+            let response = output_response(out);
+            (record, response)
+        }
+        Invoked::Failed(record, e) => (record, e.into_response()),
+        Invoked::Accepted(record) => {
+            let json = Json(record.clone());
+            (record, (StatusCode::ACCEPTED, json).into_response())
+        }
+    };
+    let h = response.headers_mut();
+    for (name, value) in [
+        ("kasbah-run-id", Some(record.id.clone())),
+        ("kasbah-module", Some(record.module.to_string())),
+        (
+            "kasbah-run-status",
+            Some(record.status.as_str().to_string()),
+        ),
+        (
+            "kasbah-outcome",
+            record.outcome.as_ref().map(|o| o.kind().to_string()),
+        ),
+    ] {
+        if let Some(v) = value.and_then(|v| HeaderValue::from_str(&v).ok()) {
+            h.insert(name, v);
+        }
+    }
+    Ok(response)
+}
+
+/// A run's output as a response: its bytes, content type and digest.
+fn output_response(out: RunOutput) -> Response {
+    let mut headers = HeaderMap::new();
+    if let Ok(v) = out.content_type.parse() {
+        headers.insert(header::CONTENT_TYPE, v);
+    }
+    if let Ok(v) = out.digest.to_string().parse() {
+        headers.insert("x-kasbah-digest", v);
+    }
+    match out.body {
+        OutputBody::Bytes(bytes) => (headers, bytes).into_response(),
+        OutputBody::Stream(chunks) => {
+            headers.insert(header::CONTENT_LENGTH, out.size.into());
+            (headers, Body::from_stream(chunks)).into_response()
+        }
+    }
+}
+
 #[utoipa::path(get, tag = "api", path = "/v1/runs/{id}", responses((status = 200, body = RunRecord), (status = 404, body = ErrorBody)))]
 pub async fn get_run(
     State(s): State<AppState>,
@@ -58,20 +174,7 @@ pub async fn get_run_output(
     Path(id): Path<String>,
 ) -> ApiResult<Response> {
     let out = service::output(&s, &caller, &id).await?;
-    let mut headers = HeaderMap::new();
-    if let Ok(v) = out.content_type.parse() {
-        headers.insert(header::CONTENT_TYPE, v);
-    }
-    if let Ok(v) = out.digest.to_string().parse() {
-        headers.insert("x-kasbah-digest", v);
-    }
-    Ok(match out.body {
-        OutputBody::Bytes(bytes) => (headers, bytes).into_response(),
-        OutputBody::Stream(chunks) => {
-            headers.insert(header::CONTENT_LENGTH, out.size.into());
-            (headers, Body::from_stream(chunks)).into_response()
-        }
-    })
+    Ok(output_response(out))
 }
 
 #[derive(Deserialize, utoipa::IntoParams)]

@@ -10,6 +10,8 @@
 //! clients follow their logs and cancel them; `follow.rs`: the rules of
 //! reading those logs and of cancelling. `workers.rs`: the
 //! fleet's live workers as the API shows them (`GET /v1/fleet/workers`).
+//! `invoke.rs`: raw HTTP invoke (`POST /v1/invoke/{name}`), a run started
+//! like `POST /v1/runs`, its outcome mapped onto an HTTP status.
 
 pub mod dispatch;
 pub mod execute;
@@ -17,6 +19,7 @@ pub mod fleet;
 pub mod follow;
 pub mod gpu_state;
 pub mod handlers;
+pub mod invoke;
 pub mod live;
 pub mod placement;
 pub mod scheduler;

@@ -21,11 +21,11 @@ use crate::audit::storage::AuditStore;
 use crate::caller::Caller;
 use crate::error::{ApiError, ApiResult};
 use crate::ids::{new_run_id, now_ms};
-use crate::registry::storage::ModuleStore;
+use crate::registry::service::resolve as resolve_module;
 use crate::state::AppState;
 use crate::tenancy::service::policy;
 use crate::tenancy::storage::TenancyStore;
-use crate::validate::parse_digest;
+use crate::validate::parse_module_ref;
 
 /// Only developer tokens start runs (checked before anything else).
 pub fn may_start(caller: &Caller) -> ApiResult<()> {
@@ -48,11 +48,9 @@ pub enum Started {
 /// admission refusals are audited. Waits for the result if asked, up to
 /// the server's `sync_wait_ms`; past that (or if the caller goes away) the
 /// run goes on detached.
-pub async fn start(s: &AppState, caller: &Caller, req: CreateRun) -> ApiResult<Started> {
+pub async fn start(s: &AppState, caller: &Caller, mut req: CreateRun) -> ApiResult<Started> {
     may_start(caller)?;
-    let tenant = caller.subject.clone();
-    let digest = parse_digest(&req.module)?;
-    let input = match (req.input, req.input_base64) {
+    let input = match (req.input.take(), req.input_base64.take()) {
         (Some(t), None) => t.into_bytes(),
         (None, Some(b)) => base64::engine::general_purpose::STANDARD
             .decode(b)
@@ -67,10 +65,25 @@ pub async fn start(s: &AppState, caller: &Caller, req: CreateRun) -> ApiResult<S
             ));
         }
     };
-    let module = s
-        .modules
-        .module_cached(&tenant, &digest)?
-        .ok_or_else(|| ApiError::not_found("module"))?;
+    start_with_input(s, caller, req, input).await
+}
+
+/// [`start`] with the input already in bytes (`req.input` and
+/// `req.input_base64` are ignored): `POST /v1/runs` and raw invokes
+/// (`invoke.rs`) share everything from here.
+pub async fn start_with_input(
+    s: &AppState,
+    caller: &Caller,
+    req: CreateRun,
+    input: Vec<u8>,
+) -> ApiResult<Started> {
+    may_start(caller)?;
+    let tenant = caller.subject.clone();
+    let module_ref = parse_module_ref(&req.module)?;
+    // The digest run is the one the reference names now; the record and
+    // the receipt carry it, whatever the reference was.
+    let module = resolve_module(s, &tenant, &module_ref)?;
+    let digest = module.digest;
     let policy = policy(s, &tenant)?;
     let limits = &policy.policy.limits;
     if input.len() as u64 > limits.max_input_bytes {

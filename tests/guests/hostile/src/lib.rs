@@ -109,6 +109,12 @@ impl Pipeline for Hostile {
         let arg = request.text()?.to_string();
         match request.meta("attack").unwrap_or("") {
             // Absolute host paths: there is no ambient filesystem in WASI.
+            // Not an attack: the input back with its content type (raw
+            // invoke passes both through).
+            "echo" => Ok(Response::bytes(
+                request.content_type.clone(),
+                request.body.clone(),
+            )),
             "read-passwd" => read_any(&["/etc/passwd", "/../etc/passwd", "etc/passwd"]),
             // `arg` = a host path outside every preopen.
             "read-outside" => read_any(&[&arg, &format!("/data/../..{arg}")]),
