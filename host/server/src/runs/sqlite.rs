@@ -281,17 +281,24 @@ impl RunStore for SqliteRuns {
 
     fn run(&self, id: &str) -> DbResult<Option<RunRecord>> {
         let r = self.db.with(|c| {
-            match c
+            // One read transaction, one snapshot: the run's final row and the
+            // removal of its in-flight row commit together, and between two
+            // separate reads a run finishing would be in neither (a 404 for
+            // a run that exists: seen in the fleet test).
+            let tx = c.transaction()?;
+            let found = match tx
                 .prepare_cached(&format!("{RUN_COLUMNS} WHERE id = ?1"))?
                 .query_row([id], row_run)
                 .optional()?
             {
-                Some(r) => Ok(Some(r)),
-                None => c
+                Some(r) => Some(r),
+                None => tx
                     .prepare_cached(&format!("{INFLIGHT_COLUMNS} WHERE id = ?1"))?
                     .query_row([id], row_run)
-                    .optional(),
-            }
+                    .optional()?,
+            };
+            tx.finish()?;
+            Ok(found)
         })?;
         Ok(r.map(|r| self.overlay_running(r)))
     }
