@@ -188,7 +188,7 @@ pub struct LogsQuery {
 }
 
 #[utoipa::path(get, tag = "api", path = "/v1/runs/{id}/logs", params(LogsQuery),
-    responses((status = 200, body = RunLogs, description = "the logs and stdio so far (JSON), or with `follow=true` a `text/event-stream`: events `log`, `stdout`, `stderr`, `gap`, `end`, each with a JSON `kasbah_core::LogEvent` as data"),
+    responses((status = 200, content((RunLogs = "application/json"), (String = "text/event-stream")), description = "the logs and stdio so far (JSON), or with `follow=true` a `text/event-stream`: events `log`, `stdout`, `stderr`, `gap`, `end`, each with a JSON `kasbah_core::LogEvent` as data"),
         (status = 404, body = ErrorBody)))]
 pub async fn run_logs(
     State(s): State<AppState>,
