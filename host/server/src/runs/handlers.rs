@@ -187,8 +187,19 @@ pub struct LogsQuery {
     pub follow: bool,
 }
 
+/// One server-sent event of `GET /v1/runs/{id}/logs?follow=true`, as the
+/// OpenAPI document describes each event of the stream.
+#[allow(dead_code)]
+#[derive(utoipa::ToSchema)]
+pub struct SseEvent {
+    /// `log`, `stdout`, `stderr`, `gap` or `end`.
+    pub event: String,
+    /// A JSON `kasbah_core::LogEvent`.
+    pub data: String,
+}
+
 #[utoipa::path(get, tag = "api", path = "/v1/runs/{id}/logs", params(LogsQuery),
-    responses((status = 200, content((RunLogs = "application/json"), (String = "text/event-stream")), description = "the logs and stdio so far (JSON), or with `follow=true` a `text/event-stream`: events `log`, `stdout`, `stderr`, `gap`, `end`, each with a JSON `kasbah_core::LogEvent` as data"),
+    responses((status = 200, content((RunLogs = "application/json"), (SseEvent = "text/event-stream")), description = "the logs and stdio so far (JSON), or with `follow=true` a `text/event-stream`: events `log`, `stdout`, `stderr`, `gap`, `end`, each with a JSON `kasbah_core::LogEvent` as data"),
         (status = 404, body = ErrorBody)))]
 pub async fn run_logs(
     State(s): State<AppState>,
