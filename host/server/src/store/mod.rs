@@ -145,10 +145,6 @@ impl Db {
             r.set_prepared_statement_cache_capacity(256);
             r.pragma_update(None, "mmap_size", 0i64)?;
             r.pragma_update(None, "cache_size", -65_536)?; // 64 MiB
-            // Read the schema now: a connection parses it on its first
-            // statement, which would otherwise be part of the first
-            // requests after a start.
-            r.query_row("SELECT count(*) FROM sqlite_master", [], |_| Ok(()))?;
             readers.push(Mutex::new(r));
         }
         let checkpointer = Connection::open(path)?;
