@@ -20,7 +20,10 @@ use std::path::Path;
 use std::str::FromStr;
 use zeroize::Zeroizing;
 
-use crate::note::{KeyError, NoteError, is_valid_key_name, parse_note, split_key};
+use crate::note::{
+    KeyError, NoteError, VkeyWords, is_valid_key_name, parse_note, parse_vkey, split_key,
+    write_vkey,
+};
 
 /// Signature type byte of timestamped Ed25519 cosignatures.
 pub const ALG_COSIGNATURE_V1: u8 = 0x04;
@@ -274,16 +277,7 @@ pub fn require_cosignatures(
 
 impl fmt::Display for CosignerVerifier {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let mut raw = [0u8; 33];
-        raw[0] = ALG_COSIGNATURE_V1;
-        raw[1..].copy_from_slice(self.key.as_bytes());
-        write!(
-            f,
-            "{}+{:08x}+{}",
-            self.name,
-            self.key_id,
-            STANDARD.encode(raw)
-        )
+        write_vkey(f, &self.name, self.key_id, ALG_COSIGNATURE_V1, &self.key)
     }
 }
 
@@ -296,17 +290,13 @@ impl fmt::Debug for CosignerVerifier {
 impl FromStr for CosignerVerifier {
     type Err = KeyError;
     fn from_str(s: &str) -> Result<Self, KeyError> {
-        let (name, id, b64) = split_key(s.trim(), "witness key (expected name+keyid+key)")?;
-        let raw = STANDARD
-            .decode(b64)
-            .map_err(|_| KeyError::Malformed("witness key base64"))?;
-        match raw.first() {
-            Some(&ALG_COSIGNATURE_V1) => {}
-            Some(&alg) => return Err(KeyError::UnsupportedAlgorithm(alg)),
-            None => return Err(KeyError::Malformed("witness key")),
-        }
-        let pk = <[u8; 32]>::try_from(&raw[1..])
-            .map_err(|_| KeyError::Malformed("witness key length"))?;
+        let words = VkeyWords {
+            whole: "witness key",
+            shape: "witness key (expected name+keyid+key)",
+            base64: "witness key base64",
+            length: "witness key length",
+        };
+        let (name, id, pk) = parse_vkey(s, ALG_COSIGNATURE_V1, &words)?;
         let v = CosignerVerifier::new(name, &pk)?;
         if v.key_id != id {
             return Err(KeyError::KeyIdMismatch {

@@ -242,6 +242,49 @@ pub(crate) fn read_secret(path: &Path) -> Result<Zeroizing<String>, KeyError> {
     Ok(Zeroizing::new(std::fs::read_to_string(path).map_err(io)?))
 }
 
+/// How errors name a kind of verifier key (`"verifier key"`, `"witness
+/// key"`): the whole key, its base64, its length.
+pub(crate) struct VkeyWords {
+    pub whole: &'static str,
+    pub shape: &'static str,
+    pub base64: &'static str,
+    pub length: &'static str,
+}
+
+/// Write a signed-note verifier key: `name+hexid+base64(alg ‖ public key)`.
+pub(crate) fn write_vkey(
+    f: &mut fmt::Formatter<'_>,
+    name: &str,
+    key_id: u32,
+    alg: u8,
+    key: &VerifyingKey,
+) -> fmt::Result {
+    let mut raw = [0u8; 33];
+    raw[0] = alg;
+    raw[1..].copy_from_slice(key.as_bytes());
+    write!(f, "{name}+{key_id:08x}+{}", STANDARD.encode(raw))
+}
+
+/// Read a signed-note verifier key of algorithm `alg`: `(name, stated key
+/// id, public key)`; the caller checks the key id against the key.
+pub(crate) fn parse_vkey<'a>(
+    s: &'a str,
+    alg: u8,
+    words: &VkeyWords,
+) -> Result<(&'a str, u32, [u8; 32]), KeyError> {
+    let (name, id, b64) = split_key(s.trim(), words.shape)?;
+    let raw = STANDARD
+        .decode(b64)
+        .map_err(|_| KeyError::Malformed(words.base64))?;
+    match raw.first() {
+        Some(&a) if a == alg => {}
+        Some(&a) => return Err(KeyError::UnsupportedAlgorithm(a)),
+        None => return Err(KeyError::Malformed(words.whole)),
+    }
+    let pk = <[u8; 32]>::try_from(&raw[1..]).map_err(|_| KeyError::Malformed(words.length))?;
+    Ok((name, id, pk))
+}
+
 pub(crate) fn split_key<'a>(
     s: &'a str,
     what: &'static str,
@@ -341,16 +384,7 @@ impl LogVerifier {
 
 impl fmt::Display for LogVerifier {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let mut raw = [0u8; 33];
-        raw[0] = ALG_ED25519;
-        raw[1..].copy_from_slice(self.key.as_bytes());
-        write!(
-            f,
-            "{}+{:08x}+{}",
-            self.name,
-            self.key_id,
-            STANDARD.encode(raw)
-        )
+        write_vkey(f, &self.name, self.key_id, ALG_ED25519, &self.key)
     }
 }
 
@@ -364,17 +398,13 @@ impl FromStr for LogVerifier {
     type Err = KeyError;
     /// Parse a vkey `name+hexid+base64(0x01 ‖ public key)`.
     fn from_str(s: &str) -> Result<Self, KeyError> {
-        let (name, id, b64) = split_key(s.trim(), "verifier key (expected name+keyid+key)")?;
-        let raw = STANDARD
-            .decode(b64)
-            .map_err(|_| KeyError::Malformed("verifier key base64"))?;
-        match raw.first() {
-            Some(&ALG_ED25519) => {}
-            Some(&alg) => return Err(KeyError::UnsupportedAlgorithm(alg)),
-            None => return Err(KeyError::Malformed("verifier key")),
-        }
-        let pk = <[u8; 32]>::try_from(&raw[1..])
-            .map_err(|_| KeyError::Malformed("verifier key length"))?;
+        let words = VkeyWords {
+            whole: "verifier key",
+            shape: "verifier key (expected name+keyid+key)",
+            base64: "verifier key base64",
+            length: "verifier key length",
+        };
+        let (name, id, pk) = parse_vkey(s, ALG_ED25519, &words)?;
         let v = LogVerifier::new(name, &pk)?;
         if v.key_id != id {
             return Err(KeyError::KeyIdMismatch {
