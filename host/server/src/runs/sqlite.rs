@@ -281,10 +281,8 @@ impl RunStore for SqliteRuns {
 
     fn run(&self, id: &str) -> DbResult<Option<RunRecord>> {
         let r = self.db.with(|c| {
-            // One read transaction, one snapshot: the run's final row and the
-            // removal of its in-flight row commit together, and between two
-            // separate reads a run finishing would be in neither (a 404 for
-            // a run that exists: seen in the fleet test).
+            // One snapshot: the final row and the in-flight row's removal
+            // commit together; two reads could miss a run finishing between.
             let tx = c.transaction()?;
             let found = match tx
                 .prepare_cached(&format!("{RUN_COLUMNS} WHERE id = ?1"))?
