@@ -21,8 +21,8 @@ use std::str::FromStr;
 use zeroize::Zeroizing;
 
 use crate::note::{
-    KeyError, NoteError, VkeyWords, is_valid_key_name, parse_note, parse_vkey, split_key,
-    write_vkey,
+    KeyError, NoteError, VkeyWords, is_valid_key_name, parse_note, parse_private_key, parse_vkey,
+    private_key_string, write_vkey,
 };
 
 /// Signature type byte of timestamped Ed25519 cosignatures.
@@ -96,37 +96,22 @@ impl CosignerKey {
 
     /// `PRIVATE+KEY+name+hexid+base64(0x04 ‖ seed)`. Secret.
     pub fn to_private_key_string(&self) -> Zeroizing<String> {
-        let mut raw = Zeroizing::new([0u8; 33]);
-        raw[0] = ALG_COSIGNATURE_V1;
-        raw[1..].copy_from_slice(self.key.as_bytes());
-        let b64 = Zeroizing::new(STANDARD.encode(*raw));
-        Zeroizing::new(format!(
-            "PRIVATE+KEY+{}+{:08x}+{}",
-            self.name, self.key_id, *b64
+        Zeroizing::new(private_key_string(
+            &self.name,
+            self.key_id,
+            ALG_COSIGNATURE_V1,
+            self.key.as_bytes(),
         ))
     }
 
     pub fn from_private_key_string(s: &str) -> Result<Self, KeyError> {
-        let rest = s
-            .trim_end_matches('\n')
-            .strip_prefix("PRIVATE+KEY+")
-            .ok_or(KeyError::Malformed(
-                "witness key (expected PRIVATE+KEY+...)",
-            ))?;
-        let (name, id, b64) = split_key(rest, "witness key")?;
-        let raw = Zeroizing::new(
-            STANDARD
-                .decode(b64)
-                .map_err(|_| KeyError::Malformed("witness key base64"))?,
-        );
-        if raw.len() != 33 {
-            return Err(KeyError::Malformed("witness key length"));
-        }
-        if raw[0] != ALG_COSIGNATURE_V1 {
-            return Err(KeyError::UnsupportedAlgorithm(raw[0]));
-        }
-        let mut seed = Zeroizing::new([0u8; 32]);
-        seed.copy_from_slice(&raw[1..]);
+        let words = VkeyWords {
+            whole: "witness key",
+            shape: "witness key (expected PRIVATE+KEY+...)",
+            base64: "witness key base64",
+            length: "witness key length",
+        };
+        let (name, id, seed) = parse_private_key(s, ALG_COSIGNATURE_V1, &words)?;
         let k = Self::from_seed(name, &seed)?;
         if k.key_id != id {
             return Err(KeyError::KeyIdMismatch {

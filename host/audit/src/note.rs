@@ -127,35 +127,18 @@ impl LogSigner {
 
     /// `PRIVATE+KEY+name+hexid+base64(0x01 ‖ seed)`. Secret: handle with care.
     pub fn to_private_key_string(&self) -> String {
-        let mut raw = Zeroizing::new([0u8; 33]);
-        raw[0] = ALG_ED25519;
-        raw[1..].copy_from_slice(self.key.as_bytes());
-        let b64 = Zeroizing::new(STANDARD.encode(*raw));
-        format!("PRIVATE+KEY+{}+{:08x}+{}", self.name, self.key_id, *b64)
+        private_key_string(&self.name, self.key_id, ALG_ED25519, self.key.as_bytes())
     }
 
     /// Parse the private key string format (see [`Self::to_private_key_string`]).
     pub fn from_private_key_string(s: &str) -> Result<Self, KeyError> {
-        let rest = s
-            .trim_end_matches('\n')
-            .strip_prefix("PRIVATE+KEY+")
-            .ok_or(KeyError::Malformed(
-                "private key (expected PRIVATE+KEY+...)",
-            ))?;
-        let (name, id, b64) = split_key(rest, "private key")?;
-        let raw = Zeroizing::new(
-            STANDARD
-                .decode(b64)
-                .map_err(|_| KeyError::Malformed("private key base64"))?,
-        );
-        if raw.len() != 33 {
-            return Err(KeyError::Malformed("private key length"));
-        }
-        if raw[0] != ALG_ED25519 {
-            return Err(KeyError::UnsupportedAlgorithm(raw[0]));
-        }
-        let mut seed = Zeroizing::new([0u8; 32]);
-        seed.copy_from_slice(&raw[1..]);
+        let words = VkeyWords {
+            whole: "private key",
+            shape: "private key (expected PRIVATE+KEY+...)",
+            base64: "private key base64",
+            length: "private key length",
+        };
+        let (name, id, seed) = parse_private_key(s, ALG_ED25519, &words)?;
         let signer = Self::from_seed(name, &seed)?;
         if signer.key_id != id {
             return Err(KeyError::KeyIdMismatch {
@@ -283,6 +266,43 @@ pub(crate) fn parse_vkey<'a>(
     }
     let pk = <[u8; 32]>::try_from(&raw[1..]).map_err(|_| KeyError::Malformed(words.length))?;
     Ok((name, id, pk))
+}
+
+/// `PRIVATE+KEY+name+hexid+base64(alg ‖ seed)`: a signed-note private key.
+pub(crate) fn private_key_string(name: &str, key_id: u32, alg: u8, seed: &[u8; 32]) -> String {
+    let mut raw = Zeroizing::new([0u8; 33]);
+    raw[0] = alg;
+    raw[1..].copy_from_slice(seed);
+    let b64 = Zeroizing::new(STANDARD.encode(*raw));
+    format!("PRIVATE+KEY+{name}+{key_id:08x}+{}", *b64)
+}
+
+/// Read a private key string of algorithm `alg`: `(name, stated key id,
+/// seed)`; the caller checks the key id against the key.
+pub(crate) fn parse_private_key<'a>(
+    s: &'a str,
+    alg: u8,
+    words: &VkeyWords,
+) -> Result<(&'a str, u32, Zeroizing<[u8; 32]>), KeyError> {
+    let rest = s
+        .trim_end_matches('\n')
+        .strip_prefix("PRIVATE+KEY+")
+        .ok_or(KeyError::Malformed(words.shape))?;
+    let (name, id, b64) = split_key(rest, words.whole)?;
+    let raw = Zeroizing::new(
+        STANDARD
+            .decode(b64)
+            .map_err(|_| KeyError::Malformed(words.base64))?,
+    );
+    if raw.len() != 33 {
+        return Err(KeyError::Malformed(words.length));
+    }
+    if raw[0] != alg {
+        return Err(KeyError::UnsupportedAlgorithm(raw[0]));
+    }
+    let mut seed = Zeroizing::new([0u8; 32]);
+    seed.copy_from_slice(&raw[1..]);
+    Ok((name, id, seed))
 }
 
 pub(crate) fn split_key<'a>(

@@ -398,7 +398,12 @@ async fn restore_one(job: Job, gate: &dyn RestoreGate) -> RestoreStats {
     };
     let mut worker = entry.fresh_worker(scope);
     stats.processes = 1;
-    for range in &r.buffers {
+    // The ledger file is bounded in bytes; its lists are bounded here too
+    // (the most recent kept, as `Ledger::record` keeps them).
+    let ranges = &r.buffers[r.buffers.len().saturating_sub(MAX_LEDGER_RANGES)..];
+    let kernels = &r.kernels[r.kernels.len().saturating_sub(MAX_LEDGER_KERNELS)..];
+    stats.skipped += r.buffers.len() - ranges.len();
+    for range in ranges {
         let (offset, size) = (range.offset, range.size);
         let fits = size > 0
             && size.is_multiple_of(4)
@@ -455,7 +460,7 @@ async fn restore_one(job: Job, gate: &dyn RestoreGate) -> RestoreStats {
             }
         }
     }
-    for k in &r.kernels {
+    for k in kernels {
         if !worker.health.is_healthy() {
             break;
         }
