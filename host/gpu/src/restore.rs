@@ -208,8 +208,7 @@ impl Ledger {
             return;
         }
         self.seq += 1;
-        let mut ranges = r.buffers.clone();
-        ranges.truncate(MAX_LEDGER_RANGES);
+        let ranges = r.buffers[r.buffers.len().saturating_sub(MAX_LEDGER_RANGES)..].to_vec();
         let kernels = r
             .kernels
             .iter()
