@@ -3,6 +3,7 @@
 //! Deliberately free of wasmtime/wgpu/axum so clients can depend on it.
 
 pub mod api;
+pub mod phases;
 pub mod report;
 mod units;
 

@@ -34,6 +34,7 @@ pub mod log;
 pub mod net;
 pub mod residency;
 mod stdio;
+mod warm;
 mod wasi;
 
 pub use artifacts::{ArtifactCacheConfig, ArtifactStats};
@@ -224,6 +225,8 @@ pub struct Module {
     size: usize,
     imports: Vec<String>,
     pre: Result<bindings::PipelinePre<RunState>, String>,
+    /// Instantiating it runs none of its code (`warm.rs`).
+    start_free: bool,
 }
 
 impl Module {
@@ -567,6 +570,7 @@ impl Runtime {
             size: wasm.len(),
             imports,
             pre,
+            start_free: warm::instantiation_runs_no_code(wasm),
         }))
     }
 
@@ -608,6 +612,7 @@ impl Runtime {
         control: &RunControl,
     ) -> Result<RunReport, RunError> {
         let started = Instant::now();
+        let mut phases = kasbah_core::phases::Phases::new();
         let limits = &policy.limits;
         let wall = Duration::from_millis(limits.wall_time_ms);
         let deadline = started + wall;
@@ -665,6 +670,7 @@ impl Runtime {
             }
         };
 
+        phases.mark("checks+mounts");
         let denials = net::Denials::default();
         let zones = &self.inner.config.zones;
         let dns = self.inner.config.dns_timeout;
@@ -678,10 +684,12 @@ impl Runtime {
             datasets: mounted.as_ref().map(|m| m.path()),
             live: control.live.clone(),
         };
+        phases.mark("allowlist");
         let mut parts = match wasi::build(policy, allowlist, denials.clone(), mounts) {
             Ok(p) => p,
             Err(e) => return Ok(denied(e.to_string())),
         };
+        phases.mark("wasi");
         let gpu_grant = policy.gpu_grant();
         let gpu = match &options.residency {
             None => self.inner.gpu.bind(gpu_grant.as_ref(), Some(deadline)),
@@ -707,6 +715,7 @@ impl Runtime {
                 .collect(),
         );
 
+        phases.mark("gpu");
         let mut table = ResourceTable::new();
         // Backstop for every WASI resource (streams, pollables, sockets,
         // descriptors): a full table traps the guest. Descriptors have
@@ -754,13 +763,16 @@ impl Runtime {
             )
         });
 
+        phases.mark("store");
         let wit_request = wit::Request {
             content_type: request.content_type,
             metadata: request.metadata,
             body: request.body,
         };
+        let instantiated = std::sync::OnceLock::new();
         let call = async {
             let instance = pre.instantiate_async(&mut store).await?;
+            let _ = instantiated.set(Instant::now());
             instance
                 .kasbah_pipeline_handler()
                 .call_run(&mut store, &wit_request)
@@ -788,6 +800,10 @@ impl Runtime {
         })
         .await;
         let was_cancelled = cancel.as_ref().is_some_and(|c| c.is_cancelled());
+        if let Some(&at) = instantiated.get() {
+            phases.mark_at("instantiate", at);
+        }
+        phases.mark("call");
 
         let wall_time = started.elapsed();
         let fuel_consumed = if self.inner.config.fuel_metering {
@@ -857,6 +873,8 @@ impl Runtime {
         };
         drop(store);
         drop(mounted);
+        phases.mark("report+drop");
+        tracing::debug!(target: "kasbah::phases", "sandbox {phases}");
         Ok(RunReport {
             module: module.digest,
             outcome,
