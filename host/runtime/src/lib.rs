@@ -62,6 +62,14 @@ pub use kasbah_policy;
 
 /// Host bindings for the `kasbah:pipeline/pipeline` world. WASI interfaces
 /// come from wasmtime-wasi; only `kasbah:*` is generated here.
+/// Fuel handed to compiled code at a time (see `run_controlled`): the
+/// most an interrupted run can leave unbilled, ~8 ms of a tight guest loop
+/// (which burns ~12 units/ns here); one write-back and executor yield per
+/// slice, fewer than the epoch's own yields (every 10 ms tick). A slice of
+/// 1,000,000 cost a CPU-bound guest 40–60% (debug host); 100,000,000 was
+/// within the noise.
+pub const FUEL_SLICE: u64 = 100_000_000;
+
 pub mod bindings {
     wasmtime::component::bindgen!({
         path: "../../wit",
@@ -748,6 +756,16 @@ impl Runtime {
             store
                 .set_fuel(fuel_budget)
                 .map_err(|e| RunError::Internal(format!("set_fuel: {e}")))?;
+            // Compiled code keeps the fuel it burns in a register and writes
+            // it back only at calls and when its slice runs out; an epoch
+            // interrupt (deadline, cancel) unwinds without writing it back,
+            // so a guest stopped mid-loop was billed only the fuel of its
+            // start. Handing fuel out in slices writes it back (and yields
+            // to the executor) every `FUEL_SLICE` units: at most one slice
+            // of an interrupted run goes unbilled.
+            store
+                .fuel_async_yield_interval(Some(FUEL_SLICE))
+                .map_err(|e| RunError::Internal(format!("fuel slice: {e}")))?;
         }
         store.set_epoch_deadline(1);
         let cancel = control.cancel.clone();
