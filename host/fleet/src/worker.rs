@@ -249,6 +249,8 @@ struct Worker {
     timing: ConsumerTiming,
     max_module_bytes: u64,
     max_dataset_bytes: u64,
+    /// Its runs by id, for the control plane's cancels.
+    cancels: Arc<crate::cancels::Cancels>,
 }
 
 /// Run a worker until `shutdown` completes, then drain: remove its
@@ -367,7 +369,15 @@ pub async fn run(config: WorkerConfig, shutdown: impl Future<Output = ()>) -> an
         timing,
         max_module_bytes: config.max_module_bytes,
         max_dataset_bytes: config.max_dataset_bytes,
+        cancels: Arc::default(),
     });
+    // Cancels are heard until the process ends (runs draining may still be
+    // cancelled).
+    let cancel_listener = tokio::spawn(crate::cancels::listen(
+        worker.client.clone(),
+        worker.zones.clone(),
+        worker.cancels.clone(),
+    ));
     tracing::info!(
         worker = worker.id,
         zones = ?worker.zones,
@@ -429,6 +439,7 @@ pub async fn run(config: WorkerConfig, shutdown: impl Future<Output = ()>) -> an
     if let Err(e) = worker.client.flush().await {
         tracing::warn!(worker = worker.id, "flushing NATS connection: {e}");
     }
+    cancel_listener.abort();
     tracing::info!(worker = worker.id, "worker stopped");
     Ok(())
 }
@@ -655,7 +666,8 @@ async fn handle(worker: &Worker, zone: &str, msg: jetstream::Message) {
         })
     };
     let started_at_ms = now_ms();
-    let report = match execute(worker, &job).await {
+    let registered = crate::cancels::Registered::new(&worker.cancels, &job.run_id);
+    let report = match execute(worker, &job, registered.cancel.clone()).await {
         Ok(r) => r,
         Err(Prep::Refused(reason)) => {
             tracing::error!(worker = worker.id, run = job.run_id, "{reason}");
@@ -794,7 +806,11 @@ fn host_failure(module: Digest, reason: String) -> RunReport {
     RunReport::denied(module, reason)
 }
 
-async fn execute(worker: &Worker, job: &Job) -> Result<RunReport, Prep> {
+async fn execute(
+    worker: &Worker,
+    job: &Job,
+    cancel: Arc<kasbah_runtime::Cancel>,
+) -> Result<RunReport, Prep> {
     let remaining = job.deadline_unix_ms.saturating_sub(now_ms());
     if remaining <= 0 {
         return Ok(RunReport {
@@ -847,9 +863,13 @@ async fn execute(worker: &Worker, job: &Job) -> Result<RunReport, Prep> {
         }),
         tenant: Some(job.tenant.clone()),
     };
+    let control = kasbah_runtime::RunControl {
+        live: None,
+        cancel: Some(cancel),
+    };
     match worker
         .runtime
-        .run_with(&module, &policy, request, &options)
+        .run_controlled(&module, &policy, request, &options, &control)
         .await
     {
         Ok(r) => Ok(r),
