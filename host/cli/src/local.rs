@@ -60,6 +60,12 @@ pub struct RunArgs {
     /// `~/.cache/kasbah/compiled`), at most 256 MiB.
     #[arg(long, env = "KASBAH_COMPILE_CACHE", value_name = "DIR|off")]
     pub compile_cache: Option<String>,
+    /// Local runs: a PEM file of CA certificates the pipeline's outgoing
+    /// HTTPS also trusts, beyond the system roots (repeatable, or
+    /// comma-separated in the environment variable). Destinations still
+    /// come only from the policy's `[network] allow`.
+    #[arg(long = "http-ca", env = "KASBAH_HTTP_CA", value_delimiter = ',', value_name = "PEM")]
+    pub http_ca: Vec<PathBuf>,
 }
 
 /// Bytes of compiled modules `kasbah run` keeps on disk.
@@ -208,6 +214,7 @@ pub fn run(args: RunArgs, echo_logs: bool, json: bool) -> anyhow::Result<ExitCod
         max_concurrent_instances: 4,
         gpu,
         artifact_cache: compile_cache(args.compile_cache.as_deref()),
+        http_extra_ca: args.http_ca.clone(),
         ..RuntimeConfig::default()
     })
     .map_err(|e| anyhow::anyhow!("cannot start the sandbox: {e:#}"))?;
