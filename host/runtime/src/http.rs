@@ -40,6 +40,8 @@ use wasmtime_wasi_http::{Error, RequestOptions, WasiBody, WasiHttpCtx, WasiHttpH
 
 use crate::net::{Allowlist, Denials, record, shown};
 
+const RESIDENCY: &str = "residency_violation: ";
+
 /// Longest request URL (scheme, authority, path and query) accepted.
 pub const MAX_URL_BYTES: usize = 8 * 1024;
 /// Most request header fields accepted.
@@ -258,7 +260,11 @@ impl Hooks {
             .http_destination(&target.host, target.port)
             .map_err(|why| {
                 let scheme = if target.tls { "https" } else { "http" };
-                denied(format!("{scheme} request to {why}"))
+                // Residency refusals keep their prefix first (as sockets').
+                denied(match why.strip_prefix(RESIDENCY) {
+                    Some(rest) => format!("{RESIDENCY}{scheme} request to {rest}"),
+                    None => format!("{scheme} request to {why}"),
+                })
             })?;
         if request.headers().len() > MAX_REQUEST_HEADERS {
             return Err(invalid(Error::HttpRequestHeaderSectionSize(Some(
@@ -290,6 +296,24 @@ type SendResult = wasmtime_wasi_http::Result<(
 impl WasiHttpHooks for Hooks {
     fn default_scheme(&mut self) -> Option<Scheme> {
         None
+    }
+
+    /// `handle` asks this before building the request: another scheme is
+    /// refused there (`HTTP-protocol-error`) and recorded here.
+    fn is_supported_scheme(&mut self, scheme: &Scheme) -> bool {
+        let ok = *scheme == Scheme::HTTP || *scheme == Scheme::HTTPS;
+        if !ok {
+            self.counters.refused.fetch_add(1, Ordering::Relaxed);
+            record(
+                &self.denials,
+                "http",
+                format!(
+                    "scheme {:?} is not allowed (http and https only)",
+                    shown(scheme.as_str())
+                ),
+            );
+        }
+        ok
     }
 
     fn send_request(
@@ -347,6 +371,14 @@ impl WasiHttpHooks for Hooks {
     }
 
     fn p2_error_from_hyper(&mut self, err: &hyper::Error) -> ErrorCode {
+        use std::error::Error as _;
+        // A body error of ours (the byte budget) that hyper wrapped.
+        match err.source().and_then(|c| c.downcast_ref::<Error>()) {
+            Some(Error::HttpRequestBodySize(n)) => return ErrorCode::HttpRequestBodySize(*n),
+            Some(Error::HttpResponseBodySize(n)) => return ErrorCode::HttpResponseBodySize(*n),
+            Some(Error::ConnectionReadTimeout) => return ErrorCode::ConnectionReadTimeout,
+            _ => {}
+        }
         if err.is_timeout() {
             ErrorCode::ConnectionReadTimeout
         } else if err.is_incomplete_message() {
