@@ -544,3 +544,75 @@ async fn outgoing_http_goes_only_to_allowlisted_in_zone_names_with_verified_tls(
     let usage = r.usage.as_ref().and_then(|u| u.http.clone()).expect("usage");
     assert_eq!(usage.bytes_sent, 3000);
 }
+
+/// `kasbah run` (local, no residency): the extra CA comes from
+/// `--http-ca` only; without it the same request fails certificate
+/// verification; without a `[network]` grant the request is refused by the
+/// host call itself (the module still links: publish-time refusal is the
+/// server's) and no connection is made.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kasbah_run_local_takes_the_extra_ca_from_its_flag_and_checks_the_allowlist() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let d = dir.path().to_path_buf();
+    let pki = make_pki(&d, "local");
+    let server = Https::start(&pki).await;
+    let port = server.port();
+    std::fs::write(
+        d.join("net.toml"),
+        format!("[network]\nallow = [\"localhost:{port}\"]\n"),
+    )
+    .expect("policy");
+    std::fs::write(d.join("none.toml"), "").expect("policy");
+    std::fs::write(d.join("url.txt"), format!("https://localhost:{port}/local")).expect("input");
+    let wasm = guest_path("http-probe");
+    let run = |args: Vec<String>| {
+        let d = d.clone();
+        let wasm = wasm.clone();
+        tokio::task::spawn_blocking(move || {
+            let o = Command::new(env!("CARGO_BIN_EXE_kasbah-under-test"))
+                .current_dir(&d)
+                .env_remove("KASBAH_URL")
+                .env_remove("KASBAH_TOKEN")
+                .env_remove("KASBAH_HTTP_CA")
+                .env("KASBAH_COMPILE_CACHE", d.join("compiled"))
+                .env("XDG_RUNTIME_DIR", &d)
+                .arg("run")
+                .arg(&wasm)
+                .args(["-i", "url.txt"])
+                .args(args)
+                .output()
+                .expect("spawn kasbah");
+            (
+                String::from_utf8_lossy(&o.stdout).to_string(),
+                String::from_utf8_lossy(&o.stderr).to_string(),
+            )
+        })
+    };
+    let ca = pki.ca.to_string_lossy().to_string();
+    let s = |v: &[&str]| v.iter().map(|a| a.to_string()).collect::<Vec<_>>();
+
+    let (out, err) = run(s(&["--policy", "net.toml", "--http-ca", &ca]))
+        .await
+        .expect("join");
+    assert_eq!(
+        out.trim(),
+        format!("200 hello /local host=localhost:{port} got=0"),
+        "{err}"
+    );
+    assert!(err.contains("http     1 requests sent, 0 refused"), "{err}");
+    assert_eq!(server.accepted(), 1);
+
+    let (out, err) = run(s(&["--policy", "net.toml"])).await.expect("join");
+    assert!(out.trim().is_empty(), "{out}");
+    assert!(err.contains("TlsCertificateError"), "{err}");
+    assert_eq!(server.accepted(), 2);
+
+    let (out, err) = run(s(&["--policy", "none.toml", "--http-ca", &ca]))
+        .await
+        .expect("join");
+    assert!(out.trim().is_empty(), "{out}");
+    assert!(err.contains("HttpRequestDenied"), "{err}");
+    assert!(err.contains("not in the policy's network allowlist"), "{err}");
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert_eq!(server.accepted(), 2, "a refused request made a connection");
+}

@@ -183,6 +183,12 @@ pub fn print_usage(u: &kasbah_core::Usage) {
             g.gpu_time.as_secs_f64() * 1e3
         );
     }
+    if let Some(h) = &u.http {
+        eprintln!(
+            "http     {} requests sent, {} refused, {} bytes sent, {} bytes received",
+            h.requests, h.refused, h.bytes_sent, h.bytes_received
+        );
+    }
 }
 
 pub fn run(args: RunArgs, echo_logs: bool, json: bool) -> anyhow::Result<ExitCode> {

@@ -44,6 +44,8 @@ const RESIDENCY: &str = "residency_violation: ";
 
 /// Longest request URL (scheme, authority, path and query) accepted.
 pub const MAX_URL_BYTES: usize = 8 * 1024;
+/// Longest request method accepted (an extension method is a token).
+pub const MAX_METHOD_BYTES: usize = 32;
 /// Most request header fields accepted.
 pub const MAX_REQUEST_HEADERS: usize = 64;
 /// Memory bound on one `fields` resource the guest builds (wasmtime-wasi-http
@@ -266,6 +268,9 @@ impl Hooks {
                     None => format!("{scheme} request to {why}"),
                 })
             })?;
+        if request.method().as_str().len() > MAX_METHOD_BYTES {
+            return Err(invalid(Error::HttpRequestMethodInvalid));
+        }
         if request.headers().len() > MAX_REQUEST_HEADERS {
             return Err(invalid(Error::HttpRequestHeaderSectionSize(Some(
                 MAX_REQUEST_HEADERS as u32,
