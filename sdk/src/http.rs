@@ -182,7 +182,8 @@ pub fn request_bounded(
     };
     let invalid = |what: &str| HttpError::InvalidUrl(format!("{what} rejected"));
     req.set_method(&method).map_err(|_| invalid("method"))?;
-    req.set_scheme(Some(&scheme)).map_err(|_| invalid("scheme"))?;
+    req.set_scheme(Some(&scheme))
+        .map_err(|_| invalid("scheme"))?;
     req.set_authority(Some(authority))
         .map_err(|_| invalid("authority"))?;
     req.set_path_with_query(Some(path))
@@ -250,12 +251,10 @@ fn read_body(body: IncomingBody, max: usize) -> Result<Vec<u8>, HttpError> {
             Err(StreamError::Closed) => break,
             Err(StreamError::LastOperationFailed(e)) => {
                 drop(stream);
-                return Err(
-                    match wasip2::http::types::http_error_code(&e) {
-                        Some(code) => from_code(code),
-                        None => HttpError::Failed(e.to_debug_string()),
-                    },
-                );
+                return Err(match wasip2::http::types::http_error_code(&e) {
+                    Some(code) => from_code(code),
+                    None => HttpError::Failed(e.to_debug_string()),
+                });
             }
         }
     }

@@ -97,8 +97,21 @@ fn make_pki(dir: &Path, name: &str) -> Pki {
     openssl(
         dir,
         &[
-            "x509", "-req", "-in", &csr, "-CA", &ca, "-CAkey", &ca_key, "-CAcreateserial", "-out",
-            &cert, "-days", "2", "-extfile", &ext,
+            "x509",
+            "-req",
+            "-in",
+            &csr,
+            "-CA",
+            &ca,
+            "-CAkey",
+            &ca_key,
+            "-CAcreateserial",
+            "-out",
+            &cert,
+            "-days",
+            "2",
+            "-extfile",
+            &ext,
         ],
     );
     Pki {
@@ -194,16 +207,14 @@ async fn serve<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(
         }
     };
     let head = String::from_utf8_lossy(&buf[..head_end]).to_string();
-    let path = head
-        .split_whitespace()
-        .nth(1)
-        .unwrap_or("?")
-        .to_string();
+    let path = head.split_whitespace().nth(1).unwrap_or("?").to_string();
     let header = |name: &str| {
         head.lines()
             .find_map(|l| {
                 let (k, v) = l.split_once(':')?;
-                k.trim().eq_ignore_ascii_case(name).then(|| v.trim().to_string())
+                k.trim()
+                    .eq_ignore_ascii_case(name)
+                    .then(|| v.trim().to_string())
             })
             .unwrap_or_default()
     };
@@ -368,7 +379,10 @@ async fn outgoing_http_goes_only_to_allowlisted_in_zone_names_with_verified_tls(
         .await
     {
         Err(kasbah_client::Error::Api {
-            status, code, message, ..
+            status,
+            code,
+            message,
+            ..
         }) => {
             assert_eq!((status, code.as_str()), (422, "imports_not_granted"));
             assert!(message.contains("wasi:http/outgoing-handler"), "{message}");
@@ -397,11 +411,18 @@ async fn outgoing_http_goes_only_to_allowlisted_in_zone_names_with_verified_tls(
     let body = ok_body(&r);
     assert_eq!(
         body,
-        format!("200 hello /greet?x=1 host=localhost:{} got=0", w.good.port())
+        format!(
+            "200 hello /greet?x=1 host=localhost:{} got=0",
+            w.good.port()
+        )
     );
     assert_eq!(w.counts(), [1, 0, 0, 0]);
     assert!(http_denials(&r).is_empty(), "{:?}", r.denials);
-    let usage = r.usage.as_ref().and_then(|u| u.http.clone()).expect("http usage");
+    let usage = r
+        .usage
+        .as_ref()
+        .and_then(|u| u.http.clone())
+        .expect("http usage");
     assert_eq!((usage.requests, usage.refused), (1, 0));
     assert!(usage.bytes_received >= 20, "{usage:?}");
 
@@ -434,11 +455,19 @@ async fn outgoing_http_goes_only_to_allowlisted_in_zone_names_with_verified_tls(
         let d = http_denials(&r);
         assert_eq!(d.len(), 1, "{url}: {:?}", r.denials);
         assert!(d[0].contains(why), "{url}: {d:?}");
-        let usage = r.usage.as_ref().and_then(|u| u.http.clone()).expect("usage");
+        let usage = r
+            .usage
+            .as_ref()
+            .and_then(|u| u.http.clone())
+            .expect("usage");
         assert_eq!((usage.requests, usage.refused), (0, 1), "{url}");
         // Give a stray connection time to show up before asserting none came.
         tokio::time::sleep(Duration::from_millis(50)).await;
-        assert_eq!(w.counts(), before, "{url}: a refused request reached a server");
+        assert_eq!(
+            w.counts(),
+            before,
+            "{url}: a refused request reached a server"
+        );
     }
     assert_eq!(w.counts(), [1, 0, 0, 0]);
     assert_eq!(w.other.accepted() + w.unlisted.accepted(), 0);
@@ -446,12 +475,24 @@ async fn outgoing_http_goes_only_to_allowlisted_in_zone_names_with_verified_tls(
     // 3. Failures after the check: a certificate from a CA the host does
     //    not trust, and plain HTTP to an HTTPS port. Connections are made
     //    (they were allowed), nothing is answered.
-    let r = probe(&dev, &m, &format!("https://localhost:{}/", w.rogue.port()), &[]).await;
+    let r = probe(
+        &dev,
+        &m,
+        &format!("https://localhost:{}/", w.rogue.port()),
+        &[],
+    )
+    .await;
     let msg = guest_error(&r, GuestErrorKind::Unavailable);
     assert!(msg.contains("TlsCertificateError"), "{msg}");
     assert_eq!(w.rogue.accepted(), 1);
     assert!(w.rogue.hosts.lock().expect("hosts").is_empty());
-    let r = probe(&dev, &m, &format!("http://localhost:{}/", w.good.port()), &[]).await;
+    let r = probe(
+        &dev,
+        &m,
+        &format!("http://localhost:{}/", w.good.port()),
+        &[],
+    )
+    .await;
     let msg = guest_error(&r, GuestErrorKind::Unavailable);
     assert!(!msg.contains("HttpRequestDenied"), "{msg}");
     assert_eq!(w.good.hosts.lock().expect("hosts").len(), 1);
@@ -493,18 +534,32 @@ async fn outgoing_http_goes_only_to_allowlisted_in_zone_names_with_verified_tls(
         msg.starts_with("request 3: ") && msg.contains("ConnectionLimitReached"),
         "{msg}"
     );
-    let usage = r.usage.as_ref().and_then(|u| u.http.clone()).expect("usage");
+    let usage = r
+        .usage
+        .as_ref()
+        .and_then(|u| u.http.clone())
+        .expect("usage");
     assert_eq!((usage.requests, usage.refused), (2, 1));
     assert_eq!(w.good.accepted(), before + 2);
 
-    let r = probe(&dev, &m, &format!("https://localhost:{}/big", w.good.port()), &[]).await;
+    let r = probe(
+        &dev,
+        &m,
+        &format!("https://localhost:{}/big", w.good.port()),
+        &[],
+    )
+    .await;
     let msg = guest_error(&r, GuestErrorKind::Unavailable);
     let lower = msg.to_ascii_lowercase();
     assert!(
         msg.contains("HttpResponseBodySize") || lower.contains("response body size exceeds limit"),
         "{msg}"
     );
-    let usage = r.usage.as_ref().and_then(|u| u.http.clone()).expect("usage");
+    let usage = r
+        .usage
+        .as_ref()
+        .and_then(|u| u.http.clone())
+        .expect("usage");
     assert!(
         usage.bytes_received > 0 && usage.bytes_received < BIG as u64,
         "{usage:?}"
@@ -523,7 +578,11 @@ async fn outgoing_http_goes_only_to_allowlisted_in_zone_names_with_verified_tls(
         msg.contains("HttpRequestBodySize") || lower.contains("request body size exceeds limit"),
         "{msg}"
     );
-    let usage = r.usage.as_ref().and_then(|u| u.http.clone()).expect("usage");
+    let usage = r
+        .usage
+        .as_ref()
+        .and_then(|u| u.http.clone())
+        .expect("usage");
     assert!(
         usage.bytes_sent > 0 && usage.bytes_sent < 50_000,
         "{usage:?}"
@@ -541,7 +600,11 @@ async fn outgoing_http_goes_only_to_allowlisted_in_zone_names_with_verified_tls(
         ok_body(&r),
         format!("200 hello /n host=localhost:{} got=3000", w.good.port())
     );
-    let usage = r.usage.as_ref().and_then(|u| u.http.clone()).expect("usage");
+    let usage = r
+        .usage
+        .as_ref()
+        .and_then(|u| u.http.clone())
+        .expect("usage");
     assert_eq!(usage.bytes_sent, 3000);
 }
 
@@ -612,7 +675,10 @@ async fn kasbah_run_local_takes_the_extra_ca_from_its_flag_and_checks_the_allowl
         .expect("join");
     assert!(out.trim().is_empty(), "{out}");
     assert!(err.contains("HttpRequestDenied"), "{err}");
-    assert!(err.contains("not in the policy's network allowlist"), "{err}");
+    assert!(
+        err.contains("not in the policy's network allowlist"),
+        "{err}"
+    );
     tokio::time::sleep(Duration::from_millis(50)).await;
     assert_eq!(server.accepted(), 2, "a refused request made a connection");
 }

@@ -64,7 +64,12 @@ pub struct RunArgs {
     /// HTTPS also trusts, beyond the system roots (repeatable, or
     /// comma-separated in the environment variable). Destinations still
     /// come only from the policy's `[network] allow`.
-    #[arg(long = "http-ca", env = "KASBAH_HTTP_CA", value_delimiter = ',', value_name = "PEM")]
+    #[arg(
+        long = "http-ca",
+        env = "KASBAH_HTTP_CA",
+        value_delimiter = ',',
+        value_name = "PEM"
+    )]
     pub http_ca: Vec<PathBuf>,
 }
 

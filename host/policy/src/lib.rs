@@ -553,7 +553,11 @@ impl Limits {
                 c.max_http_requests,
             ),
             ("limits.max_http_bytes", *max_http_bytes, c.max_http_bytes),
-            ("limits.http_timeout_ms", *http_timeout_ms, c.http_timeout_ms),
+            (
+                "limits.http_timeout_ms",
+                *http_timeout_ms,
+                c.http_timeout_ms,
+            ),
         ];
         if let (Some(v), Some(cf)) = (fuel, c.fuel) {
             all.insert(2, ("limits.fuel", *v, cf));
@@ -921,9 +925,9 @@ impl Policy {
                 // Outgoing HTTP only: the host checks every request against
                 // the same allowlist as sockets. Nothing serves incoming
                 // HTTP to a pipeline (`incoming-handler` stays refused).
-                "wasi:http" if !matches!(iface, "outgoing-handler" | "types") => {
-                    Some("this interface is not provided to pipelines (only outgoing-handler and types)")
-                }
+                "wasi:http" if !matches!(iface, "outgoing-handler" | "types") => Some(
+                    "this interface is not provided to pipelines (only outgoing-handler and types)",
+                ),
                 "wasi:http" if !self.network.is_empty() => None,
                 "wasi:http" => Some("the policy grants no network access"),
                 "kasbah:gpu" if self.gpu.is_some() => None,
@@ -1065,13 +1069,13 @@ mod tests {
 
     #[test]
     fn outgoing_http_needs_a_network_grant_and_incoming_is_refused() {
-        let out = [
-            "wasi:http/outgoing-handler@0.2.4",
-            "wasi:http/types@0.2.4",
-        ];
+        let out = ["wasi:http/outgoing-handler@0.2.4", "wasi:http/types@0.2.4"];
         let refused = Policy::default().refused_imports(out);
         assert_eq!(refused.len(), 2, "{refused:?}");
-        assert!(refused[0].reason.contains("no network access"), "{refused:?}");
+        assert!(
+            refused[0].reason.contains("no network access"),
+            "{refused:?}"
+        );
         let net = Policy::from_toml("[network]\nallow = [\"localhost:443\"]").expect("valid");
         assert!(net.refused_imports(out).is_empty());
         let incoming = net.refused_imports(["wasi:http/incoming-handler@0.2.4"]);
@@ -1088,8 +1092,8 @@ mod tests {
         // Omitted at their default: a stored policy's JSON (and digest) is unchanged.
         let json = serde_json::to_string(&p).expect("json");
         assert!(!json.contains("http"), "{json}");
-        let p = Policy::from_toml("[limits]\nmax_http_requests = 2\nmax_http_bytes = 10")
-            .expect("set");
+        let p =
+            Policy::from_toml("[limits]\nmax_http_requests = 2\nmax_http_bytes = 10").expect("set");
         let json = serde_json::to_string(&p).expect("json");
         assert!(json.contains("\"max_http_requests\":2"), "{json}");
         assert_eq!(Policy::from_json(&json).expect("round trip"), p);

@@ -363,14 +363,17 @@ impl WasiHttpHooks for Hooks {
     }
 
     fn p2_error_from_tls(&mut self, err: &std::io::Error) -> ErrorCode {
-        match err.get_ref().and_then(|e| e.downcast_ref::<rustls::Error>()) {
+        match err
+            .get_ref()
+            .and_then(|e| e.downcast_ref::<rustls::Error>())
+        {
             Some(rustls::Error::InvalidCertificate(_)) => ErrorCode::TlsCertificateError,
-            Some(rustls::Error::AlertReceived(a)) => {
-                ErrorCode::TlsAlertReceived(wasmtime_wasi_http::p2::bindings::http::types::TlsAlertReceivedPayload {
+            Some(rustls::Error::AlertReceived(a)) => ErrorCode::TlsAlertReceived(
+                wasmtime_wasi_http::p2::bindings::http::types::TlsAlertReceivedPayload {
                     alert_id: Some(u8::from(*a)),
                     alert_message: Some(format!("{a:?}")),
-                })
-            }
+                },
+            ),
             _ => ErrorCode::TlsProtocolError,
         }
     }
@@ -599,9 +602,7 @@ where
                     })));
                 }
                 if let Some((d, sleep)) = &mut this.between {
-                    sleep
-                        .as_mut()
-                        .reset(tokio::time::Instant::now() + *d);
+                    sleep.as_mut().reset(tokio::time::Instant::now() + *d);
                 }
                 Poll::Ready(Some(Ok(frame)))
             }

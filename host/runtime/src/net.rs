@@ -159,7 +159,11 @@ impl Allowlist {
     /// an IPv6 literal with or without brackets) may connect: the addresses
     /// the host resolved for exactly that allowlisted target that the run
     /// may still reach. `Err`: why not (a denial's detail).
-    pub(crate) fn http_destination(&self, host: &str, port: u16) -> Result<Vec<SocketAddr>, String> {
+    pub(crate) fn http_destination(
+        &self,
+        host: &str,
+        port: u16,
+    ) -> Result<Vec<SocketAddr>, String> {
         let bare = host.trim_start_matches('[').trim_end_matches(']');
         let key = match bare.parse::<IpAddr>() {
             Ok(ip) => canonical(ip).to_string(),
@@ -175,10 +179,11 @@ impl Allowlist {
         if !allowed.is_empty() {
             return Ok(allowed);
         }
-        match addrs.iter().find_map(|a| self.zone_refusal(*a).map(|why| (a, why))) {
-            Some((addr, why)) => Err(format!(
-                "residency_violation: {host}:{port} ({addr}) {why}"
-            )),
+        match addrs
+            .iter()
+            .find_map(|a| self.zone_refusal(*a).map(|why| (a, why)))
+        {
+            Some((addr, why)) => Err(format!("residency_violation: {host}:{port} ({addr}) {why}")),
             None => Err(format!(
                 "{host}:{port} is allowlisted but did not resolve when the run started"
             )),
@@ -374,10 +379,21 @@ mod tests {
         assert!(l.names.is_empty());
         // Outgoing HTTP: the literal as listed (either form), nothing else.
         let to = |h: &str, p| l.http_destination(h, p);
-        assert_eq!(to("127.0.0.1", 8080), Ok(vec!["127.0.0.1:8080".parse().expect("addr")]));
+        assert_eq!(
+            to("127.0.0.1", 8080),
+            Ok(vec!["127.0.0.1:8080".parse().expect("addr")])
+        );
         assert!(to("[::ffff:127.0.0.1]", 8080).is_ok());
-        assert!(to("127.0.0.1", 8081).expect_err("port").contains("not in the policy"));
-        assert!(to("localhost", 8080).expect_err("name").contains("not in the policy"));
+        assert!(
+            to("127.0.0.1", 8081)
+                .expect_err("port")
+                .contains("not in the policy")
+        );
+        assert!(
+            to("localhost", 8080)
+                .expect_err("name")
+                .contains("not in the policy")
+        );
     }
 
     #[tokio::test]
@@ -390,14 +406,19 @@ mod tests {
         };
         let l = Allowlist::resolve(&grant, Duration::from_secs(2)).await;
         let addrs = l.http_destination("localhost", 8443).expect("listed name");
-        assert!(!addrs.is_empty() && addrs.iter().all(|a| a.ip().is_loopback()), "{addrs:?}");
+        assert!(
+            !addrs.is_empty() && addrs.iter().all(|a| a.ip().is_loopback()),
+            "{addrs:?}"
+        );
         assert_eq!(l.http_destination("LOCALHOST.", 8443), Ok(addrs.clone()));
         // Its addresses are reachable by sockets, but not by another name
         // or by the literal through HTTP: only the name as listed.
         assert!(l.http_destination("127.0.0.1", 8443).is_err());
         assert!(l.http_destination("localhost.localdomain", 8443).is_err());
         assert!(l.http_destination("localhost", 443).is_err());
-        let e = l.http_destination("does-not-exist.invalid", 443).expect_err("unresolved");
+        let e = l
+            .http_destination("does-not-exist.invalid", 443)
+            .expect_err("unresolved");
         assert!(e.contains("did not resolve"), "{e}");
     }
 
@@ -445,8 +466,13 @@ mod tests {
         );
         assert_eq!(l.zone_refusal(a), None);
         assert!(l.http_destination("127.0.0.1", 1001).is_ok());
-        let e = l.http_destination("127.0.0.1", 1002).expect_err("other zone");
-        assert!(e.starts_with("residency_violation: ") && e.contains("zone-b"), "{e}");
+        let e = l
+            .http_destination("127.0.0.1", 1002)
+            .expect_err("other zone");
+        assert!(
+            e.starts_with("residency_violation: ") && e.contains("zone-b"),
+            "{e}"
+        );
         let e = l.http_destination("127.0.0.1", 1003).expect_err("no zone");
         assert!(e.contains("no configured zone"), "{e}");
     }
