@@ -228,6 +228,9 @@ async fn serve<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(
             Ok(n) => body += n,
         }
     }
+    if path == "/slow" {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
     let answer = if path == "/big" {
         vec![b'b'; BIG]
     } else {
@@ -523,7 +526,7 @@ async fn outgoing_http_goes_only_to_allowlisted_in_zone_names_with_verified_tls(
         ..Limits::default()
     };
     w.p.admin
-        .set_policy(&tenant.id, &w.policy(limits))
+        .set_policy(&tenant.id, &w.policy(limits.clone()))
         .await
         .expect("limits");
     let before = w.good.accepted();
@@ -587,6 +590,30 @@ async fn outgoing_http_goes_only_to_allowlisted_in_zone_names_with_verified_tls(
         usage.bytes_sent > 0 && usage.bytes_sent < 50_000,
         "{usage:?}"
     );
+
+    // At most 8 requests of a run in flight: a burst of 12 slow ones gets
+    // 8 answers, and 4 refusals without a connection.
+    w.p.admin
+        .set_policy(&tenant.id, &w.policy(Limits::default()))
+        .await
+        .expect("default limits");
+    let before = w.good.accepted();
+    let slow = format!("https://localhost:{}/slow", w.good.port());
+    let r = probe(&dev, &m, &slow, &[("burst", "12")]).await;
+    let tally = ok_body(&r);
+    assert!(tally.contains("ok=8"), "{tally}");
+    assert!(tally.contains("ConnectionLimitReached=4"), "{tally}");
+    assert_eq!(w.good.accepted(), before + 8);
+    let usage = r
+        .usage
+        .as_ref()
+        .and_then(|u| u.http.clone())
+        .expect("usage");
+    assert_eq!((usage.requests, usage.refused), (8, 4));
+    w.p.admin
+        .set_policy(&tenant.id, &w.policy(limits))
+        .await
+        .expect("limits again");
 
     // A POST within the budget arrives whole.
     let r = probe(
