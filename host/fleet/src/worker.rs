@@ -78,6 +78,10 @@ pub struct WorkerConfig {
     /// zoned entries as for the server) and the zones of network and
     /// storage destinations, as the server's `[zones]`.
     pub zones: ZonesConfig,
+    /// PEM files of CA certificates outgoing HTTPS also trusts, beyond the
+    /// system roots: as the server's `http_extra_ca` (give every worker the
+    /// same list as the server, or runs behave differently per node).
+    pub http_extra_ca: Vec<PathBuf>,
     /// How long a job may go without progress before it is redelivered
     /// (the per-zone consumer's ack wait; the last worker started sets it).
     pub ack_wait_ms: u64,
@@ -115,6 +119,7 @@ impl Default for WorkerConfig {
             work_dir: PathBuf::from("kasbah-worker"),
             gpu: GpuConfig::default(),
             zones: ZonesConfig::default(),
+            http_extra_ca: Vec::new(),
             ack_wait_ms: crate::proto::ACK_WAIT.as_millis() as u64,
             max_deliver: crate::proto::MAX_DELIVER,
             nats_user: None,
@@ -334,6 +339,7 @@ pub async fn run(config: WorkerConfig, shutdown: impl Future<Output = ()>) -> an
         max_concurrent_instances: config.capacity.saturating_mul(2),
         gpu: config.gpu.clone(),
         zones: zones_config,
+        http_extra_ca: config.http_extra_ca.clone(),
         scratch_dir: Some(scratch),
         artifact_cache: (config.compiled_cache_bytes > 0).then(|| {
             kasbah_runtime::ArtifactCacheConfig::under(

@@ -29,6 +29,7 @@ mod artifacts;
 pub mod control;
 pub mod datasets;
 mod fs;
+pub mod http;
 mod limits;
 pub mod log;
 pub mod net;
@@ -117,6 +118,10 @@ pub struct RuntimeConfig {
     pub echo_guest_logs: bool,
     /// How long resolving one allowlisted DNS name may take at run start.
     pub dns_timeout: Duration,
+    /// PEM files of CA certificates outgoing HTTPS also trusts, beyond the
+    /// system roots (a private CA; the tests' CA). Read once, at
+    /// [`Runtime::new`]: an unreadable file is an error there.
+    pub http_extra_ca: Vec<std::path::PathBuf>,
     /// GPU adapter entries of this node (none by default: GPU calls then
     /// answer `unavailable`, or `denied` without a `[gpu]` policy).
     pub gpu: kasbah_gpu::GpuConfig,
@@ -153,6 +158,7 @@ impl Default for RuntimeConfig {
             artifact_cache: None,
             echo_guest_logs: false,
             dns_timeout: Duration::from_secs(2),
+            http_extra_ca: Vec::new(),
             gpu: kasbah_gpu::GpuConfig::default(),
             zones: ZonesConfig::default(),
             scratch_dir: None,
@@ -266,6 +272,7 @@ pub struct RunState {
     gpu: kasbah_gpu::GpuCtx,
     lookup: Arc<net::LookupFilter>,
     fs: Arc<fs::FsGuard>,
+    http: http::HttpState,
 }
 
 impl RunState {
@@ -282,6 +289,16 @@ impl RunState {
         net::Lookup {
             sockets: wasmtime_wasi::sockets::WasiSocketsView::sockets(self),
             filter,
+        }
+    }
+}
+
+impl wasmtime_wasi_http::WasiHttpView for RunState {
+    fn http(&mut self) -> wasmtime_wasi_http::WasiHttpCtxView<'_> {
+        wasmtime_wasi_http::WasiHttpCtxView {
+            ctx: &mut self.http.ctx,
+            table: &mut self.table,
+            hooks: &mut self.http.hooks,
         }
     }
 }
@@ -308,6 +325,8 @@ struct Inner {
     stop_ticker: Arc<AtomicBool>,
     gpu: kasbah_gpu::GpuRegistry,
     mounts: datasets::MountCache,
+    /// Outgoing HTTPS trust (system roots + `http_extra_ca`).
+    tls: Arc<rustls::ClientConfig>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -363,6 +382,11 @@ impl Runtime {
         let mut linker = Linker::new(&engine);
         wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
         net::add_lookup_to_linker(&mut linker, RunState::lookup)?;
+        // Outgoing HTTP: every request is checked in `http.rs` against the
+        // run's allowlist (empty without a `[network]` grant: all refused).
+        wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker)?;
+        let tls = http::client_config(&config.http_extra_ca)
+            .map_err(|e| wasmtime::Error::msg(format!("{e:#}")))?;
         fs::add_to_linker(&mut linker, RunState::fs)?;
         log::add_to_linker(&mut linker, |s: &mut RunState| log::Log(&mut s.log))?;
         kasbah_gpu::add_to_linker(&mut linker, |s: &mut RunState| {
@@ -399,6 +423,7 @@ impl Runtime {
                 stop_ticker,
                 gpu,
                 mounts: datasets::MountCache::new(MOUNT_CACHE_ENTRIES),
+                tls,
             }),
         })
     }
@@ -693,6 +718,7 @@ impl Runtime {
             live: control.live.clone(),
         };
         phases.mark("allowlist");
+        let http_allowlist = Arc::new(allowlist.clone());
         let mut parts = match wasi::build(policy, allowlist, denials.clone(), mounts) {
             Ok(p) => p,
             Err(e) => return Ok(denied(e.to_string())),
@@ -748,6 +774,12 @@ impl Runtime {
                 gpu,
                 lookup: parts.lookup.clone(),
                 fs: Arc::new(fs::FsGuard::new(limits, denials.clone())),
+                http: http::HttpState::new(
+                    http_allowlist,
+                    denials.clone(),
+                    self.inner.tls.clone(),
+                    limits,
+                ),
             },
         );
         store.limiter(|s| &mut s.limiter);
@@ -835,6 +867,7 @@ impl Runtime {
             fuel_consumed,
             peak_memory_bytes: state.limiter.peak_memory as u64,
             gpu: state.gpu.usage(),
+            http: state.http.usage(),
         };
         let memory_denied = state.limiter.memory_denied || state.limiter.table_denied;
         let logs = state.log.take();

@@ -17,8 +17,8 @@
 //! declarative. As a second guard the store gets almost no fuel (with
 //! metering: [`WARM_FUEL`]) and an epoch deadline that traps at the next
 //! tick. The store grants
-//! nothing (an empty policy: no files, no network, no datasets, no GPU),
-//! is never handed to anyone, and is dropped at once: the pooled slot is
+//! nothing (an empty policy: no files, no network, no datasets, no GPU,
+//! no HTTP destinations), is never handed to anyone, and is dropped at once: the pooled slot is
 //! reset like after any run, so nothing of it reaches a later instance.
 
 use std::sync::Arc;
@@ -27,7 +27,7 @@ use kasbah_policy::Policy;
 use wasmtime::Store;
 use wasmtime::component::ResourceTable;
 
-use crate::{Module, RunState, Runtime, fs, limits, log, net, wasi};
+use crate::{Module, RunState, Runtime, fs, http, limits, log, net, wasi};
 
 /// Fuel a warm-up store gets (with fuel metering): instantiating a module
 /// without start functions consumed 1 unit in our measurements (hello,
@@ -89,7 +89,14 @@ impl Runtime {
                 log: log::LogCtx::new(0, 0, false),
                 gpu: kasbah_gpu::GpuCtx::denied("warm-up instance"),
                 lookup: parts.lookup.clone(),
-                fs: Arc::new(fs::FsGuard::new(limits, denials)),
+                fs: Arc::new(fs::FsGuard::new(limits, denials.clone())),
+                // An empty allowlist: every request would be refused.
+                http: http::HttpState::new(
+                    Arc::new(net::Allowlist::default()),
+                    denials,
+                    self.inner.tls.clone(),
+                    limits,
+                ),
             },
         );
         store.limiter(|s| &mut s.limiter);

@@ -159,6 +159,7 @@ pub async fn start(mut config: ServerConfig) -> anyhow::Result<Server> {
         max_concurrent_instances: u32::try_from(config.workers.max(1) * 2).unwrap_or(u32::MAX),
         gpu: config.gpu.clone(),
         zones: config.zones.clone(),
+        http_extra_ca: config.http_extra_ca.clone(),
         // Dataset mounts hard-link blobs: same file system as the blob dir.
         scratch_dir: Some(config.data_dir.join("scratch")),
         artifact_cache: (config.compiled_cache_bytes > 0)
