@@ -604,10 +604,14 @@ async fn a_restarted_server_preloads_recent_modules_and_survives_a_damaged_one()
     assert!(matches!(r.outcome, Some(Outcome::Ok { .. })), "{r:?}");
     assert_eq!(rt.compiled(), 1);
     assert!(matmul_artifact.is_file(), "rewritten");
-    server.shutdown().await.expect("shutdown");
 
     // After runs: the warm-up also reads the tenant's policy, the module
-    // records of what it ran and its used token into the caches ...
+    // records of what it ran and its used token into the caches, and
+    // rehearses a run's writes ...
+    let url = format!("http://{}", server.addr);
+    let admin = kasbah_client::Client::new(&url, &admin_token);
+    let size_before = checkpoint_size(&admin.checkpoint().await.expect("checkpoint"));
+    server.shutdown().await.expect("shutdown");
     let mut server = kasbah_server::start(config(16)).await.expect("restart");
     let warmed = server
         .preload
@@ -618,14 +622,31 @@ async fn a_restarted_server_preloads_recent_modules_and_survives_a_damaged_one()
     assert_eq!(warmed.modules, 2, "{warmed:?}");
     assert_eq!((warmed.policies, warmed.records), (1, 2), "{warmed:?}");
     assert!(warmed.tokens >= 1 && warmed.instances >= 1, "{warmed:?}");
-    // ... which change nothing a request sees: the warm token works, and
-    // a revocation still holds from the next request.
+    assert!(warmed.rehearsed, "{warmed:?}");
+    // ... which change nothing a request sees or the log holds: no record
+    // of the rehearsed run, not one entry more (the start itself appends
+    // none); the warm token works, and a revocation still holds from the
+    // next request.
     let url = format!("http://{}", server.addr);
+    let admin = kasbah_client::Client::new(&url, &admin_token);
+    assert_eq!(
+        checkpoint_size(&admin.checkpoint().await.expect("checkpoint")),
+        size_before
+    );
+    let e = admin.get_run("run_warmup").await.expect_err("no such run");
+    assert!(e.to_string().contains("not_found"), "{e}");
     let dev = kasbah_client::Client::new(&url, &token);
     dev.whoami().await.expect("warm token");
-    let admin = kasbah_client::Client::new(&url, &admin_token);
     admin.revoke_token(&created.id).await.expect("revoke");
     let e = dev.whoami().await.expect_err("revoked");
     assert!(e.to_string().contains("token_revoked"), "{e}");
     server.shutdown().await.expect("shutdown");
+}
+
+/// The tree size of a checkpoint note (its second line).
+fn checkpoint_size(note: &str) -> u64 {
+    note.lines()
+        .nth(1)
+        .and_then(|l| l.parse().ok())
+        .unwrap_or_else(|| panic!("checkpoint {note:?}"))
 }

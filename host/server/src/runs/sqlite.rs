@@ -8,14 +8,15 @@ use std::sync::{Arc, Mutex};
 
 use kasbah_core::RunReport;
 use kasbah_core::api::{OutputRef, RunRecord, RunStatus, UsageRow};
-use rusqlite::{Connection, OptionalExtension, params};
+use rusqlite::{OptionalExtension, params};
 
+use super::final_sqlite::{FinalColumns, finalize_run, insert_inflight};
 use super::storage::{
     Finished, NewRun, OutputPlace, Period, ResidencyColumns, RunResidency, RunStore, assemble_run,
 };
 use crate::audit::entries;
 use crate::ids::now_ms;
-use crate::store::{Db, DbError, DbResult, Pending, from_json, json, lock, parse_digest};
+use crate::store::{Db, DbResult, Pending, from_json, json, lock, parse_digest};
 
 pub struct SqliteRuns {
     pub(super) db: Arc<Db>,
@@ -100,29 +101,7 @@ impl RunStore for SqliteRuns {
         let rx = self
             .db
             .submit(move |c| {
-                let [zone, adapter, datasets, input_label, output_label, store_output_as] =
-                    residency_params(run.residency.as_ref())?;
-                c.prepare_cached(
-                    "INSERT INTO runs_inflight(id, tenant_id, module_digest, policy_version, input_digest,
-                         input_size, created_at, zone, adapter, datasets, input_label, output_label,
-                         store_output_as)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
-                )?
-                .execute(params![
-                    run.id,
-                    run.tenant_id,
-                    run.module.to_string(),
-                    run.policy_version,
-                    run.input_digest.to_string(),
-                    run.input_size as i64,
-                    run.created_at,
-                    zone,
-                    adapter,
-                    datasets,
-                    input_label,
-                    output_label,
-                    store_output_as
-                ])?;
+                insert_inflight(c, &run)?;
                 Ok(((), Vec::new()))
             })
             .await?;
@@ -441,71 +420,6 @@ const INFLIGHT_COLUMNS: &str =
     NULL, NULL, NULL, NULL, NULL, created_at, NULL, NULL,
     zone, adapter, datasets, input_label, output_label, NULL, NULL
     FROM runs_inflight";
-
-/// What a run's final row holds besides what its in-flight row held.
-#[derive(Default)]
-struct FinalColumns {
-    outcome_kind: Option<&'static str>,
-    /// Digest, size, content type, inline bytes.
-    output: (Option<String>, Option<i64>, Option<String>, Option<Vec<u8>>),
-    wall_us: Option<i64>,
-    fuel: Option<i64>,
-    peak_memory: Option<i64>,
-    report_json: Option<String>,
-    started_at: Option<i64>,
-    finished_at: i64,
-    output_dataset: Option<String>,
-    /// The fleet worker that executed the run.
-    worker: Option<String>,
-    /// The zone whose object store holds the output's bytes.
-    output_zone: Option<String>,
-}
-
-/// Turn a run's in-flight row into its one and only `runs` row (when it
-/// ended): the facts and placement are copied from `runs_inflight`, the
-/// result from `f`; the in-flight row goes. Fails if there is no in-flight
-/// row (its insert failed).
-fn finalize_run(c: &Connection, id: &str, status: RunStatus, f: FinalColumns) -> DbResult<()> {
-    let (od, os, oct, inline) = f.output;
-    let n = c
-        .prepare_cached(
-            "INSERT INTO runs(id, tenant_id, module_digest, policy_version, input_digest,
-                 input_size, created_at, zone, adapter, datasets, input_label, output_label,
-                 store_output_as, status, outcome_kind, output_digest, output_size,
-                 output_content_type, output_inline, wall_us, fuel, peak_memory, report_json,
-                 started_at, finished_at, output_dataset, worker, output_zone)
-             SELECT id, tenant_id, module_digest, policy_version, input_digest,
-                 input_size, created_at, zone, adapter, datasets, input_label, output_label,
-                 store_output_as, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16
-             FROM runs_inflight WHERE id = ?1",
-        )?
-        .execute(params![
-            id,
-            status.as_str(),
-            f.outcome_kind,
-            od,
-            os,
-            oct,
-            inline,
-            f.wall_us,
-            f.fuel,
-            f.peak_memory,
-            f.report_json,
-            f.started_at,
-            f.finished_at,
-            f.output_dataset,
-            f.worker,
-            f.output_zone
-        ])?;
-    if n != 1 {
-        return Err(DbError::Batch(Arc::from(
-            "the run's record is missing (its insert failed)",
-        )));
-    }
-    c.prepare_cached("DELETE FROM runs_inflight WHERE id = ?1")?
-        .execute([id])?;
-    Ok(())
-}
 
 fn row_run(r: &rusqlite::Row<'_>) -> rusqlite::Result<RunRecord> {
     let id: String = r.get(0)?;

@@ -15,13 +15,17 @@
 //! 3. **lookups**: the most recently used live tokens, and the current
 //!    policies and module records of the tenants that ran those modules
 //!    lately, are read into the stores' caches (the same caches requests
-//!    fill, with the same invalidation).
+//!    fill, with the same invalidation); each reader connection looks up a
+//!    run that does not exist (it prepares the statements a run's record
+//!    and output are read with); the writer rehearses a run's writes (its
+//!    rows and its audit entry, rolled back: `Db::rehearse`).
 //!
-//! No guest code runs, nothing is written, nobody is billed.
+//! No guest code runs, nothing is stored, nobody is billed.
 
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
+use super::storage::RunStore;
 use crate::registry::storage::ModuleStore;
 use crate::state::AppState;
 use crate::tenancy::storage::TenancyStore;
@@ -32,6 +36,8 @@ const RECENT_RUN_ROWS: usize = 1_000;
 const MAX_PAIRS: usize = 64;
 /// Most recently used tokens cached.
 const MAX_TOKENS: usize = 256;
+/// A run id no run has (ids are `run_` + 24 hex digits).
+const WARMUP_RUN_ID: &str = super::warm_sqlite::REHEARSAL_RUN_ID;
 /// How long the warm-up waits for one warm-up instance.
 const INSTANCE_WAIT: Duration = Duration::from_secs(5);
 
@@ -46,6 +52,8 @@ pub struct Warmed {
     pub tokens: usize,
     pub policies: usize,
     pub records: usize,
+    /// A run's writes were rehearsed (and rolled back) on the writer.
+    pub rehearsed: bool,
 }
 
 /// Start the warm-up; returns its thread, so tests can wait for it;
@@ -63,6 +71,7 @@ pub fn preload_recent(s: &AppState) -> Option<std::thread::JoinHandle<Warmed>> {
     }
     s.warmup.modules.store(true, Ordering::Release);
     let state = s.clone();
+    let handle = tokio::runtime::Handle::current();
     let spawned = std::thread::Builder::new()
         .name("kasbah-preload".into())
         .spawn(move || {
@@ -88,15 +97,16 @@ pub fn preload_recent(s: &AppState) -> Option<std::thread::JoinHandle<Warmed>> {
             }
             warmed.modules = loaded.len();
             warmed.instances = warm_instances(&s, &loaded);
-            warm_lookups(&s, &mut warmed);
+            warm_lookups(&s, &handle, &mut warmed);
             tracing::info!(
-                "warm-up: {} of {} recently used modules loaded, {} instances, {} tokens, {} policies, {} module records, in {:?}",
+                "warm-up: {} of {} recently used modules loaded, {} instances, {} tokens, {} policies, {} module records, writes rehearsed: {}, in {:?}",
                 warmed.modules,
                 digests.len(),
                 warmed.instances,
                 warmed.tokens,
                 warmed.policies,
                 warmed.records,
+                warmed.rehearsed,
                 started.elapsed()
             );
             s.warmup.modules.store(false, Ordering::Release);
@@ -145,10 +155,16 @@ fn warm_instances(s: &AppState, loaded: &[kasbah_core::Digest]) -> usize {
 
 /// Tokens, policies and module records into the stores' caches. A
 /// failed read only leaves that cache cold.
-fn warm_lookups(s: &AppState, warmed: &mut Warmed) {
+fn warm_lookups(s: &AppState, rt: &tokio::runtime::Handle, warmed: &mut Warmed) {
     match s.tenancy.warm_callers(MAX_TOKENS) {
         Ok(n) => warmed.tokens = n,
         Err(e) => tracing::warn!("warm-up: tokens: {e}"),
+    }
+    // Every reader connection prepares the statements a run's record and
+    // output are read with (a miss reads the same pages a hit would).
+    for _ in 0..crate::store::READERS {
+        let _ = s.runs.run(WARMUP_RUN_ID);
+        let _ = s.runs.run_output_place(WARMUP_RUN_ID);
     }
     let pairs = match s.runs.recent_modules(RECENT_RUN_ROWS, MAX_PAIRS) {
         Ok(p) => p,
@@ -167,6 +183,13 @@ fn warm_lookups(s: &AppState, warmed: &mut Warmed) {
         }
         if let Ok(Some(_)) = s.modules.module_cached(tenant, digest) {
             warmed.records += 1;
+        }
+    }
+    // The writer: a run's writes rehearsed and rolled back.
+    if let Some((tenant, digest)) = pairs.first() {
+        match rt.block_on(s.runs.rehearse_run(tenant, *digest)) {
+            Ok(()) => warmed.rehearsed = true,
+            Err(e) => tracing::warn!("warm-up: rehearsing a run's writes: {e}"),
         }
     }
 }

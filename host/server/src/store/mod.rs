@@ -68,7 +68,7 @@ impl Readers {
 }
 
 /// Read connections in the pool.
-const READERS: usize = 4;
+pub const READERS: usize = 4;
 
 pub struct Db {
     readers: Readers,
@@ -249,6 +249,30 @@ impl Db {
             .map(Encoded::new)
             .collect::<Result<Vec<_>, _>>()?;
         self.append_encoded(enc).await
+    }
+
+    /// Rehearse a write: the writer runs `f` and appends the entries it
+    /// returns to the audit log exactly as for a real job, then rolls both
+    /// back. Nothing is written (no WAL frame, no fsync); the writer's
+    /// statements are prepared and the pages they touch are in its cache,
+    /// so the first real write of that kind does not pay for them (the
+    /// start-up warm-up, `runs/warmup.rs`).
+    pub async fn rehearse(
+        &self,
+        f: impl FnOnce(&Connection) -> DbResult<Vec<Entry>> + Send + 'static,
+    ) -> DbResult<()> {
+        let (tx, rx) = oneshot::channel();
+        let work = Box::new(move |c: &Connection| {
+            f(c).and_then(|entries| {
+                entries
+                    .iter()
+                    .map(Encoded::new)
+                    .collect::<Result<Vec<_>, _>>()
+                    .map_err(DbError::from)
+            })
+        });
+        self.writer.submit(Job::Rehearse(work, tx)).await?;
+        rx.await.map_err(|_| abandoned())?
     }
 
     /// [`Self::append`] for entries already encoded.

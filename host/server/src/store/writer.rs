@@ -82,7 +82,12 @@ pub enum Job {
     Append(Vec<Encoded>, Reply),
     /// Commit what is queued before this, then stop.
     Stop,
+    /// A change and its entries, made and rolled back (`Db::rehearse`).
+    Rehearse(Rehearsal, tokio::sync::oneshot::Sender<Result<(), DbError>>),
 }
+
+/// The change a rehearsal makes: the entries it would append.
+pub type Rehearsal = Box<dyn FnOnce(&Connection) -> Result<Vec<Encoded>, DbError> + Send>;
 
 /// Writer counters, exported on `/metrics`.
 #[derive(Clone)]
@@ -229,7 +234,7 @@ fn refuse(job: Job) {
     match job {
         Job::Append(_, reply) => reply(Err(DbError::Closed)),
         // Dropping the work drops its reply channel: the caller sees Closed.
-        Job::Work(_) | Job::Stop => {}
+        Job::Work(_) | Job::Rehearse(..) | Job::Stop => {}
     }
 }
 
@@ -275,7 +280,9 @@ fn stage_and_commit(
     ok: &mut Vec<(Reply, Range<u64>)>,
     failed: &mut Vec<(Fail, DbError)>,
 ) -> Result<u64, DbError> {
+    let mut phases = kasbah_core::phases::Phases::new();
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    phases.mark("begin");
     let mut entries: Vec<Encoded> = Vec::new();
     let mut next = size;
     let mut take = |mut e: Vec<Encoded>, reply: Reply, entries: &mut Vec<Encoded>| {
@@ -288,6 +295,17 @@ fn stage_and_commit(
         match job {
             Job::Stop => {}
             Job::Append(e, reply) => take(e, reply, &mut entries),
+            Job::Rehearse(work, reply) => {
+                // Appended where the committed log ends (the batch's own
+                // entries are appended after every job): rolled back before.
+                tx.prepare_cached("SAVEPOINT rehearsal")?.execute([])?;
+                let rehearsed = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                    work(&tx).and_then(|e| audit::append(&tx, size, &e).map_err(DbError::from))
+                }))
+                .unwrap_or_else(|_| Err(DbError::Batch(Arc::from("the rehearsal panicked"))));
+                tx.execute_batch("ROLLBACK TO rehearsal; RELEASE rehearsal")?;
+                let _ = reply.send(rehearsed.map(|_| ()));
+            }
             Job::Work(work) => {
                 tx.prepare_cached("SAVEPOINT job")?.execute([])?;
                 // A panicking job must not take the writer (and with it every
@@ -313,7 +331,11 @@ fn stage_and_commit(
             }
         }
     }
+    phases.mark("jobs");
     let new_size = audit::append(&tx, size, &entries)?;
+    phases.mark("audit");
     tx.commit()?;
+    phases.mark("commit");
+    tracing::debug!(target: "kasbah::phases", entries = entries.len(), "write batch {phases}");
     Ok(new_size)
 }
