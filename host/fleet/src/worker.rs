@@ -846,7 +846,17 @@ async fn execute(worker: &Worker, job: &Job) -> Result<RunReport, Prep> {
             adapter: job.adapter.clone(),
         }),
         tenant: Some(job.tenant.clone()),
+        // Secrets never travel over NATS (the control plane refuses such
+        // runs in fleet mode: `secrets_on_fleet`); a job that still
+        // carries a policy granting some is refused here, not run without.
+        secrets: Vec::new(),
     };
+    if !policy.secrets.is_empty() {
+        return Ok(kasbah_core::RunReport::denied(
+            job.module,
+            "the policy grants secrets, which are not delivered to fleet workers".into(),
+        ));
+    }
     match worker
         .runtime
         .run_with(&module, &policy, request, &options)

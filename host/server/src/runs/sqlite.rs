@@ -10,6 +10,7 @@ use kasbah_core::RunReport;
 use kasbah_core::api::{OutputRef, RunRecord, RunStatus, UsageRow};
 use rusqlite::{Connection, OptionalExtension, params};
 
+use super::row_sqlite::{residency_columns, residency_params};
 use super::storage::{
     Finished, NewRun, OutputPlace, Period, ResidencyColumns, RunResidency, RunStore, assemble_run,
 };
@@ -100,13 +101,13 @@ impl RunStore for SqliteRuns {
         let rx = self
             .db
             .submit(move |c| {
-                let [zone, adapter, datasets, input_label, output_label, store_output_as] =
+                let [zone, adapter, datasets, input_label, output_label, store_output_as, secrets] =
                     residency_params(run.residency.as_ref())?;
                 c.prepare_cached(
                     "INSERT INTO runs_inflight(id, tenant_id, module_digest, policy_version, input_digest,
                          input_size, created_at, zone, adapter, datasets, input_label, output_label,
-                         store_output_as)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
+                         store_output_as, secrets)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)",
                 )?
                 .execute(params![
                     run.id,
@@ -121,7 +122,8 @@ impl RunStore for SqliteRuns {
                     datasets,
                     input_label,
                     output_label,
-                    store_output_as
+                    store_output_as,
+                    secrets
                 ])?;
                 Ok(((), Vec::new()))
             })
@@ -327,6 +329,7 @@ impl RunStore for SqliteRuns {
                         input_label: list(10)?,
                         output_label: list(11)?,
                         store_output_as: r.get(12)?,
+                        secrets: Vec::new(),
                     }),
                     None => None,
                 };
@@ -432,14 +435,14 @@ impl RunStore for SqliteRuns {
 
 const RUN_COLUMNS: &str = "SELECT id, tenant_id, module_digest, policy_version, status, input_digest, input_size,
     output_digest, output_size, output_content_type, output_inline, report_json, created_at, started_at, finished_at,
-    zone, adapter, datasets, input_label, output_label, output_dataset, worker
+    zone, adapter, datasets, input_label, output_label, output_dataset, worker, secrets
     FROM runs";
 
 /// [`RUN_COLUMNS`] of a run in flight (read by the same [`row_run`]).
 const INFLIGHT_COLUMNS: &str =
     "SELECT id, tenant_id, module_digest, policy_version, 'queued', input_digest, input_size,
     NULL, NULL, NULL, NULL, NULL, created_at, NULL, NULL,
-    zone, adapter, datasets, input_label, output_label, NULL, NULL
+    zone, adapter, datasets, input_label, output_label, NULL, NULL, secrets
     FROM runs_inflight";
 
 /// What a run's final row holds besides what its in-flight row held.
@@ -471,12 +474,12 @@ fn finalize_run(c: &Connection, id: &str, status: RunStatus, f: FinalColumns) ->
         .prepare_cached(
             "INSERT INTO runs(id, tenant_id, module_digest, policy_version, input_digest,
                  input_size, created_at, zone, adapter, datasets, input_label, output_label,
-                 store_output_as, status, outcome_kind, output_digest, output_size,
+                 store_output_as, secrets, status, outcome_kind, output_digest, output_size,
                  output_content_type, output_inline, wall_us, fuel, peak_memory, report_json,
                  started_at, finished_at, output_dataset, worker, output_zone)
              SELECT id, tenant_id, module_digest, policy_version, input_digest,
                  input_size, created_at, zone, adapter, datasets, input_label, output_label,
-                 store_output_as, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16
+                 store_output_as, secrets, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16
              FROM runs_inflight WHERE id = ?1",
         )?
         .execute(params![
@@ -531,6 +534,10 @@ fn row_run(r: &rusqlite::Row<'_>) -> rusqlite::Result<RunRecord> {
     let status: String = r.get(4)?;
     let residency = ResidencyColumns {
         worker: r.get(21)?,
+        secrets: match r.get::<_, Option<String>>(22)? {
+            Some(s) => from_json(&s)?,
+            None => Vec::new(),
+        },
         ..residency_columns(r, 15)?
     };
     let run = NewRun {
@@ -552,48 +559,4 @@ fn row_run(r: &rusqlite::Row<'_>) -> rusqlite::Result<RunRecord> {
         r.get(14)?,
         residency,
     ))
-}
-
-/// A run's residency as the columns `zone, adapter, datasets, input_label,
-/// output_label, store_output_as` of its row (all NULL without placement).
-pub(crate) type ResidencyParams = [Option<String>; 6];
-
-pub(crate) fn residency_params(r: Option<&RunResidency>) -> rusqlite::Result<ResidencyParams> {
-    let Some(r) = r else {
-        return Ok(Default::default());
-    };
-    Ok([
-        Some(r.zone.clone()),
-        r.adapter.clone(),
-        Some(json(&r.datasets)?),
-        Some(json(&r.input_label)?),
-        Some(json(&r.output_label)?),
-        r.store_output_as.clone(),
-    ])
-}
-
-/// Read `zone, adapter, datasets, input_label, output_label, output_dataset`
-/// starting at column `at`.
-pub(crate) fn residency_columns(
-    r: &rusqlite::Row<'_>,
-    at: usize,
-) -> rusqlite::Result<ResidencyColumns> {
-    let list = |i: usize| -> rusqlite::Result<Vec<String>> {
-        match r.get::<_, Option<String>>(at + i)? {
-            Some(s) => from_json(&s),
-            None => Ok(Vec::new()),
-        }
-    };
-    Ok(ResidencyColumns {
-        zone: r.get(at)?,
-        adapter: r.get(at + 1)?,
-        datasets: match r.get::<_, Option<String>>(at + 2)? {
-            Some(s) => from_json(&s)?,
-            None => Vec::new(),
-        },
-        input_label: list(3)?,
-        output_label: list(4)?,
-        output_dataset: r.get(at + 5)?,
-        worker: None,
-    })
 }
