@@ -69,6 +69,7 @@ pub mod ops;
 pub mod registry;
 pub mod routes;
 pub mod runs;
+pub mod secrets;
 pub mod server;
 pub mod state;
 pub mod store;

@@ -120,6 +120,7 @@ pub async fn start(mut config: ServerConfig) -> anyhow::Result<Server> {
         .map_err(|e| anyhow::anyhow!("securing the data dir {}: {e}", config.data_dir.display()))?;
     clean_scratch(&config.data_dir.join("scratch"));
     let audit = AuditKey::load_or_create(&config.data_dir, &config.audit_origin)?;
+    let secret_key = crate::secrets::seal::SecretKey::load_or_create(&config.data_dir)?;
     if !config.fsync_every_commit {
         tracing::warn!(
             "fsync_every_commit = false: a power loss may lose acknowledged writes, and the \
@@ -185,6 +186,8 @@ pub async fn start(mut config: ServerConfig) -> anyhow::Result<Server> {
         config,
         modules: SqliteModules::new(db.clone()),
         datasets: SqliteDatasets::new(db.clone()),
+        secrets: crate::secrets::sqlite::SqliteSecrets::new(db.clone()),
+        secret_key,
         db,
         tenancy,
         runs,

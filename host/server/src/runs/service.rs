@@ -97,7 +97,7 @@ pub async fn start_with_input(
         ));
     }
     // Residency: refused (403, audited) before anything is admitted or run.
-    let placed = place_run(
+    let mut placed = place_run(
         s,
         &tenant,
         &policy.policy,
@@ -107,6 +107,11 @@ pub async fn start_with_input(
         req.store_output_as.as_deref(),
     )
     .await?;
+    // Granted secrets, decrypted now (a missing one refuses the run before
+    // anything is recorded); the record keeps their names and versions.
+    let (secret_values, secret_uses) = crate::secrets::service::for_run(s, &tenant, &policy.policy)?;
+    placed.options.secrets = secret_values;
+    placed.row.secrets = secret_uses;
     let admission = match s.scheduler.admit(&tenant, limits.max_concurrent_runs) {
         Ok(a) => a,
         Err(r) => return Err(refuse_admission(s, &tenant, digest, r).await),

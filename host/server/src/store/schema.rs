@@ -165,6 +165,7 @@ CREATE INDEX IF NOT EXISTS datasets_by_digest ON datasets(tenant_id, digest);
 pub fn create(conn: &mut Connection) -> rusqlite::Result<()> {
     conn.execute_batch(SCHEMA)?;
     conn.execute_batch(DATASETS)?;
+    conn.execute_batch(crate::secrets::sqlite::SCHEMA)?;
     conn.execute_batch(super::starts::SCHEMA)?;
     conn.execute_batch(crate::audit::log::SCHEMA)?;
     migrate(conn)
