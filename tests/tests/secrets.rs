@@ -450,3 +450,37 @@ async fn secrets_reach_granted_runs_only_and_their_values_are_nowhere_on_disk_or
         assert_eq!(m.permissions().mode() & 0o777, 0o600);
     }
 }
+
+/// A fleet control plane (runs on zone workers over NATS) refuses runs
+/// whose policy grants secrets, with a stable code, before anything is
+/// recorded: values never go into a JetStream stream. Runs without
+/// grants are untouched by the rule.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fleet_control_plane_refuses_runs_granted_secrets() {
+    use kasbah_fleet::testing::NatsServer;
+    use kasbah_tests::platform::Platform;
+    let nats = NatsServer::start().expect("nats-server (scripts/setup.sh installs it)");
+    let url = nats.url();
+    let p = Platform::start_with(move |c| {
+        c.nats = Some(url);
+        c.zones.node = vec!["zone-a".into()];
+        c.gpu.adapters.clear();
+    })
+    .await;
+    let policy = Policy::from_toml("zones = [\"zone-a\"]\n[secrets.api_key]\nenv = \"API_KEY\"\n")
+        .expect("policy");
+    let (_, dev) = p.tenant("fleet", Some(policy)).await;
+    let m = dev
+        .publish(&guest_path("hello"), "hello", "1", |_, _| {})
+        .await
+        .expect("publish")
+        .digest
+        .to_string();
+    dev.set_secret("api_key", b"fleet-secret".to_vec()).await.expect("set");
+    let before = dev.runs(100).await.expect("runs").len();
+    assert_eq!(
+        api_err(dev.run(&attack(&m, "", "x")).await),
+        (422, "secrets_on_fleet".into())
+    );
+    assert_eq!(dev.runs(100).await.expect("runs").len(), before, "nothing recorded");
+}
