@@ -252,24 +252,42 @@ async fn secrets_reach_granted_runs_only_and_their_values_are_nowhere_on_disk_or
 
     // A granted secret not set yet: the run is refused, naming it.
     assert_eq!(
-        api_err(dev_a.run(&attack(&ma, "secret-digest", "env:API_KEY")).await),
+        api_err(
+            dev_a
+                .run(&attack(&ma, "secret-digest", "env:API_KEY"))
+                .await
+        ),
         (422, "secret_missing".into())
     );
 
     // Set, list (names and versions only).
-    let r = dev_a.set_secret("api_key", v1.clone().into_bytes()).await.expect("set");
+    let r = dev_a
+        .set_secret("api_key", v1.clone().into_bytes())
+        .await
+        .expect("set");
     assert_eq!((r.name.as_str(), r.version), ("api_key", 1));
-    let r = dev_a.set_secret("db_pass", db.clone().into_bytes()).await.expect("set");
+    let r = dev_a
+        .set_secret("db_pass", db.clone().into_bytes())
+        .await
+        .expect("set");
     assert_eq!(r.version, 1);
     let list = dev_a.secrets().await.expect("list");
     assert_eq!(
-        list.iter().map(|r| (r.name.as_str(), r.version)).collect::<Vec<_>>(),
+        list.iter()
+            .map(|r| (r.name.as_str(), r.version))
+            .collect::<Vec<_>>(),
         vec![("api_key", 1), ("db_pass", 1)]
     );
-    dev_b.set_secret("api_key", other.clone().into_bytes()).await.expect("B's own");
+    dev_b
+        .set_secret("api_key", other.clone().into_bytes())
+        .await
+        .expect("B's own");
 
     // Env and files, each the exact bytes (a non-UTF-8-safe newline kept).
-    let env = dev_a.run(&attack(&ma, "secret-digest", "env:API_KEY")).await.expect("run");
+    let env = dev_a
+        .run(&attack(&ma, "secret-digest", "env:API_KEY"))
+        .await
+        .expect("run");
     assert_eq!(output_text(&env), digest(v1.as_bytes()));
     assert_eq!(env.secrets, uses(&[("api_key", 1), ("db_pass", 1)]));
     let file = dev_a
@@ -297,25 +315,49 @@ async fn secrets_reach_granted_runs_only_and_their_values_are_nowhere_on_disk_or
     guest_error(&w);
 
     // Rotate: a new version; runs get it and record it.
-    let r = dev_a.set_secret("api_key", v2.clone().into_bytes()).await.expect("rotate");
+    let r = dev_a
+        .set_secret("api_key", v2.clone().into_bytes())
+        .await
+        .expect("rotate");
     assert_eq!(r.version, 2);
-    let rot = dev_a.run(&attack(&ma, "secret-digest", "file:/secrets/api_key")).await.expect("run");
+    let rot = dev_a
+        .run(&attack(&ma, "secret-digest", "file:/secrets/api_key"))
+        .await
+        .expect("run");
     assert_eq!(output_text(&rot), digest(v2.as_bytes()));
     assert_eq!(rot.secrets, uses(&[("api_key", 2), ("db_pass", 1)]));
-    let rot = dev_a.run(&attack(&ma, "secret-digest", "env:API_KEY")).await.expect("run");
+    let rot = dev_a
+        .run(&attack(&ma, "secret-digest", "env:API_KEY"))
+        .await
+        .expect("run");
     assert_eq!(output_text(&rot), digest(v2.as_bytes()));
 
     // No grant: B stored a secret of the same name, its policy grants none:
     // no such variable, no /secrets; B's record names no secret.
-    let nb = dev_b.run(&attack(&mb, "secret-digest", "env:API_KEY")).await.expect("run");
+    let nb = dev_b
+        .run(&attack(&mb, "secret-digest", "env:API_KEY"))
+        .await
+        .expect("run");
     assert!(guest_error(&nb).contains("env API_KEY"), "{nb:?}");
     assert!(nb.secrets.is_empty());
-    let nb = dev_b.run(&attack(&mb, "secret-digest", "file:/secrets/api_key")).await.expect("run");
+    let nb = dev_b
+        .run(&attack(&mb, "secret-digest", "file:/secrets/api_key"))
+        .await
+        .expect("run");
     guest_error(&nb);
     // Another tenant's secrets: not there for B (404), not listed.
-    assert_eq!(api_err(dev_b.delete_secret("db_pass").await), (404, "not_found".into()));
     assert_eq!(
-        dev_b.secrets().await.expect("list").iter().map(|r| r.name.as_str()).collect::<Vec<_>>(),
+        api_err(dev_b.delete_secret("db_pass").await),
+        (404, "not_found".into())
+    );
+    assert_eq!(
+        dev_b
+            .secrets()
+            .await
+            .expect("list")
+            .iter()
+            .map(|r| r.name.as_str())
+            .collect::<Vec<_>>(),
         vec!["api_key"]
     );
     // B cannot read A's run either.
@@ -333,10 +375,19 @@ async fn secrets_reach_granted_runs_only_and_their_values_are_nowhere_on_disk_or
         api_err(dev_a.set_secret("big", vec![b'x'; 64 * 1024 + 1]).await),
         (413, "secret_too_large".into())
     );
-    dev_a.set_secret("edge", vec![b'x'; 64 * 1024]).await.expect("64 KiB is fine");
-    assert_eq!(api_err(admin.set_secret("api_key", b"v".to_vec()).await).0, 403);
+    dev_a
+        .set_secret("edge", vec![b'x'; 64 * 1024])
+        .await
+        .expect("64 KiB is fine");
+    assert_eq!(
+        api_err(admin.set_secret("api_key", b"v".to_vec()).await).0,
+        403
+    );
     assert_eq!(api_err(admin.secrets().await).0, 403);
-    assert_eq!(api_err(dev_a.delete_secret("nope").await), (404, "not_found".into()));
+    assert_eq!(
+        api_err(dev_a.delete_secret("nope").await),
+        (404, "not_found".into())
+    );
     // Policies: a grant clashing with [env] or the dataset mounts is refused.
     let mut clash = policy_a.clone();
     clash.env.vars.insert("API_KEY".into(), "x".into());
@@ -345,11 +396,25 @@ async fn secrets_reach_granted_runs_only_and_their_values_are_nowhere_on_disk_or
     // Delete: the run that needs it is refused; setting again counts on.
     dev_a.delete_secret("db_pass").await.expect("delete");
     assert_eq!(
-        api_err(dev_a.run(&attack(&ma, "secret-digest", "env:API_KEY")).await),
+        api_err(
+            dev_a
+                .run(&attack(&ma, "secret-digest", "env:API_KEY"))
+                .await
+        ),
         (422, "secret_missing".into())
     );
-    assert!(dev_a.secrets().await.expect("list").iter().all(|r| r.name != "db_pass"));
-    let again = dev_a.set_secret("db_pass", db.clone().into_bytes()).await.expect("set");
+    assert!(
+        dev_a
+            .secrets()
+            .await
+            .expect("list")
+            .iter()
+            .all(|r| r.name != "db_pass")
+    );
+    let again = dev_a
+        .set_secret("db_pass", db.clone().into_bytes())
+        .await
+        .expect("set");
     assert_eq!(again.version, 2);
 
     // The audit log: one secret_changed entry per change, names and versions.
@@ -371,13 +436,19 @@ async fn secrets_reach_granted_runs_only_and_their_values_are_nowhere_on_disk_or
         ("db_pass", 2, "set"),
     ] {
         assert!(
-            changes.iter().any(|(n, v, a)| (n.as_str(), *v, a.as_str()) == want),
+            changes
+                .iter()
+                .any(|(n, v, a)| (n.as_str(), *v, a.as_str()) == want),
             "{want:?} in {changes:?}"
         );
     }
     for e in &entries {
         for m in &markers {
-            assert!(!e.bytes.windows(m.len()).any(|w| w == *m), "entry {}", e.index);
+            assert!(
+                !e.bytes.windows(m.len()).any(|w| w == *m),
+                "entry {}",
+                e.index
+            );
         }
     }
 
@@ -406,33 +477,55 @@ async fn secrets_reach_granted_runs_only_and_their_values_are_nowhere_on_disk_or
     }
     for (path, body) in &seen {
         for m in &markers {
-            assert!(!body.windows(m.len()).any(|w| w == *m), "{path} shows a secret");
+            assert!(
+                !body.windows(m.len()).any(|w| w == *m),
+                "{path} shows a secret"
+            );
         }
     }
 
     // No run's secret files are left in memory after the runs.
     let shm = kasbah_runtime::secrets::memory_dir(None).expect("a memory-backed dir");
-    assert!(files_containing(&shm, &markers).is_empty(), "secret files left in {shm:?}");
+    assert!(
+        files_containing(&shm, &markers).is_empty(),
+        "secret files left in {shm:?}"
+    );
 
     // The whole data dir and the server's output, while it runs...
     let hits = files_containing(root, &markers);
-    assert!(hits.is_empty(), "secret values on disk or in the server's output: {hits:?}");
+    assert!(
+        hits.is_empty(),
+        "secret values on disk or in the server's output: {hits:?}"
+    );
     let stderr = std::fs::read_to_string(root.join("server.stderr")).expect("stderr");
-    assert!(stderr.contains("secrets key"), "the log names the key file:\n{stderr}");
+    assert!(
+        stderr.contains("secrets key"),
+        "the log names the key file:\n{stderr}"
+    );
 
     // ...across a restart (the key file persists: the values still open)...
-    let port: u16 = url.rsplit(':').next().and_then(|p| p.parse().ok()).expect("port");
+    let port: u16 = url
+        .rsplit(':')
+        .next()
+        .and_then(|p| p.parse().ok())
+        .expect("port");
     proc.stop();
     let proc = start(root, port);
     let dev_a = Client::new(&url, &a_token);
-    let after = dev_a.run(&attack(&ma, "secret-digest", "env:API_KEY")).await.expect("run");
+    let after = dev_a
+        .run(&attack(&ma, "secret-digest", "env:API_KEY"))
+        .await
+        .expect("run");
     assert_eq!(output_text(&after), digest(v2.as_bytes()));
     assert_eq!(after.secrets, uses(&[("api_key", 2), ("db_pass", 2)]));
 
     // ...and after it stopped.
     proc.stop();
     let hits = files_containing(root, &markers);
-    assert!(hits.is_empty(), "secret values on disk or in the server's output: {hits:?}");
+    assert!(
+        hits.is_empty(),
+        "secret values on disk or in the server's output: {hits:?}"
+    );
     // The data dir really holds the sealed rows (not an empty check).
     let conn = rusqlite::Connection::open(root.join("data/kasbah.db")).expect("db");
     let sealed: i64 = conn
@@ -476,11 +569,17 @@ async fn a_fleet_control_plane_refuses_runs_granted_secrets() {
         .expect("publish")
         .digest
         .to_string();
-    dev.set_secret("api_key", b"fleet-secret".to_vec()).await.expect("set");
+    dev.set_secret("api_key", b"fleet-secret".to_vec())
+        .await
+        .expect("set");
     let before = dev.runs(100).await.expect("runs").len();
     assert_eq!(
         api_err(dev.run(&attack(&m, "", "x")).await),
         (422, "secrets_on_fleet".into())
     );
-    assert_eq!(dev.runs(100).await.expect("runs").len(), before, "nothing recorded");
+    assert_eq!(
+        dev.runs(100).await.expect("runs").len(),
+        before,
+        "nothing recorded"
+    );
 }

@@ -681,11 +681,13 @@ impl Policy {
                 );
             }
         }
-        if !secrets.is_empty() && !ceiling.secrets {
-            push(
-                "secrets".into(),
-                "the operator's ceiling does not grant secrets".into(),
-            );
+        if !ceiling.secrets {
+            for name in secrets.keys() {
+                push(
+                    format!("secrets.{name}"),
+                    "the operator's ceiling does not grant secrets".into(),
+                );
+            }
         }
         if *datasets && !ceiling.datasets {
             push(

@@ -50,7 +50,10 @@ impl std::fmt::Debug for SecretValue {
             .field("version", &self.version)
             .field("env", &self.env)
             .field("file", &self.file)
-            .field("value", &format_args!("<{} bytes, redacted>", self.value.len()))
+            .field(
+                "value",
+                &format_args!("<{} bytes, redacted>", self.value.len()),
+            )
             .finish()
     }
 }
@@ -274,7 +277,9 @@ mod tests {
             return;
         };
         assert!(memory_backed(&base));
-        assert!(!memory_backed(Path::new(env!("CARGO_MANIFEST_DIR"))) || cfg!(not(target_os = "linux")));
+        assert!(
+            !memory_backed(Path::new(env!("CARGO_MANIFEST_DIR"))) || cfg!(not(target_os = "linux"))
+        );
         let secrets = [
             secret("a", None, Some("/secrets/a"), b"alpha"),
             secret("b", None, Some("/secrets/b"), b"beta"),

@@ -68,7 +68,12 @@ pub fn prepare(data_dir: &Path) -> io::Result<()> {
     }
     drop(open.open(&db)?);
     fix_db_files(data_dir)?;
-    for key in ["audit-log.key", "compiled.key", "secrets.key", "gpu-warm.json"] {
+    for key in [
+        "audit-log.key",
+        "compiled.key",
+        "secrets.key",
+        "gpu-warm.json",
+    ] {
         let key = data_dir.join(key);
         if key.exists() {
             set_mode(&key, FILE_MODE)?;

@@ -98,7 +98,8 @@ pub async fn start_with_input(
     }
     // Granted secrets, decrypted now (a missing one, or any on a fleet
     // control plane, refuses the run before anything is recorded); the record keeps their names and versions.
-    let (secret_values, secret_uses) = crate::secrets::service::for_run(s, &tenant, &policy.policy)?;
+    let (secret_values, secret_uses) =
+        crate::secrets::service::for_run(s, &tenant, &policy.policy)?;
     // Residency: refused (403, audited) before anything is admitted or run.
     let mut placed = place_run(
         s,

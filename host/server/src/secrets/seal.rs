@@ -152,7 +152,10 @@ mod tests {
     fn seals_open_only_for_their_tenant_name_and_version() {
         let k = SecretKey::from_bytes(&[7; 32]);
         let s = k.seal("tn_a", "api_key", 2, b"value-1").expect("seal");
-        assert_eq!(&k.open("tn_a", "api_key", 2, &s).expect("opens")[..], b"value-1");
+        assert_eq!(
+            &k.open("tn_a", "api_key", 2, &s).expect("opens")[..],
+            b"value-1"
+        );
         assert!(!s.ciphertext.windows(7).any(|w| w == b"value-1"));
         // Moved to another tenant, name or version: refused.
         assert!(k.open("tn_b", "api_key", 2, &s).is_err());
@@ -179,7 +182,11 @@ mod tests {
         bad.nonce.pop();
         assert!(k.open("tn_a", "api_key", 2, &bad).is_err());
         // Another key: refused.
-        assert!(SecretKey::from_bytes(&[8; 32]).open("tn_a", "api_key", 2, &s).is_err());
+        assert!(
+            SecretKey::from_bytes(&[8; 32])
+                .open("tn_a", "api_key", 2, &s)
+                .is_err()
+        );
         // A fresh nonce each time.
         let again = k.seal("tn_a", "api_key", 2, b"value-1").expect("seal");
         assert_ne!(again.nonce, s.nonce);

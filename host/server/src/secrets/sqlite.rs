@@ -40,42 +40,43 @@ impl SqliteSecrets {
 impl SecretStore for SqliteSecrets {
     async fn set(&self, tenant: &str, name: &str, seal: Sealer) -> DbResult<Option<SecretRecord>> {
         let (tenant, name) = (tenant.to_string(), name.to_string());
-        let (r, _) = self
-            .db
-            .write(move |c| {
-                let last: Option<(u64, bool)> = c
-                    .prepare_cached(
-                        "SELECT version, ciphertext IS NOT NULL FROM secrets
+        let (r, _) =
+            self.db
+                .write(move |c| {
+                    let last: Option<(u64, bool)> = c
+                        .prepare_cached(
+                            "SELECT version, ciphertext IS NOT NULL FROM secrets
                          WHERE tenant_id = ?1 AND name = ?2",
-                    )?
-                    .query_row(params![tenant, name], |r| {
-                        Ok((r.get::<_, i64>(0)? as u64, r.get(1)?))
-                    })
-                    .optional()?;
-                if !last.is_some_and(|(_, live)| live) && count(c, &tenant)? >= MAX_TENANT_SECRETS
-                {
-                    return Ok((None, Vec::new()));
-                }
-                let version = last.map_or(1, |(v, _)| v + 1);
-                let Sealed { nonce, ciphertext } =
-                    seal(version).map_err(|e| DbError::Batch(Arc::from(e.as_str())))?;
-                let created_at = now_ms();
-                c.prepare_cached(
+                        )?
+                        .query_row(params![tenant, name], |r| {
+                            Ok((r.get::<_, i64>(0)? as u64, r.get(1)?))
+                        })
+                        .optional()?;
+                    if !last.is_some_and(|(_, live)| live)
+                        && count(c, &tenant)? >= MAX_TENANT_SECRETS
+                    {
+                        return Ok((None, Vec::new()));
+                    }
+                    let version = last.map_or(1, |(v, _)| v + 1);
+                    let Sealed { nonce, ciphertext } =
+                        seal(version).map_err(|e| DbError::Batch(Arc::from(e.as_str())))?;
+                    let created_at = now_ms();
+                    c.prepare_cached(
                     "INSERT INTO secrets(tenant_id, name, version, nonce, ciphertext, created_at)
                      VALUES (?1, ?2, ?3, ?4, ?5, ?6)
                      ON CONFLICT (tenant_id, name) DO UPDATE SET version = ?3, nonce = ?4,
                          ciphertext = ?5, created_at = ?6",
                 )?
                 .execute(params![tenant, name, version as i64, nonce, ciphertext, created_at])?;
-                let e = entries::secret_changed(&tenant, &name, version, "set");
-                let record = SecretRecord {
-                    name,
-                    version,
-                    created_at,
-                };
-                Ok((Some(record), vec![e]))
-            })
-            .await?;
+                    let e = entries::secret_changed(&tenant, &name, version, "set");
+                    let record = SecretRecord {
+                        name,
+                        version,
+                        created_at,
+                    };
+                    Ok((Some(record), vec![e]))
+                })
+                .await?;
         Ok(r)
     }
 
@@ -131,9 +132,11 @@ impl SecretStore for SqliteSecrets {
 }
 
 fn count(c: &Connection, tenant: &str) -> rusqlite::Result<usize> {
-    c.prepare_cached("SELECT count(*) FROM secrets WHERE tenant_id = ?1 AND ciphertext IS NOT NULL")?
-        .query_row([tenant], |r| r.get::<_, i64>(0))
-        .map(|n| n as usize)
+    c.prepare_cached(
+        "SELECT count(*) FROM secrets WHERE tenant_id = ?1 AND ciphertext IS NOT NULL",
+    )?
+    .query_row([tenant], |r| r.get::<_, i64>(0))
+    .map(|n| n as usize)
 }
 
 fn live(c: &Connection, tenant: &str, name: &str) -> rusqlite::Result<Option<SecretRecord>> {
