@@ -17,8 +17,11 @@
 //!   secret files. When the run ends (or its future is dropped) the files
 //!   are overwritten with zeros and the directory removed. No
 //!   memory-backed directory → the run is refused: plaintext never goes to
-//!   a disk-backed file system. (A process killed mid-run leaves its
-//!   directory in RAM until the next reboot; nothing is on disk.)
+//!   a disk-backed file system. A process killed mid-run leaves its
+//!   directory in RAM (nothing is on disk): directories are named
+//!   `kasbah-secrets-<pid>-…`, and [`sweep_stale`] (called when `kasbah
+//!   serve` starts) zeroes and removes those of processes that no longer
+//!   exist.
 //!
 //! Swap is the host's: a host that must not page secrets to disk runs
 //! without swap or with encrypted swap.
@@ -137,6 +140,77 @@ pub fn memory_dir(configured: Option<&Path>) -> Result<PathBuf, SecretError> {
     Err(SecretError::NoMemoryDir(String::new()))
 }
 
+const PREFIX: &str = "kasbah-secrets-";
+
+/// Zero and remove the secret directories under `base` (the memory dir)
+/// left by processes that no longer exist (killed mid-run). Returns how
+/// many. Directories of live processes, this one included, are left alone.
+pub fn sweep_stale(base: &Path) -> usize {
+    let Ok(entries) = std::fs::read_dir(base) else {
+        return 0;
+    };
+    let mut n = 0;
+    for e in entries.flatten() {
+        let name = e.file_name();
+        let Some(pid) = name
+            .to_str()
+            .and_then(|n| n.strip_prefix(PREFIX))
+            .and_then(|rest| rest.split('-').next())
+            .and_then(|p| p.parse::<i32>().ok())
+        else {
+            continue;
+        };
+        if pid <= 0 || alive(pid) || !e.file_type().is_ok_and(|t| t.is_dir()) {
+            continue;
+        }
+        wipe(&e.path());
+        n += 1;
+    }
+    n
+}
+
+#[cfg(unix)]
+fn alive(pid: i32) -> bool {
+    // SAFETY: signal 0 only checks that the process exists.
+    let rc = unsafe { libc::kill(pid, 0) };
+    rc == 0 || std::io::Error::last_os_error().raw_os_error() != Some(libc::ESRCH)
+}
+
+#[cfg(not(unix))]
+fn alive(_: i32) -> bool {
+    true
+}
+
+/// Zero every file under `root`, then remove it all (symlinks are not
+/// followed: the platform makes none there).
+fn wipe(root: &Path) {
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        let _ = set_mode(&dir, 0o700);
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            continue;
+        };
+        for e in entries.flatten() {
+            let p = e.path();
+            match e.file_type() {
+                Ok(t) if t.is_dir() => stack.push(p),
+                Ok(t) if t.is_file() => {
+                    let len = e.metadata().map_or(0, |m| m.len());
+                    let _ = set_mode(&p, 0o600);
+                    if let Ok(mut f) = std::fs::OpenOptions::new().write(true).open(&p) {
+                        use std::io::Write;
+                        let _ = f.write_all(&vec![0u8; usize::try_from(len).unwrap_or(0)]);
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+    if let Err(e) = std::fs::remove_dir_all(root) {
+        tracing::warn!("removing stale secret files {}: {e}", root.display());
+    }
+}
+
 /// A run's secret files: removed (after zeroing) when dropped.
 pub(crate) struct SecretFiles {
     root: Option<tempfile::TempDir>,
@@ -149,8 +223,9 @@ impl SecretFiles {
     /// Write the file-delivered secrets under a new directory in `base`.
     pub fn create(base: &Path, secrets: &[SecretValue]) -> Result<Self, SecretError> {
         let io = |e: std::io::Error| SecretError::Io(e.to_string());
+        let prefix = format!("{PREFIX}{}-", std::process::id());
         let root = tempfile::Builder::new()
-            .prefix("kasbah-secrets-")
+            .prefix(&prefix)
             .tempdir_in(base)
             .map_err(io)?;
         let mut out = SecretFiles {
@@ -300,6 +375,21 @@ mod tests {
         let root = host.parent().expect("root").to_path_buf();
         drop(files);
         assert!(!root.exists(), "removed after the run");
+        // A directory left by a dead process is swept; a live one's is not.
+        let mut child = std::process::Command::new("true").spawn().expect("spawn");
+        let dead = child.id();
+        child.wait().expect("wait");
+        let stale = base.join(format!("{PREFIX}{dead}-test"));
+        std::fs::create_dir_all(stale.join("d0")).expect("mkdir");
+        std::fs::write(stale.join("d0/s"), b"left").expect("write");
+        set_mode(&stale.join("d0/s"), 0o400).expect("chmod");
+        set_mode(&stale.join("d0"), 0o500).expect("chmod");
+        let live = SecretFiles::create(&base, &secrets).expect("create");
+        let live_root = live.dirs[0].0.parent().expect("root").to_path_buf();
+        assert!(sweep_stale(&base) >= 1);
+        assert!(!stale.exists(), "a dead process's secrets are swept");
+        assert!(live_root.exists(), "a live process's are not");
+        drop(live);
         // A disk-backed directory is refused, naming no value.
         let disk = std::env::current_dir().expect("cwd");
         if !memory_backed(&disk) {
