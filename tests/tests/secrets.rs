@@ -583,3 +583,83 @@ async fn a_fleet_control_plane_refuses_runs_granted_secrets() {
         "nothing recorded"
     );
 }
+
+/// `kasbah secret set NAME`: the value from stdin less one trailing
+/// newline (`\n` or `\r\n`), all of it with `--keep-newline`, exactly as the
+/// guest then reads it; `list` shows names and versions; `delete`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cli_sets_lists_and_deletes_secrets_from_stdin() {
+    use kasbah_tests::platform::Platform;
+    let p = Platform::start().await;
+    let policy =
+        Policy::from_toml("[secrets.nl]\nenv = \"NL\"\nfile = \"/s/nl\"\n").expect("policy");
+    let t = p
+        .admin
+        .create_tenant(&CreateTenant {
+            name: "cli".into(),
+            operator_id: None,
+            policy: Some(policy),
+        })
+        .await
+        .expect("tenant");
+    let token = p.admin.tenant_token(&t.id).await.expect("token").token;
+    let dev = p.client(&token);
+    let m = dev
+        .publish(&guest_path("hostile"), "hostile", "1", |_, _| {})
+        .await
+        .expect("publish")
+        .digest
+        .to_string();
+    let cli = |args: &[&str], stdin: &[u8]| {
+        let mut c = Command::new(BIN)
+            .args(args)
+            .env("KASBAH_URL", &p.url)
+            .env("KASBAH_TOKEN", &token)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("kasbah");
+        c.stdin
+            .take()
+            .expect("stdin")
+            .write_all(stdin)
+            .expect("write");
+        let o = c.wait_with_output().expect("ran");
+        assert!(
+            o.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        String::from_utf8_lossy(&o.stdout).into_owned()
+    };
+    for (input, keep, want, version) in [
+        (&b"one\n"[..], false, &b"one"[..], 1),
+        (b"two\r\n", false, b"two", 2),
+        (b"three\n\n", false, b"three\n", 3),
+        (b"four\n", true, b"four\n", 4),
+        (b"five", false, b"five", 5),
+    ] {
+        let mut args = vec!["secret", "set", "nl"];
+        if keep {
+            args.push("--keep-newline");
+        }
+        let out = cli(&args, input);
+        assert_eq!(out.trim(), format!("secret nl version {version}"));
+        assert!(!out.contains(std::str::from_utf8(want).expect("utf8").trim()));
+        for arg in ["env:NL", "file:/s/nl"] {
+            let r = dev
+                .run(&attack(&m, "secret-digest", arg))
+                .await
+                .expect("run");
+            assert_eq!(output_text(&r), digest(want), "{input:?} keep={keep} {arg}");
+        }
+    }
+    let list = cli(&["secret", "list", "--json"], b"");
+    let v: serde_json::Value = serde_json::from_str(&list).expect("json");
+    assert_eq!(v[0]["name"], "nl");
+    assert_eq!(v[0]["version"], 5);
+    assert!(v[0].get("value").is_none() && !list.contains("five"));
+    cli(&["secret", "delete", "nl"], b"");
+    assert!(dev.secrets().await.expect("list").is_empty());
+}

@@ -293,7 +293,10 @@ fn secrets_are_documented_by_name_and_version_only() {
     let record = &schemas["SecretRecord"]["properties"];
     assert!(record["name"].is_object() && record["version"].is_object());
     assert!(record.get("value").is_none(), "a record has no value field");
-    assert!(schemas["RunSecret"].is_object(), "RunRecord.secrets refers to it");
+    assert!(
+        schemas["RunSecret"].is_object(),
+        "RunRecord.secrets refers to it"
+    );
     assert!(
         schemas["RunRecord"]["properties"]["secrets"].is_object(),
         "run records name granted secrets"
