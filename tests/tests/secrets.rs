@@ -45,7 +45,7 @@ fn start(root: &Path, port: u16) -> Proc {
         // As much as the server logs: a value must not be in any of it.
         .env(
             "RUST_LOG",
-            "info,kasbah_server=trace,kasbah_runtime=trace,kasbah=trace,tower_http=debug",
+            "info,kasbah_server=trace,kasbah_runtime=trace,kasbah=trace,wasmtime_wasi=trace,tower_http=debug",
         )
         .stdout(Stdio::piped())
         .stderr(stderr)
