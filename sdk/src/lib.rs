@@ -24,6 +24,11 @@
 //! `tensor` feature, [`tensor`] adds f32 tensors, the kernels of a
 //! transformer encoder (tiled linear, attention, layer norm, GELU, softmax,
 //! pooling, L2 normalization) and safetensors loading.
+//!
+//! With the `http` feature, [`http`] is a small outgoing HTTP client
+//! (`http::get`, `http::post`) over `wasi:http`; the host sends a request
+//! only to a destination in the tenant's `[network] allow` list and
+//! verifies TLS itself.
 
 #[doc(hidden)]
 pub mod bindings {
@@ -115,6 +120,9 @@ impl Error {
 }
 
 pub mod gpu;
+
+#[cfg(feature = "http")]
+pub mod http;
 
 #[cfg(feature = "tensor")]
 pub mod tensor;

@@ -36,6 +36,10 @@
 //! (weights read + upload, kernel compiles) for the first and a warm run,
 //! which say what a warm run is made of.
 //!
+//! `KASBAH_BENCH_ONLY=hello` (or `minilm-embed`) measures one module;
+//! `KASBAH_BENCH_SERVER_LOG=kasbah::phases=debug` makes the servers print
+//! each run's phase times (admission, execution, sandbox) on stderr.
+//!
 //! Before that, the runtime alone (no server, no HTTP): `Runtime::load` of
 //! each module compiling vs loading from the disk cache in a fresh runtime.
 
@@ -73,7 +77,12 @@ impl Serve {
             .arg(config)
             .arg("--data-dir")
             .arg(data)
-            .env("RUST_LOG", "warn")
+            // `KASBAH_BENCH_SERVER_LOG=kasbah::phases=debug` shows each
+            // run's phase times (the server's stderr is the bench's).
+            .env(
+                "RUST_LOG",
+                std::env::var("KASBAH_BENCH_SERVER_LOG").unwrap_or_else(|_| "warn".into()),
+            )
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()?;
@@ -310,7 +319,12 @@ fn main() -> anyhow::Result<()> {
     // warm-up is done; disk+other: with them, at once, after a run of
     // another module.
     const MODES: [&str; 4] = ["cold", "disk", "ready", "disk+other"];
+    // `KASBAH_BENCH_ONLY=hello` measures one module.
+    let only = std::env::var("KASBAH_BENCH_ONLY").ok();
     for (name, module, input, datasets, warm_n) in cases {
+        if only.as_deref().is_some_and(|o| o != name) {
+            continue;
+        }
         let mut first: [Vec<(f64, f64)>; 4] = Default::default();
         let mut ready_after = Vec::new();
         let mut warm = Vec::new();
@@ -387,7 +401,7 @@ fn main() -> anyhow::Result<()> {
                 f.0 / wf.0,
                 first[m]
                     .iter()
-                    .map(|x| (x.0 * 1e3).round())
+                    .map(|x| (x.0 * 1e5).round() / 100.0)
                     .collect::<Vec<_>>(),
             );
         }

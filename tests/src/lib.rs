@@ -19,6 +19,7 @@ pub const GUESTS: &[&str] = &[
     "hello",
     "hostile",
     "net-probe",
+    "http-probe",
     "gpu-matmul",
     "gpu-hostile",
     "minilm-embed",

@@ -136,6 +136,9 @@ fn maximal_policy(admin_dir: &std::path::Path) -> Policy {
             max_write_bytes: 1,
             max_files_created: 1,
             max_dir_depth: 1,
+            max_http_requests: 1,
+            max_http_bytes: 1,
+            http_timeout_ms: 1,
         },
         gpu: Some(GpuGrant {
             zones: names(&["zone-a"]),
@@ -316,6 +319,9 @@ fn table(other_dir: std::path::PathBuf) -> Vec<(&'static str, Edit, Vec<Edit>)> 
         limit!(max_write_bytes),
         limit!(max_files_created),
         limit!(max_dir_depth),
+        limit!(max_http_requests),
+        limit!(max_http_bytes),
+        limit!(http_timeout_ms),
         (
             "gpu.zones",
             edit(|p| {

@@ -233,6 +233,15 @@ async fn an_infinite_loop_hits_the_deadline() {
     // Cut off near the 300 ms limit, not after the guest's own hour: the
     // bound is loose because CI machines are loaded.
     assert!(r.usage.wall_time < Duration::from_secs(30), "{:?}", r.usage);
+    // Billed the fuel it burnt before the deadline stopped it mid-loop,
+    // less at most one slice (it used to report only its start: ~1,600).
+    assert!(
+        r.usage
+            .fuel_consumed
+            .is_some_and(|f| f > kasbah_runtime::FUEL_SLICE),
+        "{:?}",
+        r.usage
+    );
     assert_hello_still_served().await;
 }
 

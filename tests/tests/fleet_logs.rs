@@ -1,8 +1,9 @@
 //! Live logs and cancel on the fleet (issue 18): a fleet run streams
 //! nothing while it runs on its worker; its followers get the record's
 //! logs and stdio once the result is recorded, then `end`. Cancelling a
-//! fleet run records it `cancelled` at the control plane at once (the
-//! worker is not told; its later result is dropped: one record per run).
+//! fleet run tells its zone's workers: the one running it stops the guest
+//! (spinning or blocked in a host call) and sends its result, recorded as
+//! `cancelled` with the usage it took (the run is billed what it ran).
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
@@ -100,15 +101,48 @@ async fn fleet_runs_show_their_records_logs_and_cancel_at_the_control_plane() {
         other => panic!("last event {other:?}"),
     }
 
-    // Cancel: recorded at once by the control plane; the worker's later
-    // result does not make a second record.
-    let sleeper = dev.run(&req("sleep", "")).await.expect("run");
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    let r = dev.cancel_run(&sleeper.id).await.expect("cancel");
-    assert_eq!(r.status, RunStatus::Done);
-    assert_eq!(r.outcome, Some(Outcome::Cancelled {}));
-    let again = dev.get_run(&sleeper.id).await.expect("get");
-    assert_eq!(again.outcome, Some(Outcome::Cancelled {}));
+    // Cancel: the worker stops the guest and its result is the record:
+    // `cancelled`, by that worker, with the time and fuel it took — long
+    // before the guest's own end (an hour's sleep, an endless loop) or
+    // its 30 s deadline.
+    for attack in ["sleep", "loop"] {
+        let victim = dev.run(&req(attack, "")).await.expect("run");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let asked = Instant::now();
+        let r = dev.cancel_run(&victim.id).await.expect("cancel");
+        assert!(
+            asked.elapsed() < Duration::from_secs(5),
+            "{attack}: {:?}",
+            asked.elapsed()
+        );
+        assert_eq!(r.status, RunStatus::Done, "{attack}: {r:?}");
+        assert_eq!(r.outcome, Some(Outcome::Cancelled {}), "{attack}: {r:?}");
+        assert_eq!(r.worker.as_deref(), Some("worker-a"), "{attack}: {r:?}");
+        let u = r.usage.clone().expect("usage");
+        assert!(u.wall_time >= Duration::from_millis(300), "{attack}: {u:?}");
+        assert!(u.wall_time < Duration::from_secs(10), "{attack}: {u:?}");
+        if attack == "loop" {
+            assert!(
+                u.fuel_consumed
+                    .is_some_and(|f| f > kasbah_runtime::FUEL_SLICE),
+                "{u:?}"
+            );
+        }
+        let again = dev.get_run(&victim.id).await.expect("get");
+        assert_eq!(again.outcome, Some(Outcome::Cancelled {}));
+    }
+    // The worker is free again: both of its slots run the next runs.
+    let quick = dev
+        .run(&CreateRun {
+            wait: true,
+            ..req("echo", "hi")
+        })
+        .await
+        .expect("run");
+    assert!(
+        matches!(quick.outcome, Some(Outcome::Ok { .. })),
+        "{quick:?}"
+    );
     let _ = stop.send(());
     let _ = tokio::time::timeout(Duration::from_secs(5), worker).await;
 }

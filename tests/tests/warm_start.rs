@@ -509,7 +509,8 @@ async fn a_restarted_server_preloads_recent_modules_and_survives_a_damaged_one()
         })
         .await
         .expect("tenant");
-    let token = admin.tenant_token(&t.id).await.expect("token").token;
+    let created = admin.tenant_token(&t.id).await.expect("token");
+    let token = created.token;
     let dev = kasbah_client::Client::new(&url, &token);
     let mut digests = Vec::new();
     for name in ["gpu-matmul", "hello"] {
@@ -536,13 +537,18 @@ async fn a_restarted_server_preloads_recent_modules_and_survives_a_damaged_one()
 
     // Bounded: one module, the most recently used.
     let mut server = kasbah_server::start(config(1)).await.expect("restart");
-    let loaded = server
+    let warmed = server
         .preload
         .take()
         .expect("preload")
         .join()
         .expect("join");
-    assert_eq!(loaded, 1);
+    assert_eq!(warmed.modules, 1);
+    // hello has no start function: its instance was warmed (once per
+    // guest thread, at least one). Nothing has run yet: no recent runs,
+    // so no policy or module record to warm, and no token used.
+    assert!(warmed.instances >= 1, "{warmed:?}");
+    assert_eq!((warmed.policies, warmed.records), (0, 0), "{warmed:?}");
     let rt = &server.state.runtime;
     assert!(rt.cached(&hello).is_some() && rt.cached(&matmul).is_none());
     assert_eq!(rt.compiled(), 0);
@@ -560,13 +566,13 @@ async fn a_restarted_server_preloads_recent_modules_and_survives_a_damaged_one()
     bytes[i] ^= 0x01;
     std::fs::write(&matmul_artifact, &bytes).expect("damage");
     let mut server = kasbah_server::start(config(16)).await.expect("restart");
-    let loaded = server
+    let warmed = server
         .preload
         .take()
         .expect("preload")
         .join()
         .expect("join");
-    assert_eq!(loaded, 1, "hello only");
+    assert_eq!(warmed.modules, 1, "hello only");
     let rt = server.state.runtime.clone();
     assert_eq!(rt.artifact_stats().rejected, 1);
     assert_eq!(rt.compiled(), 0, "a preload never compiles");
@@ -598,5 +604,28 @@ async fn a_restarted_server_preloads_recent_modules_and_survives_a_damaged_one()
     assert!(matches!(r.outcome, Some(Outcome::Ok { .. })), "{r:?}");
     assert_eq!(rt.compiled(), 1);
     assert!(matmul_artifact.is_file(), "rewritten");
+    server.shutdown().await.expect("shutdown");
+
+    // After runs: the warm-up also reads the tenant's policy, the module
+    // records of what it ran and its used token into the caches ...
+    let mut server = kasbah_server::start(config(16)).await.expect("restart");
+    let warmed = server
+        .preload
+        .take()
+        .expect("preload")
+        .join()
+        .expect("join");
+    assert_eq!(warmed.modules, 2, "{warmed:?}");
+    assert_eq!((warmed.policies, warmed.records), (1, 2), "{warmed:?}");
+    assert!(warmed.tokens >= 1 && warmed.instances >= 1, "{warmed:?}");
+    // ... which change nothing a request sees: the warm token works, and
+    // a revocation still holds from the next request.
+    let url = format!("http://{}", server.addr);
+    let dev = kasbah_client::Client::new(&url, &token);
+    dev.whoami().await.expect("warm token");
+    let admin = kasbah_client::Client::new(&url, &admin_token);
+    admin.revoke_token(&created.id).await.expect("revoke");
+    let e = dev.whoami().await.expect_err("revoked");
+    assert!(e.to_string().contains("token_revoked"), "{e}");
     server.shutdown().await.expect("shutdown");
 }

@@ -60,6 +60,17 @@ pub struct RunArgs {
     /// `~/.cache/kasbah/compiled`), at most 256 MiB.
     #[arg(long, env = "KASBAH_COMPILE_CACHE", value_name = "DIR|off")]
     pub compile_cache: Option<String>,
+    /// Local runs: a PEM file of CA certificates the pipeline's outgoing
+    /// HTTPS also trusts, beyond the system roots (repeatable, or
+    /// comma-separated in the environment variable). Destinations still
+    /// come only from the policy's `[network] allow`.
+    #[arg(
+        long = "http-ca",
+        env = "KASBAH_HTTP_CA",
+        value_delimiter = ',',
+        value_name = "PEM"
+    )]
+    pub http_ca: Vec<PathBuf>,
 }
 
 /// Bytes of compiled modules `kasbah run` keeps on disk.
@@ -177,6 +188,12 @@ pub fn print_usage(u: &kasbah_core::Usage) {
             g.gpu_time.as_secs_f64() * 1e3
         );
     }
+    if let Some(h) = &u.http {
+        eprintln!(
+            "http     {} requests sent, {} refused, {} bytes sent, {} bytes received",
+            h.requests, h.refused, h.bytes_sent, h.bytes_received
+        );
+    }
 }
 
 pub fn run(args: RunArgs, echo_logs: bool, json: bool) -> anyhow::Result<ExitCode> {
@@ -208,6 +225,7 @@ pub fn run(args: RunArgs, echo_logs: bool, json: bool) -> anyhow::Result<ExitCod
         max_concurrent_instances: 4,
         gpu,
         artifact_cache: compile_cache(args.compile_cache.as_deref()),
+        http_extra_ca: args.http_ca.clone(),
         ..RuntimeConfig::default()
     })
     .map_err(|e| anyhow::anyhow!("cannot start the sandbox: {e:#}"))?;

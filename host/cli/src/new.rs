@@ -43,6 +43,7 @@ macro_rules! embed {
 const SDK_FILES: &[(&str, &str)] = embed!("sdk":
     "src/lib.rs",
     "src/gpu.rs",
+    "src/http.rs",
     "src/tensor/mod.rs",
     "src/tensor/safetensors.rs",
     "src/tensor/wgsl/attention.wgsl",
@@ -82,10 +83,12 @@ publish = false
 
 [features]
 tensor = ["dep:serde_json"]
+http = ["dep:wasip2"]
 
 [dependencies]
 wit-bindgen = "0.63"
 serde_json = { version = "1", optional = true }
+wasip2 = { version = "1.0.4", optional = true }
 "#;
 
 pub fn new(a: NewArgs) -> anyhow::Result<ExitCode> {

@@ -3,6 +3,7 @@
 //! Deliberately free of wasmtime/wgpu/axum so clients can depend on it.
 
 pub mod api;
+pub mod phases;
 pub mod report;
 mod units;
 
@@ -237,6 +238,26 @@ pub struct Usage {
     /// `[gpu]` section and the host placed it on an adapter).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub gpu: Option<GpuUsage>,
+    /// Outgoing HTTP (`wasi:http/outgoing-handler`), when the run tried
+    /// at least one request.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub http: Option<HttpUsage>,
+}
+
+/// What one run did with outgoing HTTP.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HttpUsage {
+    /// Requests that passed the host's checks and were sent (a connection
+    /// was attempted).
+    pub requests: u64,
+    /// Requests the host refused before any connection: destination not
+    /// allowlisted or outside the run's residency label, bad scheme or
+    /// URL, or a per-run limit reached.
+    pub refused: u64,
+    /// Request body bytes sent.
+    pub bytes_sent: u64,
+    /// Response body bytes received.
+    pub bytes_received: u64,
 }
 
 /// What one run did with its GPU adapter.
@@ -472,6 +493,7 @@ mod tests {
                 gpu_time: Duration::from_micros(40),
                 ..GpuUsage::default()
             }),
+            http: None,
         };
         let j = serde_json::to_value(&u).expect("json");
         assert_eq!(j["wall_time_us"], 1500);

@@ -21,6 +21,8 @@ pub(crate) struct UsageJson {
     peak_memory_bytes: u64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     gpu: Option<GpuUsage>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    http: Option<crate::HttpUsage>,
 }
 
 impl From<Usage> for UsageJson {
@@ -32,6 +34,7 @@ impl From<Usage> for UsageJson {
             fuel_consumed: u.fuel_consumed,
             peak_memory_bytes: u.peak_memory_bytes,
             gpu: u.gpu,
+            http: u.http,
         }
     }
 }
@@ -48,6 +51,7 @@ impl TryFrom<UsageJson> for Usage {
             fuel_consumed: u.fuel_consumed,
             peak_memory_bytes: u.peak_memory_bytes,
             gpu: u.gpu,
+            http: u.http,
         })
     }
 }

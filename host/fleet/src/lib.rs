@@ -10,6 +10,8 @@
 //!   `.creds` file, reply prefix), shared by the workers and the control
 //!   plane.
 //! - [`cache`]: a worker's bounded, least-recently-used dataset cache.
+//! - `cancels`: a worker's runs by id, so the control plane can cancel
+//!   them (`proto::cancel_subject`).
 //! - [`objects`]: object-store puts that fit `max_payload`, reads checked
 //!   against the digest an object is named by.
 //! - [`nats_config`]: the nats-server configuration and per-user
@@ -17,6 +19,7 @@
 //! - [`testing`]: a throw-away `nats-server` with JetStream for tests.
 
 pub mod cache;
+mod cancels;
 pub mod connect;
 pub mod nats_config;
 pub mod objects;

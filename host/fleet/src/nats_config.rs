@@ -385,11 +385,20 @@ mod tests {
                 u.permissions,
                 worker_permissions(std::slice::from_ref(&zone), &u.inbox_prefix)
             );
-            assert_eq!(u.permissions.subscribe, [format!("{}.>", u.inbox_prefix)]);
-            // Only the control plane publishes jobs, and a worker may
-            // create its zone's consumer with its zone's filter only.
+            // Its replies and its zone's cancels; nothing of another zone.
+            assert_eq!(
+                u.permissions.subscribe,
+                [
+                    format!("{}.>", u.inbox_prefix),
+                    format!("kasbah.cancel.{zone}")
+                ]
+            );
+            // Only the control plane publishes jobs and cancels, and a
+            // worker may create its zone's consumer with its zone's filter
+            // only.
             let publish = &u.permissions.publish;
             assert!(!publish.iter().any(|s| s.starts_with("kasbah.jobs")));
+            assert!(!publish.iter().any(|s| s.starts_with("kasbah.cancel")));
             let creates: Vec<&String> = publish
                 .iter()
                 .filter(|s| s.starts_with("$JS.API.CONSUMER.CREATE.KASBAH_JOBS"))

@@ -90,6 +90,16 @@ pub fn result_subject(zone: &str) -> String {
     format!("kasbah.results.{zone}")
 }
 
+/// Core NATS subject (no stream: a cancel matters only while the run
+/// executes) on which the control plane asks `zone`'s workers to stop a
+/// run; the payload is the run's id.
+pub fn cancel_subject(zone: &str) -> String {
+    format!("kasbah.cancel.{zone}")
+}
+
+/// Subjects of every zone's cancels (the control plane publishes them).
+pub const CANCEL_SUBJECTS: &str = "kasbah.cancel.>";
+
 /// The durable pull consumer of `zone`'s jobs, shared by its workers.
 pub fn zone_consumer(zone: &str) -> String {
     format!("zone-{zone}")
@@ -430,7 +440,7 @@ pub struct WorkerInfo {
 /// consumers, acks and result subjects, its zones' keys of the workers KV
 /// (`<zone>.*`), reads of the modules
 /// bucket and of its zones' buckets, puts into its zones' buckets (run
-/// outputs), replies on `inbox_prefix` — nothing
+/// outputs), replies on `inbox_prefix`, its zones' cancels — nothing
 /// else (no other zone's jobs or data, no stream or bucket administration,
 /// no publishing of jobs: the control plane, with
 /// [`control_plane_permissions`], creates them first). For a
@@ -487,16 +497,17 @@ pub fn worker_permissions(zones: &[String], inbox_prefix: &str) -> Permissions {
             format!("$JS.FC.{s}.>"),
         ]);
     }
-    Permissions {
-        publish,
-        subscribe: vec![format!("{inbox_prefix}.>")],
-    }
+    let mut subscribe = vec![format!("{inbox_prefix}.>")];
+    // Cancels of its zones' runs only.
+    subscribe.extend(zones.iter().map(|z| cancel_subject(z)));
+    Permissions { publish, subscribe }
 }
 
 /// What the control plane's NATS user may publish and subscribe to: the
 /// JetStream API (streams, consumers, KV and object-store administration),
 /// acks and flow control, the KV and object-store subjects, jobs on
-/// [`JOBS_SUBJECTS`], replies on `inbox_prefix`. Not results: only workers
+/// [`JOBS_SUBJECTS`], cancels on [`CANCEL_SUBJECTS`], replies on
+/// `inbox_prefix`. Not results: only workers
 /// publish those.
 pub fn control_plane_permissions(inbox_prefix: &str) -> Permissions {
     Permissions {
@@ -507,6 +518,7 @@ pub fn control_plane_permissions(inbox_prefix: &str) -> Permissions {
             "$KV.>".into(),
             "$O.>".into(),
             JOBS_SUBJECTS.into(),
+            CANCEL_SUBJECTS.into(),
         ],
         subscribe: vec![format!("{inbox_prefix}.>")],
     }

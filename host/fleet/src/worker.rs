@@ -78,6 +78,10 @@ pub struct WorkerConfig {
     /// zoned entries as for the server) and the zones of network and
     /// storage destinations, as the server's `[zones]`.
     pub zones: ZonesConfig,
+    /// PEM files of CA certificates outgoing HTTPS also trusts, beyond the
+    /// system roots: as the server's `http_extra_ca` (give every worker the
+    /// same list as the server, or runs behave differently per node).
+    pub http_extra_ca: Vec<PathBuf>,
     /// How long a job may go without progress before it is redelivered
     /// (the per-zone consumer's ack wait; the last worker started sets it).
     pub ack_wait_ms: u64,
@@ -115,6 +119,7 @@ impl Default for WorkerConfig {
             work_dir: PathBuf::from("kasbah-worker"),
             gpu: GpuConfig::default(),
             zones: ZonesConfig::default(),
+            http_extra_ca: Vec::new(),
             ack_wait_ms: crate::proto::ACK_WAIT.as_millis() as u64,
             max_deliver: crate::proto::MAX_DELIVER,
             nats_user: None,
@@ -249,6 +254,8 @@ struct Worker {
     timing: ConsumerTiming,
     max_module_bytes: u64,
     max_dataset_bytes: u64,
+    /// Its runs by id, for the control plane's cancels.
+    cancels: Arc<crate::cancels::Cancels>,
 }
 
 /// Run a worker until `shutdown` completes, then drain: remove its
@@ -332,6 +339,7 @@ pub async fn run(config: WorkerConfig, shutdown: impl Future<Output = ()>) -> an
         max_concurrent_instances: config.capacity.saturating_mul(2),
         gpu: config.gpu.clone(),
         zones: zones_config,
+        http_extra_ca: config.http_extra_ca.clone(),
         scratch_dir: Some(scratch),
         artifact_cache: (config.compiled_cache_bytes > 0).then(|| {
             kasbah_runtime::ArtifactCacheConfig::under(
@@ -367,7 +375,15 @@ pub async fn run(config: WorkerConfig, shutdown: impl Future<Output = ()>) -> an
         timing,
         max_module_bytes: config.max_module_bytes,
         max_dataset_bytes: config.max_dataset_bytes,
+        cancels: Arc::default(),
     });
+    // Cancels are heard until the process ends (runs draining may still be
+    // cancelled).
+    let cancel_listener = tokio::spawn(crate::cancels::listen(
+        worker.client.clone(),
+        worker.zones.clone(),
+        worker.cancels.clone(),
+    ));
     tracing::info!(
         worker = worker.id,
         zones = ?worker.zones,
@@ -429,6 +445,7 @@ pub async fn run(config: WorkerConfig, shutdown: impl Future<Output = ()>) -> an
     if let Err(e) = worker.client.flush().await {
         tracing::warn!(worker = worker.id, "flushing NATS connection: {e}");
     }
+    cancel_listener.abort();
     tracing::info!(worker = worker.id, "worker stopped");
     Ok(())
 }
@@ -655,7 +672,8 @@ async fn handle(worker: &Worker, zone: &str, msg: jetstream::Message) {
         })
     };
     let started_at_ms = now_ms();
-    let report = match execute(worker, &job).await {
+    let registered = crate::cancels::Registered::new(&worker.cancels, &job.run_id);
+    let report = match execute(worker, &job, registered.cancel.clone()).await {
         Ok(r) => r,
         Err(Prep::Refused(reason)) => {
             tracing::error!(worker = worker.id, run = job.run_id, "{reason}");
@@ -794,7 +812,11 @@ fn host_failure(module: Digest, reason: String) -> RunReport {
     RunReport::denied(module, reason)
 }
 
-async fn execute(worker: &Worker, job: &Job) -> Result<RunReport, Prep> {
+async fn execute(
+    worker: &Worker,
+    job: &Job,
+    cancel: Arc<kasbah_runtime::Cancel>,
+) -> Result<RunReport, Prep> {
     let remaining = job.deadline_unix_ms.saturating_sub(now_ms());
     if remaining <= 0 {
         return Ok(RunReport {
@@ -857,9 +879,13 @@ async fn execute(worker: &Worker, job: &Job) -> Result<RunReport, Prep> {
             "the policy grants secrets, which are not delivered to fleet workers".into(),
         ));
     }
+    let control = kasbah_runtime::RunControl {
+        live: None,
+        cancel: Some(cancel),
+    };
     match worker
         .runtime
-        .run_with(&module, &policy, request, &options)
+        .run_controlled(&module, &policy, request, &options, &control)
         .await
     {
         Ok(r) => Ok(r),

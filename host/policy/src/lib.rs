@@ -31,6 +31,9 @@
 //! max_files_created = 1000     # files, directories, hard links
 //! max_dir_depth = 32
 //! max_log_records = 1000
+//! max_http_requests = 64       # outgoing HTTP (needs [network]): requests per run
+//! max_http_bytes = 16777216    # request + response body bytes per run
+//! http_timeout_ms = 10000      # connect / first byte / between chunks
 //!
 //! [gpu]                        # absent = no GPU: every kasbah:gpu call is `denied`
 //! zones = ["eu-paris-1"]       # adapters in these zones (default: the policy's `zones`)
@@ -353,6 +356,19 @@ pub struct Limits {
     /// Deepest directory (levels below its preopen) a run may create.
     #[serde(skip_serializing_if = "defaults::is_dir_depth")]
     pub max_dir_depth: u64,
+    /// Outgoing HTTP requests (`wasi:http/outgoing-handler`) one run may
+    /// send; past it the guest gets an error and no connection is made.
+    #[serde(skip_serializing_if = "defaults::is_http_requests")]
+    pub max_http_requests: u64,
+    /// Bytes of outgoing HTTP request and response bodies one run may move,
+    /// together; counted as they stream.
+    #[serde(skip_serializing_if = "defaults::is_http_bytes")]
+    pub max_http_bytes: u64,
+    /// Connect (TCP + TLS) and first-byte timeout of one outgoing HTTP
+    /// request, and the longest pause between response body chunks, in
+    /// milliseconds. A guest may ask for less, never more.
+    #[serde(skip_serializing_if = "defaults::is_http_timeout")]
+    pub http_timeout_ms: u64,
 }
 
 /// What an empty log record costs against `limits.max_log_bytes`.
@@ -381,6 +397,18 @@ mod defaults {
     }
     pub fn is_dir_depth(v: &u64) -> bool {
         *v == DIR_DEPTH
+    }
+    pub const HTTP_REQUESTS: u64 = 64;
+    pub const HTTP_BYTES: u64 = 16 * super::MIB;
+    pub const HTTP_TIMEOUT_MS: u64 = 10_000;
+    pub fn is_http_requests(v: &u64) -> bool {
+        *v == HTTP_REQUESTS
+    }
+    pub fn is_http_bytes(v: &u64) -> bool {
+        *v == HTTP_BYTES
+    }
+    pub fn is_http_timeout(v: &u64) -> bool {
+        *v == HTTP_TIMEOUT_MS
     }
     pub const GPU_INVOCATIONS_PER_DISPATCH: u64 = 1 << 28;
     pub const GPU_INVOCATIONS: u64 = 1 << 36;
@@ -420,6 +448,9 @@ impl Default for Limits {
             max_write_bytes: defaults::WRITE_BYTES,
             max_files_created: defaults::FILES_CREATED,
             max_dir_depth: defaults::DIR_DEPTH,
+            max_http_requests: defaults::HTTP_REQUESTS,
+            max_http_bytes: defaults::HTTP_BYTES,
+            http_timeout_ms: defaults::HTTP_TIMEOUT_MS,
         }
     }
 }
@@ -444,6 +475,9 @@ impl Limits {
             max_write_bytes: 64 * 1024 * MIB,
             max_files_created: 1_000_000,
             max_dir_depth: 256,
+            max_http_requests: 100_000,
+            max_http_bytes: 64 * 1024 * MIB,
+            http_timeout_ms: 600_000,
         }
     }
 
@@ -469,6 +503,9 @@ impl Limits {
             max_write_bytes,
             max_files_created,
             max_dir_depth,
+            max_http_requests,
+            max_http_bytes,
+            http_timeout_ms,
         } = self;
         let c = ceiling;
         let mut all = vec![
@@ -522,6 +559,17 @@ impl Limits {
                 c.max_files_created,
             ),
             ("limits.max_dir_depth", *max_dir_depth, c.max_dir_depth),
+            (
+                "limits.max_http_requests",
+                *max_http_requests,
+                c.max_http_requests,
+            ),
+            ("limits.max_http_bytes", *max_http_bytes, c.max_http_bytes),
+            (
+                "limits.http_timeout_ms",
+                *http_timeout_ms,
+                c.http_timeout_ms,
+            ),
         ];
         if let (Some(v), Some(cf)) = (fuel, c.fuel) {
             all.insert(2, ("limits.fuel", *v, cf));
@@ -793,6 +841,7 @@ impl Policy {
                 u64::from(l.max_concurrent_runs),
             ),
             ("limits.max_module_bytes", l.max_module_bytes),
+            ("limits.http_timeout_ms", l.http_timeout_ms),
         ] {
             if v == 0 {
                 problems.push(format!("{name} must be greater than 0"));
@@ -878,7 +927,7 @@ impl Policy {
         let mut out = Vec::new();
         for import in imports {
             let name = import.split('@').next().unwrap_or(import);
-            let (pkg, _iface) = name.split_once('/').unwrap_or((name, ""));
+            let (pkg, iface) = name.split_once('/').unwrap_or((name, ""));
             let refusal = match pkg {
                 "wasi:io" | "wasi:clocks" | "wasi:random" | "wasi:cli" => None,
                 "kasbah:pipeline" => None,
@@ -889,6 +938,14 @@ impl Policy {
                 }
                 "wasi:sockets" if !self.network.is_empty() => None,
                 "wasi:sockets" => Some("the policy grants no network access"),
+                // Outgoing HTTP only: the host checks every request against
+                // the same allowlist as sockets. Nothing serves incoming
+                // HTTP to a pipeline (`incoming-handler` stays refused).
+                "wasi:http" if !matches!(iface, "outgoing-handler" | "types") => Some(
+                    "this interface is not provided to pipelines (only outgoing-handler and types)",
+                ),
+                "wasi:http" if !self.network.is_empty() => None,
+                "wasi:http" => Some("the policy grants no network access"),
                 "kasbah:gpu" if self.gpu.is_some() => None,
                 "kasbah:gpu" => Some("the policy grants no GPU"),
                 _ => Some("this interface is not provided to pipelines"),
@@ -1027,6 +1084,42 @@ mod tests {
     }
 
     #[test]
+    fn outgoing_http_needs_a_network_grant_and_incoming_is_refused() {
+        let out = ["wasi:http/outgoing-handler@0.2.4", "wasi:http/types@0.2.4"];
+        let refused = Policy::default().refused_imports(out);
+        assert_eq!(refused.len(), 2, "{refused:?}");
+        assert!(
+            refused[0].reason.contains("no network access"),
+            "{refused:?}"
+        );
+        let net = Policy::from_toml("[network]\nallow = [\"localhost:443\"]").expect("valid");
+        assert!(net.refused_imports(out).is_empty());
+        let incoming = net.refused_imports(["wasi:http/incoming-handler@0.2.4"]);
+        assert_eq!(incoming.len(), 1);
+        assert!(incoming[0].reason.contains("not provided"), "{incoming:?}");
+    }
+
+    #[test]
+    fn http_limits_default_round_trip_and_are_bounded() {
+        let p = Policy::from_json(r#"{"limits":{"memory_bytes":1048576}}"#).expect("old policy");
+        assert_eq!(p.limits.max_http_requests, 64);
+        assert_eq!(p.limits.max_http_bytes, 16 * MIB);
+        assert_eq!(p.limits.http_timeout_ms, 10_000);
+        // Omitted at their default: a stored policy's JSON (and digest) is unchanged.
+        let json = serde_json::to_string(&p).expect("json");
+        assert!(!json.contains("http"), "{json}");
+        let p =
+            Policy::from_toml("[limits]\nmax_http_requests = 2\nmax_http_bytes = 10").expect("set");
+        let json = serde_json::to_string(&p).expect("json");
+        assert!(json.contains("\"max_http_requests\":2"), "{json}");
+        assert_eq!(Policy::from_json(&json).expect("round trip"), p);
+        let e = Policy::from_toml("[limits]\nhttp_timeout_ms = 0").expect_err("zero");
+        assert!(e.to_string().contains("limits.http_timeout_ms"), "{e}");
+        let e = Policy::from_toml("[limits]\nmax_http_requests = 100001").expect_err("ceiling");
+        assert!(e.to_string().contains("limits.max_http_requests"), "{e}");
+    }
+
+    #[test]
     fn no_gpu_section_means_no_gpu_and_defaults_apply_when_present() {
         assert_eq!(Policy::from_toml("").expect("valid").gpu, None);
         let p =
@@ -1130,9 +1223,12 @@ mod tests {
             max_write_bytes: 0,
             max_files_created: 0,
             max_dir_depth: 0,
+            max_http_requests: 0,
+            max_http_bytes: 0,
+            http_timeout_ms: 0,
         };
         let over = Limits::hard_ceiling().exceeding(&zero);
-        assert_eq!(over.len(), 15, "{over:?}");
+        assert_eq!(over.len(), 18, "{over:?}");
         assert!(
             Limits::default()
                 .exceeding(&Limits::hard_ceiling())

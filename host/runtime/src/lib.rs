@@ -29,12 +29,14 @@ mod artifacts;
 pub mod control;
 pub mod datasets;
 mod fs;
+pub mod http;
 mod limits;
 pub mod log;
 pub mod net;
 pub mod residency;
 pub mod secrets;
 mod stdio;
+mod warm;
 mod wasi;
 
 pub use artifacts::{ArtifactCacheConfig, ArtifactStats};
@@ -63,6 +65,14 @@ pub use kasbah_policy;
 
 /// Host bindings for the `kasbah:pipeline/pipeline` world. WASI interfaces
 /// come from wasmtime-wasi; only `kasbah:*` is generated here.
+/// Fuel handed to compiled code at a time (see `run_controlled`): the
+/// most an interrupted run can leave unbilled, ~8 ms of a tight guest loop
+/// (which burns ~12 units/ns here); one write-back and executor yield per
+/// slice, fewer than the epoch's own yields (every 10 ms tick). A slice of
+/// 1,000,000 cost a CPU-bound guest 40–60% (debug host); 100,000,000 was
+/// within the noise.
+pub const FUEL_SLICE: u64 = 100_000_000;
+
 pub mod bindings {
     wasmtime::component::bindgen!({
         path: "../../wit",
@@ -110,6 +120,10 @@ pub struct RuntimeConfig {
     pub echo_guest_logs: bool,
     /// How long resolving one allowlisted DNS name may take at run start.
     pub dns_timeout: Duration,
+    /// PEM files of CA certificates outgoing HTTPS also trusts, beyond the
+    /// system roots (a private CA; the tests' CA). Read once, at
+    /// [`Runtime::new`]: an unreadable file is an error there.
+    pub http_extra_ca: Vec<std::path::PathBuf>,
     /// GPU adapter entries of this node (none by default: GPU calls then
     /// answer `unavailable`, or `denied` without a `[gpu]` policy).
     pub gpu: kasbah_gpu::GpuConfig,
@@ -146,6 +160,7 @@ impl Default for RuntimeConfig {
             artifact_cache: None,
             echo_guest_logs: false,
             dns_timeout: Duration::from_secs(2),
+            http_extra_ca: Vec::new(),
             gpu: kasbah_gpu::GpuConfig::default(),
             zones: ZonesConfig::default(),
             scratch_dir: None,
@@ -229,6 +244,8 @@ pub struct Module {
     size: usize,
     imports: Vec<String>,
     pre: Result<bindings::PipelinePre<RunState>, String>,
+    /// Instantiating it runs none of its code (`warm.rs`).
+    start_free: bool,
 }
 
 impl Module {
@@ -260,6 +277,7 @@ pub struct RunState {
     gpu: kasbah_gpu::GpuCtx,
     lookup: Arc<net::LookupFilter>,
     fs: Arc<fs::FsGuard>,
+    http: http::HttpState,
 }
 
 impl RunState {
@@ -276,6 +294,16 @@ impl RunState {
         net::Lookup {
             sockets: wasmtime_wasi::sockets::WasiSocketsView::sockets(self),
             filter,
+        }
+    }
+}
+
+impl wasmtime_wasi_http::WasiHttpView for RunState {
+    fn http(&mut self) -> wasmtime_wasi_http::WasiHttpCtxView<'_> {
+        wasmtime_wasi_http::WasiHttpCtxView {
+            ctx: &mut self.http.ctx,
+            table: &mut self.table,
+            hooks: &mut self.http.hooks,
         }
     }
 }
@@ -302,6 +330,8 @@ struct Inner {
     stop_ticker: Arc<AtomicBool>,
     gpu: kasbah_gpu::GpuRegistry,
     mounts: datasets::MountCache,
+    /// Outgoing HTTPS trust (system roots + `http_extra_ca`).
+    tls: Arc<rustls::ClientConfig>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -357,6 +387,11 @@ impl Runtime {
         let mut linker = Linker::new(&engine);
         wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
         net::add_lookup_to_linker(&mut linker, RunState::lookup)?;
+        // Outgoing HTTP: every request is checked in `http.rs` against the
+        // run's allowlist (empty without a `[network]` grant: all refused).
+        wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker)?;
+        let tls = http::client_config(&config.http_extra_ca)
+            .map_err(|e| wasmtime::Error::msg(format!("{e:#}")))?;
         fs::add_to_linker(&mut linker, RunState::fs)?;
         log::add_to_linker(&mut linker, |s: &mut RunState| log::Log(&mut s.log))?;
         kasbah_gpu::add_to_linker(&mut linker, |s: &mut RunState| {
@@ -393,6 +428,7 @@ impl Runtime {
                 stop_ticker,
                 gpu,
                 mounts: datasets::MountCache::new(MOUNT_CACHE_ENTRIES),
+                tls,
             }),
         })
     }
@@ -572,6 +608,7 @@ impl Runtime {
             size: wasm.len(),
             imports,
             pre,
+            start_free: warm::instantiation_runs_no_code(wasm),
         }))
     }
 
@@ -613,6 +650,7 @@ impl Runtime {
         control: &RunControl,
     ) -> Result<RunReport, RunError> {
         let started = Instant::now();
+        let mut phases = kasbah_core::phases::Phases::new();
         let limits = &policy.limits;
         let wall = Duration::from_millis(limits.wall_time_ms);
         let deadline = started + wall;
@@ -687,6 +725,7 @@ impl Runtime {
             Err(e) => return Ok(denied(e.to_string())),
         };
 
+        phases.mark("checks+mounts");
         let denials = net::Denials::default();
         let zones = &self.inner.config.zones;
         let dns = self.inner.config.dns_timeout;
@@ -702,10 +741,13 @@ impl Runtime {
             secret_env: &secret_env,
             secret_dirs: secret_files.as_ref().map_or(&[], |f| &f.dirs[..]),
         };
+        phases.mark("allowlist");
+        let http_allowlist = Arc::new(allowlist.clone());
         let mut parts = match wasi::build(policy, allowlist, denials.clone(), mounts) {
             Ok(p) => p,
             Err(e) => return Ok(denied(e.to_string())),
         };
+        phases.mark("wasi");
         let gpu_grant = policy.gpu_grant();
         let gpu = match &options.residency {
             None => self.inner.gpu.bind(gpu_grant.as_ref(), Some(deadline)),
@@ -731,6 +773,7 @@ impl Runtime {
                 .collect(),
         );
 
+        phases.mark("gpu");
         let mut table = ResourceTable::new();
         // Backstop for every WASI resource (streams, pollables, sockets,
         // descriptors): a full table traps the guest. Descriptors have
@@ -755,6 +798,12 @@ impl Runtime {
                 gpu,
                 lookup: parts.lookup.clone(),
                 fs: Arc::new(fs::FsGuard::new(limits, denials.clone())),
+                http: http::HttpState::new(
+                    http_allowlist,
+                    denials.clone(),
+                    self.inner.tls.clone(),
+                    limits,
+                ),
             },
         );
         store.limiter(|s| &mut s.limiter);
@@ -763,6 +812,16 @@ impl Runtime {
             store
                 .set_fuel(fuel_budget)
                 .map_err(|e| RunError::Internal(format!("set_fuel: {e}")))?;
+            // Compiled code keeps the fuel it burns in a register and writes
+            // it back only at calls and when its slice runs out; an epoch
+            // interrupt (deadline, cancel) unwinds without writing it back,
+            // so a guest stopped mid-loop was billed only the fuel of its
+            // start. Handing fuel out in slices writes it back (and yields
+            // to the executor) every `FUEL_SLICE` units: at most one slice
+            // of an interrupted run goes unbilled.
+            store
+                .fuel_async_yield_interval(Some(FUEL_SLICE))
+                .map_err(|e| RunError::Internal(format!("fuel slice: {e}")))?;
         }
         store.set_epoch_deadline(1);
         let cancel = control.cancel.clone();
@@ -778,13 +837,16 @@ impl Runtime {
             )
         });
 
+        phases.mark("store");
         let wit_request = wit::Request {
             content_type: request.content_type,
             metadata: request.metadata,
             body: request.body,
         };
+        let instantiated = std::sync::OnceLock::new();
         let call = async {
             let instance = pre.instantiate_async(&mut store).await?;
+            let _ = instantiated.set(Instant::now());
             instance
                 .kasbah_pipeline_handler()
                 .call_run(&mut store, &wit_request)
@@ -812,6 +874,10 @@ impl Runtime {
         })
         .await;
         let was_cancelled = cancel.as_ref().is_some_and(|c| c.is_cancelled());
+        if let Some(&at) = instantiated.get() {
+            phases.mark_at("instantiate", at);
+        }
+        phases.mark("call");
 
         let wall_time = started.elapsed();
         let fuel_consumed = if self.inner.config.fuel_metering {
@@ -825,6 +891,7 @@ impl Runtime {
             fuel_consumed,
             peak_memory_bytes: state.limiter.peak_memory as u64,
             gpu: state.gpu.usage(),
+            http: state.http.usage(),
         };
         let memory_denied = state.limiter.memory_denied || state.limiter.table_denied;
         let logs = state.log.take();
@@ -881,6 +948,8 @@ impl Runtime {
         };
         drop(store);
         drop(mounted);
+        phases.mark("report+drop");
+        tracing::debug!(target: "kasbah::phases", "sandbox {phases}");
         Ok(RunReport {
             module: module.digest,
             outcome,

@@ -51,6 +51,11 @@ pub struct Allowlist {
     /// The allowlist's names (normalised): the only names the guest may
     /// look up itself.
     names: HashSet<String>,
+    /// Each allowlisted `host:port` (names normalised, IP literals in their
+    /// canonical text) → the addresses the host resolved for it at run
+    /// start (empty: it did not resolve). Outgoing HTTP connects only to
+    /// these, for exactly the name the request names (`http.rs`).
+    targets: HashMap<(String, u16), Vec<SocketAddr>>,
     /// Names that did not resolve (reported, not fatal: the run goes on
     /// without them).
     pub unresolved: Vec<String>,
@@ -64,13 +69,26 @@ impl Allowlist {
         for t in &grant.allow {
             match &t.host {
                 NetHost::Ip(ip) => {
-                    out.addrs.insert(SocketAddr::new(*ip, t.port));
+                    let addr = SocketAddr::new(*ip, t.port);
+                    out.addrs.insert(addr);
+                    out.targets
+                        .entry((canonical(*ip).to_string(), t.port))
+                        .or_default()
+                        .push(addr);
                 }
                 NetHost::Name(name) => {
                     out.names.insert(normalise_name(name));
                     let lookup = tokio::net::lookup_host((name.as_str(), t.port));
+                    let entry = out
+                        .targets
+                        .entry((normalise_name(name), t.port))
+                        .or_default();
                     match tokio::time::timeout(timeout, lookup).await {
-                        Ok(Ok(addrs)) => out.addrs.extend(addrs),
+                        Ok(Ok(addrs)) => {
+                            let addrs: Vec<SocketAddr> = addrs.collect();
+                            entry.extend(addrs.iter().copied());
+                            out.addrs.extend(addrs);
+                        }
                         _ => out.unresolved.push(t.to_string()),
                     }
                 }
@@ -137,6 +155,41 @@ impl Allowlist {
             .map(String::as_str)
     }
 
+    /// Where outgoing HTTP to `host:port` (as the request's URL names it;
+    /// an IPv6 literal with or without brackets) may connect: the addresses
+    /// the host resolved for exactly that allowlisted target that the run
+    /// may still reach. `Err`: why not (a denial's detail).
+    pub(crate) fn http_destination(
+        &self,
+        host: &str,
+        port: u16,
+    ) -> Result<Vec<SocketAddr>, String> {
+        let bare = host.trim_start_matches('[').trim_end_matches(']');
+        let key = match bare.parse::<IpAddr>() {
+            Ok(ip) => canonical(ip).to_string(),
+            Err(_) => normalise_name(bare),
+        };
+        let Some(addrs) = self.targets.get(&(key, port)) else {
+            return Err(format!(
+                "{}:{port} is not in the policy's network allowlist",
+                shown(host)
+            ));
+        };
+        let allowed: Vec<SocketAddr> = addrs.iter().copied().filter(|a| self.allows(*a)).collect();
+        if !allowed.is_empty() {
+            return Ok(allowed);
+        }
+        match addrs
+            .iter()
+            .find_map(|a| self.zone_refusal(*a).map(|why| (a, why)))
+        {
+            Some((addr, why)) => Err(format!("residency_violation: {host}:{port} ({addr}) {why}")),
+            None => Err(format!(
+                "{host}:{port} is allowlisted but did not resolve when the run started"
+            )),
+        }
+    }
+
     fn allows(&self, addr: SocketAddr) -> bool {
         self.addrs.contains(&addr)
             || self
@@ -182,6 +235,15 @@ impl Allowlist {
     }
 }
 
+/// A guest-supplied name cut to 255 characters for a denial's detail.
+pub(crate) fn shown(name: &str) -> String {
+    let mut out: String = name.chars().take(255).collect();
+    if out.len() < name.len() {
+        out.push('…');
+    }
+    out
+}
+
 /// `Example.COM.` → `example.com`.
 fn normalise_name(name: &str) -> String {
     name.trim_end_matches('.').to_ascii_lowercase()
@@ -225,10 +287,7 @@ impl ip_name_lookup::Host for Lookup<'_> {
         name: String,
     ) -> Result<Resource<ip_name_lookup::ResolveAddressStream>, SocketError> {
         if !self.filter.allows(&name) {
-            let mut shown: String = name.chars().take(255).collect();
-            if shown.len() < name.len() {
-                shown.push('…');
-            }
+            let shown = shown(&name);
             record(
                 &self.filter.denials,
                 "network",
@@ -318,6 +377,49 @@ mod tests {
         assert!(!l.allows("127.0.0.1:8081".parse().expect("addr")));
         assert!(!l.allows("127.0.0.2:8080".parse().expect("addr")));
         assert!(l.names.is_empty());
+        // Outgoing HTTP: the literal as listed (either form), nothing else.
+        let to = |h: &str, p| l.http_destination(h, p);
+        assert_eq!(
+            to("127.0.0.1", 8080),
+            Ok(vec!["127.0.0.1:8080".parse().expect("addr")])
+        );
+        assert!(to("[::ffff:127.0.0.1]", 8080).is_ok());
+        assert!(
+            to("127.0.0.1", 8081)
+                .expect_err("port")
+                .contains("not in the policy")
+        );
+        assert!(
+            to("localhost", 8080)
+                .expect_err("name")
+                .contains("not in the policy")
+        );
+    }
+
+    #[tokio::test]
+    async fn http_destinations_are_the_listed_name_only_and_its_resolved_addresses() {
+        let grant = NetworkGrant {
+            allow: vec![
+                "LocalHost:8443".parse().expect("target"),
+                "does-not-exist.invalid:443".parse().expect("target"),
+            ],
+        };
+        let l = Allowlist::resolve(&grant, Duration::from_secs(2)).await;
+        let addrs = l.http_destination("localhost", 8443).expect("listed name");
+        assert!(
+            !addrs.is_empty() && addrs.iter().all(|a| a.ip().is_loopback()),
+            "{addrs:?}"
+        );
+        assert_eq!(l.http_destination("LOCALHOST.", 8443), Ok(addrs.clone()));
+        // Its addresses are reachable by sockets, but not by another name
+        // or by the literal through HTTP: only the name as listed.
+        assert!(l.http_destination("127.0.0.1", 8443).is_err());
+        assert!(l.http_destination("localhost.localdomain", 8443).is_err());
+        assert!(l.http_destination("localhost", 443).is_err());
+        let e = l
+            .http_destination("does-not-exist.invalid", 443)
+            .expect_err("unresolved");
+        assert!(e.contains("did not resolve"), "{e}");
     }
 
     #[tokio::test]
@@ -363,6 +465,16 @@ mod tests {
                 .contains("no configured zone")
         );
         assert_eq!(l.zone_refusal(a), None);
+        assert!(l.http_destination("127.0.0.1", 1001).is_ok());
+        let e = l
+            .http_destination("127.0.0.1", 1002)
+            .expect_err("other zone");
+        assert!(
+            e.starts_with("residency_violation: ") && e.contains("zone-b"),
+            "{e}"
+        );
+        let e = l.http_destination("127.0.0.1", 1003).expect_err("no zone");
+        assert!(e.contains("no configured zone"), "{e}");
     }
 
     #[tokio::test]

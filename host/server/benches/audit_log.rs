@@ -176,6 +176,7 @@ fn report(module: Digest, ok: bool) -> RunReport {
             fuel_consumed: Some(4321),
             peak_memory_bytes: 1 << 20,
             gpu: None,
+            http: None,
         },
         stdout: Default::default(),
         stderr: Default::default(),

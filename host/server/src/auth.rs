@@ -34,7 +34,10 @@ pub async fn authenticate(headers: &HeaderMap, state: &AppState) -> ApiResult<Ca
         .map(str::trim)
         .filter(|t| !t.is_empty())
         .ok_or_else(|| ApiError::unauthenticated("malformed Authorization header"))?;
-    match state.tenancy.caller(token).await? {
+    let started = std::time::Instant::now();
+    let check = state.tenancy.caller(token).await?;
+    tracing::debug!(target: "kasbah::phases", "auth total={}us", started.elapsed().as_micros());
+    match check {
         TokenCheck::Valid(c) => Ok(c),
         TokenCheck::Unknown => Err(ApiError::unauthenticated("unknown token")),
         // Distinct codes: they tell the holder whether to renew or to

@@ -58,6 +58,10 @@ pub struct ServerConfig {
     /// (`[[zones.network]]`) and storage location (`[[zones.storage]]`).
     /// See `kasbah_runtime::residency`.
     pub zones: kasbah_runtime::ZonesConfig,
+    /// PEM files of CA certificates that pipelines' outgoing HTTPS also
+    /// trusts, beyond the system roots (a private CA). Fleet workers take
+    /// the same field in their own configuration.
+    pub http_extra_ca: Vec<PathBuf>,
     /// Largest dataset upload.
     pub max_dataset_bytes: u64,
     /// The audit log's origin: the first line of its checkpoints and the
@@ -169,6 +173,7 @@ impl Default for ServerConfig {
                 ..Default::default()
             },
             zones: kasbah_runtime::ZonesConfig::default(),
+            http_extra_ca: Vec::new(),
             max_dataset_bytes: 4 << 30,
             fsync_every_commit: true,
             audit_origin: "kasbah.local/log".into(),

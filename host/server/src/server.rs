@@ -40,9 +40,9 @@ pub struct Server {
     /// The connection limits in force (the cap after the fd limit).
     pub limits: http::ConnLimits,
     /// The background preload of recently used compiled modules
-    /// (`runs::execute::preload_recent`), if one was started: joining it
-    /// gives how many modules it loaded.
-    pub preload: Option<std::thread::JoinHandle<usize>>,
+    /// (`runs::warmup::preload_recent`), if one was started: joining it
+    /// gives what it warmed.
+    pub preload: Option<std::thread::JoinHandle<crate::runs::warmup::Warmed>>,
     /// The restore of GPU warm state and the ledger's saver
     /// (`runs::gpu_state`).
     pub gpu_state: crate::runs::gpu_state::GpuStateTasks,
@@ -167,6 +167,7 @@ pub async fn start(mut config: ServerConfig) -> anyhow::Result<Server> {
         max_concurrent_instances: u32::try_from(config.workers.max(1) * 2).unwrap_or(u32::MAX),
         gpu: config.gpu.clone(),
         zones: config.zones.clone(),
+        http_extra_ca: config.http_extra_ca.clone(),
         // Dataset mounts hard-link blobs: same file system as the blob dir.
         scratch_dir: Some(config.data_dir.join("scratch")),
         artifact_cache: (config.compiled_cache_bytes > 0)
@@ -211,7 +212,7 @@ pub async fn start(mut config: ServerConfig) -> anyhow::Result<Server> {
     if let Some(fleet) = &state.fleet {
         crate::runs::dispatch::start(fleet, state.clone()).await?;
     }
-    let preload = crate::runs::execute::preload_recent(&state);
+    let preload = crate::runs::warmup::preload_recent(&state);
     let gpu_state = crate::runs::gpu_state::start(&state);
     let witnesses = crate::audit::witnesses::start(&state)?;
     let app = router(state.clone());

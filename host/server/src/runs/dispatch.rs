@@ -66,6 +66,10 @@ pub async fn start(fleet: &Arc<Fleet>, s: AppState) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// How long a cancelled fleet run waits for its worker's result (the
+/// `cancel` endpoint waits 10 s for the record).
+const CANCEL_GRACE: Duration = Duration::from_secs(5);
+
 /// Run an admitted run on a worker of its zone and return its record
 /// (`None` if it could not be dispatched or recorded, logged).
 pub async fn execute(
@@ -116,17 +120,26 @@ pub async fn execute(
         )
         .await;
     }
+    let mut rx = rx;
     let result = tokio::select! {
-        r = tokio::time::timeout(wait, rx) => r,
+        r = tokio::time::timeout(wait, &mut rx) => r,
         () = async {
             match &cancel {
                 Some(c) => c.cancelled().await,
                 None => std::future::pending().await,
             }
         } => {
-            // Recorded here, now: the worker is not told, and the result
-            // it may still send is dropped (one record per run); no usage
-            // is billed for what it ran.
+            // The zone's workers are told; the one running it stops it
+            // (within two epoch ticks) and sends its result — `cancelled`,
+            // with the usage it took, which is what is recorded and billed.
+            // A worker that never answers in time: recorded here, without
+            // usage, and its later result is dropped (one record per run).
+            if let Err(e) = fleet.cancel(&placed.row.zone, &id).await {
+                tracing::warn!(run = %id, "telling the fleet to cancel: {e}");
+            }
+            if let Ok(Ok(record)) = tokio::time::timeout(CANCEL_GRACE, &mut rx).await {
+                return Some(record);
+            }
             fleet.forget(&id);
             let report = RunReport {
                 outcome: Outcome::Cancelled {},

@@ -34,6 +34,7 @@ pub async fn execute(
     live: Arc<LiveRun>,
 ) -> Option<RunRecord> {
     let _admission = admission;
+    let mut phases = kasbah_core::phases::Phases::new();
     let id = run.id.as_str();
     let digest = run.module;
     // A run cancelled while it waits for a worker never starts.
@@ -41,8 +42,12 @@ pub async fn execute(
         w = s.scheduler.worker() => Some(w?),
         () = live.cancel.cancelled() => None,
     };
+    phases.mark("worker");
     let started_at = s.runs.mark_running(id);
-    let report = match (&worker, load_module(s, &digest).await) {
+    phases.mark("mark_running");
+    let loaded = load_module(s, &digest).await;
+    phases.mark("load");
+    let report = match (&worker, loaded) {
         (None, _) => RunReport {
             outcome: Outcome::Cancelled {},
             ..RunReport::denied(digest, String::new())
@@ -76,9 +81,11 @@ pub async fn execute(
     // runs in flight. (Holding the permit through the commit capped a
     // 2-core box at ~10k sync runs/s with 8 workers: ~19k without.)
     drop(worker);
+    phases.mark("guest");
     let output = keep_output(s, id, &report, placed.stores_output());
     count_run(s, &report);
-    match s
+    phases.mark("output");
+    let stored = s
         .runs
         .finish_run(
             &run,
@@ -90,8 +97,10 @@ pub async fn execute(
                 output_zone: None,
             },
         )
-        .await
-    {
+        .await;
+    phases.mark("finish");
+    tracing::debug!(target: "kasbah::phases", run = id, "execute {phases}");
+    match stored {
         Ok((record, _)) => Some(record),
         Err(e) => {
             tracing::error!(run = id, "finish run: {e}");
@@ -133,80 +142,6 @@ pub async fn load_module(s: &AppState, digest: &Digest) -> Result<Arc<Module>, S
         .await
         .map_err(|e| format!("loading module {digest}: {e}"))?
         .map_err(|e| format!("loading module {digest}: {e}"))
-}
-
-/// Warm a (re)started server in the background, never delaying or failing
-/// its start: wake each guest thread once, then load the most recently used
-/// compiled modules from the artifact cache (bounded by `preload_modules`
-/// and `preload_bytes`; verified like any load, never compiled; a refused
-/// artifact is removed and that module compiles on its first run). Only
-/// code is loaded: no instance is made and no guest code runs. Returns the
-/// thread, so tests can wait for it; `None` when there is nothing to do.
-pub fn preload_recent(s: &AppState) -> Option<std::thread::JoinHandle<usize>> {
-    let threads = match s.config.guest_threads {
-        0 => std::thread::available_parallelism().map_or(1, usize::from),
-        n => n,
-    };
-    for _ in 0..threads {
-        // Dropped: nobody waits for it.
-        let _ = s.guests.spawn(async {});
-    }
-    if s.fleet.is_some() || s.config.preload_modules == 0 {
-        return None;
-    }
-    let digests = s
-        .runtime
-        .recent_artifacts(s.config.preload_modules, s.config.preload_bytes);
-    if digests.is_empty() {
-        return None;
-    }
-    let s = s.clone();
-    s.warmup
-        .modules
-        .store(true, std::sync::atomic::Ordering::Release);
-    let state = s.clone();
-    let spawned = std::thread::Builder::new()
-        .name("kasbah-preload".into())
-        .spawn(move || {
-            let s = state;
-            let started = std::time::Instant::now();
-            let mut loaded = 0;
-            for d in &digests {
-                // An artifact whose module is gone (deleted data) is skipped.
-                let bytes = match s.blobs.get(d) {
-                    Ok(Some(b)) => b,
-                    Ok(None) => continue,
-                    Err(e) => {
-                        tracing::warn!("preload: reading module {d}: {e}");
-                        continue;
-                    }
-                };
-                match s.runtime.preload(&bytes) {
-                    Ok(true) => loaded += 1,
-                    Ok(false) => {}
-                    Err(e) => tracing::warn!("preload: module {d}: {e}"),
-                }
-            }
-            tracing::info!(
-                "preloaded {loaded} of {} recently used modules in {:?}",
-                digests.len(),
-                started.elapsed()
-            );
-            s.warmup
-                .modules
-                .store(false, std::sync::atomic::Ordering::Release);
-            loaded
-        });
-    match spawned {
-        Ok(h) => Some(h),
-        Err(e) => {
-            tracing::warn!("preload thread: {e}");
-            s.warmup
-                .modules
-                .store(false, std::sync::atomic::Ordering::Release);
-            None
-        }
-    }
 }
 
 /// What a run's record keeps of its output: the bytes inline (up to

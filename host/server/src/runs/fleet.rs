@@ -163,6 +163,22 @@ impl Fleet {
         rx
     }
 
+    /// Ask `zone`'s workers to stop run `id` (core NATS, fire and forget:
+    /// the worker running it ends it as `cancelled` and sends its result
+    /// with the usage it took; a worker that has not started it yet skips
+    /// it).
+    pub async fn cancel(&self, zone: &str, id: &str) -> anyhow::Result<()> {
+        let client = self.js.client();
+        client
+            .publish(
+                kasbah_fleet::proto::cancel_subject(zone),
+                id.to_owned().into(),
+            )
+            .await?;
+        client.flush().await?;
+        Ok(())
+    }
+
     /// Stop waiting for a run (dispatch failed, or no result in time).
     pub fn forget(&self, id: &str) {
         lock(&self.waiters).remove(id);

@@ -33,11 +33,14 @@ pub async fn create_run(
     body: Result<Json<CreateRun>, JsonRejection>,
 ) -> ApiResult<(StatusCode, Json<RunRecord>)> {
     service::may_start(&caller)?;
+    let started = std::time::Instant::now();
     let Json(req) = body.map_err(json_error)?;
-    Ok(match service::start(&s, &caller, req).await? {
+    let r = match service::start(&s, &caller, req).await? {
         Started::Finished(r) => (StatusCode::OK, Json(r)),
         Started::Accepted(r) => (StatusCode::ACCEPTED, Json(r)),
-    })
+    };
+    tracing::debug!(target: "kasbah::phases", run = %r.1.id, "handler total={}us", started.elapsed().as_micros());
+    Ok(r)
 }
 
 #[derive(Deserialize, utoipa::IntoParams)]

@@ -10,6 +10,8 @@
 //! clients follow their logs and cancel them; `follow.rs`: the rules of
 //! reading those logs and of cancelling. `workers.rs`: the
 //! fleet's live workers as the API shows them (`GET /v1/fleet/workers`).
+//! `warmup.rs` (+ `recent_sqlite.rs`): the start-up warm-up (modules,
+//! warm-up instances, cached lookups).
 //! `invoke.rs`: raw HTTP invoke (`POST /v1/invoke/{name}`), a run started
 //! like `POST /v1/runs`, its outcome mapped onto an HTTP status.
 
@@ -22,9 +24,11 @@ pub mod handlers;
 pub mod invoke;
 pub mod live;
 pub mod placement;
+pub mod recent_sqlite;
 pub mod row_sqlite;
 pub mod scheduler;
 pub mod service;
 pub mod sqlite;
 pub mod storage;
+pub mod warmup;
 pub mod workers;

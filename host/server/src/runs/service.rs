@@ -9,6 +9,7 @@ use std::time::Duration;
 use base64::Engine as _;
 use kasbah_core::Digest;
 use kasbah_core::api::{CreateRun, Role, RunRecord, UsageRow};
+use kasbah_core::phases::Phases;
 use kasbah_runtime::Request;
 
 use super::dispatch;
@@ -78,13 +79,16 @@ pub async fn start_with_input(
     input: Vec<u8>,
 ) -> ApiResult<Started> {
     may_start(caller)?;
+    let mut phases = Phases::new();
     let tenant = caller.subject.clone();
     let module_ref = parse_module_ref(&req.module)?;
     // The digest run is the one the reference names now; the record and
     // the receipt carry it, whatever the reference was.
     let module = resolve_module(s, &tenant, &module_ref)?;
     let digest = module.digest;
+    phases.mark("module");
     let policy = policy(s, &tenant)?;
+    phases.mark("policy");
     let limits = &policy.policy.limits;
     if input.len() as u64 > limits.max_input_bytes {
         return Err(ApiError::too_large(
@@ -113,10 +117,12 @@ pub async fn start_with_input(
     .await?;
     placed.options.secrets = secret_values;
     placed.row.secrets = secret_uses;
+    phases.mark("place");
     let admission = match s.scheduler.admit(&tenant, limits.max_concurrent_runs) {
         Ok(a) => a,
         Err(r) => return Err(refuse_admission(s, &tenant, digest, r).await),
     };
+    phases.mark("admit");
 
     let run = NewRun {
         id: new_run_id(),
@@ -132,7 +138,10 @@ pub async fn start_with_input(
     // commits, and nobody hears of the run before it is durable (below).
     // The result's commit, later in the same writer, implies it.
     let inserted = s.runs.insert_run(&run).await?;
+    phases.mark("insert");
     let live = s.live.start(&run.id, &run.tenant_id, s.fleet.is_none());
+    phases.mark("live");
+    tracing::debug!(target: "kasbah::phases", run = %run.id, "admission {phases}");
     let mut request = Request::new(input);
     if let Some(ct) = req.content_type {
         request = request.with_content_type(ct);

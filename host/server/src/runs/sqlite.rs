@@ -19,7 +19,7 @@ use crate::ids::now_ms;
 use crate::store::{Db, DbError, DbResult, Pending, from_json, json, lock, parse_digest};
 
 pub struct SqliteRuns {
-    db: Arc<Db>,
+    pub(super) db: Arc<Db>,
     /// Runs executing now → their start time. "running" is not written to
     /// the database (a crash turns `queued` and `running` alike into
     /// `interrupted`); reads overlay it on `queued` records.

@@ -23,9 +23,16 @@
 //! run on a second thread with its own connection (`PASSIVE`: never blocks
 //! the writer or readers), so the writer does not pay for them inline; the
 //! writer only checkpoints itself if the WAL grows past
-//! [`WAL_AUTOCHECKPOINT_PAGES`] anyway.
+//! [`WAL_AUTOCHECKPOINT_PAGES`] anyway. The checkpointer waits until the
+//! WAL holds [`CHECKPOINT_MIN_PAGES`] (the writer's WAL hook counts them):
+//! after a complete checkpoint the next commit restarts the WAL from its
+//! start, which costs an extra fsync (the new header's) with `synchronous
+//! = FULL`. Checkpointing every few pages made the first request after
+//! any 100 ms of idleness pay it — among them a restarted server's first
+//! request (issue 15).
 
 use std::ops::Range;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::thread::JoinHandle;
 use std::time::Instant;
@@ -48,8 +55,12 @@ pub const QUEUE: usize = 4 * MAX_BATCH;
 /// default is 1000); the background checkpointer normally keeps it below.
 pub const WAL_AUTOCHECKPOINT_PAGES: u32 = 16_384;
 
-/// How often the background checkpointer runs.
+/// How often the background checkpointer looks at the WAL.
 const CHECKPOINT_EVERY: std::time::Duration = std::time::Duration::from_millis(100);
+
+/// The background checkpointer copies the WAL back once it holds this many
+/// pages (SQLite's own default autocheckpoint point; 4 MiB of 4 KiB pages).
+pub const CHECKPOINT_MIN_PAGES: u32 = 1_000;
 
 /// Called after the batch commits (with the job's entry indices) or fails.
 pub type Reply = Box<dyn FnOnce(Result<Range<u64>, DbError>) + Send>;
@@ -114,9 +125,23 @@ impl Writer {
     ) -> std::io::Result<Self> {
         let (tx, rx) = mpsc::channel(QUEUE);
         let (stop_cp, stopped) = std::sync::mpsc::channel::<()>();
+        // Pages in the WAL after the writer's last commit. The hook replaces
+        // SQLite's autocheckpoint (also a WAL hook): it does its job too.
+        let wal_pages = Arc::new(AtomicU32::new(0));
+        let counted = wal_pages.clone();
+        let mut conn = conn;
+        conn.wal_hook(Some(move |wal: &mut rusqlite::hooks::Wal, pages: i32| {
+            let pages = u32::try_from(pages).unwrap_or(0);
+            counted.store(pages, Ordering::Relaxed);
+            if pages >= WAL_AUTOCHECKPOINT_PAGES {
+                wal.checkpoint()?;
+            }
+            Ok(())
+        }))
+        .map_err(std::io::Error::other)?;
         let cp = std::thread::Builder::new()
             .name("kasbah-db-checkpoint".into())
-            .spawn(move || checkpoint_loop(checkpointer, stopped))?;
+            .spawn(move || checkpoint_loop(checkpointer, &wal_pages, stopped))?;
         let thread = std::thread::Builder::new()
             .name("kasbah-db-writer".into())
             .spawn(move || {
@@ -182,11 +207,20 @@ fn writer_loop(
     }
 }
 
-fn checkpoint_loop(conn: Connection, stop: std::sync::mpsc::Receiver<()>) {
+fn checkpoint_loop(conn: Connection, wal_pages: &AtomicU32, stop: std::sync::mpsc::Receiver<()>) {
     use std::sync::mpsc::RecvTimeoutError;
     while let Err(RecvTimeoutError::Timeout) = stop.recv_timeout(CHECKPOINT_EVERY) {
-        if let Err(e) = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())) {
-            tracing::warn!("background WAL checkpoint: {e}");
+        if wal_pages.load(Ordering::Relaxed) < CHECKPOINT_MIN_PAGES {
+            continue;
+        }
+        // (busy, pages in the WAL, pages copied back)
+        match conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| {
+            Ok((r.get::<_, i64>(1)?, r.get::<_, i64>(2)?))
+        }) {
+            // All copied: the next commit restarts the WAL (and reports).
+            Ok((log, done)) if log == done => wal_pages.store(0, Ordering::Relaxed),
+            Ok(_) => {}
+            Err(e) => tracing::warn!("background WAL checkpoint: {e}"),
         }
     }
 }

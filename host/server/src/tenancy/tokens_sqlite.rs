@@ -254,3 +254,51 @@ impl TokenStore for SqliteTenancy {
         Ok(result)
     }
 }
+
+impl SqliteTenancy {
+    /// Cache the `limit` most recently used live tokens (the start-up
+    /// warm-up: a restarted server's first requests need no token read).
+    /// As a lookup would: revoked and expired tokens are left out, expiry
+    /// is still checked on every hit, and nothing is cached if a
+    /// revocation bumped the cache's generation meanwhile. Returns how
+    /// many were added.
+    pub fn warm_callers(&self, limit: usize) -> DbResult<usize> {
+        type Row = (String, String, String, Option<i64>, Option<i64>);
+        let generation = lock(&self.callers).generation;
+        let rows: Vec<Row> = self.db.with(|c| {
+            c.prepare(
+                "SELECT hash, role, subject, expires_at, last_used_at FROM tokens
+                 WHERE revoked_at IS NULL AND (expires_at IS NULL OR expires_at > ?1)
+                   AND last_used_at IS NOT NULL
+                 ORDER BY last_used_at DESC LIMIT ?2",
+            )?
+            .query_map(
+                params![now_ms(), i64::try_from(limit).unwrap_or(i64::MAX)],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)),
+            )?
+            .collect()
+        })?;
+        let mut cache = lock(&self.callers);
+        if cache.generation != generation {
+            return Ok(0);
+        }
+        let mut added = 0;
+        for (hash, role, subject, expires_at, last_used_at) in rows {
+            let Some(role) = Role::parse(&role) else {
+                continue;
+            };
+            if cache.live.len() >= CACHE_MAX {
+                break;
+            }
+            cache.live.entry(hash).or_insert_with(|| {
+                added += 1;
+                CachedToken {
+                    caller: Caller { role, subject },
+                    expires_at,
+                    last_used_at,
+                }
+            });
+        }
+        Ok(added)
+    }
+}
