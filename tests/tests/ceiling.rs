@@ -9,7 +9,7 @@ use kasbah_client::Client;
 use kasbah_core::api::*;
 use kasbah_policy::{
     Ceiling, DirGrant, DirMode, EnvCeiling, EnvGrant, GpuGrant, Limits, NetworkCeiling,
-    NetworkGrant, Policy, SignatureCeiling, SignaturePolicy,
+    NetworkGrant, Policy, SecretGrant, SignatureCeiling, SignaturePolicy,
 };
 use kasbah_tests::platform::{Platform, api_err};
 
@@ -76,6 +76,7 @@ fn table_ceiling() -> Ceiling {
             ..Limits::default()
         },
         datasets: false,
+        secrets: false,
         env: EnvCeiling {
             vars: names(&["MODEL"]),
             inherit: names(&["LANG"]),
@@ -152,6 +153,14 @@ fn maximal_policy(admin_dir: &std::path::Path) -> Policy {
             max_resident_bytes: 1,
         }),
         signatures: sigs(&[0], 1),
+        secrets: [(
+            "api_key".to_string(),
+            SecretGrant {
+                env: Some("API_KEY".into()),
+                file: Some("/secrets/api_key".into()),
+            },
+        )]
+        .into(),
     }
 }
 
@@ -344,6 +353,19 @@ fn table(other_dir: std::path::PathBuf) -> Vec<(&'static str, Edit, Vec<Edit>)> 
         gpu_quota!(max_transfer_bytes),
         gpu_quota!(max_resident_bytes),
         (
+            "secrets.api_key",
+            edit(|p| p.secrets.clear()),
+            vec![edit(|p| {
+                p.secrets.insert(
+                    "api_key".into(),
+                    SecretGrant {
+                        env: Some("API_KEY".into()),
+                        file: None,
+                    },
+                );
+            })],
+        ),
+        (
             "signatures.keys",
             edit(|p| p.signatures = sigs(&[0, 2], 2)),
             vec![edit(|p| p.signatures = sigs(&[0, 3], 2))],
@@ -377,6 +399,7 @@ fn base_policy(admin_dir: &std::path::Path) -> Policy {
         limits: c.limits.clone(),
         gpu: c.gpu.clone(),
         signatures: sigs(&[0, 1], 2),
+        secrets: Default::default(),
     }
 }
 

@@ -1012,6 +1012,7 @@ async fn the_runtime_mounts_datasets_read_only_without_a_server() {
         datasets: vec![DatasetMount::new("model.bin", &src)],
         residency: None,
         tenant: None,
+        secrets: Vec::new(),
     };
     let req = Request::new("!")
         .with_meta("datasets", "model.bin")
@@ -1042,6 +1043,7 @@ async fn the_runtime_mounts_datasets_read_only_without_a_server() {
         datasets: vec![DatasetMount::new("../etc", &src)],
         residency: None,
         tenant: None,
+        secrets: Vec::new(),
     };
     let r = kasbah_tests::runtime()
         .run_with(&module, &policy, Request::new(""), &bad)

@@ -35,11 +35,12 @@
 //! type 10 signing_key_revoked tenant:str key_id:str by_role:str by_subject:str
 //! type 11 provenance_published tenant:str module:digest statement:digest
 //!                         source:digest cargo_lock:digest toolchain:str
+//! type 12 secret_changed  tenant:str name:str version:u64 action:str
 //! ```
 //!
 //!
 //! Type 6 was added after types 1–5 were frozen, type 7 after type 6, type 8
-//! after type 7, types 9 and 10 after type 8; the bytes of the older types
+//! after type 7, types 9 and 10 after type 8, 11 after 10, 12 after 11; the bytes of the older types
 //! are unchanged.
 //!
 //! **Type 9 is a module publish with verified signers** (issue 16): type 3
@@ -51,6 +52,10 @@
 //! and a type 9 with an empty set is refused when decoding, so every record
 //! keeps one encoding. (Type 3's own `signer:opt<str>` predates signing and
 //! is written as absent by the server.)
+//!
+//! **Type 12 records a tenant's secret set or deleted** (issue 18): its
+//! name, the version set (or the last version, deleted) and the action
+//! (`set` or `delete`). Never the value, nor anything derived from it.
 //!
 //! **Type 10 records a signing key revoked** for a tenant's publishes, by
 //! the admin or operator who sets that tenant's policy.
@@ -110,6 +115,7 @@ pub enum EntryBody {
     Credential(Credential),
     SigningKeyRevoked(SigningKeyRevoked),
     ProvenancePublished(ProvenancePublished),
+    SecretChanged(SecretChanged),
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -255,6 +261,19 @@ pub struct ProvenancePublished {
     pub toolchain: String,
 }
 
+/// A tenant's secret was set (a new version) or deleted (type 12). Names
+/// and versions only: values never enter the log.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SecretChanged {
+    pub tenant: String,
+    /// The secret's name (`[a-z0-9_-]{1,64}`).
+    pub name: String,
+    /// The version set, or the version deleted.
+    pub version: u64,
+    /// `set` or `delete`.
+    pub action: String,
+}
+
 impl EntryBody {
     fn tag(&self) -> u8 {
         match self {
@@ -269,6 +288,7 @@ impl EntryBody {
             EntryBody::Credential(_) => 7,
             EntryBody::SigningKeyRevoked(_) => 10,
             EntryBody::ProvenancePublished(_) => 11,
+            EntryBody::SecretChanged(_) => 12,
         }
     }
 
@@ -284,6 +304,7 @@ impl EntryBody {
             EntryBody::Credential(_) => "credential",
             EntryBody::SigningKeyRevoked(_) => "signing_key_revoked",
             EntryBody::ProvenancePublished(_) => "provenance_published",
+            EntryBody::SecretChanged(_) => "secret_changed",
         }
     }
 
@@ -299,6 +320,7 @@ impl EntryBody {
             EntryBody::Credential(e) => &e.tenant,
             EntryBody::SigningKeyRevoked(e) => &e.tenant,
             EntryBody::ProvenancePublished(e) => &e.tenant,
+            EntryBody::SecretChanged(e) => &e.tenant,
         }
     }
 
@@ -313,7 +335,8 @@ impl EntryBody {
             | EntryBody::PolicySet(_)
             | EntryBody::DatasetCreated(_)
             | EntryBody::Credential(_)
-            | EntryBody::SigningKeyRevoked(_) => None,
+            | EntryBody::SigningKeyRevoked(_)
+            | EntryBody::SecretChanged(_) => None,
         }
     }
 }
@@ -609,6 +632,12 @@ impl Entry {
                 w.digest(&e.cargo_lock);
                 w.str("toolchain", &e.toolchain)?;
             }
+            EntryBody::SecretChanged(e) => {
+                w.str("tenant", &e.tenant)?;
+                w.str("name", &e.name)?;
+                w.u64(e.version);
+                w.str("action", &e.action)?;
+            }
         }
         Ok(w.0)
     }
@@ -710,6 +739,12 @@ impl Entry {
                 source: r.digest("source")?,
                 cargo_lock: r.digest("cargo_lock")?,
                 toolchain: r.str("toolchain")?,
+            }),
+            12 => EntryBody::SecretChanged(SecretChanged {
+                tenant: r.str("tenant")?,
+                name: r.str("name")?,
+                version: r.u64("version")?,
+                action: r.str("action")?,
             }),
             t => return Err(EntryError::UnknownType(t)),
         };

@@ -72,7 +72,7 @@ pub use checkpoint::{Checkpoint, CheckpointError, SignedCheckpoint, open_checkpo
 pub use cosignature::{CosignatureError, CosignerKey, CosignerVerifier, require_cosignatures};
 pub use entry::{
     Credential, DatasetCreated, Denial, Entry, EntryBody, EntryError, ModulePublished, PolicySet,
-    ProvenancePublished, RunExecuted, SigningKeyRevoked, TenantCreated,
+    ProvenancePublished, RunExecuted, SecretChanged, SigningKeyRevoked, TenantCreated,
 };
 pub use hash::Hash;
 pub use note::{KeyError, LogSigner, LogVerifier, NoteError};

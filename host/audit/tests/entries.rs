@@ -684,3 +684,59 @@ fn provenance_published_follows_the_grammar_and_decodes_strictly() {
 }
 
 const PROVENANCE_PUBLISHED_GOLDEN: &str = "010b0000019b76daa80b0000000461636d65120970d812836f19888625587a4606a5ad23cef31c8684e601771552548fc6b9b111c6e1d318f203063e5c16bab43c108326af0aa2f7b65760c95547a43dbe5284caad87e8d307449c7322edf4f893e25656cba80b2cf59cabb1e4850e43aa3e13ee4b2252c9e516a0547f2891aa2105c3ca71c6d7a1e682c69be97998dfc87e00000039727573746320312e39352e30202835393830373631366520323032362d30342d3134293b20746172676574207761736d33322d776173697032";
+
+/// Type 12 (`secret_changed`, issue 18): the grammar assembled by hand; a
+/// golden hex; round-trips; strict. It carries names and versions only.
+#[test]
+fn secret_changed_follows_the_grammar_and_decodes_strictly() {
+    use kasbah_audit::SecretChanged;
+    let e = Entry::new(
+        T + 12,
+        EntryBody::SecretChanged(SecretChanged {
+            tenant: "acme".into(),
+            name: "api_key".into(),
+            version: 3,
+            action: "set".into(),
+        }),
+    );
+    let s = |v: &str| {
+        let mut o = (v.len() as u32).to_be_bytes().to_vec();
+        o.extend_from_slice(v.as_bytes());
+        o
+    };
+    let mut want = vec![ENTRY_FORMAT_V1, 12];
+    want.extend((T + 12).to_be_bytes());
+    want.extend(s("acme"));
+    want.extend(s("api_key"));
+    want.extend(3u64.to_be_bytes());
+    want.extend(s("set"));
+    let bytes = e.encode().expect("encode");
+    assert_eq!(bytes, want);
+    assert_eq!(hex::encode(&bytes), SECRET_CHANGED_GOLDEN);
+    let back = Entry::decode(&bytes).expect("decode");
+    assert_eq!(back, e);
+    assert_eq!(back.body.kind(), "secret_changed");
+    assert_eq!(back.body.tenant(), "acme");
+    assert_eq!(back.body.module(), None);
+    for n in 0..bytes.len() {
+        assert!(Entry::decode(&bytes[..n]).is_err(), "prefix {n}");
+    }
+    let mut long = bytes.clone();
+    long.push(0);
+    assert!(Entry::decode(&long).is_err());
+    for reserved in [11u8, 13] {
+        let mut other = bytes.clone();
+        other[1] = reserved;
+        assert!(
+            Entry::decode(&other).is_err(),
+            "type {reserved} must not decode as type 12"
+        );
+    }
+    let v = serde_json::to_value(&back).expect("json");
+    assert_eq!(v["type"], "secret_changed");
+    assert_eq!(v["name"], "api_key");
+    assert_eq!(v["version"], 3);
+}
+
+const SECRET_CHANGED_GOLDEN: &str =
+    "010c0000019b76daa80c0000000461636d65000000076170695f6b6579000000000000000300000003736574";

@@ -315,6 +315,7 @@ fn describe(b: &kasbah_audit::EntryBody) -> String {
             "token {} {} ({} {}) by {} {}",
             c.token_id, c.action, c.role, c.subject, c.by_role, c.by_subject
         ),
+        SecretChanged(s) => format!("secret {} version {} {}", s.name, s.version, s.action),
         ProvenancePublished(p) => format!(
             "module {} statement {} source {} Cargo.lock {} toolchain {:?}",
             p.module, p.statement, p.source, p.cargo_lock, p.toolchain

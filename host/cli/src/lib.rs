@@ -13,6 +13,7 @@ mod new;
 pub mod out;
 mod remote;
 pub mod repro;
+mod secret;
 mod serve;
 mod sign;
 mod witness;
@@ -96,6 +97,9 @@ enum Command {
     /// Datasets with residency labels (developer: create; list/show).
     #[command(subcommand)]
     Dataset(remote::DatasetCmd),
+    /// The tenant's secrets (developer): set (value from stdin), list, delete.
+    #[command(subcommand)]
+    Secret(secret::SecretCmd),
     /// Run records.
     #[command(subcommand)]
     Runs(remote::RunsCmd),
@@ -193,6 +197,7 @@ pub fn main() -> ExitCode {
         Command::Publish(a) => remote::block_on(remote::publish(&ctx, a)),
         Command::Modules(a) => remote::block_on(remote::modules(&ctx, a)),
         Command::Dataset(c) => remote::block_on(remote::dataset(&ctx, c)),
+        Command::Secret(c) => remote::block_on(secret::secret(&ctx, c)),
         Command::Runs(c) => remote::block_on(remote::runs(&ctx, c)),
         Command::Usage(a) => remote::block_on(remote::usage(&ctx, a)),
         Command::Audit(c) => remote::block_on(audit::audit(&ctx, c)),

@@ -247,7 +247,20 @@ pub fn run(args: RunArgs, echo_logs: bool, json: bool) -> anyhow::Result<ExitCod
             .collect::<anyhow::Result<_>>()?,
         residency: None,
         tenant: None,
+        secrets: Vec::new(),
     };
+    if !policy.secrets.is_empty() {
+        anyhow::bail!(
+            "the policy grants secrets ({}): secrets are stored by a server (`kasbah secret set`), \
+             so a local run cannot have them; remove [secrets] or run on a server",
+            policy
+                .secrets
+                .keys()
+                .cloned()
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+    }
     if args.input_label.is_some() || args.store_output_as.is_some() {
         anyhow::bail!("--input-label and --store-output-as apply to server runs (sha256:…)");
     }

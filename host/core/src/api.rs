@@ -370,6 +370,30 @@ pub struct RunDataset {
     pub label: Vec<String>,
 }
 
+/// A secret a run was granted: its name and the version it got (never
+/// its value).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(ToSchema))]
+pub struct RunSecret {
+    #[cfg_attr(feature = "openapi", schema(example = "api_key"))]
+    pub name: String,
+    pub version: u64,
+}
+
+/// A tenant's stored secret as the API shows it: name and version, never
+/// the value (`PUT`/`GET`/`DELETE /v1/secrets…`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(ToSchema))]
+pub struct SecretRecord {
+    #[cfg_attr(feature = "openapi", schema(example = "api_key"))]
+    pub name: String,
+    /// 1 for the first value set under this name, one more at each set
+    /// (deleting and setting again goes on counting).
+    pub version: u64,
+    /// When this version was set (ms since the Unix epoch).
+    pub created_at: i64,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(ToSchema))]
 #[serde(rename_all = "snake_case")]
@@ -468,6 +492,10 @@ pub struct RunRecord {
     /// executed itself and for runs no worker answered.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub worker: Option<String>,
+    /// Secrets the run was granted, with the version each got (policy
+    /// `[secrets]`); names and versions only.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub secrets: Vec<RunSecret>,
     pub created_at: i64,
     pub started_at: Option<i64>,
     pub finished_at: Option<i64>,

@@ -868,7 +868,17 @@ async fn execute(
             adapter: job.adapter.clone(),
         }),
         tenant: Some(job.tenant.clone()),
+        // Secrets never travel over NATS (the control plane refuses such
+        // runs in fleet mode: `secrets_on_fleet`); a job that still
+        // carries a policy granting some is refused here, not run without.
+        secrets: Vec::new(),
     };
+    if !policy.secrets.is_empty() {
+        return Ok(kasbah_core::RunReport::denied(
+            job.module,
+            "the policy grants secrets, which are not delivered to fleet workers".into(),
+        ));
+    }
     let control = kasbah_runtime::RunControl {
         live: None,
         cancel: Some(cancel),

@@ -4,6 +4,7 @@
 //!
 //! ```toml
 //! datasets = true                    # may let tenants mount their datasets
+//! secrets = true                     # may grant tenants' stored secrets to their runs
 //!
 //! [limits]                           # every limit (absent: the hard ceiling, unmetered fuel allowed)
 //! memory_bytes = 268435456
@@ -56,6 +57,10 @@ pub struct Ceiling {
     /// Tenants may be allowed to mount their datasets.
     #[serde(default)]
     pub datasets: bool,
+    /// Tenants' policies may grant their stored secrets (`[secrets]`) to
+    /// runs.
+    #[serde(default)]
+    pub secrets: bool,
     #[serde(default)]
     pub env: EnvCeiling,
     #[serde(default)]
@@ -388,6 +393,7 @@ impl Ceiling {
         Ceiling {
             limits: Self::open_limits(),
             datasets: true,
+            secrets: true,
             env: EnvCeiling {
                 vars: ["*".to_string()].into(),
                 inherit: BTreeSet::new(),
@@ -425,7 +431,15 @@ impl Ceiling {
     /// the current top-level keys; `{}` is a legacy all-defaults ceiling).
     pub fn from_stored_json(s: &str) -> Result<Self, serde_json::Error> {
         let v: serde_json::Value = serde_json::from_str(s)?;
-        let current = ["limits", "datasets", "env", "network", "gpu", "signatures"];
+        let current = [
+            "limits",
+            "datasets",
+            "secrets",
+            "env",
+            "network",
+            "gpu",
+            "signatures",
+        ];
         let legacy = v
             .as_object()
             .is_some_and(|o| !o.keys().any(|k| current.contains(&k.as_str())));
@@ -442,6 +456,7 @@ impl Ceiling {
         let Ceiling {
             limits,
             datasets: _,
+            secrets: _,
             env,
             network: _,
             gpu,
@@ -494,6 +509,7 @@ impl Default for Ceiling {
         Ceiling {
             limits: Self::open_limits(),
             datasets: false,
+            secrets: false,
             env: EnvCeiling::default(),
             network: NetworkCeiling::default(),
             gpu: None,
@@ -612,6 +628,7 @@ impl Policy {
             limits,
             gpu,
             signatures,
+            secrets,
         } = self;
         let mut out = Vec::new();
         let mut push = |field: String, detail: String| out.push(Excess { field, detail });
@@ -661,6 +678,14 @@ impl Policy {
                             format!(" (outside it: {})", list(outside))
                         }
                     ),
+                );
+            }
+        }
+        if !ceiling.secrets {
+            for name in secrets.keys() {
+                push(
+                    format!("secrets.{name}"),
+                    "the operator's ceiling does not grant secrets".into(),
                 );
             }
         }

@@ -47,16 +47,25 @@
 //! max_transfer_bytes = 17179869184          # written + read back + copied
 //! max_resident_bytes = 268435456            # dataset-backed buffers kept on an adapter
 //!
+//! [secrets.api_key]            # a stored secret, by name (see `secrets.rs`)
+//! env = "API_KEY"              # delivered as an environment variable
+//! file = "/secrets/api_key"    # and/or as a read-only file
+//!
 //! [signatures]                 # absent = publish needs no signature
 //! keys = ["<base64 Ed25519 public key>"]   # as `kasbah key generate` prints it
 //! threshold = 1                # valid signatures by distinct listed, unrevoked keys
 //! ```
 
 mod ceiling;
+mod secrets;
 
 pub use ceiling::{
     Bounds, Ceiling, Cidr, EnvCeiling, Excess, NetRule, NetworkCeiling, RuleHost, SignatureCeiling,
     special_range,
+};
+pub use secrets::{
+    MAX_SECRET_ENV_NAME, MAX_SECRET_GRANTS, MAX_SECRET_PATH, SecretGrant, is_env_name,
+    is_secret_name, secret_dir,
 };
 
 use serde::{Deserialize, Serialize};
@@ -97,6 +106,9 @@ pub struct Policy {
     /// Module signatures a publish needs. `None`: none.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub signatures: Option<SignaturePolicy>,
+    /// Stored secrets granted to runs, by secret name (`secrets.rs`).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub secrets: BTreeMap<String, SecretGrant>,
 }
 
 /// Most keys a signature policy (or ceiling) lists.
@@ -861,6 +873,7 @@ impl Policy {
                 ));
             }
         }
+        secrets::problems(self, &mut problems);
         if problems.is_empty() {
             Ok(())
         } else {
@@ -919,7 +932,10 @@ impl Policy {
                 "wasi:io" | "wasi:clocks" | "wasi:random" | "wasi:cli" => None,
                 "kasbah:pipeline" => None,
                 "wasi:filesystem" if !self.files.is_empty() || self.datasets => None,
-                "wasi:filesystem" => Some("the policy grants no files and no datasets"),
+                "wasi:filesystem" if self.secret_files() => None,
+                "wasi:filesystem" => {
+                    Some("the policy grants no files, no datasets and no secret files")
+                }
                 "wasi:sockets" if !self.network.is_empty() => None,
                 "wasi:sockets" => Some("the policy grants no network access"),
                 // Outgoing HTTP only: the host checks every request against

@@ -34,6 +34,7 @@ mod limits;
 pub mod log;
 pub mod net;
 pub mod residency;
+pub mod secrets;
 mod stdio;
 mod warm;
 mod wasi;
@@ -42,6 +43,7 @@ pub use artifacts::{ArtifactCacheConfig, ArtifactStats};
 pub use control::{Cancel, LiveSink, RunControl};
 pub use datasets::{DatasetMount, MountError};
 pub use residency::{NetZone, Residency, StorageZone, ZonesConfig};
+pub use secrets::{SecretError, SecretValue};
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -181,6 +183,9 @@ pub struct RunOptions {
     /// buffers, cached kernels) is shared only between runs of the same
     /// tenant. `None`: nothing this run leaves warm is reused.
     pub tenant: Option<String>,
+    /// Granted secrets, decrypted (policy `[secrets]`): delivered as
+    /// environment variables and read-only files (`secrets.rs`).
+    pub secrets: Vec<SecretValue>,
 }
 
 /// The request handed to a pipeline.
@@ -703,6 +708,23 @@ impl Runtime {
             }
         };
 
+        // Secret files: a per-run directory on a memory-backed file system,
+        // removed (zeroed first) when this function returns or is dropped.
+        let secret_files = if options.secrets.iter().any(|s| s.file.is_some()) {
+            let made = secrets::memory_dir(None)
+                .and_then(|base| secrets::SecretFiles::create(&base, &options.secrets));
+            match made {
+                Ok(f) => Some(f),
+                Err(e) => return Ok(denied(e.to_string())),
+            }
+        } else {
+            None
+        };
+        let secret_env = match secrets::env_vars(&options.secrets) {
+            Ok(v) => v,
+            Err(e) => return Ok(denied(e.to_string())),
+        };
+
         phases.mark("checks+mounts");
         let denials = net::Denials::default();
         let zones = &self.inner.config.zones;
@@ -716,6 +738,8 @@ impl Runtime {
             residency: options.residency.as_ref().map(|r| (zones, r)),
             datasets: mounted.as_ref().map(|m| m.path()),
             live: control.live.clone(),
+            secret_env: &secret_env,
+            secret_dirs: secret_files.as_ref().map_or(&[], |f| &f.dirs[..]),
         };
         phases.mark("allowlist");
         let http_allowlist = Arc::new(allowlist.clone());

@@ -68,6 +68,8 @@ impl Runtime {
             residency: None,
             datasets: None,
             live: None,
+            secret_env: &[],
+            secret_dirs: &[],
         };
         let Ok(mut parts) =
             wasi::build(&policy, net::Allowlist::default(), denials.clone(), mounts)

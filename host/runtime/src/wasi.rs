@@ -35,6 +35,10 @@ pub(crate) struct RunMounts<'a> {
     pub datasets: Option<&'a std::path::Path>,
     /// Where kept stdout/stderr bytes also go as they are written.
     pub live: Option<crate::control::LiveSink>,
+    /// Granted secrets delivered as variables (name, value).
+    pub secret_env: &'a [(&'a str, &'a str)],
+    /// Directories of secret files: (host, guest), preopened read-only.
+    pub secret_dirs: &'a [(std::path::PathBuf, String)],
 }
 
 pub(crate) fn build(
@@ -63,6 +67,18 @@ pub(crate) fn build(
         if let Ok(v) = std::env::var(k) {
             b.env(k, v);
         }
+    }
+    // Policy validation keeps secret variable names apart from `[env]`.
+    for (k, v) in mounts.secret_env {
+        b.env(k, v);
+    }
+    for (host, guest) in mounts.secret_dirs {
+        b.preopened_dir(host, guest, FsPerms::ReadOnly)
+            .map_err(|e| ApplyError::Preopen {
+                host: host.clone(),
+                guest: guest.clone(),
+                reason: format!("{e:#}"),
+            })?;
     }
 
     for d in &policy.files {

@@ -1,6 +1,6 @@
 //! Data at rest: the data dir is readable by the kasbah user only, whatever
 //! the umask. Directories 0700; the database (`kasbah.db`, `-wal`, `-shm`,
-//! `-journal`), the audit key and the compiled-artifact key 0600; blobs and
+//! `-journal`), the audit key, the secrets key and the compiled-artifact key 0600; blobs and
 //! compiled artifacts (`compiled/`) 0600, dataset blobs 0400
 //! (immutable). The sandbox never opens these itself: the host process
 //! reads them (dataset mounts are hard links made by the host, inside this
@@ -68,7 +68,12 @@ pub fn prepare(data_dir: &Path) -> io::Result<()> {
     }
     drop(open.open(&db)?);
     fix_db_files(data_dir)?;
-    for key in ["audit-log.key", "compiled.key", "gpu-warm.json"] {
+    for key in [
+        "audit-log.key",
+        "compiled.key",
+        "secrets.key",
+        "gpu-warm.json",
+    ] {
         let key = data_dir.join(key);
         if key.exists() {
             set_mode(&key, FILE_MODE)?;

@@ -246,8 +246,10 @@ pub async fn json_objects(
         .is_some_and(|m| {
             m == "application/json" || (m.starts_with("application/") && m.ends_with("+json"))
         });
-    // A raw invoke's body is the pipeline's input, whatever JSON it is.
-    if !is_json || req.uri().path().starts_with("/v1/invoke/") {
+    // A raw invoke's body is the pipeline's input, whatever JSON it is; a
+    // secret's is its value (never buffered or parsed here).
+    let raw = ["/v1/invoke/", "/v1/secrets/"];
+    if !is_json || raw.iter().any(|p| req.uri().path().starts_with(p)) {
         return next.run(req).await;
     }
     let (parts, body) = req.into_parts();

@@ -25,7 +25,8 @@
 //! | `tenancy/` | operators and ceilings, tenants and policy versions, auditors, tokens (`tokens.rs`: lifecycle rules; `access.rs`: which tenants a caller reaches) |
 //! | `registry/` | modules: publish checks (component, imports granted, host links), records, content, lookup by digest or `name[@version]`; `signing.rs`: signatures at publish (DSSE envelopes, policy threshold), signing-key revocation; `provenance.rs`: build provenance statements (checked against the module, entry type 11, served to owner and auditors) |
 //! | `datasets/` | datasets: labels within the tenant's zones, uploads (fleet mode: into the label zones' object store buckets only), downloads, mounts by name |
-//! | `runs/` | runs: admission (`scheduler.rs`), placement (`placement.rs`), execution in this process (`execute.rs`) or on the fleet's zone workers (`fleet.rs`: the NATS side; `dispatch.rs`: dispatch, results, lost runs), live logs and cancel (`live.rs`: the feed; `follow.rs`: reading it, cancelling), the start-up warm-up (`warmup.rs`, `warm_sqlite.rs`), records, usage; `invoke.rs`: raw HTTP invoke, outcome → status |
+//! | `secrets/` | tenants' secrets: set/list/delete (developers), sealed at rest (`seal.rs`: XChaCha20-Poly1305 under `secrets.key`, AAD tenant+name+version), audited (type 12), decrypted for the runs their policy grants them to (`service.rs::for_run`) |
+//! | `runs/` | runs: admission (`scheduler.rs`), placement (`placement.rs`), execution in this process (`execute.rs`) or on the fleet's zone workers (`fleet.rs`: the NATS side; `dispatch.rs`: dispatch, results, lost runs), live logs and cancel (`live.rs`: the feed; `follow.rs`: reading it, cancelling), the start-up warm-up (`warmup.rs`, `warm_sqlite.rs`; `final_sqlite.rs`: a run's rows as written), records (`row_sqlite.rs`: the placement columns, secrets granted), usage; `invoke.rs`: raw HTTP invoke, outcome → status |
 //! | `audit/` | the log: entry builders (`entries.rs`), tables and queries (`log.rs`), key and checkpoints (`key.rs`), reads and refusals (`service.rs`), the C2SP tile-served log (`tiles.rs`), submitting checkpoints to witnesses (`witnesses.rs`) |
 //! | `console/` | the web console: embedded assets (`assets.rs`, `assets/`: hand-written ES modules, no JS toolchain; the verifier wasm from `build.rs`) and their handlers (CSP headers) |
 //! | `witness/` | `kasbah witness serve`, a C2SP tlog-witness (not part of the platform API; its router is `routes::witness_router`) |
@@ -69,6 +70,7 @@ pub mod ops;
 pub mod registry;
 pub mod routes;
 pub mod runs;
+pub mod secrets;
 pub mod server;
 pub mod state;
 pub mod store;

@@ -3,7 +3,7 @@
 
 use utoipa::OpenApi;
 
-use crate::{audit, datasets, error, ops, registry, runs, tenancy};
+use crate::{audit, datasets, error, ops, registry, runs, secrets, tenancy};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -20,6 +20,7 @@ use crate::{audit, datasets, error, ops, registry, runs, tenancy};
         runs::handlers::create_run, runs::handlers::invoke, runs::handlers::get_run, runs::handlers::get_run_output, runs::handlers::list_runs,
         runs::handlers::run_logs, runs::handlers::cancel_run,
         datasets::handlers::create_dataset, datasets::handlers::list_datasets, datasets::handlers::get_dataset, datasets::handlers::get_dataset_content,
+        secrets::handlers::put_secret, secrets::handlers::list_secrets, secrets::handlers::delete_secret,
         runs::handlers::usage, runs::handlers::fleet_workers, ops::metrics,
         audit::handlers::key, audit::handlers::checkpoint, audit::handlers::entries,
         audit::handlers::inclusion, audit::handlers::consistency,

@@ -15,6 +15,7 @@ use crate::openapi::openapi_json;
 use crate::ops;
 use crate::registry::handlers as registry;
 use crate::runs::handlers as runs;
+use crate::secrets::handlers as secrets;
 use crate::state::AppState;
 use crate::tenancy::handlers as tenancy;
 use crate::witness::handlers as witness;
@@ -100,6 +101,11 @@ pub fn router(state: AppState) -> Router {
         .route(
             "/v1/datasets/{id}/content",
             get(datasets::get_dataset_content),
+        )
+        .route("/v1/secrets", get(secrets::list_secrets))
+        .route(
+            "/v1/secrets/{name}",
+            put(secrets::put_secret).delete(secrets::delete_secret),
         )
         .route("/v1/runs", post(runs::create_run).get(runs::list_runs))
         .route("/v1/runs/{id}", get(runs::get_run))

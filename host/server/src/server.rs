@@ -119,7 +119,15 @@ pub async fn start(mut config: ServerConfig) -> anyhow::Result<Server> {
     at_rest::prepare(&config.data_dir)
         .map_err(|e| anyhow::anyhow!("securing the data dir {}: {e}", config.data_dir.display()))?;
     clean_scratch(&config.data_dir.join("scratch"));
+    // Secret files of runs of a process killed mid-run (in RAM, zeroed).
+    if let Ok(dir) = kasbah_runtime::secrets::memory_dir(None) {
+        let n = kasbah_runtime::secrets::sweep_stale(&dir);
+        if n > 0 {
+            tracing::warn!("removed {n} secret directories left by dead processes");
+        }
+    }
     let audit = AuditKey::load_or_create(&config.data_dir, &config.audit_origin)?;
+    let secret_key = crate::secrets::seal::SecretKey::load_or_create(&config.data_dir)?;
     if !config.fsync_every_commit {
         tracing::warn!(
             "fsync_every_commit = false: a power loss may lose acknowledged writes, and the \
@@ -186,6 +194,8 @@ pub async fn start(mut config: ServerConfig) -> anyhow::Result<Server> {
         config,
         modules: SqliteModules::new(db.clone()),
         datasets: SqliteDatasets::new(db.clone()),
+        secrets: crate::secrets::sqlite::SqliteSecrets::new(db.clone()),
+        secret_key,
         db,
         tenancy,
         runs,

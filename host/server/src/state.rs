@@ -20,6 +20,8 @@ use crate::registry::sqlite::SqliteModules;
 use crate::runs::fleet::Fleet;
 use crate::runs::scheduler::Scheduler;
 use crate::runs::sqlite::SqliteRuns;
+use crate::secrets::seal::SecretKey;
+use crate::secrets::sqlite::SqliteSecrets;
 use crate::store::Db;
 use crate::tenancy::sqlite::SqliteTenancy;
 
@@ -31,6 +33,9 @@ pub struct Inner {
     pub modules: SqliteModules,
     pub datasets: SqliteDatasets,
     pub runs: SqliteRuns,
+    /// Tenants' secrets (sealed) and the key they are sealed under.
+    pub secrets: SqliteSecrets,
+    pub secret_key: SecretKey,
     pub blobs: Blobs,
     pub runtime: Runtime,
     /// The tokio runtime guests execute on (see [`GuestThreads`]).

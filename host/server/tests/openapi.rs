@@ -272,3 +272,33 @@ fn integers_have_formats_that_hold_what_the_server_accepts() {
         "binary"
     );
 }
+
+/// Secrets (issue 18): the three operations are documented, a run record
+/// names granted secrets by a schema that exists, and no example or
+/// description in the document carries a value.
+#[test]
+fn secrets_are_documented_by_name_and_version_only() {
+    let doc = kasbah_server::openapi_document();
+    let paths = &doc["paths"];
+    assert!(paths["/v1/secrets"]["get"].is_object());
+    assert!(paths["/v1/secrets/{name}"]["put"].is_object());
+    assert!(paths["/v1/secrets/{name}"]["delete"].is_object());
+    for status in ["200", "403", "409", "413", "422"] {
+        assert!(
+            paths["/v1/secrets/{name}"]["put"]["responses"][status].is_object(),
+            "PUT documents {status}"
+        );
+    }
+    let schemas = &doc["components"]["schemas"];
+    let record = &schemas["SecretRecord"]["properties"];
+    assert!(record["name"].is_object() && record["version"].is_object());
+    assert!(record.get("value").is_none(), "a record has no value field");
+    assert!(
+        schemas["RunSecret"].is_object(),
+        "RunRecord.secrets refers to it"
+    );
+    assert!(
+        schemas["RunRecord"]["properties"]["secrets"].is_object(),
+        "run records name granted secrets"
+    );
+}

@@ -306,6 +306,31 @@ impl Client {
         Ok((p, created))
     }
 
+    /// Store `value` as a new version of the caller's tenant's secret
+    /// `name` (a developer token). The value is sent as is, never echoed.
+    pub async fn set_secret(&self, name: &str, value: Vec<u8>) -> Result<SecretRecord> {
+        Self::send(
+            self.req(reqwest::Method::PUT, &format!("/v1/secrets/{name}"))
+                .header("content-type", "application/octet-stream")
+                .body(value),
+        )
+        .await
+    }
+
+    /// The caller's tenant's secrets: names and versions, never values.
+    pub async fn secrets(&self) -> Result<Vec<SecretRecord>> {
+        Self::send(self.req(reqwest::Method::GET, "/v1/secrets")).await
+    }
+
+    /// Delete the caller's tenant's secret `name`.
+    pub async fn delete_secret(&self, name: &str) -> Result<()> {
+        let resp = self
+            .req(reqwest::Method::DELETE, &format!("/v1/secrets/{name}"))
+            .send()
+            .await?;
+        Self::check(resp).await.map(drop)
+    }
+
     /// A module's provenance statement, byte for byte as published.
     pub async fn provenance(&self, digest: &str) -> Result<Vec<u8>> {
         Self::send_bytes(self.req(

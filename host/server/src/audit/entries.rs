@@ -6,7 +6,7 @@
 
 use kasbah_audit::{
     Credential, DatasetCreated, Denial, Entry, EntryBody, ModulePublished, PolicySet,
-    ProvenancePublished, RunExecuted, SigningKeyRevoked, TenantCreated,
+    ProvenancePublished, RunExecuted, SecretChanged, SigningKeyRevoked, TenantCreated,
 };
 use kasbah_core::Digest;
 use kasbah_core::api::{
@@ -16,6 +16,17 @@ use kasbah_core::api::{
 
 use crate::caller::Caller;
 use crate::ids::now_ms;
+
+/// A tenant's secret was set (`version`: the new one) or deleted
+/// (`version`: the last one) — type 12: names and versions, never values.
+pub fn secret_changed(tenant: &str, name: &str, version: u64, action: &str) -> Entry {
+    entry(EntryBody::SecretChanged(SecretChanged {
+        tenant: tenant.to_string(),
+        name: name.to_string(),
+        version,
+        action: action.to_string(),
+    }))
+}
 
 /// An entry stamped now.
 pub fn entry(body: EntryBody) -> Entry {

@@ -379,6 +379,7 @@ impl Encoded {
             EntryBody::RunExecuted(r) => Some(r.run_id.clone()),
             EntryBody::Credential(c) => Some(c.token_id.clone()),
             EntryBody::ProvenancePublished(p) => Some(p.module.to_string()),
+            EntryBody::SecretChanged(s) => Some(s.name.clone()),
             _ => None,
         };
         Ok(Encoded {

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use kasbah_core::api::RunStatus;
 use rusqlite::{Connection, params};
 
-use super::sqlite::residency_params;
+use super::row_sqlite::residency_params;
 use super::storage::NewRun;
 use crate::store::{DbError, DbResult};
 
@@ -20,12 +20,13 @@ pub(super) fn insert_inflight(c: &Connection, run: &NewRun) -> DbResult<()> {
         input_label,
         output_label,
         store_output_as,
+        secrets,
     ] = residency_params(run.residency.as_ref())?;
     c.prepare_cached(
         "INSERT INTO runs_inflight(id, tenant_id, module_digest, policy_version, input_digest,
              input_size, created_at, zone, adapter, datasets, input_label, output_label,
-             store_output_as)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
+             store_output_as, secrets)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)",
     )?
     .execute(params![
         run.id,
@@ -40,7 +41,8 @@ pub(super) fn insert_inflight(c: &Connection, run: &NewRun) -> DbResult<()> {
         datasets,
         input_label,
         output_label,
-        store_output_as
+        store_output_as,
+        secrets
     ])?;
     Ok(())
 }
@@ -79,12 +81,12 @@ pub(super) fn finalize_run(
         .prepare_cached(
             "INSERT INTO runs(id, tenant_id, module_digest, policy_version, input_digest,
                  input_size, created_at, zone, adapter, datasets, input_label, output_label,
-                 store_output_as, status, outcome_kind, output_digest, output_size,
+                 store_output_as, secrets, status, outcome_kind, output_digest, output_size,
                  output_content_type, output_inline, wall_us, fuel, peak_memory, report_json,
                  started_at, finished_at, output_dataset, worker, output_zone)
              SELECT id, tenant_id, module_digest, policy_version, input_digest,
                  input_size, created_at, zone, adapter, datasets, input_label, output_label,
-                 store_output_as, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16
+                 store_output_as, secrets, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16
              FROM runs_inflight WHERE id = ?1",
         )?
         .execute(params![

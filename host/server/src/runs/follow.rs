@@ -212,6 +212,7 @@ fn placeholder(id: &str) -> RunRecord {
         output_label: Vec::new(),
         output_dataset: None,
         worker: None,
+        secrets: Vec::new(),
         created_at: 0,
         started_at: None,
         finished_at: None,

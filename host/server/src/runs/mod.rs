@@ -25,6 +25,7 @@ pub mod handlers;
 pub mod invoke;
 pub mod live;
 pub mod placement;
+pub mod row_sqlite;
 pub mod scheduler;
 pub mod service;
 pub mod sqlite;

@@ -213,6 +213,7 @@ pub async fn place_run(
             adapter: adapter.clone(),
         }),
         tenant: Some(tenant.to_string()),
+        secrets: Vec::new(),
     };
     let row = RunResidency {
         zone,
@@ -229,6 +230,7 @@ pub async fn place_run(
         input_label: input_label.into_iter().collect(),
         output_label: label.into_iter().collect(),
         store_output_as: store_output_as.map(str::to_string),
+        secrets: Vec::new(),
     };
     Ok(Placed { row, options })
 }

@@ -100,8 +100,12 @@ pub async fn start_with_input(
             ),
         ));
     }
+    // Granted secrets, decrypted now (a missing one, or any on a fleet
+    // control plane, refuses the run before anything is recorded); the record keeps their names and versions.
+    let (secret_values, secret_uses) =
+        crate::secrets::service::for_run(s, &tenant, &policy.policy)?;
     // Residency: refused (403, audited) before anything is admitted or run.
-    let placed = place_run(
+    let mut placed = place_run(
         s,
         &tenant,
         &policy.policy,
@@ -111,6 +115,8 @@ pub async fn start_with_input(
         req.store_output_as.as_deref(),
     )
     .await?;
+    placed.options.secrets = secret_values;
+    placed.row.secrets = secret_uses;
     phases.mark("place");
     let admission = match s.scheduler.admit(&tenant, limits.max_concurrent_runs) {
         Ok(a) => a,

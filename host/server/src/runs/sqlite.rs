@@ -11,6 +11,7 @@ use kasbah_core::api::{OutputRef, RunRecord, RunStatus, UsageRow};
 use rusqlite::{OptionalExtension, params};
 
 use super::final_sqlite::{FinalColumns, finalize_run, insert_inflight};
+use super::row_sqlite::residency_columns;
 use super::storage::{
     Finished, NewRun, OutputPlace, Period, ResidencyColumns, RunResidency, RunStore, assemble_run,
 };
@@ -306,6 +307,7 @@ impl RunStore for SqliteRuns {
                         input_label: list(10)?,
                         output_label: list(11)?,
                         store_output_as: r.get(12)?,
+                        secrets: Vec::new(),
                     }),
                     None => None,
                 };
@@ -411,14 +413,14 @@ impl RunStore for SqliteRuns {
 
 const RUN_COLUMNS: &str = "SELECT id, tenant_id, module_digest, policy_version, status, input_digest, input_size,
     output_digest, output_size, output_content_type, output_inline, report_json, created_at, started_at, finished_at,
-    zone, adapter, datasets, input_label, output_label, output_dataset, worker
+    zone, adapter, datasets, input_label, output_label, output_dataset, worker, secrets
     FROM runs";
 
 /// [`RUN_COLUMNS`] of a run in flight (read by the same [`row_run`]).
 const INFLIGHT_COLUMNS: &str =
     "SELECT id, tenant_id, module_digest, policy_version, 'queued', input_digest, input_size,
     NULL, NULL, NULL, NULL, NULL, created_at, NULL, NULL,
-    zone, adapter, datasets, input_label, output_label, NULL, NULL
+    zone, adapter, datasets, input_label, output_label, NULL, NULL, secrets
     FROM runs_inflight";
 
 fn row_run(r: &rusqlite::Row<'_>) -> rusqlite::Result<RunRecord> {
@@ -445,6 +447,10 @@ fn row_run(r: &rusqlite::Row<'_>) -> rusqlite::Result<RunRecord> {
     let status: String = r.get(4)?;
     let residency = ResidencyColumns {
         worker: r.get(21)?,
+        secrets: match r.get::<_, Option<String>>(22)? {
+            Some(s) => from_json(&s)?,
+            None => Vec::new(),
+        },
         ..residency_columns(r, 15)?
     };
     let run = NewRun {
@@ -466,48 +472,4 @@ fn row_run(r: &rusqlite::Row<'_>) -> rusqlite::Result<RunRecord> {
         r.get(14)?,
         residency,
     ))
-}
-
-/// A run's residency as the columns `zone, adapter, datasets, input_label,
-/// output_label, store_output_as` of its row (all NULL without placement).
-pub(crate) type ResidencyParams = [Option<String>; 6];
-
-pub(crate) fn residency_params(r: Option<&RunResidency>) -> rusqlite::Result<ResidencyParams> {
-    let Some(r) = r else {
-        return Ok(Default::default());
-    };
-    Ok([
-        Some(r.zone.clone()),
-        r.adapter.clone(),
-        Some(json(&r.datasets)?),
-        Some(json(&r.input_label)?),
-        Some(json(&r.output_label)?),
-        r.store_output_as.clone(),
-    ])
-}
-
-/// Read `zone, adapter, datasets, input_label, output_label, output_dataset`
-/// starting at column `at`.
-pub(crate) fn residency_columns(
-    r: &rusqlite::Row<'_>,
-    at: usize,
-) -> rusqlite::Result<ResidencyColumns> {
-    let list = |i: usize| -> rusqlite::Result<Vec<String>> {
-        match r.get::<_, Option<String>>(at + i)? {
-            Some(s) => from_json(&s),
-            None => Ok(Vec::new()),
-        }
-    };
-    Ok(ResidencyColumns {
-        zone: r.get(at)?,
-        adapter: r.get(at + 1)?,
-        datasets: match r.get::<_, Option<String>>(at + 2)? {
-            Some(s) => from_json(&s)?,
-            None => Vec::new(),
-        },
-        input_label: list(3)?,
-        output_label: list(4)?,
-        output_dataset: r.get(at + 5)?,
-        worker: None,
-    })
 }

@@ -9,7 +9,7 @@
 
 use std::future::Future;
 
-use kasbah_core::api::{OutputRef, RunDataset, RunRecord, RunStatus, UsageRow};
+use kasbah_core::api::{OutputRef, RunDataset, RunRecord, RunSecret, RunStatus, UsageRow};
 use kasbah_core::{Digest, RunReport};
 
 use crate::store::{DbResult, Pending};
@@ -69,6 +69,8 @@ pub struct RunResidency {
     pub input_label: Vec<String>,
     pub output_label: Vec<String>,
     pub store_output_as: Option<String>,
+    /// Secrets granted to the run: names and the version each got.
+    pub secrets: Vec<RunSecret>,
 }
 
 /// The residency columns of a run record (all NULL for runs placed before
@@ -83,6 +85,8 @@ pub struct ResidencyColumns {
     pub output_dataset: Option<String>,
     /// The fleet worker that executed the run (column `worker`).
     pub worker: Option<String>,
+    /// Secrets granted to the run (column `secrets`).
+    pub secrets: Vec<RunSecret>,
 }
 
 impl ResidencyColumns {
@@ -96,6 +100,7 @@ impl ResidencyColumns {
             output_label: r.output_label.clone(),
             output_dataset: None,
             worker: None,
+            secrets: r.secrets.clone(),
         }
     }
 }
@@ -234,5 +239,6 @@ pub fn assemble_run(
         output_label: residency.output_label,
         output_dataset: residency.output_dataset,
         worker: residency.worker,
+        secrets: residency.secrets,
     }
 }

@@ -116,7 +116,8 @@ CREATE TABLE IF NOT EXISTS runs (
     store_output_as TEXT,
     output_dataset TEXT,
     worker TEXT,
-    output_zone TEXT
+    output_zone TEXT,
+    secrets TEXT
 );
 CREATE INDEX IF NOT EXISTS runs_by_tenant ON runs(tenant_id, created_at);
 -- Runs accepted and not yet ended: a row here from admission until the
@@ -136,7 +137,8 @@ CREATE TABLE IF NOT EXISTS runs_inflight (
     datasets TEXT,
     input_label TEXT,
     output_label TEXT,
-    store_output_as TEXT
+    store_output_as TEXT,
+    secrets TEXT
 ) WITHOUT ROWID;
 "#;
 
@@ -163,6 +165,7 @@ CREATE INDEX IF NOT EXISTS datasets_by_digest ON datasets(tenant_id, digest);
 pub fn create(conn: &mut Connection) -> rusqlite::Result<()> {
     conn.execute_batch(SCHEMA)?;
     conn.execute_batch(DATASETS)?;
+    conn.execute_batch(crate::secrets::sqlite::SCHEMA)?;
     conn.execute_batch(super::starts::SCHEMA)?;
     conn.execute_batch(crate::audit::log::SCHEMA)?;
     migrate(conn)
@@ -223,6 +226,10 @@ fn migrate(conn: &mut Connection) -> rusqlite::Result<()> {
     // The zone whose object store holds a fleet run's output (NULL: inline
     // or in the blob store, as for every run recorded before the column).
     add_missing_column(&tx, "runs", "output_zone", "TEXT")?;
+    // Names and versions of the secrets a run was granted (issue 18), JSON;
+    // NULL when none, as for every run recorded before the column.
+    add_missing_column(&tx, "runs", "secrets", "TEXT")?;
+    add_missing_column(&tx, "runs_inflight", "secrets", "TEXT")?;
     // Datasets uploaded to a fleet control plane live only in their zones'
     // buckets; NULL for every dataset recorded before the column.
     add_missing_column(&tx, "datasets", "zone_stored", "INTEGER")?;
@@ -491,6 +498,7 @@ mod tests {
             input_label: vec!["zone-a".into()],
             output_label: vec!["zone-a".into()],
             store_output_as: None,
+            secrets: Vec::new(),
         };
         let mut kinds = Vec::new();
         for (id, worker) in [("run_fleet", Some("worker-a1")), ("run_here", None)] {

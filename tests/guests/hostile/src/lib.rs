@@ -151,6 +151,28 @@ impl Pipeline for Hostile {
                 }
                 Err(Error::denied(errors.join("; ")))
             }
+            // `arg` = `env:NAME` or `file:/path`: the length and FNV-1a-64
+            // of what the guest reads there (a secret's digest, not the
+            // secret: the test then finds its value nowhere on disk).
+            "secret-digest" => {
+                let got = match arg.split_once(':') {
+                    Some(("env", name)) => std::env::var(name)
+                        .map(String::into_bytes)
+                        .map_err(|e| format!("env {name}: {e}")),
+                    Some(("file", path)) => std::fs::read(path).map_err(|e| format!("{path}: {e}")),
+                    _ => return Err(Error::invalid_input("expected env:NAME or file:/path")),
+                };
+                match got {
+                    Ok(v) => {
+                        let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+                        for b in &v {
+                            h = (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3);
+                        }
+                        Ok(Response::text(format!("len={} fnv={h:016x}", v.len())))
+                    }
+                    Err(e) => Err(Error::denied(e)),
+                }
+            }
             // `arg` = the name of an environment variable not granted.
             "env" => match std::env::var(&arg) {
                 Ok(v) => Ok(Response::text(v)),
