@@ -39,6 +39,8 @@ use zeroize::Zeroizing;
 pub const PAYLOAD_TYPE: &str = "application/vnd.in-toto+json";
 /// in-toto Statement v1.
 pub const STATEMENT_TYPE: &str = "https://in-toto.io/Statement/v1";
+/// The SLSA provenance v1 predicate type (`kasbah build` statements).
+pub const SLSA_PROVENANCE_V1: &str = "https://slsa.dev/provenance/v1";
 /// The predicate of a kasbah module signature ("the holder of this key
 /// vouches for these bytes"); its predicate object is empty.
 pub const PREDICATE_TYPE: &str = "https://kasbah.dev/module-signature/v1";

@@ -38,7 +38,6 @@
 //! type 12 secret_changed  tenant:str name:str version:u64 action:str
 //! ```
 //!
-//!
 //! Type 6 was added after types 1–5 were frozen, type 7 after type 6, type 8
 //! after type 7, types 9 and 10 after type 8, 11 after 10, 12 after 11; the bytes of the older types
 //! are unchanged.

@@ -123,12 +123,7 @@ pub fn is_module_ref(m: &str) -> bool {
     if m.starts_with("sha256:") {
         return true;
     }
-    let name_like = |p: &str| {
-        !p.is_empty()
-            && p.len() <= 128
-            && p.bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b"-_.+".contains(&b))
-    };
+    let name_like = |p: &str| kasbah_server::validate::valid_name(p).is_ok();
     let ok = match m.split_once('@') {
         Some((n, v)) => name_like(n) && name_like(v),
         None => name_like(m),
@@ -163,12 +158,6 @@ fn parse_kv(s: &str) -> Result<(String, String), String> {
         .ok_or_else(|| format!("expected key=value, got {s:?}"))
 }
 
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
-}
-
 /// The usage lines both local and server runs print (stderr).
 pub fn print_usage(u: &kasbah_core::Usage) {
     eprintln!(
@@ -201,6 +190,24 @@ pub fn run(args: RunArgs, echo_logs: bool, json: bool) -> anyhow::Result<ExitCod
         Some(p) => Policy::load(p)?,
         None => Policy::default(),
     };
+    // Refused before anything is read or compiled.
+    if !policy.secrets.is_empty() {
+        anyhow::bail!(
+            "the policy grants secrets ({}): secrets are stored by a server (`kasbah secret set`), \
+             so a local run cannot have them; remove [secrets] or run on a server",
+            policy
+                .secrets
+                .keys()
+                .cloned()
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+    }
+    if args.input_label.is_some() || args.store_output_as.is_some() {
+        anyhow::bail!(
+            "--input-label and --store-output-as apply to server runs (a published module: sha256:…, name or name@version)"
+        );
+    }
     let wasm = std::fs::read(&args.module)
         .with_context(|| format!("cannot read module {}", args.module))?;
     let body = args.read_input()?;
@@ -249,21 +256,6 @@ pub fn run(args: RunArgs, echo_logs: bool, json: bool) -> anyhow::Result<ExitCod
         tenant: None,
         secrets: Vec::new(),
     };
-    if !policy.secrets.is_empty() {
-        anyhow::bail!(
-            "the policy grants secrets ({}): secrets are stored by a server (`kasbah secret set`), \
-             so a local run cannot have them; remove [secrets] or run on a server",
-            policy
-                .secrets
-                .keys()
-                .cloned()
-                .collect::<Vec<_>>()
-                .join(", ")
-        );
-    }
-    if args.input_label.is_some() || args.store_output_as.is_some() {
-        anyhow::bail!("--input-label and --store-output-as apply to server runs (sha256:…)");
-    }
     let mut request = Request::new(body).with_content_type(args.content_type);
     request.metadata = args.meta;
 
@@ -272,14 +264,19 @@ pub fn run(args: RunArgs, echo_logs: bool, json: bool) -> anyhow::Result<ExitCod
         .build()
         .context("starting tokio")?;
     let input = json.then(|| request.body.clone());
-    let started_at = now_ms();
+    let started_at = kasbah_server::ids::now_ms();
     let report = rt.block_on(runtime.run_with(&module, &policy, request, &options))?;
 
     let mut out = std::io::stdout().lock();
     if let Some(input) = input {
         // The server's run record shape (see `kasbah_core::report`).
         let ok = report.outcome.is_ok();
-        let record = kasbah_core::report::LocalRunRecord::new(report, &input, started_at, now_ms());
+        let record = kasbah_core::report::LocalRunRecord::new(
+            report,
+            &input,
+            started_at,
+            kasbah_server::ids::now_ms(),
+        );
         serde_json::to_writer_pretty(&mut out, &record)?;
         writeln!(out)?;
         return Ok(if ok {

@@ -37,11 +37,10 @@ pub const REMAP_CARGO_HOME: &str = "/kasbah/cargo";
 pub const REMAP_TOOLCHAIN: &str = "/kasbah/toolchain";
 pub const REMAP_TARGET: &str = "/kasbah/target";
 
+pub use kasbah_audit::dsse::{SLSA_PROVENANCE_V1, STATEMENT_TYPE};
 pub const TARGET: &str = "wasm32-wasip2";
 pub const BUILD_TYPE: &str = "https://kasbah.dev/build/wasm32-wasip2/v1";
 pub const SOURCE_TREE_FORMAT: &str = "kasbah-source-tree/v1";
-pub const STATEMENT_TYPE: &str = "https://in-toto.io/Statement/v1";
-pub const SLSA_PROVENANCE_V1: &str = "https://slsa.dev/provenance/v1";
 
 /// The files of a source tree and its digest.
 ///

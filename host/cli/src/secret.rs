@@ -13,8 +13,7 @@ use kasbah_core::api::SecretRecord;
 
 use crate::remote::{Ctx, table};
 
-/// Largest value the server takes (bytes).
-const MAX_SECRET_BYTES: usize = 64 * 1024;
+use kasbah_server::secrets::service::MAX_SECRET_BYTES;
 
 #[derive(Subcommand)]
 pub enum SecretCmd {

@@ -422,6 +422,14 @@ impl RunReport {
             denials: Vec::new(),
         }
     }
+
+    /// A run cancelled before any guest code ran (no usage).
+    pub fn cancelled(module: Digest) -> Self {
+        RunReport {
+            outcome: Outcome::Cancelled {},
+            ..Self::denied(module, String::new())
+        }
+    }
 }
 
 /// Bytes serialize as a UTF-8 string when they are valid UTF-8 (the common

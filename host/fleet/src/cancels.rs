@@ -46,9 +46,17 @@ impl Cancels {
         c
     }
 
-    /// The run ended here.
-    pub(crate) fn end(&self, run_id: &str) {
-        self.lock().running.remove(run_id);
+    /// The run ended here (`cancel`: the one [`Self::start`] gave it; a
+    /// second delivery of the same job running meanwhile keeps its own).
+    pub(crate) fn end(&self, run_id: &str, cancel: &Arc<Cancel>) {
+        let mut inner = self.lock();
+        if inner
+            .running
+            .get(run_id)
+            .is_some_and(|c| Arc::ptr_eq(c, cancel))
+        {
+            inner.running.remove(run_id);
+        }
     }
 
     /// Stop `run_id` if it executes here, else remember it.
@@ -56,6 +64,9 @@ impl Cancels {
         let mut inner = self.lock();
         if let Some(c) = inner.running.get(run_id) {
             c.cancel();
+            return;
+        }
+        if inner.remembered.iter().any(|r| r == run_id) {
             return;
         }
         if inner.remembered.len() >= MAX_REMEMBERED {
@@ -84,7 +95,7 @@ impl<'a> Registered<'a> {
 
 impl Drop for Registered<'_> {
     fn drop(&mut self) {
-        self.cancels.end(self.run_id);
+        self.cancels.end(self.run_id, &self.cancel);
     }
 }
 
@@ -122,7 +133,7 @@ mod tests {
         assert!(!running.is_cancelled());
         c.cancel("run_a");
         assert!(running.is_cancelled());
-        c.end("run_a");
+        c.end("run_a", &running);
         // Not running here yet: remembered, cancelled when it starts.
         c.cancel("run_b");
         assert!(c.start("run_b").is_cancelled());

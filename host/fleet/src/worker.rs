@@ -379,11 +379,19 @@ pub async fn run(config: WorkerConfig, shutdown: impl Future<Output = ()>) -> an
     });
     // Cancels are heard until the process ends (runs draining may still be
     // cancelled).
-    let cancel_listener = tokio::spawn(crate::cancels::listen(
-        worker.client.clone(),
-        worker.zones.clone(),
-        worker.cancels.clone(),
-    ));
+    let cancel_listener = {
+        let (client, zones, cancels) = (
+            worker.client.clone(),
+            worker.zones.clone(),
+            worker.cancels.clone(),
+        );
+        let id = worker.id.clone();
+        tokio::spawn(async move {
+            if let Err(e) = crate::cancels::listen(client, zones, cancels).await {
+                tracing::error!(worker = id, "cancel listener stopped: {e:#}");
+            }
+        })
+    };
     tracing::info!(
         worker = worker.id,
         zones = ?worker.zones,
@@ -817,6 +825,10 @@ async fn execute(
     job: &Job,
     cancel: Arc<kasbah_runtime::Cancel>,
 ) -> Result<RunReport, Prep> {
+    // Cancelled before it started here: nothing fetched, nothing compiled.
+    if cancel.is_cancelled() {
+        return Ok(RunReport::cancelled(job.module));
+    }
     let remaining = job.deadline_unix_ms.saturating_sub(now_ms());
     if remaining <= 0 {
         return Ok(RunReport {

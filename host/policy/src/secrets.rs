@@ -70,7 +70,7 @@ pub fn secret_dir(file: &str) -> &str {
 
 fn overlaps(a: &str, b: &str) -> bool {
     let (a, b) = (a.trim_end_matches('/'), b.trim_end_matches('/'));
-    a == b || a.starts_with(&format!("{b}/")) || b.starts_with(&format!("{a}/")) || a.is_empty()
+    a == b || a.starts_with(&format!("{b}/")) || b.starts_with(&format!("{a}/"))
 }
 
 pub(crate) fn problems(p: &Policy, out: &mut Vec<String>) {

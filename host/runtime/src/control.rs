@@ -32,7 +32,8 @@ impl std::fmt::Debug for LiveSink {
 
 /// A run's cancellation: [`Cancel::cancel`] ends it as `cancelled` — a
 /// CPU-bound guest at its next epoch tick (an interrupt), a guest blocked
-/// in a host call at once (its call is dropped, as at its deadline).
+/// in a host call two epoch ticks later (its call is dropped, as at its
+/// deadline).
 #[derive(Debug, Default)]
 pub struct Cancel {
     flag: AtomicBool,

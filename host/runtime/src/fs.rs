@@ -515,10 +515,7 @@ impl HostDescriptor for Fs<'_> {
         src_path: String,
         dest_path: String,
     ) -> FsResult<()> {
-        let mut shown: String = src_path.chars().take(255).collect();
-        if shown.len() < src_path.len() {
-            shown.push('…');
-        }
+        let shown = crate::net::shown(&src_path);
         self.guard.deny(
             Kind::Symlink,
             format!(

@@ -63,16 +63,16 @@ pub use kasbah_core;
 pub use kasbah_gpu;
 pub use kasbah_policy;
 
-/// Host bindings for the `kasbah:pipeline/pipeline` world. WASI interfaces
-/// come from wasmtime-wasi; only `kasbah:*` is generated here.
 /// Fuel handed to compiled code at a time (see `run_controlled`): the
 /// most an interrupted run can leave unbilled, ~8 ms of a tight guest loop
 /// (which burns ~12 units/ns here); one write-back and executor yield per
 /// slice, fewer than the epoch's own yields (every 10 ms tick). A slice of
-/// 1,000,000 cost a CPU-bound guest 40–60% (debug host); 100,000,000 was
-/// within the noise.
+/// 1,000,000 cost a CPU-bound guest 40–60% (debug host, one run); 100,000,000
+/// was within the noise.
 pub const FUEL_SLICE: u64 = 100_000_000;
 
+/// Host bindings for the `kasbah:pipeline/pipeline` world. WASI interfaces
+/// come from wasmtime-wasi; only `kasbah:*` is generated here.
 pub mod bindings {
     wasmtime::component::bindgen!({
         path: "../../wit",

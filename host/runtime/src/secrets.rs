@@ -234,11 +234,9 @@ impl SecretFiles {
             files: Vec::new(),
         };
         set_mode(root.path(), 0o700).map_err(io)?;
+        let root_path = root.path().to_path_buf();
         out.root = Some(root);
-        let root = out.root.as_ref().map(|r| r.path().to_path_buf());
-        let Some(root) = root else {
-            return Err(SecretError::Io("no directory".into()));
-        };
+        let root = root_path;
         for s in secrets {
             let Some(file) = &s.file else { continue };
             let guest_dir = secret_dir(file);
@@ -251,7 +249,12 @@ impl SecretFiles {
                     h
                 }
             };
-            let name = &file[guest_dir.len() + 1..];
+            // The policy's rules make this a non-empty file name; a caller
+            // of the runtime that skipped them gets an error, not a panic.
+            let name = file
+                .get(guest_dir.len() + 1..)
+                .filter(|n| !n.is_empty() && !n.contains('/'))
+                .ok_or_else(|| SecretError::Io(format!("{file:?} is not a file path")))?;
             let path = host_dir.join(name);
             write_new(&path, &s.value).map_err(io)?;
             out.files.push((path, s.value.len()));

@@ -28,9 +28,7 @@ use crate::validate::parse_digest;
 pub const MAX_PROVENANCE_BYTES: usize = 64 * 1024;
 /// Longest toolchain description recorded in the log.
 pub const MAX_TOOLCHAIN: usize = 256;
-
-pub const STATEMENT_TYPE: &str = "https://in-toto.io/Statement/v1";
-pub const SLSA_PROVENANCE_V1: &str = "https://slsa.dev/provenance/v1";
+pub use kasbah_audit::dsse::{SLSA_PROVENANCE_V1, STATEMENT_TYPE};
 
 fn invalid(m: impl Into<String>) -> ApiError {
     ApiError::unprocessable("invalid_provenance", m)

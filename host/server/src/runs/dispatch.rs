@@ -141,10 +141,7 @@ pub async fn execute(
                 return Some(record);
             }
             fleet.forget(&id);
-            let report = RunReport {
-                outcome: Outcome::Cancelled {},
-                ..RunReport::denied(run.module, String::new())
-            };
+            let report = RunReport::cancelled(run.module);
             count_run(s, &report);
             return finish(s, &run, now_ms(), report, false, None, None).await;
         }

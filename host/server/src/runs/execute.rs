@@ -48,10 +48,7 @@ pub async fn execute(
     let loaded = load_module(s, &digest).await;
     phases.mark("load");
     let report = match (&worker, loaded) {
-        (None, _) => RunReport {
-            outcome: Outcome::Cancelled {},
-            ..RunReport::denied(digest, String::new())
-        },
+        (None, _) => RunReport::cancelled(digest),
         (Some(_), Ok(module)) => {
             // On the guest threads, not this request's (see `GuestThreads`).
             let runtime = s.runtime.clone();

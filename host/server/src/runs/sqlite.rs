@@ -356,18 +356,15 @@ impl RunStore for SqliteRuns {
     /// Where a finished run's output bytes are.
     fn run_output_place(&self, id: &str) -> DbResult<Option<OutputPlace>> {
         self.db.with(|c| {
-            c.query_row(
-                "SELECT output_inline, output_zone FROM runs WHERE id = ?1",
-                [id],
-                |r| {
+            c.prepare_cached("SELECT output_inline, output_zone FROM runs WHERE id = ?1")?
+                .query_row([id], |r| {
                     Ok(match (r.get::<_, Option<Vec<u8>>>(0)?, r.get(1)?) {
                         (Some(bytes), _) => OutputPlace::Inline(bytes),
                         (None, Some(zone)) => OutputPlace::Zone(zone),
                         (None, None) => OutputPlace::Blobs,
                     })
-                },
-            )
-            .optional()
+                })
+                .optional()
         })
     }
 

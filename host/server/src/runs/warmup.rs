@@ -60,6 +60,11 @@ pub struct Warmed {
 /// `None` when there is nothing to do (no compiled module to preload, or
 /// preloading off, or fleet mode: runs execute on the workers).
 pub fn preload_recent(s: &AppState) -> Option<std::thread::JoinHandle<Warmed>> {
+    // Wake the guest threads whatever else is warmed (dropped: nobody
+    // waits for them).
+    for _ in 0..guest_threads(s) {
+        let _ = s.guests.spawn(async {});
+    }
     if s.fleet.is_some() || s.config.preload_modules == 0 {
         return None;
     }
@@ -123,13 +128,11 @@ pub fn preload_recent(s: &AppState) -> Option<std::thread::JoinHandle<Warmed>> {
 }
 
 /// One warm-up instance of each loaded module on the guest threads, and
-/// as many of the first as there are guest threads (each thread's first
-/// sandbox); waits for each. Returns how many were made.
+/// as many of the first as there are guest threads (likely one on each:
+/// the runtime does not promise where a task runs); waits for each.
+/// Returns how many were made.
 fn warm_instances(s: &AppState, loaded: &[kasbah_core::Digest]) -> usize {
-    let threads = match s.config.guest_threads {
-        0 => std::thread::available_parallelism().map_or(1, usize::from),
-        n => n,
-    };
+    let threads = guest_threads(s);
     let modules: Vec<_> = loaded.iter().filter_map(|d| s.runtime.cached(d)).collect();
     let Some(first) = modules.first() else {
         return 0;
@@ -162,8 +165,12 @@ fn warm_lookups(s: &AppState, rt: &tokio::runtime::Handle, warmed: &mut Warmed) 
     }
     // Every reader connection prepares the statements a run's record and
     // output are read with (a miss reads the same pages a hit would).
+    // Readers are handed out in turn: READERS calls in a row reach each
+    // once (unless a request takes one meanwhile).
     for _ in 0..crate::store::READERS {
         let _ = s.runs.run(WARMUP_RUN_ID);
+    }
+    for _ in 0..crate::store::READERS {
         let _ = s.runs.run_output_place(WARMUP_RUN_ID);
     }
     let pairs = match s.runs.recent_modules(RECENT_RUN_ROWS, MAX_PAIRS) {
@@ -191,5 +198,13 @@ fn warm_lookups(s: &AppState, rt: &tokio::runtime::Handle, warmed: &mut Warmed) 
             Ok(()) => warmed.rehearsed = true,
             Err(e) => tracing::warn!("warm-up: rehearsing a run's writes: {e}"),
         }
+    }
+}
+
+/// How many guest threads there are (`guest_threads`, 0 = one per CPU).
+fn guest_threads(s: &AppState) -> usize {
+    match s.config.guest_threads {
+        0 => std::thread::available_parallelism().map_or(1, usize::from),
+        n => n,
     }
 }

@@ -42,7 +42,8 @@ pub async fn put_secret(
 /// The body, at most `MAX_SECRET_BYTES`, into a buffer zeroized on drop
 /// (the rest of an oversize body is drained so the client sees the 413).
 async fn read_value(body: Body) -> ApiResult<Zeroizing<Vec<u8>>> {
-    let mut value = Zeroizing::new(Vec::new());
+    // Sized once: a growing Vec would free partial copies unzeroed.
+    let mut value = Zeroizing::new(Vec::with_capacity(service::MAX_SECRET_BYTES));
     let mut stream = body.into_data_stream();
     let mut over = 0u64;
     while let Some(chunk) = stream.next().await {

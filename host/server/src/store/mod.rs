@@ -125,7 +125,8 @@ impl Db {
         // only makes SQLite's end-of-transaction page-cache truncation slower
         // (it showed at 4% of CPU under load with 64 MiB).
         conn.pragma_update(None, "cache_size", -8_192)?; // 8 MiB
-        conn.pragma_update(None, "wal_autocheckpoint", writer::WAL_AUTOCHECKPOINT_PAGES)?;
+        // No `wal_autocheckpoint` pragma: the writer's WAL hook replaces
+        // SQLite's autocheckpoint and does its job (`writer.rs`).
         let mut conn = conn;
         schema::create(&mut conn)?;
         let now_ms = std::time::SystemTime::now()

@@ -298,12 +298,13 @@ fn stage_and_commit(
             Job::Rehearse(work, reply) => {
                 // Appended where the committed log ends (the batch's own
                 // entries are appended after every job): rolled back before.
-                tx.prepare_cached("SAVEPOINT rehearsal")?.execute([])?;
+                // The real jobs' savepoint statements, prepared here too.
+                tx.prepare_cached("SAVEPOINT job")?.execute([])?;
                 let rehearsed = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
                     work(&tx).and_then(|e| audit::append(&tx, size, &e).map_err(DbError::from))
                 }))
                 .unwrap_or_else(|_| Err(DbError::Batch(Arc::from("the rehearsal panicked"))));
-                tx.execute_batch("ROLLBACK TO rehearsal; RELEASE rehearsal")?;
+                tx.execute_batch("ROLLBACK TO job; RELEASE job")?;
                 let _ = reply.send(rehearsed.map(|_| ()));
             }
             Job::Work(work) => {
